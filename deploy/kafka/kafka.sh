@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# The embedded Kafka 4.4 broker (KRaft, broker+controller in one JVM) from Maven Central jars.
+#   kafka.sh up       resolve the classpath, format storage once, start, wait until it answers
+#   kafka.sh down     SIGTERM, wait for a clean exit
+#   kafka.sh status   running or not, and where
+# Environment (defaults): KAFKA_PORT=9092, KAFKA_CONTROLLER_PORT=9093,
+#   ORDEROPS_RUN_DIR=<repo>/.run, ORDEROPS_PYTHON=<repo>/.venv/bin/python,
+#   KAFKA_HEAP_OPTS="-Xms256m -Xmx1g", KAFKA_START_TIMEOUT=120 (seconds).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+port=${KAFKA_PORT:-9092}
+controller_port=${KAFKA_CONTROLLER_PORT:-9093}
+run_root=${ORDEROPS_RUN_DIR:-$repo/.run}
+run_dir=$run_root/kafka
+python=${ORDEROPS_PYTHON:-$repo/.venv/bin/python}
+heap=${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}
+start_timeout=${KAFKA_START_TIMEOUT:-120}
+pid_file=$run_dir/kafka.pid
+log_dir=$run_dir/logs
+classpath_file=$run_dir/classpath.txt
+
+die() { echo "kafka: $*" >&2; exit 1; }
+
+require_tools() {
+  command -v java >/dev/null 2>&1 || die "java not found. Install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless) and retry."
+  command -v mvn >/dev/null 2>&1 || die "mvn not found. Install Maven (Debian: apt-get install maven) and retry; it fetches the broker jars from Maven Central."
+  local major
+  major=$(java -XshowSettings:properties -version 2>&1 | awk -F'= ' '/java.specification.version/ {print $2}')
+  [ "${major%%.*}" -ge 17 ] 2>/dev/null || die "Java $major found; Kafka 4.4 needs Java 17 or newer."
+}
+
+running_pid() {
+  [ -f "$pid_file" ] || return 1
+  local pid; pid=$(cat "$pid_file")
+  kill -0 "$pid" 2>/dev/null && ps -o args= -p "$pid" | grep -q 'kafka.Kafka' && { echo "$pid"; return 0; }
+  return 1
+}
+
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+resolve_classpath() {
+  if [ ! -s "$classpath_file" ] || [ "$here/pom.xml" -nt "$classpath_file" ]; then
+    echo "kafka: resolving the broker classpath from Maven Central (first run downloads ~60 MB into ~/.m2)"
+    mvn -B -q -Dstyle.color=never -f "$here/pom.xml" dependency:build-classpath -Dmdep.outputFile="$classpath_file" \
+      || die "Maven could not resolve org.apache.kafka:kafka_2.13 (see the output above): check that Maven Central is reachable."
+  fi
+}
+
+render_config() {
+  sed -e "s#@RUN_DIR@#$run_dir#g" -e "s#@PORT@#$port#g" -e "s#@CONTROLLER_PORT@#$controller_port#g" \
+    "$here/server.properties.in" > "$run_dir/server.properties"
+}
+
+format_storage() {
+  [ -f "$run_dir/data/meta.properties" ] && return 0
+  local cp; cp=$(cat "$classpath_file")
+  [ -s "$run_dir/cluster.id" ] || java -cp "$cp" kafka.tools.StorageTool random-uuid > "$run_dir/cluster.id"
+  java -Dlog4j2.configurationFile="$here/log4j2.yaml" -Dkafka.logs.dir="$log_dir" -cp "$cp" \
+    kafka.tools.StorageTool format --standalone -t "$(cat "$run_dir/cluster.id")" \
+    -c "$run_dir/server.properties" --ignore-formatted >/dev/null \
+    || die "formatting storage in $run_dir/data failed; delete that folder and retry."
+}
+
+wait_until_answering() {
+  local pid=$1
+  if [ -x "$python" ]; then
+    if ! "$python" -m orderops.cli broker wait --bootstrap "127.0.0.1:$port" --timeout "$start_timeout" --pid "$pid"; then
+      echo "kafka: the broker did not come up; last lines of $log_dir/server.log:" >&2
+      tail -n 30 "$log_dir/server.log" >&2 || true
+      tail -n 20 "$log_dir/stdout.log" >&2 || true
+      exit 1
+    fi
+  else
+    # Before the Python environment exists: wait for the listener, then for the start-up line.
+    local waited=0
+    until grep -q "Kafka Server started" "$log_dir/server.log" 2>/dev/null; do
+      kill -0 "$pid" 2>/dev/null || { tail -n 30 "$log_dir/server.log" "$log_dir/stdout.log" >&2 || true; die "the broker exited during start-up (log above)."; }
+      sleep 1; waited=$((waited + 1))
+      [ "$waited" -lt "$start_timeout" ] || die "the broker did not start within ${start_timeout}s; see $log_dir/server.log"
+    done
+  fi
+}
+
+up() {
+  require_tools
+  mkdir -p "$run_dir" "$log_dir"
+  if pid=$(running_pid); then
+    echo "kafka: already running (pid $pid) at 127.0.0.1:$port"
+    return 0
+  fi
+  for p in "$port" "$controller_port"; do
+    port_taken "$p" && die "port $p on 127.0.0.1 is taken by another process (not this project's broker: no live pid in $pid_file). Stop it, or set KAFKA_BOOTSTRAP to use that broker, or choose KAFKA_PORT/KAFKA_CONTROLLER_PORT."
+  done
+  resolve_classpath
+  render_config
+  format_storage
+  local cp; cp=$(cat "$classpath_file")
+  # setsid: the broker must outlive the make/pytest process that started it.
+  setsid nohup java $heap -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$here/log4j2.yaml" -Dkafka.logs.dir="$log_dir" \
+    -cp "$cp" kafka.Kafka "$run_dir/server.properties" > "$log_dir/stdout.log" 2>&1 < /dev/null &
+  local pid=$!
+  echo "$pid" > "$pid_file"
+  wait_until_answering "$pid"
+  echo "kafka: up (pid $pid) at 127.0.0.1:$port; logs in $log_dir"
+}
+
+down() {
+  local pid
+  if ! pid=$(running_pid); then
+    echo "kafka: not running"; rm -f "$pid_file"; return 0
+  fi
+  kill -TERM "$pid"
+  for _ in $(seq 1 60); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$pid_file"; echo "kafka: stopped (pid $pid)"; return 0; }
+    sleep 1
+  done
+  echo "kafka: pid $pid ignored SIGTERM for 60s; sending SIGKILL" >&2
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$pid_file"
+}
+
+status() {
+  if pid=$(running_pid); then
+    echo "kafka: running (pid $pid) at 127.0.0.1:$port; data $run_dir/data; logs $log_dir"
+  else
+    echo "kafka: not running"; return 3
+  fi
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

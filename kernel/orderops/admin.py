@@ -1,0 +1,99 @@
+"""Topic administration from the catalog (confluent-kafka AdminClient)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from orderops.catalog import ALL_TOPICS, Topic
+from orderops.settings import KafkaSettings
+
+
+@dataclass
+class TopicReport:
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    differing: dict[str, list[str]] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        out = [f"created   {name}" for name in self.created]
+        out += [f"exists    {name}" for name in self.existing if name not in self.differing]
+        for name, diffs in self.differing.items():
+            out.append(f"DIFFERS   {name}: " + "; ".join(diffs))
+        return out
+
+
+def admin_client(settings: KafkaSettings | None = None) -> AdminClient:
+    settings = settings or KafkaSettings.from_env()
+    return AdminClient({"bootstrap.servers": settings.bootstrap})
+
+
+def create_topics(topics: tuple[Topic, ...] = ALL_TOPICS, settings: KafkaSettings | None = None) -> TopicReport:
+    """Create every missing topic; report existing ones whose settings differ from the catalog.
+
+    Existing topics are never altered: changing a partition count re-keys orders across
+    partitions, which an operator must decide and plan, not a set-up script.
+    """
+    settings = settings or KafkaSettings.from_env()
+    admin = admin_client(settings)
+    metadata = admin.list_topics(timeout=30)
+    report = TopicReport()
+    missing = [t for t in topics if t.name not in metadata.topics]
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(t.name, t.partitions, settings.replication_factor, config=t.config) for t in missing],
+            operation_timeout=30,
+        )
+        for name, future in futures.items():
+            try:
+                future.result()
+                report.created.append(name)
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise
+                report.existing.append(name)
+    present = [t for t in topics if t.name in metadata.topics]
+    report.existing += [t.name for t in present]
+    if present:
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, t.name) for t in present]
+        configs = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
+        for t in present:
+            diffs = []
+            actual_partitions = len(metadata.topics[t.name].partitions)
+            if actual_partitions != t.partitions:
+                diffs.append(f"{actual_partitions} partitions, catalog says {t.partitions}")
+            for key, want in t.config.items():
+                have = configs[t.name].get(key)
+                if have is not None and have.value != want:
+                    diffs.append(f"{key}={have.value}, catalog says {want}")
+            if diffs:
+                report.differing[t.name] = diffs
+    return report
+
+
+def wait_for_broker(bootstrap: str, timeout: float, alive=lambda: True) -> float:
+    """Block until the broker answers a metadata request; return the seconds it took."""
+    start = time.monotonic()
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": _Quiet()})
+    last_error: Exception | None = None
+    while time.monotonic() - start < timeout:
+        if not alive():
+            raise RuntimeError("the broker process exited before it answered")
+        try:
+            metadata = admin.list_topics(timeout=2)
+            if metadata.brokers:
+                return time.monotonic() - start
+        except KafkaException as exc:
+            last_error = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"no broker answered at {bootstrap} within {timeout:.0f}s (last error: {last_error})")
+
+
+class _Quiet:
+    """A logger that swallows librdkafka's connection-refused chatter while a broker starts."""
+
+    def log(self, *args, **kwargs) -> None:
+        pass

@@ -1,0 +1,181 @@
+"""The topic catalog: every topic orderops reads or writes, declared once.
+
+Services, tests and admin tools take topic names, schemas and partitioning from here; a topic
+name written as a literal anywhere else is a bug (a contract test looks for them). The security
+work generates ACLs from ``writers``/``readers``, so these declarations must be true.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+# Processors: the services of this repository. Each consumes as its own group and owns one DLQ.
+ORDER_STATE = "order-state"
+FULFILLMENT = "fulfillment"
+RETURNS = "returns"
+NOTIFIER = "notifier"
+TIMELINE = "timeline"
+PROCESSORS = (ORDER_STATE, FULFILLMENT, RETURNS, NOTIFIER, TIMELINE)
+
+# Upstream systems (the simulator stands in for them in `make run` and tests).
+STOREFRONT = "storefront"
+WAREHOUSE = "warehouse"
+PAYMENT_PROVIDER = "payment-provider"
+SUPPORT_DESK = "support-desk"
+POLICY_ADMIN = "policy-admin"
+UPSTREAM_SYSTEMS = (STOREFRONT, WAREHOUSE, PAYMENT_PROVIDER, SUPPORT_DESK, POLICY_ADMIN)
+
+DAY_MS = 24 * 3600 * 1000
+NAME_PATTERN = re.compile(r"^[a-z]+(-[a-z]+)*(\.[a-z]+(-[a-z]+)*)+$")
+
+
+def order_partitions() -> int:
+    """Partition count shared by every order-scoped topic (``ORDEROPS_PARTITIONS``, default 8).
+
+    Co-partitioning by order id is what lets each processor join an order's events locally,
+    so the count must be the same on all of them, and changing it means re-keying everything.
+    """
+    return int(os.environ.get("ORDEROPS_PARTITIONS", "8"))
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    value_schema: str | None  # full name of the record every message holds; None: raw bytes
+    key: str  # what the message key is
+    writers: tuple[str, ...]
+    readers: tuple[str, ...]
+    description: str
+    order_scoped: bool = True
+    compacted: bool = False
+    retention_ms: int = 30 * DAY_MS
+    partitions_override: int | None = field(default=None, compare=False)
+
+    @property
+    def partitions(self) -> int:
+        return self.partitions_override or order_partitions()
+
+    @property
+    def config(self) -> dict[str, str]:
+        if self.compacted:
+            return {"cleanup.policy": "compact", "retention.ms": "-1", "min.compaction.lag.ms": "0"}
+        return {"cleanup.policy": "delete", "retention.ms": str(self.retention_ms)}
+
+
+ORDER_KEY = "order_id (UTF-8)"
+
+STOREFRONT_ORDERS = Topic(
+    "storefront.orders", "orderops.storefront.OrderEvent", ORDER_KEY, (STOREFRONT,), (ORDER_STATE, FULFILLMENT, RETURNS, TIMELINE),
+    "Order placed (lines, prices, payment instruments, customer, delivery promise); order or line cancelled.",
+)
+STOREFRONT_RETURNS = Topic(
+    "storefront.returns", "orderops.storefront.ReturnEvent", ORDER_KEY, (STOREFRONT,), (RETURNS, TIMELINE),
+    "Customer return requests: lines, quantities, reasons.",
+)
+PAYMENTS_EVENTS = Topic(
+    "payments.events", "orderops.payments.PaymentEvent", ORDER_KEY, (PAYMENT_PROVIDER,), (ORDER_STATE, RETURNS, TIMELINE),
+    "Authorizations, captures, voids, refund results and chargebacks, per instrument.",
+)
+WAREHOUSE_FULFILLMENT = Topic(
+    "warehouse.fulfillment", "orderops.warehouse.FulfillmentEvent", ORDER_KEY, (WAREHOUSE,), (FULFILLMENT, TIMELINE),
+    "Shipments created, dispatched, tracked, delivered or failed; backorders, ETA changes, short shipments, line cancellations.",
+)
+WAREHOUSE_RETURNS = Topic(
+    "warehouse.returns", "orderops.warehouse.ReturnParcelEvent", ORDER_KEY, (WAREHOUSE,), (RETURNS, TIMELINE),
+    "Return parcels received and inspected.",
+)
+SUPPORT_CONTACTS = Topic(
+    "support.contacts", "orderops.support.ContactEvent", ORDER_KEY, (SUPPORT_DESK,), (TIMELINE,),
+    "Customer contacts opened and resolved at the support desk.",
+)
+SUPPORT_ACTIONS = Topic(
+    "support.actions", "orderops.support.SupportActionEvent", ORDER_KEY, (TIMELINE,), (RETURNS, TIMELINE),
+    "What agents do in the console (written by the timeline's support API), each with the acting user.",
+)
+RETURNS_POLICIES = Topic(
+    "returns.policies", "orderops.returns.ReturnPolicy", "policy_id@version (UTF-8)", (POLICY_ADMIN,), (RETURNS,),
+    "Immutable return-policy versions; every returns worker reads all of it as a global table.",
+    order_scoped=False, compacted=True, partitions_override=1,
+)
+ORDERS_STATE_CHANGES = Topic(
+    "orders.state-changes", "orderops.orderstate.OrderStateChange", ORDER_KEY, (ORDER_STATE,), (TIMELINE,),
+    "Order and payment transitions; parked and rejected events with their reasons.",
+)
+FULFILLMENT_STATE_CHANGES = Topic(
+    "fulfillment.state-changes", "orderops.fulfillment.FulfillmentStateChange", ORDER_KEY, (FULFILLMENT,),
+    (ORDER_STATE, RETURNS, TIMELINE),
+    "Line and shipment transitions and the derived order-level fulfillment status.",
+)
+RETURNS_STATE_CHANGES = Topic(
+    "returns.state-changes", "orderops.returns.ReturnStateChange", ORDER_KEY, (RETURNS,), (TIMELINE,),
+    "Return and refund transitions; authorization decisions with policy id@version and rule trace.",
+)
+PAYMENTS_REFUND_REQUESTS = Topic(
+    "payments.refund-requests", "orderops.returns.RefundCommand", ORDER_KEY, (RETURNS,), (PAYMENT_PROVIDER, TIMELINE),
+    "Refund commands for the payment provider, idempotent by refund id.",
+)
+NOTIFICATIONS_REQUESTS = Topic(
+    "notifications.requests", "orderops.notifications.NotificationRequestEvent", ORDER_KEY,
+    (ORDER_STATE, FULFILLMENT, RETURNS), (NOTIFIER, TIMELINE),
+    "The notifier's inbox: what to tell the customer, with the item-level facts it claims.",
+)
+NOTIFICATIONS_DELIVERIES = Topic(
+    "notifications.deliveries", "orderops.notifications.DeliveryEvent", ORDER_KEY, (NOTIFIER,), (TIMELINE,),
+    "Notifications sent, failed or suppressed, with rendered content and claims.",
+)
+SUPPORT_TIMELINE = Topic(
+    "support.timeline", "orderops.timeline.TimelineEvent", ORDER_KEY, (TIMELINE,), (),
+    "One entry per thing that happened to an order, all domains, in event-time order.",
+)
+SUPPORT_ORDER_VIEWS = Topic(
+    "support.order-views", "orderops.timeline.OrderViewEvent", ORDER_KEY, (TIMELINE,), (),
+    "Latest unified view of each order.", compacted=True,
+)
+SUPPORT_ESCALATIONS = Topic(
+    "support.escalations", "orderops.timeline.EscalationEvent", ORDER_KEY, (TIMELINE,), (),
+    "Escalations opened, updated and resolved, with rule and reason.",
+)
+
+
+def dead_letter_topic(processor: str) -> Topic:
+    """``<processor>.dlq``: input that processor could not decode or process, bytes untouched."""
+    return Topic(
+        f"{processor}.dlq", None, "the original message key", (processor,), (),
+        f"Messages {processor} could not decode or process: original key, value and headers, plus origin "
+        "topic/partition/offset, error, service and time in headers.",
+        retention_ms=90 * DAY_MS,
+    )
+
+
+DEAD_LETTER_TOPICS = {p: dead_letter_topic(p) for p in PROCESSORS}
+
+DATA_TOPICS: tuple[Topic, ...] = (
+    STOREFRONT_ORDERS, STOREFRONT_RETURNS, PAYMENTS_EVENTS, WAREHOUSE_FULFILLMENT, WAREHOUSE_RETURNS,
+    SUPPORT_CONTACTS, SUPPORT_ACTIONS, RETURNS_POLICIES, ORDERS_STATE_CHANGES, FULFILLMENT_STATE_CHANGES,
+    RETURNS_STATE_CHANGES, PAYMENTS_REFUND_REQUESTS, NOTIFICATIONS_REQUESTS, NOTIFICATIONS_DELIVERIES,
+    SUPPORT_TIMELINE, SUPPORT_ORDER_VIEWS, SUPPORT_ESCALATIONS,
+)
+ALL_TOPICS: tuple[Topic, ...] = DATA_TOPICS + tuple(DEAD_LETTER_TOPICS.values())
+BY_NAME = {t.name: t for t in ALL_TOPICS}
+
+
+def topic(name: str) -> Topic:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"{name!r} is not in the topic catalog (orderops.catalog)") from None
+
+
+def inputs_of(service: str) -> tuple[Topic, ...]:
+    return tuple(t for t in DATA_TOPICS if service in t.readers)
+
+
+def outputs_of(service: str) -> tuple[Topic, ...]:
+    return tuple(t for t in ALL_TOPICS if service in t.writers)
+
+
+def changelog_prefix(service: str) -> str:
+    """Faust names a table's changelog ``{app id}-{table}-changelog``; app id = service name."""
+    return f"{service}-"

@@ -1,0 +1,123 @@
+"""``orderops``: the operator's command line.
+
+    orderops topics create      create every catalog topic (idempotent), report differences
+    orderops topics list        the catalog: name, partitions, key, schema, writers
+    orderops broker wait        block until a broker answers a metadata request
+    orderops schemas freeze     record current writer schemas under schemas/fingerprints/
+    orderops schemas check      every current writer schema is frozen; every schema parses
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from orderops import catalog
+
+
+def _topics_create(args: argparse.Namespace) -> int:
+    from orderops.admin import create_topics
+    from orderops.settings import KafkaSettings
+
+    settings = KafkaSettings.from_env()
+    if args.bootstrap:
+        settings = KafkaSettings(args.bootstrap, settings.replication_factor)
+    report = create_topics(settings=settings)
+    for line in report.lines():
+        print(line)
+    print(f"topics: {len(report.created)} created, {len(report.existing)} already existed, "
+          f"{len(report.differing)} differ from the catalog")
+    if report.differing:
+        print("Topics that differ were left as they are: fix them by hand (kafka-configs / a planned "
+              "re-partition), or change the catalog if it is wrong.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _topics_list(args: argparse.Namespace) -> int:
+    for t in catalog.ALL_TOPICS:
+        print(f"{t.name:28} {t.partitions:>3}p {'compact' if t.compacted else 'delete ':7} "
+              f"{t.value_schema or '(raw bytes)':50} writers={','.join(t.writers)}")
+    return 0
+
+
+def _broker_wait(args: argparse.Namespace) -> int:
+    from orderops.admin import wait_for_broker
+
+    def alive() -> bool:
+        if not args.pid:
+            return True
+        try:
+            os.kill(args.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    try:
+        took = wait_for_broker(args.bootstrap, args.timeout, alive)
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"broker: {exc}", file=sys.stderr)
+        return 1
+    print(f"broker: {args.bootstrap} answered after {took:.1f}s")
+    return 0
+
+
+def _schemas_freeze(args: argparse.Namespace) -> int:
+    from orderops.schemas import SchemaRegistry
+
+    registry = SchemaRegistry()
+    written = registry.freeze(writer_schema_names())
+    for path in written:
+        print(f"frozen {path.name}")
+    print(f"schemas: {len(written)} new writer schema(s) frozen")
+    return 0
+
+
+def _schemas_check(args: argparse.Namespace) -> int:
+    from orderops.schemas import SchemaRegistry
+
+    registry = SchemaRegistry()
+    for name in registry.names():
+        registry.get(name).parsed
+    frozen = registry.frozen()
+    unfrozen = [n for n in writer_schema_names() if registry.get(n).fingerprint not in frozen]
+    if unfrozen:
+        print("writer schemas not frozen (run: orderops schemas freeze, and commit schemas/fingerprints/):",
+              *unfrozen, sep="\n  ", file=sys.stderr)
+        return 1
+    print(f"schemas: {len(registry.names())} parse; {len(writer_schema_names())} writer schemas frozen")
+    return 0
+
+
+def writer_schema_names() -> list[str]:
+    return sorted({t.value_schema for t in catalog.ALL_TOPICS if t.value_schema})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orderops", description="orderops operator tools")
+    groups = parser.add_subparsers(dest="group", required=True)
+
+    topics = groups.add_parser("topics", help="topics of the catalog").add_subparsers(dest="command", required=True)
+    create = topics.add_parser("create", help="create every catalog topic that is missing")
+    create.add_argument("--bootstrap", help="broker address (default: $KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
+    create.set_defaults(run=_topics_create)
+    topics.add_parser("list", help="print the catalog").set_defaults(run=_topics_list)
+
+    broker = groups.add_parser("broker", help="the Kafka broker").add_subparsers(dest="command", required=True)
+    wait = broker.add_parser("wait", help="wait until the broker answers a metadata request")
+    wait.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    wait.add_argument("--timeout", type=float, default=120)
+    wait.add_argument("--pid", type=int, help="give up early if this process exits")
+    wait.set_defaults(run=_broker_wait)
+
+    schemas = groups.add_parser("schemas", help="the event contract").add_subparsers(dest="command", required=True)
+    schemas.add_parser("freeze", help="record current writer schemas").set_defaults(run=_schemas_freeze)
+    schemas.add_parser("check", help="check every writer schema is frozen").set_defaults(run=_schemas_check)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

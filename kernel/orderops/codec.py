@@ -1,0 +1,137 @@
+"""Avro single-object encoding: ``C3 01`` + CRC-64-AVRO fingerprint (little-endian) + body.
+
+Every message names its writer schema, so a reader resolves whatever wrote it to the schema the
+reader was built with; that is how schemas evolve without a registry service.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from fastavro import schemaless_reader, schemaless_writer
+
+from orderops.schemas import ResolvedSchema, SchemaRegistry
+
+MAGIC = b"\xc3\x01"
+HEADER_SIZE = len(MAGIC) + 8
+
+
+class DecodeError(Exception):
+    """Bytes that cannot become an event. ``reason`` is a stable code for dead-letter headers."""
+
+    reason = "undecodable"
+
+
+class NotSingleObjectEncoded(DecodeError):
+    reason = "not-single-object-encoded"
+
+
+class UnknownFingerprint(DecodeError):
+    reason = "unknown-writer-schema"
+
+
+class SchemaMismatch(DecodeError):
+    reason = "body-does-not-match-schema"
+
+
+class EncodeError(Exception):
+    """A record that does not fit its schema: a programming error in the writing service."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded record and the schema that wrote it."""
+
+    writer: str
+    record: dict
+
+
+class Codec:
+    def __init__(self, registry: SchemaRegistry | None = None) -> None:
+        self.registry = registry or SchemaRegistry()
+
+    def encode(self, schema_name: str, record: dict) -> bytes:
+        schema = self.registry.get(schema_name)
+        out = io.BytesIO()
+        out.write(MAGIC)
+        out.write(schema.fingerprint)
+        try:
+            schemaless_writer(out, schema.parsed, record, strict_allow_default=True)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise EncodeError(f"record does not fit {schema_name}: {exc}") from exc
+        return out.getvalue()
+
+    def decode(self, data: bytes | None, reader_name: str) -> Decoded:
+        writer = self.writer_of(data)
+        reader = self.registry.get(reader_name)
+        stream = io.BytesIO(data)
+        stream.seek(HEADER_SIZE)
+        try:
+            record = schemaless_reader(
+                stream,
+                writer.parsed,
+                None if writer.fingerprint == reader.fingerprint else reader.parsed,
+                return_record_name=True,
+                return_record_name_override=True,
+                return_named_type_override=False,
+            )
+        except Exception as exc:  # fastavro raises many types for garbage bodies
+            raise SchemaMismatch(
+                f"body does not decode as {writer.name} (writer) read as {reader_name}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if stream.tell() != len(data):
+            raise SchemaMismatch(
+                f"{len(data) - stream.tell()} bytes left over after decoding {writer.name}: body does not match its schema"
+            )
+        if not isinstance(record, dict):
+            raise SchemaMismatch(f"{writer.name} decoded to {type(record).__name__}, expected a record")
+        return Decoded(writer.name, record)
+
+    def writer_of(self, data: bytes | None) -> ResolvedSchema:
+        if data is None:
+            raise NotSingleObjectEncoded("message has no value (a tombstone or a null)")
+        if len(data) < HEADER_SIZE or data[:2] != MAGIC:
+            raise NotSingleObjectEncoded(
+                f"value does not start with the Avro single-object marker C3 01 (starts {data[:4].hex() or 'empty'})"
+            )
+        fingerprint = bytes(data[2:HEADER_SIZE])
+        writer = self.registry.writer_schemas().get(fingerprint)
+        if writer is None:
+            raise UnknownFingerprint(
+                f"no known writer schema has fingerprint {fingerprint.hex()}: a writer with a newer contract? "
+                "Update this service's schemas/ (schemas/fingerprints/ holds every released writer schema)"
+            )
+        return writer
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """An order-scoped event: the envelope every topic's events share, and its payload."""
+
+    event_id: str
+    order_id: str
+    occurred_at: datetime
+    source: str
+    type: str
+    payload: dict
+
+    @property
+    def short_type(self) -> str:
+        return self.type.rsplit(".", 1)[-1]
+
+    @classmethod
+    def from_record(cls, record: dict) -> Envelope:
+        type_name, payload = record["payload"]
+        return cls(record["event_id"], record["order_id"], record["occurred_at"], record["source"], type_name, payload)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "order_id": self.order_id,
+            "occurred_at": self.occurred_at,
+            "source": self.source,
+            "payload": (self.type, self.payload),
+        }

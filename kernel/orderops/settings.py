@@ -1,0 +1,61 @@
+"""Configuration from the environment, with the defaults a single-machine run needs.
+
+Every variable is documented in docs/architecture.md ("Configuration"); keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _repo_run_dir() -> Path:
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "kernel").is_dir() and (parent / "schemas").is_dir():
+            return parent / ".run"
+    return Path.cwd() / ".run"
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap: str
+    replication_factor: int
+
+    @classmethod
+    def from_env(cls) -> KafkaSettings:
+        return cls(
+            bootstrap=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+            replication_factor=int(os.environ.get("ORDEROPS_REPLICATION_FACTOR", "1")),
+        )
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What the service factory needs to run one processor."""
+
+    service: str
+    kafka: KafkaSettings
+    store: str
+    data_dir: Path
+    web_host: str
+    web_port: int
+    log_level: str
+    standby_replicas: int
+    park_deadline_seconds: float
+
+    @classmethod
+    def from_env(cls, service: str, default_web_port: int) -> ServiceSettings:
+        env = os.environ
+        run_dir = Path(env.get("ORDEROPS_RUN_DIR", _repo_run_dir()))
+        return cls(
+            service=service,
+            kafka=KafkaSettings.from_env(),
+            store=env.get("ORDEROPS_STORE", "rocksdb://"),
+            data_dir=Path(env.get("ORDEROPS_DATA_DIR", run_dir / "state")) / service,
+            web_host=env.get("ORDEROPS_WEB_HOST", "127.0.0.1"),
+            web_port=int(env.get("WEB_PORT", default_web_port)),
+            log_level=env.get("LOG_LEVEL", "info"),
+            standby_replicas=int(env.get("ORDEROPS_STANDBY_REPLICAS", "0")),
+            park_deadline_seconds=float(env.get("ORDEROPS_PARK_DEADLINE_SECONDS", str(24 * 3600))),
+        )
