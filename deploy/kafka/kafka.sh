@@ -34,8 +34,11 @@ require_tools() {
 running_pid() {
   [ -f "$pid_file" ] || return 1
   local pid; pid=$(cat "$pid_file")
-  kill -0 "$pid" 2>/dev/null && ps -o args= -p "$pid" | grep -q 'kafka.Kafka' && { echo "$pid"; return 0; }
-  return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  # Not `ps | grep -q`: pipefail + an early grep exit fails with SIGPIPE, and ps cuts long lines.
+  local args; args=$(tr "\0" " " < "/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ "$args" == *kafka.Kafka* ]] || return 1
+  echo "$pid"
 }
 
 port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -1,0 +1,113 @@
+"""Helpers for tests that run real processes against a real broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from confluent_kafka import Consumer, Message, Producer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def producer(bootstrap: str) -> Producer:
+    return Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+
+
+def read_topic(bootstrap: str, topic: str, until: Callable[[list[Message]], bool], timeout: float = 60.0,
+               keep: Callable[[Message], bool] = lambda m: True) -> list[Message]:
+    """Read ``topic`` from the beginning until ``until(kept messages)`` holds; fail after ``timeout``."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"test-reader-{uuid.uuid4().hex}",
+        "auto.offset.reset": "earliest", "enable.auto.commit": False,
+    })
+    consumer.subscribe([topic])
+    kept: list[Message] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and not message.error() and keep(message):
+                kept.append(message)
+            if until(kept):
+                return kept
+        raise AssertionError(f"{topic}: condition not met within {timeout}s; read {len(kept)} matching messages")
+    finally:
+        consumer.close()
+
+
+class ServiceProcess:
+    """A processor run as a real OS process, as `make run` runs it, with its log in a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, web_port: int) -> None:
+        self.args, self.env, self.log_path, self.web_port = args, env, log_path, web_port
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def start(self) -> ServiceProcess:
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([sys.executable, *self.args], env={**os.environ, **self.env},
+                                        stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+    async def wait_ready(self, timeout: float = 90.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    raise AssertionError(f"process exited with {self.process.returncode}:\n{self.log_tail()}")
+                try:
+                    async with session.get(f"{self.url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                        last = await resp.json()
+                        if resp.status == 200:
+                            return last
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    last = exc
+                await _sleep(0.5)
+        raise AssertionError(f"not ready within {timeout}s (last health: {last}):\n{self.log_tail()}")
+
+    async def get_json(self, path: str) -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{self.url}{path}") as resp:
+                return resp.status, await resp.json(content_type=None)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(f"did not stop within {timeout}s of {signal.Signals(sig).name}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)

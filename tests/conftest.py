@@ -1,0 +1,34 @@
+"""Fixtures every test may use. Broker tests get a real Kafka broker: see orderops.brokers."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from orderops.admin import create_topics
+from orderops.settings import KafkaSettings
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    from orderops.brokers import find_or_start_broker
+
+    broker = find_or_start_broker()
+    os.environ["KAFKA_BOOTSTRAP"] = broker.bootstrap
+    yield broker.bootstrap
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def catalog_topics(kafka_bootstrap: str) -> str:
+    """Every catalog topic exists (created idempotently, like `orderops topics create`)."""
+    create_topics(settings=KafkaSettings(kafka_bootstrap, 1))
+    return kafka_bootstrap
+
+
+@pytest.fixture
+def run_id() -> str:
+    """A short id that keeps one test's orders, groups and apps apart from every other run's."""
+    return uuid.uuid4().hex[:8]
