@@ -90,7 +90,7 @@ class ResolvedSchema:
 class SchemaRegistry:
     """All named types of a schemas folder, plus frozen historical writer schemas.
 
-    ``fingerprints/`` holds the canonical form of every writer schema that ever shipped, so a
+    ``fingerprints/`` holds every writer schema that ever shipped, so a
     reader can still decode what an older (or newer) writer wrote: the fingerprint in a message
     names its writer schema without a registry service.
     """
@@ -148,14 +148,19 @@ class SchemaRegistry:
         return self._writers
 
     def freeze(self, names: list[str]) -> list[Path]:
-        """Record the canonical form of these writer schemas under ``fingerprints/``."""
+        """Record these writer schemas under ``fingerprints/``, fully expanded.
+
+        Not the Parsing Canonical Form: that drops logical types and defaults, and a writer
+        read back from it would decode money as raw bytes. The file name carries the fingerprint
+        of the canonical form, which is what messages name.
+        """
         self.frozen_dir.mkdir(exist_ok=True)
         written = []
         for name in names:
             resolved = self.get(name)
             path = self.frozen_dir / f"{resolved.name}-{resolved.fingerprint.hex()}.json"
             if not path.exists():
-                path.write_text(resolved.canonical_form + "\n")
+                path.write_text(json.dumps(resolved.schema, indent=1) + "\n")
                 written.append(path)
         self._writers = None
         return written

@@ -1,0 +1,136 @@
+"""Single-object encoding: round trips, schema evolution, and precise errors for bad bytes."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orderops.catalog import PAYMENTS_EVENTS, STOREFRONT_ORDERS
+from orderops.codec import (
+    HEADER_SIZE,
+    MAGIC,
+    Codec,
+    EncodeError,
+    Envelope,
+    NotSingleObjectEncoded,
+    SchemaMismatch,
+    UnknownFingerprint,
+)
+from orderops.scenario import Story, address, card, customer, line, money
+from orderops.schemas import SchemaRegistry
+
+CODEC = Codec()
+WHEN = datetime(2026, 11, 2, 9, 30, tzinfo=timezone.utc)
+
+
+def _placed() -> tuple[str, bytes, Envelope]:
+    story = Story("o-1", start=WHEN)
+    envelope = story.on(STOREFRONT_ORDERS).OrderPlaced(
+        customer=customer(), lines=[line("l1", "Blue mug", 2, "12.50"), line("l2", "Tea", 1, "4.99")],
+        instruments=[card("card-1", "29.99")], shipping_address=address(), total=money("29.99"))
+    return STOREFRONT_ORDERS.value_schema, CODEC.encode(STOREFRONT_ORDERS.value_schema, envelope.to_record()), envelope
+
+
+def test_round_trip_keeps_every_field_and_type():
+    schema, data, envelope = _placed()
+    assert data[:2] == MAGIC
+    assert data[2:HEADER_SIZE] == CODEC.registry.get(schema).fingerprint
+    decoded = CODEC.decode(data, schema)
+    assert decoded.writer == schema
+    back = Envelope.from_record(decoded.record)
+    assert back.payload == {**envelope.payload, "promised_delivery_by": None}, "defaults filled in"
+    assert (back.event_id, back.order_id, back.source, back.type) == (
+        envelope.event_id, envelope.order_id, envelope.source, envelope.type)
+    assert back.occurred_at == WHEN
+    assert back.payload["total"]["amount"] == Decimal("29.99")
+    assert back.short_type == "OrderPlaced"
+
+
+@given(st.decimals(min_value=Decimal("-99999999"), max_value=Decimal("99999999"), places=4, allow_nan=False),
+       st.text(max_size=40))
+def test_amounts_and_text_survive_exactly(amount, reason):
+    record = Envelope("e", "o", WHEN, "payment-provider", "orderops.payments.CaptureFailed",
+                      {"instrument_id": "i", "amount": {"amount": amount, "currency": "EUR"}, "reason": reason})
+    back = Envelope.from_record(CODEC.decode(CODEC.encode(PAYMENTS_EVENTS.value_schema, record.to_record()),
+                                             PAYMENTS_EVENTS.value_schema).record)
+    assert back.payload["amount"]["amount"] == amount and back.payload["reason"] == reason
+
+
+def test_not_single_object_encoded():
+    with pytest.raises(NotSingleObjectEncoded, match="C3 01"):
+        CODEC.decode(b'{"json": "is not avro"}', STOREFRONT_ORDERS.value_schema)
+    with pytest.raises(NotSingleObjectEncoded):
+        CODEC.decode(b"\xc3", STOREFRONT_ORDERS.value_schema)
+    with pytest.raises(NotSingleObjectEncoded, match="no value"):
+        CODEC.decode(None, STOREFRONT_ORDERS.value_schema)
+
+
+def test_unknown_fingerprint_names_it():
+    schema, data, _ = _placed()
+    forged = MAGIC + bytes(8) + data[HEADER_SIZE:]
+    with pytest.raises(UnknownFingerprint, match="0000000000000000"):
+        CODEC.decode(forged, schema)
+
+
+def test_body_that_does_not_match_its_schema():
+    schema, data, _ = _placed()
+    with pytest.raises(SchemaMismatch):
+        CODEC.decode(data[:-5], schema)
+    with pytest.raises(SchemaMismatch, match="left over"):
+        CODEC.decode(data + b"\x00\x01", schema)
+    with pytest.raises(SchemaMismatch):
+        CODEC.decode(data[:HEADER_SIZE] + b"\xff" * 40, schema)
+
+
+def test_encoding_a_record_that_does_not_fit_is_a_precise_error():
+    with pytest.raises(EncodeError, match="does not fit orderops.storefront.OrderEvent"):
+        CODEC.encode(STOREFRONT_ORDERS.value_schema, {"event_id": "e", "order_id": "o"})
+
+
+def _contract_copy(directory, change=lambda name, source: None, extra_writers=()) -> SchemaRegistry:
+    """A copy of today's contract with one schema changed; today's and ``extra_writers`` frozen."""
+    current = SchemaRegistry()
+    directory.mkdir(exist_ok=True)
+    (directory / "fingerprints").mkdir()
+    for name, source in current.sources.items():
+        source = json.loads(json.dumps(source))
+        change(name, source)
+        (directory / f"{name}.avsc").write_text(json.dumps(source))
+    for resolved in [*current.frozen().values(), *extra_writers]:
+        (directory / "fingerprints" / f"{resolved.name}-{resolved.fingerprint.hex()}.json").write_text(
+            json.dumps(resolved.schema))
+    return SchemaRegistry(directory)
+
+
+def _add_gift_message(name, source):
+    if name == "orderops.storefront.OrderPlaced":
+        source["fields"].append({"name": "gift_message", "type": "string", "default": ""})
+
+
+def test_old_writer_is_resolved_to_a_new_reader(tmp_path):
+    new = Codec(_contract_copy(tmp_path / "new", _add_gift_message))
+    schema, old_bytes, envelope = _placed()
+    payload = new.decode(old_bytes, schema).record["payload"][1]
+    assert payload["gift_message"] == ""
+    assert payload["lines"] == envelope.payload["lines"]
+
+
+def test_new_writer_is_read_by_an_old_reader_that_has_its_fingerprint(tmp_path):
+    new = Codec(_contract_copy(tmp_path / "new", _add_gift_message))
+    schema, old_bytes, envelope = _placed()
+    record = {**envelope.to_record(), "payload": (envelope.type, {**envelope.payload, "gift_message": "Enjoy"})}
+    new_bytes = new.encode(schema, record)
+    assert new_bytes[2:HEADER_SIZE] != old_bytes[2:HEADER_SIZE]
+
+    # A reader only resolves writers it knows: ship schemas/fingerprints/ to readers first.
+    with pytest.raises(UnknownFingerprint):
+        CODEC.decode(new_bytes, schema)
+    old = Codec(_contract_copy(tmp_path / "old", extra_writers=[new.registry.get(schema)]))
+    payload = old.decode(new_bytes, schema).record["payload"][1]
+    assert "gift_message" not in payload
+    assert payload["total"] == envelope.payload["total"]
