@@ -6,7 +6,6 @@ import os
 import uuid
 
 import pytest
-
 from orderops.admin import create_topics
 from orderops.settings import KafkaSettings
 

@@ -67,7 +67,8 @@ class Topic:
 ORDER_KEY = "order_id (UTF-8)"
 
 STOREFRONT_ORDERS = Topic(
-    "storefront.orders", "orderops.storefront.OrderEvent", ORDER_KEY, (STOREFRONT,), (ORDER_STATE, FULFILLMENT, RETURNS, TIMELINE),
+    "storefront.orders", "orderops.storefront.OrderEvent", ORDER_KEY, (STOREFRONT,),
+    (ORDER_STATE, FULFILLMENT, RETURNS, TIMELINE),
     "Order placed (lines, prices, payment instruments, customer, delivery promise); order or line cancelled.",
 )
 STOREFRONT_RETURNS = Topic(

@@ -78,15 +78,14 @@ def _schemas_check(args: argparse.Namespace) -> int:
     from orderops.schemas import SchemaRegistry
 
     registry = SchemaRegistry()
-    for name in registry.names():
-        registry.get(name).parsed
+    parsed = [registry.get(name).parsed for name in registry.names()]
     frozen = registry.frozen()
     unfrozen = [n for n in writer_schema_names() if registry.get(n).fingerprint not in frozen]
     if unfrozen:
         print("writer schemas not frozen (run: orderops schemas freeze, and commit schemas/fingerprints/):",
               *unfrozen, sep="\n  ", file=sys.stderr)
         return 1
-    print(f"schemas: {len(registry.names())} parse; {len(writer_schema_names())} writer schemas frozen")
+    print(f"schemas: {len(parsed)} parse; {len(writer_schema_names())} writer schemas frozen")
     return 0
 
 

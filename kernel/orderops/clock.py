@@ -3,7 +3,7 @@ replay of the same events reaches the same decisions whenever it runs."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -16,7 +16,7 @@ class Clock(Protocol):
 
 class WallClock:
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     def observe(self, event_time: datetime) -> None:
         pass
@@ -26,7 +26,7 @@ class EventTimeClock:
     """Time is the latest event time seen: it never runs backwards and never runs ahead."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime.fromtimestamp(0, timezone.utc)
+        self._now = start or datetime.fromtimestamp(0, UTC)
 
     def now(self) -> datetime:
         return self._now

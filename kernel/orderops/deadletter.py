@@ -9,7 +9,7 @@ added so an on-call engineer can find the cause and re-drive the message:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from orderops.codec import DecodeError
 
@@ -39,10 +39,11 @@ def dead_letter_headers(
     service: str,
     failed_at: datetime | None = None,
 ) -> list[tuple[str, bytes]]:
-    moment = failed_at or datetime.now(timezone.utc)
+    moment = failed_at or datetime.now(UTC)
     message = f"{type(error).__name__}: {error}".encode()[:MAX_ERROR_BYTES]
     kept = [(k, v) for k, v in (original or []) if k not in ADDED_HEADERS]
-    return kept + [
+    return [
+        *kept,
         (ORIGIN_TOPIC, topic.encode()),
         (ORIGIN_PARTITION, str(partition).encode()),
         (ORIGIN_OFFSET, str(offset).encode()),

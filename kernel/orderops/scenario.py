@@ -15,7 +15,7 @@ produces the same ids (and a re-published story is a redelivery, not new events)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -62,7 +62,7 @@ class StoryEvent:
 @dataclass
 class Story:
     order_id: str
-    start: datetime = field(default_factory=lambda: datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc))
+    start: datetime = field(default_factory=lambda: datetime(2026, 11, 2, 9, 0, tzinfo=UTC))
     events: list[StoryEvent] = field(default_factory=list)
     codec: Codec = field(default_factory=Codec)
 

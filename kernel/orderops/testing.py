@@ -61,10 +61,9 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.web_port}"
 
     def start(self) -> ServiceProcess:
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, *self.args], env={**os.environ, **self.env},
-                                        stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, *self.args], env={**os.environ, **self.env},
+                                            stdout=log, stderr=subprocess.STDOUT)
         return self
 
     async def wait_ready(self, timeout: float = 90.0) -> dict[str, Any]:
@@ -95,10 +94,10 @@ class ServiceProcess:
         self.process.send_signal(sig)
         try:
             return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             self.process.kill()
             self.process.wait(10)
-            raise AssertionError(f"did not stop within {timeout}s of {signal.Signals(sig).name}:\n{self.log_tail()}")
+            raise AssertionError(f"did not stop within {timeout}s of {signal.Signals(sig).name}:\n{self.log_tail()}") from exc
 
     def log_tail(self, lines: int = 60) -> str:
         try:

@@ -6,7 +6,6 @@ import ast
 from pathlib import Path
 
 import pytest
-
 from orderops import catalog
 from orderops.schemas import SchemaRegistry
 
@@ -80,7 +79,7 @@ def test_no_topic_name_is_written_as_a_literal_outside_the_catalog():
     names = {t.name for t in catalog.ALL_TOPICS}
     offenders = []
     for path in _python_files():
-        if path.name == "catalog.py" and path.parent.name == "orderops" or path == Path(__file__).resolve():
+        if (path.name == "catalog.py" and path.parent.name == "orderops") or path == Path(__file__).resolve():
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:

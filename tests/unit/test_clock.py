@@ -1,10 +1,9 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from orderops.clock import EventTimeClock, WallClock, clock_from_env
 
-T0 = datetime(2026, 11, 2, 9, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 2, 9, tzinfo=UTC)
 
 
 def test_event_time_clock_follows_the_latest_event_and_never_runs_back():
@@ -17,8 +16,8 @@ def test_event_time_clock_follows_the_latest_event_and_never_runs_back():
 
 
 def test_wall_clock_is_utc_now():
-    before = datetime.now(timezone.utc)
-    assert before <= WallClock().now() <= datetime.now(timezone.utc)
+    before = datetime.now(UTC)
+    assert before <= WallClock().now() <= datetime.now(UTC)
 
 
 def test_clock_mode_comes_from_configuration():

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from orderops.catalog import PAYMENTS_EVENTS, STOREFRONT_ORDERS
 from orderops.codec import (
     HEADER_SIZE,
@@ -25,7 +24,7 @@ from orderops.scenario import Story, address, card, customer, line, money
 from orderops.schemas import SchemaRegistry
 
 CODEC = Codec()
-WHEN = datetime(2026, 11, 2, 9, 30, tzinfo=timezone.utc)
+WHEN = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 
 
 def _placed() -> tuple[str, bytes, Envelope]:

@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from orderops.compat import problems
 from orderops.schemas import SchemaRegistry
 

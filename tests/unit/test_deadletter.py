@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from orderops import deadletter
 from orderops.catalog import STOREFRONT_ORDERS
@@ -6,7 +6,7 @@ from orderops.codec import NotSingleObjectEncoded
 
 
 def test_headers_keep_the_original_and_say_where_and_why():
-    moment = datetime(2026, 11, 2, 9, tzinfo=timezone.utc)
+    moment = datetime(2026, 11, 2, 9, tzinfo=UTC)
     headers = deadletter.dead_letter_headers(
         [("trace-id", b"t-1"), ("error", b"spoofed by the producer")], topic=STOREFRONT_ORDERS.name, partition=3,
         offset=42, error=NotSingleObjectEncoded("no marker"), service="order-state", failed_at=moment)

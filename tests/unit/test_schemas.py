@@ -6,9 +6,9 @@ import json
 from decimal import Decimal
 
 import pytest
-
 from orderops import catalog
-from orderops.cli import main as cli, writer_schema_names
+from orderops.cli import main as cli
+from orderops.cli import writer_schema_names
 from orderops.schemas import SchemaError, SchemaRegistry, crc64_avro
 
 REGISTRY = SchemaRegistry()

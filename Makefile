@@ -1,0 +1,69 @@
+# orderops: the two commands are `make run` and `make test`; everything else is a step of them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SERVICES := $(sort $(wildcard services/*/pyproject.toml))
+export ORDEROPS_PYTHON := $(abspath $(BIN)/python)
+
+.PHONY: help venv kafka-up kafka-down kafka-status topics run test test-unit lint clean
+
+help:
+	@echo "make run           broker, topics, every processor, the simulator; prints where to look"
+	@echo "make test          environment, broker (if none), then the whole suite against it"
+	@echo "make test-unit     the tests that need no broker"
+	@echo "make kafka-up | kafka-down | kafka-status   the embedded Kafka 4.4 broker"
+	@echo "make topics        create every catalog topic (idempotent)"
+	@echo "make lint          ruff"
+	@echo "make clean         stop the broker, delete .venv and .run (broker data, state, logs)"
+
+$(STAMP): requirements.lock requirements-dev.txt kernel/pyproject.toml $(SERVICES)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
+	  { echo "orderops needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) --version 2>&1). Set PYTHON=python3.11 (or newer)." >&2; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -r requirements-dev.txt \
+	  -e kernel $(foreach s,$(SERVICES),-e $(dir $(s)))
+	@touch $@
+
+venv: $(STAMP)
+
+kafka-up: venv
+	@if [ -n "$$KAFKA_BOOTSTRAP" ]; then echo "KAFKA_BOOTSTRAP=$$KAFKA_BOOTSTRAP is set: using that broker"; \
+	 else deploy/kafka/kafka.sh up; fi
+
+kafka-down:
+	@deploy/kafka/kafka.sh down
+
+kafka-status:
+	@deploy/kafka/kafka.sh status
+
+topics: kafka-up
+	@$(BIN)/orderops topics create
+
+run: topics
+	@echo
+	@echo "orderops is up (so far: the broker and every catalog topic; the processors come with their issues)."
+	@echo "  broker     $${KAFKA_BOOTSTRAP:-127.0.0.1:$${KAFKA_PORT:-9092}}   (make kafka-status, logs in .run/kafka/logs)"
+	@echo "  topics     $(BIN)/orderops topics list"
+	@echo "  stop       make kafka-down"
+
+# The broker fixture (orderops.brokers) uses KAFKA_BOOTSTRAP, else testcontainers when Docker
+# answers, else starts the embedded broker through deploy/kafka/kafka.sh and stops it after.
+test: venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(BIN)/pytest -m "not broker" $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check kernel services tests
+
+clean:
+	-@deploy/kafka/kafka.sh down
+	rm -rf $(VENV) .run .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -name '*.egg-info' -type d -prune -exec rm -rf {} +
