@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-KAFKA_SCRIPT = REPO / "deploy" / "kafka" / "kafka.sh"
+from orderops.paths import source_root
+
+KAFKA_SCRIPT = (source_root() or Path.cwd()) / "deploy" / "kafka" / "kafka.sh"
 TESTCONTAINERS_IMAGE = "confluentinc/cp-kafka:8.0.0"  # Kafka 4.0 in KRaft mode
 
 

@@ -17,6 +17,8 @@ from typing import Any
 from fastavro import parse_schema
 from fastavro.schema import to_parsing_canonical_form
 
+from orderops.paths import source_root
+
 PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 
 
@@ -29,9 +31,9 @@ def default_schemas_dir() -> Path:
     configured = os.environ.get("ORDEROPS_SCHEMAS_DIR")
     if configured:
         return Path(configured)
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "schemas").is_dir() and (parent / "kernel").is_dir():
-            return parent / "schemas"
+    root = source_root()
+    if root is not None:
+        return root / "schemas"
     raise SchemaError("cannot find the schemas/ folder: set ORDEROPS_SCHEMAS_DIR to its path")
 
 

@@ -9,12 +9,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from orderops.paths import source_root
+
 
 def _repo_run_dir() -> Path:
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "kernel").is_dir() and (parent / "schemas").is_dir():
-            return parent / ".run"
-    return Path.cwd() / ".run"
+    return (source_root() or Path.cwd()) / ".run"
 
 
 @dataclass(frozen=True)
