@@ -152,13 +152,30 @@ def dead_letter_topic(processor: str) -> Topic:
 
 DEAD_LETTER_TOPICS = {p: dead_letter_topic(p) for p in PROCESSORS}
 
+
+def timer_topic(processor: str) -> Topic:
+    """``<processor>.timers``: the processor's own timer ticks, keyed by order id.
+
+    Faust lets a table change only while an agent handles an event, so a deadline (a parked
+    event's, an escalation's age) becomes an event: a periodic sweep writes a tick here and the
+    processor's agent applies it like any other input, on the order's own partition.
+    """
+    return Topic(
+        f"{processor}.timers", "orderops.common.TimerEvent", ORDER_KEY, (processor,), (processor,),
+        f"Timer ticks {processor} writes to itself for orders with a pending deadline.",
+        retention_ms=DAY_MS,
+    )
+
+
+TIMER_TOPICS = {p: timer_topic(p) for p in (ORDER_STATE, FULFILLMENT, RETURNS, TIMELINE)}
+
 DATA_TOPICS: tuple[Topic, ...] = (
     STOREFRONT_ORDERS, STOREFRONT_RETURNS, PAYMENTS_EVENTS, WAREHOUSE_FULFILLMENT, WAREHOUSE_RETURNS,
     SUPPORT_CONTACTS, SUPPORT_ACTIONS, RETURNS_POLICIES, ORDERS_STATE_CHANGES, FULFILLMENT_STATE_CHANGES,
     RETURNS_STATE_CHANGES, PAYMENTS_REFUND_REQUESTS, NOTIFICATIONS_REQUESTS, NOTIFICATIONS_DELIVERIES,
     SUPPORT_TIMELINE, SUPPORT_ORDER_VIEWS, SUPPORT_ESCALATIONS,
 )
-ALL_TOPICS: tuple[Topic, ...] = DATA_TOPICS + tuple(DEAD_LETTER_TOPICS.values())
+ALL_TOPICS: tuple[Topic, ...] = DATA_TOPICS + tuple(TIMER_TOPICS.values()) + tuple(DEAD_LETTER_TOPICS.values())
 BY_NAME = {t.name: t for t in ALL_TOPICS}
 
 
@@ -170,6 +187,7 @@ def topic(name: str) -> Topic:
 
 
 def inputs_of(service: str) -> tuple[Topic, ...]:
+    """The shared topics a service reads (its own timer topic is private: ``TIMER_TOPICS``)."""
     return tuple(t for t in DATA_TOPICS if service in t.readers)
 
 

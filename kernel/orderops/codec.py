@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
+from orderops.envelope import Envelope
 from orderops.schemas import ResolvedSchema, SchemaRegistry
+
+__all__ = [
+    "Codec",
+    "DecodeError",
+    "Decoded",
+    "EncodeError",
+    "Envelope",
+    "NotSingleObjectEncoded",
+    "SchemaMismatch",
+    "UnknownFingerprint",
+]
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
@@ -105,33 +115,3 @@ class Codec:
                 "Update this service's schemas/ (schemas/fingerprints/ holds every released writer schema)"
             )
         return writer
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """An order-scoped event: the envelope every topic's events share, and its payload."""
-
-    event_id: str
-    order_id: str
-    occurred_at: datetime
-    source: str
-    type: str
-    payload: dict
-
-    @property
-    def short_type(self) -> str:
-        return self.type.rsplit(".", 1)[-1]
-
-    @classmethod
-    def from_record(cls, record: dict) -> Envelope:
-        type_name, payload = record["payload"]
-        return cls(record["event_id"], record["order_id"], record["occurred_at"], record["source"], type_name, payload)
-
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "event_id": self.event_id,
-            "order_id": self.order_id,
-            "occurred_at": self.occurred_at,
-            "source": self.source,
-            "payload": (self.type, self.payload),
-        }

@@ -14,3 +14,17 @@ DEAD_LETTERED = Counter(
     "orderops_dead_lettered_total", "Messages sent to a processor's dead-letter topic",
     ["processor", "origin_topic", "error_class"],
 )
+TRANSITIONS = Counter(
+    "orderops_transitions_total", "State machine transitions", ["processor", "machine", "to_state"],
+)
+PARKED = Counter(
+    "orderops_events_parked_total", "Events parked because they arrived before their prerequisite",
+    ["processor", "machine"],
+)
+REJECTED = Counter(
+    "orderops_events_rejected_total", "Events rejected with an audit record", ["processor", "machine", "reason_code"],
+)
+DUPLICATES = Counter(
+    "orderops_duplicate_events_total", "Redelivered events recognised by their event id and not applied again",
+    ["processor"],
+)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import faust
@@ -20,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from orderops import catalog
 from orderops.catalog import Topic
+from orderops.clock import clock_from_env
 from orderops.codec import Codec, Envelope
 from orderops.deadletter import dead_letter_headers, error_class
 from orderops.metrics import DEAD_LETTERED, EVENTS_PROCESSED
@@ -44,6 +46,8 @@ class Service:
         self.app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(self.metrics_registry, "orderops_faust"))
         self._dead_letter_topic = catalog.DEAD_LETTER_TOPICS.get(name) or catalog.dead_letter_topic(name)
         self._channels: dict[tuple[str, ...], faust.TopicT] = {}
+        self.clock = clock_from_env(self.settings.clock)
+        self._deadlines: faust.TableT | None = None
         self._mount_pages()
 
     # -- topics ---------------------------------------------------------------------------------
@@ -69,15 +73,31 @@ class Service:
     # -- the agent's three verbs ----------------------------------------------------------------
 
     def decode(self, event: faust.EventT) -> Envelope:
+        """The event's envelope; the clock learns its event time (it matters in event-time mode)."""
         topic = catalog.topic(event.message.topic)
-        return Envelope.from_record(self.codec.decode(event.message.value, topic.value_schema).record)
+        envelope = Envelope.from_record(self.codec.decode(event.message.value, topic.value_schema).record)
+        self.clock.observe(envelope.occurred_at)
+        return envelope
 
-    async def emit(self, topic: Topic, key: str, record: dict, headers: list[tuple[str, bytes]] | None = None) -> None:
-        """Encode with the topic's schema and send. Only a declared writer may write a topic."""
+    async def emit(self, topic: Topic, key: str, record: dict, headers: list[tuple[str, bytes]] | None = None):
+        """Encode with the topic's schema and send; returns the future of the broker's ack.
+        Only a declared writer may write a topic."""
         if self.name not in topic.writers:
             raise ContractViolation(f"{self.name} is not a writer of {topic.name} (writers: {topic.writers})")
         value = self.codec.encode(topic.value_schema, record)
-        await self.topic(topic).send(key=key.encode(), value=value, headers=headers)
+        return await self.topic(topic).send(key=key.encode(), value=value, headers=headers)
+
+    async def emit_all(self, key: str, outputs: Iterable[tuple[Topic, dict]]) -> None:
+        """Send every output and wait until the broker acknowledged all of them.
+
+        Call before writing the table: once the state records an event as applied, a crash
+        must not be able to lose that event's outputs (the redelivered event would be seen
+        as a duplicate and emit nothing). Outputs first, state second: a crash in between
+        re-emits the same records with the same ids, which consumers recognise.
+        """
+        pending = [await self.emit(topic, key, record) for topic, record in outputs]
+        for future in pending:
+            await future
 
     @asynccontextmanager
     async def dead_letter_on_error(self, event: faust.EventT) -> AsyncIterator[None]:
@@ -106,6 +126,42 @@ class Service:
             self.name, message.topic, message.partition, message.offset, self._dead_letter_topic.name,
             type(error).__name__, error, exc_info=not isinstance(error, ValueError),
         )
+
+    # -- timers -------------------------------------------------------------------------------
+
+    def enable_timers(self) -> faust.TopicT:
+        """Deadlines per order, and a sweep that turns due ones into ``TimerFired`` events.
+
+        Returns the channel of this processor's timer topic: its agent must read it (alongside
+        its inputs) and apply each tick as of ``fired_at``. Call ``schedule`` while handling an
+        event to set or clear an order's next deadline.
+        """
+        timers = catalog.TIMER_TOPICS[self.name]
+        self._deadlines = self.table("deadlines", default=None)
+        deadlines = self._deadlines
+
+        @self.app.timer(interval=self.settings.timer_interval_seconds)
+        async def sweep_deadlines() -> None:
+            now = self.clock.now()
+            for order_id, due in list(deadlines.items()):
+                if due is not None and datetime.fromisoformat(due) <= now:
+                    await self.emit(timers, order_id, Envelope(
+                        event_id=f"{self.name}:timer:{order_id}:{due}:{now.isoformat()}", order_id=order_id,
+                        occurred_at=now, source=self.name, type="orderops.common.TimerFired",
+                        payload={"due_at": datetime.fromisoformat(due), "fired_at": now}).to_record())
+
+        return self.topic(timers)
+
+    def schedule(self, order_id: str, due: datetime | None) -> None:
+        """Set (or clear, with None) the order's next deadline. Only inside an agent's event."""
+        if self._deadlines is None:
+            raise RuntimeError(f"{self.name}: call enable_timers() before schedule()")
+        wanted = due.isoformat() if due is not None else None
+        if self._deadlines.get(order_id) != wanted:
+            if wanted is None:
+                del self._deadlines[order_id]
+            else:
+                self._deadlines[order_id] = wanted
 
     # -- health and metrics ---------------------------------------------------------------------
 

@@ -16,6 +16,12 @@ def _repo_run_dir() -> Path:
     return (source_root() or Path.cwd()) / ".run"
 
 
+# librdkafka's default partitioner is consistent_random (CRC32); aiokafka, Faust and the Java
+# client use murmur2. Every order-scoped topic is co-partitioned by order id, so every producer
+# must hash keys the same way: confluent-kafka producers take these settings.
+PRODUCER_DEFAULTS = {"partitioner": "murmur2_random", "enable.idempotence": True, "acks": "all", "linger.ms": 5}
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     bootstrap: str
@@ -42,6 +48,8 @@ class ServiceSettings:
     log_level: str
     standby_replicas: int
     park_deadline_seconds: float
+    timer_interval_seconds: float
+    clock: str
 
     @classmethod
     def from_env(cls, service: str, default_web_port: int) -> ServiceSettings:
@@ -57,4 +65,6 @@ class ServiceSettings:
             log_level=env.get("LOG_LEVEL", "info"),
             standby_replicas=int(env.get("ORDEROPS_STANDBY_REPLICAS", "0")),
             park_deadline_seconds=float(env.get("ORDEROPS_PARK_DEADLINE_SECONDS", str(24 * 3600))),
+            timer_interval_seconds=float(env.get("ORDEROPS_TIMER_INTERVAL_SECONDS", "10")),
+            clock=env.get("ORDEROPS_CLOCK", "wall"),
         )

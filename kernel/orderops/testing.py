@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 from confluent_kafka import Consumer, Message, Producer
 
+from orderops.settings import PRODUCER_DEFAULTS
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -24,7 +26,7 @@ def free_port() -> int:
 
 
 def producer(bootstrap: str) -> Producer:
-    return Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    return Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS})
 
 
 def read_topic(bootstrap: str, topic: str, until: Callable[[list[Message]], bool], timeout: float = 60.0,

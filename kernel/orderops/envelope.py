@@ -1,0 +1,67 @@
+"""The envelope every order-scoped event carries, as a plain value (no Kafka, no Avro here),
+and a lossless JSON form for keeping values with Decimals and datetimes in tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Envelope:
+    event_id: str
+    order_id: str
+    occurred_at: datetime
+    source: str
+    type: str  # full Avro name of the payload, e.g. orderops.payments.PaymentCaptured
+    payload: dict
+
+    @property
+    def short_type(self) -> str:
+        return self.type.rsplit(".", 1)[-1]
+
+    @classmethod
+    def from_record(cls, record: dict) -> Envelope:
+        type_name, payload = record["payload"]
+        return cls(record["event_id"], record["order_id"], record["occurred_at"], record["source"], type_name, payload)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"event_id": self.event_id, "order_id": self.order_id, "occurred_at": self.occurred_at,
+                "source": self.source, "payload": (self.type, self.payload)}
+
+    def to_json(self) -> dict[str, Any]:
+        return to_json({**self.to_record(), "payload": {"type": self.type, "value": self.payload}})
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Envelope:
+        record = from_json(data)
+        return cls(record["event_id"], record["order_id"], record["occurred_at"], record["source"],
+                   record["payload"]["type"], record["payload"]["value"])
+
+
+def to_json(value: Any) -> Any:
+    """Decimals and datetimes as tagged strings, so ``from_json`` restores them exactly."""
+    if isinstance(value, Decimal):
+        return {"$decimal": str(value)}
+    if isinstance(value, datetime):
+        return {"$datetime": value.isoformat()}
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    return value
+
+
+def from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1:
+            if "$decimal" in value:
+                return Decimal(value["$decimal"])
+            if "$datetime" in value:
+                return datetime.fromisoformat(value["$datetime"])
+        return {k: from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json(v) for v in value]
+    return value

@@ -1,0 +1,22 @@
+"""order-state's app: the kernel's Service, its table and its settings."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from orderops.catalog import ORDER_STATE
+from orderops.service import Service
+
+DEFAULT_WEB_PORT = 6101
+
+service = Service(ORDER_STATE, default_web_port=DEFAULT_WEB_PORT)
+app = service.app
+
+# order id -> OrderState.to_json(): both machines, the lines, parked events, history.
+orders = service.table("orders", default=None, help="Order and payment state per order")
+timer_channel = service.enable_timers()
+
+PARK_FOR = timedelta(seconds=service.settings.park_deadline_seconds)
+# A completed order closes this long after completion (ORDEROPS_ORDER_CLOSE_AFTER_DAYS, default 90).
+CLOSE_AFTER = timedelta(days=float(os.environ.get("ORDEROPS_ORDER_CLOSE_AFTER_DAYS", "90")))
