@@ -84,8 +84,10 @@ class Codec:
                 stream,
                 writer.parsed,
                 None if writer.fingerprint == reader.fingerprint else reader.parsed,
+                # A record inside a union always comes back as (full name, record), even in a
+                # one-branch union: the override would drop the name there and lose the event type.
                 return_record_name=True,
-                return_record_name_override=True,
+                return_record_name_override=False,
                 return_named_type_override=False,
             )
         except Exception as exc:  # fastavro raises many types for garbage bodies

@@ -22,7 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from orderops import catalog
 from orderops.catalog import Topic
 from orderops.clock import clock_from_env
-from orderops.codec import Codec, Envelope
+from orderops.codec import Codec, DecodeError, Envelope
 from orderops.deadletter import dead_letter_headers, error_class
 from orderops.metrics import DEAD_LETTERED, EVENTS_PROCESSED
 from orderops.settings import ServiceSettings
@@ -124,7 +124,7 @@ class Service:
             "%s: dead-lettered %s[%d]@%d to %s: %s: %s. The original bytes and headers are kept there; fix the "
             "cause, then re-drive it with the replay tools.",
             self.name, message.topic, message.partition, message.offset, self._dead_letter_topic.name,
-            type(error).__name__, error, exc_info=not isinstance(error, ValueError),
+            type(error).__name__, error, exc_info=not isinstance(error, DecodeError),  # bad data is not a bug
         )
 
     # -- timers -------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     brokers = [f"kafka://{host.strip()}" for host in settings.kafka.bootstrap.split(",") if host.strip()]
     return faust.App(
-        settings.service,
+        settings.app_id,
         broker=brokers,
         store=settings.store,
         datadir=str(settings.data_dir),
@@ -213,6 +213,8 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
         table_standby_replicas=settings.standby_replicas,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 3),
         key_serializer="raw",
         value_serializer="raw",
     )

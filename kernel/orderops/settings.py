@@ -50,6 +50,13 @@ class ServiceSettings:
     park_deadline_seconds: float
     timer_interval_seconds: float
     clock: str
+    instance: str
+    session_timeout_seconds: float
+
+    @property
+    def app_id(self) -> str:
+        """Consumer group and changelog prefix: the service name, or ``<service>-<instance>``."""
+        return f"{self.service}-{self.instance}" if self.instance else self.service
 
     @classmethod
     def from_env(cls, service: str, default_web_port: int) -> ServiceSettings:
@@ -67,4 +74,6 @@ class ServiceSettings:
             park_deadline_seconds=float(env.get("ORDEROPS_PARK_DEADLINE_SECONDS", str(24 * 3600))),
             timer_interval_seconds=float(env.get("ORDEROPS_TIMER_INTERVAL_SECONDS", "10")),
             clock=env.get("ORDEROPS_CLOCK", "wall"),
+            instance=env.get("ORDEROPS_INSTANCE", ""),
+            session_timeout_seconds=float(env.get("ORDEROPS_SESSION_TIMEOUT_SECONDS", "30")),
         )

@@ -133,3 +133,13 @@ def test_new_writer_is_read_by_an_old_reader_that_has_its_fingerprint(tmp_path):
     payload = old.decode(new_bytes, schema).record["payload"][1]
     assert "gift_message" not in payload
     assert payload["total"] == envelope.payload["total"]
+
+
+def test_a_topic_with_one_event_type_still_names_it():
+    from orderops.catalog import NOTIFICATIONS_REQUESTS
+
+    record = Envelope("n-1", "o-1", WHEN, "order-state", "orderops.notifications.NotificationRequested", {
+        "notification_id": "n-1", "type": "order_confirmed", "customer": customer(), "cause_event_id": "e-1"})
+    data = CODEC.encode(NOTIFICATIONS_REQUESTS.value_schema, record.to_record())
+    back = Envelope.from_record(CODEC.decode(data, NOTIFICATIONS_REQUESTS.value_schema).record)
+    assert back.type == "orderops.notifications.NotificationRequested" and back.payload["type"] == "order_confirmed"

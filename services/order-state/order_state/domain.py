@@ -343,10 +343,16 @@ def _drain_parked(outcome: Outcome, now: datetime, park_for: timedelta) -> Outco
         for parked in state.parked:
             remaining = replace(state, parked=tuple(p for p in state.parked if p is not parked))
             retry = _apply_once(remaining, parked.event, parked.topic, now, park_for)
-            if not any(isinstance(r.what, ParkedRecord) for r in retry.records):
+            still_waiting = [r.what for r in retry.records if isinstance(r.what, ParkedRecord)]
+            if not still_waiting:
                 state, progressed = retry.state, True
                 records.extend(retry.records)
                 break
+            # Still early, maybe for another reason now: say what it waits for today, keep its deadline.
+            waiting_for = still_waiting[0].parked.waiting_for
+            if waiting_for != parked.waiting_for:
+                state = replace(state, parked=tuple(replace(p, waiting_for=waiting_for) if p is parked else p
+                                                    for p in state.parked))
     return Outcome(state, tuple(records))
 
 

@@ -10,8 +10,8 @@ from order_state.machines import ORDER, PAYMENT
 
 
 @app.page("/orders/{order_id}")
-@app.table_route(table=orders, match_info="order_id")
 class OrderView(web.View):
+    @app.table_route(table=orders, match_info="order_id")
     async def get(self, request: web.Request, order_id: str) -> web.Response:
         stored = orders.get(order_id)
         if stored is None:

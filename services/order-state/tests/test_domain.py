@@ -7,6 +7,9 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from order_state import domain
+from order_state.domain import Instrument, Notify, OrderState, ParkedRecord, Rejected, Transitioned
+from order_state.machines import ANY, BY_AMOUNT, ORDER, PAYMENT, RESUME
 from stories import (
     ORDER_ID,
     T0,
@@ -22,10 +25,6 @@ from stories import (
     placed,
     refunded,
 )
-
-from order_state import domain
-from order_state.domain import Instrument, Notify, OrderState, ParkedRecord, Rejected, Transitioned
-from order_state.machines import ANY, BY_AMOUNT, ORDER, PAYMENT, RESUME
 
 NOW = T0 + timedelta(hours=1)
 PARK_FOR = timedelta(hours=24)
@@ -57,7 +56,7 @@ def test_every_pair_is_allowed_parked_or_rejected_and_terminal_states_have_no_ex
             if state in machine.terminal:
                 assert waits is None, f"terminal {state} must never park"
                 assert target in (None, state), f"terminal {state} left by {trigger}"
-    for state, trigger, target in machine.rows:
+    for _, _, target in machine.rows:
         assert target in machine.states or target in (RESUME, BY_AMOUNT)
     for state, trigger, _ in machine.parks:
         assert state == ANY or state in machine.states
@@ -218,7 +217,7 @@ def test_capture_beyond_authorization_is_rejected():
 
 
 def test_partial_captures_are_recorded_in_the_amount_ledger():
-    state, records = run(placed(), authorized(100), captured(40), captured(20, n=3))
+    _, records = run(placed(), authorized(100), captured(40), captured(20, n=3))
     ledger = [(t.to_state, t.balance.captured) for t in kinds(records, Transitioned) if t.machine == "payment"]
     assert ledger[-2:] == [("partially_captured", 40), ("partially_captured", 60)]
 
@@ -246,6 +245,14 @@ def test_payment_before_the_order_is_parked_until_the_order_is_placed():
     assert len(kinds(records, ParkedRecord)) == 2 and state.status == "new"
     state, records = run(placed(), state=state)
     assert state.status == "confirmed" and state.instrument("card-1").status == "captured"
+
+
+def test_a_parked_event_says_what_it_waits_for_now_and_keeps_its_deadline():
+    state, _ = run(captured(100))
+    assert state.parked[0].waiting_for == "the order to be placed"
+    state, records = run(placed(), state=state, now=NOW + timedelta(hours=2))
+    assert state.parked[0].waiting_for == "the authorization" and state.parked[0].deadline == NOW + PARK_FOR
+    assert kinds(records, ParkedRecord) == [], "re-parking is not a second audit record"
 
 
 def test_a_duplicate_changes_nothing_and_emits_nothing():
