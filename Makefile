@@ -9,10 +9,12 @@ STAMP := $(VENV)/.installed
 SERVICES := $(sort $(wildcard services/*/pyproject.toml))
 export ORDEROPS_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: help venv kafka-up kafka-down kafka-status topics run test test-unit lint clean
+.PHONY: help venv kafka-up kafka-down kafka-status topics run stop status test test-unit lint clean
 
 help:
 	@echo "make run           broker, topics, every processor, the simulator; prints where to look"
+	@echo "make stop          stop the processors and the broker (state and data stay in .run/)"
+	@echo "make status        what runs and whether it is ready"
 	@echo "make test          environment, broker (if none), then the whole suite against it"
 	@echo "make test-unit     the tests that need no broker"
 	@echo "make kafka-up | kafka-down | kafka-status   the embedded Kafka 4.4 broker"
@@ -45,11 +47,21 @@ topics: kafka-up
 	@$(BIN)/orderops topics create
 
 run: topics
+	@$(BIN)/orderops processors start
 	@echo
-	@echo "orderops is up (so far: the broker and every catalog topic; the processors come with their issues)."
-	@echo "  broker     $${KAFKA_BOOTSTRAP:-127.0.0.1:$${KAFKA_PORT:-9092}}   (make kafka-status, logs in .run/kafka/logs)"
-	@echo "  topics     $(BIN)/orderops topics list"
-	@echo "  stop       make kafka-down"
+	@echo "orderops is up. Built so far: the broker, every topic, order-state (more processors come with their issues)."
+	@echo "  broker       $${KAFKA_BOOTSTRAP:-127.0.0.1:$${KAFKA_PORT:-9092}}   logs: .run/kafka/logs/"
+	@echo "  order-state  http://127.0.0.1:6101/orders/<order id>   /healthz   /metrics   log: .run/logs/order-state.log"
+	@echo "  topics       $(BIN)/orderops topics list"
+	@echo "  status       make status        stop: make stop"
+
+stop:
+	-@$(BIN)/orderops processors stop
+	@deploy/kafka/kafka.sh down
+
+status:
+	@deploy/kafka/kafka.sh status || true
+	@$(BIN)/orderops processors status
 
 # The broker fixture (orderops.brokers) uses KAFKA_BOOTSTRAP, else testcontainers when Docker
 # answers, else starts the embedded broker through deploy/kafka/kafka.sh and stops it after.
@@ -63,6 +75,7 @@ lint: venv
 	$(BIN)/ruff check kernel services tests
 
 clean:
+	-@test -x $(BIN)/orderops && $(BIN)/orderops processors stop
 	-@deploy/kafka/kafka.sh down
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

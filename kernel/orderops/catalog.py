@@ -18,6 +18,8 @@ RETURNS = "returns"
 NOTIFIER = "notifier"
 TIMELINE = "timeline"
 PROCESSORS = (ORDER_STATE, FULFILLMENT, RETURNS, NOTIFIER, TIMELINE)
+# Default web port of each processor (/healthz, /metrics, its HTTP API); WEB_PORT overrides.
+WEB_PORTS = {ORDER_STATE: 6101, FULFILLMENT: 6102, RETURNS: 6103, NOTIFIER: 6104, TIMELINE: 6105}
 
 # Upstream systems (the simulator stands in for them in `make run` and tests).
 STOREFRONT = "storefront"

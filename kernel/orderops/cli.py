@@ -5,6 +5,9 @@
     orderops broker wait        block until a broker answers a metadata request
     orderops schemas freeze     record current writer schemas under schemas/fingerprints/
     orderops schemas check      every current writer schema is frozen; every schema parses
+    orderops processors start   start every installed processor, detached; wait until ready
+    orderops processors stop    SIGTERM them (SIGKILL after 60 s)
+    orderops processors status  which run, which are ready, where
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ def _topics_create(args: argparse.Namespace) -> int:
         settings = KafkaSettings(args.bootstrap, settings.replication_factor)
     report = create_topics(settings=settings)
     for line in report.lines():
-        print(line)
+        if args.verbose or not line.startswith("exists"):
+            print(line)
     print(f"topics: {len(report.created)} created, {len(report.existing)} already existed, "
           f"{len(report.differing)} differ from the catalog")
     if report.differing:
@@ -89,6 +93,18 @@ def _schemas_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _processors(args: argparse.Namespace) -> int:
+    from orderops import processors
+
+    try:
+        lines = getattr(processors, args.command)()
+    except RuntimeError as exc:
+        print(f"processors: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines) or "no processor is running")
+    return 0
+
+
 def writer_schema_names() -> list[str]:
     return sorted({t.value_schema for t in catalog.ALL_TOPICS if t.value_schema})
 
@@ -100,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     topics = groups.add_parser("topics", help="topics of the catalog").add_subparsers(dest="command", required=True)
     create = topics.add_parser("create", help="create every catalog topic that is missing")
     create.add_argument("--bootstrap", help="broker address (default: $KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
+    create.add_argument("--verbose", action="store_true", help="also list the topics that already existed")
     create.set_defaults(run=_topics_create)
     topics.add_parser("list", help="print the catalog").set_defaults(run=_topics_list)
 
@@ -113,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     schemas = groups.add_parser("schemas", help="the event contract").add_subparsers(dest="command", required=True)
     schemas.add_parser("freeze", help="record current writer schemas").set_defaults(run=_schemas_freeze)
     schemas.add_parser("check", help="check every writer schema is frozen").set_defaults(run=_schemas_check)
+
+    procs = groups.add_parser("processors", help="the processors on this machine").add_subparsers(
+        dest="command", required=True)
+    for command in ("start", "stop", "status"):
+        procs.add_parser(command).set_defaults(run=_processors)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -12,7 +12,7 @@ from pathlib import Path
 from orderops.paths import source_root
 
 
-def _repo_run_dir() -> Path:
+def default_run_dir() -> Path:
     return (source_root() or Path.cwd()) / ".run"
 
 
@@ -61,7 +61,7 @@ class ServiceSettings:
     @classmethod
     def from_env(cls, service: str, default_web_port: int) -> ServiceSettings:
         env = os.environ
-        run_dir = Path(env.get("ORDEROPS_RUN_DIR", _repo_run_dir()))
+        run_dir = Path(env.get("ORDEROPS_RUN_DIR", default_run_dir()))
         return cls(
             service=service,
             kafka=KafkaSettings.from_env(),

@@ -8,6 +8,7 @@ with PROBE_ORDER_PREFIX are recorded, so leftovers of other tests on the topics 
 import os
 
 import faust
+
 from orderops.catalog import PAYMENTS_EVENTS, STOREFRONT_ORDERS
 from orderops.service import Service
 

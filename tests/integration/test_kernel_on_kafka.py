@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from orderops import deadletter
 from orderops.admin import create_topics
 from orderops.catalog import PAYMENTS_EVENTS, STOREFRONT_ORDERS, dead_letter_topic

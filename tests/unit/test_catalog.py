@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import pytest
+
 from orderops import catalog
 from orderops.schemas import SchemaRegistry
 

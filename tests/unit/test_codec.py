@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from orderops.catalog import PAYMENTS_EVENTS, STOREFRONT_ORDERS
 from orderops.codec import (
     HEADER_SIZE,

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from orderops.compat import problems
 from orderops.schemas import SchemaRegistry
 

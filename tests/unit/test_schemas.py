@@ -6,6 +6,7 @@ import json
 from decimal import Decimal
 
 import pytest
+
 from orderops import catalog
 from orderops.cli import main as cli
 from orderops.cli import writer_schema_names

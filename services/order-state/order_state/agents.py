@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from orderops.catalog import FULFILLMENT_STATE_CHANGES, PAYMENTS_EVENTS, STOREFRONT_ORDERS, TIMER_TOPICS
-from orderops.metrics import DUPLICATES, PARKED, REJECTED, TRANSITIONS
-
 from order_state import domain
 from order_state.app import CLOSE_AFTER, PARK_FOR, orders, service
 from order_state.domain import OrderState, ParkedRecord, Rejected, Transitioned
 from order_state.records import publishable
+from orderops.catalog import FULFILLMENT_STATE_CHANGES, PAYMENTS_EVENTS, STOREFRONT_ORDERS, TIMER_TOPICS
+from orderops.metrics import DUPLICATES, PARKED, REJECTED, TRANSITIONS
 
 TIMERS = TIMER_TOPICS[service.name]
 inputs = service.topic(STOREFRONT_ORDERS, PAYMENTS_EVENTS, FULFILLMENT_STATE_CHANGES, TIMERS)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from orderops.catalog import ORDER_STATE
+from orderops.catalog import ORDER_STATE, WEB_PORTS
 from orderops.service import Service
 
-DEFAULT_WEB_PORT = 6101
-
-service = Service(ORDER_STATE, default_web_port=DEFAULT_WEB_PORT)
+service = Service(ORDER_STATE, default_web_port=WEB_PORTS[ORDER_STATE])
 app = service.app
 
 # order id -> OrderState.to_json(): both machines, the lines, parked events, history.

@@ -13,8 +13,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from orderops.envelope import Envelope, from_json, to_json
-
 from order_state.machines import (
     BY_AMOUNT,
     FULFILLMENT_TRIGGERS,
@@ -27,6 +25,7 @@ from order_state.machines import (
     SECURED_PAYMENT_STATES,
     Machine,
 )
+from orderops.envelope import Envelope, from_json, to_json
 
 ZERO = Decimal(0)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-RESUME = "<state before the hold>"  # on_hold is reversible: releasing it returns where it came from
-BY_AMOUNT = "<by amounts>"  # the payment state follows from authorized/captured/refunded amounts
+RESUME = "(state before the hold)"  # on_hold is reversible: releasing it returns where it came from
+BY_AMOUNT = "(by amounts)"  # the payment state follows from authorized/captured/refunded amounts
 ANY = "*"
 
 
@@ -43,6 +43,17 @@ class Machine:
 
     def next(self, state: str, trigger: str) -> str | None:
         return self.transitions.get((state, trigger))
+
+    def as_markdown(self) -> str:
+        """The table as docs/architecture.md shows it (a test keeps the two identical)."""
+        rows = [f"| {s} | {t} | {n} |" for s, t, n in self.rows]
+        parks = [f"| {s} | {t} | {w} |" for s, t, w in self.parks]
+        return "\n".join([
+            f"**{self.name}** — initial `{self.initial}`; terminal: {', '.join(sorted(self.terminal))}; "
+            f"reversible: " + "; ".join(f"{s} ({how})" for s, how in self.reversible.items()),
+            "", "| state | trigger | next state |", "|---|---|---|", *rows,
+            "", "| state | trigger | parked until |", "|---|---|---|", *parks,
+        ])
 
     def waits_for(self, state: str, trigger: str) -> str | None:
         """What a trigger that is not valid now waits for, or None when it can never be valid

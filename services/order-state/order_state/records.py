@@ -10,10 +10,9 @@ from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
 
+from order_state.domain import Notify, OrderState, Outcome, ParkedRecord, Record, Rejected, Transitioned
 from orderops.catalog import NOTIFICATIONS_REQUESTS, ORDERS_STATE_CHANGES, Topic
 from orderops.envelope import Envelope
-
-from order_state.domain import Notify, OrderState, Outcome, ParkedRecord, Record, Rejected, Transitioned
 
 SOURCE = "order-state"
 NS = "orderops.common."

@@ -7,9 +7,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from order_state import domain
-from order_state.domain import Instrument, Notify, OrderState, ParkedRecord, Rejected, Transitioned
-from order_state.machines import ANY, BY_AMOUNT, ORDER, PAYMENT, RESUME
 from stories import (
     ORDER_ID,
     T0,
@@ -25,6 +22,10 @@ from stories import (
     placed,
     refunded,
 )
+
+from order_state import domain
+from order_state.domain import Instrument, Notify, OrderState, ParkedRecord, Rejected, Transitioned
+from order_state.machines import ANY, BY_AMOUNT, ORDER, PAYMENT, RESUME
 
 NOW = T0 + timedelta(hours=1)
 PARK_FOR = timedelta(hours=24)
@@ -292,3 +293,11 @@ def test_instrument_amount_invariants_are_named_checks():
     bad = Instrument("i", "CARD", "EUR", Decimal(10), "captured", Decimal(10), Decimal(20), Decimal(30))
     state = replace(OrderState(ORDER_ID), instruments=(bad,))
     assert domain.violated_invariants(state) == ["refunded_within_captured(i)", "captured_within_authorized(i)"]
+
+
+def test_architecture_doc_shows_both_machines_as_they_are():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "architecture.md").read_text()
+    for machine in (ORDER, PAYMENT):
+        assert machine.as_markdown() in doc, f"docs/architecture.md: re-render the {machine.name} table"

@@ -10,6 +10,7 @@ import time
 from collections import defaultdict
 
 import pytest
+
 from orderops import deadletter
 from orderops.catalog import (
     DEAD_LETTER_TOPICS,

@@ -8,8 +8,9 @@ from datetime import timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from order_state import domain
 from stories import T0, authorized, captured, fulfillment, placed, refunded
+
+from order_state import domain
 
 NOW = T0 + timedelta(hours=1)
 PARK_FOR = timedelta(days=30)

@@ -1,0 +1,128 @@
+"""Run the installed processors on this machine, detached, as `make run` does.
+
+Each processor runs as ``python -m <package>`` (package = processor name with ``_``), logs to
+``.run/logs/<processor>.log`` and leaves its pid in ``.run/pids/<processor>.pid``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from orderops.catalog import PROCESSORS, WEB_PORTS
+from orderops.settings import default_run_dir
+
+
+@dataclass(frozen=True)
+class Processor:
+    name: str
+
+    @property
+    def package(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.package) is not None
+
+    @property
+    def port(self) -> int:
+        return WEB_PORTS[self.name]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get("ORDEROPS_RUN_DIR", default_run_dir()))
+
+
+def _pid_file(p: Processor) -> Path:
+    return run_dir() / "pids" / f"{p.name}.pid"
+
+
+def _log_file(p: Processor) -> Path:
+    return run_dir() / "logs" / f"{p.name}.log"
+
+
+def running_pid(p: Processor) -> int | None:
+    try:
+        pid = int(_pid_file(p).read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def healthy(p: Processor) -> bool:
+    try:
+        with urllib.request.urlopen(f"{p.url}/healthz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def installed() -> list[Processor]:
+    return [p for p in map(Processor, PROCESSORS) if p.installed]
+
+
+def start(timeout: float = 120) -> list[str]:
+    lines = []
+    for p in installed():
+        if running_pid(p):
+            lines.append(f"{p.name:12} already running (pid {running_pid(p)})  {p.url}")
+            continue
+        _pid_file(p).parent.mkdir(parents=True, exist_ok=True)
+        _log_file(p).parent.mkdir(parents=True, exist_ok=True)
+        with open(_log_file(p), "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", p.package], stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        _pid_file(p).write_text(str(process.pid))
+        deadline = time.monotonic() + timeout
+        while not healthy(p):
+            if process.poll() is not None:
+                raise RuntimeError(f"{p.name} exited with {process.returncode} during start-up; see {_log_file(p)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{p.name} not ready after {timeout:.0f}s; see {_log_file(p)}")
+            time.sleep(0.5)
+        lines.append(f"{p.name:12} ready (pid {process.pid})  {p.url}/healthz  log {_log_file(p)}")
+    return lines
+
+
+def stop(timeout: float = 60) -> list[str]:
+    lines = []
+    for p in map(Processor, PROCESSORS):
+        pid = running_pid(p)
+        if pid is None:
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while running_pid(p) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        if running_pid(p):
+            os.kill(pid, signal.SIGKILL)
+            lines.append(f"{p.name:12} killed (pid {pid}) after ignoring SIGTERM for {timeout:.0f}s")
+        else:
+            lines.append(f"{p.name:12} stopped (pid {pid})")
+        _pid_file(p).unlink(missing_ok=True)
+    return lines
+
+
+def status() -> list[str]:
+    lines = []
+    for p in map(Processor, PROCESSORS):
+        if not p.installed:
+            lines.append(f"{p.name:12} not built yet")
+            continue
+        pid = running_pid(p)
+        state = "not running" if pid is None else ("ready" if healthy(p) else "running, not ready")
+        lines.append(f"{p.name:12} {state}{f' (pid {pid})' if pid else ''}  {p.url}")
+    return lines
