@@ -28,3 +28,17 @@ DUPLICATES = Counter(
     "orderops_duplicate_events_total", "Redelivered events recognised by their event id and not applied again",
     ["processor"],
 )
+
+
+def count_outcome(processor: str, records) -> None:
+    """Count an outcome's transitions, parks and rejections (see orderops.workflow)."""
+    from orderops.workflow import ParkedRecord, Rejected, Transitioned
+
+    for record in records:
+        what = record.what
+        if isinstance(what, Transitioned) and what.from_state != what.to_state:
+            TRANSITIONS.labels(processor, what.machine, what.to_state).inc()
+        elif isinstance(what, ParkedRecord):
+            PARKED.labels(processor, what.parked.machine).inc()
+        elif isinstance(what, Rejected):
+            REJECTED.labels(processor, what.machine, what.reason_code).inc()

@@ -24,8 +24,9 @@ from orderops.catalog import Topic
 from orderops.clock import clock_from_env
 from orderops.codec import Codec, DecodeError, Envelope
 from orderops.deadletter import dead_letter_headers, error_class
-from orderops.metrics import DEAD_LETTERED, EVENTS_PROCESSED
+from orderops.metrics import DEAD_LETTERED, DUPLICATES, EVENTS_PROCESSED, count_outcome
 from orderops.settings import ServiceSettings
+from orderops.workflow import Outcome
 
 log = logging.getLogger("orderops.service")
 
@@ -98,6 +99,19 @@ class Service:
         pending = [await self.emit(topic, key, record) for topic, record in outputs]
         for future in pending:
             await future
+
+    async def settle(self, table: faust.TableT, key: str, outcome: Outcome, outputs: Iterable[tuple[Topic, dict]],
+                     deadline: datetime | None) -> None:
+        """The end of every state-machine agent's step: publish the outcome's records (acked),
+        then store the state, then set the order's next deadline, then count. A duplicate only
+        counts: it changes nothing."""
+        if outcome.duplicate:
+            DUPLICATES.labels(self.name).inc()
+            return
+        await self.emit_all(key, outputs)
+        table[key] = outcome.state.to_json()
+        self.schedule(key, deadline)
+        count_outcome(self.name, outcome.records)
 
     @asynccontextmanager
     async def dead_letter_on_error(self, event: faust.EventT) -> AsyncIterator[None]:

@@ -1,13 +1,12 @@
-"""order-state's one agent: decode, call the domain, emit, then update the table."""
+"""order-state's one agent: decode, call the domain, then settle (emit, store, schedule)."""
 
 from __future__ import annotations
 
 from order_state import domain
 from order_state.app import CLOSE_AFTER, PARK_FOR, orders, service
-from order_state.domain import OrderState, ParkedRecord, Rejected, Transitioned
+from order_state.domain import OrderState
 from order_state.records import publishable
 from orderops.catalog import FULFILLMENT_STATE_CHANGES, PAYMENTS_EVENTS, STOREFRONT_ORDERS, TIMER_TOPICS
-from orderops.metrics import DUPLICATES, PARKED, REJECTED, TRANSITIONS
 
 TIMERS = TIMER_TOPICS[service.name]
 inputs = service.topic(STOREFRONT_ORDERS, PAYMENTS_EVENTS, FULFILLMENT_STATE_CHANGES, TIMERS)
@@ -26,21 +25,5 @@ async def order_and_payment_machines(stream):
                 outcome = domain.expire(state, envelope.payload["fired_at"], CLOSE_AFTER, TIMERS.name)
             else:
                 outcome = domain.apply(state, envelope, event.message.topic, service.clock.now(), PARK_FOR)
-            if outcome.duplicate:
-                DUPLICATES.labels(service.name).inc()
-                continue
-            await service.emit_all(envelope.order_id, publishable(outcome))
-            orders[envelope.order_id] = outcome.state.to_json()
-            service.schedule(envelope.order_id, domain.next_deadline(outcome.state, CLOSE_AFTER))
-            _count(outcome)
-
-
-def _count(outcome: domain.Outcome) -> None:
-    for record in outcome.records:
-        what = record.what
-        if isinstance(what, Transitioned) and what.from_state != what.to_state:
-            TRANSITIONS.labels(service.name, what.machine, what.to_state).inc()
-        elif isinstance(what, ParkedRecord):
-            PARKED.labels(service.name, what.parked.machine).inc()
-        elif isinstance(what, Rejected):
-            REJECTED.labels(service.name, what.machine, what.reason_code).inc()
+            await service.settle(orders, envelope.order_id, outcome, publishable(outcome),
+                                 domain.next_deadline(outcome.state, CLOSE_AFTER))

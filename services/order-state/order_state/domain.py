@@ -1,9 +1,9 @@
-"""order-state's pure domain: state as immutable values, one function per kind of input.
+"""order-state's pure domain: state as immutable values, one handler per kind of input.
 
-No Kafka here. ``apply(state, event, topic, now)`` returns an ``Outcome``: the new state and the
-records to publish (transitions, parked and rejected events, notification requests). Everything
-an outcome says is derived from its cause, so re-applying the same events yields the same
-records, byte for byte, and a redelivered event changes nothing.
+No Kafka here. ``apply(state, event, topic, now, park_for)`` returns an ``Outcome``: the new state
+and the records to publish (transitions, parked and rejected events, notification requests).
+The shared mechanics (applying once, parking, draining, deadlines) are the kernel's
+``orderops.workflow``; this module says what orders and payments are.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from order_state.machines import (
     PROBLEM_PAYMENT_STATES,
     RESUME,
     SECURED_PAYMENT_STATES,
-    Machine,
 )
+from orderops import workflow
 from orderops.envelope import Envelope, from_json, to_json
+from orderops.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Step, Transitioned
 
 ZERO = Decimal(0)
 
@@ -64,28 +65,6 @@ class Line:
 
 
 @dataclass(frozen=True)
-class Parked:
-    event: Envelope
-    topic: str
-    machine: str
-    entity_id: str
-    waiting_for: str
-    deadline: datetime
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    machine: str
-    entity_id: str
-    from_state: str
-    to_state: str
-    cause_event_id: str
-    cause_type: str
-    at: datetime
-    reason: str
-
-
-@dataclass(frozen=True)
 class OrderState:
     order_id: str
     status: str = ORDER.initial
@@ -114,57 +93,26 @@ class OrderState:
         return replace(self, lines=tuple(updated if x.line_id == updated.line_id else x for x in self.lines))
 
     def to_json(self) -> dict[str, Any]:
-        data = {
+        return {**to_json({
             "order_id": self.order_id, "status": self.status, "held_from": self.held_from,
             "hold_reason": self.hold_reason, "customer": self.customer,
             "lines": [vars(x) for x in self.lines], "instruments": [vars(i) for i in self.instruments],
             "fulfillment_status": self.fulfillment_status, "completed_at": self.completed_at,
-            "seen": sorted(self.seen),
-            "parked": [{**vars(p), "event": p.event.to_json()} for p in self.parked],
-            "history": [vars(h) for h in self.history],
-        }
-        return to_json(data)
+            "seen": sorted(self.seen), "history": [vars(h) for h in self.history],
+        }), "parked": [p.to_json() for p in self.parked]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OrderState:
-        data = from_json(data)
+        plain = from_json({k: v for k, v in data.items() if k != "parked"})
         return cls(
-            order_id=data["order_id"], status=data["status"], held_from=data["held_from"],
-            hold_reason=data["hold_reason"], customer=data["customer"],
-            lines=tuple(Line(**x) for x in data["lines"]),
-            instruments=tuple(Instrument(**i) for i in data["instruments"]),
-            fulfillment_status=data["fulfillment_status"], completed_at=data["completed_at"],
-            seen=frozenset(data["seen"]),
-            parked=tuple(Parked(**{**p, "event": Envelope.from_json(to_json(p["event"]))}) for p in data["parked"]),
-            history=tuple(HistoryEntry(**h) for h in data["history"]),
+            order_id=plain["order_id"], status=plain["status"], held_from=plain["held_from"],
+            hold_reason=plain["hold_reason"], customer=plain["customer"],
+            lines=tuple(Line(**x) for x in plain["lines"]),
+            instruments=tuple(Instrument(**i) for i in plain["instruments"]),
+            fulfillment_status=plain["fulfillment_status"], completed_at=plain["completed_at"],
+            seen=frozenset(plain["seen"]), parked=tuple(Parked.from_json(p) for p in data["parked"]),
+            history=tuple(HistoryEntry(**h) for h in plain["history"]),
         )
-
-
-# -- what an outcome says -------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Transitioned:
-    machine: str
-    entity_id: str
-    from_state: str
-    to_state: str
-    reason: str
-    balance: Instrument | None = None  # payment transitions carry the amounts after them
-
-
-@dataclass(frozen=True)
-class ParkedRecord:
-    parked: Parked
-    current_state: str
-
-
-@dataclass(frozen=True)
-class Rejected:
-    machine: str
-    entity_id: str
-    current_state: str
-    reason_code: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -172,34 +120,6 @@ class Notify:
     type: str
     facts: dict[str, str]
     amounts: tuple[tuple[str, str, Decimal, str], ...] = ()  # (instrument_id, channel, amount, currency)
-
-
-@dataclass(frozen=True)
-class Record:
-    """One output, with the event that caused it (for ids, audit and the timeline's links)."""
-
-    cause: Envelope
-    cause_topic: str
-    what: Transitioned | ParkedRecord | Rejected | Notify
-
-
-@dataclass(frozen=True)
-class Outcome:
-    state: OrderState
-    records: tuple[Record, ...] = ()
-    duplicate: bool = False
-
-
-class _Reject(Exception):
-    def __init__(self, machine: str, entity_id: str, current: str, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.rejected = Rejected(machine, entity_id, current, code, reason)
-
-
-class _Park(Exception):
-    def __init__(self, machine: str, entity_id: str, current: str, waiting_for: str) -> None:
-        super().__init__(waiting_for)
-        self.machine, self.entity_id, self.current, self.waiting_for = machine, entity_id, current, waiting_for
 
 
 # -- invariants -----------------------------------------------------------------------------------
@@ -216,9 +136,6 @@ def cancelled_within_ordered(x: Line) -> bool:
     return 0 <= x.cancelled <= x.quantity
 
 
-INVARIANTS = (refunded_within_captured, captured_within_authorized, cancelled_within_ordered)
-
-
 def violated_invariants(state: OrderState) -> list[str]:
     found = [f"{check.__name__}({i.instrument_id})" for i in state.instruments
              for check in (refunded_within_captured, captured_within_authorized) if not check(i)]
@@ -226,26 +143,16 @@ def violated_invariants(state: OrderState) -> list[str]:
     return found
 
 
-# -- applying events ------------------------------------------------------------------------------
+# -- the order machine's steps --------------------------------------------------------------------
 
-class _Step:
-    """Collects what one event does: the state as it changes, and the records it produces."""
+_ORDER_ADVICE = {
+    ("in_fulfillment", "cancel"): " (part of it has shipped: cancel the remaining lines, or start a return)",
+    ("completed", "cancel"): " (it was delivered: start a return instead)",
+}
 
-    def __init__(self, state: OrderState, event: Envelope, topic: str) -> None:
-        self.state, self.event, self.topic = state, event, topic
-        self.records: list[Record] = []
 
-    def emit(self, what: Transitioned | ParkedRecord | Rejected | Notify) -> None:
-        self.records.append(Record(self.event, self.topic, what))
-
-    def move(self, machine: Machine, entity_id: str, from_state: str, to_state: str, reason: str,
-             balance: Instrument | None = None) -> None:
-        if from_state == to_state and balance is None:
-            return  # payment records are kept even without a state change: they are the amount ledger
-        self.emit(Transitioned(machine.name, entity_id, from_state, to_state, reason, balance))
-        entry = HistoryEntry(machine.name, entity_id, from_state, to_state, self.event.event_id, self.event.type,
-                             self.event.occurred_at, reason)
-        self.state = replace(self.state, history=(*self.state.history, entry))
+class OrderStep(Step):
+    state: OrderState
 
     def order_trigger(self, trigger: str, reason: str) -> bool:
         """Fire a trigger on the order machine if the table allows it here; True if it moved."""
@@ -258,7 +165,7 @@ class _Step:
             # (a hold taken while pending payment ends in confirmed once payment is secured).
             resumed = self.state.held_from or ORDER.initial
             self.state = replace(self.state, status=resumed, held_from=None, hold_reason="")
-            self.move(ORDER, self.state.order_id, current, resumed, f"hold released: {reason}")
+            self.move(ORDER.name, self.state.order_id, current, resumed, f"hold released: {reason}")
             self.order_trigger(trigger, reason)
             return True
         held_from, hold_reason = self.state.held_from, self.state.hold_reason
@@ -268,7 +175,7 @@ class _Step:
             self.state.completed_at
         self.state = replace(self.state, status=target, held_from=held_from, hold_reason=hold_reason,
                              completed_at=completed_at)
-        self.move(ORDER, self.state.order_id, current, target, reason)
+        self.move(ORDER.name, self.state.order_id, current, target, reason)
         self._notify_order_change(current, target)
         return True
 
@@ -276,12 +183,7 @@ class _Step:
         """A trigger the event itself asks for: parked or rejected when the table says no."""
         if not self.order_trigger(trigger, reason):
             current = self.state.status
-            waiting_for = ORDER.waits_for(current, trigger)
-            if waiting_for:
-                raise _Park(ORDER.name, self.state.order_id, current, waiting_for)
-            raise _Reject(ORDER.name, self.state.order_id, current, "invalid_transition",
-                          f"order is {current}: {trigger.replace('_', ' ')} is not possible"
-                          + _ORDER_ADVICE.get((current, trigger), ""))
+            ORDER.require(current, trigger, self.state.order_id, _ORDER_ADVICE.get((current, trigger), ""))
 
     def reconcile_payment(self, reason: str) -> None:
         """The order follows its payments: a problem holds it; all instruments secured confirm it."""
@@ -301,85 +203,33 @@ class _Step:
             self.emit(Notify("order_cancelled", {"released_authorizations": ",".join(released)}, refunds))
 
 
-_ORDER_ADVICE = {
-    ("in_fulfillment", "cancel"): " (part of it has shipped: cancel the remaining lines, or start a return)",
-    ("completed", "cancel"): " (it was delivered: start a return instead)",
-}
+# -- entry points ---------------------------------------------------------------------------------
+
+def new_state(order_id: str) -> OrderState:
+    return OrderState(order_id=order_id)
 
 
 def apply(state: OrderState | None, event: Envelope, topic: str, now: datetime, park_for: timedelta) -> Outcome:
     """Apply one input event. ``now`` is the processor clock (wall clock live, event time in replay)."""
-    state = state or OrderState(order_id=event.order_id)
-    if event.event_id in state.seen:
-        return Outcome(state, duplicate=True)
-    outcome = _apply_once(replace(state, seen=state.seen | {event.event_id}), event, topic, now, park_for)
-    return _drain_parked(outcome, now, park_for)
-
-
-def _apply_once(state: OrderState, event: Envelope, topic: str, now: datetime, park_for: timedelta) -> Outcome:
-    step = _Step(state, event, topic)
-    handler = _HANDLERS.get(event.short_type)
-    if handler is None:
-        return Outcome(state)  # e.g. fulfillment's line transitions: facts for others, nothing to do here
-    try:
-        handler(step, event.payload)
-    except _Park as park:
-        parked = Parked(event, topic, park.machine, park.entity_id, park.waiting_for, now + park_for)
-        step = _Step(replace(state, parked=(*state.parked, parked)), event, topic)
-        step.emit(ParkedRecord(parked, park.current))
-    except _Reject as reject:
-        step = _Step(state, event, topic)
-        step.emit(reject.rejected)
-    return Outcome(step.state, tuple(step.records))
-
-
-def _drain_parked(outcome: Outcome, now: datetime, park_for: timedelta) -> Outcome:
-    """Re-apply parked events while any of them has become valid (the state advanced)."""
-    state, records = outcome.state, list(outcome.records)
-    progressed = bool(records)
-    while progressed and state.parked:
-        progressed = False
-        for parked in state.parked:
-            remaining = replace(state, parked=tuple(p for p in state.parked if p is not parked))
-            retry = _apply_once(remaining, parked.event, parked.topic, now, park_for)
-            still_waiting = [r.what for r in retry.records if isinstance(r.what, ParkedRecord)]
-            if not still_waiting:
-                state, progressed = retry.state, True
-                records.extend(retry.records)
-                break
-            # Still early, maybe for another reason now: say what it waits for today, keep its deadline.
-            waiting_for = still_waiting[0].parked.waiting_for
-            if waiting_for != parked.waiting_for:
-                state = replace(state, parked=tuple(replace(p, waiting_for=waiting_for) if p is parked else p
-                                                    for p in state.parked))
-    return Outcome(state, tuple(records))
+    return workflow.apply(state or new_state(event.order_id), event, topic, now, park_for, HANDLERS, OrderStep)
 
 
 def expire(state: OrderState, now: datetime, close_after: timedelta, timer_topic: str) -> Outcome:
     """Reject parked events whose deadline passed; close an order whose completion is old enough."""
-    records: list[Record] = []
-    keep = []
-    for parked in state.parked:
-        if parked.deadline <= now:
-            current = _current_state(state, parked.machine, parked.entity_id)
-            records.append(Record(parked.event, parked.topic, Rejected(
-                parked.machine, parked.entity_id, current, "park_deadline_passed",
-                f"waited until {parked.deadline.isoformat()} for {parked.waiting_for}; it never came")))
-        else:
-            keep.append(parked)
-    state = replace(state, parked=tuple(keep))
+    outcome = workflow.expire_parked(state, now, _current_state)
+    state = outcome.state
     if state.status == "completed" and state.completed_at and state.completed_at + close_after <= now:
-        closing = Envelope(f"{state.order_id}:close-after:{state.completed_at.isoformat()}", state.order_id,
-                           state.completed_at + close_after, "order-state", "orderops.common.TimerFired",
-                           {"due_at": state.completed_at + close_after, "fired_at": now})
-        step = _Step(state, closing, timer_topic)
+        due = state.completed_at + close_after
+        closing = Envelope(f"{state.order_id}:close-after:{state.completed_at.isoformat()}", state.order_id, due,
+                           "order-state", "orderops.common.TimerFired", {"due_at": due, "fired_at": now})
+        step = OrderStep(state, closing, timer_topic)
         step.order_trigger("close", f"completed more than {close_after.days} days ago")
-        state, records = step.state, records + step.records
-    return Outcome(state, tuple(records))
+        return Outcome(step.state, (*outcome.records, *step.records))
+    return outcome
 
 
 def next_deadline(state: OrderState, close_after: timedelta) -> datetime | None:
-    candidates = [p.deadline for p in state.parked]
+    candidates = [d for d in (workflow.earliest_park_deadline(state),) if d is not None]
     if state.status == "completed" and state.completed_at:
         candidates.append(state.completed_at + close_after)
     return min(candidates, default=None)
@@ -394,10 +244,11 @@ def _current_state(state: OrderState, machine: str, entity_id: str) -> str:
 
 # -- one handler per input event type -------------------------------------------------------------
 
-def _order_placed(step: _Step, payload: dict) -> None:
+def _order_placed(step: OrderStep) -> None:
+    payload = step.event.payload
     if step.state.status != ORDER.initial:
-        raise _Reject(ORDER.name, step.state.order_id, step.state.status, "duplicate_order",
-                      "an order with this id was already placed (with another event id)")
+        raise Reject(ORDER.name, step.state.order_id, step.state.status, "duplicate_order",
+                     "an order with this id was already placed (with another event id)")
     lines = tuple(Line(x["line_id"], x["name"], x["quantity"], x["unit_price"]["amount"], x["unit_price"]["currency"])
                   for x in payload["lines"])
     instruments = tuple(Instrument(i["instrument_id"], i["channel"], i["amount"]["currency"], i["amount"]["amount"])
@@ -407,69 +258,65 @@ def _order_placed(step: _Step, payload: dict) -> None:
     step.reconcile_payment("cash on delivery needs no authorization")
 
 
-def _order_cancelled(step: _Step, payload: dict) -> None:
+def _order_cancelled(step: OrderStep) -> None:
+    payload = step.event.payload
     step.require_order_trigger("cancel", f"cancelled by {payload['requested_by']}: {payload['reason']}")
 
 
-def _line_cancelled(step: _Step, payload: dict) -> None:
-    state = step.state
+def _line_cancelled(step: OrderStep) -> None:
+    state, payload = step.state, step.event.payload
     if state.status == ORDER.initial:
-        raise _Park(ORDER.name, state.order_id, state.status, ORDER.waits_for(state.status, "cancel") or "")
+        raise Park(ORDER.name, state.order_id, state.status, ORDER.waits_for(state.status, "cancel") or "")
     if state.status in ORDER.terminal or state.status == "completed":
-        raise _Reject(ORDER.name, state.order_id, state.status, "invalid_transition",
-                      f"order is {state.status}: its lines can no longer be cancelled")
+        raise Reject(ORDER.name, state.order_id, state.status, "invalid_transition",
+                     f"order is {state.status}: its lines can no longer be cancelled")
     line = state.line(payload["line_id"])
     if line is None:
-        raise _Reject(ORDER.name, state.order_id, state.status, "unknown_line",
-                      f"the order has no line {payload['line_id']}")
+        raise Reject(ORDER.name, state.order_id, state.status, "unknown_line",
+                     f"the order has no line {payload['line_id']}")
     quantity = payload["quantity"]
     if quantity <= 0 or line.cancelled + quantity > line.quantity:
-        raise _Reject(ORDER.name, state.order_id, state.status, "cancel_exceeds_line",
-                      f"cannot cancel {quantity} of line {line.line_id}: {line.quantity - line.cancelled} left")
+        raise Reject(ORDER.name, state.order_id, state.status, "cancel_exceeds_line",
+                     f"cannot cancel {quantity} of line {line.line_id}: {line.quantity - line.cancelled} left")
     step.state = state.with_line(replace(line, cancelled=line.cancelled + quantity))
     if all(x.cancelled == x.quantity for x in step.state.lines):
         step.order_trigger("cancel", "every line was cancelled")
 
 
-def _fulfillment_status(step: _Step, payload: dict) -> None:
-    status = payload["status"]
+def _fulfillment_status(step: OrderStep) -> None:
+    status = step.event.payload["status"]
     step.state = replace(step.state, fulfillment_status=status)
     trigger = FULFILLMENT_TRIGGERS.get(status)
     if trigger is not None:
         step.require_order_trigger(trigger, f"fulfillment is {status.replace('_', ' ')}")
 
 
-def _payment(step: _Step, payload: dict) -> None:
-    state, event = step.state, step.event
+def _payment(step: OrderStep) -> None:
+    state, event, payload = step.state, step.event, step.event.payload
     trigger = PAYMENT_TRIGGERS[event.short_type]
     instrument_id = payload["instrument_id"]
     instrument = state.instrument(instrument_id)
     if instrument is None:
         if state.status == ORDER.initial:
-            raise _Park(PAYMENT.name, instrument_id, PAYMENT.initial, "the order to be placed")
-        raise _Reject(PAYMENT.name, instrument_id, "unknown", "unknown_instrument",
-                      f"the order has no payment instrument {instrument_id}")
+            raise Park(PAYMENT.name, instrument_id, PAYMENT.initial, "the order to be placed")
+        raise Reject(PAYMENT.name, instrument_id, "unknown", "unknown_instrument",
+                     f"the order has no payment instrument {instrument_id}")
     if trigger == "captured" and state.status == "cancelled":
-        raise _Reject(PAYMENT.name, instrument_id, instrument.status, "capture_on_cancelled_order",
-                      "the order is cancelled: nothing may be captured (void the authorization)")
+        raise Reject(PAYMENT.name, instrument_id, instrument.status, "capture_on_cancelled_order",
+                     "the order is cancelled: nothing may be captured (void the authorization)")
     amount = payload.get("amount")
     if amount is not None and amount["currency"] != instrument.currency:
-        raise _Reject(PAYMENT.name, instrument_id, instrument.status, "currency_mismatch",
-                      f"{amount['currency']} on an instrument paid in {instrument.currency}")
-    target = PAYMENT.next(instrument.status, trigger)
-    if target is None:
-        waiting_for = PAYMENT.waits_for(instrument.status, trigger)
-        if waiting_for:
-            raise _Park(PAYMENT.name, instrument_id, instrument.status, waiting_for)
-        raise _Reject(PAYMENT.name, instrument_id, instrument.status, "invalid_transition",
-                      f"payment is {instrument.status}: {trigger.replace('_', ' ')} is not possible")
+        raise Reject(PAYMENT.name, instrument_id, instrument.status, "currency_mismatch",
+                     f"{amount['currency']} on an instrument paid in {instrument.currency}")
+    target = PAYMENT.require(instrument.status, trigger, instrument_id)
     updated = _amounts_after(instrument, trigger, amount["amount"] if amount else ZERO)
     if target == BY_AMOUNT:
         target = _status_by_amount(updated)
     updated = replace(updated, status=target)
     step.state = state.with_instrument(updated)
     reason = _payment_reason(event.short_type, payload)
-    step.move(PAYMENT, instrument_id, instrument.status, target, reason, balance=updated)
+    # Payment records are kept even without a state change: they are the amount ledger.
+    step.move(PAYMENT.name, instrument_id, instrument.status, target, reason, detail=updated, always=True)
     if trigger == "auth_failed":
         step.emit(Notify("payment_failed", {"instrument_id": instrument_id, "reason": payload["reason"],
                                             "customer_action": payload.get("customer_action") or
@@ -483,17 +330,17 @@ def _amounts_after(i: Instrument, trigger: str, amount: Decimal) -> Instrument:
         return replace(i, authorized=i.captured + amount)
     if trigger == "captured":
         if i.captured + amount > i.authorized:
-            raise _Reject(PAYMENT.name, i.instrument_id, i.status, "capture_exceeds_authorization",
-                          f"capture of {amount} {i.currency} exceeds the {i.authorized - i.captured} {i.currency} "
-                          "still authorized")
+            raise Reject(PAYMENT.name, i.instrument_id, i.status, "capture_exceeds_authorization",
+                         f"capture of {amount} {i.currency} exceeds the {i.authorized - i.captured} {i.currency} "
+                         "still authorized")
         return replace(i, captured=i.captured + amount)
     if trigger == "refunded":
         if amount > i.refundable:
             if amount <= i.authorized - i.refunded and i.status == "partially_captured":
-                raise _Park(PAYMENT.name, i.instrument_id, i.status, "further captures covering the refund")
-            raise _Reject(PAYMENT.name, i.instrument_id, i.status, "refund_exceeds_captured",
-                          f"refund of {amount} {i.currency} exceeds the {i.refundable} {i.currency} captured and "
-                          "not yet refunded")
+                raise Park(PAYMENT.name, i.instrument_id, i.status, "further captures covering the refund")
+            raise Reject(PAYMENT.name, i.instrument_id, i.status, "refund_exceeds_captured",
+                         f"refund of {amount} {i.currency} exceeds the {i.refundable} {i.currency} captured and "
+                         "not yet refunded")
         return replace(i, refunded=i.refunded + amount)
     if trigger in ("voided", "auth_expired"):
         return replace(i, authorized=i.captured) if i.captured > ZERO else i
@@ -517,7 +364,7 @@ def _payment_reason(short_type: str, payload: dict) -> str:
     return f"{short_type}{money}" + (f": {detail}" if detail else "")
 
 
-_HANDLERS = {
+HANDLERS = {
     "OrderPlaced": _order_placed,
     "OrderCancelled": _order_cancelled,
     "LineCancelled": _line_cancelled,
@@ -525,3 +372,5 @@ _HANDLERS = {
     **{name: _payment for name in PAYMENT_TRIGGERS},
 }
 
+__all__ = ["HANDLERS", "Instrument", "Line", "Notify", "OrderState", "Outcome", "Transitioned", "apply", "expire",
+           "next_deadline", "violated_invariants"]

@@ -8,62 +8,10 @@ are data here too, not ``if``s in the code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from orderops.workflow import ANY, Machine
 
 RESUME = "(state before the hold)"  # on_hold is reversible: releasing it returns where it came from
 BY_AMOUNT = "(by amounts)"  # the payment state follows from authorized/captured/refunded amounts
-ANY = "*"
-
-
-@dataclass(frozen=True)
-class Machine:
-    name: str
-    initial: str
-    terminal: frozenset[str]
-    reversible: dict[str, str]  # state -> what reverses it
-    rows: tuple[tuple[str, str, str], ...]  # (state, trigger, next state)
-    parks: tuple[tuple[str, str, str], ...]  # (state or ANY, trigger or ANY, what it waits for)
-    transitions: dict[tuple[str, str], str] = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "transitions", {(s, t): n for s, t, n in self.rows})
-
-    @property
-    def states(self) -> list[str]:
-        seen: dict[str, None] = {self.initial: None}
-        for state, _, target in self.rows:
-            seen.setdefault(state)
-            if target not in (RESUME, BY_AMOUNT):
-                seen.setdefault(target)
-        return list(seen)
-
-    @property
-    def triggers(self) -> list[str]:
-        return list(dict.fromkeys(t for _, t, _ in self.rows))
-
-    def next(self, state: str, trigger: str) -> str | None:
-        return self.transitions.get((state, trigger))
-
-    def as_markdown(self) -> str:
-        """The table as docs/architecture.md shows it (a test keeps the two identical)."""
-        rows = [f"| {s} | {t} | {n} |" for s, t, n in self.rows]
-        parks = [f"| {s} | {t} | {w} |" for s, t, w in self.parks]
-        return "\n".join([
-            f"**{self.name}** — initial `{self.initial}`; terminal: {', '.join(sorted(self.terminal))}; "
-            f"reversible: " + "; ".join(f"{s} ({how})" for s, how in self.reversible.items()),
-            "", "| state | trigger | next state |", "|---|---|---|", *rows,
-            "", "| state | trigger | parked until |", "|---|---|---|", *parks,
-        ])
-
-    def waits_for(self, state: str, trigger: str) -> str | None:
-        """What a trigger that is not valid now waits for, or None when it can never be valid
-        (or when it is valid now: a row of the table always wins over a park rule)."""
-        if state in self.terminal or (state, trigger) in self.transitions:
-            return None
-        for park_state, park_trigger, waiting_for in self.parks:
-            if park_state in (state, ANY) and park_trigger in (trigger, ANY):
-                return waiting_for
-        return None
 
 
 ORDER = Machine(

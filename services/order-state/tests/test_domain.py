@@ -24,8 +24,9 @@ from stories import (
 )
 
 from order_state import domain
-from order_state.domain import Instrument, Notify, OrderState, ParkedRecord, Rejected, Transitioned
-from order_state.machines import ANY, BY_AMOUNT, ORDER, PAYMENT, RESUME
+from order_state.domain import Instrument, Notify, OrderState
+from order_state.machines import BY_AMOUNT, ORDER, PAYMENT, RESUME
+from orderops.workflow import ANY, ParkedRecord, Rejected, Transitioned
 
 NOW = T0 + timedelta(hours=1)
 PARK_FOR = timedelta(hours=24)
@@ -123,7 +124,7 @@ def test_happy_path_place_authorize_capture_ship_deliver():
                            ("confirmed", "in_fulfillment"), ("in_fulfillment", "completed")]
     assert [n.type for n in kinds(records, Notify)] == ["order_confirmed"]
     payment = [t for t in kinds(records, Transitioned) if t.machine == "payment"]
-    assert payment[-1].to_state == "captured" and payment[-1].balance.captured == Decimal(100)
+    assert payment[-1].to_state == "captured" and payment[-1].detail.captured == Decimal(100)
 
 
 def test_cash_on_delivery_is_confirmed_when_placed():
@@ -219,7 +220,7 @@ def test_capture_beyond_authorization_is_rejected():
 
 def test_partial_captures_are_recorded_in_the_amount_ledger():
     _, records = run(placed(), authorized(100), captured(40), captured(20, n=3))
-    ledger = [(t.to_state, t.balance.captured) for t in kinds(records, Transitioned) if t.machine == "payment"]
+    ledger = [(t.to_state, t.detail.captured) for t in kinds(records, Transitioned) if t.machine == "payment"]
     assert ledger[-2:] == [("partially_captured", 40), ("partially_captured", 60)]
 
 

@@ -1,0 +1,314 @@
+"""What every state-machine processor shares, pure (no Kafka): machines as tables, applying an
+event once, parking what arrived early, rejecting with an audit record, deadlines, and the
+audit records with ids derived from their cause.
+
+A processor's state is an immutable dataclass with (at least) ``seen: frozenset[str]``,
+``parked: tuple[Parked, ...]`` and ``history: tuple[HistoryEntry, ...]``. Its handlers get a
+``Step`` and raise ``Park`` or ``Reject`` when the event cannot be applied now or ever.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from orderops.envelope import Envelope, from_json, to_json
+
+ANY = "*"
+COMMON = "orderops.common."
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A state machine as one table. Rows are transitions; a target in parentheses is a marker the
+    processor resolves (e.g. "(by amounts)"). Park rules say what an early trigger may wait for;
+    everything else that has no row is rejected."""
+
+    name: str
+    initial: str
+    terminal: frozenset[str]
+    reversible: dict[str, str]  # state -> what reverses it
+    rows: tuple[tuple[str, str, str], ...]  # (state, trigger, next state)
+    parks: tuple[tuple[str, str, str], ...]  # (state or ANY, trigger or ANY, what it waits for)
+    transitions: dict[tuple[str, str], str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "transitions", {(s, t): n for s, t, n in self.rows})
+
+    @property
+    def states(self) -> list[str]:
+        seen: dict[str, None] = {self.initial: None}
+        for state, _, target in self.rows:
+            seen.setdefault(state)
+            if not target.startswith("("):
+                seen.setdefault(target)
+        return list(seen)
+
+    @property
+    def triggers(self) -> list[str]:
+        return list(dict.fromkeys(t for _, t, _ in self.rows))
+
+    def next(self, state: str, trigger: str) -> str | None:
+        return self.transitions.get((state, trigger))
+
+    def waits_for(self, state: str, trigger: str) -> str | None:
+        """What a trigger that is not valid now waits for, or None when it can never be valid
+        (or when it is valid now: a row of the table always wins over a park rule)."""
+        if state in self.terminal or (state, trigger) in self.transitions:
+            return None
+        for park_state, park_trigger, waiting_for in self.parks:
+            if park_state in (state, ANY) and park_trigger in (trigger, ANY):
+                return waiting_for
+        return None
+
+    def require(self, state: str, trigger: str, entity_id: str, advice: str = "") -> str:
+        """The next state, or raise Park/Reject as the table says."""
+        target = self.next(state, trigger)
+        if target is not None:
+            return target
+        waiting_for = self.waits_for(state, trigger)
+        if waiting_for:
+            raise Park(self.name, entity_id, state, waiting_for)
+        raise Reject(self.name, entity_id, state, "invalid_transition",
+                     f"{self.name} is {state}: {trigger.replace('_', ' ')} is not possible{advice}")
+
+    def as_markdown(self) -> str:
+        """The table as docs/architecture.md shows it (tests keep the two identical)."""
+        rows = [f"| {s} | {t} | {n} |" for s, t, n in self.rows]
+        parks = [f"| {s} | {t} | {w} |" for s, t, w in self.parks]
+        reversible = "; ".join(f"{s} ({how})" for s, how in self.reversible.items()) or "none"
+        return "\n".join([
+            f"**{self.name}** — initial `{self.initial}`; terminal: {', '.join(sorted(self.terminal)) or 'none'}; "
+            f"reversible: {reversible}",
+            "", "| state | trigger | next state |", "|---|---|---|", *rows,
+            "", "| state | trigger | parked until |", "|---|---|---|", *parks,
+        ])
+
+
+# -- what outcomes say ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Parked:
+    event: Envelope
+    topic: str
+    machine: str
+    entity_id: str
+    waiting_for: str
+    deadline: datetime
+
+    def to_json(self) -> dict:
+        return to_json({**vars(self), "event": self.event.to_json()})
+
+    @classmethod
+    def from_json(cls, data: dict) -> Parked:
+        return cls(**{**from_json(data), "event": Envelope.from_json(data["event"])})
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    machine: str
+    entity_id: str
+    from_state: str
+    to_state: str
+    cause_event_id: str
+    cause_type: str
+    at: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class Transitioned:
+    machine: str
+    entity_id: str
+    from_state: str
+    to_state: str
+    reason: str
+    detail: Any = None  # processor-specific facts published with the transition
+
+
+@dataclass(frozen=True)
+class ParkedRecord:
+    parked: Parked
+    current_state: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    machine: str
+    entity_id: str
+    current_state: str
+    reason_code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """One output and the event that caused it (for ids, audit and the timeline's links)."""
+
+    cause: Envelope
+    cause_topic: str
+    what: Any
+
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: Any
+    records: tuple[Record, ...] = ()
+    duplicate: bool = False
+
+    def of(self, kind: type) -> list:
+        return [r.what for r in self.records if isinstance(r.what, kind)]
+
+
+class Park(Exception):
+    def __init__(self, machine: str, entity_id: str, current: str, waiting_for: str) -> None:
+        super().__init__(waiting_for)
+        self.machine, self.entity_id, self.current, self.waiting_for = machine, entity_id, current, waiting_for
+
+
+class Reject(Exception):
+    def __init__(self, machine: str, entity_id: str, current: str, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.rejected = Rejected(machine, entity_id, current, code, reason)
+
+
+# -- applying one event ---------------------------------------------------------------------------
+
+class Step:
+    """What one event does: the state as it changes, and the records it produces."""
+
+    def __init__(self, state: Any, event: Envelope, topic: str) -> None:
+        self.state, self.event, self.topic = state, event, topic
+        self.records: list[Record] = []
+
+    def emit(self, what: Any) -> None:
+        self.records.append(Record(self.event, self.topic, what))
+
+    def move(self, machine: str, entity_id: str, from_state: str, to_state: str, reason: str,
+             detail: Any = None, always: bool = False) -> None:
+        """Record a transition (and its history entry); a non-move is recorded only if ``always``."""
+        if from_state == to_state and not always:
+            return
+        self.emit(Transitioned(machine, entity_id, from_state, to_state, reason, detail))
+        entry = HistoryEntry(machine, entity_id, from_state, to_state, self.event.event_id, self.event.type,
+                             self.event.occurred_at, reason)
+        self.state = replace(self.state, history=(*self.state.history, entry))
+
+
+Handler = Callable[[Step], None]
+
+
+def apply(state: Any, event: Envelope, topic: str, now: datetime, park_for: timedelta,
+          handlers: dict[str, Handler], step_class: type[Step] = Step) -> Outcome:
+    """Apply one event once: duplicates change nothing; early events park (deadline = ``now`` +
+    ``park_for``); impossible ones are rejected; after a change, parked events are retried."""
+    if event.event_id in state.seen:
+        return Outcome(state, duplicate=True)
+    state = replace(state, seen=state.seen | {event.event_id})
+    outcome = _apply_once(state, event, topic, now, park_for, handlers, step_class)
+    return _drain_parked(outcome, now, park_for, handlers, step_class)
+
+
+def _apply_once(state: Any, event: Envelope, topic: str, now: datetime, park_for: timedelta,
+                handlers: dict[str, Handler], step_class: type[Step]) -> Outcome:
+    handler = handlers.get(event.short_type)
+    if handler is None:
+        return Outcome(state)  # a fact for other processors: nothing to do here
+    step = step_class(state, event, topic)
+    try:
+        handler(step)
+    except Park as park:
+        parked = Parked(event, topic, park.machine, park.entity_id, park.waiting_for, now + park_for)
+        step = step_class(replace(state, parked=(*state.parked, parked)), event, topic)
+        step.emit(ParkedRecord(parked, park.current))
+    except Reject as reject:
+        step = step_class(state, event, topic)
+        step.emit(reject.rejected)
+    return Outcome(step.state, tuple(step.records))
+
+
+def _drain_parked(outcome: Outcome, now: datetime, park_for: timedelta, handlers: dict[str, Handler],
+                  step_class: type[Step]) -> Outcome:
+    """Re-apply parked events, in arrival order, while any of them can now be applied."""
+    state, records = outcome.state, list(outcome.records)
+    progressed = bool(records)
+    while progressed and state.parked:
+        progressed = False
+        for parked in state.parked:
+            remaining = replace(state, parked=tuple(p for p in state.parked if p is not parked))
+            retry = _apply_once(remaining, parked.event, parked.topic, now, park_for, handlers, step_class)
+            still_waiting = retry.of(ParkedRecord)
+            if not still_waiting:
+                state, progressed = retry.state, True
+                records.extend(retry.records)
+                break
+            # Still early, maybe for another reason now: say what it waits for today, keep its deadline.
+            waiting_for = still_waiting[0].parked.waiting_for
+            if waiting_for != parked.waiting_for:
+                state = replace(state, parked=tuple(replace(p, waiting_for=waiting_for) if p is parked else p
+                                                    for p in state.parked))
+    return Outcome(state, tuple(records))
+
+
+def expire_parked(state: Any, now: datetime, current_state: Callable[[Any, str, str], str]) -> Outcome:
+    """Reject every parked event whose deadline has passed, with an audit record."""
+    records, keep = [], []
+    for parked in state.parked:
+        if parked.deadline <= now:
+            records.append(Record(parked.event, parked.topic, Rejected(
+                parked.machine, parked.entity_id, current_state(state, parked.machine, parked.entity_id),
+                "park_deadline_passed",
+                f"waited until {parked.deadline.isoformat()} for {parked.waiting_for}; it never came")))
+        else:
+            keep.append(parked)
+    return Outcome(replace(state, parked=tuple(keep)), tuple(records))
+
+
+def earliest_park_deadline(state: Any) -> datetime | None:
+    return min((p.deadline for p in state.parked), default=None)
+
+
+# -- audit records of the contract ----------------------------------------------------------------
+
+def with_ids(outcome: Outcome) -> Iterator[tuple[Record, str]]:
+    """Each record with its id, derived from its cause: ``<cause id>:<kind>:<n>``."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for record in outcome.records:
+        kind = type(record.what).__name__.lower()
+        n = counts[(record.cause.event_id, kind)]
+        counts[(record.cause.event_id, kind)] += 1
+        yield record, f"{record.cause.event_id}:{kind}:{n}"
+
+
+def transition_payload(record: Record) -> dict:
+    what, cause = record.what, record.cause
+    return {"machine": what.machine, "entity_id": what.entity_id, "from_state": what.from_state,
+            "to_state": what.to_state, "cause_event_id": cause.event_id, "cause_type": cause.type,
+            "reason": what.reason}
+
+
+def audit(record: Record) -> tuple[str, dict] | None:
+    """The contract record for a park or rejection (``None`` for anything else)."""
+    what, cause = record.what, record.cause
+    common = {"cause_event_id": cause.event_id, "cause_type": cause.type, "cause_topic": record.cause_topic}
+    if isinstance(what, ParkedRecord):
+        p = what.parked
+        return COMMON + "EventParked", {**common, "machine": p.machine, "entity_id": p.entity_id,
+                                        "current_state": what.current_state, "waiting_for": p.waiting_for,
+                                        "deadline": p.deadline}
+    if isinstance(what, Rejected):
+        return COMMON + "EventRejected", {**common, "machine": what.machine, "entity_id": what.entity_id,
+                                          "current_state": what.current_state, "reason_code": what.reason_code,
+                                          "reason": what.reason}
+    return None
+
+
+def envelope(record: Record, event_id: str, source: str, type_name: str, payload: dict) -> dict:
+    """An output record: the cause's order and event time, its own derived id."""
+    return Envelope(event_id, record.cause.order_id, record.cause.occurred_at, source, type_name, payload).to_record()
