@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -140,6 +140,33 @@ class Service:
             self.name, message.topic, message.partition, message.offset, self._dead_letter_topic.name,
             type(error).__name__, error, exc_info=not isinstance(error, DecodeError),  # bad data is not a bug
         )
+
+    def state_machine_agent(
+        self, inputs: tuple[Topic, ...], table: faust.TableT, *, load: Callable[[dict], Any],
+        apply: Callable[[Any, Envelope, str, datetime], Outcome], expire: Callable[[Any, datetime, str], Outcome],
+        publish: Callable[[Outcome], Iterable[tuple[Topic, dict]]], deadline: Callable[[Any], datetime | None],
+    ) -> faust.types.AgentT:
+        """The one agent of a state-machine processor, keyed by order: decode, load the order's
+        state, apply the event (or a timer tick: expire), then settle. The processor supplies only
+        its pure domain functions; everything else is the same for every processor."""
+        timers = catalog.TIMER_TOPICS[self.name]
+        self.enable_timers()
+
+        async def machine(stream: faust.StreamT) -> None:
+            async for event in stream.events():
+                async with self.dead_letter_on_error(event):
+                    envelope = self.decode(event)
+                    stored = table.get(envelope.order_id)
+                    state = load(stored) if stored else None
+                    if event.message.topic == timers.name:
+                        if state is None:
+                            continue
+                        outcome = expire(state, envelope.payload["fired_at"], timers.name)
+                    else:
+                        outcome = apply(state, envelope, event.message.topic, self.clock.now())
+                    await self.settle(table, envelope.order_id, outcome, publish(outcome), deadline(outcome.state))
+
+        return self.app.agent(self.topic(*inputs, timers), name=f"{self.name}.state-machine")(machine)
 
     # -- timers -------------------------------------------------------------------------------
 

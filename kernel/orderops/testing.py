@@ -112,3 +112,28 @@ async def _sleep(seconds: float) -> None:
     import asyncio
 
     await asyncio.sleep(seconds)
+
+
+async def poll_json(process: ServiceProcess, path: str, condition: Callable[[Any], bool], timeout: float = 60) -> Any:
+    """GET ``path`` until it answers 200 with a body for which ``condition`` holds."""
+    import asyncio
+
+    deadline, body = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        status, body = await process.get_json(path)
+        if status == 200 and condition(body):
+            return body
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{path}: condition not met within {timeout}s; last answer {body}\n{process.log_tail()}")
+
+
+def decode_all(messages: list[Message], topic: Any) -> list:
+    """Messages of a catalog topic as Envelopes."""
+    from orderops.codec import Codec
+    from orderops.envelope import Envelope
+
+    codec = _CODEC.setdefault("codec", Codec())
+    return [Envelope.from_record(codec.decode(m.value(), topic.value_schema).record) for m in messages]
+
+
+_CODEC: dict[str, Any] = {}

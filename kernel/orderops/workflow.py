@@ -212,7 +212,8 @@ def apply(state: Any, event: Envelope, topic: str, now: datetime, park_for: time
         return Outcome(state, duplicate=True)
     state = replace(state, seen=state.seen | {event.event_id})
     outcome = _apply_once(state, event, topic, now, park_for, handlers, step_class)
-    return _drain_parked(outcome, now, park_for, handlers, step_class)
+    changed = bool(outcome.records) or outcome.state != state
+    return _drain_parked(outcome, now, park_for, handlers, step_class) if changed else outcome
 
 
 def _apply_once(state: Any, event: Envelope, topic: str, now: datetime, park_for: timedelta,
@@ -237,7 +238,7 @@ def _drain_parked(outcome: Outcome, now: datetime, park_for: timedelta, handlers
                   step_class: type[Step]) -> Outcome:
     """Re-apply parked events, in arrival order, while any of them can now be applied."""
     state, records = outcome.state, list(outcome.records)
-    progressed = bool(records)
+    progressed = True
     while progressed and state.parked:
         progressed = False
         for parked in state.parked:
@@ -248,11 +249,12 @@ def _drain_parked(outcome: Outcome, now: datetime, park_for: timedelta, handlers
                 state, progressed = retry.state, True
                 records.extend(retry.records)
                 break
-            # Still early, maybe for another reason now: say what it waits for today, keep its deadline.
-            waiting_for = still_waiting[0].parked.waiting_for
-            if waiting_for != parked.waiting_for:
-                state = replace(state, parked=tuple(replace(p, waiting_for=waiting_for) if p is parked else p
-                                                    for p in state.parked))
+            # Still early, maybe for another reason now: say what (and whose state) it waits for
+            # today, and keep its original deadline.
+            now_parked = still_waiting[0].parked
+            updated = replace(now_parked, deadline=parked.deadline)
+            if updated != parked:
+                state = replace(state, parked=tuple(updated if p is parked else p for p in state.parked))
     return Outcome(state, tuple(records))
 
 

@@ -13,7 +13,6 @@ app = service.app
 
 # order id -> OrderState.to_json(): both machines, the lines, parked events, history.
 orders = service.table("orders", default=None, help="Order and payment state per order")
-timer_channel = service.enable_timers()
 
 PARK_FOR = timedelta(seconds=service.settings.park_deadline_seconds)
 # A completed order closes this long after completion (ORDEROPS_ORDER_CLOSE_AFTER_DAYS, default 90).

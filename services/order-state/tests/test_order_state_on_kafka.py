@@ -3,10 +3,8 @@ before its authorization, an over-refund, poison, and a SIGKILL with local state
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import signal
-import time
 from collections import defaultdict
 
 import pytest
@@ -20,9 +18,9 @@ from orderops.catalog import (
     PAYMENTS_EVENTS,
     STOREFRONT_ORDERS,
 )
-from orderops.codec import Codec, Envelope
+from orderops.codec import Codec
 from orderops.scenario import Story, address, card, customer, line, money
-from orderops.testing import ServiceProcess, free_port, producer, read_topic
+from orderops.testing import ServiceProcess, decode_all, free_port, poll_json, producer, read_topic
 
 pytestmark = pytest.mark.broker
 CODEC = Codec()
@@ -32,14 +30,8 @@ def start(env: dict, tmp_path) -> ServiceProcess:
     return ServiceProcess(["-m", "order_state"], env, tmp_path / "order-state.log", int(env["WEB_PORT"])).start()
 
 
-async def order_when(process: ServiceProcess, order_id: str, condition, timeout: float = 60) -> dict:
-    deadline, view = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        status, view = await process.get_json(f"/orders/{order_id}")
-        if status == 200 and condition(view):
-            return view
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"{order_id}: condition not met; last view {view}\n{process.log_tail()}")
+async def order_when(process: ServiceProcess, order_id: str, condition) -> dict:
+    return await poll_json(process, f"/orders/{order_id}", condition)
 
 
 def payment(view: dict) -> dict:
@@ -50,8 +42,7 @@ def types(messages) -> set[str]:
     return {e.short_type for e in decoded(messages, ORDERS_STATE_CHANGES)}
 
 
-def decoded(messages, topic) -> list[Envelope]:
-    return [Envelope.from_record(CODEC.decode(m.value(), topic.value_schema).record) for m in messages]
+decoded = decode_all
 
 
 async def test_payment_story_with_faults(catalog_topics, run_id, tmp_path):

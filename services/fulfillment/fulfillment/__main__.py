@@ -1,0 +1,12 @@
+"""Run the fulfillment worker: python -m fulfillment (or orderops-fulfillment)."""
+
+from fulfillment import agents, views  # noqa: F401  (registers the agent and the HTTP views)
+from fulfillment.app import service
+
+
+def main() -> None:
+    service.run()
+
+
+if __name__ == "__main__":
+    main()
