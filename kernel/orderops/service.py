@@ -204,6 +204,23 @@ class Service:
             else:
                 self._deadlines[order_id] = wanted
 
+    # -- HTTP --------------------------------------------------------------------------------
+
+    def order_page(self, path: str, table: faust.TableT, describe: Callable[[dict], dict]) -> None:
+        """``GET path`` (with ``{order_id}``): the order's state as ``describe`` renders it, answered
+        by the worker that owns the order (Faust routes the request there); 404 when unknown."""
+        service = self
+
+        class OrderPage(faust.web.View):
+            @self.app.table_route(table=table, match_info="order_id")
+            async def get(self, request: faust.web.Request, order_id: str) -> faust.web.Response:
+                stored = table.get(order_id)
+                if stored is None:
+                    return self.json({"error": f"order {order_id} is unknown to {service.name}"}, status=404)
+                return self.json(describe(stored))
+
+        self.app.page(path, name=f"{self.name}{path}")(OrderPage)
+
     # -- health and metrics ---------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:

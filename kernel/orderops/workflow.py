@@ -272,6 +272,18 @@ def expire_parked(state: Any, now: datetime, current_state: Callable[[Any, str, 
     return Outcome(replace(state, parked=tuple(keep)), tuple(records))
 
 
+def describe_history_and_parked(state: Any) -> dict:
+    """History and parked events as the processors' HTTP views show them."""
+    return {
+        "parked": [{"event_id": p.event.event_id, "type": p.event.short_type, "topic": p.topic, "machine": p.machine,
+                    "entity_id": p.entity_id, "waiting_for": p.waiting_for, "deadline": p.deadline.isoformat()}
+                   for p in state.parked],
+        "history": [{"machine": h.machine, "entity_id": h.entity_id, "from": h.from_state, "to": h.to_state,
+                     "cause_event_id": h.cause_event_id, "at": h.at.isoformat(), "reason": h.reason}
+                    for h in state.history],
+    }
+
+
 def earliest_park_deadline(state: Any) -> datetime | None:
     return min((p.deadline for p in state.parked), default=None)
 

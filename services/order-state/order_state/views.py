@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from faust import web
-
-from order_state.app import app, orders
+from order_state.app import orders, service
 from order_state.domain import OrderState
 from order_state.machines import ORDER, PAYMENT
+from orderops.workflow import describe_history_and_parked
 
 
-@app.page("/orders/{order_id}")
-class OrderView(web.View):
-    @app.table_route(table=orders, match_info="order_id")
-    async def get(self, request: web.Request, order_id: str) -> web.Response:
-        stored = orders.get(order_id)
-        if stored is None:
-            return self.json({"error": f"order {order_id} is unknown to order-state"}, status=404)
-        return self.json(describe(OrderState.from_json(stored)))
-
-
-def describe(state: OrderState) -> dict:
+def describe(stored: dict) -> dict:
     """Both machines side by side, with history and what is parked (JSON-friendly)."""
+    state = OrderState.from_json(stored)
     return {
         "order_id": state.order_id,
         "order": {"state": state.status, "terminal": state.status in ORDER.terminal,
@@ -35,10 +25,8 @@ def describe(state: OrderState) -> dict:
         ],
         "lines": [{"line_id": x.line_id, "name": x.name, "quantity": x.quantity, "cancelled": x.cancelled}
                   for x in state.lines],
-        "parked": [{"event_id": p.event.event_id, "type": p.event.short_type, "topic": p.topic,
-                    "machine": p.machine, "waiting_for": p.waiting_for, "deadline": p.deadline.isoformat()}
-                   for p in state.parked],
-        "history": [{"machine": h.machine, "entity_id": h.entity_id, "from": h.from_state, "to": h.to_state,
-                     "cause_event_id": h.cause_event_id, "at": h.at.isoformat(), "reason": h.reason}
-                    for h in state.history],
+        **describe_history_and_parked(state),
     }
+
+
+service.order_page("/orders/{order_id}", orders, describe)
