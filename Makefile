@@ -49,10 +49,12 @@ topics: kafka-up
 run: topics
 	@$(BIN)/orderops processors start
 	@echo
-	@echo "orderops is up. Built so far: the broker, every topic, order-state, fulfillment (more processors come with their issues)."
+	@echo "orderops is up. Built so far: the broker, every topic, order-state, fulfillment, notifier (more processors come with their issues)."
 	@echo "  broker       $${KAFKA_BOOTSTRAP:-127.0.0.1:$${KAFKA_PORT:-9092}}   logs: .run/kafka/logs/"
 	@echo "  order-state  http://127.0.0.1:6101/orders/<order id>   /healthz   /metrics   log: .run/logs/order-state.log"
 	@echo "  fulfillment  http://127.0.0.1:6102/orders/<order id>/fulfillment   log: .run/logs/fulfillment.log"
+	@echo "  notifier     http://127.0.0.1:6104/orders/<order id>/notifications   log: .run/logs/notifier.log"
+	@echo "  messages     emails as files in .run/sinks/mail/, webhooks in .run/sinks/webhooks/ (list: http://127.0.0.1:6180/)"
 	@echo "  topics       $(BIN)/orderops topics list"
 	@echo "  status       make status        stop: make stop"
 

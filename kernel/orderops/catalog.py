@@ -169,7 +169,7 @@ def timer_topic(processor: str) -> Topic:
     )
 
 
-TIMER_TOPICS = {p: timer_topic(p) for p in (ORDER_STATE, FULFILLMENT, RETURNS, TIMELINE)}
+TIMER_TOPICS = {p: timer_topic(p) for p in PROCESSORS}
 
 DATA_TOPICS: tuple[Topic, ...] = (
     STOREFRONT_ORDERS, STOREFRONT_RETURNS, PAYMENTS_EVENTS, WAREHOUSE_FULFILLMENT, WAREHOUSE_RETURNS,

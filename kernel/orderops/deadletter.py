@@ -25,8 +25,11 @@ MAX_ERROR_BYTES = 4000
 
 
 def error_class(error: BaseException) -> str:
-    """Stable category for metrics and triage: the decode reason, or ``processing-error``."""
-    return error.reason if isinstance(error, DecodeError) else "processing-error"
+    """Stable category for metrics and triage: the decode reason, the error's own ``reason``
+    (e.g. ``delivery-failed``), or ``processing-error``."""
+    if isinstance(error, DecodeError):
+        return error.reason
+    return getattr(error, "reason", None) or "processing-error"
 
 
 def dead_letter_headers(

@@ -23,23 +23,32 @@ from orderops.settings import default_run_dir
 @dataclass(frozen=True)
 class Processor:
     name: str
+    module: str = ""  # default: the processor's package (its name with "_")
+    web_port: int = 0  # default: catalog.WEB_PORTS
 
     @property
     def package(self) -> str:
-        return self.name.replace("-", "_")
+        return self.module or self.name.replace("-", "_")
 
     @property
     def installed(self) -> bool:
-        return importlib.util.find_spec(self.package) is not None
+        return importlib.util.find_spec(self.package.split(".")[0]) is not None
 
     @property
     def port(self) -> int:
-        return WEB_PORTS[self.name]
+        return self.web_port or WEB_PORTS[self.name]
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+
+# Local stand-ins a processor talks to in `make run`, started before the processors.
+COMPANIONS = (Processor("notifier-sinks", "notifier.sinks", int(os.environ.get("ORDEROPS_SINK_PORT", "6180"))),)
+
+
+def everything() -> list[Processor]:
+    return [*COMPANIONS, *map(Processor, PROCESSORS)]
 
 def run_dir() -> Path:
     return Path(os.environ.get("ORDEROPS_RUN_DIR", default_run_dir()))
@@ -71,7 +80,7 @@ def healthy(p: Processor) -> bool:
 
 
 def installed() -> list[Processor]:
-    return [p for p in map(Processor, PROCESSORS) if p.installed]
+    return [p for p in everything() if p.installed]
 
 
 def start(timeout: float = 120) -> list[str]:
@@ -99,7 +108,7 @@ def start(timeout: float = 120) -> list[str]:
 
 def stop(timeout: float = 60) -> list[str]:
     lines = []
-    for p in map(Processor, PROCESSORS):
+    for p in reversed(everything()):
         pid = running_pid(p)
         if pid is None:
             continue
@@ -118,7 +127,7 @@ def stop(timeout: float = 60) -> list[str]:
 
 def status() -> list[str]:
     lines = []
-    for p in map(Processor, PROCESSORS):
+    for p in everything():
         if not p.installed:
             lines.append(f"{p.name:12} not built yet")
             continue

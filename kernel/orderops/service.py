@@ -31,6 +31,12 @@ from orderops.workflow import Outcome
 log = logging.getLogger("orderops.service")
 
 
+class DeliveryError(Exception):
+    """An effect outside Kafka failed for good (after its retries): data, not a bug."""
+
+    reason = "delivery-failed"
+
+
 class ContractViolation(Exception):
     """A service tried to write a topic the catalog does not list it as a writer of."""
 
@@ -128,18 +134,28 @@ class Service:
 
     async def dead_letter(self, event: faust.EventT, error: BaseException) -> None:
         message = event.message
-        headers = dead_letter_headers(
-            message.headers, topic=message.topic, partition=message.partition, offset=message.offset,
-            error=error, service=self.name,
-        )
-        await self.topic(self._dead_letter_topic).send(key=message.key, value=message.value, headers=headers)
-        DEAD_LETTERED.labels(self.name, message.topic, error_class(error)).inc()
+        await self.dead_letter_bytes(message.key, message.value, message.headers, topic=message.topic,
+                                     partition=message.partition, offset=message.offset, error=error)
+
+    async def dead_letter_bytes(self, key: bytes | None, value: bytes | None, headers: Any, *, topic: str,
+                                partition: int, offset: int, error: BaseException) -> None:
+        """Dead-letter a message this processor holds as bytes (e.g. a request whose delivery
+        failed for good, long after it was read): same record, headers and log line."""
+        headers = dead_letter_headers(headers, topic=topic, partition=partition, offset=offset, error=error,
+                                      service=self.name)
+        await self.topic(self._dead_letter_topic).send(key=key, value=value, headers=headers)
+        DEAD_LETTERED.labels(self.name, topic, error_class(error)).inc()
         log.error(
             "%s: dead-lettered %s[%d]@%d to %s: %s: %s. The original bytes and headers are kept there; fix the "
             "cause, then re-drive it with the replay tools.",
-            self.name, message.topic, message.partition, message.offset, self._dead_letter_topic.name,
-            type(error).__name__, error, exc_info=not isinstance(error, DecodeError),  # bad data is not a bug
+            self.name, topic, partition, offset, self._dead_letter_topic.name,
+            type(error).__name__, error, exc_info=not isinstance(error, (DecodeError, DeliveryError)),
         )
+
+    async def persist(self) -> None:
+        """Wait until every record sent so far, table changelogs included, is acknowledged: call it
+        before an effect outside Kafka (an email, a webhook) that must not repeat silently."""
+        await self.app.producer.flush()
 
     def state_machine_agent(
         self, inputs: tuple[Topic, ...], table: faust.TableT, *, load: Callable[[dict], Any],

@@ -1,0 +1,89 @@
+"""notifier's app: the kernel's Service, the delivery ledger table, channels and settings.
+
+Settings (environment, defaults for a local run):
+  ORDEROPS_NOTIFIER_CHANNELS          email,webhook     channels every request is delivered on
+  ORDEROPS_SMTP_HOST / _PORT          127.0.0.1 / 2525  SMTP server (make run starts a local sink)
+  ORDEROPS_SMTP_FROM                  orders@orderops.localhost
+  ORDEROPS_SMTP_USERNAME / _PASSWORD / _STARTTLS        optional
+  ORDEROPS_WEBHOOK_URL                http://127.0.0.1:6180/hooks/notifications
+  ORDEROPS_WEBHOOK_SECRET             (or ORDEROPS_WEBHOOK_SECRET_FILE, default .run/notifier/webhook-secret,
+                                      created with a random secret when missing)
+  ORDEROPS_NOTIFIER_SEND_TIMEOUT_SECONDS  5
+  ORDEROPS_NOTIFIER_MAX_ATTEMPTS      5
+  ORDEROPS_NOTIFIER_BACKOFF_SECONDS   2 (doubling per attempt, full jitter, capped by _BACKOFF_MAX_SECONDS 300)
+  ORDEROPS_NOTIFIER_BREAKER_FAILURES  5   consecutive failures that open a channel's circuit
+  ORDEROPS_NOTIFIER_BREAKER_SECONDS   30  how long it stays open
+  ORDEROPS_NOTIFIER_COALESCE_SECONDS  0   merge same-type requests of an order within this window (0: off)
+  ORDEROPS_NOTIFIER_TEMPLATES         the package's templates/ folder
+  ORDEROPS_NOTIFIER_PREFERENCES       YAML file of customers' opt-outs and quiet hours (optional)
+  ORDEROPS_NOTIFIER_LOCALE            en  fallback locale
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+import yaml
+
+from notifier.channels import CircuitBreaker, EmailChannel, WebhookChannel
+from notifier.delivering import Dispatcher
+from notifier.ledger import Preferences, RetryPolicy
+from notifier.rendering import Templates
+from orderops.catalog import NOTIFIER, WEB_PORTS
+from orderops.service import Service
+from orderops.settings import default_run_dir
+
+service = Service(NOTIFIER, default_web_port=WEB_PORTS[NOTIFIER])
+app = service.app
+env = os.environ
+
+# order id -> Ledger.to_json(): every delivery of the order's notifications and its state.
+ledgers = service.table("ledger", default=None, help="Delivery ledger per order")
+
+
+def webhook_secret() -> bytes:
+    if env.get("ORDEROPS_WEBHOOK_SECRET"):
+        return env["ORDEROPS_WEBHOOK_SECRET"].encode()
+    path = Path(env.get("ORDEROPS_WEBHOOK_SECRET_FILE", default_run_dir() / "notifier" / "webhook-secret"))
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip().encode()
+
+
+def load_preferences() -> Preferences:
+    path = env.get("ORDEROPS_NOTIFIER_PREFERENCES")
+    return Preferences.from_document(yaml.safe_load(Path(path).read_text()) if path else None)
+
+
+SEND_TIMEOUT = float(env.get("ORDEROPS_NOTIFIER_SEND_TIMEOUT_SECONDS", "5"))
+AVAILABLE = {
+    "email": lambda: EmailChannel(
+        env.get("ORDEROPS_SMTP_HOST", "127.0.0.1"), int(env.get("ORDEROPS_SMTP_PORT", "2525")),
+        env.get("ORDEROPS_SMTP_FROM", "orders@orderops.localhost"), SEND_TIMEOUT,
+        env.get("ORDEROPS_SMTP_USERNAME"), env.get("ORDEROPS_SMTP_PASSWORD"),
+        env.get("ORDEROPS_SMTP_STARTTLS", "0") == "1"),
+    "webhook": lambda: WebhookChannel(env.get("ORDEROPS_WEBHOOK_URL", "http://127.0.0.1:6180/hooks/notifications"),
+                                      webhook_secret(), SEND_TIMEOUT),
+}
+names = [c.strip() for c in env.get("ORDEROPS_NOTIFIER_CHANNELS", "email,webhook").split(",") if c.strip()]
+unknown = sorted(set(names) - set(AVAILABLE))
+if unknown:
+    raise SystemExit(f"ORDEROPS_NOTIFIER_CHANNELS names unknown channels {unknown}; known: {sorted(AVAILABLE)}")
+
+dispatcher = Dispatcher(
+    channels={name: AVAILABLE[name]() for name in names},
+    breakers={name: CircuitBreaker(int(env.get("ORDEROPS_NOTIFIER_BREAKER_FAILURES", "5")),
+                                   float(env.get("ORDEROPS_NOTIFIER_BREAKER_SECONDS", "30"))) for name in names},
+    templates=Templates(Path(env.get("ORDEROPS_NOTIFIER_TEMPLATES", Path(__file__).parent / "templates")),
+                        env.get("ORDEROPS_NOTIFIER_LOCALE", "en")),
+    preferences=load_preferences(),
+    retry=RetryPolicy(int(env.get("ORDEROPS_NOTIFIER_MAX_ATTEMPTS", "5")),
+                      timedelta(seconds=float(env.get("ORDEROPS_NOTIFIER_BACKOFF_SECONDS", "2"))),
+                      timedelta(seconds=float(env.get("ORDEROPS_NOTIFIER_BACKOFF_MAX_SECONDS", "300")))),
+    coalesce=timedelta(seconds=float(env.get("ORDEROPS_NOTIFIER_COALESCE_SECONDS", "0"))),
+)

@@ -1,0 +1,153 @@
+"""The delivery ledger of one order and the machine every delivery follows (pure: no I/O).
+
+A request becomes one delivery per enabled channel. The ledger lives in a table keyed by order and
+is made durable *before* the far end is contacted, so that a crash between "sending" and "sent" is
+found again: such a delivery is re-sent with the same idempotency key and recorded as in doubt.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+from datetime import datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from orderops.envelope import from_json, to_json
+from orderops.workflow import Machine
+
+DELIVERY = Machine(
+    name="delivery",
+    initial="received",
+    terminal=frozenset({"sent", "failed", "suppressed"}),
+    reversible={"retrying": "the next attempt"},
+    rows=(
+        # state         trigger           next state
+        ("received",    "suppress",       "suppressed"),
+        ("received",    "hold",           "held"),        # coalescing: wait for more of the same kind
+        ("received",    "attempt",        "attempting"),
+        ("held",        "merge",          "held"),
+        ("held",        "attempt",        "attempting"),
+        ("attempting",  "accepted",       "sent"),
+        ("attempting",  "failed",         "retrying"),
+        ("attempting",  "gave_up",        "failed"),      # last attempt failed, or it can never work
+        ("attempting",  "deferred",       "retrying"),    # circuit open: not attempted, not counted
+        ("attempting",  "attempt",        "attempting"),  # found mid-attempt after a crash: in doubt
+        ("retrying",    "attempt",        "attempting"),
+    ),
+    parks=(),
+)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    delivery_id: str  # <first notification id>/<channel>: the idempotency key receivers see
+    channel: str
+    type: str
+    requests: tuple[dict, ...]  # the requests (JSON form of the payload + origin), merged when coalesced
+    status: str = DELIVERY.initial
+    attempts: int = 0
+    in_doubt: int = 0
+    due_at: datetime | None = None  # end of the coalescing window, or the next retry
+    last_error: str = ""
+
+    @property
+    def notification_ids(self) -> tuple[str, ...]:
+        return tuple(r["notification_id"] for r in self.requests)
+
+
+@dataclass(frozen=True)
+class Ledger:
+    order_id: str
+    deliveries: tuple[Delivery, ...] = ()
+
+    def holding(self, notification_id: str) -> list[Delivery]:
+        return [d for d in self.deliveries if notification_id in d.notification_ids]
+
+    def delivery(self, delivery_id: str) -> Delivery:
+        return next(d for d in self.deliveries if d.delivery_id == delivery_id)
+
+    def put(self, updated: Delivery) -> Ledger:
+        others = tuple(d for d in self.deliveries if d.delivery_id != updated.delivery_id)
+        return replace(self, deliveries=(*others, updated))
+
+    def due(self, now: datetime) -> list[Delivery]:
+        """Deliveries to attempt now: windows closed, retries due, and any found mid-attempt."""
+        return [d for d in self.deliveries if d.status == "attempting" or
+                (d.status in ("held", "retrying") and d.due_at is not None and d.due_at <= now)]
+
+    def next_deadline(self) -> datetime | None:
+        pending = [d.due_at for d in self.deliveries if d.status in ("held", "retrying") and d.due_at]
+        return min(pending, default=None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"order_id": self.order_id, "deliveries": [to_json(vars(d)) for d in self.deliveries]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Ledger:
+        return cls(data["order_id"], tuple(Delivery(**{**from_json(d), "requests": tuple(from_json(d)["requests"])})
+                                           for d in data["deliveries"]))
+
+
+def move(delivery: Delivery, trigger: str, **changes: Any) -> Delivery:
+    return replace(delivery, status=DELIVERY.require(delivery.status, trigger, delivery.delivery_id), **changes)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    base: timedelta = timedelta(seconds=2)
+    cap: timedelta = timedelta(minutes=5)
+
+    def next_attempt(self, delivery: Delivery, now: datetime) -> datetime:
+        """Exponential backoff with full jitter, seeded by the delivery so a replay waits alike."""
+        ceiling = min(self.cap, self.base * (2 ** max(delivery.attempts - 1, 0)))
+        jitter = random.Random(f"{delivery.delivery_id}:{delivery.attempts}").uniform(0.5, 1.0)
+        return now + ceiling * jitter
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    start: time
+    end: time
+    zone: str
+
+    def covers(self, moment: datetime) -> bool:
+        local = moment.astimezone(ZoneInfo(self.zone)).time()
+        return self.start <= local < self.end if self.start < self.end else (local >= self.start or local < self.end)
+
+
+@dataclass(frozen=True)
+class Preference:
+    opted_out: frozenset[str] = frozenset()
+    quiet_hours: QuietHours | None = None
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """Customers' channel opt-outs and quiet hours (from ``ORDEROPS_NOTIFIER_PREFERENCES``)."""
+
+    customers: dict[str, Preference] = field(default_factory=dict)
+
+    def suppression(self, customer_id: str, channel: str, at: datetime) -> str | None:
+        """Why this message must not be sent on this channel, or None."""
+        preference = self.customers.get(customer_id)
+        if preference is None:
+            return None
+        if channel in preference.opted_out:
+            return f"customer opted out of {channel}"
+        if preference.quiet_hours and preference.quiet_hours.covers(at):
+            q = preference.quiet_hours
+            return f"customer's quiet hours ({q.start:%H:%M}-{q.end:%H:%M} {q.zone})"
+        return None
+
+    @classmethod
+    def from_document(cls, document: dict | None) -> Preferences:
+        customers = {}
+        for customer_id, spec in ((document or {}).get("customers") or {}).items():
+            quiet = spec.get("quiet_hours")
+            customers[str(customer_id)] = Preference(
+                frozenset(spec.get("opt_out", [])),
+                QuietHours(time.fromisoformat(quiet["start"]), time.fromisoformat(quiet["end"]),
+                           quiet.get("timezone", "UTC")) if quiet else None)
+        return cls(customers)

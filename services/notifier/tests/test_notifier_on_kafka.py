@@ -1,0 +1,194 @@
+"""The notifier as a real process, with a real SMTP server and a real HTTP receiver that verifies
+signatures: a split-shipment message arrives once and reads right; a receiver that fails twice
+gets three attempts and one delivery; a dead receiver ends in FAILED + DLQ while email flows; a
+SIGKILL after sending and before the ledger recorded it is re-sent with the same key and recorded
+in doubt; replaying the whole requests topic sends nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections import Counter, defaultdict
+
+import pytest
+from aiohttp import web
+from aiosmtpd.controller import Controller
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from notifier.channels import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
+from orderops import deadletter
+from orderops.catalog import DEAD_LETTER_TOPICS, NOTIFICATIONS_DELIVERIES, NOTIFICATIONS_REQUESTS, NOTIFIER
+from orderops.scenario import Story, customer
+from orderops.testing import ServiceProcess, decode_all, free_port, poll_json, producer, read_topic
+
+pytestmark = pytest.mark.broker
+SECRET = "test-webhook-secret"
+
+
+class Mailbox:
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(envelope.content)
+        return "250 OK"
+
+    def for_order(self, order_id: str) -> list[bytes]:
+        return [m for m in self.messages if order_id.encode() in m]
+
+
+class Receiver:
+    """A webhook receiver with scripted behaviour per order id, counting every raw receipt."""
+
+    def __init__(self) -> None:
+        self.receipts: dict[str, list[dict]] = defaultdict(list)  # idempotency key -> bodies
+        self.rejected = 0
+        self.behaviour: dict[str, str] = {}
+        self.calls: Counter[str] = Counter()
+        self.on_kill = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            verify(SECRET.encode(), request.headers.get(SIGNATURE_HEADER), body, time.time())
+        except Exception as exc:
+            self.rejected += 1
+            return web.json_response({"error": str(exc)}, status=401)
+        document = json.loads(body)
+        order_id = document["order_id"]
+        self.calls[order_id] += 1
+        behaviour = self.behaviour.get(order_id, "ok")
+        if behaviour == "fail-twice" and self.calls[order_id] <= 2:
+            return web.json_response({"error": "try later"}, status=503)
+        if behaviour == "always-fail":
+            return web.json_response({"error": "down"}, status=500)
+        if behaviour == "kill-once" and self.calls[order_id] == 1:
+            self.receipts[request.headers[IDEMPOTENCY_HEADER]].append(document)
+            self.on_kill()  # the far end has it; the notifier dies before it can record that
+            await asyncio.sleep(5)
+            return web.json_response({"status": "too late"})
+        self.receipts[request.headers[IDEMPOTENCY_HEADER]].append(document)
+        return web.json_response({"status": "ok"})
+
+    def for_order(self, order_id: str) -> dict[str, list[dict]]:
+        return {k: v for k, v in self.receipts.items() if v[0]["order_id"] == order_id}
+
+
+def requests_for(order_id: str, *types: str) -> Story:
+    story = Story(order_id)
+    for n, notice_type in enumerate(types):
+        story.after(minutes=1).on(NOTIFICATIONS_REQUESTS).NotificationRequested(
+            notification_id=f"{order_id}:cause-{n}:notify:{notice_type}", type=notice_type,
+            customer=customer(email=f"{order_id}@example.com"), cause_event_id=f"{order_id}:cause-{n}",
+            lines=[{"line_id": "l1", "name": "Blue mug", "quantity_in_this_shipment": 2, "quantity_shipped": 2,
+                    "quantity_delivered": 0, "quantity_backordered": 0, "quantity_cancelled": 0, "eta": None,
+                    "shipment_id": "P1"},
+                   {"line_id": "l2", "name": "Teapot", "quantity_in_this_shipment": 0, "quantity_shipped": 0,
+                    "quantity_delivered": 0, "quantity_backordered": 1, "quantity_cancelled": 0, "eta": None,
+                    "shipment_id": None}],
+            amounts=[], shipment_id="P1", tracking_url="https://track.example/JD0001",
+            facts={"order_id": order_id, "summary": "2 of 3 items shipped in parcel P1 (DHL JD0001): 2 × Blue mug. "
+                                                    "Still to come — Teapot: 1 backordered until Thu 03 Dec."})
+    return story
+
+
+async def test_delivered_once_through_failures_crashes_and_replays(catalog_topics, run_id, tmp_path):
+    bootstrap = catalog_topics
+    mailbox, receiver = Mailbox(), Receiver()
+    smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    http = web.Application()
+    http.add_routes([web.post("/hook", receiver.handle)])
+    runner = web.AppRunner(http)
+    await runner.setup()
+    hook_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", hook_port).start()
+    instance = f"t{run_id}"
+    env = {"KAFKA_BOOTSTRAP": bootstrap, "ORDEROPS_INSTANCE": instance, "ORDEROPS_DATA_DIR": str(tmp_path / "state"),
+           "WEB_PORT": str(free_port()), "ORDEROPS_SESSION_TIMEOUT_SECONDS": "6", "ORDEROPS_TIMER_INTERVAL_SECONDS": "0.5",
+           "ORDEROPS_SMTP_PORT": str(smtp.port), "ORDEROPS_WEBHOOK_URL": f"http://127.0.0.1:{hook_port}/hook",
+           "ORDEROPS_WEBHOOK_SECRET": SECRET, "ORDEROPS_NOTIFIER_MAX_ATTEMPTS": "3",
+           "ORDEROPS_NOTIFIER_BACKOFF_SECONDS": "0.2", "ORDEROPS_NOTIFIER_BREAKER_FAILURES": "50"}
+    notifier = ServiceProcess(["-m", "notifier"], env, tmp_path / "notifier.log", int(env["WEB_PORT"]))
+    receiver.on_kill = lambda: os.kill(notifier.process.pid, signal.SIGKILL)
+    happy, flaky, dead, crash = (f"{name}-{run_id}" for name in ("happy", "flaky", "dead", "crash"))
+    receiver.behaviour.update({flaky: "fail-twice", dead: "always-fail", crash: "kill-once"})
+    kafka = producer(bootstrap)
+    try:
+        notifier.start()
+        await notifier.wait_ready()
+        for order_id in (happy, flaky, dead):
+            requests_for(order_id, "shipment_dispatched").publish(kafka)
+
+        # The split-shipment message arrives once, by email and by signed webhook, and reads right.
+        await poll_json(notifier, f"/orders/{happy}/notifications",
+                        lambda v: {d["state"] for d in v["deliveries"]} == {"sent"})
+        [email] = mailbox.for_order(happy)
+        text = email.decode()
+        assert ("Subject: A parcel of your order" in text and "2 =C3=97 Blue mug" in text) or "2 × Blue mug" in text
+        assert "Teapot: 1 backordered until Thu 03 Dec" in text.replace("=\r\n", "").replace("=\n", "")
+        [(key, [document])] = receiver.for_order(happy).items()
+        assert key.endswith("/webhook") and document["lines"][1]["quantity_backordered"] == 1
+        assert document["tracking_urls"] == ["https://track.example/JD0001"] and receiver.rejected == 0
+
+        # Fails twice, then succeeds: three attempts, one delivery.
+        view = await poll_json(notifier, f"/orders/{flaky}/notifications",
+                               lambda v: any(d["channel"] == "webhook" and d["state"] == "sent" for d in v["deliveries"]))
+        webhook = next(d for d in view["deliveries"] if d["channel"] == "webhook")
+        assert webhook["attempts"] == 3 and receiver.calls[flaky] == 3 and len(receiver.for_order(flaky)) == 1
+
+        # A receiver that never recovers: FAILED and a dead letter, while email went through.
+        view = await poll_json(notifier, f"/orders/{dead}/notifications",
+                               lambda v: any(d["state"] == "failed" for d in v["deliveries"]))
+        states = {d["channel"]: d["state"] for d in view["deliveries"]}
+        assert states == {"email": "sent", "webhook": "failed"} and len(mailbox.for_order(dead)) == 1
+        [dlq] = read_topic(bootstrap, DEAD_LETTER_TOPICS[NOTIFIER].name, keep=lambda m: m.key() == dead.encode(),
+                           until=lambda got: len(got) >= 1)
+        headers = dict(dlq.headers())
+        assert headers[deadletter.ERROR_CLASS] == b"delivery-failed"
+        assert headers[deadletter.ORIGIN_TOPIC] == NOTIFICATIONS_REQUESTS.name.encode() and b"500" in headers[deadletter.ERROR]
+        [original] = decode_all([dlq], NOTIFICATIONS_REQUESTS)
+        assert original.payload["notification_id"].startswith(dead), "the full request is in the dead letter"
+
+        # SIGKILL after the far end accepted and before the ledger recorded it.
+        requests_for(crash, "shipment_dispatched").publish(kafka)
+        deadline = time.monotonic() + 60
+        while notifier.process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert notifier.process.poll() is not None, "the receiver should have killed the notifier"
+        notifier.start()
+        await notifier.wait_ready()
+        view = await poll_json(notifier, f"/orders/{crash}/notifications",
+                               lambda v: all(d["state"] == "sent" for d in v["deliveries"]) and len(v["deliveries"]) == 2)
+        webhook = next(d for d in view["deliveries"] if d["channel"] == "webhook")
+        assert webhook["in_doubt_attempts"] == 1
+        [(key, bodies)] = receiver.for_order(crash).items()
+        assert len(bodies) == 2 and receiver.calls[crash] == 2, "re-sent once, with the same idempotency key"
+        outcomes = [d.payload["outcome"] for d in decode_all(read_topic(
+            bootstrap, NOTIFICATIONS_DELIVERIES.name, keep=lambda m: m.key() == crash.encode(),
+            until=lambda got: len(got) >= 3), NOTIFICATIONS_DELIVERIES) if d.payload["channel"] == "webhook"]
+        assert "IN_DOUBT" in outcomes and outcomes[-1] == "SENT"
+
+        # Replay: rewind the notifier's consumer group to the start of the requests topic.
+        sent_before = (len(mailbox.messages), sum(receiver.calls.values()))
+        notifier.stop(signal.SIGTERM)
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        partitions = [TopicPartition(NOTIFICATIONS_REQUESTS.name, p, 0) for p in range(NOTIFICATIONS_REQUESTS.partitions)]
+        admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(f"{NOTIFIER}-{instance}", partitions)])[
+            f"{NOTIFIER}-{instance}"].result()
+        notifier.start()
+        await notifier.wait_ready()
+        marker = f"marker-{run_id}"
+        requests_for(marker, "shipment_dispatched").publish(kafka)  # processed after the whole replay
+        await poll_json(notifier, f"/orders/{marker}/notifications",
+                        lambda v: {d["state"] for d in v["deliveries"]} == {"sent"})
+        assert (len(mailbox.messages), sum(receiver.calls.values())) == (sent_before[0] + 1, sent_before[1] + 1), \
+            "a replay of the requests topic sends nothing new"
+    finally:
+        notifier.stop(signal.SIGKILL)
+        smtp.stop()
+        await runner.cleanup()

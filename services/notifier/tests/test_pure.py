@@ -1,0 +1,208 @@
+"""The notifier's pure parts: rendering, the ledger machine, preferences, backoff, signing, breaker."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from notifier.channels import CircuitBreaker, SignatureError, message_id, sign, verify
+from notifier.delivering import Dispatcher
+from notifier.ledger import DELIVERY, Delivery, Ledger, Preferences, RetryPolicy, move
+from notifier.rendering import RenderError, Templates, context
+from orderops.envelope import Envelope
+from orderops.workflow import Machine
+
+TEMPLATES = Templates(Path(__file__).resolve().parents[1] / "notifier" / "templates")
+T0 = datetime(2026, 11, 2, 9, tzinfo=UTC)
+ETA = datetime(2026, 12, 3, tzinfo=UTC)
+
+
+def claim(line_id, name, in_parcel=0, shipped=0, backordered=0, eta=None, shipment=None):
+    return {"line_id": line_id, "name": name, "quantity_in_this_shipment": in_parcel, "quantity_shipped": shipped,
+            "quantity_delivered": 0, "quantity_backordered": backordered, "quantity_cancelled": 0, "eta": eta,
+            "shipment_id": shipment}
+
+
+def request(notification_id="n-1", notice_type="shipment_dispatched", locale="en", summary="2 of 3 items shipped.",
+            shipment="P1", lines=None, customer_id="c-1", **facts) -> dict:
+    return {"notification_id": notification_id, "type": notice_type, "cause_event_id": "e-1",
+            "customer": {"customer_id": customer_id, "email": "ada@example.com", "name": "Ada", "locale": locale,
+                         "phone": None},
+            "lines": lines if lines is not None else [claim("l1", "Blue mug", 2, 2, shipment="P1"),
+                                                      claim("l2", "Teapot", backordered=1, eta=ETA)],
+            "amounts": [], "shipment_id": shipment, "tracking_url": f"https://track.example/{shipment}",
+            "facts": {"order_id": "o-1", "summary": summary, **facts}}
+
+
+def entries(*payloads):
+    return tuple({"notification_id": p["notification_id"], "payload": p} for p in payloads)
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+def test_split_shipment_message_says_what_is_in_the_parcel_and_what_is_to_come():
+    summary = ("2 of 3 items shipped in parcel P1 (DHL JD0001): 2 × Blue mug. "
+               "Still to come — Teapot: 1 backordered until Thu 03 Dec.")
+    rendered = TEMPLATES.render("shipment_dispatched", "en", context(entries(request(summary=summary))))
+    assert rendered.subject == "A parcel of your order o-1 is on the way"
+    assert summary in rendered.body and "Track it: https://track.example/P1" in rendered.body
+
+
+def test_merged_requests_render_every_parcel_and_their_claims_are_the_union():
+    first = request("n-1", summary="Parcel P1: 2 × Blue mug.", shipment="P1")
+    second = request("n-2", summary="Parcel P2: 1 × Teapot.", shipment="P2",
+                     lines=[claim("l1", "Blue mug", 0, 2), claim("l2", "Teapot", 1, 1, shipment="P2")])
+    ctx = context(entries(first, second))
+    rendered = TEMPLATES.render("shipment_dispatched", "en", ctx)
+    assert rendered.subject == "2 parcels of your order o-1 are on the way"
+    assert "Parcel P1" in rendered.body and "Parcel P2" in rendered.body and "track.example/P2" in rendered.body
+    assert {c["line_id"]: c["quantity_in_this_shipment"] for c in ctx["lines"]} == {"l1": 2, "l2": 1}
+
+
+def test_locale_falls_back_by_language_then_default():
+    german = TEMPLATES.render("shipment_dispatched", "de-AT", context(entries(request(locale="de-AT"))))
+    assert german.locale == "de" and "2 × Blue mug" in german.body
+    fallback = TEMPLATES.render("line_backordered", "de", context(entries(request(notice_type="line_backordered"))))
+    assert fallback.locale == "en"
+
+
+def test_missing_template_is_a_precise_error():
+    with pytest.raises(RenderError, match="no template for notification type 'parcel_teleported'"):
+        TEMPLATES.render("parcel_teleported", "en", context(entries(request())))
+
+
+def test_missing_field_is_a_precise_error_not_half_a_message():
+    broken = request(notice_type="payment_failed")  # no facts.reason / customer_action
+    with pytest.raises(RenderError, match="payment_failed.txt needs a value"):
+        TEMPLATES.render("payment_failed", "en", context(entries(broken)))
+
+
+def test_every_template_renders_with_the_facts_its_producer_sends():
+    producers = {
+        "order_confirmed": {"lines": "2"},
+        "payment_failed": {"reason": "insufficient funds", "customer_action": "use another card"},
+        "order_cancelled": {"released_authorizations": "card-1"},
+        "backorder_eta_changed": {"slipped": "true", "reason": "supplier delay", "previous_eta": ""},
+        "delivery_failed": {"reason": "address not found"},
+    }
+    for path in sorted((TEMPLATES.directory / "en").glob("*.txt")):
+        payload = request(notice_type=path.stem)
+        payload["facts"].update(producers.get(path.stem, {}))
+        payload["amounts"] = [{"instrument_id": "card-1", "channel": "CARD",
+                               "amount": {"amount": Decimal("12.5"), "currency": "EUR"}}]
+        rendered = TEMPLATES.render(path.stem, "en", context(entries(payload)))
+        assert rendered.subject and rendered.body.strip(), path.stem
+
+
+# -- the ledger -----------------------------------------------------------------------------------
+
+def dispatcher(coalesce=timedelta(0), preferences=None) -> Dispatcher:
+    return Dispatcher({"email": None, "webhook": None}, {}, TEMPLATES, preferences or Preferences(), RetryPolicy(),
+                      coalesce)
+
+
+def envelope(payload: dict, at: datetime = T0) -> Envelope:
+    return Envelope(f"req-{payload['notification_id']}", "o-1", at, "fulfillment",
+                    "orderops.notifications.NotificationRequested", payload)
+
+
+def test_each_request_becomes_one_delivery_per_channel_and_a_redelivery_none():
+    ledger, due, suppressed = dispatcher().accept(Ledger("o-1"), envelope(request()), ("t", 0, 1), T0)
+    assert [d.delivery_id for d in due] == ["n-1/email", "n-1/webhook"] and suppressed == []
+    again, due_again, _ = dispatcher().accept(ledger, envelope(request()), ("t", 0, 1), T0)
+    assert again is ledger and due_again == []
+
+
+def test_a_redelivered_request_whose_delivery_was_mid_attempt_is_attempted_again():
+    ledger, due, _ = dispatcher().accept(Ledger("o-1"), envelope(request()), ("t", 0, 1), T0)
+    crashed = ledger.put(move(ledger.delivery("n-1/email"), "attempt", attempts=1))
+    _, due, _ = dispatcher().accept(crashed, envelope(request()), ("t", 0, 1), T0)
+    assert [d.delivery_id for d in due] == ["n-1/email"]
+
+
+def test_opt_out_and_quiet_hours_suppress_with_the_reason():
+    preferences = Preferences.from_document({"customers": {
+        "c-1": {"opt_out": ["webhook"]},
+        "c-2": {"quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Berlin"}}}})
+    _, due, suppressed = dispatcher(preferences=preferences).accept(Ledger("o-1"), envelope(request()), ("t", 0, 1), T0)
+    assert [d.channel for d in due] == ["email"]
+    assert [(d.channel, why) for d, why in suppressed] == [("webhook", "customer opted out of webhook")]
+    night = datetime(2026, 11, 2, 22, 30, tzinfo=UTC)  # 23:30 in Berlin
+    _, due, suppressed = dispatcher(preferences=preferences).accept(
+        Ledger("o-1"), envelope(request(customer_id="c-2"), night), ("t", 0, 1), night)
+    assert due == [] and all("quiet hours (22:00-07:00 Europe/Berlin)" in why for _, why in suppressed)
+    assert all(d.status == "suppressed" for d, _ in suppressed)
+
+
+def test_coalescing_holds_then_merges_same_type_requests_of_the_order():
+    d = dispatcher(coalesce=timedelta(seconds=60))
+    ledger, due, _ = d.accept(Ledger("o-1"), envelope(request("n-1")), ("t", 0, 1), T0)
+    assert due == [] and ledger.next_deadline() == T0 + timedelta(seconds=60)
+    ledger, due, _ = d.accept(ledger, envelope(request("n-2", shipment="P2")), ("t", 0, 2), T0 + timedelta(seconds=10))
+    held = ledger.delivery("n-1/email")
+    assert due == [] and held.notification_ids == ("n-1", "n-2") and held.status == "held"
+    assert ledger.due(T0 + timedelta(seconds=59)) == []
+    assert {x.delivery_id for x in ledger.due(T0 + timedelta(seconds=60))} == {"n-1/email", "n-1/webhook"}
+
+
+def test_ledger_survives_its_json_form():
+    ledger, _, _ = dispatcher().accept(Ledger("o-1"), envelope(request()), ("t", 0, 1), T0)
+    assert Ledger.from_json(ledger.to_json()) == ledger
+
+
+def test_delivery_machine_has_no_way_out_of_its_terminal_states():
+    for state in DELIVERY.terminal:
+        assert not [row for row in DELIVERY.rows if row[0] == state]
+    assert isinstance(DELIVERY, Machine)
+
+
+def test_architecture_doc_shows_the_delivery_machine():
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "architecture.md").read_text()
+    assert DELIVERY.as_markdown() in doc
+
+
+# -- retries, signing, breaker --------------------------------------------------------------------
+
+def test_backoff_grows_is_capped_jittered_and_reproducible():
+    policy = RetryPolicy(max_attempts=8, base=timedelta(seconds=2), cap=timedelta(seconds=30))
+    waits = [policy.next_attempt(Delivery("d", "email", "t", (), attempts=n), T0) - T0 for n in range(1, 8)]
+    assert all(timedelta(0) < w <= timedelta(seconds=30) for w in waits)
+    assert waits[0] <= timedelta(seconds=2) and waits[-1] >= timedelta(seconds=15)
+    assert waits == [policy.next_attempt(Delivery("d", "email", "t", (), attempts=n), T0) - T0 for n in range(1, 8)]
+
+
+def test_signature_verifies_and_refuses_tampering_and_replays():
+    secret, body = b"s3cret", b'{"order_id": "o-1"}'
+    header = sign(secret, body, 1_000_000)
+    verify(secret, header, body, 1_000_100)
+    with pytest.raises(SignatureError, match="does not match"):
+        verify(secret, header, body + b" ", 1_000_100)
+    with pytest.raises(SignatureError, match="replay"):
+        verify(secret, header, body, 1_000_000 + 3600)
+    with pytest.raises(SignatureError, match="missing"):
+        verify(secret, None, body, 1_000_000)
+
+
+def test_message_id_is_deterministic_per_delivery():
+    assert message_id("n-1/email", "shop.example") == message_id("n-1/email", "shop.example")
+    assert message_id("n-1/email", "shop.example") != message_id("n-2/email", "shop.example")
+
+
+def test_circuit_breaker_opens_after_consecutive_failures_and_half_opens_after_cooldown():
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=3, cooldown=10, clock=lambda: now[0])
+    for _ in range(2):
+        breaker.failed()
+    assert breaker.allows()
+    breaker.failed()
+    assert breaker.state == "open" and not breaker.allows() and breaker.retry_in() == 10
+    now[0] = 10.5
+    assert breaker.state == "half_open" and breaker.allows()
+    breaker.failed()
+    assert breaker.state == "open", "a failed trial opens it again"
+    now[0] = 25
+    breaker.succeeded()
+    assert breaker.state == "closed"
