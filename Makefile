@@ -47,12 +47,14 @@ topics: kafka-up
 	@$(BIN)/orderops topics create
 
 run: topics
+	@$(BIN)/orderops policies publish
 	@$(BIN)/orderops processors start
 	@echo
-	@echo "orderops is up. Built so far: the broker, every topic, order-state, fulfillment, notifier (more processors come with their issues)."
+	@echo "orderops is up. Built so far: the broker, every topic, order-state, fulfillment, returns, notifier (the timeline comes with its issue)."
 	@echo "  broker       $${KAFKA_BOOTSTRAP:-127.0.0.1:$${KAFKA_PORT:-9092}}   logs: .run/kafka/logs/"
 	@echo "  order-state  http://127.0.0.1:6101/orders/<order id>   /healthz   /metrics   log: .run/logs/order-state.log"
 	@echo "  fulfillment  http://127.0.0.1:6102/orders/<order id>/fulfillment   log: .run/logs/fulfillment.log"
+	@echo "  returns      http://127.0.0.1:6103/orders/<order id>/returns   policies: $(BIN)/orderops policies list"
 	@echo "  notifier     http://127.0.0.1:6104/orders/<order id>/notifications   log: .run/logs/notifier.log"
 	@echo "  messages     emails as files in .run/sinks/mail/, webhooks in .run/sinks/webhooks/ (list: http://127.0.0.1:6180/)"
 	@echo "  topics       $(BIN)/orderops topics list"

@@ -77,7 +77,7 @@ def create_topics(topics: tuple[Topic, ...] = ALL_TOPICS, settings: KafkaSetting
 def wait_for_broker(bootstrap: str, timeout: float, alive=lambda: True) -> float:
     """Block until the broker answers a metadata request; return the seconds it took."""
     start = time.monotonic()
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": _Quiet()})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": QuietLogger()})
     last_error: Exception | None = None
     while time.monotonic() - start < timeout:
         if not alive():
@@ -92,7 +92,7 @@ def wait_for_broker(bootstrap: str, timeout: float, alive=lambda: True) -> float
     raise TimeoutError(f"no broker answered at {bootstrap} within {timeout:.0f}s (last error: {last_error})")
 
 
-class _Quiet:
+class QuietLogger:
     """A logger that swallows librdkafka's connection-refused chatter while a broker starts."""
 
     def log(self, *args, **kwargs) -> None:

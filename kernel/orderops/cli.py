@@ -136,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     for command in ("start", "stop", "status"):
         procs.add_parser(command).set_defaults(run=_processors)
 
+    # Commands contributed by installed services (entry point group "orderops.commands"), e.g.
+    # `orderops policies publish` from the returns service: the kernel never imports a service.
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="orderops.commands"):
+        entry.load()(groups)
+
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -62,6 +62,7 @@ class Decoded:
 class Codec:
     def __init__(self, registry: SchemaRegistry | None = None) -> None:
         self.registry = registry or SchemaRegistry()
+        self._payload_types: dict[str, str] = {}
 
     def encode(self, schema_name: str, record: dict) -> bytes:
         schema = self.registry.get(schema_name)
@@ -84,11 +85,11 @@ class Codec:
                 stream,
                 writer.parsed,
                 None if writer.fingerprint == reader.fingerprint else reader.parsed,
-                # A record inside a union always comes back as (full name, record), even in a
-                # one-branch union: the override would drop the name there and lose the event type.
+                # Unions of several records come back as (full name, record); a nullable union
+                # returns the plain value. A one-branch envelope payload is named again below.
                 return_record_name=True,
-                return_record_name_override=False,
-                return_named_type_override=False,
+                return_record_name_override=True,
+                return_named_type_override=True,
             )
         except Exception as exc:  # fastavro raises many types for garbage bodies
             raise SchemaMismatch(
@@ -100,7 +101,18 @@ class Codec:
             )
         if not isinstance(record, dict):
             raise SchemaMismatch(f"{writer.name} decoded to {type(record).__name__}, expected a record")
+        if isinstance(record.get("payload"), dict):
+            # An envelope whose payload union has one event type: say which, like the others do.
+            record["payload"] = (self._single_payload_type(reader_name), record["payload"])
         return Decoded(writer.name, record)
+
+    def _single_payload_type(self, reader_name: str) -> str:
+        if reader_name not in self._payload_types:
+            payload = next(f for f in self.registry.get(reader_name).schema["fields"] if f["name"] == "payload")
+            branches = payload["type"] if isinstance(payload["type"], list) else [payload["type"]]
+            names = [b if isinstance(b, str) else f"{b['namespace']}.{b['name']}" for b in branches]
+            self._payload_types[reader_name] = names[0]
+        return self._payload_types[reader_name]
 
     def writer_of(self, data: bytes | None) -> ResolvedSchema:
         if data is None:

@@ -24,6 +24,7 @@ from orderops.catalog import Topic
 from orderops.clock import clock_from_env
 from orderops.codec import Codec, DecodeError, Envelope
 from orderops.deadletter import dead_letter_headers, error_class
+from orderops.globalview import GlobalView
 from orderops.metrics import DEAD_LETTERED, DUPLICATES, EVENTS_PROCESSED, count_outcome
 from orderops.settings import ServiceSettings
 from orderops.workflow import Outcome
@@ -55,6 +56,7 @@ class Service:
         self._channels: dict[tuple[str, ...], faust.TopicT] = {}
         self.clock = clock_from_env(self.settings.clock)
         self._deadlines: faust.TableT | None = None
+        self._global_views: list[GlobalView] = []
         self._mount_pages()
 
     # -- topics ---------------------------------------------------------------------------------
@@ -161,6 +163,7 @@ class Service:
         self, inputs: tuple[Topic, ...], table: faust.TableT, *, load: Callable[[dict], Any],
         apply: Callable[[Any, Envelope, str, datetime], Outcome], expire: Callable[[Any, datetime, str], Outcome],
         publish: Callable[[Outcome], Iterable[tuple[Topic, dict]]], deadline: Callable[[Any], datetime | None],
+        observe: Callable[[Outcome], None] | None = None,
     ) -> faust.types.AgentT:
         """The one agent of a state-machine processor, keyed by order: decode, load the order's
         state, apply the event (or a timer tick: expire), then settle. The processor supplies only
@@ -181,6 +184,8 @@ class Service:
                     else:
                         outcome = apply(state, envelope, event.message.topic, self.clock.now())
                     await self.settle(table, envelope.order_id, outcome, publish(outcome), deadline(outcome.state))
+                    if observe is not None and not outcome.duplicate:
+                        observe(outcome)
 
         return self.app.agent(self.topic(*inputs, timers), name=f"{self.name}.state-machine")(machine)
 
@@ -220,6 +225,15 @@ class Service:
             else:
                 self._deadlines[order_id] = wanted
 
+    # -- global views ---------------------------------------------------------------------------
+
+    def global_view(self, topic: Topic, convert: Callable[[dict], Any]) -> GlobalView:
+        """All of a compacted topic on every worker (see orderops.globalview); /healthz waits for it."""
+        view = GlobalView(self.settings.kafka.bootstrap.split(",")[0], topic, self.codec, convert)
+        self._global_views.append(view)
+        self.app.task(view.run)
+        return view
+
     # -- HTTP --------------------------------------------------------------------------------
 
     def order_page(self, path: str, table: faust.TableT, describe: Callable[[dict], dict]) -> None:
@@ -244,9 +258,12 @@ class Service:
         consumer = app._consumer  # the property would create one; health must not
         assigned = consumer.assignment() if consumer is not None else set()
         recovered = app.tables.recovery.completed.is_set()
-        ready = bool(assigned) and recovered and not app.rebalancing
+        views_caught_up = all(v.caught_up.is_set() for v in self._global_views)
+        ready = bool(assigned) and recovered and not app.rebalancing and views_caught_up
         return {"service": self.name, "ready": ready, "recovered": recovered, "rebalancing": app.rebalancing,
-                "assigned_partitions": len(assigned)}
+                "assigned_partitions": len(assigned),
+                "global_views": {v.topic.name: {"caught_up": v.caught_up.is_set(), "entries": len(v.items)}
+                                 for v in self._global_views}}
 
     def _mount_pages(self) -> None:
         service = self

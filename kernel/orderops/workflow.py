@@ -183,8 +183,9 @@ class Reject(Exception):
 class Step:
     """What one event does: the state as it changes, and the records it produces."""
 
-    def __init__(self, state: Any, event: Envelope, topic: str) -> None:
+    def __init__(self, state: Any, event: Envelope, topic: str, context: Any = None) -> None:
         self.state, self.event, self.topic = state, event, topic
+        self.context = context  # what handlers may read besides the state (e.g. published policies)
         self.records: list[Record] = []
 
     def emit(self, what: Any) -> None:
@@ -205,37 +206,44 @@ Handler = Callable[[Step], None]
 
 
 def apply(state: Any, event: Envelope, topic: str, now: datetime, park_for: timedelta,
-          handlers: dict[str, Handler], step_class: type[Step] = Step) -> Outcome:
+          handlers: dict[str, Handler], step_class: type[Step] = Step, context: Any = None) -> Outcome:
     """Apply one event once: duplicates change nothing; early events park (deadline = ``now`` +
     ``park_for``); impossible ones are rejected; after a change, parked events are retried."""
     if event.event_id in state.seen:
         return Outcome(state, duplicate=True)
     state = replace(state, seen=state.seen | {event.event_id})
-    outcome = _apply_once(state, event, topic, now, park_for, handlers, step_class)
+    outcome = _apply_once(state, event, topic, now, park_for, handlers, step_class, context)
     changed = bool(outcome.records) or outcome.state != state
-    return _drain_parked(outcome, now, park_for, handlers, step_class) if changed else outcome
+    return _drain_parked(outcome, now, park_for, handlers, step_class, context) if changed else outcome
+
+
+def retry_parked(state: Any, now: datetime, park_for: timedelta, handlers: dict[str, Handler],
+                 step_class: type[Step] = Step, context: Any = None) -> Outcome:
+    """Try parked events again although no event changed the state (the context did: e.g. a policy
+    was published). Run on timer ticks before deadlines are enforced."""
+    return _drain_parked(Outcome(state), now, park_for, handlers, step_class, context)
 
 
 def _apply_once(state: Any, event: Envelope, topic: str, now: datetime, park_for: timedelta,
-                handlers: dict[str, Handler], step_class: type[Step]) -> Outcome:
+                handlers: dict[str, Handler], step_class: type[Step], context: Any) -> Outcome:
     handler = handlers.get(event.short_type)
     if handler is None:
         return Outcome(state)  # a fact for other processors: nothing to do here
-    step = step_class(state, event, topic)
+    step = step_class(state, event, topic, context)
     try:
         handler(step)
     except Park as park:
         parked = Parked(event, topic, park.machine, park.entity_id, park.waiting_for, now + park_for)
-        step = step_class(replace(state, parked=(*state.parked, parked)), event, topic)
+        step = step_class(replace(state, parked=(*state.parked, parked)), event, topic, context)
         step.emit(ParkedRecord(parked, park.current))
     except Reject as reject:
-        step = step_class(state, event, topic)
+        step = step_class(state, event, topic, context)
         step.emit(reject.rejected)
     return Outcome(step.state, tuple(step.records))
 
 
 def _drain_parked(outcome: Outcome, now: datetime, park_for: timedelta, handlers: dict[str, Handler],
-                  step_class: type[Step]) -> Outcome:
+                  step_class: type[Step], context: Any = None) -> Outcome:
     """Re-apply parked events, in arrival order, while any of them can now be applied."""
     state, records = outcome.state, list(outcome.records)
     progressed = True
@@ -243,7 +251,7 @@ def _drain_parked(outcome: Outcome, now: datetime, park_for: timedelta, handlers
         progressed = False
         for parked in state.parked:
             remaining = replace(state, parked=tuple(p for p in state.parked if p is not parked))
-            retry = _apply_once(remaining, parked.event, parked.topic, now, park_for, handlers, step_class)
+            retry = _apply_once(remaining, parked.event, parked.topic, now, park_for, handlers, step_class, context)
             still_waiting = retry.of(ParkedRecord)
             if not still_waiting:
                 state, progressed = retry.state, True

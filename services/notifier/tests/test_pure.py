@@ -87,6 +87,10 @@ def test_every_template_renders_with_the_facts_its_producer_sends():
         "order_cancelled": {"released_authorizations": "card-1"},
         "backorder_eta_changed": {"slipped": "true", "reason": "supplier delay", "previous_eta": ""},
         "delivery_failed": {"reason": "address not found"},
+        **{t: {"return_id": "r-1", "reason": "every rule passed", "policy": "standard@1"}
+           for t in ("return_authorized", "return_rejected", "return_needs_review", "return_received")},
+        **{t: {"cause": "return r-1", "methods": "12.50 EUR back to your original payment method"}
+           for t in ("refund_issued", "refund_completed")},
     }
     for path in sorted((TEMPLATES.directory / "en").glob("*.txt")):
         payload = request(notice_type=path.stem)

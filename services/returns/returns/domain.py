@@ -1,0 +1,648 @@
+"""returns' pure domain: its own view of each order, the policy decision with its rule trace,
+the return machine, refunds routed by payment channel, and the guard that no refund ever
+exceeds what was captured on an instrument minus what was already refunded (or is on its way).
+
+No Kafka here. The published policies arrive as the step's context (``Policies``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from orderops import workflow
+from orderops.envelope import Envelope, from_json, to_json
+from orderops.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Rejected, Step
+from returns.machines import CLOSE_AFTER_DAYS, DEFECT_REASONS, GRACE_DAYS, REFUND, RETURN
+from returns.policy import Policy, in_force
+
+ZERO = Decimal(0)
+CENT = Decimal("0.01")
+OPEN_REFUNDS = frozenset({"requested", "failed"})
+
+
+def cents(amount: Decimal) -> Decimal:
+    return amount.quantize(CENT, rounding=ROUND_HALF_EVEN)
+
+
+# -- state ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Line:
+    line_id: str
+    name: str
+    category: str
+    quantity: int
+    unit_price: Decimal
+    currency: str
+    final_sale: bool = False
+    delivered: int = 0
+    delivered_at: datetime | None = None
+    cancelled: int = 0
+    cancel_refunded: int = 0  # cancelled units already refunded (or being refunded)
+
+
+@dataclass(frozen=True)
+class Instrument:
+    instrument_id: str
+    channel: str
+    currency: str
+    allocated: Decimal = ZERO  # what the order put on it: more captures may come up to this
+    captured: Decimal = ZERO
+    first_captured_at: datetime | None = None
+    refunded_elsewhere: Decimal = ZERO  # refunds this processor did not ask for
+
+
+@dataclass(frozen=True)
+class ReturnLine:
+    line_id: str
+    quantity: int
+    reason: str
+    received: int = 0
+    inspected: int = 0
+
+
+@dataclass(frozen=True)
+class Return:
+    return_id: str
+    requested_at: datetime
+    lines: tuple[ReturnLine, ...]
+    status: str = RETURN.initial
+    decision: str = ""
+    policy: str = ""
+    trace: tuple[dict, ...] = ()
+
+    def line(self, line_id: str) -> ReturnLine | None:
+        return next((x for x in self.lines if x.line_id == line_id), None)
+
+
+@dataclass(frozen=True)
+class Refund:
+    refund_id: str  # stable id of the refund; each attempt's idempotency key is in ``keys``
+    cause: str  # "return <id>" or "cancelled line <id>"
+    return_id: str | None
+    instrument_id: str
+    channel: str
+    method: str
+    amount: Decimal
+    currency: str
+    reason: str
+    requested_at: datetime
+    policy: str
+    status: str = REFUND.initial
+    keys: tuple[str, ...] = ()
+
+    @property
+    def attempt(self) -> int:
+        return len(self.keys)
+
+
+@dataclass(frozen=True)
+class ReturnsState:
+    order_id: str
+    placed_at: datetime | None = None
+    customer: dict | None = None
+    lines: tuple[Line, ...] = ()
+    instruments: tuple[Instrument, ...] = ()
+    returns: tuple[Return, ...] = ()
+    refunds: tuple[Refund, ...] = ()
+    seen: frozenset[str] = frozenset()
+    parked: tuple[Parked, ...] = ()
+    history: tuple[HistoryEntry, ...] = ()
+
+    def line(self, line_id: str) -> Line | None:
+        return next((x for x in self.lines if x.line_id == line_id), None)
+
+    def instrument(self, instrument_id: str) -> Instrument | None:
+        return next((i for i in self.instruments if i.instrument_id == instrument_id), None)
+
+    def return_(self, return_id: str) -> Return | None:
+        return next((r for r in self.returns if r.return_id == return_id), None)
+
+    def refund_by_key(self, key: str) -> Refund | None:
+        return next((r for r in self.refunds if key in r.keys), None)
+
+    def put(self, **items: Any) -> ReturnsState:
+        """Replace one line/instrument/return/refund by its id (``put(refund=r)``)."""
+        (kind, item), = items.items()
+        attr, ident = {"line": ("lines", "line_id"), "instrument": ("instruments", "instrument_id"),
+                       "return_": ("returns", "return_id"), "refund": ("refunds", "refund_id")}[kind]
+        current = getattr(self, attr)
+        key = getattr(item, ident)
+        if any(getattr(x, ident) == key for x in current):
+            return replace(self, **{attr: tuple(item if getattr(x, ident) == key else x for x in current)})
+        return replace(self, **{attr: (*current, item)})
+
+    def committed(self, instrument_id: str) -> Decimal:
+        """Refunds on an instrument that succeeded or may still succeed."""
+        return sum((r.amount for r in self.refunds if r.instrument_id == instrument_id
+                    and r.status in OPEN_REFUNDS | {"succeeded"}), ZERO)
+
+    def refundable(self, instrument: Instrument) -> Decimal:
+        return instrument.captured - instrument.refunded_elsewhere - self.committed(instrument.instrument_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**to_json({
+            "order_id": self.order_id, "placed_at": self.placed_at, "customer": self.customer,
+            "lines": [vars(x) for x in self.lines], "instruments": [vars(i) for i in self.instruments],
+            "returns": [{**vars(r), "lines": [vars(x) for x in r.lines], "trace": list(r.trace)} for r in self.returns],
+            "refunds": [{**vars(r), "keys": list(r.keys)} for r in self.refunds],
+            "seen": sorted(self.seen), "history": [vars(h) for h in self.history],
+        }), "parked": [p.to_json() for p in self.parked]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReturnsState:
+        d = from_json({k: v for k, v in data.items() if k != "parked"})
+        return cls(
+            order_id=d["order_id"], placed_at=d["placed_at"], customer=d["customer"],
+            lines=tuple(Line(**x) for x in d["lines"]), instruments=tuple(Instrument(**i) for i in d["instruments"]),
+            returns=tuple(Return(**{**r, "lines": tuple(ReturnLine(**x) for x in r["lines"]),
+                                    "trace": tuple(r["trace"])}) for r in d["returns"]),
+            refunds=tuple(Refund(**{**r, "keys": tuple(r["keys"])}) for r in d["refunds"]),
+            seen=frozenset(d["seen"]), parked=tuple(Parked.from_json(p) for p in data["parked"]),
+            history=tuple(HistoryEntry(**h) for h in d["history"]),
+        )
+
+
+# -- what outcomes say besides transitions --------------------------------------------------------
+
+@dataclass(frozen=True)
+class Decided:
+    return_id: str
+    decision: str
+    policy: str
+    trace: tuple[dict, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class RefundCommand:
+    refund: Refund
+    key: str
+
+
+@dataclass(frozen=True)
+class Notify:
+    type: str
+    facts: dict[str, str]
+    amounts: tuple[tuple[str, str, Decimal, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A duration the processor reports as a metric (computed from event time)."""
+
+    name: str
+    seconds: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Policies:
+    """The returns.policies the processor has read, and which policy orders are judged by."""
+
+    by_ref: dict[str, Policy]
+    policy_id: str = "standard"
+
+    def for_order(self, placed_at: datetime) -> Policy | None:
+        return in_force(self.by_ref, self.policy_id, placed_at)
+
+
+# -- invariants -----------------------------------------------------------------------------------
+
+def refunds_within_captured(state: ReturnsState) -> list[str]:
+    return [f"refunds_within_captured({i.instrument_id})" for i in state.instruments if state.refundable(i) < ZERO]
+
+
+def returned_within_delivered(state: ReturnsState) -> list[str]:
+    found = []
+    for line in state.lines:
+        asked = sum(x.quantity for r in state.returns if r.status != "rejected" for x in r.lines
+                    if x.line_id == line.line_id)
+        if asked > line.delivered:
+            found.append(f"returned_within_delivered({line.line_id})")
+    return found
+
+
+def violated_invariants(state: ReturnsState) -> list[str]:
+    return refunds_within_captured(state) + returned_within_delivered(state)
+
+
+# -- the policy decision --------------------------------------------------------------------------
+
+def evaluate(policy: Policy, state: ReturnsState, request: dict, requested_at: datetime) -> tuple[str, list[dict], str]:
+    """Every rule, in order, with its inputs and outcome. Any fail rejects; else any review sends
+    it to a person; else authorized. Returns (decision, trace, reason in plain words)."""
+    trace: list[dict] = []
+
+    def rule(name: str, outcome: str, detail: str, **inputs: Any) -> None:
+        trace.append({"rule": name, "inputs": {k: str(v) for k, v in inputs.items()}, "outcome": outcome,
+                      "detail": detail})
+
+    for asked in request["lines"]:
+        line = state.line(asked["line_id"])
+        name = line.name if line else asked["line_id"]
+        if line is None:
+            rule("line_exists", "fail", f"the order has no line {asked['line_id']}", line_id=asked["line_id"])
+            continue
+        others = sum(x.quantity for r in state.returns if r.status != "rejected" and r.return_id != request["return_id"]
+                     for x in r.lines if x.line_id == line.line_id)
+        returnable = line.delivered - others
+        rule("quantity_returnable", "pass" if 0 < asked["quantity"] <= returnable else "fail",
+             f"{asked['quantity']} of {name} asked, {returnable} delivered and not yet returned",
+             asked=asked["quantity"], delivered=line.delivered, already_returned=others)
+        final = line.final_sale or line.category in policy.final_sale_categories
+        if final:
+            defect = asked["reason"] in DEFECT_REASONS
+            rule("final_sale", "review" if defect else "fail",
+                 f"{name} was sold as final sale" + (", but it is reported defective" if defect else ""),
+                 category=line.category, reason=asked["reason"])
+        else:
+            rule("final_sale", "pass", f"{name} is not final sale", category=line.category)
+        days = (requested_at - line.delivered_at).days if line.delivered_at else 0
+        window = policy.window_days(line.category)
+        outcome = "pass" if days <= window else ("review" if days <= window + GRACE_DAYS else "fail")
+        rule("return_window", outcome, f"{name}: asked {days} days after delivery; the window for "
+             f"{line.category} is {window} days", days_since_delivery=days, window_days=window,
+             delivered_at=line.delivered_at.isoformat() if line.delivered_at else "")
+        for condition in policy.condition_rules:
+            applies = not condition.categories or line.category in condition.categories
+            hit = applies and {
+                "always": True,
+                "reason_is_no_longer_needed": asked["reason"] == "NO_LONGER_NEEDED",
+                "line_value_over_500": line.unit_price * asked["quantity"] > 500,
+            }[condition.when]
+            rule(f"condition:{condition.rule_id}", "review" if hit else "pass",
+                 condition.description if hit else f"does not apply to {name}", category=line.category,
+                 reason=asked["reason"], when=condition.when)
+        exempt = asked["reason"] in policy.restocking_fee_exempt_reasons
+        fee = 0 if exempt else policy.restocking_fee_percent
+        rule("restocking_fee", "pass", f"{fee} % restocking fee on {name}" + (" (reason exempt)" if exempt else ""),
+             percent=fee, reason=asked["reason"])
+    limit, count = policy.max_returns_per_customer_90d, request.get("customer_returns_90d", 0)
+    rule("customer_limit", "review" if limit and count >= limit else "pass",
+         f"{count} returns in 90 days; the policy looks at more than {limit}" if limit else "no limit",
+         returns_90d=count, limit=limit)
+    failed = [t for t in trace if t["outcome"] == "fail"]
+    if failed:
+        return "REJECTED", trace, "; ".join(t["detail"] for t in failed)
+    reviews = [t for t in trace if t["outcome"] == "review"]
+    if reviews:
+        return "NEEDS_REVIEW", trace, "; ".join(t["detail"] for t in reviews)
+    return "AUTHORIZED", trace, "every rule passed"
+
+
+# -- steps ----------------------------------------------------------------------------------------
+
+class ReturnsStep(Step):
+    state: ReturnsState
+    context: Policies
+
+    def policy(self) -> Policy:
+        policy = self.context.for_order(self.state.placed_at) if self.context else None
+        if policy is None:
+            raise Park(RETURN.name, self.state.order_id, "unknown",
+                       f"a {self.context.policy_id if self.context else ''} return policy in force at "
+                       f"{self.state.placed_at.isoformat()} to be published")
+        return policy
+
+    def return_trigger(self, ret: Return, trigger: str, reason: str) -> Return:
+        target = RETURN.require(ret.status, trigger, ret.return_id)
+        updated = replace(ret, status=target)
+        self.state = self.state.put(return_=updated)
+        self.move(RETURN.name, ret.return_id, ret.status, target, reason)
+        return updated
+
+    def refund_trigger(self, refund: Refund, trigger: str, reason: str, **changes: Any) -> Refund:
+        target = REFUND.require(refund.status, trigger, refund.refund_id)
+        updated = replace(refund, status=target, **changes)
+        self.state = self.state.put(refund=updated)
+        self.move(REFUND.name, refund.refund_id, refund.status, target, reason)
+        return updated
+
+    def issue_refunds(self, refund_id: str, cause: str, return_id: str | None, amount: Decimal, reason: str,
+                      policy: Policy) -> list[Refund]:
+        """Split ``amount`` over the instruments in proportion to what each can still refund,
+        route each part by its channel, and command it. Never more than is refundable."""
+        state = self.state
+        balances = [(i, state.refundable(i)) for i in state.instruments if state.refundable(i) > ZERO]
+        available = sum((b for _, b in balances), ZERO)
+        amount = cents(amount)
+        if amount > available:
+            if any(i.captured < i.allocated for i in state.instruments):
+                # Captures arrive on another topic: this may have overtaken one. Wait, never cut.
+                raise Park(REFUND.name, refund_id, REFUND.initial, "captures covering the refund")
+            if amount - available > ZERO:
+                self.emit(Rejected(REFUND.name, refund_id, REFUND.initial, "refund_exceeds_captured",
+                                   f"{amount - available} {state.instruments[0].currency} of {amount} cannot be "
+                                   f"refunded: only {available} is captured and not yet refunded"))
+            amount = available
+        if amount <= ZERO:
+            return []
+        parts: list[tuple[Instrument, Decimal]] = []
+        for instrument, balance in balances:
+            parts.append((instrument, min(balance, cents(amount * balance / available))))
+        shortfall = amount - sum((p for _, p in parts), ZERO)
+        if shortfall:  # rounding: the instrument with most room takes the cents
+            index = max(range(len(parts)), key=lambda k: balances[k][1] - parts[k][1])
+            parts[index] = (parts[index][0], parts[index][1] + shortfall)
+        issued = []
+        for instrument, part in parts:
+            if part <= ZERO:
+                continue
+            route = policy.refund_routes[instrument.channel]
+            method, why = route.method, f"{instrument.channel.lower().replace('_', ' ')} → {route.method.lower()}"
+            age = (self.event.occurred_at - instrument.first_captured_at).days if instrument.first_captured_at else 0
+            if policy.store_credit_after_capture_days and age > policy.store_credit_after_capture_days:
+                method, why = "STORE_CREDIT", f"captured {age} days ago, over {policy.store_credit_after_capture_days}"
+            refund = Refund(f"{refund_id}:{instrument.instrument_id}", cause, return_id, instrument.instrument_id,
+                            instrument.channel, method, part, instrument.currency, f"{reason} ({why})",
+                            self.event.occurred_at, policy.ref)
+            issued.append(self.command(refund, f"refund requested: {part} {instrument.currency} by {method.lower()}"))
+        if issued:
+            self.emit(Notify("refund_issued", {"cause": cause, **_methods(issued)},
+                             tuple((r.instrument_id, r.channel, r.amount, r.currency) for r in issued)))
+        return issued
+
+    def command(self, refund: Refund, reason: str) -> Refund:
+        key = f"{refund.refund_id}#{refund.attempt + 1}"
+        if refund.status == REFUND.initial:
+            refund = self.refund_trigger(refund, "request", reason, keys=(key,))
+        else:
+            refund = self.refund_trigger(refund, "retry", reason, keys=(*refund.keys, key))
+        self.emit(RefundCommand(refund, key))
+        return refund
+
+
+# -- handlers -------------------------------------------------------------------------------------
+
+def _placed(step: ReturnsStep) -> None:
+    payload = step.event.payload
+    if step.state.placed_at is not None:
+        raise Reject(RETURN.name, step.state.order_id, "placed", "duplicate_order",
+                     "an order with this id was already placed (with another event id)")
+    step.state = replace(
+        step.state, placed_at=step.event.occurred_at, customer=payload["customer"],
+        lines=tuple(Line(x["line_id"], x["name"], x["category"], x["quantity"], x["unit_price"]["amount"],
+                         x["unit_price"]["currency"], x.get("final_sale", False)) for x in payload["lines"]),
+        instruments=tuple(Instrument(i["instrument_id"], i["channel"], i["amount"]["currency"], i["amount"]["amount"])
+                          for i in payload["instruments"]))
+
+
+def _require_order(step: ReturnsStep) -> None:
+    if step.state.placed_at is None:
+        raise Park(RETURN.name, step.state.order_id, "unknown", "the order to be placed")
+
+
+def _captured(step: ReturnsStep) -> None:
+    _require_order(step)
+    payload = step.event.payload
+    instrument = step.state.instrument(payload["instrument_id"])
+    if instrument is None:
+        raise Reject("refund", payload["instrument_id"], "unknown", "unknown_instrument",
+                     f"the order has no payment instrument {payload['instrument_id']}")
+    step.state = step.state.put(instrument=replace(
+        instrument, captured=instrument.captured + payload["amount"]["amount"],
+        first_captured_at=instrument.first_captured_at or step.event.occurred_at))
+
+
+def _fulfillment(step: ReturnsStep) -> None:
+    """Delivery dates for return windows; newly cancelled units that were paid get refunded."""
+    _require_order(step)
+    for snapshot in step.event.payload["lines"]:
+        line = step.state.line(snapshot["line_id"])
+        if line is None:
+            continue
+        line = replace(line, delivered=snapshot["delivered"], cancelled=snapshot["cancelled"],
+                       delivered_at=snapshot.get("delivered_at") or line.delivered_at)
+        step.state = step.state.put(line=line)
+        newly = line.cancelled - line.cancel_refunded
+        if newly > 0 and any(i.captured > ZERO for i in step.state.instruments):
+            policy = step.policy()
+            step.state = step.state.put(line=replace(line, cancel_refunded=line.cancelled))
+            step.issue_refunds(f"{step.state.order_id}:cancel:{line.line_id}:{line.cancelled}",
+                               f"cancelled line {line.line_id}", None, line.unit_price * newly,
+                               f"{newly} × {line.name} cancelled", policy)
+
+
+def _return_requested(step: ReturnsStep) -> None:
+    _require_order(step)
+    payload, event = step.event.payload, step.event
+    if step.state.return_(payload["return_id"]) is not None:
+        raise Reject(RETURN.name, payload["return_id"], step.state.return_(payload["return_id"]).status,
+                     "duplicate_return", "a return with this id was already requested (with another event id)")
+    for asked in payload["lines"]:
+        line = step.state.line(asked["line_id"])
+        if line is not None and line.delivered == 0 and line.cancelled < line.quantity:
+            raise Park(RETURN.name, payload["return_id"], "new", f"delivery of {line.name}")
+    policy = step.policy()
+    ret = Return(payload["return_id"], event.occurred_at,
+                 tuple(ReturnLine(x["line_id"], x["quantity"], x["reason"]) for x in payload["lines"]))
+    step.state = step.state.put(return_=ret)
+    ret = step.return_trigger(ret, "request", "return requested")
+    decision, trace, reason = evaluate(policy, step.state, payload, event.occurred_at)
+    ret = replace(ret, decision=decision, policy=policy.ref, trace=tuple(trace))
+    step.state = step.state.put(return_=ret)
+    step.emit(Decided(ret.return_id, decision, policy.ref, tuple(trace), reason))
+    trigger = {"AUTHORIZED": "authorize", "REJECTED": "reject", "NEEDS_REVIEW": "review"}[decision]
+    step.return_trigger(ret, trigger, f"{decision.lower().replace('_', ' ')} under {policy.ref}: {reason}")
+    notice = {"AUTHORIZED": "return_authorized", "REJECTED": "return_rejected", "NEEDS_REVIEW": "return_needs_review"}
+    step.emit(Notify(notice[decision], {"return_id": ret.return_id, "reason": reason, "policy": policy.ref}))
+
+
+def _exception_approved(step: ReturnsStep) -> None:
+    _require_order(step)
+    payload = step.event.payload
+    ret = step.state.return_(payload["return_id"])
+    if ret is None:
+        raise Park(RETURN.name, payload["return_id"], "new", "the return request")
+    actor = payload["actor"]
+    ret = replace(ret, decision="AUTHORIZED", trace=(*ret.trace, {
+        "rule": "policy_exception", "inputs": {"approved_by": actor["user_id"], "role": actor["role"]},
+        "outcome": "pass", "detail": payload["reason"]}))
+    step.state = step.state.put(return_=ret)
+    step.return_trigger(ret, "approve_exception",
+                        f"policy exception approved by {actor['user_id']} ({actor['role']}): {payload['reason']}")
+    step.emit(Decided(ret.return_id, "AUTHORIZED", ret.policy, ret.trace,
+                      f"policy exception approved by {actor['user_id']}: {payload['reason']}"))
+    step.emit(Notify("return_authorized", {"return_id": ret.return_id, "reason": payload["reason"],
+                                           "policy": ret.policy}))
+
+
+def _received(step: ReturnsStep) -> None:
+    _require_order(step)
+    payload = step.event.payload
+    ret = step.state.return_(payload["return_id"])
+    if ret is None:
+        raise Park(RETURN.name, payload["return_id"], "new", "the return request")
+    RETURN.require(ret.status, "receive", ret.return_id)  # parks while the decision is pending
+    lines = []
+    for line in ret.lines:
+        got = sum(x["quantity"] for x in payload["lines"] if x["line_id"] == line.line_id)
+        if line.received + got > line.quantity:
+            raise Reject(RETURN.name, ret.return_id, ret.status, "received_more_than_authorized",
+                         f"{line.received + got} of line {line.line_id} received; {line.quantity} were authorized")
+        lines.append(replace(line, received=line.received + got))
+    unknown = {x["line_id"] for x in payload["lines"]} - {x.line_id for x in ret.lines}
+    if unknown:
+        raise Reject(RETURN.name, ret.return_id, ret.status, "unexpected_item",
+                     f"received lines {sorted(unknown)} that are not part of return {ret.return_id}")
+    ret = replace(ret, lines=tuple(lines))
+    step.state = step.state.put(return_=ret)
+    step.return_trigger(ret, "receive", "return parcel received")
+    step.emit(Notify("return_received", {"return_id": ret.return_id}))
+
+
+def _inspected(step: ReturnsStep) -> None:
+    _require_order(step)
+    payload = step.event.payload
+    ret = step.state.return_(payload["return_id"])
+    if ret is None:
+        raise Park(RETURN.name, payload["return_id"], "new", "the return request")
+    RETURN.require(ret.status, "inspect", ret.return_id)
+    policy = step.context.by_ref.get(ret.policy) if step.context else None
+    if policy is None:
+        raise Park(RETURN.name, ret.return_id, ret.status, f"policy {ret.policy} to be published")
+    amount, lines = ZERO, list(ret.lines)
+    for result in payload["results"]:
+        index = next((k for k, x in enumerate(lines) if x.line_id == result["line_id"]), None)
+        if index is None or lines[index].inspected + result["quantity"] > lines[index].received:
+            raise Reject(RETURN.name, ret.return_id, ret.status, "inspected_more_than_received",
+                         f"inspection of {result['quantity']} × line {result['line_id']} exceeds what was received")
+        returned, order_line = lines[index], step.state.line(result["line_id"])
+        lines[index] = replace(returned, inspected=returned.inspected + result["quantity"])
+        share = policy.share(result["outcome"])
+        fee = ZERO if returned.reason in policy.restocking_fee_exempt_reasons or result["outcome"] != "AS_EXPECTED" \
+            else Decimal(policy.restocking_fee_percent) / 100
+        amount += order_line.unit_price * result["quantity"] * share * (1 - fee)
+    ret = replace(ret, lines=tuple(lines))
+    step.state = step.state.put(return_=ret)
+    ret = step.return_trigger(ret, "inspect", "inspection completed")
+    n = sum(1 for r in step.state.refunds if r.return_id == ret.return_id)
+    issued = step.issue_refunds(f"{step.state.order_id}:return:{ret.return_id}:{n}", f"return {ret.return_id}",
+                                ret.return_id, amount, f"return {ret.return_id}", policy)
+    if issued:
+        step.return_trigger(ret, "issue_refunds", f"refund of {cents(amount)} {issued[0].currency} issued")
+    else:
+        step.return_trigger(ret, "nothing_to_refund", "inspection leaves nothing to refund")
+
+
+def _refund_result(step: ReturnsStep) -> None:
+    _require_order(step)
+    payload, kind = step.event.payload, step.event.short_type
+    refund = step.state.refund_by_key(payload["refund_id"])
+    if refund is None:
+        if kind == "RefundSucceeded":  # a refund made elsewhere: it still uses up the capture
+            instrument = step.state.instrument(payload["instrument_id"])
+            if instrument is not None:
+                step.state = step.state.put(instrument=replace(
+                    instrument, refunded_elsewhere=instrument.refunded_elsewhere + payload["amount"]["amount"]))
+        return
+    if payload["refund_id"] != refund.keys[-1] or refund.status != "requested":
+        raise Reject(REFUND.name, refund.refund_id, refund.status, "stale_refund_result",
+                     f"{kind} for attempt key {payload['refund_id']} arrived after the refund moved on")
+    if kind == "RefundSucceeded":
+        refund = step.refund_trigger(refund, "succeed", "the provider confirmed the refund")
+        seconds = (step.event.occurred_at - refund.requested_at).total_seconds()
+        step.emit(Measure("refund_completion_seconds", seconds, {"channel": refund.channel, "policy": refund.policy}))
+        _settle(step, refund)
+        return
+    refund = step.refund_trigger(refund, "fail", f"the provider refused: {payload['reason']}")
+    policy = step.context.by_ref.get(refund.policy) if step.context else None
+    attempts = policy.max_refund_attempts if policy else 3
+    if payload.get("retryable", True) and refund.attempt < attempts:
+        step.command(refund, f"retry {refund.attempt + 1} of {attempts}")
+        return
+    if refund.method != "STORE_CREDIT":
+        step.refund_trigger(refund, "fall_back", "replaced by store credit")
+        fallback = Refund(f"{refund.refund_id}:store-credit", refund.cause, refund.return_id, refund.instrument_id,
+                          refund.channel, "STORE_CREDIT", refund.amount, refund.currency,
+                          f"{refund.reason}; fallback after: {payload['reason']}", step.event.occurred_at, refund.policy)
+        step.command(fallback, "store-credit fallback requested")
+        return
+    step.refund_trigger(refund, "give_up", f"store credit failed too: {payload['reason']}")
+    if refund.return_id:
+        ret = step.state.return_(refund.return_id)
+        step.return_trigger(ret, "refund_gave_up", f"refund {refund.refund_id} failed for good: support must act")
+
+
+def _settle(step: ReturnsStep, refund: Refund) -> None:
+    """When every refund of a return has succeeded, the return is refunded (or partly, if more
+    of it is still to come)."""
+    state = step.state
+    ret = state.return_(refund.return_id) if refund.return_id else None
+    mine = [r for r in state.refunds if r.return_id == (ret.return_id if ret else None) and r.cause == refund.cause]
+    if any(r.status in OPEN_REFUNDS for r in mine):
+        return
+    succeeded = [r for r in mine if r.status == "succeeded"]
+    step.emit(Notify("refund_completed", {"cause": refund.cause, **_methods(succeeded)},
+                     tuple((r.instrument_id, r.channel, r.amount, r.currency) for r in succeeded)))
+    if ret is None or ret.status != "refund_pending":
+        return
+    complete = all(x.inspected == x.quantity for x in ret.lines)
+    step.return_trigger(ret, "refunds_settled" if complete else "part_settled",
+                        "every refund succeeded" if complete else "refunded what was received; the rest may follow")
+    if complete:
+        seconds = (step.event.occurred_at - ret.requested_at).total_seconds()
+        channels = sorted({r.channel for r in mine})
+        step.emit(Measure("return_cycle_seconds", seconds, {"channel": "+".join(channels), "policy": ret.policy}))
+
+
+def _methods(refunds: list[Refund]) -> dict[str, str]:
+    """Where each instrument's money goes, in words, for the customer's message."""
+    words = {"ORIGINAL_INSTRUMENT": "back to your original payment method", "STORE_CREDIT": "as store credit",
+             "BANK_TRANSFER": "by bank transfer", "PROVIDER": "through your pay-later provider"}
+    return {"methods": "; ".join(f"{r.amount} {r.currency} {words.get(r.method, r.method.lower())}" for r in refunds)}
+
+
+HANDLERS = {
+    "OrderPlaced": _placed,
+    "PaymentCaptured": _captured,
+    "FulfillmentStatusChanged": _fulfillment,
+    "ReturnRequested": _return_requested,
+    "PolicyExceptionApproved": _exception_approved,
+    "ReturnReceived": _received,
+    "InspectionCompleted": _inspected,
+    "RefundSucceeded": _refund_result,
+    "RefundFailed": _refund_result,
+}
+
+
+# -- entry points ---------------------------------------------------------------------------------
+
+def apply(state: ReturnsState | None, event: Envelope, topic: str, now: datetime, park_for: timedelta,
+          policies: Policies) -> Outcome:
+    state = state or ReturnsState(order_id=event.order_id)
+    return workflow.apply(state, event, topic, now, park_for, HANDLERS, ReturnsStep, policies)
+
+
+def expire(state: ReturnsState, now: datetime, park_for: timedelta, policies: Policies, timer_topic: str) -> Outcome:
+    """On a timer tick: retry what waits for a policy, reject what waited too long, close returns
+    refunded more than CLOSE_AFTER_DAYS ago."""
+    retried = workflow.retry_parked(state, now, park_for, HANDLERS, ReturnsStep, policies)
+    expired = workflow.expire_parked(retried.state, now, lambda s, machine, entity: (
+        s.return_(entity).status if machine == RETURN.name and s.return_(entity) else "unknown"))
+    state, records = expired.state, [*retried.records, *expired.records]
+    for ret in state.returns:
+        due = _close_due(state, ret)
+        if due is not None and due <= now:
+            closing = Envelope(f"{state.order_id}:close:{ret.return_id}", state.order_id, due, "returns",
+                               "orderops.common.TimerFired", {"due_at": due, "fired_at": now})
+            step = ReturnsStep(state, closing, timer_topic, policies)
+            step.return_trigger(ret, "close", f"refunded more than {CLOSE_AFTER_DAYS} days ago")
+            state, records = step.state, records + step.records
+    return Outcome(state, tuple(records))
+
+
+def next_deadline(state: ReturnsState) -> datetime | None:
+    candidates = [workflow.earliest_park_deadline(state), *(_close_due(state, r) for r in state.returns)]
+    return min((c for c in candidates if c is not None), default=None)
+
+
+def _close_due(state: ReturnsState, ret: Return) -> datetime | None:
+    if ret.status not in ("refunded", "partially_refunded"):
+        return None
+    last = max((h.at for h in state.history if h.machine == RETURN.name and h.entity_id == ret.return_id), default=None)
+    return last + timedelta(days=CLOSE_AFTER_DAYS) if last else None

@@ -1,0 +1,103 @@
+"""``orderops policies publish|list|check``: return-policy files to the compacted returns.policies.
+
+    orderops policies check   [FILE ...]   validate (default: policies/*.yaml of the repository)
+    orderops policies publish [FILE ...]   validate, check immutability, publish what is new
+    orderops policies list                 what returns.policies holds
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from orderops.catalog import RETURNS_POLICIES
+from orderops.codec import Codec
+from orderops.globalview import BrokerUnavailable
+from orderops.paths import source_root
+from orderops.settings import PRODUCER_DEFAULTS, KafkaSettings
+from returns.policy import Policy, PolicyFileError, check_publishable, load_policy
+
+
+def default_files() -> list[Path]:
+    return sorted(((source_root() or Path.cwd()) / "policies").glob("*.yaml"))
+
+
+def _load(files: list[str]) -> list[Policy]:
+    paths = [Path(f) for f in files] or default_files()
+    if not paths:
+        raise PolicyFileError("no policy files given and none in policies/")
+    return [load_policy(p) for p in paths]
+
+
+def _published(bootstrap: str) -> dict[str, Policy]:
+    from orderops.globalview import read_all
+
+    return {key: Policy.from_record(record) for key, record in read_all(bootstrap, RETURNS_POLICIES).items()}
+
+
+def check(args: argparse.Namespace) -> int:
+    for policy in _load(args.files):
+        print(f"ok  {policy.ref}  effective {policy.effective_from.isoformat()}  {policy.description}")
+    return 0
+
+
+def publish(args: argparse.Namespace) -> int:
+    from confluent_kafka import Producer
+
+    policies = _load(args.files)
+    bootstrap = KafkaSettings.from_env().bootstrap
+    published = _published(bootstrap)
+    problems, new = [], []
+    for policy in sorted(policies, key=lambda p: (p.policy_id, p.version)):
+        problem = check_publishable(policy, published)
+        if problem:
+            problems.append(problem)
+        elif policy.ref not in published:
+            new.append(policy)
+            published[policy.ref] = policy
+    if problems:
+        print("refused, nothing published:", *problems, sep="\n  ", file=sys.stderr)
+        return 1
+    codec, producer = Codec(), Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS})
+    for policy in new:
+        producer.produce(RETURNS_POLICIES.name, key=policy.ref.encode(),
+                         value=codec.encode(RETURNS_POLICIES.value_schema, policy.to_record()))
+    if producer.flush(30):
+        print("policies: the broker did not acknowledge every policy within 30 s; run the command again",
+              file=sys.stderr)
+        return 1
+    for policy in new:
+        print(f"published {policy.ref}  effective {policy.effective_from.isoformat()}")
+    print(f"policies: {len(new)} published, {len(policies) - len(new)} already published unchanged")
+    return 0
+
+
+def list_published(args: argparse.Namespace) -> int:
+    for ref, policy in sorted(_published(KafkaSettings.from_env().bootstrap).items()):
+        print(f"{ref:16} effective {policy.effective_from.isoformat()}  published "
+              f"{policy.published_at.isoformat() if policy.published_at else '?'}  {policy.description}")
+    return 0
+
+
+def register(groups) -> None:
+    commands = groups.add_parser("policies", help="return policies (returns service)").add_subparsers(
+        dest="command", required=True)
+    for name, run, text in (("check", check, "validate policy files"), ("publish", publish, "publish what is new")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("files", nargs="*", help="policy files (default: policies/*.yaml)")
+        command.set_defaults(run=_guarded(run))
+    commands.add_parser("list", help="what returns.policies holds").set_defaults(run=list_published)
+
+
+def _guarded(run):
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except PolicyFileError as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 1
+        except BrokerUnavailable as exc:
+            print(f"policies: {exc}", file=sys.stderr)
+            return 1
+    return guarded

@@ -1,0 +1,59 @@
+"""What a returns outcome publishes, as records of the contract (pure: dicts, no Kafka)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from orderops import workflow
+from orderops.catalog import NOTIFICATIONS_REQUESTS, PAYMENTS_REFUND_REQUESTS, RETURNS_STATE_CHANGES, Topic
+from orderops.workflow import Outcome, Record, Transitioned
+from returns.domain import Decided, Measure, Notify, RefundCommand, ReturnsState
+
+SOURCE = "returns"
+NS = "orderops.returns."
+
+
+def publishable(outcome: Outcome) -> Iterator[tuple[Topic, dict]]:
+    for record, event_id in workflow.with_ids(outcome):
+        what = record.what
+        if isinstance(what, Measure):
+            continue  # a metric, not a record
+        if isinstance(what, Notify):
+            yield NOTIFICATIONS_REQUESTS, _notification(record, what, outcome.state)
+        elif isinstance(what, RefundCommand):
+            command = _refund_requested(what)
+            # The command goes to the provider, keyed by its idempotency key; the audit trail keeps it too.
+            yield PAYMENTS_REFUND_REQUESTS, workflow.envelope(record, what.key, SOURCE, NS + "RefundRequested", command)
+            yield RETURNS_STATE_CHANGES, workflow.envelope(record, event_id, SOURCE, NS + "RefundRequested", command)
+        elif isinstance(what, Decided):
+            yield RETURNS_STATE_CHANGES, workflow.envelope(record, event_id, SOURCE, NS + "ReturnAuthorizationDecided", {
+                "return_id": what.return_id, "decision": what.decision, "policy": what.policy,
+                "trace": [dict(t) for t in what.trace], "reason": what.reason})
+        elif isinstance(what, Transitioned):
+            yield RETURNS_STATE_CHANGES, workflow.envelope(
+                record, event_id, SOURCE, workflow.COMMON + "StateTransition", workflow.transition_payload(record))
+        else:
+            yield RETURNS_STATE_CHANGES, workflow.envelope(record, event_id, SOURCE, *workflow.audit(record))
+
+
+def measures(outcome: Outcome) -> list[Measure]:
+    return outcome.of(Measure)
+
+
+def _refund_requested(command: RefundCommand) -> dict:
+    r = command.refund
+    return {"refund_id": command.key, "return_id": r.return_id, "instrument_id": r.instrument_id, "channel": r.channel,
+            "method": r.method, "amount": {"amount": r.amount, "currency": r.currency}, "reason": r.reason,
+            "attempt": r.attempt}
+
+
+def _notification(record: Record, notify: Notify, state: ReturnsState) -> dict:
+    notification_id = f"{record.cause.event_id}:notify:{notify.type}"
+    payload = {
+        "notification_id": notification_id, "type": notify.type, "customer": state.customer,
+        "cause_event_id": record.cause.event_id, "lines": [],
+        "amounts": [{"instrument_id": i, "channel": channel, "amount": {"amount": amount, "currency": currency}}
+                    for i, channel, amount, currency in notify.amounts],
+        "shipment_id": None, "tracking_url": None, "facts": {"order_id": state.order_id, **notify.facts},
+    }
+    return workflow.envelope(record, notification_id, SOURCE, "orderops.notifications.NotificationRequested", payload)

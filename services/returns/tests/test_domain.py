@@ -1,0 +1,313 @@
+"""returns' domain without a broker: policy decisions with traces, versions, the return and
+refund machines, routing by channel, inspection shares, retries and fallback, invariants."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from builders import (
+    PLACED_V1,
+    PLACED_V2,
+    POLICIES,
+    POLICY_DIR,
+    captured,
+    days,
+    exception_approved,
+    fulfilled,
+    inspected,
+    placed,
+    received,
+    refund_result,
+    requested,
+)
+
+from orderops.workflow import ParkedRecord, Rejected
+from returns import domain
+from returns.domain import Decided, Notify, Policies, RefundCommand, ReturnsState
+from returns.machines import REFUND, RETURN
+from returns.policy import PolicyFileError, check_publishable, load_policy
+
+NOW = PLACED_V2 + days(30)
+PARK_FOR = timedelta(hours=24)
+
+
+def run(*events, state=None, policies=POLICIES):
+    records = []
+    for e in events:
+        outcome = domain.apply(state, e, "input", NOW, PARK_FOR, policies)
+        state = outcome.state
+        records.extend(outcome.records)
+        assert domain.violated_invariants(state) == [], (e.short_type, domain.violated_invariants(state))
+    return state, records
+
+
+def of(records, kind):
+    return [r.what for r in records if isinstance(r.what, kind)]
+
+
+def delivered_order(at=PLACED_V1, instruments=(("card-1", "CARD", "135.00"),)):
+    events = [placed(at, instruments)]
+    events += [captured(i, a, at + timedelta(hours=1)) for i, _, a in instruments]
+    events.append(fulfilled(at + days(3)))
+    return run(*events)[0]
+
+
+def decide(*lines, at_days=10, placed_at=PLACED_V1, **kw):
+    state = delivered_order(placed_at)
+    _, records = run(requested("r-1", placed_at + days(3 + at_days), *lines, **kw), state=state)
+    [decided] = of(records, Decided)
+    return decided
+
+
+def rule(decided, name):
+    return next(t for t in decided.trace if t["rule"] == name)
+
+
+# -- the decision table ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line, reason, at_days, decision, deciding_rule", [
+    ("l2", "NO_LONGER_NEEDED", 10, "AUTHORIZED", None),
+    ("l2", "NO_LONGER_NEEDED", 30, "AUTHORIZED", None),            # last day of the window
+    ("l2", "NO_LONGER_NEEDED", 34, "NEEDS_REVIEW", "return_window"),  # within the grace days
+    ("l2", "NO_LONGER_NEEDED", 45, "REJECTED", "return_window"),
+    ("l1", "SIZE_OR_FIT", 13, "AUTHORIZED", None),                 # electronics: 14 days
+    ("l1", "SIZE_OR_FIT", 20, "NEEDS_REVIEW", "return_window"),
+    ("l3", "NO_LONGER_NEEDED", 2, "REJECTED", "final_sale"),
+    ("l3", "DAMAGED", 2, "NEEDS_REVIEW", "final_sale"),            # a defective final-sale item: a person looks
+    ("l4", "NO_LONGER_NEEDED", 2, "NEEDS_REVIEW", "condition:hygiene-opened"),
+    ("l4", "DAMAGED", 2, "AUTHORIZED", None),
+])
+def test_policy_decisions(line, reason, at_days, decision, deciding_rule):
+    quantity = 2 if line == "l2" else 1
+    decided = decide((line, quantity, reason), at_days=at_days)
+    assert decided.decision == decision and decided.policy == "standard@1"
+    outcomes = {t["rule"]: t["outcome"] for t in decided.trace}
+    if deciding_rule:
+        assert outcomes[deciding_rule] in ("fail", "review")
+        assert rule(decided, deciding_rule)["detail"] in decided.reason
+    else:
+        assert set(outcomes.values()) == {"pass"}
+
+
+def test_trace_records_every_rule_with_its_inputs():
+    decided = decide(("l2", 1, "NO_LONGER_NEEDED"), at_days=12)
+    assert [t["rule"] for t in decided.trace] == [
+        "quantity_returnable", "final_sale", "return_window", "condition:hygiene-opened",
+        "condition:high-value-electronics", "restocking_fee", "customer_limit"]
+    window = rule(decided, "return_window")
+    assert window["inputs"] == {"days_since_delivery": "12", "window_days": "30",
+                                "delivered_at": (PLACED_V1 + days(3)).isoformat()}
+    assert rule(decided, "restocking_fee")["inputs"]["percent"] == "10"
+
+
+def test_more_than_delivered_is_rejected():
+    assert decide(("l2", 3, "NO_LONGER_NEEDED")).decision == "REJECTED"
+
+
+def test_customer_limit_sends_to_review():
+    decided = decide(("l2", 1, "NO_LONGER_NEEDED"), customer_returns_90d=6)
+    assert decided.decision == "NEEDS_REVIEW" and rule(decided, "customer_limit")["inputs"]["returns_90d"] == "6"
+
+
+def test_the_same_request_under_two_versions_decides_differently():
+    under_v1 = decide(("l2", 2, "NO_LONGER_NEEDED"), at_days=25, placed_at=PLACED_V1)
+    under_v2 = decide(("l2", 2, "NO_LONGER_NEEDED"), at_days=25, placed_at=PLACED_V2)
+    assert (under_v1.decision, under_v1.policy) == ("AUTHORIZED", "standard@1")
+    assert (under_v2.decision, under_v2.policy) == ("NEEDS_REVIEW", "standard@2")
+    assert rule(under_v2, "return_window")["inputs"]["window_days"] == "21"
+
+
+def test_a_request_waits_for_the_policy_in_force_and_proceeds_when_it_is_published():
+    only_v2 = Policies({k: v for k, v in POLICIES.by_ref.items() if k.endswith("@2")})
+    state, _ = run(placed(), captured("card-1", "135.00", PLACED_V1), fulfilled(PLACED_V1 + days(3)), policies=only_v2)
+    state, records = run(requested("r-1", PLACED_V1 + days(5), ("l2", 1, "NO_LONGER_NEEDED")), state=state,
+                         policies=only_v2)
+    assert "return policy in force" in of(records, ParkedRecord)[0].parked.waiting_for
+    outcome = domain.expire(state, NOW, PARK_FOR, POLICIES, "timers")
+    assert of(outcome.records, Decided)[0].policy == "standard@1"
+
+
+def test_return_before_delivery_waits_for_the_delivery():
+    state, records = run(placed(), captured("card-1", "135.00", PLACED_V1),
+                         requested("r-1", PLACED_V1 + days(1), ("l2", 1, "DAMAGED")))
+    assert of(records, ParkedRecord)[0].parked.waiting_for == "delivery of Mug"
+    state, records = run(fulfilled(PLACED_V1 + days(3)), state=state)
+    assert of(records, Decided)[0].decision == "AUTHORIZED"
+
+
+# -- from authorization to refund -----------------------------------------------------------------
+
+def test_full_return_of_one_line_paid_by_gift_card_and_card_is_split_and_routed():
+    instruments = (("gift-1", "GIFT_CARD", "35.00"), ("card-1", "CARD", "100.00"))
+    state = delivered_order(instruments=instruments)
+    at = PLACED_V1 + days(6)
+    state, records = run(requested("r-1", at, ("l2", 2, "DAMAGED")), received("r-1", at + days(2), ("l2", 2)),
+                         inspected("r-1", at + days(3), ("l2", 2, "AS_EXPECTED")), state=state)
+    commands = of(records, RefundCommand)
+    split = {c.refund.instrument_id: (c.refund.amount, c.refund.method) for c in commands}
+    assert split == {"gift-1": (Decimal("5.19"), "STORE_CREDIT"), "card-1": (Decimal("14.81"), "ORIGINAL_INSTRUMENT")}
+    assert state.return_("r-1").status == "refund_pending"
+    assert [n.type for n in of(records, Notify)] == ["return_authorized", "return_received", "refund_issued"]
+    for command in commands:
+        state, records = run(refund_result(command.key, command.refund.instrument_id, command.refund.amount,
+                                           at + days(4)), state=state)
+    assert state.return_("r-1").status == "refunded"
+    assert [n.type for n in of(records, Notify)] == ["refund_completed"]
+
+
+def test_damaged_item_is_refunded_at_the_policy_share_and_without_fee_when_the_reason_is_exempt():
+    state = delivered_order()
+    at = PLACED_V1 + days(6)
+    _, records = run(requested("r-1", at, ("l2", 2, "NO_LONGER_NEEDED")), received("r-1", at, ("l2", 2)),
+                     inspected("r-1", at, ("l2", 1, "AS_EXPECTED"), ("l2", 1, "DAMAGED")), state=state)
+    [command] = of(records, RefundCommand)
+    # 10.00 less the 10 % restocking fee for the intact one, half of 10.00 for the damaged one.
+    assert command.refund.amount == Decimal("14.00")
+
+
+def test_partial_receipt_refunds_partially_and_keeps_the_rest_open():
+    state = delivered_order()
+    at = PLACED_V1 + days(6)
+    state, records = run(requested("r-1", at, ("l2", 2, "WRONG_ITEM")), received("r-1", at, ("l2", 1)),
+                         inspected("r-1", at, ("l2", 1, "AS_EXPECTED")), state=state)
+    [command] = of(records, RefundCommand)
+    state, _ = run(refund_result(command.key, "card-1", command.refund.amount, at), state=state)
+    assert state.return_("r-1").status == "partially_refunded"
+    state, records = run(received("r-1", at + days(2), ("l2", 1)), inspected("r-1", at + days(2), ("l2", 1, "AS_EXPECTED")),
+                         state=state)
+    [second] = of(records, RefundCommand)
+    assert second.refund.refund_id != command.refund.refund_id
+    state, _ = run(refund_result(second.key, "card-1", second.refund.amount, at + days(3)), state=state)
+    assert state.return_("r-1").status == "refunded"
+
+
+def test_old_capture_is_refunded_as_store_credit():
+    state = delivered_order(placed_at := PLACED_V1)
+    late = placed_at + days(200)  # v1: captures older than 180 days -> store credit
+    state = replace(state, returns=())
+    _, records = run(requested("r-1", placed_at + days(8), ("l2", 1, "WRONG_ITEM")),
+                     received("r-1", late, ("l2", 1)), inspected("r-1", late, ("l2", 1, "AS_EXPECTED")), state=state)
+    [command] = of(records, RefundCommand)
+    assert command.refund.method == "STORE_CREDIT" and "over 180" in command.refund.reason
+
+
+def test_refund_failure_retries_then_falls_back_to_store_credit():
+    state = delivered_order()
+    at = PLACED_V1 + days(6)
+    state, records = run(requested("r-1", at, ("l2", 1, "WRONG_ITEM")), received("r-1", at, ("l2", 1)),
+                         inspected("r-1", at, ("l2", 1, "AS_EXPECTED")), state=state)
+    command = of(records, RefundCommand)[0]
+    keys = [command.key]
+    for attempt in range(2, 4):
+        state, records = run(refund_result(keys[-1], "card-1", "10.00", at, ok=False), state=state)
+        [retry] = of(records, RefundCommand)
+        assert retry.refund.attempt == attempt and retry.key == f"{command.refund.refund_id}#{attempt}"
+        keys.append(retry.key)
+    state, records = run(refund_result(keys[-1], "card-1", "10.00", at, ok=False), state=state)
+    [fallback] = of(records, RefundCommand)
+    assert fallback.refund.method == "STORE_CREDIT" and fallback.refund.refund_id.endswith(":store-credit")
+    assert state.refunds[0].status == "fell_back"
+    state, _ = run(refund_result(fallback.key, "card-1", "10.00", at), state=state)
+    assert state.return_("r-1").status == "refunded"
+
+
+def test_a_duplicate_refund_success_changes_nothing_and_a_stale_one_is_rejected():
+    state = delivered_order()
+    at = PLACED_V1 + days(6)
+    state, records = run(requested("r-1", at, ("l2", 1, "WRONG_ITEM")), received("r-1", at, ("l2", 1)),
+                         inspected("r-1", at, ("l2", 1, "AS_EXPECTED")), state=state)
+    command = of(records, RefundCommand)[0]
+    success = refund_result(command.key, "card-1", "10.00", at)
+    state, _ = run(success, state=state)
+    assert domain.apply(state, success, "input", NOW, PARK_FOR, POLICIES).duplicate
+    _, records = run(refund_result(command.key, "card-1", "10.00", at), state=state)  # same key, new event id
+    assert of(records, Rejected)[0].reason_code == "stale_refund_result"
+
+
+def test_needs_review_then_exception_approved_by_a_lead():
+    state = delivered_order()
+    state, records = run(requested("r-1", PLACED_V1 + days(36), ("l2", 1, "NO_LONGER_NEEDED")), state=state)
+    assert state.return_("r-1").status == "needs_review"
+    state, records = run(received("r-1", PLACED_V1 + days(37), ("l2", 1)), state=state)
+    assert of(records, ParkedRecord)[0].parked.waiting_for == "a lead's decision on the exception"
+    state, records = run(exception_approved("r-1", PLACED_V1 + days(38)), state=state)
+    assert state.return_("r-1").status == "received", "the parked receipt is applied once authorized"
+    assert state.return_("r-1").trace[-1]["inputs"] == {"approved_by": "lee", "role": "lead"}
+    assert "approved by lee" in of(records, Decided)[0].reason
+
+
+def test_cancelled_line_that_was_captured_is_refunded_once():
+    state, _ = run(placed(), captured("card-1", "135.00", PLACED_V1))
+    state, records = run(fulfilled(PLACED_V1 + days(1), delivered={}, cancelled={"l2": 2}), state=state)
+    [command] = of(records, RefundCommand)
+    assert command.refund.amount == Decimal("20.00") and command.refund.cause == "cancelled line l2"
+    _, records = run(fulfilled(PLACED_V1 + days(2), delivered={"l1": 1}, cancelled={"l2": 2}), state=state)
+    assert of(records, RefundCommand) == [], "the same cancellation is refunded once"
+
+
+def test_a_refund_that_overtook_its_capture_waits_for_it_instead_of_being_cut():
+    instruments = (("gift-1", "GIFT_CARD", "35.00"), ("card-1", "CARD", "100.00"))
+    state, _ = run(placed(instruments=instruments), captured("gift-1", "35.00", PLACED_V1),
+                   fulfilled(PLACED_V1 + days(3)))
+    at = PLACED_V1 + days(6)
+    state, records = run(requested("r-1", at, ("l1", 1, "WRONG_ITEM")), received("r-1", at, ("l1", 1)),
+                         inspected("r-1", at, ("l1", 1, "AS_EXPECTED")), state=state)
+    assert of(records, RefundCommand) == [] and of(records, ParkedRecord)[0].parked.waiting_for == \
+        "captures covering the refund"
+    state, records = run(captured("card-1", "100.00", at), state=state)
+    assert sum(c.refund.amount for c in of(records, RefundCommand)) == Decimal("80.00")
+
+
+def test_what_can_never_be_captured_is_not_refunded_and_says_so():
+    state, _ = run(placed(instruments=(("card-1", "CARD", "15.00"),)), captured("card-1", "15.00", PLACED_V1))
+    state, records = run(fulfilled(PLACED_V1 + days(1), delivered={}, cancelled={"l2": 2}), state=state)
+    assert sum(c.refund.amount for c in of(records, RefundCommand)) == Decimal("15.00")
+    [rejected] = of(records, Rejected)
+    assert rejected.reason_code == "refund_exceeds_captured" and "5.00 EUR of 20.00 cannot be refunded" in \
+        rejected.reason
+    assert state.refundable(state.instrument("card-1")) == 0
+
+
+def test_state_survives_its_json_form():
+    state = delivered_order(instruments=(("gift-1", "GIFT_CARD", "35.00"), ("card-1", "CARD", "100.00")))
+    state, _ = run(requested("r-1", PLACED_V1 + days(5), ("l2", 2, "DAMAGED")), state=state)
+    assert ReturnsState.from_json(state.to_json()) == state
+
+
+def test_architecture_doc_shows_both_machines():
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "architecture.md").read_text()
+    assert RETURN.as_markdown() in doc and REFUND.as_markdown() in doc
+
+
+# -- policy files ---------------------------------------------------------------------------------
+
+def test_bad_policy_files_are_refused_with_line_and_reason(tmp_path):
+    good = (POLICY_DIR / "standard-v1.yaml").read_text()
+    cases = {
+        "version: 1": ("version: -3", ":5: version must be a whole number"),
+        "  DAMAGED: 50": ("  DAMAGED: 150", "inspection_refund_share.DAMAGED is a percentage"),
+        "  GIFT_CARD: {method: STORE_CREDIT, sla_hours: 24}": ("  GIFT_CARD: {method: CASH, sla_hours: 24}",
+                                                                "refund_routes.GIFT_CARD.method is 'CASH'"),
+        "max_refund_attempts: 3": ("max_refund_attempts: 3\nrefund_speed: fast", "unknown setting 'refund_speed'"),
+        "effective_from: 2026-01-01T00:00:00Z": ("effective_from: next monday", "must be a timestamp"),
+    }
+    for original, (broken, expected) in cases.items():
+        path = tmp_path / "policy.yaml"
+        path.write_text(good.replace(original, broken))
+        with pytest.raises(PolicyFileError, match=expected.replace("(", r"\(").replace(")", r"\)")) as error:
+            load_policy(path)
+        assert str(error.value).startswith(f"{path}:"), error.value
+
+
+def test_published_versions_are_immutable_and_never_rewrite_the_past():
+    v1, v2 = POLICIES.by_ref["standard@1"], POLICIES.by_ref["standard@2"]
+    assert check_publishable(v1, {v1.ref: v1}) is None, "republishing unchanged is fine"
+    changed = replace(v1, default_window_days=99)
+    assert "immutable" in check_publishable(changed, {v1.ref: v1})
+    backdated = replace(v2, effective_from=v1.effective_from)
+    assert "rewrite the past" in check_publishable(backdated, {v1.ref: v1})
+    assert "versions only go up" in check_publishable(v1, {v2.ref: v2})
