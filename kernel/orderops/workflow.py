@@ -191,6 +191,10 @@ class Step:
     def emit(self, what: Any) -> None:
         self.records.append(Record(self.event, self.topic, what))
 
+    def finished(self, before: Any) -> None:
+        """Called after the event was applied (parked events too, when they finally apply):
+        a processor may add what it derives from the change, per event, e.g. a status snapshot."""
+
     def move(self, machine: str, entity_id: str, from_state: str, to_state: str, reason: str,
              detail: Any = None, always: bool = False) -> None:
         """Record a transition (and its history entry); a non-move is recorded only if ``always``."""
@@ -232,6 +236,7 @@ def _apply_once(state: Any, event: Envelope, topic: str, now: datetime, park_for
     step = step_class(state, event, topic, context)
     try:
         handler(step)
+        step.finished(state)
     except Park as park:
         parked = Parked(event, topic, park.machine, park.entity_id, park.waiting_for, now + park_for)
         step = step_class(replace(state, parked=(*state.parked, parked)), event, topic, context)

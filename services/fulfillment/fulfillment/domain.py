@@ -284,6 +284,16 @@ class FulfillmentStep(Step):
         self.move(SHIPMENT.name, shipment.shipment_id, shipment.status, target, reason)
         return updated
 
+    def finished(self, before: FulfillmentState) -> None:
+        """Per applied event: the derived status (and its transition) when lines or parcels changed."""
+        after = self.state
+        if (after.lines, after.shipments) == (before.lines, before.shipments):
+            return
+        if before.status != after.status or not before.placed:
+            self.emit(workflow.Transitioned(ORDER_MACHINE, after.order_id, before.status if before.placed else "(none)",
+                                            after.status, f"lines now {after.status.replace('_', ' ')}"))
+        self.emit(StatusSnapshot(after.status, after.backordered, after.lines, after.shipments))
+
     def notify(self, notice_type: str, shipment: Shipment | None = None, lines: tuple[str, ...] = (),
                **facts: str) -> None:
         self.emit(Notify(notice_type, claims(self.state, shipment),
@@ -433,8 +443,7 @@ HANDLERS = {
 
 def apply(state: FulfillmentState | None, event: Envelope, topic: str, now: datetime, park_for: timedelta) -> Outcome:
     state = state or FulfillmentState(order_id=event.order_id)
-    outcome = workflow.apply(state, event, topic, now, park_for, HANDLERS, FulfillmentStep)
-    return _with_status(state, outcome, event, topic)
+    return workflow.apply(state, event, topic, now, park_for, HANDLERS, FulfillmentStep)
 
 
 def expire(state: FulfillmentState, now: datetime) -> Outcome:
@@ -444,18 +453,3 @@ def expire(state: FulfillmentState, now: datetime) -> Outcome:
 
 def next_deadline(state: FulfillmentState) -> datetime | None:
     return workflow.earliest_park_deadline(state)
-
-
-def _with_status(before: FulfillmentState, outcome: Outcome, event: Envelope, topic: str) -> Outcome:
-    """Add the derived order-level status (and its transition) when the lines or parcels changed."""
-    after = outcome.state
-    if outcome.duplicate or (after.lines, after.shipments) == (before.lines, before.shipments):
-        return outcome
-    extra = []
-    if before.status != after.status or not before.placed:
-        extra.append(workflow.Record(event, topic, workflow.Transitioned(
-            ORDER_MACHINE, after.order_id, before.status if before.placed else "(none)", after.status,
-            f"lines now {after.status.replace('_', ' ')}")))
-    extra.append(workflow.Record(event, topic, StatusSnapshot(after.status, after.backordered, after.lines,
-                                                              after.shipments)))
-    return replace(outcome, records=(*outcome.records, *extra))

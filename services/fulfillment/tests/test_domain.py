@@ -216,3 +216,12 @@ def test_every_shipment_event_has_a_trigger_in_the_table():
 def test_architecture_doc_shows_the_tables_as_they_are():
     doc = (Path(__file__).resolve().parents[3] / "docs" / "architecture.md").read_text()
     assert SHIPMENT.as_markdown() in doc and unit_moves_markdown() in doc
+
+
+def test_events_applied_late_still_publish_each_status_they_caused():
+    """Warehouse events that arrived before the order are applied when it comes: every one of them
+    still yields its own status snapshot, so downstream sees partially_shipped before delivered."""
+    state, _ = run(created("P1", ("l1", 2)), dispatched("P1"), delivered("P1"))
+    _, records = run(placed(), state=state)
+    assert [s.status for s in of(records, StatusSnapshot)] == [
+        "unfulfilled", "unfulfilled", "partially_shipped", "partially_delivered"]
