@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SERVICES := $(sort $(wildcard services/*/pyproject.toml))
+SERVICES := $(sort $(wildcard services/*/pyproject.toml)) tools/pyproject.toml
 export ORDEROPS_PYTHON := $(abspath $(BIN)/python)
 
 .PHONY: help venv kafka-up kafka-down kafka-status topics run stop status test test-unit lint clean
@@ -57,6 +57,7 @@ run: topics
 	@echo "  returns      http://127.0.0.1:6103/orders/<order id>/returns   policies: $(BIN)/orderops policies list"
 	@echo "  notifier     http://127.0.0.1:6104/orders/<order id>/notifications   log: .run/logs/notifier.log"
 	@echo "  messages     emails as files in .run/sinks/mail/, webhooks in .run/sinks/webhooks/ (list: http://127.0.0.1:6180/)"
+	@echo "  simulator    feeding orders at a gentle rate (a simulated day per minute)   log: .run/logs/simulator.log"
 	@echo "  topics       $(BIN)/orderops topics list"
 	@echo "  status       make status        stop: make stop"
 
@@ -77,7 +78,7 @@ test-unit: venv
 	$(BIN)/pytest -m "not broker" $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check kernel services tests
+	$(BIN)/ruff check kernel services tools tests
 
 clean:
 	-@test -x $(BIN)/orderops && $(BIN)/orderops processors stop

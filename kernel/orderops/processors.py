@@ -24,7 +24,8 @@ from orderops.settings import default_run_dir
 class Processor:
     name: str
     module: str = ""  # default: the processor's package (its name with "_")
-    web_port: int = 0  # default: catalog.WEB_PORTS
+    web_port: int = 0  # default: catalog.WEB_PORTS; NO_WEB: no health endpoint (ready = still running)
+    args: tuple[str, ...] = ()
 
     @property
     def package(self) -> str:
@@ -43,12 +44,17 @@ class Processor:
         return f"http://127.0.0.1:{self.port}"
 
 
+NO_WEB = -1
 # Local stand-ins a processor talks to in `make run`, started before the processors.
 COMPANIONS = (Processor("notifier-sinks", "notifier.sinks", int(os.environ.get("ORDEROPS_SINK_PORT", "6180"))),)
+# The upstream systems' stand-in, started after the processors (ORDEROPS_SIMULATE_ARGS overrides its arguments).
+SIMULATE_ARGS = "--orders 100000 --rate 20 --compression 1440 --order-interval 900"
+FEEDERS = (Processor("simulator", "orderops_tools.simulator", NO_WEB,
+                     tuple(os.environ.get("ORDEROPS_SIMULATE_ARGS", SIMULATE_ARGS).split())),)
 
 
 def everything() -> list[Processor]:
-    return [*COMPANIONS, *map(Processor, PROCESSORS)]
+    return [*COMPANIONS, *map(Processor, PROCESSORS), *FEEDERS]
 
 def run_dir() -> Path:
     return Path(os.environ.get("ORDEROPS_RUN_DIR", default_run_dir()))
@@ -72,6 +78,8 @@ def running_pid(p: Processor) -> int | None:
 
 
 def healthy(p: Processor) -> bool:
+    if p.web_port == NO_WEB:
+        return running_pid(p) is not None
     try:
         with urllib.request.urlopen(f"{p.url}/healthz", timeout=2) as response:
             return response.status == 200
@@ -92,8 +100,8 @@ def start(timeout: float = 120) -> list[str]:
         _pid_file(p).parent.mkdir(parents=True, exist_ok=True)
         _log_file(p).parent.mkdir(parents=True, exist_ok=True)
         with open(_log_file(p), "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", p.package], stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen([sys.executable, "-m", p.package, *p.args], stdout=log,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         _pid_file(p).write_text(str(process.pid))
         deadline = time.monotonic() + timeout
         while not healthy(p):
@@ -102,7 +110,8 @@ def start(timeout: float = 120) -> list[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{p.name} not ready after {timeout:.0f}s; see {_log_file(p)}")
             time.sleep(0.5)
-        lines.append(f"{p.name:12} ready (pid {process.pid})  {p.url}/healthz  log {_log_file(p)}")
+        where = f"{p.url}/healthz" if p.web_port != NO_WEB else "(no web port)"
+        lines.append(f"{p.name:12} ready (pid {process.pid})  {where}  log {_log_file(p)}")
     return lines
 
 
@@ -133,5 +142,6 @@ def status() -> list[str]:
             continue
         pid = running_pid(p)
         state = "not running" if pid is None else ("ready" if healthy(p) else "running, not ready")
-        lines.append(f"{p.name:12} {state}{f' (pid {pid})' if pid else ''}  {p.url}")
+        where = p.url if p.web_port != NO_WEB else f"log {_log_file(p)}"
+        lines.append(f"{p.name:12} {state}{f' (pid {pid})' if pid else ''}  {where}")
     return lines

@@ -1,0 +1,1 @@
+"""Tools around the processors: the simulator (the upstream systems' stand-in) and replay."""
