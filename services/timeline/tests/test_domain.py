@@ -1,0 +1,159 @@
+"""The timeline's pure domain: entries, the view, tags, accuracy, escalations, determinism."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from pathlib import Path
+
+from story import ETA, T0, split_order_story
+
+from timeline import domain
+from timeline.domain import Rules
+
+RULES = Rules.load(Path(__file__).resolve().parents[1] / "timeline" / "rules.yaml")
+
+
+def feed(events, now=None, view=None):
+    outputs = []
+    for topic, event in events:
+        view, out = domain.apply(view, event, topic, now or event.occurred_at, RULES)
+        outputs.append(out)
+    return view, outputs
+
+
+def tick(view, now):
+    from orderops.envelope import Envelope
+
+    event = Envelope(f"tick:{now.isoformat()}", view["order_id"], now, "timeline", "orderops.common.TimerFired",
+                     {"due_at": now, "fired_at": now})
+    return domain.apply(view, event, "timeline.timers", now, RULES)
+
+
+def test_every_event_becomes_one_entry_with_a_human_summary():
+    view, outputs = feed(split_order_story().events)
+    entries = [e for out in outputs for e in out.entries]
+    assert len(entries) == len(split_order_story().events) - 2, "status snapshots are facts for the view, not entries"
+    summaries = [e["summary"] for e in entries]
+    assert "order placed: 2 line(s), 60.00 EUR" in summaries
+    assert "1 of line l2 backordered until 12 Nov" in summaries
+    assert "parcel P1 dispatched with DHL (JD1)" in summaries
+    assert {e["domain"] for e in entries} >= {"order", "payment", "fulfillment", "shipment", "notification", "support"}
+    assert view["order"]["state"] == "confirmed" and view["fulfillment"]["status"] == "partially_shipped"
+    assert view["lines"]["l2"]["backordered"] == 1 and view["shipments"]["P1"]["tracking_number"] == "JD1"
+
+
+def test_tags_come_from_rules_and_attach_to_contacts():
+    view, outputs = feed(split_order_story().events)
+    assert "backorder" in view["tags"] and view["tags"]["backorder"]["source"] == "rule"
+    contacts = [c for out in outputs for c in out.contacts]
+    assert contacts == [(False, ("backorder",)), (True, ("backorder",))]
+
+
+def test_repeat_contact_without_a_change_escalates():
+    view, outputs = feed(split_order_story().events)
+    opened = [e for out in outputs for e in out.escalations if e[1] == "EscalationOpened"]
+    assert [view["escalations"][e[0]]["rule"] for e in opened] == ["repeat-contact"]
+
+
+def test_delivered_claims_are_checked_against_the_fulfillment_truth():
+    _, outputs = feed(split_order_story().events)
+    assert [a for out in outputs for a in out.accuracy] == [("accurate", "ok")]
+    story = split_order_story()
+    delivered = next(e for _, e in story.events if e.short_type == "NotificationDelivered")
+    delivered.payload["lines"][1]["quantity_backordered"] = 0  # the message forgot the backorder
+    _, outputs = feed(story.events)
+    assert [a for out in outputs for a in out.accuracy] == [("inaccurate", "backorder_quantity")]
+
+
+def test_aging_escalations_open_when_due_and_resolve_when_cleared():
+    view, _ = feed(split_order_story().events)
+    # The first thing that can go wrong: parcel P1 (dispatched at T0 + 5h02) silent for 72 hours.
+    assert domain.next_deadline(view, T0 + timedelta(days=3), RULES) == T0 + timedelta(hours=5, minutes=2, days=3)
+    view, out = tick(view, ETA + timedelta(hours=1))
+    rules = sorted(view["escalations"][e[0]]["rule"] for e in out.escalations if e[1] == "EscalationOpened")
+    assert rules == ["authorization-expiring", "backorder-overdue", "shipment-silent"]
+    assert {"payment-failure", "backorder"} <= set(view["tags"])
+    # The backorder ships: its escalation resolves by itself.
+    from story import Feed, line_snapshot
+
+    f = Feed()
+    f.at = ETA + timedelta(hours=2)
+    f.n = 100
+    f.add("fulfillment.state-changes", "FulfillmentStatusChanged", status="shipped", backordered=False,
+          lines=[line_snapshot("l1", 2, shipped=2), line_snapshot("l2", 1, shipped=1)])
+    view, outputs = feed(f.events, now=ETA + timedelta(hours=2), view=view)
+    resolved = [e[0] for out in outputs for e in out.escalations if e[1] == "EscalationResolved"]
+    assert any(":backorder-overdue:" in r for r in resolved) and any(":authorization-expiring:" in r for r in resolved)
+
+
+def test_an_eta_slip_without_a_notice_escalates_after_the_grace_period():
+    from story import Feed, line_snapshot
+
+    view, _ = feed(split_order_story().events)
+    f = Feed()
+    f.at, f.n = T0 + timedelta(days=3), 200
+    f.add("fulfillment.state-changes", "FulfillmentStatusChanged", status="partially_shipped", backordered=True,
+          lines=[line_snapshot("l1", 2, shipped=2), line_snapshot("l2", 1, backordered=1, eta=ETA + timedelta(days=4))])
+    view, _ = feed(f.events, view=view)
+    view, out = tick(view, T0 + timedelta(days=3, hours=11))
+    assert not [e for e in out.escalations if ":eta-slipped-silently:" in e[0]]
+    view, out = tick(view, T0 + timedelta(days=3, hours=12))
+    assert [e[1] for e in out.escalations if ":eta-slipped-silently:" in e[0]] == ["EscalationOpened"]
+
+
+def test_agents_acknowledge_and_resolve_and_a_resolved_escalation_stays_resolved():
+    from story import Feed
+
+    view, outputs = feed(split_order_story().events)
+    [escalation_id] = [e[0] for out in outputs for e in out.escalations]
+    f = Feed()
+    f.at, f.n = T0 + timedelta(days=3), 300
+    actor = {"user_id": "lee", "role": "lead"}
+    f.add("support.actions", "EscalationAcknowledged", actor=actor, escalation_id=escalation_id, note="on it")
+    f.add("support.actions", "EscalationResolvedByAgent", actor=actor, escalation_id=escalation_id, note="called back")
+    f.add("support.actions", "TagApplied", actor=actor, tag="vip", target_kind="order", target_id="o-1")
+    view, outputs = feed(f.events, view=view)
+    kinds = [e[1] for out in outputs for e in out.escalations]
+    assert kinds == ["EscalationUpdated", "EscalationResolved"]
+    assert view["escalations"][escalation_id]["state"] == "resolved" and view["tags"]["vip"]["by"] == "lee"
+
+
+def test_the_same_events_give_the_same_outputs_and_duplicates_change_nothing():
+    story = split_order_story().events
+    first_view, first = feed(story)
+    second_view, second = feed(story)
+    assert first_view == second_view and [vars(o) for o in first] == [vars(o) for o in second]
+    again, out = domain.apply(first_view, story[3][1], story[3][0], T0, RULES)
+    assert out.duplicate and again == first_view
+
+
+def test_the_final_view_does_not_depend_on_cross_topic_arrival_order():
+    story = split_order_story().events
+    in_order, _ = feed(story, now=T0 + timedelta(days=3))
+    by_topic: dict[str, list] = {}
+    for item in story:
+        by_topic.setdefault(item[0], []).append(item)
+    rng = random.Random(4)
+    for _ in range(20):
+        queues = {k: list(v) for k, v in by_topic.items()}
+        shuffled = []
+        while queues:
+            topic = rng.choice(sorted(queues))
+            shuffled.append(queues[topic].pop(0))
+            if not queues[topic]:
+                del queues[topic]
+        view, _ = feed(shuffled, now=T0 + timedelta(days=3))
+        for key in ("order", "payments", "fulfillment", "lines", "shipments", "tags"):
+            assert view[key] == in_order[key], key
+        assert sorted(e["entry_id"] for e in view["entries"]) == sorted(e["entry_id"] for e in in_order["entries"])
+
+
+def test_rules_are_data_and_an_unknown_kind_is_refused(tmp_path):
+    assert {r.kind for r in RULES.escalations} == set(domain.CONDITIONS)
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("escalations:\n  - {id: x, description: y, kind: telepathy}\n")
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown kind 'telepathy'"):
+        Rules.load(bad)

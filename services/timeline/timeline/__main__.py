@@ -1,0 +1,12 @@
+"""Run the timeline worker: python -m timeline (or orderops-timeline)."""
+
+from timeline import agents, views  # noqa: F401  (registers the agent, the API and the console)
+from timeline.app import service
+
+
+def main() -> None:
+    service.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,438 @@
+"""timeline's pure domain: one view of an order joined from every domain's events, the timeline
+entries, root-cause tags, communication accuracy, and escalations from rules that are data.
+
+No Kafka here. ``apply(view, event, topic, now, rules)`` returns the new view and what to publish.
+The view is a plain JSON-friendly dict (values restored by orderops.envelope's JSON form).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orderops.envelope import Envelope
+
+MAX_ENTRIES = 500  # timeline entries kept in the view (the topic keeps all)
+NON_TERMINAL_REFUNDS = ("requested", "failed")
+
+
+# -- rules ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EscalationRule:
+    rule_id: str
+    description: str
+    kind: str
+    params: dict[str, Any]
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TagRule:
+    tag: str
+    type: str
+    path: str | None = None
+    equals: str | None = None
+    contains: str | None = None
+
+    def matches(self, event: Envelope) -> bool:
+        if event.short_type != self.type:
+            return False
+        if self.path is None:
+            return True
+        values = [str(v) for v in _reach(event.payload, self.path)]
+        if self.equals is not None:
+            return self.equals in values
+        return any(self.contains.lower() in v.lower() for v in values) if self.contains else bool(values)
+
+
+@dataclass(frozen=True)
+class Rules:
+    escalations: tuple[EscalationRule, ...]
+    tags: tuple[TagRule, ...]
+
+    @classmethod
+    def load(cls, path: Path) -> Rules:
+        document = yaml.safe_load(path.read_text())
+        escalations = []
+        for spec in document["escalations"]:
+            if spec["kind"] not in CONDITIONS:
+                raise ValueError(f"{path}: rule {spec['id']}: unknown kind {spec['kind']!r}; known: {sorted(CONDITIONS)}")
+            params = {k: v for k, v in spec.items() if k not in ("id", "description", "kind", "tags")}
+            escalations.append(EscalationRule(spec["id"], spec["description"], spec["kind"], params,
+                                              tuple(spec.get("tags", []))))
+        return cls(tuple(escalations), tuple(TagRule(**t) for t in document.get("tags", [])))
+
+
+def _reach(value: Any, path: str) -> list:
+    """``a.b`` or ``list[].field``: every value at that path."""
+    values = [value]
+    for part in path.split("."):
+        many = part.endswith("[]")
+        name = part.removesuffix("[]")
+        nxt = []
+        for v in values:
+            if isinstance(v, dict) and name in v:
+                nxt.extend(v[name] if many and isinstance(v[name], list) else [v[name]])
+        values = nxt
+    return values
+
+
+# -- the view -------------------------------------------------------------------------------------
+
+def new_view(order_id: str) -> dict[str, Any]:
+    return {"order_id": order_id, "customer": None, "placed_at": None, "total": None,
+            "order": {"state": "unknown", "hold_reason": ""}, "payments": {}, "fulfillment": {"status": "unknown",
+                                                                                          "backordered": False},
+            "lines": {}, "shipments": {}, "returns": {}, "refunds": {}, "notifications": [], "contacts": [],
+            "escalations": {}, "tags": {}, "entries": [], "last_event_at": None, "last_change_at": None,
+            "eta_slips": {}, "seen": []}
+
+
+@dataclass
+class Outputs:
+    entries: list[dict] = field(default_factory=list)
+    escalations: list[tuple[str, str, dict]] = field(default_factory=list)  # (escalation id, type, payload)
+    accuracy: list[tuple[str, str]] = field(default_factory=list)  # (accurate|inaccurate, reason class)
+    contacts: list[tuple[bool, tuple[str, ...]]] = field(default_factory=list)  # (repeat?, tags)
+    duplicate: bool = False
+
+
+def apply(view: dict | None, event: Envelope, topic: str, now: datetime, rules: Rules) -> tuple[dict, Outputs]:
+    view = copy.deepcopy(view) if view else new_view(event.order_id)
+    out = Outputs()
+    if event.event_id in view["seen"]:
+        out.duplicate = True
+        return view, out
+    if event.short_type != "TimerFired":  # ticks only make time pass; they are not remembered
+        view["seen"].append(event.event_id)
+        _fold(view, event, topic, out)
+        summary = SUMMARIES.get(event.short_type)
+        if summary is not None:
+            domain, text = summary(event.payload, topic)
+            entry = {"entry_id": f"{event.event_id}:entry", "domain": domain, "type": event.short_type,
+                     "summary": text, "cause_event_id": event.event_id, "cause_topic": topic,
+                     "occurred_at": event.occurred_at}
+            out.entries.append(entry)
+            view["entries"] = (view["entries"] + [entry])[-MAX_ENTRIES:]
+        for rule in rules.tags:
+            if rule.matches(event):
+                view["tags"].setdefault(rule.tag, {"source": "rule", "by": event.short_type, "at": event.occurred_at})
+        if view["last_event_at"] is None or event.occurred_at > view["last_event_at"]:
+            view["last_event_at"] = event.occurred_at
+    _escalate(view, event, now, rules, out)
+    return view, out
+
+
+def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
+    """What the event tells the view."""
+    p, kind, at = event.payload, event.short_type, event.occurred_at
+    if kind == "OrderPlaced":
+        view.update(customer=p["customer"], placed_at=at, total=p["total"])
+        for x in p["lines"]:
+            view["lines"].setdefault(x["line_id"], {})
+            view["lines"][x["line_id"]].update(name=x["name"], ordered=x["quantity"])
+        for i in p["instruments"]:
+            payment = view["payments"].setdefault(i["instrument_id"], {})
+            payment.setdefault("state", "pending")  # a payment event may have come first
+            payment["channel"] = i["channel"]
+    elif kind in ("StateTransition", "PaymentTransition"):
+        t = p["transition"] if kind == "PaymentTransition" else p
+        machine, entity = t["machine"], t["entity_id"]
+        if machine == "order":
+            view["order"]["state"] = t["to_state"]
+            view["order"]["hold_reason"] = t["reason"] if t["to_state"] == "on_hold" else ""
+        elif machine == "payment":
+            payment = view["payments"].setdefault(entity, {})
+            payment["state"] = t["to_state"]
+            if kind == "PaymentTransition":
+                b = p["balance"]
+                payment.update(channel=b["channel"], authorized=b["authorized"]["amount"],
+                               captured=b["captured"]["amount"], refunded=b["refunded"]["amount"])
+        elif machine == "fulfillment":
+            view["fulfillment"]["status"] = t["to_state"]
+        elif machine == "shipment":
+            shipment = view["shipments"].setdefault(entity, {"delayed": False})
+            shipment.update(state=t["to_state"], last_update_at=at)
+        elif machine == "return":
+            view["returns"].setdefault(entity, {})["state"] = t["to_state"]
+            if t["to_state"] == "received":
+                view["returns"][entity]["received_at"] = at
+        elif machine == "refund":
+            view["refunds"].setdefault(entity, {})["state"] = t["to_state"]
+        if t["from_state"] != t["to_state"]:
+            view["last_change_at"] = at
+    elif kind == "FulfillmentStatusChanged":
+        view["fulfillment"].update(status=p["status"], backordered=p["backordered"])
+        for x in p["lines"]:
+            line = view["lines"].setdefault(x["line_id"], {})
+            previous_eta = line.get("backorder_eta")
+            line.update({k: v for k, v in x.items() if k != "line_id"})
+            if previous_eta and x["backorder_eta"] and x["backorder_eta"] > previous_eta:
+                view["eta_slips"][x["line_id"]] = {"at": at, "eta": x["backorder_eta"], "notified": False}
+    elif kind == "TrackingUpdated":
+        shipment = view["shipments"].setdefault(p["shipment_id"], {"delayed": False})
+        shipment["last_update_at"] = at
+        if p["status"] == "DELAYED":
+            shipment["delayed"] = True
+    elif kind == "ShipmentDispatched":
+        view["shipments"].setdefault(p["shipment_id"], {"delayed": False}).update(
+            carrier=p["carrier"], tracking_number=p["tracking_number"], tracking_url=p.get("tracking_url", ""),
+            last_update_at=at)
+    elif kind == "PaymentAuthorized" and p.get("expires_at"):
+        view["payments"].setdefault(p["instrument_id"], {})["expires_at"] = p["expires_at"]
+    elif kind == "ReturnAuthorizationDecided":
+        view["returns"].setdefault(p["return_id"], {}).update(decision=p["decision"], policy=p["policy"],
+                                                              trace=p["trace"], reason=p["reason"])
+    elif kind == "RefundRequested" and topic.endswith("state-changes"):
+        refund_id = p["refund_id"].rsplit("#", 1)[0]
+        view["refunds"].setdefault(refund_id, {}).update(
+            channel=p["channel"], method=p["method"], amount=p["amount"]["amount"], return_id=p["return_id"],
+            requested_at=view["refunds"].get(refund_id, {}).get("requested_at") or at)
+    elif kind == "NotificationDelivered":
+        accurate, reason = _accuracy(view, p) if p["outcome"] == "SENT" else (None, "")
+        view["notifications"].append({"type": p["type"], "channel": p["channel"], "outcome": p["outcome"],
+                                      "subject": p["subject"], "body": p["body"], "at": at, "accurate": accurate,
+                                      "accuracy": reason, "delivery_id": p["delivery_id"]})
+        if accurate is not None:
+            out.accuracy.append(("accurate" if accurate else "inaccurate", reason or "ok"))
+        if p["type"] == "backorder_eta_changed" and p["outcome"] == "SENT":
+            for slip in view["eta_slips"].values():
+                slip["notified"] = True
+    elif kind == "ContactOpened" or kind == "ContactLogged":
+        contact_id = p["contact_id"]
+        previous = [c for c in view["contacts"] if c["at"] >= at - timedelta(days=7)]
+        repeat = bool(previous) and not (view["last_change_at"] and view["last_change_at"] > previous[-1]["at"])
+        tags = tuple(sorted(view["tags"]))
+        view["contacts"].append({"contact_id": contact_id, "channel": p["channel"], "reason": p["reason"], "at": at,
+                                 "repeat": repeat, "tags": list(tags),
+                                 "by": p["actor"]["user_id"] if "actor" in p else "support-desk"})
+        out.contacts.append((repeat, tags))
+    elif kind == "TagApplied":
+        view["tags"][p["tag"]] = {"source": "agent", "by": p["actor"]["user_id"], "at": at}
+    elif kind == "TagRemoved":
+        view["tags"].pop(p["tag"], None)
+    elif kind in ("EscalationAcknowledged", "EscalationAssigned", "EscalationResolvedByAgent"):
+        escalation = view["escalations"].get(p["escalation_id"])
+        if escalation is None:
+            return
+        user = p["actor"]["user_id"]
+        if kind == "EscalationResolvedByAgent":
+            escalation.update(state="resolved", resolved_by=user, note=p["note"])
+            out.escalations.append((p["escalation_id"], "EscalationResolved", {"by": user, "note": p["note"]}))
+        else:
+            state = "acknowledged" if kind == "EscalationAcknowledged" else "assigned"
+            escalation.update(state=state, assignee=p.get("assignee", escalation.get("assignee")))
+            out.escalations.append((p["escalation_id"], "EscalationUpdated",
+                                    {"state": state, "by": user, "note": p.get("note", p.get("assignee", ""))}))
+    elif kind == "PolicyExceptionApproved":
+        view["returns"].setdefault(p["return_id"], {})["exception_by"] = p["actor"]["user_id"]
+
+
+def _accuracy(view: dict, delivered: dict) -> tuple[bool, str]:
+    """Do the message's item-level claims match the fulfillment truth known when it was sent?"""
+    for claim in delivered["lines"]:
+        truth = view["lines"].get(claim["line_id"])
+        if truth is None or "delivered" not in truth:
+            continue
+        shipped = truth.get("shipped", 0) + truth.get("delivered", 0)
+        if claim["quantity_backordered"] != truth.get("backordered", 0):
+            return False, "backorder_quantity"
+        if claim["quantity_cancelled"] != truth.get("cancelled", 0):
+            return False, "cancelled_quantity"
+        if claim["quantity_shipped"] > shipped:
+            return False, "shipped_quantity"
+        if claim["eta"] and truth.get("backorder_eta") and claim["eta"] != truth["backorder_eta"]:
+            return False, "eta"
+    return True, ""
+
+
+# -- escalations ----------------------------------------------------------------------------------
+
+def _hours(params: dict, key: str) -> timedelta:
+    return timedelta(hours=float(params[key]))
+
+
+def _return_awaiting_inspection(view, rule, now):
+    for return_id, r in view["returns"].items():
+        if r.get("state") == "received" and r.get("received_at"):
+            due = r["received_at"] + _hours(rule.params, "after_hours")
+            yield return_id, due, f"return {return_id} received {r['received_at']:%d %b %H:%M} and not inspected"
+
+
+def _refund_past_sla(view, rule, now):
+    for refund_id, r in view["refunds"].items():
+        if r.get("state") in NON_TERMINAL_REFUNDS and r.get("requested_at"):
+            sla = timedelta(hours=rule.params["sla_hours"].get(r.get("channel"), 72))
+            yield refund_id, r["requested_at"] + sla, f"refund {refund_id} ({r.get('channel')}) past its {sla} SLA"
+
+
+def _refund_failed(view, rule, now):
+    for refund_id, r in view["refunds"].items():
+        if r.get("state") == "gave_up":
+            yield refund_id, None, f"refund {refund_id} failed for good"
+
+
+def _backorder_past_eta(view, rule, now):
+    for line_id, x in view["lines"].items():
+        if x.get("backordered") and x.get("backorder_eta"):
+            yield line_id, x["backorder_eta"], f"{x.get('name', line_id)} still backordered past its ETA " \
+                                               f"{x['backorder_eta']:%d %b}"
+
+
+def _eta_slipped_without_notice(view, rule, now):
+    for line_id, slip in view["eta_slips"].items():
+        if not slip["notified"]:
+            yield line_id, slip["at"] + _hours(rule.params, "grace_hours"), \
+                f"the ETA of {view['lines'].get(line_id, {}).get('name', line_id)} slipped to {slip['eta']:%d %b} " \
+                "and the customer was not told"
+
+
+def _shipment_silent(view, rule, now):
+    for shipment_id, s in view["shipments"].items():
+        if s.get("state") in ("dispatched", "in_transit", "out_for_delivery") and s.get("last_update_at"):
+            yield shipment_id, s["last_update_at"] + _hours(rule.params, "after_hours"), \
+                f"parcel {shipment_id} had no tracking update since {s['last_update_at']:%d %b %H:%M}"
+
+
+def _delivery_failed(view, rule, now):
+    for shipment_id, s in view["shipments"].items():
+        if s.get("state") == "delivery_failed":
+            yield shipment_id, None, f"parcel {shipment_id} could not be delivered"
+
+
+def _auth_expiring_unshipped(view, rule, now):
+    unshipped = any(x.get("unfulfilled", x.get("ordered", 0)) or x.get("backordered") for x in view["lines"].values())
+    for instrument_id, pay in view["payments"].items():
+        if pay.get("expires_at") and pay.get("state") == "authorized" and unshipped:
+            yield instrument_id, pay["expires_at"] - _hours(rule.params, "before_hours"), \
+                f"authorization on {instrument_id} expires {pay['expires_at']:%d %b %H:%M} with lines unshipped"
+
+
+def _repeat_contact(view, rule, now):
+    for contact in view["contacts"]:
+        if contact["repeat"]:
+            yield contact["contact_id"], None, f"repeat contact {contact['contact_id']} ({contact['reason']}) with no " \
+                                               "change since the previous one"
+
+
+def _policy_exception_approved(view, rule, now):
+    for return_id, r in view["returns"].items():
+        if r.get("exception_by"):
+            yield return_id, None, f"return {return_id} approved as a policy exception by {r['exception_by']}"
+
+
+CONDITIONS = {
+    "return_awaiting_inspection": _return_awaiting_inspection, "refund_past_sla": _refund_past_sla,
+    "refund_failed": _refund_failed, "backorder_past_eta": _backorder_past_eta,
+    "eta_slipped_without_notice": _eta_slipped_without_notice, "shipment_silent": _shipment_silent,
+    "delivery_failed": _delivery_failed, "auth_expiring_unshipped": _auth_expiring_unshipped,
+    "repeat_contact": _repeat_contact, "policy_exception_approved": _policy_exception_approved,
+}
+
+
+def _escalate(view: dict, event: Envelope, now: datetime, rules: Rules, out: Outputs) -> None:
+    """Open escalations whose condition holds and is due; resolve rule-opened ones that cleared."""
+    holding: set[str] = set()
+    for rule in rules.escalations:
+        for subject, due, reason in CONDITIONS[rule.kind](view, rule, now):
+            if due is not None and due > now:
+                continue
+            escalation_id = f"{view['order_id']}:{rule.rule_id}:{subject}"
+            holding.add(escalation_id)
+            current = view["escalations"].get(escalation_id)
+            if current is None or (current["state"] == "resolved" and current.get("resolved_by") == "rule"):
+                opened = (current or {}).get("times_opened", 0) + 1
+                view["escalations"][escalation_id] = {
+                    "rule": rule.rule_id, "state": "open", "reason": reason, "opened_at": now, "tags": list(rule.tags),
+                    "times_opened": opened, "assignee": None, "subject": subject}
+                for tag in rule.tags:
+                    view["tags"].setdefault(tag, {"source": "rule", "by": rule.rule_id, "at": now})
+                out.escalations.append((escalation_id, "EscalationOpened", {"rule": rule.rule_id, "reason": reason,
+                                                                           "tags": list(rule.tags)}))
+    for escalation_id, escalation in view["escalations"].items():
+        if escalation["state"] != "resolved" and escalation_id not in holding:
+            escalation.update(state="resolved", resolved_by="rule")
+            out.escalations.append((escalation_id, "EscalationResolved", {"by": "rule",
+                                                                         "note": "the condition cleared"}))
+
+
+def next_deadline(view: dict, now: datetime, rules: Rules) -> datetime | None:
+    dues = [due for rule in rules.escalations for _, due, _ in CONDITIONS[rule.kind](view, rule, now)
+            if due is not None and due > now]
+    return min(dues, default=None)
+
+
+# -- one line per thing that happened -------------------------------------------------------------
+
+def _money(m: dict) -> str:
+    return f"{m['amount']:.2f} {m['currency']}"
+
+
+def _transition(p: dict, topic: str) -> tuple[str, str]:
+    t = p.get("transition", p)
+    text = f"{t['machine']} {t['entity_id']}: {t['from_state']} → {t['to_state']}"
+    return t["machine"], text + (f" ({t['reason']})" if t.get("reason") else "")
+
+
+SUMMARIES = {
+    "OrderPlaced": lambda p, t: ("order", f"order placed: {len(p['lines'])} line(s), {_money(p['total'])}"),
+    "OrderCancelled": lambda p, t: ("order", f"cancellation requested by {p['requested_by']}: {p['reason']}"),
+    "LineCancelled": lambda p, t: ("order", f"{p['quantity']} of line {p['line_id']} cancelled: {p['reason']}"),
+    "PaymentAuthorized": lambda p, t: ("payment", f"{_money(p['amount'])} authorized on {p['instrument_id']}"),
+    "AuthorizationFailed": lambda p, t: ("payment", f"authorization failed on {p['instrument_id']}: {p['reason']}"),
+    "AuthorizationExpired": lambda p, t: ("payment", f"authorization expired on {p['instrument_id']}"),
+    "PaymentCaptured": lambda p, t: ("payment", f"{_money(p['amount'])} captured on {p['instrument_id']}"),
+    "CaptureFailed": lambda p, t: ("payment", f"capture failed on {p['instrument_id']}: {p['reason']}"),
+    "PaymentVoided": lambda p, t: ("payment", f"authorization voided on {p['instrument_id']}"),
+    "RefundSucceeded": lambda p, t: ("refund", f"{_money(p['amount'])} refunded on {p['instrument_id']}"),
+    "RefundFailed": lambda p, t: ("refund", f"refund failed on {p['instrument_id']}: {p['reason']}"),
+    "Chargeback": lambda p, t: ("payment", f"chargeback of {_money(p['amount'])}: {p['reason']}"),
+    "ShipmentCreated": lambda p, t: ("fulfillment", f"parcel {p['shipment_id']} packed: " + ", ".join(
+        f"{x['quantity']} × {x['line_id']}" for x in p["lines"])),
+    "ShipmentDispatched": lambda p, t: ("fulfillment", f"parcel {p['shipment_id']} dispatched with {p['carrier']} "
+                                                       f"({p['tracking_number']})"),
+    "TrackingUpdated": lambda p, t: ("fulfillment", f"parcel {p['shipment_id']}: {p['status'].lower()} {p['detail']}"),
+    "ShipmentDelivered": lambda p, t: ("fulfillment", f"parcel {p['shipment_id']} delivered"),
+    "DeliveryFailed": lambda p, t: ("fulfillment", f"parcel {p['shipment_id']} delivery failed: {p['reason']}"),
+    "ReturnedToSender": lambda p, t: ("fulfillment", f"parcel {p['shipment_id']} returned to sender"),
+    "LineBackordered": lambda p, t: ("fulfillment", f"{p['quantity']} of line {p['line_id']} backordered until "
+                                                    f"{p['eta']:%d %b}"),
+    "BackorderEtaChanged": lambda p, t: ("fulfillment", f"line {p['line_id']} now expected {p['eta']:%d %b}"),
+    "LineShortShipped": lambda p, t: ("fulfillment", f"{p['quantity']} of line {p['line_id']} short-shipped"),
+    "LineCancelledByWarehouse": lambda p, t: ("fulfillment", f"{p['quantity']} of line {p['line_id']} cancelled by "
+                                                             f"the warehouse: {p['reason']}"),
+    "ReturnRequested": lambda p, t: ("return", f"return {p['return_id']} requested: " + ", ".join(
+        f"{x['quantity']} × {x['line_id']} ({x['reason'].lower()})" for x in p["lines"])),
+    "ReturnReceived": lambda p, t: ("return", f"return {p['return_id']} received"),
+    "InspectionCompleted": lambda p, t: ("return", f"return {p['return_id']} inspected: " + ", ".join(
+        f"{x['quantity']} × {x['line_id']} {x['outcome'].lower()}" for x in p["results"])),
+    "ContactOpened": lambda p, t: ("support", f"customer contact by {p['channel'].lower()}: {p['reason']}"),
+    "ContactResolved": lambda p, t: ("support", f"contact {p['contact_id']} resolved: {p['resolution']}"),
+    "ContactLogged": lambda p, t: ("support", f"{p['actor']['user_id']} logged a {p['channel'].lower()} contact: "
+                                              f"{p['reason']}"),
+    "NoteAdded": lambda p, t: ("support", f"{p['actor']['user_id']}: {p['note']}"),
+    "TagApplied": lambda p, t: ("support", f"{p['actor']['user_id']} tagged {p['tag']}"),
+    "TagRemoved": lambda p, t: ("support", f"{p['actor']['user_id']} removed tag {p['tag']}"),
+    "EscalationAcknowledged": lambda p, t: ("escalation", f"{p['actor']['user_id']} acknowledged {p['escalation_id']}"),
+    "EscalationAssigned": lambda p, t: ("escalation", f"{p['escalation_id']} assigned to {p['assignee']}"),
+    "EscalationResolvedByAgent": lambda p, t: ("escalation", f"{p['actor']['user_id']} resolved {p['escalation_id']}: "
+                                                             f"{p['note']}"),
+    "PolicyExceptionApproved": lambda p, t: ("return", f"{p['actor']['user_id']} approved return {p['return_id']} as "
+                                                       f"an exception: {p['reason']}"),
+    "StateTransition": _transition,
+    "PaymentTransition": _transition,
+    "EventParked": lambda p, t: ("audit", f"{p['cause_type'].rsplit('.', 1)[-1]} waits for {p['waiting_for']}"),
+    "EventRejected": lambda p, t: ("audit", f"{p['cause_type'].rsplit('.', 1)[-1]} rejected ({p['reason_code']}): "
+                                            f"{p['reason']}"),
+    "ReturnAuthorizationDecided": lambda p, t: ("return", f"return {p['return_id']} {p['decision'].lower()} under "
+                                                          f"{p['policy']}: {p['reason']}"),
+    "NotificationDelivered": lambda p, t: ("notification", f"{p['type'].replace('_', ' ')} by {p['channel']}: "
+                                                           f"{p['outcome'].lower()}"
+                                                           + (f" ({p['reason']})" if p["reason"] else "")),
+}
