@@ -191,7 +191,7 @@ class Service:
 
     # -- timers -------------------------------------------------------------------------------
 
-    def enable_timers(self) -> faust.TopicT:
+    def enable_timers(self, sweep: bool = True) -> faust.TopicT:
         """Deadlines per order, and a sweep that turns due ones into ``TimerFired`` events.
 
         Returns the channel of this processor's timer topic: its agent must read it (alongside
@@ -202,7 +202,6 @@ class Service:
         self._deadlines = self.table("deadlines", default=None)
         deadlines = self._deadlines
 
-        @self.app.timer(interval=self.settings.timer_interval_seconds)
         async def sweep_deadlines() -> None:
             now = self.clock.now()
             for order_id, due in list(deadlines.items()):
@@ -212,6 +211,8 @@ class Service:
                         occurred_at=now, source=self.name, type="orderops.common.TimerFired",
                         payload={"due_at": datetime.fromisoformat(due), "fired_at": now}).to_record())
 
+        if sweep:
+            self.app.timer(interval=self.settings.timer_interval_seconds)(sweep_deadlines)
         return self.topic(timers)
 
     def schedule(self, order_id: str, due: datetime | None) -> None:

@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from orderops.catalog import (
+    FULFILLMENT_STATE_CHANGES,
+    NOTIFICATIONS_DELIVERIES,
+    ORDERS_STATE_CHANGES,
+    PAYMENTS_EVENTS,
+    STOREFRONT_ORDERS,
+    SUPPORT_CONTACTS,
+    WAREHOUSE_FULFILLMENT,
+    Topic,
+)
 from orderops.envelope import Envelope
+from orderops.scenario import address
 
 T0 = datetime(2026, 11, 2, 9, tzinfo=UTC)
 ETA = datetime(2026, 11, 12, tzinfo=UTC)
@@ -13,24 +24,25 @@ ETA = datetime(2026, 11, 12, tzinfo=UTC)
 
 class Feed:
     def __init__(self, order_id: str = "o-1") -> None:
-        self.order_id, self.at, self.events, self.n = order_id, T0, [], 0
+        self.order_id, self.at, self.events, self.n, self.topics = order_id, T0, [], 0, []
 
     def after(self, **delta) -> Feed:
         self.at += timedelta(**delta)
         return self
 
-    def add(self, topic: str, type_name: str, **payload) -> Envelope:
+    def add(self, topic: Topic, type_name: str, **payload) -> Envelope:
         self.n += 1
         namespace = {"StateTransition": "common", "PaymentTransition": "orderstate", "EventParked": "common",
                      "EventRejected": "common", "FulfillmentStatusChanged": "fulfillment", "NotificationDelivered":
                      "notifications", "ReturnAuthorizationDecided": "returns", "RefundRequested": "returns"}.get(
-                         type_name, topic.split(".")[0])
-        event = Envelope(f"{self.order_id}:{self.n}:{type_name}", self.order_id, self.at, topic,
+                         type_name, topic.name.split(".")[0])
+        event = Envelope(f"{self.order_id}:{self.n}:{type_name}", self.order_id, self.at, topic.writers[0],
                          f"orderops.{namespace}.{type_name}", payload)
-        self.events.append((topic, event))
+        self.events.append((topic.name, event))
+        self.topics.append(topic)
         return event
 
-    def transition(self, topic: str, machine: str, entity: str, before: str, after: str, reason: str = "") -> Envelope:
+    def transition(self, topic: Topic, machine: str, entity: str, before: str, after: str, reason: str = "") -> Envelope:
         return self.add(topic, "StateTransition", machine=machine, entity_id=entity, from_state=before, to_state=after,
                         cause_event_id="c", cause_type="orderops.x.Y", reason=reason)
 
@@ -48,32 +60,32 @@ def line_snapshot(line_id, ordered, backordered=0, shipped=0, delivered=0, eta=N
 
 def split_order_story() -> Feed:
     f = Feed()
-    f.add("storefront.orders", "OrderPlaced", customer={"customer_id": "c-1", "email": "ada@example.com", "name": "Ada",
+    f.add(STOREFRONT_ORDERS, "OrderPlaced", customer={"customer_id": "c-1", "email": "ada@example.com", "name": "Ada",
                                                         "locale": "en", "phone": None},
           lines=[{"line_id": "l1", "sku": "s", "name": "Blue mug", "category": "home", "quantity": 2,
                   "unit_price": money(10), "final_sale": False},
                  {"line_id": "l2", "sku": "s", "name": "Teapot", "category": "home", "quantity": 1,
                   "unit_price": money(40), "final_sale": False}],
           instruments=[{"instrument_id": "card-1", "channel": "CARD", "amount": money(60), "provider": "visa"}],
-          shipping_address={}, total=money(60), promised_delivery_by=None)
-    f.transition("orders.state-changes", "order", "o-1", "new", "pending_payment")
-    f.after(minutes=2).add("payments.events", "PaymentAuthorized", instrument_id="card-1", amount=money(60),
+          shipping_address=address(), total=money(60), promised_delivery_by=None)
+    f.transition(ORDERS_STATE_CHANGES, "order", "o-1", "new", "pending_payment")
+    f.after(minutes=2).add(PAYMENTS_EVENTS, "PaymentAuthorized", instrument_id="card-1", amount=money(60),
                            authorization_id="a", expires_at=T0 + timedelta(days=7))
-    f.add("orders.state-changes", "PaymentTransition", transition={
+    f.add(ORDERS_STATE_CHANGES, "PaymentTransition", transition={
         "machine": "payment", "entity_id": "card-1", "from_state": "pending", "to_state": "authorized",
         "cause_event_id": "c", "cause_type": "orderops.payments.PaymentAuthorized", "reason": ""},
         balance={"instrument_id": "card-1", "channel": "CARD", "authorized": money(60), "captured": money(0),
                  "refunded": money(0)})
-    f.transition("orders.state-changes", "order", "o-1", "pending_payment", "confirmed")
-    f.after(hours=3).add("warehouse.fulfillment", "LineBackordered", line_id="l2", quantity=1, eta=ETA)
-    f.add("fulfillment.state-changes", "FulfillmentStatusChanged", status="unfulfilled", backordered=True,
+    f.transition(ORDERS_STATE_CHANGES, "order", "o-1", "pending_payment", "confirmed")
+    f.after(hours=3).add(WAREHOUSE_FULFILLMENT, "LineBackordered", line_id="l2", quantity=1, eta=ETA)
+    f.add(FULFILLMENT_STATE_CHANGES, "FulfillmentStatusChanged", status="unfulfilled", backordered=True,
           lines=[line_snapshot("l1", 2), line_snapshot("l2", 1, backordered=1, eta=ETA)])
-    f.after(hours=2).add("warehouse.fulfillment", "ShipmentDispatched", shipment_id="P1", carrier="DHL",
+    f.after(hours=2).add(WAREHOUSE_FULFILLMENT, "ShipmentDispatched", shipment_id="P1", carrier="DHL",
                          tracking_number="JD1", tracking_url="https://track.example/JD1", estimated_delivery=None)
-    f.transition("fulfillment.state-changes", "shipment", "P1", "created", "dispatched")
-    f.add("fulfillment.state-changes", "FulfillmentStatusChanged", status="partially_shipped", backordered=True,
+    f.transition(FULFILLMENT_STATE_CHANGES, "shipment", "P1", "created", "dispatched")
+    f.add(FULFILLMENT_STATE_CHANGES, "FulfillmentStatusChanged", status="partially_shipped", backordered=True,
           lines=[line_snapshot("l1", 2, shipped=2), line_snapshot("l2", 1, backordered=1, eta=ETA)])
-    f.add("notifications.deliveries", "NotificationDelivered", delivery_id="n1/email", notification_ids=["n1"],
+    f.add(NOTIFICATIONS_DELIVERIES, "NotificationDelivered", delivery_id="n1/email", notification_ids=["n1"],
           type="shipment_dispatched", channel="email", outcome="SENT", attempts=1, subject="A parcel is on the way",
           body="2 of 3 items shipped", lines=[
               {"line_id": "l1", "name": "Blue mug", "quantity_in_this_shipment": 2, "quantity_shipped": 2,
@@ -82,8 +94,8 @@ def split_order_story() -> Feed:
               {"line_id": "l2", "name": "Teapot", "quantity_in_this_shipment": 0, "quantity_shipped": 0,
                "quantity_delivered": 0, "quantity_backordered": 1, "quantity_cancelled": 0, "eta": ETA,
                "shipment_id": None}], amounts=[], reason="")
-    f.after(days=1).add("support.contacts", "ContactOpened", contact_id="k1", customer_id="c-1", channel="EMAIL",
+    f.after(days=1).add(SUPPORT_CONTACTS, "ContactOpened", contact_id="k1", customer_id="c-1", channel="EMAIL",
                         reason="where is my teapot?")
-    f.after(days=1).add("support.contacts", "ContactOpened", contact_id="k2", customer_id="c-1", channel="PHONE",
+    f.after(days=1).add(SUPPORT_CONTACTS, "ContactOpened", contact_id="k2", customer_id="c-1", channel="PHONE",
                         reason="still no teapot")
     return f

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from story import ETA, T0, split_order_story
 
+from orderops.catalog import FULFILLMENT_STATE_CHANGES, SUPPORT_ACTIONS, TIMELINE, TIMER_TOPICS
 from timeline import domain
 from timeline.domain import Rules
 
@@ -27,7 +28,7 @@ def tick(view, now):
 
     event = Envelope(f"tick:{now.isoformat()}", view["order_id"], now, "timeline", "orderops.common.TimerFired",
                      {"due_at": now, "fired_at": now})
-    return domain.apply(view, event, "timeline.timers", now, RULES)
+    return domain.apply(view, event, TIMER_TOPICS[TIMELINE].name, now, RULES)
 
 
 def test_every_event_becomes_one_entry_with_a_human_summary():
@@ -80,7 +81,7 @@ def test_aging_escalations_open_when_due_and_resolve_when_cleared():
     f = Feed()
     f.at = ETA + timedelta(hours=2)
     f.n = 100
-    f.add("fulfillment.state-changes", "FulfillmentStatusChanged", status="shipped", backordered=False,
+    f.add(FULFILLMENT_STATE_CHANGES, "FulfillmentStatusChanged", status="shipped", backordered=False,
           lines=[line_snapshot("l1", 2, shipped=2), line_snapshot("l2", 1, shipped=1)])
     view, outputs = feed(f.events, now=ETA + timedelta(hours=2), view=view)
     resolved = [e[0] for out in outputs for e in out.escalations if e[1] == "EscalationResolved"]
@@ -93,7 +94,7 @@ def test_an_eta_slip_without_a_notice_escalates_after_the_grace_period():
     view, _ = feed(split_order_story().events)
     f = Feed()
     f.at, f.n = T0 + timedelta(days=3), 200
-    f.add("fulfillment.state-changes", "FulfillmentStatusChanged", status="partially_shipped", backordered=True,
+    f.add(FULFILLMENT_STATE_CHANGES, "FulfillmentStatusChanged", status="partially_shipped", backordered=True,
           lines=[line_snapshot("l1", 2, shipped=2), line_snapshot("l2", 1, backordered=1, eta=ETA + timedelta(days=4))])
     view, _ = feed(f.events, view=view)
     view, out = tick(view, T0 + timedelta(days=3, hours=11))
@@ -110,9 +111,9 @@ def test_agents_acknowledge_and_resolve_and_a_resolved_escalation_stays_resolved
     f = Feed()
     f.at, f.n = T0 + timedelta(days=3), 300
     actor = {"user_id": "lee", "role": "lead"}
-    f.add("support.actions", "EscalationAcknowledged", actor=actor, escalation_id=escalation_id, note="on it")
-    f.add("support.actions", "EscalationResolvedByAgent", actor=actor, escalation_id=escalation_id, note="called back")
-    f.add("support.actions", "TagApplied", actor=actor, tag="vip", target_kind="order", target_id="o-1")
+    f.add(SUPPORT_ACTIONS, "EscalationAcknowledged", actor=actor, escalation_id=escalation_id, note="on it")
+    f.add(SUPPORT_ACTIONS, "EscalationResolvedByAgent", actor=actor, escalation_id=escalation_id, note="called back")
+    f.add(SUPPORT_ACTIONS, "TagApplied", actor=actor, tag="vip", target_kind="order", target_id="o-1")
     view, outputs = feed(f.events, view=view)
     kinds = [e[1] for out in outputs for e in out.escalations]
     assert kinds == ["EscalationUpdated", "EscalationResolved"]

@@ -9,7 +9,11 @@ from timeline import domain
 from timeline.app import ACCURACY, CONTACTS, ESCALATIONS, RULES, service, views
 from timeline.records import publishable
 
-service.enable_timers()
+# Live, aging follows the wall clock and a sweep brings due orders back. Replaying
+# (ORDEROPS_CLOCK=event), an order ages with its own latest event time and nothing sweeps: the same
+# events then give the same escalations, whatever else the replay reads and in whatever interleaving.
+LIVE = service.settings.clock == "wall"
+service.enable_timers(sweep=LIVE)
 TIMERS = catalog.TIMER_TOPICS[service.name]
 
 
@@ -20,7 +24,13 @@ async def join(stream):
             envelope = service.decode(event)
             stored = views.get(envelope.order_id)
             ticked = event.message.topic == TIMERS.name
-            now = envelope.payload["fired_at"] if ticked else service.clock.now()
+            if ticked:
+                now = envelope.payload["fired_at"]
+            elif LIVE:
+                now = service.clock.now()
+            else:
+                last = from_json(stored)["last_event_at"] if stored else None
+                now = max(envelope.occurred_at, last) if last else envelope.occurred_at
             view, out = domain.apply(from_json(stored) if stored else None, envelope, event.message.topic, now, RULES)
             if out.duplicate:
                 DUPLICATES.labels(service.name).inc()

@@ -18,6 +18,7 @@ import yaml
 from orderops.envelope import Envelope
 
 MAX_ENTRIES = 500  # timeline entries kept in the view (the topic keeps all)
+MAX_TRUTHS = 50  # fulfillment snapshots kept to judge what messages claimed
 NON_TERMINAL_REFUNDS = ("requested", "failed")
 
 
@@ -91,7 +92,7 @@ def new_view(order_id: str) -> dict[str, Any]:
                                                                                           "backordered": False},
             "lines": {}, "shipments": {}, "returns": {}, "refunds": {}, "notifications": [], "contacts": [],
             "escalations": {}, "tags": {}, "entries": [], "last_event_at": None, "last_change_at": None,
-            "eta_slips": {}, "seen": []}
+            "eta_slips": {}, "truths": [], "seen": []}
 
 
 @dataclass
@@ -169,6 +170,9 @@ def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
             view["last_change_at"] = at
     elif kind == "FulfillmentStatusChanged":
         view["fulfillment"].update(status=p["status"], backordered=p["backordered"])
+        truth = {"at": at, "lines": {x["line_id"]: x for x in p["lines"]}}
+        view["truths"] = sorted(view["truths"] + [truth], key=lambda t: t["at"])[-MAX_TRUTHS:]
+        _judge_notifications(view, out)
         for x in p["lines"]:
             line = view["lines"].setdefault(x["line_id"], {})
             previous_eta = line.get("backorder_eta")
@@ -195,12 +199,10 @@ def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
             channel=p["channel"], method=p["method"], amount=p["amount"]["amount"], return_id=p["return_id"],
             requested_at=view["refunds"].get(refund_id, {}).get("requested_at") or at)
     elif kind == "NotificationDelivered":
-        accurate, reason = _accuracy(view, p) if p["outcome"] == "SENT" else (None, "")
         view["notifications"].append({"type": p["type"], "channel": p["channel"], "outcome": p["outcome"],
-                                      "subject": p["subject"], "body": p["body"], "at": at, "accurate": accurate,
-                                      "accuracy": reason, "delivery_id": p["delivery_id"]})
-        if accurate is not None:
-            out.accuracy.append(("accurate" if accurate else "inaccurate", reason or "ok"))
+                                      "subject": p["subject"], "body": p["body"], "at": at, "accurate": None,
+                                      "accuracy": "", "delivery_id": p["delivery_id"], "claims": p["lines"]})
+        _judge_notifications(view, out)
         if p["type"] == "backorder_eta_changed" and p["outcome"] == "SENT":
             for slip in view["eta_slips"].values():
                 slip["notified"] = True
@@ -224,21 +226,37 @@ def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
         user = p["actor"]["user_id"]
         if kind == "EscalationResolvedByAgent":
             escalation.update(state="resolved", resolved_by=user, note=p["note"])
-            out.escalations.append((p["escalation_id"], "EscalationResolved", {"by": user, "note": p["note"]}))
+            out.escalations.append((p["escalation_id"], "EscalationResolved", {"by": user, "note": p["note"], "at": at}))
         else:
             state = "acknowledged" if kind == "EscalationAcknowledged" else "assigned"
             escalation.update(state=state, assignee=p.get("assignee", escalation.get("assignee")))
             out.escalations.append((p["escalation_id"], "EscalationUpdated",
-                                    {"state": state, "by": user, "note": p.get("note", p.get("assignee", ""))}))
+                                    {"state": state, "by": user, "note": p.get("note", p.get("assignee", "")), "at": at}))
     elif kind == "PolicyExceptionApproved":
         view["returns"].setdefault(p["return_id"], {})["exception_by"] = p["actor"]["user_id"]
 
 
-def _accuracy(view: dict, delivered: dict) -> tuple[bool, str]:
-    """Do the message's item-level claims match the fulfillment truth known when it was sent?"""
-    for claim in delivered["lines"]:
-        truth = view["lines"].get(claim["line_id"])
-        if truth is None or "delivered" not in truth:
+def _judge_notifications(view: dict, out: Outputs) -> None:
+    """Judge each sent message's claims against the fulfillment truth at its send time: the
+    latest status snapshot at or before it. A snapshot may arrive after the message (another
+    topic), so verdicts are judged again on every arrival; the first verdict is counted."""
+    for note in view["notifications"]:
+        if note["outcome"] != "SENT" or not note["claims"]:
+            continue
+        truths = [t for t in view["truths"] if t["at"] <= note["at"]]
+        if not truths:
+            continue
+        accurate, reason = _accuracy(truths[-1]["lines"], note["claims"])
+        if note["accurate"] is None:
+            out.accuracy.append(("accurate" if accurate else "inaccurate", reason or "ok"))
+        note["accurate"], note["accuracy"] = accurate, reason
+
+
+def _accuracy(lines: dict, claims: list[dict]) -> tuple[bool, str]:
+    """Do the message's item-level claims match these line quantities?"""
+    for claim in claims:
+        truth = lines.get(claim["line_id"])
+        if truth is None:
             continue
         shipped = truth.get("shipped", 0) + truth.get("delivered", 0)
         if claim["quantity_backordered"] != truth.get("backordered", 0):
@@ -348,18 +366,22 @@ def _escalate(view: dict, event: Envelope, now: datetime, rules: Rules, out: Out
             current = view["escalations"].get(escalation_id)
             if current is None or (current["state"] == "resolved" and current.get("resolved_by") == "rule"):
                 opened = (current or {}).get("times_opened", 0) + 1
+                # Stamped with when it became due (or its cause's event time), not when it was processed.
+                opened_at = due or event.occurred_at
                 view["escalations"][escalation_id] = {
-                    "rule": rule.rule_id, "state": "open", "reason": reason, "opened_at": now, "tags": list(rule.tags),
+                    "rule": rule.rule_id, "state": "open", "reason": reason, "opened_at": opened_at,
+                    "tags": list(rule.tags),
                     "times_opened": opened, "assignee": None, "subject": subject}
                 for tag in rule.tags:
-                    view["tags"].setdefault(tag, {"source": "rule", "by": rule.rule_id, "at": now})
+                    view["tags"].setdefault(tag, {"source": "rule", "by": rule.rule_id, "at": opened_at})
                 out.escalations.append((escalation_id, "EscalationOpened", {"rule": rule.rule_id, "reason": reason,
-                                                                           "tags": list(rule.tags)}))
+                                                                           "tags": list(rule.tags),
+                                                                           "at": opened_at}))
     for escalation_id, escalation in view["escalations"].items():
         if escalation["state"] != "resolved" and escalation_id not in holding:
             escalation.update(state="resolved", resolved_by="rule")
-            out.escalations.append((escalation_id, "EscalationResolved", {"by": "rule",
-                                                                         "note": "the condition cleared"}))
+            out.escalations.append((escalation_id, "EscalationResolved", {"by": "rule", "note": "the condition cleared",
+                                                                         "at": event.occurred_at}))
 
 
 def next_deadline(view: dict, now: datetime, rules: Rules) -> datetime | None:

@@ -22,7 +22,9 @@ def publishable(view: dict, out: Outputs, cause: Envelope, now: datetime) -> Ite
         escalation = view["escalations"][escalation_id]
         suffix = {"EscalationOpened": f"opened:{escalation.get('times_opened', 1)}",
                   "EscalationResolved": f"resolved:{escalation.get('times_opened', 1)}"}.get(kind, f"{cause.event_id}")
-        yield SUPPORT_ESCALATIONS, Envelope(f"{escalation_id}:{suffix}", view["order_id"], now, SOURCE, NS + kind,
+        facts = dict(facts)
+        at = facts.pop("at")
+        yield SUPPORT_ESCALATIONS, Envelope(f"{escalation_id}:{suffix}", view["order_id"], at, SOURCE, NS + kind,
                                             {"escalation_id": escalation_id, **facts}).to_record()
     if out.entries or out.escalations:
         yield SUPPORT_ORDER_VIEWS, Envelope(f"{cause.event_id}:view", view["order_id"], view["last_event_at"] or now,
