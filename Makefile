@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 SERVICES := $(sort $(wildcard services/*/pyproject.toml)) tools/pyproject.toml
 export ORDEROPS_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: help venv kafka-up kafka-down kafka-status topics run stop status test test-unit lint clean
+.PHONY: browser help venv kafka-up kafka-down kafka-status topics run stop status test test-unit lint clean
 
 help:
 	@echo "make run           broker, topics, every processor, the simulator; prints where to look"
@@ -46,16 +46,20 @@ kafka-status:
 topics: kafka-up
 	@$(BIN)/orderops topics create
 
+# The simulator compresses time (a day per minute): processors follow event time, so orders age
+# into escalations as the simulated days pass. ORDEROPS_CLOCK=wall for a live feed.
 run: topics
 	@$(BIN)/orderops policies publish
-	@$(BIN)/orderops processors start
+	@ORDEROPS_CLOCK=$${ORDEROPS_CLOCK:-event} $(BIN)/orderops processors start
 	@echo
-	@echo "orderops is up. Built so far: the broker, every topic, order-state, fulfillment, returns, notifier (the timeline comes with its issue)."
+	@echo "orderops is up: the broker, every topic, the return policies, all five processors and the simulator."
+	@echo "  CONSOLE      http://127.0.0.1:6105/   support console (API: /openapi.json; escalations appear as simulated days pass)"
 	@echo "  broker       $${KAFKA_BOOTSTRAP:-127.0.0.1:$${KAFKA_PORT:-9092}}   logs: .run/kafka/logs/"
 	@echo "  order-state  http://127.0.0.1:6101/orders/<order id>   /healthz   /metrics   log: .run/logs/order-state.log"
 	@echo "  fulfillment  http://127.0.0.1:6102/orders/<order id>/fulfillment   log: .run/logs/fulfillment.log"
 	@echo "  returns      http://127.0.0.1:6103/orders/<order id>/returns   policies: $(BIN)/orderops policies list"
 	@echo "  notifier     http://127.0.0.1:6104/orders/<order id>/notifications   log: .run/logs/notifier.log"
+	@echo "  timeline     http://127.0.0.1:6105/orders/<order id>   /timeline   log: .run/logs/timeline.log"
 	@echo "  messages     emails as files in .run/sinks/mail/, webhooks in .run/sinks/webhooks/ (list: http://127.0.0.1:6180/)"
 	@echo "  simulator    feeding orders at a gentle rate (a simulated day per minute)   log: .run/logs/simulator.log"
 	@echo "  topics       $(BIN)/orderops topics list"
@@ -71,8 +75,14 @@ status:
 
 # The broker fixture (orderops.brokers) uses KAFKA_BOOTSTRAP, else testcontainers when Docker
 # answers, else starts the embedded broker through deploy/kafka/kafka.sh and stops it after.
-test: venv
+test: venv browser
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The support console is tested in a real headless browser: Debian's chromium (Playwright drives it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the console test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || \
+	  { echo "could not install chromium (apt-get as root is needed); install it and retry" >&2; exit 1; }; }
 
 test-unit: venv
 	$(BIN)/pytest -m "not broker" $(PYTEST_ARGS)

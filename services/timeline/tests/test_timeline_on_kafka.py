@@ -121,7 +121,7 @@ async def test_view_api_and_replay(catalog_topics, run_id, tmp_path):
         for topic in (SUPPORT_TIMELINE, SUPPORT_ESCALATIONS):
             # Every record id written by both instances, byte for byte the same (a replay that
             # decided differently would leave an id written once, and this would time out).
-            both = records(bootstrap, topic, order_id, lambda got: _twice(got, topic))
+            both = records(bootstrap, topic, order_id, lambda got, topic=topic: _twice(got, topic))
             assert len(both) >= (sent - 2 if topic is SUPPORT_TIMELINE else 3)
             for event_id, values in both.items():
                 assert values[0] == values[1], f"{topic.name} {event_id} differs between live and replay"

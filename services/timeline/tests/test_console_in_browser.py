@@ -1,0 +1,69 @@
+"""The support console in a real headless browser (Debian's chromium, driven by Playwright):
+search an order, see its timeline and a backordered line's ETA, add a tag and resolve an
+escalation — and the effect shows up on support.actions with the acting user."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+
+import pytest
+from playwright.async_api import async_playwright
+from test_timeline_on_kafka import publish, start
+
+from orderops.catalog import SUPPORT_ACTIONS
+from orderops.testing import decode_all, poll_json, read_topic
+
+pytestmark = pytest.mark.broker
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium: `make test` installs it (make browser)")
+async def test_an_agent_works_an_order_in_the_console(catalog_topics, run_id, tmp_path):
+    bootstrap = catalog_topics
+    order_id = f"ui-{run_id}"
+    timeline = start(bootstrap, f"ui{run_id}", tmp_path)
+    try:
+        await timeline.wait_ready()
+        publish(bootstrap, order_id)
+        await poll_json(timeline, f"/orders/{order_id}", lambda v: any(e["state"] == "open"
+                                                                       for e in v["escalations"].values()), timeout=120)
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = await browser.new_page()
+            async def answer(dialog) -> None:  # the console asks how it was resolved
+                await dialog.accept("called the customer back")
+
+            page.on("dialog", answer)
+            await page.goto(timeline.url + "/")
+            await page.fill("#user", "lee")
+            await page.select_option("#role", "lead")
+            await page.fill("#q", order_id)
+            await page.click("#search button")
+            await page.wait_for_selector("#order-state")
+            assert await page.inner_text("#order-state") == "confirmed"
+            assert await page.inner_text("#fulfillment-state") == "partially_shipped"
+            teapot = page.locator("#lines tr", has_text="Teapot")
+            assert "ETA 2026-11-12" in await teapot.inner_text()
+            timeline_text = await page.inner_text("#timeline")
+            assert "1 of line l2 backordered until 12 Nov" in timeline_text and "parcel P1 dispatched" in timeline_text
+            await page.uncheck("#filters input[data-domain='support']")
+            assert not await page.locator("#timeline [data-domain='support']").first.is_visible()
+
+            await page.fill("#newtag", "vip")
+            await page.click("#tagform button")
+            await page.wait_for_selector("#tags .tag:has-text('vip')", timeout=20000)
+            # Acting stamps the order with today's time, so more escalations may come due: resolve the
+            # repeat-contact one and wait for its button to go.
+            repeat = "#escalations [data-resolve*='repeat-contact']"
+            await page.click(repeat)
+            await page.wait_for_function(f"!document.querySelector(\"{repeat}\")", timeout=20000)
+            await browser.close()
+
+        actions = decode_all(read_topic(bootstrap, SUPPORT_ACTIONS.name, keep=lambda m: m.key() == order_id.encode(),
+                                        until=lambda got: len(got) >= 2), SUPPORT_ACTIONS)
+        assert [(a.short_type, a.payload["actor"]["user_id"]) for a in actions] == [
+            ("TagApplied", "lee"), ("EscalationResolvedByAgent", "lee")]
+        assert actions[1].payload["note"] == "called the customer back"
+    finally:
+        timeline.stop(signal.SIGKILL)
