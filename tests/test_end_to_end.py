@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import email
+import os
 import signal
+import subprocess
+import sys
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -74,6 +77,9 @@ def payment_provider(bootstrap: str, order_id: str, stop: threading.Event) -> No
 
 async def test_an_order_from_checkout_to_refund(catalog_topics, run_id, tmp_path):
     bootstrap = catalog_topics
+    published = subprocess.run([sys.executable, "-m", "orderops.cli", "policies", "publish"], capture_output=True,
+                               text=True, env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap})
+    assert published.returncode == 0, published.stderr  # as `make run` does
     mailbox = Mailbox()
     smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
     smtp.start()

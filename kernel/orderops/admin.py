@@ -55,6 +55,8 @@ def create_topics(topics: tuple[Topic, ...] = ALL_TOPICS, settings: KafkaSetting
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise
                 report.existing.append(name)
+    if report.created:
+        _wait_for_leaders(admin, report.created)
     present = [t for t in topics if t.name in metadata.topics]
     report.existing += [t.name for t in present]
     if present:
@@ -72,6 +74,19 @@ def create_topics(topics: tuple[Topic, ...] = ALL_TOPICS, settings: KafkaSetting
             if diffs:
                 report.differing[t.name] = diffs
     return report
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float = 30) -> None:
+    """A created topic is usable once every partition has a leader; return only then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metadata = admin.list_topics(timeout=10)
+        pending = [n for n in names if n not in metadata.topics or metadata.topics[n].error is not None
+                   or any(p.leader < 0 for p in metadata.topics[n].partitions.values())]
+        if not pending:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"topics without partition leaders after {timeout:.0f}s: {pending}; check the broker's log")
 
 
 def wait_for_broker(bootstrap: str, timeout: float, alive=lambda: True) -> float:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as CTopicPartition
 
 from orderops.catalog import Topic
@@ -45,7 +46,7 @@ def read_all(bootstrap: str, topic: Topic, codec: Codec | None = None, timeout: 
             raise BrokerUnavailable(f"{topic.name}: {metadata.topics[topic.name].error.str()} "
                                     "(create the topics: make topics)")
         partitions = list(metadata.topics[topic.name].partitions)
-        ends = {p: consumer.get_watermark_offsets(CTopicPartition(topic.name, p), timeout=timeout)[1] for p in partitions}
+        ends = {p: _end_offset(consumer, topic.name, p, timeout) for p in partitions}
         pending = {p for p, end in ends.items() if end > 0}
         consumer.assign([CTopicPartition(topic.name, p, OFFSET_BEGINNING) for p in pending])
         latest: dict[str, dict] = {}
@@ -65,6 +66,21 @@ def read_all(bootstrap: str, topic: Topic, codec: Codec | None = None, timeout: 
         return latest
     finally:
         consumer.close()
+
+
+def _end_offset(consumer: Consumer, topic: str, partition: int, timeout: float) -> int:
+    """The partition's end offset, retried while the broker is still electing its leader."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(CTopicPartition(topic, partition), timeout=timeout)[1]
+        except KafkaException as exc:
+            error = exc.args[0]
+            electing = error.code() in (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                                        KafkaError.UNKNOWN_TOPIC_OR_PART)
+            if not (electing or error.retriable()) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 class GlobalView:

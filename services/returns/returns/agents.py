@@ -29,6 +29,6 @@ returns_and_refunds = service.state_machine_agent(
     apply=lambda state, event, topic, now: domain.apply(state, event, topic, now, PARK_FOR, current_policies()),
     expire=lambda state, now, topic: domain.expire(state, now, PARK_FOR, current_policies(), topic),
     publish=publishable,
-    deadline=domain.next_deadline,
+    deadline=lambda state: domain.next_deadline(state, PARK_FOR),
     observe=observe,
 )

@@ -636,8 +636,15 @@ def expire(state: ReturnsState, now: datetime, park_for: timedelta, policies: Po
     return Outcome(state, tuple(records))
 
 
-def next_deadline(state: ReturnsState) -> datetime | None:
-    candidates = [workflow.earliest_park_deadline(state), *(_close_due(state, r) for r in state.returns)]
+POLICY_RETRY = timedelta(seconds=30)
+
+
+def next_deadline(state: ReturnsState, park_for: timedelta) -> datetime | None:
+    """Deadlines of parked events and closings; an event waiting for a policy is retried soon after
+    it parked (the policy may be published any moment) and then at every sweep until its deadline."""
+    waiting_for_policy = [p.deadline - park_for + POLICY_RETRY for p in state.parked if "policy" in p.waiting_for]
+    candidates = [workflow.earliest_park_deadline(state), *waiting_for_policy,
+                  *(_close_due(state, r) for r in state.returns)]
     return min((c for c in candidates if c is not None), default=None)
 
 

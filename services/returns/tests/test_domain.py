@@ -311,3 +311,10 @@ def test_published_versions_are_immutable_and_never_rewrite_the_past():
     backdated = replace(v2, effective_from=v1.effective_from)
     assert "rewrite the past" in check_publishable(backdated, {v1.ref: v1})
     assert "versions only go up" in check_publishable(v1, {v2.ref: v2})
+
+
+def test_a_return_waiting_for_its_policy_is_retried_soon_not_at_its_deadline():
+    only_v2 = Policies({k: v for k, v in POLICIES.by_ref.items() if k.endswith("@2")})
+    state, _ = run(placed(), captured("card-1", "135.00", PLACED_V1), fulfilled(PLACED_V1 + days(3)), policies=only_v2)
+    state, _ = run(requested("r-1", PLACED_V1 + days(5), ("l2", 1, "NO_LONGER_NEEDED")), state=state, policies=only_v2)
+    assert domain.next_deadline(state, PARK_FOR) == NOW + timedelta(seconds=30)

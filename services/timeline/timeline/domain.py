@@ -374,9 +374,11 @@ def _escalate(view: dict, event: Envelope, now: datetime, rules: Rules, out: Out
                     "times_opened": opened, "assignee": None, "subject": subject}
                 for tag in rule.tags:
                     view["tags"].setdefault(tag, {"source": "rule", "by": rule.rule_id, "at": opened_at})
-                out.escalations.append((escalation_id, "EscalationOpened", {"rule": rule.rule_id, "reason": reason,
-                                                                           "tags": list(rule.tags),
-                                                                           "at": opened_at}))
+                # The record carries only what every replay agrees on (rule, subject, when it became
+                # due); the sentence built from the view's current details is in the view and API.
+                out.escalations.append((escalation_id, "EscalationOpened", {
+                    "rule": rule.rule_id, "reason": f"{rule.description} ({subject})", "tags": list(rule.tags),
+                    "at": opened_at}))
     for escalation_id, escalation in view["escalations"].items():
         if escalation["state"] != "resolved" and escalation_id not in holding:
             escalation.update(state="resolved", resolved_by="rule")
