@@ -57,6 +57,7 @@ class Service:
         self.clock = clock_from_env(self.settings.clock)
         self._deadlines: faust.TableT | None = None
         self._global_views: list[GlobalView] = []
+        self._table_names: list[str] = []
         self._mount_pages()
 
     # -- topics ---------------------------------------------------------------------------------
@@ -77,7 +78,25 @@ class Service:
         # No key_type/value_type: with value_type=dict Faust's changelog recovery calls
         # dict.from_data(), logs a warning per record and never completes (found on Kafka 4.4).
         schema = faust.Schema(key_serializer="json", value_serializer="json")
+        self._table_names.append(name)
         return self.app.Table(name, default=default, schema=schema, partitions=catalog.order_partitions(), **kwargs)
+
+    def changelog_topics(self) -> tuple[Topic, ...]:
+        """The changelog of each table, as Faust names it, declared like catalog topics."""
+        return tuple(catalog.Topic(f"{self.settings.app_id}-{name}-changelog", None, "order id (JSON)", (self.name,),
+                                   (self.name,), f"changelog of {self.name}'s {name} table", compacted=True)
+                     for name in self._table_names)
+
+    def prepare_topics(self) -> None:
+        """Create the tables' changelogs before Faust starts, and wait for their partition leaders.
+
+        Left to Faust, a changelog is created while the worker starts and the producer's metadata
+        may not know its partitions yet: the first table write then fails with PartitionsMismatch
+        ("changelog has 0 partitions"), which would dead-letter a good event (seen on Kafka 4.4).
+        """
+        from orderops.admin import create_topics
+
+        create_topics(self.changelog_topics(), self.settings.kafka)
 
     # -- the agent's three verbs ----------------------------------------------------------------
 
@@ -283,6 +302,7 @@ class Service:
 
     def run(self) -> None:
         """Run the worker until SIGTERM/SIGINT (used by every service's ``__main__``)."""
+        self.prepare_topics()
         worker = faust.Worker(self.app, loglevel=self.settings.log_level)
         worker.execute_from_commandline()
 
