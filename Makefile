@@ -75,8 +75,13 @@ status:
 
 # The broker fixture (orderops.brokers) uses KAFKA_BOOTSTRAP, else testcontainers when Docker
 # answers, else starts the embedded broker through deploy/kafka/kafka.sh and stops it after.
+# The suite gets its own broker (port 19092, data in .run/test) unless KAFKA_BOOTSTRAP names one:
+# test orders never show up in the system `make run` brings up, and both can run at once.
+TEST_ENV := KAFKA_PORT=$${KAFKA_TEST_PORT:-19092} KAFKA_CONTROLLER_PORT=$${KAFKA_TEST_CONTROLLER_PORT:-19093} \
+	ORDEROPS_RUN_DIR=$(CURDIR)/.run/test
+
 test: venv browser
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
 # The support console is tested in a real headless browser: Debian's chromium (Playwright drives it).
 browser:
@@ -85,7 +90,7 @@ browser:
 	  { echo "could not install chromium (apt-get as root is needed); install it and retry" >&2; exit 1; }; }
 
 test-unit: venv
-	$(BIN)/pytest -m "not broker" $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest -m "not broker" $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check kernel services tools tests

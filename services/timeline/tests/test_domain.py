@@ -8,7 +8,14 @@ from pathlib import Path
 
 from story import ETA, T0, split_order_story
 
-from orderops.catalog import FULFILLMENT_STATE_CHANGES, SUPPORT_ACTIONS, TIMELINE, TIMER_TOPICS
+from orderops.catalog import (
+    FULFILLMENT_STATE_CHANGES,
+    SUPPORT_ACTIONS,
+    SUPPORT_CONTACTS,
+    TIMELINE,
+    TIMER_TOPICS,
+    WAREHOUSE_FULFILLMENT,
+)
 from timeline import domain
 from timeline.domain import Rules
 
@@ -158,3 +165,23 @@ def test_rules_are_data_and_an_unknown_kind_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="unknown kind 'telepathy'"):
         Rules.load(bad)
+
+
+def test_a_delivered_parcel_is_never_silent_even_before_fulfillment_reports_it():
+    """The warehouse's ShipmentDelivered counts at once; fulfillment's transition comes later."""
+    from story import Feed
+
+    view, _ = feed(split_order_story().events)
+    f = Feed()
+    f.at, f.n = T0 + timedelta(days=1), 400
+    f.add(WAREHOUSE_FULFILLMENT, "ShipmentDelivered", shipment_id="P1")
+    f.after(days=5).add(SUPPORT_CONTACTS, "ContactOpened", contact_id="k9", customer_id="c-1", channel="EMAIL",
+                        reason="thanks")
+    view, outputs = feed(f.events, view=view)
+    assert view["shipments"]["P1"]["state"] == "delivered"
+    assert not [e for out in outputs for e in out.escalations if ":shipment-silent:" in e[0]]
+    f2 = Feed()
+    f2.at, f2.n = T0 + timedelta(days=7), 500
+    f2.transition(FULFILLMENT_STATE_CHANGES, "shipment", "P1", "dispatched", "in_transit")  # late, stale
+    view, _ = feed(f2.events, view=view)
+    assert view["shipments"]["P1"]["state"] == "delivered", "a late transition never moves it back"
