@@ -185,3 +185,24 @@ def test_a_delivered_parcel_is_never_silent_even_before_fulfillment_reports_it()
     f2.transition(FULFILLMENT_STATE_CHANGES, "shipment", "P1", "dispatched", "in_transit")  # late, stale
     view, _ = feed(f2.events, view=view)
     assert view["shipments"]["P1"]["state"] == "delivered", "a late transition never moves it back"
+
+
+def test_an_agent_action_that_overtook_its_escalation_is_applied_when_it_opens():
+    """Actions and contacts come on different topics: an acknowledgement may be read before the
+    repeat contact that opened its escalation. It waits; the records are the same either way."""
+    from story import Feed
+
+    story = split_order_story().events
+    view, outputs = feed(story)
+    [escalation_id] = [e[0] for out in outputs for e in out.escalations]
+    f = Feed()
+    f.at, f.n = T0 + timedelta(days=3), 600
+    f.add(SUPPORT_ACTIONS, "EscalationAcknowledged", actor={"user_id": "ann", "role": "agent"},
+          escalation_id=escalation_id, note="on it")
+    ack = f.events
+    _, in_order = feed(story + ack)
+    contact_last = story[:-1] + ack + story[-1:]
+    view, early = feed(contact_last)
+    assert view["escalations"][escalation_id]["state"] == "acknowledged"
+    assert sorted(repr(e) for out in early for e in out.escalations) == \
+        sorted(repr(e) for out in in_order for e in out.escalations)

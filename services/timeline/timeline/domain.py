@@ -236,20 +236,28 @@ def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
     elif kind == "TagRemoved":
         view["tags"].pop(p["tag"], None)
     elif kind in ("EscalationAcknowledged", "EscalationAssigned", "EscalationResolvedByAgent"):
-        escalation = view["escalations"].get(p["escalation_id"])
-        if escalation is None:
-            return
-        user = p["actor"]["user_id"]
-        if kind == "EscalationResolvedByAgent":
-            escalation.update(state="resolved", resolved_by=user, note=p["note"])
-            out.escalations.append((p["escalation_id"], "EscalationResolved", {"by": user, "note": p["note"], "at": at}))
-        else:
-            state = "acknowledged" if kind == "EscalationAcknowledged" else "assigned"
-            escalation.update(state=state, assignee=p.get("assignee", escalation.get("assignee")))
-            out.escalations.append((p["escalation_id"], "EscalationUpdated",
-                                    {"state": state, "by": user, "note": p.get("note", p.get("assignee", "")), "at": at}))
+        action = {"kind": kind, "payload": p, "at": at, "event_id": event.event_id}
+        if p["escalation_id"] in view["escalations"]:
+            _agent_action(view, action, out)
+        else:  # it overtook the escalation it is about (another topic): applied when that opens
+            view.setdefault("pending_actions", {}).setdefault(p["escalation_id"], []).append(action)
     elif kind == "PolicyExceptionApproved":
         view["returns"].setdefault(p["return_id"], {})["exception_by"] = p["actor"]["user_id"]
+
+
+def _agent_action(view: dict, action: dict, out: Outputs) -> None:
+    p, kind, at = action["payload"], action["kind"], action["at"]
+    escalation = view["escalations"][p["escalation_id"]]
+    user = p["actor"]["user_id"]
+    if kind == "EscalationResolvedByAgent":
+        escalation.update(state="resolved", resolved_by=user, note=p["note"])
+        out.escalations.append((p["escalation_id"], "EscalationResolved", {"by": user, "note": p["note"], "at": at}))
+    else:
+        state = "acknowledged" if kind == "EscalationAcknowledged" else "assigned"
+        escalation.update(state=state, assignee=p.get("assignee", escalation.get("assignee")))
+        out.escalations.append((p["escalation_id"], "EscalationUpdated", {
+            "state": state, "by": user, "note": p.get("note", p.get("assignee", "")), "at": at,
+            "action": action["event_id"]}))
 
 
 def _judge_notifications(view: dict, out: Outputs) -> None:
@@ -395,6 +403,8 @@ def _escalate(view: dict, event: Envelope, now: datetime, rules: Rules, out: Out
                 out.escalations.append((escalation_id, "EscalationOpened", {
                     "rule": rule.rule_id, "reason": f"{rule.description} ({subject})", "tags": list(rule.tags),
                     "at": opened_at}))
+                for action in view.get("pending_actions", {}).pop(escalation_id, []):
+                    _agent_action(view, action, out)
     for escalation_id, escalation in view["escalations"].items():
         if escalation["state"] != "resolved" and escalation_id not in holding:
             escalation.update(state="resolved", resolved_by="rule")

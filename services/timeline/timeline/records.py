@@ -20,10 +20,10 @@ def publishable(view: dict, out: Outputs, cause: Envelope, now: datetime) -> Ite
                                          NS + "TimelineEntry", payload).to_record()
     for escalation_id, kind, facts in out.escalations:
         escalation = view["escalations"][escalation_id]
-        suffix = {"EscalationOpened": f"opened:{escalation.get('times_opened', 1)}",
-                  "EscalationResolved": f"resolved:{escalation.get('times_opened', 1)}"}.get(kind, f"{cause.event_id}")
         facts = dict(facts)
-        at = facts.pop("at")
+        at, action = facts.pop("at"), facts.pop("action", cause.event_id)
+        suffix = {"EscalationOpened": f"opened:{escalation.get('times_opened', 1)}",
+                  "EscalationResolved": f"resolved:{escalation.get('times_opened', 1)}"}.get(kind, action)
         yield SUPPORT_ESCALATIONS, Envelope(f"{escalation_id}:{suffix}", view["order_id"], at, SOURCE, NS + kind,
                                             {"escalation_id": escalation_id, **facts}).to_record()
     if out.entries or out.escalations:
