@@ -46,7 +46,7 @@ kafka-status:
 topics: kafka-up
 	@$(BIN)/orderops topics create
 
-# The simulator compresses time (a day per minute): processors follow event time, so orders age
+# The simulator compresses time (days per minute): processors follow event time, so orders age
 # into escalations as the simulated days pass. ORDEROPS_CLOCK=wall for a live feed.
 run: topics
 	@$(BIN)/orderops policies publish
@@ -61,7 +61,7 @@ run: topics
 	@echo "  notifier     http://127.0.0.1:6104/orders/<order id>/notifications   log: .run/logs/notifier.log"
 	@echo "  timeline     http://127.0.0.1:6105/orders/<order id>   /timeline   log: .run/logs/timeline.log"
 	@echo "  messages     emails as files in .run/sinks/mail/, webhooks in .run/sinks/webhooks/ (list: http://127.0.0.1:6180/)"
-	@echo "  simulator    feeding orders at a gentle rate (a simulated day per minute)   log: .run/logs/simulator.log"
+	@echo "  simulator    feeding orders (about five simulated days a minute, at most 40 events/s)   log: .run/logs/simulator.log"
 	@echo "  topics       $(BIN)/orderops topics list"
 	@echo "  status       make status        stop: make stop"
 

@@ -48,7 +48,9 @@ NO_WEB = -1
 # Local stand-ins a processor talks to in `make run`, started before the processors.
 COMPANIONS = (Processor("notifier-sinks", "notifier.sinks", int(os.environ.get("ORDEROPS_SINK_PORT", "6180"))),)
 # The upstream systems' stand-in, started after the processors (ORDEROPS_SIMULATE_ARGS overrides its arguments).
-SIMULATE_ARGS = "--orders 100000 --rate 20 --compression 1440 --order-interval 900"
+# About five simulated days a minute, at most 40 events/s: within a minute of `make run` the
+# console has split shipments, backorders, returns and escalations to look at.
+SIMULATE_ARGS = "--orders 100000 --rate 40 --compression 14400 --order-interval 3600"
 FEEDERS = (Processor("simulator", "orderops_tools.simulator", NO_WEB,
                      tuple(os.environ.get("ORDEROPS_SIMULATE_ARGS", SIMULATE_ARGS).split())),)
 
