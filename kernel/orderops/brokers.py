@@ -38,7 +38,7 @@ def find_or_start_broker() -> Broker:
     if bootstrap:
         return Broker(bootstrap, "environment", lambda: None)
     if os.environ.get("ORDEROPS_TEST_DOCKER", "auto") != "never" and _docker_answers():
-        from testcontainers.kafka import KafkaContainer
+        from testcontainers.community.kafka import KafkaContainer
 
         container = KafkaContainer(os.environ.get("ORDEROPS_TEST_KAFKA_IMAGE", TESTCONTAINERS_IMAGE)).with_kraft()
         container.start()
