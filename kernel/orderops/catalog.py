@@ -27,7 +27,8 @@ WAREHOUSE = "warehouse"
 PAYMENT_PROVIDER = "payment-provider"
 SUPPORT_DESK = "support-desk"
 POLICY_ADMIN = "policy-admin"
-UPSTREAM_SYSTEMS = (STOREFRONT, WAREHOUSE, PAYMENT_PROVIDER, SUPPORT_DESK, POLICY_ADMIN)
+ON_CALL = "on-call"  # the engineers' tools (orderops replay): not a processor, not a shop system
+UPSTREAM_SYSTEMS = (STOREFRONT, WAREHOUSE, PAYMENT_PROVIDER, SUPPORT_DESK, POLICY_ADMIN, ON_CALL)
 
 DAY_MS = 24 * 3600 * 1000
 NAME_PATTERN = re.compile(r"^[a-z]+(-[a-z]+)*(\.[a-z]+(-[a-z]+)*)+$")
@@ -171,13 +172,26 @@ def timer_topic(processor: str) -> Topic:
 
 TIMER_TOPICS = {p: timer_topic(p) for p in PROCESSORS}
 
+
+def redrive_topic(processor: str) -> Topic:
+    """``<processor>.redrives``: which of the processor's dead letters were sent back, once each."""
+    return Topic(
+        f"{processor}.redrives", None, "<dlq partition>:<dlq offset>", (ON_CALL,), (ON_CALL,),
+        f"Ledger of `orderops replay redrive {processor}`: dead letters re-driven to their origin topic (JSON).",
+        order_scoped=False, compacted=True, partitions_override=1,
+    )
+
+
+REDRIVE_TOPICS = {p: redrive_topic(p) for p in PROCESSORS}
+
 DATA_TOPICS: tuple[Topic, ...] = (
     STOREFRONT_ORDERS, STOREFRONT_RETURNS, PAYMENTS_EVENTS, WAREHOUSE_FULFILLMENT, WAREHOUSE_RETURNS,
     SUPPORT_CONTACTS, SUPPORT_ACTIONS, RETURNS_POLICIES, ORDERS_STATE_CHANGES, FULFILLMENT_STATE_CHANGES,
     RETURNS_STATE_CHANGES, PAYMENTS_REFUND_REQUESTS, NOTIFICATIONS_REQUESTS, NOTIFICATIONS_DELIVERIES,
     SUPPORT_TIMELINE, SUPPORT_ORDER_VIEWS, SUPPORT_ESCALATIONS,
 )
-ALL_TOPICS: tuple[Topic, ...] = DATA_TOPICS + tuple(TIMER_TOPICS.values()) + tuple(DEAD_LETTER_TOPICS.values())
+ALL_TOPICS: tuple[Topic, ...] = (DATA_TOPICS + tuple(TIMER_TOPICS.values()) + tuple(DEAD_LETTER_TOPICS.values())
+                                  + tuple(REDRIVE_TOPICS.values()))
 BY_NAME = {t.name: t for t in ALL_TOPICS}
 
 

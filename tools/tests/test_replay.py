@@ -1,0 +1,105 @@
+"""The on-call tools against the real broker: inspect decodes (dead letters with their headers),
+reset refuses while the processor runs and moves its group when it does not, redrive sends each
+dead letter back once and records it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from orderops import deadletter
+from orderops.catalog import DEAD_LETTER_TOPICS, ORDER_STATE, REDRIVE_TOPICS, STOREFRONT_ORDERS
+from orderops.codec import NotSingleObjectEncoded
+from orderops.scenario import Story, address, card, customer, line, money
+from orderops.testing import ServiceProcess, free_port, producer, read_topic
+
+pytestmark = pytest.mark.broker
+
+
+def orderops(bootstrap: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orderops.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap}, timeout=120)
+
+
+def placed(order_id: str) -> Story:
+    story = Story(order_id)
+    story.on(STOREFRONT_ORDERS).OrderPlaced(customer=customer(), lines=[line("l1", "Blue mug", 1, "10.00")],
+                                            instruments=[card("card-1", "10.00")], shipping_address=address(),
+                                            total=money("10.00"))
+    story.on(STOREFRONT_ORDERS).OrderCancelled(reason="changed my mind", requested_by="customer")
+    return story
+
+
+def test_inspect_decodes_a_topic_and_a_dead_letter(catalog_topics, run_id):
+    order_id = f"insp-{run_id}"
+    kafka = producer(catalog_topics)
+    placed(order_id).publish(kafka)
+    result = orderops(catalog_topics, "replay", "inspect", STOREFRONT_ORDERS.name, "--order", order_id)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(x) for x in result.stdout.splitlines()]
+    assert [x["type"] for x in lines] == ["OrderPlaced", "OrderCancelled"]
+    assert lines[0]["event"]["payload"]["lines"][0]["name"] == "Blue mug"
+
+    dlq = DEAD_LETTER_TOPICS[ORDER_STATE]
+    headers = deadletter.dead_letter_headers(None, topic=STOREFRONT_ORDERS.name, partition=3, offset=7,
+                                             error=NotSingleObjectEncoded("no marker"), service=ORDER_STATE)
+    kafka.produce(dlq.name, key=order_id.encode(), value=b"garbage", headers=headers)
+    kafka.flush(10)
+    result = orderops(catalog_topics, "replay", "inspect", dlq.name, "--order", order_id)
+    [dead] = [json.loads(x) for x in result.stdout.splitlines()]
+    assert dead["value"] == "garbage" and dead["headers"]["error-class"] == "not-single-object-encoded"
+    assert dead["headers"]["origin-offset"] == "7"
+
+
+async def test_reset_refuses_while_running_and_moves_the_group_when_stopped(catalog_topics, run_id, tmp_path):
+    instance = f"r{run_id}"
+    env = {"KAFKA_BOOTSTRAP": catalog_topics, "ORDEROPS_INSTANCE": instance, "WEB_PORT": str(free_port()),
+           "ORDEROPS_DATA_DIR": str(tmp_path / "state")}
+    process = ServiceProcess(["-m", "order_state"], env, tmp_path / "order-state.log", int(env["WEB_PORT"])).start()
+    try:
+        await process.wait_ready()
+        placed(f"reset-{run_id}").publish(producer(catalog_topics))
+        refused = orderops(catalog_topics, "replay", "reset", ORDER_STATE, "--instance", instance, "--to-earliest")
+        assert refused.returncode == 1 and "are running" in refused.stderr
+    finally:
+        process.stop(signal.SIGTERM)
+    dry = orderops(catalog_topics, "replay", "reset", ORDER_STATE, "--instance", instance, "--to-earliest", "--dry-run")
+    assert dry.returncode == 0 and "dry run" in dry.stdout
+    done = orderops(catalog_topics, "replay", "reset", ORDER_STATE, "--instance", instance, "--to-earliest")
+    assert done.returncode == 0, done.stderr
+    group = Consumer({"bootstrap.servers": catalog_topics, "group.id": f"{ORDER_STATE}-{instance}"})
+    committed = group.committed([TopicPartition(STOREFRONT_ORDERS.name, p) for p in range(STOREFRONT_ORDERS.partitions)],
+                                timeout=30)
+    group.close()
+    assert [tp.offset for tp in committed] == [0] * STOREFRONT_ORDERS.partitions
+
+
+def test_redrive_sends_each_dead_letter_back_once(catalog_topics, run_id):
+    order_id = f"redr-{run_id}"
+    dlq = DEAD_LETTER_TOPICS[ORDER_STATE]
+    fixed = placed(order_id).encoded()[0][2]  # a valid event, as if the cause had been fixed
+    headers = [("trace-id", b"t-9"), *deadletter.dead_letter_headers(
+        None, topic=STOREFRONT_ORDERS.name, partition=1, offset=5, error=ValueError("a bug, since fixed"),
+        service=ORDER_STATE)]
+    kafka = producer(catalog_topics)
+    kafka.produce(dlq.name, key=order_id.encode(), value=fixed, headers=headers)
+    kafka.flush(10)
+    dry = orderops(catalog_topics, "replay", "redrive", ORDER_STATE, "--order", order_id, "--dry-run")
+    assert dry.returncode == 0 and "decodes now" in dry.stdout
+    first = orderops(catalog_topics, "replay", "redrive", ORDER_STATE, "--order", order_id)
+    assert first.returncode == 0 and "re-drove 1" in first.stdout, first.stdout + first.stderr
+    again = orderops(catalog_topics, "replay", "redrive", ORDER_STATE, "--order", order_id)
+    assert "re-drove 0" in again.stdout and "1 already re-driven" in again.stdout
+    [back] = read_topic(catalog_topics, STOREFRONT_ORDERS.name, keep=lambda m: m.key() == order_id.encode()
+                        and any(k == "redriven-from" for k, _ in (m.headers() or [])), until=lambda got: len(got) >= 1)
+    headers_back = dict(back.headers())
+    assert back.value() == fixed and headers_back["trace-id"] == b"t-9"
+    assert deadletter.ERROR not in headers_back and headers_back["redriven-from"].startswith(dlq.name.encode())
+    ledger = read_topic(catalog_topics, REDRIVE_TOPICS[ORDER_STATE].name, until=lambda got: len(got) >= 1)
+    assert any(json.loads(m.value())["origin"] == STOREFRONT_ORDERS.name for m in ledger)
