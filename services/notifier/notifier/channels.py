@@ -99,7 +99,6 @@ class WebhookChannel:
     url: str
     secret: bytes
     timeout: float
-    session: aiohttp.ClientSession | None = None
     name: str = "webhook"
 
     async def send(self, delivery_id: str, recipient: dict, rendered: Rendered, document: dict) -> None:
@@ -107,11 +106,10 @@ class WebhookChannel:
                           sort_keys=True, default=str).encode()
         headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: delivery_id,
                    SIGNATURE_HEADER: sign(self.secret, body, int(time.time()))}
-        if self.session is None:
-            self.session = aiohttp.ClientSession()
         try:
-            async with self.session.post(self.url, data=body, headers=headers,
-                                         timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
+            # A session per message: notifications are few, and nothing is left open at shutdown.
+            async with aiohttp.ClientSession() as session, session.post(
+                    self.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
                 if response.status < 300:
                     return
                 text = (await response.text())[:200]
