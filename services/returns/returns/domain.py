@@ -452,12 +452,19 @@ def _return_requested(step: ReturnsStep) -> None:
     step.emit(Notify(notice[decision], {"return_id": ret.return_id, "reason": reason, "policy": policy.ref}))
 
 
-def _exception_approved(step: ReturnsStep) -> None:
+def _return_or_park(step: ReturnsStep) -> Return:
+    """The return an event is about; it waits if its request has not been read yet (another topic)."""
     _require_order(step)
-    payload = step.event.payload
-    ret = step.state.return_(payload["return_id"])
+    return_id = step.event.payload["return_id"]
+    ret = step.state.return_(return_id)
     if ret is None:
-        raise Park(RETURN.name, payload["return_id"], "new", "the return request")
+        raise Park(RETURN.name, return_id, "new", "the return request")
+    return ret
+
+
+def _exception_approved(step: ReturnsStep) -> None:
+    payload = step.event.payload
+    ret = _return_or_park(step)
     actor = payload["actor"]
     ret = replace(ret, decision="AUTHORIZED", trace=(*ret.trace, {
         "rule": "policy_exception", "inputs": {"approved_by": actor["user_id"], "role": actor["role"]},
@@ -472,11 +479,8 @@ def _exception_approved(step: ReturnsStep) -> None:
 
 
 def _received(step: ReturnsStep) -> None:
-    _require_order(step)
     payload = step.event.payload
-    ret = step.state.return_(payload["return_id"])
-    if ret is None:
-        raise Park(RETURN.name, payload["return_id"], "new", "the return request")
+    ret = _return_or_park(step)
     RETURN.require(ret.status, "receive", ret.return_id)  # parks while the decision is pending
     lines = []
     for line in ret.lines:
@@ -496,11 +500,8 @@ def _received(step: ReturnsStep) -> None:
 
 
 def _inspected(step: ReturnsStep) -> None:
-    _require_order(step)
     payload = step.event.payload
-    ret = step.state.return_(payload["return_id"])
-    if ret is None:
-        raise Park(RETURN.name, payload["return_id"], "new", "the return request")
+    ret = _return_or_park(step)
     RETURN.require(ret.status, "inspect", ret.return_id)
     policy = step.context.by_ref.get(ret.policy) if step.context else None
     if policy is None:

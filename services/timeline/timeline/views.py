@@ -53,6 +53,13 @@ def timeline_of(view: dict, domain: str | None = None) -> list[dict]:
     return _plain([e for e in entries if domain in (None, e["domain"])])
 
 
+def _view(order_id: str) -> dict:
+    stored = views.get(order_id)
+    if stored is None:
+        raise BadRequest(f"order {order_id} is unknown to the timeline", 404)
+    return from_json(stored)
+
+
 async def _body(request: web.Request) -> dict:
     try:
         body = await request.json()
@@ -106,10 +113,7 @@ class Order(web.View):
     @app.table_route(table=views, match_info="order_id")
     @_guarded
     async def get(self, request: web.Request, order_id: str):
-        stored = views.get(order_id)
-        if stored is None:
-            raise BadRequest(f"order {order_id} is unknown to the timeline", 404)
-        return 200, describe(from_json(stored))
+        return 200, describe(_view(order_id))
 
 
 @app.page("/orders/{order_id}/timeline")
@@ -117,11 +121,7 @@ class OrderTimeline(web.View):
     @app.table_route(table=views, match_info="order_id")
     @_guarded
     async def get(self, request: web.Request, order_id: str):
-        stored = views.get(order_id)
-        if stored is None:
-            raise BadRequest(f"order {order_id} is unknown to the timeline", 404)
-        domain = request.query.get("domain")
-        return 200, {"order_id": order_id, "entries": timeline_of(from_json(stored), domain)}
+        return 200, {"order_id": order_id, "entries": timeline_of(_view(order_id), request.query.get("domain"))}
 
 
 @app.page("/orders")
