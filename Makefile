@@ -9,10 +9,10 @@ STAMP := $(VENV)/.installed
 SERVICES := $(sort $(wildcard services/*/pyproject.toml)) tools/pyproject.toml
 export ORDEROPS_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: browser help venv kafka-up kafka-down kafka-status topics run stop status test test-unit lint clean
+.PHONY: browser prometheus help venv kafka-up kafka-down kafka-status topics run stop status test test-unit lint clean
 
 help:
-	@echo "make run           broker, topics, every processor, the simulator; prints where to look"
+	@echo "make run           broker, topics, every processor, Prometheus, the simulator; prints where to look; Ctrl-C stops"
 	@echo "make stop          stop the processors and the broker (state and data stay in .run/)"
 	@echo "make status        what runs and whether it is ready"
 	@echo "make test          environment, broker (if none), then the whole suite against it"
@@ -49,6 +49,7 @@ topics: kafka-up
 # The simulator compresses time (days per minute): processors follow event time, so orders age
 # into escalations as the simulated days pass. ORDEROPS_CLOCK=wall for a live feed.
 run: topics
+	@$(MAKE) --no-print-directory prometheus || echo "(continuing without Prometheus: the processors still export /metrics)"
 	@$(BIN)/orderops policies publish
 	@ORDEROPS_CLOCK=$${ORDEROPS_CLOCK:-event} $(BIN)/orderops processors start
 	@echo
@@ -61,9 +62,12 @@ run: topics
 	@echo "  notifier     http://127.0.0.1:6104/orders/<order id>/notifications   log: .run/logs/notifier.log"
 	@echo "  timeline     http://127.0.0.1:6105/orders/<order id>   /timeline   log: .run/logs/timeline.log"
 	@echo "  messages     emails as files in .run/sinks/mail/, webhooks in .run/sinks/webhooks/ (list: http://127.0.0.1:6180/)"
+	@echo "  prometheus   http://127.0.0.1:$${ORDEROPS_PROMETHEUS_PORT:-9090}/   rules and alerts: deploy/prometheus/rules/ (try orderops:notification_accuracy:ratio_1h)"
 	@echo "  simulator    feeding orders (about five simulated days a minute, at most 40 events/s)   log: .run/logs/simulator.log"
 	@echo "  topics       $(BIN)/orderops topics list"
 	@echo "  status       make status        stop: make stop"
+	@if [ -t 0 ] && [ -t 1 ] && [ -z "$$ORDEROPS_DETACH" ]; then $(BIN)/orderops processors watch; \
+	 else echo "  (detached: stop with make stop)"; fi
 
 stop:
 	-@$(BIN)/orderops processors stop
@@ -80,7 +84,7 @@ status:
 TEST_ENV := KAFKA_PORT=$${KAFKA_TEST_PORT:-19092} KAFKA_CONTROLLER_PORT=$${KAFKA_TEST_CONTROLLER_PORT:-19093} \
 	ORDEROPS_RUN_DIR=$(CURDIR)/.run/test
 
-test: venv browser
+test: venv browser prometheus
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
 # The support console is tested in a real headless browser: Debian's chromium (Playwright drives it).
@@ -88,6 +92,13 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the console test"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || \
 	  { echo "could not install chromium (apt-get as root is needed); install it and retry" >&2; exit 1; }; }
+
+# Prometheus (Debian's package: prometheus and promtool) for the rule tests, the real-scrape test and `make run`.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing Debian's prometheus (the server and promtool)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null || \
+	  { echo "could not install prometheus (apt-get as root is needed); install it and retry" >&2; exit 1; }; }
 
 test-unit: venv
 	$(TEST_ENV) $(BIN)/pytest -m "not broker" $(PYTEST_ARGS)

@@ -16,25 +16,20 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import uuid
 from datetime import UTC, datetime, timedelta
 from email import policy as email_policy
 
 import pytest
 from aiosmtpd.controller import Controller
-from confluent_kafka import Consumer
 
 from orderops.catalog import (
     PAYMENTS_EVENTS,
-    PAYMENTS_REFUND_REQUESTS,
     STOREFRONT_ORDERS,
     STOREFRONT_RETURNS,
     WAREHOUSE_FULFILLMENT,
     WAREHOUSE_RETURNS,
 )
-from orderops.codec import Codec
-from orderops.envelope import Envelope
+from orderops.provider import RefundDesk
 from orderops.scenario import Story, address, card, customer, line, money
 from orderops.testing import ServiceProcess, free_port, poll_json, producer
 
@@ -50,29 +45,6 @@ class Mailbox:
     async def handle_DATA(self, server, session, envelope):
         self.messages.append(email.message_from_bytes(envelope.content, policy=email_policy.default))
         return "250 OK"
-
-
-def payment_provider(bootstrap: str, order_id: str, stop: threading.Event) -> None:
-    """Refunds whatever returns commands for this order, once per idempotency key."""
-    codec, kafka, done = Codec(), producer(bootstrap), set()
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"provider-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest"})
-    consumer.subscribe([PAYMENTS_REFUND_REQUESTS.name])
-    while not stop.is_set():
-        message = consumer.poll(0.3)
-        if message is None or message.error() or message.key() != order_id.encode():
-            continue
-        command = codec.decode(message.value(), PAYMENTS_REFUND_REQUESTS.value_schema).record["payload"][1]
-        if command["refund_id"] in done:
-            continue
-        done.add(command["refund_id"])
-        success = Envelope(f"provider:{command['refund_id']}", order_id, PLACED + timedelta(days=25), "payment-provider",
-                           "orderops.payments.RefundSucceeded", {k: command[k] for k in ("refund_id", "instrument_id",
-                                                                                         "amount")})
-        kafka.produce(PAYMENTS_EVENTS.name, key=order_id.encode(), value=codec.encode(PAYMENTS_EVENTS.value_schema,
-                                                                                     success.to_record()))
-        kafka.flush(10)
-    consumer.close()
 
 
 async def test_an_order_from_checkout_to_refund(catalog_topics, run_id, tmp_path):
@@ -93,8 +65,9 @@ async def test_an_order_from_checkout_to_refund(catalog_topics, run_id, tmp_path
         process.web_port = int(process.env["WEB_PORT"])
         process.start()
     order_id = f"e2e-{run_id}"
-    stop_provider = threading.Event()
-    threading.Thread(target=payment_provider, args=(bootstrap, order_id, stop_provider), daemon=True).start()
+    # The payment provider refunds what returns commands, a day after the command.
+    provider = RefundDesk(bootstrap, order_ids={order_id}, delay=timedelta(days=1))
+    provider.start()
     try:
         await asyncio.gather(*(p.wait_ready() for p in processes.values()))
         kafka = producer(bootstrap)
@@ -184,7 +157,7 @@ async def test_an_order_from_checkout_to_refund(catalog_topics, run_id, tmp_path
         refund_mail = next(m for m in mine if m["Subject"].startswith("Refund completed")).get_content()
         assert "11.25 EUR back to your original payment method" in refund_mail
     finally:
-        stop_provider.set()
+        provider.stop()
         for process in processes.values():
             process.stop(signal.SIGTERM)
         smtp.stop()

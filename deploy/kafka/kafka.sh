@@ -6,6 +6,7 @@
 # Environment (defaults): KAFKA_PORT=9092, KAFKA_CONTROLLER_PORT=9093,
 #   ORDEROPS_RUN_DIR=<repo>/.run, ORDEROPS_PYTHON=<repo>/.venv/bin/python,
 #   KAFKA_HEAP_OPTS="-Xms256m -Xmx1g", KAFKA_START_TIMEOUT=120 (seconds).
+#   KAFKA_CLASSPATH_FILE=<run dir>/kafka/classpath.txt (the resolved jars; shared by brokers of one checkout).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,7 +20,7 @@ heap=${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}
 start_timeout=${KAFKA_START_TIMEOUT:-120}
 pid_file=$run_dir/kafka.pid
 log_dir=$run_dir/logs
-classpath_file=$run_dir/classpath.txt
+classpath_file=${KAFKA_CLASSPATH_FILE:-$run_dir/classpath.txt}
 
 die() { echo "kafka: $*" >&2; exit 1; }
 

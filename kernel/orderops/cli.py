@@ -8,6 +8,7 @@
     orderops processors start   start every installed processor, detached; wait until ready
     orderops processors stop    SIGTERM them (SIGKILL after 60 s)
     orderops processors status  which run, which are ready, where
+    orderops processors watch   print what they have done every 15 s; Ctrl-C stops them and the broker
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     procs = groups.add_parser("processors", help="the processors on this machine").add_subparsers(
         dest="command", required=True)
-    for command in ("start", "stop", "status"):
+    for command in ("start", "stop", "status", "watch"):
         procs.add_parser(command).set_defaults(run=_processors)
 
     # Commands contributed by installed services (entry point group "orderops.commands"), e.g.

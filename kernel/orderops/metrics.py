@@ -1,10 +1,22 @@
 """Metrics every processor exports (business metrics live with the processor that knows them).
 
 Names follow Prometheus conventions: ``orderops_`` prefix, ``_total`` for counters, base units.
-Labels are low-cardinality: never an order id.
+Labels are low-cardinality: never an order id. Counters whose label values are known up front
+are created at zero (``initialise``), so that a rate over a window counts an event that happens
+right after a processor starts.
+
+Replays do not double-count: a redelivered or re-read event is recognised by its event id and only
+``orderops_duplicate_events_total`` moves; a rebuild (``orderops replay rebuild``) runs in its own
+process that Prometheus does not scrape, and reports its own figures.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
 from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 EVENTS_PROCESSED = Counter(
     "orderops_events_processed_total", "Input messages a processor handled (decoded and applied, or dead-lettered)",
@@ -30,6 +42,12 @@ DUPLICATES = Counter(
 )
 
 
+def initialise(counter: Counter, label_sets: Iterable[tuple[str, ...]]) -> None:
+    """Create these label combinations at zero, so their first increment is visible to rate()."""
+    for labels in label_sets:
+        counter.labels(*labels)
+
+
 def count_outcome(processor: str, records) -> None:
     """Count an outcome's transitions, parks and rejections (see orderops.workflow)."""
     from orderops.workflow import ParkedRecord, Rejected, Transitioned
@@ -42,3 +60,21 @@ def count_outcome(processor: str, records) -> None:
             PARKED.labels(processor, what.parked.machine).inc()
         elif isinstance(what, Rejected):
             REJECTED.labels(processor, what.machine, what.reason_code).inc()
+
+
+class GaugeAtScrape(Collector):
+    """A gauge family computed when Prometheus scrapes, from state the processor already holds
+    (consumer positions, open escalations): nothing to keep in step on the hot path."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...],
+                 values: Callable[[], Mapping[tuple[str, ...], float]]) -> None:
+        self.name, self.documentation, self.label_names, self.values = name, documentation, labels, values
+
+    def describe(self):
+        return [GaugeMetricFamily(self.name, self.documentation, labels=self.label_names)]
+
+    def collect(self):
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.label_names)
+        for labels, value in sorted(self.values().items()):
+            family.add_metric(list(labels), value)
+        yield family

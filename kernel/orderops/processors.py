@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,8 @@ class Processor:
     module: str = ""  # default: the processor's package (its name with "_")
     web_port: int = 0  # default: catalog.WEB_PORTS; NO_WEB: no health endpoint (ready = still running)
     args: tuple[str, ...] = ()
+    health_path: str = "/healthz"
+    needs_program: str = ""  # a program on PATH it runs (not installed without it)
 
     @property
     def package(self) -> str:
@@ -33,6 +36,8 @@ class Processor:
 
     @property
     def installed(self) -> bool:
+        if self.needs_program and shutil.which(self.needs_program) is None:
+            return False
         return importlib.util.find_spec(self.package.split(".")[0]) is not None
 
     @property
@@ -47,6 +52,9 @@ class Processor:
 NO_WEB = -1
 # Local stand-ins a processor talks to in `make run`, started before the processors.
 COMPANIONS = (Processor("notifier-sinks", "notifier.sinks", int(os.environ.get("ORDEROPS_SINK_PORT", "6180"))),)
+# Watchers, started after the processors: Prometheus scraping them (when installed).
+WATCHERS = (Processor("prometheus", "orderops.monitoring", int(os.environ.get("ORDEROPS_PROMETHEUS_PORT", "9090")),
+                      health_path="/-/ready", needs_program="prometheus"),)
 # The upstream systems' stand-in, started after the processors (ORDEROPS_SIMULATE_ARGS overrides its arguments).
 # About five simulated days a minute, at most 40 events/s: within a minute of `make run` the
 # console has split shipments, backorders, returns and escalations to look at.
@@ -56,7 +64,8 @@ FEEDERS = (Processor("simulator", "orderops_tools.simulator", NO_WEB,
 
 
 def everything() -> list[Processor]:
-    return [*COMPANIONS, *map(Processor, PROCESSORS), *FEEDERS]
+    return [*COMPANIONS, *map(Processor, PROCESSORS), *WATCHERS, *FEEDERS]
+
 
 def run_dir() -> Path:
     return Path(os.environ.get("ORDEROPS_RUN_DIR", default_run_dir()))
@@ -83,7 +92,7 @@ def healthy(p: Processor) -> bool:
     if p.web_port == NO_WEB:
         return running_pid(p) is not None
     try:
-        with urllib.request.urlopen(f"{p.url}/healthz", timeout=2) as response:
+        with urllib.request.urlopen(f"{p.url}{p.health_path}", timeout=2) as response:
             return response.status == 200
     except OSError:
         return False
@@ -112,7 +121,7 @@ def start(timeout: float = 120) -> list[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{p.name} not ready after {timeout:.0f}s; see {_log_file(p)}")
             time.sleep(0.5)
-        where = f"{p.url}/healthz" if p.web_port != NO_WEB else "(no web port)"
+        where = f"{p.url}{p.health_path}" if p.web_port != NO_WEB else "(no web port)"
         lines.append(f"{p.name:12} ready (pid {process.pid})  {where}  log {_log_file(p)}")
     return lines
 
@@ -140,10 +149,56 @@ def status() -> list[str]:
     lines = []
     for p in everything():
         if not p.installed:
-            lines.append(f"{p.name:12} not built yet")
+            lines.append(f"{p.name:12} not installed" + (f" ({p.needs_program} not on PATH)" if p.needs_program else ""))
             continue
         pid = running_pid(p)
         state = "not running" if pid is None else ("ready" if healthy(p) else "running, not ready")
         where = p.url if p.web_port != NO_WEB else f"log {_log_file(p)}"
         lines.append(f"{p.name:12} {state}{f' (pid {pid})' if pid else ''}  {where}")
+    return lines
+
+
+def figures() -> str:
+    """One line of what the running system has done so far, from the processors' /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = {"orderops_events_processed": "events processed", "orderops_escalations_open": "open escalations",
+              "orderops_notifications": "notifications", "orderops_dead_lettered": "dead-lettered"}
+    totals = dict.fromkeys(wanted.values(), 0.0)
+    for p in map(Processor, PROCESSORS):
+        try:
+            with urllib.request.urlopen(f"{p.url}/metrics", timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            continue
+        for family in text_string_to_metric_families(text):
+            if family.name in wanted:
+                totals[wanted[family.name]] += sum(s.value for s in family.samples if not s.name.endswith("_created"))
+    return ", ".join(f"{value:,.0f} {label}" for label, value in totals.items())
+
+
+def watch(interval: float = 15.0) -> list[str]:
+    """Print the figures every ``interval`` seconds until Ctrl-C (or SIGTERM); then stop every
+    processor and the broker, as `make stop` does."""
+    stopping = []
+
+    def request_stop(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stopping.append(signum)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    print("Ctrl-C stops everything (processors, simulator, Prometheus, broker); state stays in .run/", flush=True)
+    next_at = time.monotonic()
+    while not stopping:
+        if time.monotonic() >= next_at:
+            print(time.strftime("%H:%M:%S"), figures(), flush=True)
+            next_at = time.monotonic() + interval
+        time.sleep(0.2)
+    print("\nstopping orderops ...", flush=True)
+    lines = stop()
+    from orderops.brokers import KAFKA_SCRIPT
+
+    if not os.environ.get("KAFKA_BOOTSTRAP"):
+        subprocess.run([str(KAFKA_SCRIPT), "down"], check=False)
     return lines

@@ -25,7 +25,8 @@ from orderops.clock import clock_from_env
 from orderops.codec import Codec, DecodeError, Envelope
 from orderops.deadletter import dead_letter_headers, error_class
 from orderops.globalview import GlobalView
-from orderops.metrics import DEAD_LETTERED, DUPLICATES, EVENTS_PROCESSED, count_outcome
+from orderops.metrics import DEAD_LETTERED, DUPLICATES, EVENTS_PROCESSED, GaugeAtScrape, count_outcome
+from orderops.rebuild import MachineProcessor
 from orderops.settings import ServiceSettings
 from orderops.workflow import Outcome
 
@@ -52,6 +53,9 @@ class Service:
         self.app = _faust_app(self.settings)
         self.metrics_registry = CollectorRegistry()
         self.app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(self.metrics_registry, "orderops_faust"))
+        self.metrics_registry.register(GaugeAtScrape(
+            "orderops_consumer_lag_messages", "Messages in the processor's input partitions not yet committed as processed",
+            ("processor", "topic"), self.consumer_lag))
         self._dead_letter_topic = catalog.DEAD_LETTER_TOPICS.get(name) or catalog.dead_letter_topic(name)
         self._channels: dict[tuple[str, ...], faust.TopicT] = {}
         self.clock = clock_from_env(self.settings.clock)
@@ -178,16 +182,12 @@ class Service:
         before an effect outside Kafka (an email, a webhook) that must not repeat silently."""
         await self.app.producer.flush()
 
-    def state_machine_agent(
-        self, inputs: tuple[Topic, ...], table: faust.TableT, *, load: Callable[[dict], Any],
-        apply: Callable[[Any, Envelope, str, datetime], Outcome], expire: Callable[[Any, datetime, str], Outcome],
-        publish: Callable[[Outcome], Iterable[tuple[Topic, dict]]], deadline: Callable[[Any], datetime | None],
-        observe: Callable[[Outcome], None] | None = None,
-    ) -> faust.types.AgentT:
+    def state_machine_agent(self, processor: MachineProcessor, table: faust.TableT,
+                            observe: Callable[[Outcome], None] | None = None) -> faust.types.AgentT:
         """The one agent of a state-machine processor, keyed by order: decode, load the order's
         state, apply the event (or a timer tick: expire), then settle. The processor supplies only
-        its pure domain functions; everything else is the same for every processor."""
-        timers = catalog.TIMER_TOPICS[self.name]
+        its pure functions (see orderops.rebuild, which runs the same ones offline)."""
+        timers = processor.timers
         self.enable_timers()
 
         async def machine(stream: faust.StreamT) -> None:
@@ -195,18 +195,19 @@ class Service:
                 async with self.dead_letter_on_error(event):
                     envelope = self.decode(event)
                     stored = table.get(envelope.order_id)
-                    state = load(stored) if stored else None
+                    state = processor.load(stored) if stored else None
                     if event.message.topic == timers.name:
                         if state is None:
                             continue
-                        outcome = expire(state, envelope.payload["fired_at"], timers.name)
+                        outcome = processor.expire(state, envelope.payload["fired_at"], timers.name)
                     else:
-                        outcome = apply(state, envelope, event.message.topic, self.clock.now())
-                    await self.settle(table, envelope.order_id, outcome, publish(outcome), deadline(outcome.state))
+                        outcome = processor.apply(state, envelope, event.message.topic, self.clock.now())
+                    await self.settle(table, envelope.order_id, outcome, processor.publish(outcome),
+                                      processor.deadline(outcome.state))
                     if observe is not None and not outcome.duplicate:
                         observe(outcome)
 
-        return self.app.agent(self.topic(*inputs, timers), name=f"{self.name}.state-machine")(machine)
+        return self.app.agent(self.topic(*processor.inputs, timers), name=f"{self.name}.state-machine")(machine)
 
     # -- timers -------------------------------------------------------------------------------
 
@@ -284,6 +285,27 @@ class Service:
                 "assigned_partitions": len(assigned),
                 "global_views": {v.topic.name: {"caught_up": v.caught_up.is_set(), "entries": len(v.items)}
                                  for v in self._global_views}}
+
+    def consumer_lag(self) -> dict[tuple[str, str], float]:
+        """Per input topic: the partitions' end offsets less the group's committed offsets (the
+        lag Kafka's own tools report), over the partitions this worker holds."""
+        consumer = self.app._consumer
+        lag: dict[tuple[str, str], float] = {}
+        if consumer is None:
+            return lag
+        for tp in consumer.assignment():
+            if tp.topic.endswith("-changelog"):
+                continue
+            try:
+                end = consumer.highwater(tp)
+            except Exception:  # no fetch yet for this partition: nothing to say
+                continue
+            committed = consumer._committed_offset.get(tp)
+            if end is None or committed is None:
+                continue
+            key = (self.name, tp.topic)
+            lag[key] = lag.get(key, 0) + max(0, end - committed)
+        return lag
 
     def _mount_pages(self) -> None:
         service = self

@@ -137,3 +137,39 @@ def decode_all(messages: list[Message], topic: Any) -> list:
 
 
 _CODEC: dict[str, Any] = {}
+
+
+class PrivateBroker:
+    """A real broker of one test's own (the embedded Kafka of deploy/kafka/kafka.sh on free ports,
+    its data under ``run_dir``), with every catalog topic: for tests that count everything a
+    processor saw, or that stop and restart the broker, without disturbing the suite's broker."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from orderops.settings import default_run_dir
+
+        self.run_dir, self.port, self.controller_port = run_dir, free_port(), free_port()
+        shared = Path(os.environ.get("ORDEROPS_RUN_DIR", default_run_dir())) / "kafka" / "classpath.txt"
+        self.env = {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(self.controller_port),
+                    "ORDEROPS_RUN_DIR": str(run_dir), "KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m"}
+        if shared.is_file():
+            self.env["KAFKA_CLASSPATH_FILE"] = str(shared)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _script(self, command: str) -> None:
+        from orderops.brokers import KAFKA_SCRIPT
+
+        subprocess.run([str(KAFKA_SCRIPT), command], env=self.env, check=True, stdout=subprocess.DEVNULL)
+
+    def start(self) -> str:
+        from orderops.admin import create_topics
+        from orderops.settings import KafkaSettings
+
+        self._script("up")
+        create_topics(settings=KafkaSettings(self.bootstrap, 1))
+        return self.bootstrap
+
+    def stop(self) -> None:
+        self._script("down")

@@ -303,14 +303,19 @@ def earliest_park_deadline(state: Any) -> datetime | None:
 
 # -- audit records of the contract ----------------------------------------------------------------
 
-def with_ids(outcome: Outcome) -> Iterator[tuple[Record, str]]:
-    """Each record with its id, derived from its cause: ``<cause id>:<kind>:<n>``."""
+def with_ids(outcome: Outcome, source: str) -> Iterator[tuple[Record, str]]:
+    """Each record with its id, derived from its cause and its writer: ``<cause id>:<source>:<kind>:<n>``.
+
+    Deterministic, so reprocessing a cause yields the same ids. The writer is part of it because
+    several processors react to the same upstream event: without it, order-state's and returns'
+    transitions for one refund result had the same id, and the timeline (which dedupes by event
+    id across all its inputs) dropped one of them as a duplicate."""
     counts: Counter[tuple[str, str]] = Counter()
     for record in outcome.records:
         kind = type(record.what).__name__.lower()
         n = counts[(record.cause.event_id, kind)]
         counts[(record.cause.event_id, kind)] += 1
-        yield record, f"{record.cause.event_id}:{kind}:{n}"
+        yield record, f"{record.cause.event_id}:{source}:{kind}:{n}"
 
 
 def transition_payload(record: Record) -> dict:

@@ -14,7 +14,6 @@ import argparse
 import heapq
 import random
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +23,6 @@ from decimal import Decimal
 
 from orderops.catalog import (
     PAYMENTS_EVENTS,
-    PAYMENTS_REFUND_REQUESTS,
     STOREFRONT_ORDERS,
     STOREFRONT_RETURNS,
     SUPPORT_CONTACTS,
@@ -32,8 +30,7 @@ from orderops.catalog import (
     WAREHOUSE_RETURNS,
     Topic,
 )
-from orderops.codec import Codec
-from orderops.envelope import Envelope
+from orderops.provider import RefundDesk
 from orderops.scenario import Story, address, customer, instrument, line, money
 
 UPSTREAM = (STOREFRONT_ORDERS, STOREFRONT_RETURNS, PAYMENTS_EVENTS, WAREHOUSE_FULFILLMENT, WAREHOUSE_RETURNS,
@@ -292,9 +289,11 @@ def play(config: Config, bootstrap: str, out=sys.stderr, answer_refunds: bool = 
     chaos: Counter = Counter()
     producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS})
     sent: Counter = Counter()
-    stop = threading.Event()
-    provider = RefundProvider(bootstrap, config, origin, stop) if answer_refunds else None
-    if provider:
+    provider = None
+    if answer_refunds:
+        rng = random.Random(f"{config.seed}:provider")
+        provider = RefundDesk(bootstrap, fails=lambda command: rng.random() < config.shares.get("refund_failure", 0.0),
+                              from_start=False, name="simulated-provider")
         provider.start()
     began, last_report, last_sent = time.monotonic(), 0.0, 0.0
     try:
@@ -318,58 +317,13 @@ def play(config: Config, bootstrap: str, out=sys.stderr, answer_refunds: bool = 
     finally:
         if producer.flush(30):
             print("simulate: some messages were not acknowledged within 30 s", file=out)
-        stop.set()
+        if provider:
+            provider.stop()
     summary = Counter({f"sent:{k}": v for k, v in sent.items()})
     summary.update(chaos)
     if provider:
         summary.update(provider.answers)
     return summary
-
-
-class RefundProvider(threading.Thread):
-    """The payment provider's side of refunds: every command is answered once per idempotency key,
-    most succeed, ``refund_failure`` of them fail (retryable)."""
-
-    def __init__(self, bootstrap: str, config: Config, origin: datetime, stop: threading.Event) -> None:
-        super().__init__(daemon=True)
-        self.bootstrap, self.config, self.origin, self.stop = bootstrap, config, origin, stop
-        self.answers: Counter = Counter()
-
-    def run(self) -> None:
-        import uuid
-
-        from confluent_kafka import Consumer, Producer
-
-        from orderops.settings import PRODUCER_DEFAULTS
-
-        codec, answered = Codec(), set()
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"simulated-provider-{uuid.uuid4().hex}",
-                             "auto.offset.reset": "latest"})
-        consumer.subscribe([PAYMENTS_REFUND_REQUESTS.name])
-        producer = Producer({"bootstrap.servers": self.bootstrap, **PRODUCER_DEFAULTS})
-        rng = random.Random(f"{self.config.seed}:provider")
-        while not self.stop.is_set():
-            message = consumer.poll(0.5)
-            if message is None or message.error():
-                continue
-            command = Envelope.from_record(codec.decode(message.value(), PAYMENTS_REFUND_REQUESTS.value_schema).record)
-            key = command.payload["refund_id"]
-            if key in answered:
-                continue
-            answered.add(key)
-            fails = rng.random() < self.config.shares.get("refund_failure", 0.0)
-            payload = {"refund_id": key, "instrument_id": command.payload["instrument_id"],
-                       "amount": command.payload["amount"]}
-            answer = Envelope(f"provider:{key}", command.order_id, command.occurred_at + timedelta(hours=2),
-                              "payment-provider",
-                              "orderops.payments.RefundFailed" if fails else "orderops.payments.RefundSucceeded",
-                              {**payload, "reason": "issuer unavailable", "retryable": True} if fails else payload)
-            producer.produce(PAYMENTS_EVENTS.name, key=command.order_id.encode(),
-                             value=codec.encode(PAYMENTS_EVENTS.value_schema, answer.to_record()))
-            producer.poll(0)
-            self.answers["refunds_failed" if fails else "refunds_succeeded"] += 1
-        producer.flush(10)
-        consumer.close()
 
 
 def register(groups) -> None:

@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-from fulfillment import domain
-from fulfillment.app import PARK_FOR, orders, service
-from fulfillment.domain import FulfillmentState
-from fulfillment.records import publishable
-from orderops.catalog import STOREFRONT_ORDERS, WAREHOUSE_FULFILLMENT
+from fulfillment.app import orders, service
+from fulfillment.processor import definition
 
-lines_and_parcels = service.state_machine_agent(
-    (STOREFRONT_ORDERS, WAREHOUSE_FULFILLMENT), orders,
-    load=FulfillmentState.from_json,
-    apply=lambda state, event, topic, now: domain.apply(state, event, topic, now, PARK_FOR),
-    expire=lambda state, now, topic: domain.expire(state, now),
-    publish=publishable,
-    deadline=domain.next_deadline,
-)
+lines_and_parcels = service.state_machine_agent(definition(service.settings), orders)

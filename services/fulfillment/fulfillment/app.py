@@ -1,8 +1,6 @@
-"""fulfillment's app: the kernel's Service, its table and its settings."""
+"""fulfillment's app: the kernel's Service and its table."""
 
 from __future__ import annotations
-
-from datetime import timedelta
 
 from orderops.catalog import FULFILLMENT, WEB_PORTS
 from orderops.service import Service
@@ -12,5 +10,3 @@ app = service.app
 
 # order id -> FulfillmentState.to_json(): line buckets, parcels, parked events, history.
 orders = service.table("orders", default=None, help="Line quantities and parcels per order")
-
-PARK_FOR = timedelta(seconds=service.settings.park_deadline_seconds)

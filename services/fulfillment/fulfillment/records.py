@@ -13,7 +13,7 @@ SOURCE = "fulfillment"
 
 
 def publishable(outcome: Outcome) -> Iterator[tuple[Topic, dict]]:
-    for record, event_id in workflow.with_ids(outcome):
+    for record, event_id in workflow.with_ids(outcome, SOURCE):
         what = record.what
         if isinstance(what, Notify):
             yield NOTIFICATIONS_REQUESTS, _notification(record, what, outcome.state)

@@ -1,6 +1,6 @@
 """What an outcome publishes, as records of the contract (still pure: dicts, no Kafka).
 
-Audit ids come from the kernel (``<cause event id>:<kind>:<n>``); a notification's id is
+Audit ids come from the kernel (``<cause event id>:order-state:<kind>:<n>``); a notification's id is
 ``<cause event id>:notify:<type>``. Reprocessing a cause yields the same ids and bytes.
 """
 
@@ -18,7 +18,7 @@ SOURCE = "order-state"
 
 
 def publishable(outcome: Outcome) -> Iterator[tuple[Topic, dict]]:
-    for record, event_id in workflow.with_ids(outcome):
+    for record, event_id in workflow.with_ids(outcome, SOURCE):
         if isinstance(record.what, Notify):
             yield NOTIFICATIONS_REQUESTS, _notification(record, record.what, outcome.state)
         elif isinstance(record.what, Transitioned):

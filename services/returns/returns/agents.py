@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-from orderops.catalog import (
-    FULFILLMENT_STATE_CHANGES,
-    PAYMENTS_EVENTS,
-    STOREFRONT_ORDERS,
-    STOREFRONT_RETURNS,
-    SUPPORT_ACTIONS,
-    WAREHOUSE_RETURNS,
-)
 from orderops.workflow import Outcome
-from returns import domain
-from returns.app import METRICS, PARK_FOR, current_policies, orders, service
-from returns.domain import ReturnsState
-from returns.records import measures, publishable
+from returns.app import METRICS, REFUNDS_COMPLETED, current_policies, orders, service
+from returns.processor import definition
+from returns.records import measures
 
 
 def observe(outcome: Outcome) -> None:
     for measure in measures(outcome):
         METRICS[measure.name].labels(measure.labels["channel"], measure.labels["policy"]).observe(measure.seconds)
+        if "within_sla" in measure.labels:
+            REFUNDS_COMPLETED.labels(measure.labels["channel"], measure.labels["policy"], measure.labels["within_sla"]).inc()
 
 
-returns_and_refunds = service.state_machine_agent(
-    (STOREFRONT_ORDERS, STOREFRONT_RETURNS, WAREHOUSE_RETURNS, PAYMENTS_EVENTS, FULFILLMENT_STATE_CHANGES,
-     SUPPORT_ACTIONS), orders,
-    load=ReturnsState.from_json,
-    apply=lambda state, event, topic, now: domain.apply(state, event, topic, now, PARK_FOR, current_policies()),
-    expire=lambda state, now, topic: domain.expire(state, now, PARK_FOR, current_policies(), topic),
-    publish=publishable,
-    deadline=lambda state: domain.next_deadline(state, PARK_FOR),
-    observe=observe,
-)
+returns_and_refunds = service.state_machine_agent(definition(service.settings, policies=current_policies), orders,
+                                                  observe=observe)

@@ -547,7 +547,11 @@ def _refund_result(step: ReturnsStep) -> None:
     if kind == "RefundSucceeded":
         refund = step.refund_trigger(refund, "succeed", "the provider confirmed the refund")
         seconds = (step.event.occurred_at - refund.requested_at).total_seconds()
-        step.emit(Measure("refund_completion_seconds", seconds, {"channel": refund.channel, "policy": refund.policy}))
+        policy = step.context.by_ref.get(refund.policy) if step.context else None
+        route = policy.refund_routes.get(refund.channel) if policy else None
+        within_sla = "unknown" if route is None else str(seconds <= route.sla_hours * 3600).lower()
+        step.emit(Measure("refund_completion_seconds", seconds, {"channel": refund.channel, "policy": refund.policy,
+                                                                 "within_sla": within_sla}))
         _settle(step, refund)
         return
     refund = step.refund_trigger(refund, "fail", f"the provider refused: {payload['reason']}")

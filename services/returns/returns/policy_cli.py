@@ -31,9 +31,9 @@ def _load(files: list[str]) -> list[Policy]:
 
 
 def _published(bootstrap: str) -> dict[str, Policy]:
-    from orderops.globalview import read_all
+    from returns.processor import published_policies
 
-    return {key: Policy.from_record(record) for key, record in read_all(bootstrap, RETURNS_POLICIES).items()}
+    return published_policies(bootstrap)
 
 
 def check(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ NS = "orderops.returns."
 
 
 def publishable(outcome: Outcome) -> Iterator[tuple[Topic, dict]]:
-    for record, event_id in workflow.with_ids(outcome):
+    for record, event_id in workflow.with_ids(outcome, SOURCE):
         what = record.what
         if isinstance(what, Measure):
             continue  # a metric, not a record

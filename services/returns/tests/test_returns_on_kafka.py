@@ -10,13 +10,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from confluent_kafka import Consumer
 
 from orderops.catalog import (
     FULFILLMENT_STATE_CHANGES,
@@ -28,8 +25,8 @@ from orderops.catalog import (
     STOREFRONT_RETURNS,
     WAREHOUSE_RETURNS,
 )
-from orderops.codec import Codec
 from orderops.envelope import Envelope
+from orderops.provider import RefundDesk
 from orderops.scenario import Story, address, customer, instrument, line, money
 from orderops.testing import ServiceProcess, decode_all, free_port, poll_json, producer, read_topic
 
@@ -37,48 +34,23 @@ pytestmark = pytest.mark.broker
 PLACED = datetime(2026, 11, 2, 9, tzinfo=UTC)
 
 
-class Provider(threading.Thread):
+def refund_desk(bootstrap: str, order_id: str) -> RefundDesk:
     """Answers refund commands of one order: the card's original refund fails three times, the
     rest succeed; the first gift-card success is delivered twice (a redelivery)."""
+    gift_card_answered = []
 
-    def __init__(self, bootstrap: str, order_id: str) -> None:
-        super().__init__(daemon=True)
-        self.bootstrap, self.order_id = bootstrap, order_id
-        self.commands: list[Envelope] = []
-        self.stop_event = threading.Event()
-        self.codec = Codec()
+    def fails(command: Envelope) -> bool:
+        key = command.payload["refund_id"]
+        return command.payload["instrument_id"] == "card-1" and command.payload["method"] == "ORIGINAL_INSTRUMENT" \
+            and "store-credit" not in key and key.split(":return:")[1].startswith("r-1")
 
-    def run(self) -> None:
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"provider-{uuid.uuid4().hex}",
-                             "auto.offset.reset": "earliest"})
-        consumer.subscribe([PAYMENTS_REFUND_REQUESTS.name])
-        kafka, answered, duplicated = producer(self.bootstrap), set(), False
-        while not self.stop_event.is_set():
-            message = consumer.poll(0.3)
-            if message is None or message.error() or message.key() != self.order_id.encode():
-                continue
-            command = Envelope.from_record(self.codec.decode(message.value(), PAYMENTS_REFUND_REQUESTS.value_schema)
-                                           .record)
-            self.commands.append(command)
-            key = command.payload["refund_id"]
-            if key in answered:
-                continue
-            answered.add(key)
-            fails = command.payload["instrument_id"] == "card-1" and command.payload["method"] == "ORIGINAL_INSTRUMENT" \
-                and "store-credit" not in key and key.split(":return:")[1].startswith("r-1")
-            payload = {"refund_id": key, "instrument_id": command.payload["instrument_id"],
-                       "amount": command.payload["amount"]}
-            answer = Envelope(f"provider:{key}", self.order_id, command.occurred_at + timedelta(hours=3),
-                              "payment-provider",
-                              "orderops.payments.RefundFailed" if fails else "orderops.payments.RefundSucceeded",
-                              {**payload, "reason": "issuer declined", "retryable": True} if fails else payload)
-            value = self.codec.encode(PAYMENTS_EVENTS.value_schema, answer.to_record())
-            kafka.produce(PAYMENTS_EVENTS.name, key=self.order_id.encode(), value=value)
-            if not fails and command.payload["instrument_id"] == "gift-1" and not duplicated:
-                kafka.produce(PAYMENTS_EVENTS.name, key=self.order_id.encode(), value=value)  # same event twice
-                duplicated = True
-            kafka.flush(10)
-        consumer.close()
+    def answer_twice(command: Envelope) -> bool:
+        if command.payload["instrument_id"] != "gift-1" or gift_card_answered:
+            return False
+        gift_card_answered.append(command)
+        return True
+
+    return RefundDesk(bootstrap, fails=fails, answer_twice=answer_twice, order_ids={order_id}, delay=timedelta(hours=3))
 
 
 async def test_return_refund_story(catalog_topics, run_id, tmp_path):
@@ -90,7 +62,7 @@ async def test_return_refund_story(catalog_topics, run_id, tmp_path):
            "WEB_PORT": str(free_port()), "ORDEROPS_SESSION_TIMEOUT_SECONDS": "6"}
     process = ServiceProcess(["-m", "returns"], env, tmp_path / "returns.log", int(env["WEB_PORT"])).start()
     order = f"ret-{run_id}"
-    provider = Provider(bootstrap, order)
+    provider = refund_desk(bootstrap, order)
     kafka = producer(bootstrap)
     try:
         await process.wait_ready()
@@ -173,5 +145,5 @@ async def test_return_refund_story(catalog_topics, run_id, tmp_path):
         _, body = await process.get_json("/healthz")
         assert body["global_views"][RETURNS_POLICIES.name]["entries"] >= 2
     finally:
-        provider.stop_event.set()
+        provider.stop()
         process.stop(signal.SIGKILL)

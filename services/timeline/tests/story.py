@@ -8,6 +8,7 @@ from decimal import Decimal
 from orderops.catalog import (
     FULFILLMENT_STATE_CHANGES,
     NOTIFICATIONS_DELIVERIES,
+    NOTIFICATIONS_REQUESTS,
     ORDERS_STATE_CHANGES,
     PAYMENTS_EVENTS,
     STOREFRONT_ORDERS,
@@ -34,7 +35,8 @@ class Feed:
         self.n += 1
         namespace = {"StateTransition": "common", "PaymentTransition": "orderstate", "EventParked": "common",
                      "EventRejected": "common", "FulfillmentStatusChanged": "fulfillment", "NotificationDelivered":
-                     "notifications", "ReturnAuthorizationDecided": "returns", "RefundRequested": "returns"}.get(
+                     "notifications", "NotificationRequested": "notifications", "ReturnAuthorizationDecided": "returns",
+                     "RefundRequested": "returns"}.get(
                          type_name, topic.name.split(".")[0])
         event = Envelope(f"{self.order_id}:{self.n}:{type_name}", self.order_id, self.at, topic.writers[0],
                          f"orderops.{namespace}.{type_name}", payload)
@@ -85,15 +87,22 @@ def split_order_story() -> Feed:
     f.transition(FULFILLMENT_STATE_CHANGES, "shipment", "P1", "created", "dispatched")
     f.add(FULFILLMENT_STATE_CHANGES, "FulfillmentStatusChanged", status="partially_shipped", backordered=True,
           lines=[line_snapshot("l1", 2, shipped=2), line_snapshot("l2", 1, backordered=1, eta=ETA)])
-    f.add(NOTIFICATIONS_DELIVERIES, "NotificationDelivered", delivery_id="n1/email", notification_ids=["n1"],
-          type="shipment_dispatched", channel="email", outcome="SENT", attempts=1, subject="A parcel is on the way",
-          body="2 of 3 items shipped", lines=[
-              {"line_id": "l1", "name": "Blue mug", "quantity_in_this_shipment": 2, "quantity_shipped": 2,
+    claims = [{"line_id": "l1", "name": "Blue mug", "quantity_in_this_shipment": 2, "quantity_shipped": 2,
                "quantity_delivered": 0, "quantity_backordered": 0, "quantity_cancelled": 0, "eta": None,
                "shipment_id": "P1"},
               {"line_id": "l2", "name": "Teapot", "quantity_in_this_shipment": 0, "quantity_shipped": 0,
                "quantity_delivered": 0, "quantity_backordered": 1, "quantity_cancelled": 0, "eta": ETA,
-               "shipment_id": None}], amounts=[], reason="")
+               "shipment_id": None}]
+    # The request carries the cause's event time: the moment the message's claims are judged at.
+    f.add(NOTIFICATIONS_REQUESTS, "NotificationRequested", notification_id="n1", type="shipment_dispatched",
+          customer={"customer_id": "c-1", "email": "ada@example.com", "name": "Ada", "locale": "en", "phone": None},
+          cause_event_id="o-1:dispatched", lines=claims, amounts=[], shipment_id="P1",
+          tracking_url="https://track.example/JD1", facts={})
+    # Sent an hour later, on the notifier's clock.
+    f.after(hours=1).add(NOTIFICATIONS_DELIVERIES, "NotificationDelivered", delivery_id="n1/email",
+                         notification_ids=["n1"], type="shipment_dispatched", channel="email", outcome="SENT",
+                         attempts=1, subject="A parcel is on the way", body="2 of 3 items shipped",
+                         lines=[dict(c) for c in claims], amounts=[], reason="")
     f.after(days=1).add(SUPPORT_CONTACTS, "ContactOpened", contact_id="k1", customer_id="c-1", channel="EMAIL",
                         reason="where is my teapot?")
     f.after(days=1).add(SUPPORT_CONTACTS, "ContactOpened", contact_id="k2", customer_id="c-1", channel="PHONE",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from story import ETA, T0, split_order_story
+from story import ETA, T0, line_snapshot, split_order_story
 
 from orderops.catalog import (
     FULFILLMENT_STATE_CHANGES,
@@ -41,7 +42,8 @@ def tick(view, now):
 def test_every_event_becomes_one_entry_with_a_human_summary():
     view, outputs = feed(split_order_story().events)
     entries = [e for out in outputs for e in out.entries]
-    assert len(entries) == len(split_order_story().events) - 2, "status snapshots are facts for the view, not entries"
+    assert len(entries) == len(split_order_story().events) - 3, \
+        "status snapshots and notification requests are facts for the view, not entries"
     summaries = [e["summary"] for e in entries]
     assert "order placed: 2 line(s), 60.00 EUR" in summaries
     assert "1 of line l2 backordered until 12 Nov" in summaries
@@ -72,6 +74,36 @@ def test_delivered_claims_are_checked_against_the_fulfillment_truth():
     delivered.payload["lines"][1]["quantity_backordered"] = 0  # the message forgot the backorder
     _, outputs = feed(story.events)
     assert [a for out in outputs for a in out.accuracy] == [("inaccurate", "backorder_quantity")]
+
+
+def test_accuracy_is_judged_once_settled_whatever_the_arrival_order():
+    """The delivery may arrive before its request or before the truth of its moment (other topics):
+    the verdict waits for both, is counted once, and is the same for every arrival order."""
+    events = split_order_story().events
+    kinds = [e.short_type for _, e in events]
+    request, delivery = kinds.index("NotificationRequested"), kinds.index("NotificationDelivered")
+    snapshots = [i for i, k in enumerate(kinds) if k == "FulfillmentStatusChanged"]
+    moved = [events[delivery], events[request], *(events[i] for i in snapshots)]
+    rest = [e for i, e in enumerate(events) if i not in (request, delivery, *snapshots)]
+    for order in ([*rest[:1], *moved, *rest[1:]], [*rest, *reversed(moved)], events):
+        view, outputs = feed(order)
+        assert [a for out in outputs for a in out.accuracy] == [("accurate", "ok")], [e.short_type for _, e in order]
+        assert view["notifications"][0]["accurate"] is True
+
+
+def test_a_message_sent_after_the_facts_changed_is_still_judged_at_its_decision():
+    """Claims are judged at the moment the message was decided (its request's event time), not at
+    the notifier's send time: a later snapshot does not make an accurate message inaccurate."""
+    story = split_order_story()
+    story.after(days=5).add(FULFILLMENT_STATE_CHANGES, "FulfillmentStatusChanged", status="shipped", backordered=False,
+                            lines=[line_snapshot("l1", 2, shipped=2), line_snapshot("l2", 1, shipped=1)])
+    events = story.events
+    delivery = next(i for i, (_, e) in enumerate(events) if e.short_type == "NotificationDelivered")
+    topic, sent = events[delivery]
+    late = replace(sent, occurred_at=sent.occurred_at + timedelta(days=10))  # sent after the teapot shipped
+    events = [e for i, e in enumerate(events) if i != delivery] + [(topic, late)]
+    _, outputs = feed(events)
+    assert [a for out in outputs for a in out.accuracy] == [("accurate", "ok")]
 
 
 def test_aging_escalations_open_when_due_and_resolve_when_cleared():

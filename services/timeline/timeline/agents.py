@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 from orderops import catalog
 from orderops.envelope import from_json, to_json
 from orderops.metrics import DUPLICATES
 from timeline import domain
-from timeline.app import ACCURACY, CONTACTS, ESCALATIONS, RULES, service, views
+from timeline.app import ACCURACY, CONTACTS, CONTACTS_BY_TAG, ESCALATIONS, LATENCY, RULES, open_escalations, service, views
 from timeline.records import publishable
 
 # Live, aging follows the wall clock and a sweep brings due orders back. Replaying
@@ -15,6 +17,7 @@ from timeline.records import publishable
 LIVE = service.settings.clock == "wall"
 service.enable_timers(sweep=LIVE)
 TIMERS = catalog.TIMER_TOPICS[service.name]
+UPSTREAM_TOPICS = {t.name for t in catalog.inputs_of(service.name) if not set(t.writers) & set(catalog.PROCESSORS)}
 
 
 @service.app.agent(service.topic(*catalog.inputs_of(service.name), TIMERS), name="timeline.join")
@@ -37,11 +40,16 @@ async def join(stream):
                 continue
             await service.emit_all(envelope.order_id, publishable(view, out, envelope, now))
             views[envelope.order_id] = to_json(view)
+            open_escalations.update(envelope.order_id, view)
+            if not ticked:
+                origin = "upstream" if event.message.topic in UPSTREAM_TOPICS else "processor"
+                LATENCY.labels(origin).observe(max(0.0, time.time() - event.message.timestamp))
             service.schedule(envelope.order_id, domain.next_deadline(view, now, RULES))
             for result, reason in out.accuracy:
                 ACCURACY.labels(result, reason).inc()
             for repeat, tags in out.contacts:
+                CONTACTS.labels(str(repeat).lower()).inc()
                 for tag in tags or ("untagged",):
-                    CONTACTS.labels(str(repeat).lower(), tag).inc()
+                    CONTACTS_BY_TAG.labels(str(repeat).lower(), tag).inc()
             for escalation_id, kind, _ in out.escalations:
                 ESCALATIONS.labels(view["escalations"][escalation_id]["rule"], kind).inc()

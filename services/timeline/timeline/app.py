@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from orderops.catalog import TIMELINE, WEB_PORTS
+from orderops.envelope import from_json
+from orderops.metrics import GaugeAtScrape, initialise
 from orderops.service import Service
-from timeline.domain import Rules
+from timeline.domain import OpenEscalations, Rules
 
 service = Service(TIMELINE, default_web_port=WEB_PORTS[TIMELINE])
 app = service.app
@@ -19,9 +21,38 @@ views = service.table("views", default=None, help="Unified view per order")
 
 RULES = Rules.load(Path(os.environ.get("ORDEROPS_TIMELINE_RULES", Path(__file__).parent / "rules.yaml")))
 
+# Root-cause tags known up front (those the rules apply); agents may add others.
+KNOWN_TAGS = sorted({t for r in RULES.escalations for t in r.tags} | {t.tag for t in RULES.tags} | {"untagged"})
+
 ACCURACY = Counter("orderops_notification_accuracy_total",
                    "Delivered notifications whose item-level claims matched the fulfillment truth at send time",
                    ["result", "reason"])
 CONTACTS = Counter("orderops_support_contacts_total", "Support contacts, and whether they repeated one within 7 days",
-                   ["repeat", "tag"])
+                   ["repeat"])
+# A contact counts once per root-cause tag its order carries (so these do not add up to the contacts).
+CONTACTS_BY_TAG = Counter("orderops_support_contacts_by_tag_total",
+                          "Support contacts per root-cause tag of their order, and whether they repeated one",
+                          ["repeat", "tag"])
 ESCALATIONS = Counter("orderops_escalations_total", "Escalations opened and resolved", ["rule", "event"])
+initialise(ACCURACY, [("accurate", "ok")])
+initialise(CONTACTS, [("true",), ("false",)])
+initialise(CONTACTS_BY_TAG, [(repeat, tag) for repeat in ("true", "false") for tag in KNOWN_TAGS])
+initialise(ESCALATIONS, [(rule.rule_id, kind) for rule in RULES.escalations
+                         for kind in ("EscalationOpened", "EscalationResolved")])
+LATENCY = Histogram(
+    "orderops_timeline_latency_seconds",
+    "From an event written to its topic (its Kafka timestamp) to the timeline's records of it acknowledged; "
+    "origin=upstream is the end-to-end latency of the pipeline",
+    ["origin"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+
+open_escalations = OpenEscalations()
+
+
+@views.on_recover
+async def _index_recovered_views() -> None:
+    open_escalations.rebuild((order_id, from_json(stored)) for order_id, stored in views.items() if stored)
+
+
+service.metrics_registry.register(GaugeAtScrape(
+    "orderops_escalations_open", "Escalations not resolved, by rule and by how long they have been open",
+    ("rule", "age"), lambda: open_escalations.counts(service.clock.now(), RULES)))

@@ -214,10 +214,14 @@ def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
         view["refunds"].setdefault(refund_id, {}).update(
             channel=p["channel"], method=p["method"], amount=p["amount"]["amount"], return_id=p["return_id"],
             requested_at=view["refunds"].get(refund_id, {}).get("requested_at") or at)
+    elif kind == "NotificationRequested":
+        view.setdefault("decided", {})[p["notification_id"]] = at
+        _judge_notifications(view, out)
     elif kind == "NotificationDelivered":
         view["notifications"].append({"type": p["type"], "channel": p["channel"], "outcome": p["outcome"],
                                       "subject": p["subject"], "body": p["body"], "at": at, "accurate": None,
-                                      "accuracy": "", "delivery_id": p["delivery_id"], "claims": p["lines"]})
+                                      "accuracy": "", "delivery_id": p["delivery_id"], "claims": p["lines"],
+                                      "notification_ids": list(p["notification_ids"])})
         _judge_notifications(view, out)
         if p["type"] == "backorder_eta_changed" and p["outcome"] == "SENT":
             for slip in view["eta_slips"].values():
@@ -261,19 +265,27 @@ def _agent_action(view: dict, action: dict, out: Outputs) -> None:
 
 
 def _judge_notifications(view: dict, out: Outputs) -> None:
-    """Judge each sent message's claims against the fulfillment truth at its send time: the
-    latest status snapshot at or before it. A snapshot may arrive after the message (another
-    topic), so verdicts are judged again on every arrival; the first verdict is counted."""
+    """Judge each sent message's item-level claims against the fulfillment truth at the moment the
+    message was decided: its request's event time (the cause's), the latest requested if the
+    notifier merged several. Event time, not the send time on the notifier's clock: the verdict is
+    then the same live, in a replay and under a time-compressing simulator.
+
+    A verdict is given once it is settled — the request is known and a truth snapshot at or after
+    that moment has arrived (snapshots come in order on one topic; the cause's own snapshot, when
+    its lines changed, has the same time) — and counted once, then."""
     for note in view["notifications"]:
-        if note["outcome"] != "SENT" or not note["claims"]:
+        if note["outcome"] != "SENT" or not note["claims"] or note["accurate"] is not None:
             continue
-        truths = [t for t in view["truths"] if t["at"] <= note["at"]]
-        if not truths:
+        requested = [view.get("decided", {}).get(n) for n in note.get("notification_ids", ())]
+        if not requested or None in requested:
+            continue
+        decided_at = max(requested)
+        truths = [t for t in view["truths"] if t["at"] <= decided_at]
+        if not truths or view["truths"][-1]["at"] < decided_at:
             continue
         accurate, reason = _accuracy(truths[-1]["lines"], note["claims"])
-        if note["accurate"] is None:
-            out.accuracy.append(("accurate" if accurate else "inaccurate", reason or "ok"))
-        note["accurate"], note["accuracy"] = accurate, reason
+        out.accuracy.append(("accurate" if accurate else "inaccurate", reason or "ok"))
+        note["accurate"], note["accuracy"], note["decided_at"] = accurate, reason, decided_at
 
 
 def _accuracy(lines: dict, claims: list[dict]) -> tuple[bool, str]:
@@ -410,6 +422,45 @@ def _escalate(view: dict, event: Envelope, now: datetime, rules: Rules, out: Out
             escalation.update(state="resolved", resolved_by="rule")
             out.escalations.append((escalation_id, "EscalationResolved", {"by": "rule", "note": "the condition cleared",
                                                                          "at": event.occurred_at}))
+
+
+# Age of an open escalation, for the open-escalations gauge: (upper bound, label), youngest first.
+AGE_BUCKETS = ((timedelta(hours=4), "under-4h"), (timedelta(days=1), "4h-1d"), (timedelta(days=3), "1d-3d"),
+               (None, "over-3d"))
+
+
+def age_bucket(age: timedelta) -> str:
+    return next(label for bound, label in AGE_BUCKETS if bound is None or age < bound)
+
+
+class OpenEscalations:
+    """The open escalations of the orders a worker holds, kept beside the views so that counting
+    them by rule and age never scans the table. Rebuilt from the table after each recovery."""
+
+    def __init__(self) -> None:
+        self._by_order: dict[str, tuple[tuple[str, datetime], ...]] = {}
+
+    def update(self, order_id: str, view: dict) -> None:
+        still_open = tuple((e["rule"], e["opened_at"]) for e in view["escalations"].values() if e["state"] != "resolved")
+        if still_open:
+            self._by_order[order_id] = still_open
+        else:
+            self._by_order.pop(order_id, None)
+
+    def rebuild(self, views: Any) -> None:
+        """From ``(order id, view)`` pairs: the views this worker holds after a rebalance."""
+        self._by_order.clear()
+        for order_id, view in views:
+            self.update(order_id, view)
+
+    def counts(self, now: datetime, rules: Rules) -> dict[tuple[str, str], int]:
+        """Open escalations by (rule, age bucket); every rule and bucket present, zero or not."""
+        counts = {(rule.rule_id, label): 0 for rule in rules.escalations for _, label in AGE_BUCKETS}
+        for escalations in self._by_order.values():
+            for rule_id, opened_at in escalations:
+                key = (rule_id, age_bucket(now - opened_at))
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
 
 def next_deadline(view: dict, now: datetime, rules: Rules) -> datetime | None:

@@ -44,7 +44,7 @@ def _plain(value: Any) -> Any:
 
 
 def describe(view: dict) -> dict:
-    shown = {k: v for k, v in view.items() if k not in ("seen", "entries", "eta_slips", "truths", "pending_actions")}
+    shown = {k: v for k, v in view.items() if k not in ("seen", "entries", "eta_slips", "truths", "pending_actions", "decided")}
     return _plain(shown)
 
 

@@ -1,0 +1,58 @@
+"""returns as a state-machine processor: its inputs, its table and its pure functions — run live
+by the agent (agents.py, policies from the global view) and offline by ``orderops replay rebuild``
+and the policy what-if (policies read from returns.policies, or a draft)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import timedelta
+
+from orderops.catalog import (
+    FULFILLMENT_STATE_CHANGES,
+    PAYMENTS_EVENTS,
+    RETURNS,
+    RETURNS_POLICIES,
+    STOREFRONT_ORDERS,
+    STOREFRONT_RETURNS,
+    SUPPORT_ACTIONS,
+    WAREHOUSE_RETURNS,
+)
+from orderops.rebuild import MachineProcessor
+from orderops.settings import ServiceSettings
+from returns import domain
+from returns.domain import Policies, ReturnsState
+from returns.policy import Policy
+from returns.records import publishable
+
+INPUTS = (STOREFRONT_ORDERS, STOREFRONT_RETURNS, WAREHOUSE_RETURNS, PAYMENTS_EVENTS, FULFILLMENT_STATE_CHANGES,
+          SUPPORT_ACTIONS)
+
+
+def policy_id() -> str:
+    """Orders are judged by this policy's version in force when they were placed (ORDEROPS_RETURN_POLICY)."""
+    return os.environ.get("ORDEROPS_RETURN_POLICY", "standard")
+
+
+def published_policies(bootstrap: str) -> dict[str, Policy]:
+    from orderops.globalview import read_all
+
+    return {key: Policy.from_record(record) for key, record in read_all(bootstrap, RETURNS_POLICIES).items()}
+
+
+def definition(settings: ServiceSettings, bootstrap: str | None = None,
+               policies: Callable[[], Policies] | None = None) -> MachineProcessor:
+    """``policies``: the policies in force, asked for at every event (live: the global view);
+    without it, those published on returns.policies when this is called."""
+    park_for = timedelta(seconds=settings.park_deadline_seconds)
+    if policies is None:
+        fixed = Policies(published_policies(bootstrap or settings.kafka.bootstrap), policy_id())
+        policies = lambda: fixed  # noqa: E731
+    return MachineProcessor(
+        RETURNS, INPUTS, "orders",
+        load=ReturnsState.from_json,
+        apply=lambda state, event, topic, now: domain.apply(state, event, topic, now, park_for, policies()),
+        expire=lambda state, now, topic: domain.expire(state, now, park_for, policies(), topic),
+        publish=publishable,
+        deadline=lambda state: domain.next_deadline(state, park_for),
+    )
