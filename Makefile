@@ -53,7 +53,7 @@ run: topics
 	@$(BIN)/orderops policies publish
 	@ORDEROPS_CLOCK=$${ORDEROPS_CLOCK:-event} $(BIN)/orderops processors start
 	@echo
-	@echo "orderops is up: the broker, every topic, the return policies, all five processors and the simulator."
+	@echo "orderops is up: the broker, every topic, the return policies, all five processors, Prometheus and the simulator."
 	@echo "  CONSOLE      http://127.0.0.1:6105/   support console (API: /openapi.json; escalations appear as simulated days pass)"
 	@echo "  broker       $${KAFKA_BOOTSTRAP:-127.0.0.1:$${KAFKA_PORT:-9092}}   logs: .run/kafka/logs/"
 	@echo "  order-state  http://127.0.0.1:6101/orders/<order id>   /healthz   /metrics   log: .run/logs/order-state.log"

@@ -102,7 +102,8 @@ def _processors(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"processors: {exc}", file=sys.stderr)
         return 1
-    print("\n".join(lines) or "no processor is running")
+    if lines or args.command != "watch":
+        print("\n".join(lines) or "no processor is running")
     return 0
 
 

@@ -196,9 +196,9 @@ def watch(interval: float = 15.0) -> list[str]:
             next_at = time.monotonic() + interval
         time.sleep(0.2)
     print("\nstopping orderops ...", flush=True)
-    lines = stop()
+    print("\n".join(stop()), flush=True)
     from orderops.brokers import KAFKA_SCRIPT
 
     if not os.environ.get("KAFKA_BOOTSTRAP"):
         subprocess.run([str(KAFKA_SCRIPT), "down"], check=False)
-    return lines
+    return []

@@ -131,23 +131,50 @@ def plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 
+def canonical(state: dict) -> dict:
+    """A stored state, with the history entries of one event time in a fixed order: events written
+    within the same moment on different topics reach the processor in an order no log records, and
+    both orders lead to the same state (the domain's property tests prove that) but list the
+    history differently."""
+    state = plain(state)
+    if isinstance(state.get("history"), list):
+        state["history"] = sorted(state["history"], key=lambda e: (json.dumps(e.get("at"), sort_keys=True),
+                                                                   json.dumps(e, sort_keys=True)))
+    return state
+
+
 def compare_states(rebuilt: dict[str, Any], stored: dict[str, Any], dump: Callable[[Any], dict]) -> Iterator[Difference]:
     """Rebuilt state of each order against the processor's table (its changelog's latest value)."""
     for order_id, state in sorted(rebuilt.items()):
-        ours = plain(dump(state))
+        ours = canonical(dump(state))
         theirs = stored.get(order_id)
         if theirs is None:
             yield Difference(order_id, "state", "the processor's table has no state for this order")
-        elif plain(theirs) != ours:
-            keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != plain(theirs).get(k))
+        elif canonical(theirs) != ours:
+            theirs = canonical(theirs)
+            keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
             yield Difference(order_id, "state", f"fields differ: {', '.join(keys)}")
+
+
+# Records of the order in which events arrived, not of what they did: an event that came before its
+# prerequisite (on another topic) is parked, then applied with the same derived records as if it
+# had come in order. Arrival order between topics is not in any log, so a rebuild cannot reproduce
+# these; it reports them apart and compares everything else.
+ARRIVAL_ORDER_RECORDS = ("orderops.common.EventParked",)
+
+
+def record_type(record: dict) -> str:
+    payload = record.get("payload")
+    return payload[0] if isinstance(payload, list | tuple) else ""
 
 
 def compare_outputs(rebuilt: dict[str, tuple[str, dict]], produced: dict[str, tuple[str, dict]],
                     orders: set[str]) -> Iterator[Difference]:
     """Records by event id (derived ids are deterministic): what the rebuild would write against
-    what the processor wrote, for the rebuilt orders."""
-    theirs = {event_id: out for event_id, out in produced.items() if out[1].get("order_id") in orders}
+    what the processor wrote, for the rebuilt orders (arrival-order records left out)."""
+    theirs = {event_id: out for event_id, out in produced.items() if out[1].get("order_id") in orders
+              and record_type(out[1]) not in ARRIVAL_ORDER_RECORDS}
+    rebuilt = {event_id: out for event_id, out in rebuilt.items() if record_type(out[1]) not in ARRIVAL_ORDER_RECORDS}
     for event_id in sorted(set(rebuilt) | set(theirs)):
         ours = rebuilt.get(event_id)
         stored = theirs.get(event_id)

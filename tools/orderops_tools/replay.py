@@ -6,6 +6,11 @@
                       inputs; refused while any worker of it is running
     redrive PROCESSOR send the processor's dead letters back to their origin topic, once each,
                       recorded in <processor>.redrives
+    rebuild PROCESSOR rebuild a state-machine processor's state from its input topics into fresh
+                      state (offline, the processor's own pure functions) and compare it, and the
+                      records it would write, with what the processor holds and wrote
+    what-if POLICY    judge the return requests of a time range by a draft return policy and report,
+                      decision by decision, what would change (nothing is published)
 
 Every command that changes something has --dry-run. See docs/operations.md for when to use which.
 """
@@ -14,56 +19,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-import uuid
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from orderops import catalog, deadletter
 from orderops.codec import Codec, DecodeError
 from orderops.envelope import to_json
+from orderops.rebuild import Message
 from orderops.settings import PRODUCER_DEFAULTS, KafkaSettings
+from orderops.topicreader import consumer_for, read, read_messages
 
 REDRIVEN_FROM = "redriven-from"
-
-
-def _consumer(bootstrap: str) -> Consumer:
-    from orderops.admin import QuietLogger
-
-    return Consumer({"bootstrap.servers": bootstrap, "group.id": f"orderops-replay-{uuid.uuid4().hex}",
-                     "enable.auto.commit": False, "logger": QuietLogger()})
-
-
-def read(bootstrap: str, topic: catalog.Topic, partitions: list[int] | None = None, start: dict[int, int] | None = None,
-         stop: dict[int, int] | None = None) -> list[Any]:
-    """Every message of the topic's partitions from ``start`` (default: the beginning) up to the end
-    as it was when reading began (or ``stop``), in partition and offset order."""
-    consumer = _consumer(bootstrap)
-    try:
-        chosen = partitions if partitions is not None else list(range(topic.partitions))
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic.name, p), timeout=30)[1] for p in chosen}
-        if stop:
-            ends = {p: min(ends[p], stop.get(p, ends[p])) for p in chosen}
-        first = {p: (start or {}).get(p, OFFSET_BEGINNING) for p in chosen}
-        pending = {p for p in chosen if ends[p] > max(first[p], 0)}
-        consumer.assign([TopicPartition(topic.name, p, first[p]) for p in pending])
-        messages: list[Any] = []
-        while pending:
-            message = consumer.poll(10)
-            if message is None:
-                raise TimeoutError(f"{topic.name}: nothing arrived for 10 s while {sorted(pending)} were unread")
-            if message.error():
-                continue
-            if message.partition() in pending and message.offset() < ends[message.partition()]:
-                messages.append(message)
-            if message.offset() + 1 >= ends[message.partition()]:
-                pending.discard(message.partition())
-        return sorted(messages, key=lambda m: (m.partition(), m.offset()))
-    finally:
-        consumer.close()
 
 
 def describe(topic: catalog.Topic, message: Any, codec: Codec) -> dict:
@@ -93,7 +64,7 @@ def _inspect(args: argparse.Namespace) -> int:
     start: dict[int, int] | None = None
     partitions = [args.partition] if args.partition is not None else None
     if args.since:
-        consumer = _consumer(bootstrap)
+        consumer = consumer_for(bootstrap)
         moment = int(datetime.fromisoformat(args.since).timestamp() * 1000)
         wanted = [TopicPartition(topic.name, p, moment) for p in (partitions or range(topic.partitions))]
         start = {tp.partition: tp.offset for tp in consumer.offsets_for_times(wanted, timeout=30) if tp.offset >= 0}
@@ -135,7 +106,7 @@ def _reset(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     topics = [*catalog.inputs_of(args.processor), catalog.TIMER_TOPICS[args.processor]]
-    consumer = _consumer(bootstrap)
+    consumer = consumer_for(bootstrap)
     plan = []
     for topic in topics:
         for p in range(topic.partitions):
@@ -207,6 +178,103 @@ def _redrive(args: argparse.Namespace) -> int:
     return 0
 
 
+def machine_processor(name: str, bootstrap: str):
+    """The processor's MachineProcessor, from the installed service (entry point group
+    ``orderops.machines``): the same pure functions its live agent runs."""
+    from importlib.metadata import entry_points
+
+    from orderops.settings import ServiceSettings
+
+    found = {e.name: e for e in entry_points(group="orderops.machines")}
+    if name not in found:
+        raise SystemExit(f"rebuild: {name} is not a state-machine processor ({', '.join(sorted(found)) or 'none installed'});"
+                         f" rebuild it by `orderops replay reset {name} --to-earliest` after deleting its local state"
+                         " (docs/operations.md)")
+    return found[name].load()(ServiceSettings.from_env(name, 0), bootstrap)
+
+
+def latest_by_key(bootstrap: str, topic_name: str) -> dict[str, Any]:
+    """A changelog's latest value per key (JSON key and value, as Faust writes them); deletions drop the key."""
+    topic = catalog.Topic(topic_name, None, "order id (JSON)", (), (), "changelog", compacted=True)
+    latest: dict[str, Any] = {}
+    for m in read(bootstrap, topic):
+        key = json.loads(m.key())
+        if m.value() is None:
+            latest.pop(key, None)
+        else:
+            latest[key] = json.loads(m.value())
+    return latest
+
+
+def produced_records(bootstrap: str, topics: list[catalog.Topic], codec: Codec, source: str) -> dict[str, tuple[str, dict]]:
+    """What ``source`` wrote on these topics (several processors write notifications.requests), by event id."""
+    out: dict[str, tuple[str, dict]] = {}
+    for topic in topics:
+        for m in read(bootstrap, topic):
+            try:
+                record = codec.decode(m.value(), topic.value_schema).record
+            except DecodeError:
+                continue
+            if record["source"] == source:
+                out[record["event_id"]] = (topic.name, record)
+    return out
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    import time
+
+    from orderops.rebuild import compare_outputs, compare_states, replay
+
+    bootstrap, codec = KafkaSettings.from_env().bootstrap, Codec()
+    processor = machine_processor(args.processor, bootstrap)
+    group = group_of(processor.name, args.instance)
+    started = time.monotonic()
+    messages = read_messages(bootstrap, [*processor.inputs, processor.timers])
+    keep = _orders_to_rebuild(messages, args)
+    rebuilt = replay(processor, messages, clock=args.clock, codec=codec, keep=keep,
+                     progress=lambda n: print(f"  replayed {n:,} of {len(messages):,}", file=sys.stderr, flush=True))
+    took = time.monotonic() - started
+    print(f"rebuild: {processor.name}: {len(rebuilt.states):,} orders from {len(messages):,} messages "
+          f"({rebuilt.applied:,} applied, {rebuilt.duplicates:,} duplicates, {rebuilt.timer_ticks:,} timer ticks, "
+          f"{len(rebuilt.dead_letters):,} that live would dead-letter) in {took:.1f} s "
+          f"({len(messages) / max(took, 1e-9):,.0f} messages/s)")
+    if args.dry_run:
+        return 0
+    stored = latest_by_key(bootstrap, f"{group}-{processor.table}-changelog")
+    produced = produced_records(bootstrap, [t for t in catalog.DATA_TOPICS if processor.name in t.writers], codec,
+                                processor.name)
+    ours = {event_id: (topic, codec.decode(codec.encode(catalog.topic(topic).value_schema, record),
+                                           catalog.topic(topic).value_schema).record)
+            for event_id, (topic, record) in rebuilt.outputs.items()}
+    differences = [*compare_states(rebuilt.states, stored, processor.dump),
+                   *compare_outputs(ours, produced, set(rebuilt.states))]
+    for d in differences[:args.show]:
+        print(f"  DIFFERENT  order {d.order_id}: {d.what}: {d.detail}")
+    if len(differences) > args.show:
+        print(f"  ... and {len(differences) - args.show} more (--show N)")
+    if differences:
+        print(f"rebuild: {len(differences)} difference(s) from what {group} holds and wrote "
+              f"({len({d.order_id for d in differences})} order(s)). Not changed: nothing was written.")
+        return 1
+    print(f"rebuild: identical: the state of {len(rebuilt.states):,} orders and {len(ours):,} records match "
+          f"what {group} holds and wrote")
+    return 0
+
+
+def _orders_to_rebuild(messages: list[Message], args: argparse.Namespace):
+    if args.order:
+        return lambda order_id: order_id == args.order
+    if not args.since:
+        return lambda order_id: True
+    since = int(datetime.fromisoformat(args.since).timestamp() * 1000)
+    first: dict[str, int] = {}
+    for m in messages:
+        order_id = (m.key or b"").decode(errors="replace")
+        first[order_id] = min(first.get(order_id, m.timestamp_ms), m.timestamp_ms)
+    fresh = {order_id for order_id, at in first.items() if at >= since}
+    return fresh.__contains__
+
+
 def _decodes(codec: Codec, origin: str, value: bytes) -> str:
     try:
         codec.decode(value, catalog.topic(origin).value_schema)
@@ -243,3 +311,24 @@ def register(groups) -> None:
     redrive.add_argument("--order", help="only this order's dead letters")
     redrive.add_argument("--dry-run", action="store_true")
     redrive.set_defaults(run=_redrive)
+    rebuild = commands.add_parser(
+        "rebuild", help="rebuild a processor's state offline from its inputs and compare with what it holds and wrote",
+        description="Reads the processor's input topics and its timer topic from the beginning, applies them in the "
+                    "order they were written to fresh in-memory state with the processor's own pure functions, and "
+                    "compares each order's state with the processor's table (its changelog) and every record it "
+                    "would write with what is on its output topics (derived ids are deterministic). Writes nothing. "
+                    "Exit 0: identical; 1: differences, listed.")
+    rebuild.add_argument("processor", choices=("order-state", "fulfillment", "returns"))
+    rebuild.add_argument("--since", help="only orders whose first input message was written at or after this time")
+    rebuild.add_argument("--order", help="only this order")
+    rebuild.add_argument("--clock", choices=("wall", "event"), default=os.environ.get("ORDEROPS_CLOCK", "wall"),
+                         help="the clock the processor ran with (ORDEROPS_CLOCK; make run uses event)")
+    rebuild.add_argument("--instance", help="the ORDEROPS_INSTANCE of the processor, if any")
+    rebuild.add_argument("--show", type=int, default=20, help="differences to list (default 20)")
+    rebuild.add_argument("--dry-run", action="store_true", help="replay and report figures; compare nothing")
+    rebuild.set_defaults(run=_rebuild)
+    try:
+        from returns.policy_cli import add_what_if  # the returns service owns policy decisions
+    except ImportError:
+        return
+    add_what_if(commands)

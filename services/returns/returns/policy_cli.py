@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from orderops.catalog import RETURNS_POLICIES
@@ -80,6 +81,37 @@ def list_published(args: argparse.Namespace) -> int:
     return 0
 
 
+def what_if(args: argparse.Namespace) -> int:
+    """Judge the return requests of a time range by a draft policy and by the published ones, from
+    returns' input topics, and print every decision and refund amount that would change."""
+    from orderops.rebuild import replay
+    from orderops.settings import ServiceSettings
+    from orderops.topicreader import read_messages
+    from returns import whatif
+    from returns.domain import Policies
+    from returns.processor import INPUTS, definition, policy_id
+
+    draft = load_policy(Path(args.draft))
+    bootstrap = KafkaSettings.from_env().bootstrap
+    published = Policies(_published(bootstrap), policy_id())
+    settings = ServiceSettings.from_env("returns", 0)
+    messages = read_messages(bootstrap, list(INPUTS), progress=not args.quiet)
+    keep = (lambda order_id: order_id == args.order) if args.order else (lambda order_id: True)
+    start = datetime.fromisoformat(args.since) if args.since else None
+    end = datetime.fromisoformat(args.until) if args.until else None
+    runs = {}
+    for name, policies in (("published", published), ("draft", whatif.as_draft_in_force(draft))):
+        processor = definition(settings, policies=lambda policies=policies: policies)
+        runs[name] = whatif.judgements(replay(processor, messages, clock="event", keep=keep), start, end)
+    found = whatif.changes(runs["published"], runs["draft"])
+    for change in found:
+        print("  " + change.describe())
+    counted = whatif.summary(runs["published"], found)
+    print(f"what-if {draft.ref} (as if in force for every order) against the published policies: "
+          + ", ".join(f"{v} {k}" for k, v in counted.items()) + ". Nothing was published.")
+    return 0
+
+
 def register(groups) -> None:
     commands = groups.add_parser("policies", help="return policies (returns service)").add_subparsers(
         dest="command", required=True)
@@ -88,6 +120,22 @@ def register(groups) -> None:
         command.add_argument("files", nargs="*", help="policy files (default: policies/*.yaml)")
         command.set_defaults(run=_guarded(run))
     commands.add_parser("list", help="what returns.policies holds").set_defaults(run=list_published)
+    add_what_if(commands)
+
+
+def add_what_if(commands) -> None:
+    """``what-if``, under ``orderops policies`` and ``orderops replay`` alike."""
+    command = commands.add_parser(
+        "what-if", help="judge past return requests by a draft policy; report what would change (publishes nothing)",
+        description="Replays returns' input topics twice with returns' own decision code — once with the published "
+                    "policies, once with the draft in force for every order — and prints each return request whose "
+                    "decision (authorized / rejected / needs review) or refund amount would change.")
+    command.add_argument("draft", help="the draft policy file (YAML, as in policies/)")
+    command.add_argument("--since", help="requests at or after this event time (ISO 8601)")
+    command.add_argument("--until", help="requests before this event time (ISO 8601)")
+    command.add_argument("--order", help="only this order")
+    command.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    command.set_defaults(run=_guarded(what_if))
 
 
 def _guarded(run):
