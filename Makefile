@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 SERVICES := $(sort $(wildcard services/*/pyproject.toml)) tools/pyproject.toml
 export ORDEROPS_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: browser prometheus help venv kafka-up kafka-down kafka-status topics run stop status test test-unit lint clean
+.PHONY: bench browser prometheus help venv kafka-up kafka-down kafka-status topics run stop status test test-unit lint clean
 
 help:
 	@echo "make run           broker, topics, every processor, Prometheus, the simulator; prints where to look; Ctrl-C stops"
@@ -17,6 +17,7 @@ help:
 	@echo "make status        what runs and whether it is ready"
 	@echo "make test          environment, broker (if none), then the whole suite against it"
 	@echo "make test-unit     the tests that need no broker"
+	@echo "make bench         benchmark every processor and the pipeline (own broker); writes docs/benchmarks.md"
 	@echo "make kafka-up | kafka-down | kafka-status   the embedded Kafka 4.4 broker"
 	@echo "make topics        create every catalog topic (idempotent)"
 	@echo "make lint          ruff"
@@ -99,6 +100,11 @@ prometheus:
 	  echo "installing Debian's prometheus (the server and promtool)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null || \
 	  { echo "could not install prometheus (apt-get as root is needed); install it and retry" >&2; exit 1; }; }
+
+# Figures, not tests: a broker of its own, baselines measured in the same run (docs/benchmarks.md).
+# BENCH_EVENTS, BENCH_RATES, BENCH_RATE_SECONDS size it (tools/orderops_tools/bench.py).
+bench: venv
+	$(BIN)/orderops bench
 
 test-unit: venv
 	$(TEST_ENV) $(BIN)/pytest -m "not broker" $(PYTEST_ARGS)

@@ -44,7 +44,8 @@ def create_topics(topics: tuple[Topic, ...] = ALL_TOPICS, settings: KafkaSetting
     missing = [t for t in topics if t.name not in metadata.topics]
     if missing:
         futures = admin.create_topics(
-            [NewTopic(t.name, t.partitions, settings.replication_factor, config=t.config) for t in missing],
+            [NewTopic(t.name, t.partitions, settings.replication_factor,
+                      config={**t.config, "min.insync.replicas": str(settings.min_insync_replicas)}) for t in missing],
             operation_timeout=30,
         )
         for name, future in futures.items():

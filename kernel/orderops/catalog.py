@@ -194,6 +194,12 @@ ALL_TOPICS: tuple[Topic, ...] = (DATA_TOPICS + tuple(TIMER_TOPICS.values()) + tu
                                   + tuple(REDRIVE_TOPICS.values()))
 BY_NAME = {t.name: t for t in ALL_TOPICS}
 
+# Only on the benchmark's own broker (make bench), never created by `orderops topics create`.
+BENCH_PASSTHROUGH = Topic(
+    "bench.passthrough", None, "order_id (UTF-8)", (ON_CALL,), (ON_CALL,),
+    "The benchmark's passthrough baseline: upstream events decoded and re-encoded, no domain logic.",
+    order_scoped=True)
+
 
 def topic(name: str) -> Topic:
     try:

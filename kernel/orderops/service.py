@@ -257,13 +257,24 @@ class Service:
 
     # -- HTTP --------------------------------------------------------------------------------
 
+    def routed_by_order(self, match_info: str = "order_id"):
+        """Decorate a view method so that the worker owning the order answers it (others forward).
+
+        Not Faust's ``table_route``: it hashes the table's JSON-serialized key (``"o-1"`` with the
+        quotes), while the order's partition — of every input topic and so of every table — comes
+        from the raw order id the producers key by. With one worker the two never disagree; with
+        two, ``table_route`` sent reads to the wrong worker and it answered 404 (found by the
+        two-worker test). This routes by an input topic's raw key, as the data is partitioned."""
+        order_scoped = next(t for t in catalog.inputs_of(self.name) if t.order_scoped)
+        return self.app.topic_route(topic=self.topic(order_scoped), match_info=match_info)
+
     def order_page(self, path: str, table: faust.TableT, describe: Callable[[dict], dict]) -> None:
         """``GET path`` (with ``{order_id}``): the order's state as ``describe`` renders it, answered
-        by the worker that owns the order (Faust routes the request there); 404 when unknown."""
+        by the worker that owns the order (see ``routed_by_order``); 404 when unknown."""
         service = self
 
         class OrderPage(faust.web.View):
-            @self.app.table_route(table=table, match_info="order_id")
+            @self.routed_by_order("order_id")
             async def get(self, request: faust.web.Request, order_id: str) -> faust.web.Response:
                 stored = table.get(order_id)
                 if stored is None:
@@ -339,7 +350,7 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
         datadir=str(settings.data_dir),
         autodiscover=False,
         web_enabled=True,
-        web_bind=settings.web_host,
+        web_bind=settings.web_bind,
         web_host=settings.web_host,
         web_port=settings.web_port,
         topic_partitions=catalog.order_partitions(),

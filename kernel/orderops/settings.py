@@ -26,12 +26,15 @@ PRODUCER_DEFAULTS = {"partitioner": "murmur2_random", "enable.idempotence": True
 class KafkaSettings:
     bootstrap: str
     replication_factor: int
+    # Of topics this project creates: with acks=all, a write succeeds once this many replicas have it.
+    min_insync_replicas: int = 1
 
     @classmethod
     def from_env(cls) -> KafkaSettings:
         return cls(
             bootstrap=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
             replication_factor=int(os.environ.get("ORDEROPS_REPLICATION_FACTOR", "1")),
+            min_insync_replicas=int(os.environ.get("ORDEROPS_MIN_INSYNC_REPLICAS", "1")),
         )
 
 
@@ -43,7 +46,8 @@ class ServiceSettings:
     kafka: KafkaSettings
     store: str
     data_dir: Path
-    web_host: str
+    web_host: str  # the host other workers and clients reach this worker at (Faust routes table reads there)
+    web_bind: str  # the address it listens on
     web_port: int
     log_level: str
     standby_replicas: int
@@ -68,6 +72,7 @@ class ServiceSettings:
             store=env.get("ORDEROPS_STORE", "rocksdb://"),
             data_dir=Path(env.get("ORDEROPS_DATA_DIR", run_dir / "state")) / service,
             web_host=env.get("ORDEROPS_WEB_HOST", "127.0.0.1"),
+            web_bind=env.get("ORDEROPS_WEB_BIND", env.get("ORDEROPS_WEB_HOST", "127.0.0.1")),
             web_port=int(env.get("WEB_PORT", default_web_port)),
             log_level=env.get("LOG_LEVEL", "info"),
             standby_replicas=int(env.get("ORDEROPS_STANDBY_REPLICAS", "0")),

@@ -59,6 +59,9 @@ class Config:
     order_interval: float = 600.0  # simulated seconds between order placements
     duration: float | None = None  # stop after this many wall seconds
     shares: dict[str, float] = field(default_factory=lambda: dict(SCENARIOS))
+    # Wall seconds at least between two events of one order (others flow in between): real upstream
+    # systems do not emit one order's events within the same millisecond on different topics.
+    order_gap: float = 0.0
     duplicates: float = 0.0
     reorder: float = 0.0
     malformed: float = 0.0
@@ -295,13 +298,18 @@ def play(config: Config, bootstrap: str, out=sys.stderr, answer_refunds: bool = 
         provider = RefundDesk(bootstrap, fails=lambda command: rng.random() < config.shares.get("refund_failure", 0.0),
                               from_start=False, name="simulated-provider")
         provider.start()
-    began, last_report, last_sent = time.monotonic(), 0.0, 0.0
-    try:
-        for k, send in enumerate(stream(config, origin, chaos)):
-            # Send when simulated time says so, but never faster than --rate.
-            due = max(began + send.at / config.compression, last_sent + 1.0 / config.rate)
+    began, last_report, last_sent, k = time.monotonic(), 0.0, 0.0, 0
+    held: list[tuple[float, int, Send]] = []  # (due, order in the stream, send): what waits for its moment
+    order_due: dict[bytes, float] = {}
+
+    def send_due(until: float) -> bool:
+        """Send what is due before ``until`` (wall), never faster than --rate; False once past --duration."""
+        nonlocal last_report, last_sent, k
+        while held and held[0][0] <= until:
+            due, _, send = heapq.heappop(held)
+            due = max(due, last_sent + 1.0 / config.rate)
             if config.duration is not None and due - began > config.duration:
-                break
+                return False
             if due > time.monotonic():
                 time.sleep(due - time.monotonic())
             last_sent = time.monotonic()
@@ -309,11 +317,24 @@ def play(config: Config, bootstrap: str, out=sys.stderr, answer_refunds: bool = 
             producer.poll(0)
             sent[send.topic.name] += 1
             sent[f"type:{send.kind}"] += 1
+            k += 1
             if time.monotonic() - last_report > 2:
                 last_report = time.monotonic()
-                elapsed = last_report - began
-                print(f"simulate: {k + 1} sent ({(k + 1) / max(elapsed, 0.001):.0f}/s), simulated time "
+                print(f"simulate: {k} sent ({k / max(last_report - began, 0.001):.0f}/s), simulated time "
                       f"{origin + timedelta(seconds=send.at):%Y-%m-%d %H:%M}", file=out, flush=True)
+        return True
+
+    try:
+        for n, send in enumerate(stream(config, origin, chaos)):
+            # Send when simulated time says so, an order's events at least --order-gap apart.
+            moment = began + send.at / config.compression
+            due = max(moment, order_due.get(send.key, 0.0) + config.order_gap) if config.order_gap else moment
+            order_due[send.key] = due
+            heapq.heappush(held, (due, n, send))
+            if not send_due(moment):
+                held.clear()
+                break
+        send_due(float("inf"))
     finally:
         if producer.flush(30):
             print("simulate: some messages were not acknowledged within 30 s", file=out)
@@ -339,6 +360,8 @@ def register(groups) -> None:
     parser.add_argument("--start", help="event time of the first order, ISO 8601 (default: now)")
     parser.add_argument("--share", action="append", default=[], metavar="SCENARIO=P",
                         help=f"share of a scenario, 0..1 (scenarios: {', '.join(SCENARIOS)})")
+    parser.add_argument("--order-gap", type=float, default=0.0,
+                        help="wall seconds at least between two events of one order (default 0)")
     parser.add_argument("--duplicates", type=float, default=0.0, help="share of events sent twice")
     parser.add_argument("--reorder", type=float, default=0.0, help="share of events held back (cross-topic reordering)")
     parser.add_argument("--malformed", type=float, default=0.0, help="share of events followed by a malformed message")
@@ -359,7 +382,7 @@ def _run(args: argparse.Namespace) -> int:
     config = Config(seed=args.seed, orders=args.orders, rate=args.rate, compression=args.compression,
                     start=datetime.fromisoformat(args.start) if args.start else None, order_interval=args.order_interval,
                     duration=args.duration, shares=shares, duplicates=args.duplicates, reorder=args.reorder,
-                    malformed=args.malformed)
+                    malformed=args.malformed, order_gap=args.order_gap)
     summary = play(config, KafkaSettings.from_env().bootstrap, answer_refunds=not args.no_provider)
     print("simulate: summary")
     for key, value in sorted(summary.items()):

@@ -80,13 +80,14 @@ async def serve() -> None:
     root = Path(os.environ.get("ORDEROPS_RUN_DIR", default_run_dir())) / "sinks"
     smtp_port = int(os.environ.get("ORDEROPS_SMTP_PORT", "2525"))
     http_port = int(os.environ.get("ORDEROPS_SINK_PORT", "6180"))
-    controller = Controller(MailStore(root / "mail"), hostname="127.0.0.1", port=smtp_port)
+    host = os.environ.get("ORDEROPS_WEB_BIND", os.environ.get("ORDEROPS_WEB_HOST", "127.0.0.1"))  # 0.0.0.0 in a container
+    controller = Controller(MailStore(root / "mail"), hostname=host, port=smtp_port)
     controller.start()
     runner = web.AppRunner(webhook_app(webhook_secret(), root / "webhooks"))
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", http_port).start()
-    print(f"notifier sinks: SMTP 127.0.0.1:{smtp_port} -> {root / 'mail'}; "
-          f"webhooks http://127.0.0.1:{http_port}/hooks/notifications -> {root / 'webhooks'}", flush=True)
+    await web.TCPSite(runner, host, http_port).start()
+    print(f"notifier sinks: SMTP {host}:{smtp_port} -> {root / 'mail'}; "
+          f"webhooks http://{host}:{http_port}/hooks/notifications -> {root / 'webhooks'}", flush=True)
     try:
         await asyncio.Event().wait()
     finally:

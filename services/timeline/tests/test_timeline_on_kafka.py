@@ -140,8 +140,10 @@ async def test_view_api_and_replay(catalog_topics, run_id, tmp_path):
         # Replay: a fresh timeline reads the same topics from the start; its records are the same.
         second = start(bootstrap, f"b{run_id}", tmp_path)
         await second.wait_ready()
-        await poll_json(second, f"/orders/{order_id}", lambda v: "vip" in v["tags"] and len(v["contacts"]) == 3,
-                        timeout=180)
+        _, live_timeline = await call(first, "GET", f"/orders/{order_id}/timeline")
+        # Every event of the order replayed (the topics interleave in any order: wait for all of them).
+        await poll_json(second, f"/orders/{order_id}/timeline",
+                        lambda v: len(v["entries"]) == len(live_timeline["entries"]), timeout=180)
         for topic in (SUPPORT_TIMELINE, SUPPORT_ESCALATIONS):
             # Every record id written by both instances, byte for byte the same (a replay that
             # decided differently would leave an id written once, and this would time out).

@@ -110,7 +110,7 @@ def _guarded(handler):
 
 @app.page("/orders/{order_id}")
 class Order(web.View):
-    @app.table_route(table=views, match_info="order_id")
+    @service.routed_by_order("order_id")
     @_guarded
     async def get(self, request: web.Request, order_id: str):
         return 200, describe(_view(order_id))
@@ -118,7 +118,7 @@ class Order(web.View):
 
 @app.page("/orders/{order_id}/timeline")
 class OrderTimeline(web.View):
-    @app.table_route(table=views, match_info="order_id")
+    @service.routed_by_order("order_id")
     @_guarded
     async def get(self, request: web.Request, order_id: str):
         return 200, {"order_id": order_id, "entries": timeline_of(_view(order_id), request.query.get("domain"))}

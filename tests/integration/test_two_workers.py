@@ -1,0 +1,111 @@
+"""Two workers of every processor on 8 partitions give the results one worker gives.
+
+The simulator plays a seeded day of orders; two workers of each processor share the partitions.
+Then: each state machine's table and records are what a single, offline replay of the same inputs
+gives (`orderops replay rebuild`); every order's support view is answered the same by either
+timeline worker (Faust forwards the read to the owner); each notification reached the mailbox once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+import pytest
+from aiosmtpd.controller import Controller
+from orderops_tools.simulator import Config, play
+
+from orderops.catalog import PROCESSORS, order_partitions
+from orderops.testing import PrivateBroker, ServiceProcess, free_port, poll_json
+
+pytestmark = pytest.mark.broker
+START = datetime(2026, 10, 1, 8, tzinfo=UTC)
+
+
+class Mailbox:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(envelope.content.decode(errors="replace"))
+        return "250 OK"
+
+
+def orderops(bootstrap: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orderops.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap}, timeout=180)
+
+
+async def test_two_workers_of_each_processor_give_the_single_worker_results(run_id, tmp_path):
+    # A broker of its own: ten workers then read this scenario only, not the whole suite's history.
+    broker = PrivateBroker(tmp_path / "broker")
+    bootstrap, instance = broker.start(), f"two{run_id}"
+    assert order_partitions() == 8
+    assert orderops(bootstrap, "policies", "publish").returncode == 0
+    mailbox = Mailbox()
+    smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    workers: dict[str, list[ServiceProcess]] = {p: [] for p in PROCESSORS}
+    common = {"KAFKA_BOOTSTRAP": bootstrap, "ORDEROPS_INSTANCE": instance, "ORDEROPS_SESSION_TIMEOUT_SECONDS": "6",
+              "ORDEROPS_SMTP_PORT": str(smtp.port), "ORDEROPS_NOTIFIER_CHANNELS": "email"}
+    try:
+        for processor in PROCESSORS:
+            for n in (1, 2):
+                port = free_port()
+                workers[processor].append(ServiceProcess(
+                    ["-m", processor.replace("-", "_")],
+                    {**common, "WEB_PORT": str(port), "ORDEROPS_DATA_DIR": str(tmp_path / f"state-{n}")},
+                    tmp_path / f"{processor}-{n}.log", port).start())
+        everyone = [w for ws in workers.values() for w in ws]
+        await asyncio.gather(*(w.wait_ready(timeout=180) for w in everyone))
+        for processor, pair in workers.items():  # both workers of each processor hold partitions
+            assigned = [(await w.get_json("/healthz"))[1]["assigned_partitions"] for w in pair]
+            assert all(a > 0 for a in assigned), (processor, assigned)
+
+        since = datetime.now(UTC).isoformat()
+        # An order's events 1 s apart, as upstream systems write them: events of one order written in the
+        # same millisecond on different topics reach any consumer in an order no log records.
+        config = Config(seed=int(run_id, 16) % 10**6, orders=16, rate=3000, compression=10**9, start=START,
+                        order_gap=1.0)
+        summary = play(config, bootstrap, answer_refunds=True)
+        orders = [f"sim-{config.seed}-{n:06d}" for n in range(config.orders)]
+        assert sum(v for k, v in summary.items() if k.startswith("sent:") and "type:" not in k) > 100
+
+        # The state machines: what one offline replay of the same inputs gives, state and records.
+        deadline = time.monotonic() + 120
+        for processor in ("order-state", "fulfillment", "returns"):
+            while True:
+                result = orderops(bootstrap, "replay", "rebuild", processor, "--instance", instance, "--since", since,
+                                  "--clock", "wall")
+                if result.returncode == 0 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(3)  # still catching up
+            assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+            assert f"the state of {config.orders} orders" in result.stdout, result.stdout
+
+        # The timeline: either worker answers every order, with the same view.
+        first, second = workers["timeline"]
+        for order_id in orders:
+            view = await poll_json(first, f"/orders/{order_id}", lambda v: v["placed_at"] is not None, timeout=60)
+            status, other = await second.get_json(f"/orders/{order_id}")
+            assert status == 200 and other["order_id"] == view["order_id"] == order_id
+
+        # The notifier: every sent delivery reached the mailbox once.
+        await asyncio.sleep(3)
+        sent = 0
+        for order_id in orders:
+            _, ledger = await workers["notifier"][0].get_json(f"/orders/{order_id}/notifications")
+            if isinstance(ledger, dict):
+                sent += sum(d["state"] == "sent" for d in ledger.get("deliveries", []))
+        mine = [m for m in mailbox.messages if f"sim-{config.seed}-" in m]
+        assert sent > 0 and len(mine) == sent, (sent, len(mine))
+    finally:
+        for ws in workers.values():
+            for w in ws:
+                w.stop()
+        smtp.stop()
+        broker.stop()

@@ -1,0 +1,493 @@
+"""``orderops bench`` (``make bench``): how fast orderops is on this machine, against baselines
+measured in the same run, on a broker of its own. Writes docs/benchmarks.md and a latency plot.
+
+1. Baselines: the broker's own limit (a plain confluent-kafka producer, then consumer, of the same
+   messages) and a passthrough (consume -> decode Avro -> encode -> produce, no domain logic).
+2. Each processor alone, from empty state, draining a preloaded seeded mix of upstream events (in
+   pipeline order, so each finds its inputs written): events/s, CPU seconds per 1,000 events,
+   peak RSS, ratio to the passthrough; and its state size per 100,000 orders.
+3. The whole pipeline at fixed offered rates: achieved throughput, lag at the end, end-to-end
+   latency (upstream event written -> its timeline entry written) p50, p99, max.
+4. Replay: the offline rebuild's rate per state-machine processor (orderops replay rebuild).
+
+Sizes come from the environment (BENCH_EVENTS, BENCH_RATES, BENCH_RATE_SECONDS); the figures are
+measured, never asserted, and every rate is also given as a ratio to a baseline of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from orderops import catalog
+from orderops.codec import Codec
+from orderops.paths import source_root
+from orderops.settings import PRODUCER_DEFAULTS
+
+ROOT = source_root() or Path.cwd()
+START = datetime(2026, 1, 5, 8, tzinfo=UTC)
+PIPELINE = ("fulfillment", "order-state", "returns", "notifier", "timeline")  # each finds its inputs written
+
+
+@dataclass
+class Results:
+    machine: dict[str, str] = field(default_factory=dict)
+    baselines: dict[str, float] = field(default_factory=dict)  # name -> messages/s
+    processors: dict[str, dict[str, float]] = field(default_factory=dict)
+    pipeline: list[dict[str, float]] = field(default_factory=list)
+    replay: dict[str, float] = field(default_factory=dict)
+    events: int = 0
+    orders: int = 0
+
+
+def log(text: str) -> None:
+    print(f"bench {time.strftime('%H:%M:%S')}: {text}", file=sys.stderr, flush=True)
+
+
+# -- the workload ---------------------------------------------------------------------------------
+
+def workload(events: int, seed: int) -> tuple[list, int]:
+    """A seeded mix of upstream events of whole orders (the simulator's scenarios), at least ``events``."""
+    from orderops_tools.simulator import Config, plan
+
+    orders = max(1, events // 20)
+    while True:
+        sends, _ = plan(Config(seed=seed, orders=orders, compression=1e9, rate=1e9, start=START,
+                               order_interval=60), START)
+        if len(sends) >= events:
+            return sends, orders
+        orders = int(orders * events / max(len(sends), 1)) + 1
+
+
+def producer():
+    from confluent_kafka import Producer
+
+    return Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": BOOTSTRAP[0], "linger.ms": 20,
+                     "batch.num.messages": 10000, "queue.buffering.max.messages": 1000000})
+
+
+BOOTSTRAP = [""]
+
+
+def produce(sends, topic_of: Callable = lambda send: send.topic.name, pace: float | None = None,
+            on_sent: Callable | None = None) -> float:
+    """Write every message; ``pace``: messages per second (None: as fast as possible). Seconds taken."""
+    kafka = producer()
+    began = time.monotonic()
+    for n, send in enumerate(sends):
+        if pace:
+            due = began + n / pace
+            if due > time.monotonic():
+                time.sleep(due - time.monotonic())
+        while True:
+            try:
+                kafka.produce(topic_of(send), key=send.key, value=send.value)
+                break
+            except BufferError:
+                kafka.poll(0.05)
+        if on_sent is not None:
+            on_sent(send, time.time())
+        kafka.poll(0)
+    kafka.flush(120)
+    return time.monotonic() - began
+
+
+def consume(topics: list[str], expected: int, handle: Callable | None = None, timeout: float = 600) -> float:
+    """Read ``expected`` messages of these topics from the beginning. Seconds taken."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": BOOTSTRAP[0], "group.id": f"bench-{time.time_ns()}",
+                         "enable.auto.commit": False, "fetch.max.bytes": 52428800})
+    consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics
+                     for p in range(catalog.order_partitions())])
+    began, seen = time.monotonic(), 0
+    try:
+        while seen < expected and time.monotonic() - began < timeout:
+            for message in consumer.consume(1000, 1.0):
+                if message.error():
+                    continue
+                seen += 1
+                if handle is not None:
+                    handle(message)
+        return time.monotonic() - began
+    finally:
+        consumer.close()
+
+
+def upstream_topics() -> list[str]:
+    return [t.name for t in catalog.DATA_TOPICS if not set(t.writers) & set(catalog.PROCESSORS)
+            and t.order_scoped and t.value_schema]
+
+
+# -- baselines ------------------------------------------------------------------------------------
+
+def baselines(sends, results: Results) -> None:
+    from orderops.admin import create_topics
+    from orderops.settings import KafkaSettings
+
+    create_topics((catalog.BENCH_PASSTHROUGH,), KafkaSettings(BOOTSTRAP[0], 1))
+    took = produce(sends, topic_of=lambda send: catalog.BENCH_PASSTHROUGH.name)
+    results.baselines["broker: produce"] = len(sends) / took
+    took = consume([catalog.BENCH_PASSTHROUGH.name], len(sends))
+    results.baselines["broker: consume"] = len(sends) / took
+    log(f"broker limit: produce {results.baselines['broker: produce']:,.0f}/s, "
+        f"consume {results.baselines['broker: consume']:,.0f}/s")
+
+    codec, out = Codec(), producer()
+
+    def passthrough(message) -> None:
+        topic = catalog.topic(message.topic())
+        record = codec.decode(message.value(), topic.value_schema).record
+        value = codec.encode(topic.value_schema, record)
+        while True:
+            try:
+                out.produce(catalog.BENCH_PASSTHROUGH.name, key=message.key(), value=value)
+                break
+            except BufferError:
+                out.poll(0.05)
+        out.poll(0)
+
+    produce(sends)  # the upstream topics themselves, read by the passthrough and the processors
+    took = consume(upstream_topics(), len(sends), passthrough)
+    out.flush(120)
+    results.baselines["passthrough"] = len(sends) / took
+    log(f"passthrough (consume, decode, encode, produce): {results.baselines['passthrough']:,.0f}/s")
+
+
+# -- processors -----------------------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def consumed(processor: str) -> list[catalog.Topic]:
+    """The inputs its consumer group commits (a global view, like returns.policies, is read apart)."""
+    return [t for t in catalog.inputs_of(processor) if t.order_scoped]
+
+
+def lag(group: str, topics: list[catalog.Topic]) -> tuple[int, int]:
+    """(messages not yet committed by the group, end offsets in total) over these topics."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": BOOTSTRAP[0], "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = [TopicPartition(t.name, p) for t in topics for p in range(t.partitions)]
+        committed = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in consumer.committed(tps, timeout=30)}
+        ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=30)[1] for tp in tps}
+        return sum(ends[k] - committed[k] for k in ends), sum(ends.values())
+    finally:
+        consumer.close()
+
+
+def start_processor(name: str, instance: str, workdir: Path, extra: dict[str, str]):
+    from orderops.testing import ServiceProcess, free_port
+
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {"KAFKA_BOOTSTRAP": BOOTSTRAP[0], "ORDEROPS_INSTANCE": instance, "WEB_PORT": str(port),
+           "ORDEROPS_DATA_DIR": str(workdir / "state"), "ORDEROPS_RUN_DIR": str(workdir), "LOG_LEVEL": "warning",
+           **extra}
+    return ServiceProcess(["-m", name.replace("-", "_")], env, workdir / f"{name}.log", port).start()
+
+
+def processors_alone(results: Results, workdir: Path, smtp_port: int) -> None:
+    passthrough = results.baselines["passthrough"]
+    for name in PIPELINE:
+        process = start_processor(name, "alone", workdir / name, {"ORDEROPS_SMTP_PORT": str(smtp_port),
+                                                                  "ORDEROPS_NOTIFIER_CHANNELS": "email"})
+        asyncio.run(process.wait_ready(timeout=300))
+        inputs = consumed(name)
+        group = f"{name}-alone"
+        _, total = lag(group, inputs)
+        pid = process.process.pid
+        cpu0, began = cpu_seconds(pid), time.monotonic()
+        while True:
+            behind, total = lag(group, inputs)
+            if behind == 0 or time.monotonic() - began > 1800:
+                break
+            time.sleep(0.5)
+        took = time.monotonic() - began
+        cpu = cpu_seconds(pid) - cpu0
+        state_bytes = sum(f.stat().st_size for f in (workdir / name / "state").rglob("*") if f.is_file())
+        rss = peak_rss_mb(pid)
+        process.stop()
+        rate = total / took
+        results.processors[name] = {
+            "events": total, "seconds": took, "rate": rate, "cpu_per_1000": 1000 * cpu / max(total, 1),
+            "peak_rss_mb": rss, "ratio": rate / passthrough,
+            "state_mb_per_100k_orders": state_bytes / 1e6 * 100000 / max(results.orders, 1),
+            "rss_mb_per_100k_orders": rss * 100000 / max(results.orders, 1)}
+        log(f"{name} alone: {total:,} events in {took:.1f} s = {rate:,.0f}/s ({rate / passthrough:.0%} of the "
+            f"passthrough), {1000 * cpu / max(total, 1):.2f} CPU s per 1,000, peak RSS {rss:.0f} MB"
+            + (" (did not finish: capped at 30 min)" if behind else ""))
+
+
+# -- replay ---------------------------------------------------------------------------------------
+
+def replays(results: Results) -> None:
+    from orderops.rebuild import replay
+    from orderops.topicreader import read_messages
+    from orderops_tools.replay import machine_processor
+
+    for name in ("order-state", "fulfillment", "returns"):
+        processor = machine_processor(name, BOOTSTRAP[0])
+        messages = read_messages(BOOTSTRAP[0], [*processor.inputs, processor.timers], progress=False)
+        began = time.monotonic()
+        rebuilt = replay(processor, messages)
+        took = time.monotonic() - began
+        results.replay[name] = len(messages) / took
+        log(f"replay {name}: {len(messages):,} messages in {took:.1f} s = {len(messages) / took:,.0f}/s "
+            f"({len(rebuilt.states):,} orders)")
+
+
+# -- the pipeline at fixed rates ------------------------------------------------------------------
+
+def pipeline(results: Results, workdir: Path, smtp_port: int, rates: list[int], seconds: float) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    workers = [start_processor(name, "pipeline", workdir / name, {"ORDEROPS_SMTP_PORT": str(smtp_port),
+                                                                  "ORDEROPS_NOTIFIER_CHANNELS": "email"})
+               for name in PIPELINE]
+    for w in workers:
+        asyncio.run(w.wait_ready(timeout=300))
+    written: dict[str, float] = {}  # upstream event id -> wall time it was handed to the producer
+    entries: dict[str, float] = {}  # cause event id -> broker timestamp of its timeline entry
+    stop = threading.Event()
+    codec = Codec()
+
+    def follow() -> None:
+        consumer = Consumer({"bootstrap.servers": BOOTSTRAP[0], "group.id": f"bench-follow-{time.time_ns()}",
+                             "enable.auto.commit": False, "auto.offset.reset": "latest"})
+        consumer.assign([TopicPartition(catalog.SUPPORT_TIMELINE.name, p, -1)
+                         for p in range(catalog.order_partitions())])
+        while not stop.is_set():
+            for message in consumer.consume(500, 0.5):
+                if not message.error():
+                    record = codec.decode(message.value(), catalog.SUPPORT_TIMELINE.value_schema).record
+                    entries[record["payload"][1]["cause_event_id"]] = message.timestamp()[1] / 1000
+        consumer.close()
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    time.sleep(3)
+    try:
+        for n, rate in enumerate(rates):
+            sends, _ = workload(int(rate * seconds), seed=1000 + n)
+            sends = sends[:int(rate * seconds)]
+            ids = {}
+
+            def on_sent(send, at, ids=ids) -> None:
+                ids[send.seq] = at
+
+            event_ids = [_event_id(codec, send) for send in sends]
+            began = time.monotonic()
+            produce(sends, pace=rate, on_sent=on_sent)
+            offered = len(sends) / (time.monotonic() - began)
+            for send, event_id in zip(sends, event_ids, strict=True):
+                written[event_id] = ids[send.seq]
+            window_end = time.monotonic()
+            behind = sum(lag(f"{name}-pipeline", consumed(name))[0] for name in PIPELINE)
+            done_in_window = [e for e in event_ids if e in entries and entries[e] - written[e] <= seconds]
+            deadline = time.monotonic() + max(60.0, seconds * 2)
+            while time.monotonic() < deadline and sum(e in entries for e in event_ids) < len(event_ids) * 0.999:
+                time.sleep(1)
+            latencies = sorted(entries[e] - written[e] for e in event_ids if e in entries)
+            row = {"offered": rate, "offered_actual": offered, "achieved": len(done_in_window) / (window_end - began),
+                   "lag_at_end": behind, "completed": len(latencies) / len(event_ids),
+                   "p50_ms": 1000 * _quantile(latencies, 0.5), "p99_ms": 1000 * _quantile(latencies, 0.99),
+                   "max_ms": 1000 * (latencies[-1] if latencies else float("nan"))}
+            results.pipeline.append(row)
+            log(f"pipeline at {rate:,}/s offered ({offered:,.0f} actual): achieved {row['achieved']:,.0f}/s, lag at end "
+                f"{behind:,}, latency p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, max {row['max_ms']:.0f} ms, "
+                f"{row['completed']:.1%} reached the timeline")
+    finally:
+        stop.set()
+        for w in workers:
+            w.stop()
+
+
+def _event_id(codec: Codec, send) -> str:
+    return codec.decode(send.value, send.topic.value_schema).record["event_id"]
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+def machine() -> dict[str, str]:
+    from importlib.metadata import version
+
+    memory = next((int(line.split()[1]) / 1024 / 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal:")), 0)
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    kafka = next((line.split(">")[1].split("<")[0] for line in (ROOT / "deploy/kafka/pom.xml").read_text().splitlines()
+                  if "<kafka.version>" in line), "?")
+    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "cores": str(os.cpu_count()),
+            "cpu": model, "memory": f"{memory:.0f} GiB", "python": platform.python_version(), "kafka": kafka,
+            "faust-streaming": version("faust-streaming"), "aiokafka": version("aiokafka"),
+            "confluent-kafka": version("confluent-kafka")}
+
+
+TARGETS = {"pipeline": 7000, "p99_ms_at_3000": 250, "processor_ratio": 0.25, "replay": 20000}
+
+
+def report(results: Results, plot: Path) -> str:
+    m, b = results.machine, results.baselines
+    lines = [
+        "# Benchmarks", "",
+        "Written by `make bench` (tools/orderops_tools/bench.py); do not edit by hand. Every figure below",
+        "was measured in one run on the machine described, against a broker of the benchmark's own; rates",
+        "are also given as ratios to the baselines of the same run, so a noisy machine stays comparable.", "",
+        f"**Run:** {m['date']} · {m['cores']} cores ({m['cpu']}) · {m['memory']} · Python {m['python']} · "
+        f"Kafka {m['kafka']} (embedded, same machine) · faust-streaming {m['faust-streaming']} · aiokafka "
+        f"{m['aiokafka']} · confluent-kafka {m['confluent-kafka']} · workload: {results.events:,} upstream events "
+        f"of {results.orders:,} simulated orders (seeded)", "",
+        "## Baselines", "", "| baseline | messages/s |", "|---|---|",
+        *(f"| {k} | {v:,.0f} |" for k, v in b.items()), "",
+        "## Each processor alone (from empty state, its whole input preloaded)", "",
+        "| processor | input messages | events/s | ratio to passthrough | CPU s / 1,000 events | peak RSS MB |"
+        " state MB / 100k orders | RSS MB / 100k orders |",
+        "|---|---|---|---|---|---|---|---|",
+        *(f"| {n} | {p['events']:,.0f} | {p['rate']:,.0f} | {p['ratio']:.0%} | {p['cpu_per_1000']:.2f} | "
+          f"{p['peak_rss_mb']:.0f} | {p['state_mb_per_100k_orders']:,.0f} | {p['rss_mb_per_100k_orders']:,.0f} |"
+          for n, p in results.processors.items()), "",
+        "## The whole pipeline at fixed offered rates", "",
+        f"![end-to-end latency against offered load]({plot.name})", "",
+        "| offered events/s | achieved events/s | lag at end of window | reached the timeline | latency p50 ms | p99 ms |"
+        " max ms |", "|---|---|---|---|---|---|---|",
+        *(f"| {r['offered']:,} | {r['achieved']:,.0f} | {r['lag_at_end']:,.0f} | {r['completed']:.1%} | "
+          f"{r['p50_ms']:,.0f} | {r['p99_ms']:,.0f} | {r['max_ms']:,.0f} |" for r in results.pipeline), "",
+        "Latency: from an upstream event handed to the producer to its timeline entry's broker timestamp.",
+        "Achieved: events whose timeline entry was written within the window, per second.", "",
+        "## Replay (offline rebuild, `orderops replay rebuild`)", "",
+        "| processor | messages/s | seconds for 1,000,000 events (at that rate) |", "|---|---|---|",
+        *(f"| {n} | {r:,.0f} | {1e6 / r:,.0f} |" for n, r in results.replay.items()), "",
+        "## Against the targets (issue 12)", "",
+        *targets(results), ""]
+    return "\n".join(lines)
+
+
+def targets(results: Results) -> list[str]:
+    out = []
+    best = max((r["achieved"] for r in results.pipeline), default=0)
+    out.append(f"- Pipeline sustains 7,000 upstream events/s: **{'met' if best >= 7000 else 'not met'}** "
+               f"(best achieved {best:,.0f}/s).")
+    at3000 = next((r for r in results.pipeline if r["offered"] == 3000), None)
+    if at3000:
+        out.append(f"- p99 end-to-end latency under 250 ms at 3,000 events/s: "
+                   f"**{'met' if at3000['p99_ms'] < 250 else 'not met'}** ({at3000['p99_ms']:,.0f} ms).")
+    for name, p in results.processors.items():
+        out.append(f"- {name} drains at ≥ 25% of the passthrough: **{'met' if p['ratio'] >= 0.25 else 'not met'}** "
+                   f"({p['ratio']:.0%}).")
+    for name, r in results.replay.items():
+        out.append(f"- {name} rebuild ≥ 20,000 events/s: **{'met' if r >= 20000 else 'not met'}** ({r:,.0f}/s).")
+    out.append("- Memory flat over a 10-minute run at 3,000 events/s: not measured by this run.")
+    return out
+
+
+def draw(results: Results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    offered = [r["offered"] for r in results.pipeline]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("max_ms", "max")):
+        axis.plot(offered, [r[key] for r in results.pipeline], marker="o", label=label)
+    axis.set_xlabel("offered upstream events/s")
+    axis.set_ylabel("end-to-end latency (ms)")
+    axis.set_yscale("log")
+    axis.set_title(f"orderops pipeline, {results.machine['cores']} cores, {results.machine['date']}")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+# -- running it -----------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> int:
+    from aiosmtpd.controller import Controller
+
+    from orderops.testing import PrivateBroker, free_port
+
+    class Discard:
+        async def handle_DATA(self, server, session, envelope):
+            return "250 OK"
+
+    results = Results(machine=machine())
+    with tempfile.TemporaryDirectory(prefix="orderops-bench-") as tmp:
+        workdir = Path(tmp)
+        smtp = Controller(Discard(), hostname="127.0.0.1", port=free_port())
+        smtp.start()
+        broker = PrivateBroker(workdir / "broker")
+        BOOTSTRAP[0] = broker.start()
+        try:
+            subprocess.run([sys.executable, "-m", "orderops.cli", "policies", "publish"], check=True,
+                           env={**os.environ, "KAFKA_BOOTSTRAP": BOOTSTRAP[0]}, capture_output=True)
+            sends, results.orders = workload(args.events, seed=1)
+            results.events = len(sends)
+            log(f"workload: {len(sends):,} upstream events of {results.orders:,} orders")
+            baselines(sends, results)
+            processors_alone(results, workdir / "alone", smtp.port)
+            replays(results)
+        finally:
+            broker.stop()
+        if args.rates:
+            broker = PrivateBroker(workdir / "broker-pipeline")
+            BOOTSTRAP[0] = broker.start()
+            try:
+                subprocess.run([sys.executable, "-m", "orderops.cli", "policies", "publish"], check=True,
+                               env={**os.environ, "KAFKA_BOOTSTRAP": BOOTSTRAP[0]}, capture_output=True)
+                pipeline(results, workdir / "pipeline", smtp.port, args.rates, args.seconds)
+            finally:
+                broker.stop()
+        smtp.stop()
+    out = Path(args.out)
+    plot = out.with_name("benchmarks-latency.png")
+    if results.pipeline:
+        draw(results, plot)
+    out.write_text(report(results, plot))
+    log(f"wrote {out} and {plot}")
+    return 0
+
+
+def register(groups) -> None:
+    parser = groups.add_parser("bench", help="benchmark every processor against baselines (make bench)",
+                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=int(os.environ.get("BENCH_EVENTS", "200000")),
+                        help="upstream events preloaded for each processor (BENCH_EVENTS, default 200000)")
+    parser.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",") if x],
+                        default=[int(x) for x in os.environ.get("BENCH_RATES", "500,1000,3000,7000").split(",") if x],
+                        help="offered rates for the pipeline, events/s (BENCH_RATES, default 500,1000,3000,7000)")
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_RATE_SECONDS", "60")),
+                        help="seconds at each rate (BENCH_RATE_SECONDS, default 60)")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.set_defaults(run=run)
+
+
