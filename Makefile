@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 SERVICES := $(sort $(wildcard services/*/pyproject.toml)) tools/pyproject.toml
 export ORDEROPS_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: bench browser prometheus help venv kafka-up kafka-down kafka-status topics run stop status test test-unit lint clean
+.PHONY: bench test-faults browser prometheus help venv kafka-up kafka-down kafka-status topics run stop status test test-unit lint clean
 
 help:
 	@echo "make run           broker, topics, every processor, Prometheus, the simulator; prints where to look; Ctrl-C stops"
@@ -17,6 +17,7 @@ help:
 	@echo "make status        what runs and whether it is ready"
 	@echo "make test          environment, broker (if none), then the whole suite against it"
 	@echo "make test-unit     the tests that need no broker"
+	@echo "make test-faults   the fault tests at a bigger size (FAULT_ORDERS=200)"
 	@echo "make bench         benchmark every processor and the pipeline (own broker); writes docs/benchmarks.md"
 	@echo "make kafka-up | kafka-down | kafka-status   the embedded Kafka 4.4 broker"
 	@echo "make topics        create every catalog topic (idempotent)"
@@ -100,6 +101,10 @@ prometheus:
 	  echo "installing Debian's prometheus (the server and promtool)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null || \
 	  { echo "could not install prometheus (apt-get as root is needed); install it and retry" >&2; exit 1; }; }
+
+# The fault tests run in `make test` at a size that fits the suite; here bigger.
+test-faults: venv
+	$(TEST_ENV) FAULT_ORDERS=$${FAULT_ORDERS:-200} $(BIN)/pytest -m faults --timeout 3600 $(PYTEST_ARGS)
 
 # Figures, not tests: a broker of its own, baselines measured in the same run (docs/benchmarks.md).
 # BENCH_EVENTS, BENCH_RATES, BENCH_RATE_SECONDS size it (tools/orderops_tools/bench.py).
