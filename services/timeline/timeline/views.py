@@ -65,6 +65,8 @@ async def _body(request: web.Request) -> dict:
         body = await request.json()
     except (ValueError, json.JSONDecodeError) as exc:
         raise BadRequest(f"the body must be JSON: {exc}") from exc
+    except RecursionError as exc:  # found by the hostile-input test: 5,000 nested brackets gave a 500
+        raise BadRequest("the body nests too deeply to be a request of this API") from exc
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body
