@@ -173,3 +173,24 @@ class PrivateBroker:
 
     def stop(self) -> None:
         self._script("down")
+
+
+def orderops_cli(bootstrap: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``orderops <args>`` against this broker, as an operator would."""
+    return subprocess.run([sys.executable, "-m", "orderops.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap}, timeout=timeout)
+
+
+def start_processors(bootstrap: str, workdir: Path, env: dict[str, str] | None = None,
+                     names: tuple[str, ...] | None = None) -> dict[str, ServiceProcess]:
+    """Every processor (or ``names``) as a real process on this broker, each on a free port, logs
+    and state under ``workdir``; not yet ready (await ``wait_ready``)."""
+    from orderops.catalog import PROCESSORS
+
+    processes = {}
+    for name in names or PROCESSORS:
+        port = free_port()
+        processes[name] = ServiceProcess(["-m", name.replace("-", "_")], {
+            "KAFKA_BOOTSTRAP": bootstrap, "WEB_PORT": str(port), "ORDEROPS_DATA_DIR": str(workdir / "state"),
+            "ORDEROPS_SESSION_TIMEOUT_SECONDS": "6", **(env or {})}, workdir / f"{name}.log", port).start()
+    return processes

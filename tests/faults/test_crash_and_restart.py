@@ -35,7 +35,7 @@ from orderops_tools.simulator import Config, play
 
 from orderops import catalog
 from orderops.codec import Codec
-from orderops.testing import PrivateBroker, ServiceProcess, free_port, poll_json
+from orderops.testing import PrivateBroker, ServiceProcess, free_port, orderops_cli, poll_json, start_processors
 from orderops.topicreader import read
 
 pytestmark = [pytest.mark.broker, pytest.mark.faults]
@@ -52,10 +52,6 @@ class Mailbox:
         self.delivery_ids[message["X-Orderops-Delivery-Id"]] += 1
         return "250 OK"
 
-
-def orderops(bootstrap: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orderops.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap}, timeout=300)
 
 
 def kill_broker(broker: PrivateBroker) -> None:
@@ -77,13 +73,9 @@ async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(
     smtp.start()
     processes: dict[str, ServiceProcess] = {}
     try:
-        assert orderops(bootstrap, "policies", "publish").returncode == 0
-        for name in catalog.PROCESSORS:
-            port = free_port()
-            processes[name] = ServiceProcess(["-m", name.replace("-", "_")], {
-                "KAFKA_BOOTSTRAP": bootstrap, "WEB_PORT": str(port), "ORDEROPS_DATA_DIR": str(tmp_path / "state"),
-                "ORDEROPS_SESSION_TIMEOUT_SECONDS": "6", "ORDEROPS_SMTP_PORT": str(smtp.port),
-                "ORDEROPS_NOTIFIER_CHANNELS": "email"}, tmp_path / f"{name}.log", port).start()
+        assert orderops_cli(bootstrap, "policies", "publish").returncode == 0
+        processes = start_processors(bootstrap, tmp_path, {"ORDEROPS_SMTP_PORT": str(smtp.port),
+                                                           "ORDEROPS_NOTIFIER_CHANNELS": "email"})
         await asyncio.gather(*(p.wait_ready(timeout=180) for p in processes.values()))
 
         # An order's events 1 s apart (as upstream systems write them): the faults land in live traffic.
@@ -112,7 +104,7 @@ async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(
         deadline = time.monotonic() + 300
         for processor in ("order-state", "fulfillment", "returns"):
             while True:
-                result = orderops(bootstrap, "replay", "rebuild", processor, "--clock", "wall")
+                result = orderops_cli(bootstrap, "replay", "rebuild", processor, "--clock", "wall")
                 if result.returncode == 0 or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(3)  # still catching up after the faults

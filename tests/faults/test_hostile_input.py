@@ -14,8 +14,6 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 from collections import Counter
 from datetime import UTC, datetime
@@ -27,7 +25,7 @@ from orderops_tools.simulator import Config, play
 
 from orderops import catalog, deadletter
 from orderops.codec import Codec, DecodeError
-from orderops.testing import PrivateBroker, ServiceProcess, free_port, producer
+from orderops.testing import PrivateBroker, ServiceProcess, free_port, orderops_cli, producer, start_processors
 from orderops.topicreader import read
 
 pytestmark = [pytest.mark.broker, pytest.mark.faults]
@@ -57,11 +55,6 @@ class Discard:
 KINDS = ("random-bytes", "truncated-avro", "wrong-magic", "unknown-fingerprint", "empty")
 
 
-def orderops(bootstrap: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orderops.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap}, timeout=300)
-
-
 async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is_unchanged(run_id, tmp_path):
     broker = PrivateBroker(tmp_path / "broker")
     bootstrap = broker.start()
@@ -69,13 +62,9 @@ async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is
     smtp.start()
     processes: dict[str, ServiceProcess] = {}
     try:
-        assert orderops(bootstrap, "policies", "publish").returncode == 0
-        for name in catalog.PROCESSORS:
-            port = free_port()
-            processes[name] = ServiceProcess(["-m", name.replace("-", "_")], {
-                "KAFKA_BOOTSTRAP": bootstrap, "WEB_PORT": str(port), "ORDEROPS_DATA_DIR": str(tmp_path / "state"),
-                "ORDEROPS_NOTIFIER_CHANNELS": "email", "ORDEROPS_SMTP_PORT": str(smtp.port)},
-                tmp_path / f"{name}.log", port).start()
+        assert orderops_cli(bootstrap, "policies", "publish").returncode == 0
+        processes = start_processors(bootstrap, tmp_path, {"ORDEROPS_NOTIFIER_CHANNELS": "email",
+                                                           "ORDEROPS_SMTP_PORT": str(smtp.port)})
         await asyncio.gather(*(p.wait_ready(timeout=180) for p in processes.values()))
 
         config = Config(seed=int(run_id, 16) % 10**6, orders=12, rate=500, compression=10**9, start=START,
@@ -143,12 +132,12 @@ async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is
 
         # The valid traffic: what a clean replay of the inputs gives (which also skips the hostile bytes).
         for processor in ("order-state", "fulfillment", "returns"):
-            result = orderops(bootstrap, "replay", "rebuild", processor, "--clock", "wall")
+            result = orderops_cli(bootstrap, "replay", "rebuild", processor, "--clock", "wall")
             for _ in range(40):
                 if result.returncode == 0:
                     break
                 await asyncio.sleep(3)
-                result = orderops(bootstrap, "replay", "rebuild", processor, "--clock", "wall")
+                result = orderops_cli(bootstrap, "replay", "rebuild", processor, "--clock", "wall")
             assert result.returncode == 0, result.stdout + result.stderr[-2000:]
 
         # The support API: hostile requests get a 4xx, never a 5xx.

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,7 +33,7 @@ from orderops.monitoring import RULES, local_addresses, scrape_config
 from orderops.paths import source_root
 from orderops.provider import RefundDesk
 from orderops.scenario import Story, address, card, customer, line, money
-from orderops.testing import PrivateBroker, ServiceProcess, free_port, poll_json, producer
+from orderops.testing import PrivateBroker, ServiceProcess, free_port, orderops_cli, poll_json, producer, start_processors
 
 pytestmark = pytest.mark.broker
 PLACED = datetime(2026, 11, 2, 9, tzinfo=UTC)
@@ -146,17 +144,11 @@ async def test_prometheus_rules_agree_with_the_story(tmp_path, run_id):
     processes: dict[str, ServiceProcess] = {}
     prometheus = provider = None
     try:
-        published = subprocess.run([sys.executable, "-m", "orderops.cli", "policies", "publish"], capture_output=True,
-                                   text=True, env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap})
+        published = orderops_cli(bootstrap, "policies", "publish")
         assert published.returncode == 0, published.stderr
-        ports = {name: free_port() for name in PROCESSORS}
-        common = {"KAFKA_BOOTSTRAP": bootstrap, "ORDEROPS_SMTP_PORT": str(smtp.port),
-                  "ORDEROPS_NOTIFIER_CHANNELS": "email", "ORDEROPS_SESSION_TIMEOUT_SECONDS": "6"}
-        for name in PROCESSORS:
-            processes[name] = ServiceProcess(
-                ["-m", name.replace("-", "_")],
-                {**common, "WEB_PORT": str(ports[name]), "ORDEROPS_DATA_DIR": str(tmp_path / "state")},
-                tmp_path / f"{name}.log", ports[name]).start()
+        processes = start_processors(bootstrap, tmp_path, {"ORDEROPS_SMTP_PORT": str(smtp.port),
+                                                           "ORDEROPS_NOTIFIER_CHANNELS": "email"})
+        ports = {name: process.web_port for name, process in processes.items()}
         await asyncio.gather(*(p.wait_ready() for p in processes.values()))
         prometheus = PrometheusServer(tmp_path / "prometheus", ports)
         # Every target up, and scraped long enough that the counters' zeros are on record.

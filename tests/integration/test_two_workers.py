@@ -9,9 +9,6 @@ timeline worker (Faust forwards the read to the owner); each notification reache
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 
@@ -20,7 +17,7 @@ from aiosmtpd.controller import Controller
 from orderops_tools.simulator import Config, play
 
 from orderops.catalog import PROCESSORS, order_partitions
-from orderops.testing import PrivateBroker, ServiceProcess, free_port, poll_json
+from orderops.testing import PrivateBroker, ServiceProcess, free_port, orderops_cli, poll_json
 
 pytestmark = pytest.mark.broker
 START = datetime(2026, 10, 1, 8, tzinfo=UTC)
@@ -35,17 +32,13 @@ class Mailbox:
         return "250 OK"
 
 
-def orderops(bootstrap: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orderops.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap}, timeout=180)
-
 
 async def test_two_workers_of_each_processor_give_the_single_worker_results(run_id, tmp_path):
     # A broker of its own: ten workers then read this scenario only, not the whole suite's history.
     broker = PrivateBroker(tmp_path / "broker")
     bootstrap, instance = broker.start(), f"two{run_id}"
     assert order_partitions() == 8
-    assert orderops(bootstrap, "policies", "publish").returncode == 0
+    assert orderops_cli(bootstrap, "policies", "publish").returncode == 0
     mailbox = Mailbox()
     smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
     smtp.start()
@@ -79,7 +72,7 @@ async def test_two_workers_of_each_processor_give_the_single_worker_results(run_
         deadline = time.monotonic() + 120
         for processor in ("order-state", "fulfillment", "returns"):
             while True:
-                result = orderops(bootstrap, "replay", "rebuild", processor, "--instance", instance, "--since", since,
+                result = orderops_cli(bootstrap, "replay", "rebuild", processor, "--instance", instance, "--since", since,
                                   "--clock", "wall")
                 if result.returncode == 0 or time.monotonic() > deadline:
                     break

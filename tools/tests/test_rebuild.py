@@ -5,10 +5,7 @@ window turns an authorized return into a rejected one, and nothing is published.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -25,15 +22,11 @@ from orderops.codec import Codec
 from orderops.globalview import read_all
 from orderops.paths import source_root
 from orderops.scenario import Story, address, card, customer, line, money
-from orderops.testing import ServiceProcess, free_port, poll_json, producer, read_topic
+from orderops.testing import ServiceProcess, free_port, orderops_cli, poll_json, producer, read_topic
 
 pytestmark = pytest.mark.broker
 PLACED = datetime(2026, 11, 2, 9, tzinfo=UTC)
 
-
-def orderops(bootstrap: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orderops.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap}, timeout=180)
 
 
 def story(order_id: str) -> Story:
@@ -56,7 +49,7 @@ def story(order_id: str) -> Story:
 
 async def test_rebuild_is_identical_after_a_clean_run_and_reports_a_forged_record(catalog_topics, run_id, tmp_path):
     bootstrap, instance, order_id = catalog_topics, f"rb{run_id}", f"rebuild-{run_id}"
-    assert orderops(bootstrap, "policies", "publish").returncode == 0
+    assert orderops_cli(bootstrap, "policies", "publish").returncode == 0
     processes = {}
     for name in ("order_state", "fulfillment", "returns"):
         port = free_port()
@@ -81,7 +74,7 @@ async def test_rebuild_is_identical_after_a_clean_run_and_reports_a_forged_recor
             process.stop(signal.SIGTERM)  # a clean stop: the changelogs hold the final state
 
     for processor in ("order-state", "fulfillment", "returns"):
-        rebuilt = orderops(bootstrap, "replay", "rebuild", processor, "--instance", instance, "--order", order_id)
+        rebuilt = orderops_cli(bootstrap, "replay", "rebuild", processor, "--instance", instance, "--order", order_id)
         assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
         assert "rebuild: identical: the state of 1 orders" in rebuilt.stdout, rebuilt.stdout
 
@@ -95,7 +88,7 @@ async def test_rebuild_is_identical_after_a_clean_run_and_reports_a_forged_recor
     kafka.produce(ORDERS_STATE_CHANGES.name, key=order_id.encode(), value=codec.encode(ORDERS_STATE_CHANGES.value_schema,
                                                                                          forged))
     kafka.flush(10)
-    found = orderops(bootstrap, "replay", "rebuild", "order-state", "--instance", instance, "--order", order_id)
+    found = orderops_cli(bootstrap, "replay", "rebuild", "order-state", "--instance", instance, "--order", order_id)
     assert found.returncode == 1, found.stdout + found.stderr
     assert f"order {order_id}: output differs: {record['event_id']} on {ORDERS_STATE_CHANGES.name}" in found.stdout
 
@@ -104,7 +97,7 @@ async def test_rebuild_is_identical_after_a_clean_run_and_reports_a_forged_recor
     draft.write_text((source_root() / "policies" / "standard-v2.yaml").read_text()
                      .replace("version: 2", "version: 99").replace("  default: 21", "  default: 1"))
     before = set(read_all(bootstrap, RETURNS_POLICIES))
-    what_if = orderops(bootstrap, "replay", "what-if", str(draft), "--order", order_id, "--quiet")
+    what_if = orderops_cli(bootstrap, "replay", "what-if", str(draft), "--order", order_id, "--quiet")
     assert what_if.returncode == 0, what_if.stdout + what_if.stderr
     assert f"order {order_id} return r-1" in what_if.stdout and "AUTHORIZED -> REJECTED" in what_if.stdout
     assert "1 requests judged, 1 changed" in what_if.stdout

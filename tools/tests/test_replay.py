@@ -5,10 +5,7 @@ dead letter back once and records it."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -17,14 +14,10 @@ from orderops import deadletter
 from orderops.catalog import DEAD_LETTER_TOPICS, ORDER_STATE, REDRIVE_TOPICS, STOREFRONT_ORDERS
 from orderops.codec import NotSingleObjectEncoded
 from orderops.scenario import Story, address, card, customer, line, money
-from orderops.testing import ServiceProcess, free_port, producer, read_topic
+from orderops.testing import ServiceProcess, free_port, orderops_cli, producer, read_topic
 
 pytestmark = pytest.mark.broker
 
-
-def orderops(bootstrap: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orderops.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap}, timeout=120)
 
 
 def placed(order_id: str) -> Story:
@@ -40,7 +33,7 @@ def test_inspect_decodes_a_topic_and_a_dead_letter(catalog_topics, run_id):
     order_id = f"insp-{run_id}"
     kafka = producer(catalog_topics)
     placed(order_id).publish(kafka)
-    result = orderops(catalog_topics, "replay", "inspect", STOREFRONT_ORDERS.name, "--order", order_id)
+    result = orderops_cli(catalog_topics, "replay", "inspect", STOREFRONT_ORDERS.name, "--order", order_id)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(x) for x in result.stdout.splitlines()]
     assert [x["type"] for x in lines] == ["OrderPlaced", "OrderCancelled"]
@@ -51,7 +44,7 @@ def test_inspect_decodes_a_topic_and_a_dead_letter(catalog_topics, run_id):
                                              error=NotSingleObjectEncoded("no marker"), service=ORDER_STATE)
     kafka.produce(dlq.name, key=order_id.encode(), value=b"garbage", headers=headers)
     kafka.flush(10)
-    result = orderops(catalog_topics, "replay", "inspect", dlq.name, "--order", order_id)
+    result = orderops_cli(catalog_topics, "replay", "inspect", dlq.name, "--order", order_id)
     [dead] = [json.loads(x) for x in result.stdout.splitlines()]
     assert dead["value"] == "garbage" and dead["headers"]["error-class"] == "not-single-object-encoded"
     assert dead["headers"]["origin-offset"] == "7"
@@ -65,13 +58,13 @@ async def test_reset_refuses_while_running_and_moves_the_group_when_stopped(cata
     try:
         await process.wait_ready()
         placed(f"reset-{run_id}").publish(producer(catalog_topics))
-        refused = orderops(catalog_topics, "replay", "reset", ORDER_STATE, "--instance", instance, "--to-earliest")
+        refused = orderops_cli(catalog_topics, "replay", "reset", ORDER_STATE, "--instance", instance, "--to-earliest")
         assert refused.returncode == 1 and "are running" in refused.stderr
     finally:
         process.stop(signal.SIGTERM)
-    dry = orderops(catalog_topics, "replay", "reset", ORDER_STATE, "--instance", instance, "--to-earliest", "--dry-run")
+    dry = orderops_cli(catalog_topics, "replay", "reset", ORDER_STATE, "--instance", instance, "--to-earliest", "--dry-run")
     assert dry.returncode == 0 and "dry run" in dry.stdout
-    done = orderops(catalog_topics, "replay", "reset", ORDER_STATE, "--instance", instance, "--to-earliest")
+    done = orderops_cli(catalog_topics, "replay", "reset", ORDER_STATE, "--instance", instance, "--to-earliest")
     assert done.returncode == 0, done.stderr
     group = Consumer({"bootstrap.servers": catalog_topics, "group.id": f"{ORDER_STATE}-{instance}"})
     committed = group.committed([TopicPartition(STOREFRONT_ORDERS.name, p) for p in range(STOREFRONT_ORDERS.partitions)],
@@ -90,11 +83,11 @@ def test_redrive_sends_each_dead_letter_back_once(catalog_topics, run_id):
     kafka = producer(catalog_topics)
     kafka.produce(dlq.name, key=order_id.encode(), value=fixed, headers=headers)
     kafka.flush(10)
-    dry = orderops(catalog_topics, "replay", "redrive", ORDER_STATE, "--order", order_id, "--dry-run")
+    dry = orderops_cli(catalog_topics, "replay", "redrive", ORDER_STATE, "--order", order_id, "--dry-run")
     assert dry.returncode == 0 and "decodes now" in dry.stdout
-    first = orderops(catalog_topics, "replay", "redrive", ORDER_STATE, "--order", order_id)
+    first = orderops_cli(catalog_topics, "replay", "redrive", ORDER_STATE, "--order", order_id)
     assert first.returncode == 0 and "re-drove 1" in first.stdout, first.stdout + first.stderr
-    again = orderops(catalog_topics, "replay", "redrive", ORDER_STATE, "--order", order_id)
+    again = orderops_cli(catalog_topics, "replay", "redrive", ORDER_STATE, "--order", order_id)
     assert "re-drove 0" in again.stdout and "1 already re-driven" in again.stdout
     [back] = read_topic(catalog_topics, STOREFRONT_ORDERS.name, keep=lambda m: m.key() == order_id.encode()
                         and any(k == "redriven-from" for k, _ in (m.headers() or [])), until=lambda got: len(got) >= 1)
