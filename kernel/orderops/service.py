@@ -8,6 +8,7 @@ dead-letter topic with its original bytes (``Service.dead_letter_on_error``) and
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -266,7 +267,35 @@ class Service:
         two, ``table_route`` sent reads to the wrong worker and it answered 404 (found by the
         two-worker test). This routes by an input topic's raw key, as the data is partitioned."""
         order_scoped = next(t for t in catalog.inputs_of(self.name) if t.order_scoped)
-        return self.app.topic_route(topic=self.topic(order_scoped), match_info=match_info)
+        forward = self.app.topic_route(topic=self.topic(order_scoped), match_info=match_info)
+        service = self
+
+        def decorate(handler):
+            forwarded = forward(handler)
+
+            @functools.wraps(handler)
+            async def routed(view, request, *args, **kwargs):
+                # Answered here when this worker holds the order's partition, without asking the
+                # assignor's routing map: after a broker restart that map was found empty on a lone
+                # worker (every read "Service unavailable") while the partitions were its own.
+                if service.holds(request.match_info[match_info], order_scoped):
+                    return await handler(view, request, *args, **kwargs)
+                return await forwarded(view, request, *args, **kwargs)
+
+            return routed
+
+        return decorate
+
+    def holds(self, order_id: str, topic: Topic) -> bool:
+        """Whether this worker is assigned the order's partition (murmur2 of the raw order id, as
+        every producer here partitions)."""
+        from aiokafka.partitioner import murmur2
+
+        consumer = self.app._consumer
+        if consumer is None:
+            return False
+        partition = (murmur2(order_id.encode()) & 0x7FFFFFFF) % topic.partitions
+        return any(tp.topic == topic.name and tp.partition == partition for tp in consumer.assignment())
 
     def order_page(self, path: str, table: faust.TableT, describe: Callable[[dict], dict]) -> None:
         """``GET path`` (with ``{order_id}``): the order's state as ``describe`` renders it, answered
