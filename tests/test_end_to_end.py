@@ -137,19 +137,8 @@ async def test_an_order_from_checkout_to_refund(catalog_topics, run_id, tmp_path
         # notifier delivers in the order their requests reached it (see docs: notifier).
         assert [s for s in subjects if s in told_by_fulfillment] == told_by_fulfillment
         assert [s for s in subjects if s in told_by_returns] == told_by_returns
-        assert sorted(subjects) == sorted([
-            f"Your order {order_id} is confirmed",
-            f"Part of your order {order_id} is backordered",
-            f"A parcel of your order {order_id} is on the way",
-            f"Delivered: a parcel of your order {order_id}",
-            f"New date for backordered items of order {order_id}",
-            f"A parcel of your order {order_id} is on the way",
-            f"Delivered: a parcel of your order {order_id}",
-            "Your return r-1 is approved",
-            "We received your return r-1",
-            f"Your refund for order {order_id} is on its way",
-            f"Refund completed for order {order_id}",
-        ])
+        assert sorted(subjects) == sorted([f"Your order {order_id} is confirmed", *told_by_fulfillment,
+                                           *told_by_returns])
         mine = [m for m in mailbox.messages if order_id in m["Subject"]]
         first_parcel = next(m for m in mine if m["Subject"].startswith("A parcel")).get_content()
         assert "2 of 3 items shipped in parcel P1 (DHL JD0001): 2 × Blue mug." in first_parcel
