@@ -53,10 +53,12 @@ topics: kafka-up
 run: topics
 	@$(MAKE) --no-print-directory prometheus || echo "(continuing without Prometheus: the processors still export /metrics)"
 	@$(BIN)/orderops policies publish
+	@$(BIN)/orderops users dev
 	@ORDEROPS_CLOCK=$${ORDEROPS_CLOCK:-event} $(BIN)/orderops processors start
 	@echo
 	@echo "orderops is up: the broker, every topic, the return policies, all five processors, Prometheus and the simulator."
 	@echo "  CONSOLE      http://127.0.0.1:6105/   support console (API: /openapi.json; escalations appear as simulated days pass)"
+	@echo "               sign in as ann (agent), lee (lead) or root (admin): tokens in .run/secrets/support-users.tokens"
 	@echo "  broker       $${KAFKA_BOOTSTRAP:-127.0.0.1:$${KAFKA_PORT:-9092}}   logs: .run/kafka/logs/"
 	@echo "  order-state  http://127.0.0.1:6101/orders/<order id>   /healthz   /metrics   log: .run/logs/order-state.log"
 	@echo "  fulfillment  http://127.0.0.1:6102/orders/<order id>/fulfillment   log: .run/logs/fulfillment.log"

@@ -6,8 +6,20 @@ import os
 import uuid
 
 import pytest
+
 from orderops.admin import create_topics
 from orderops.settings import KafkaSettings
+from orderops.testing import SupportUsers
+
+
+@pytest.fixture(scope="session", autouse=True)
+def support_users(tmp_path_factory) -> SupportUsers:
+    """ann (agent), lee (lead) and root (admin), in a users file every processor started by a test
+    reads (through the environment); requests from tests sign in as ann unless they say otherwise."""
+    users = SupportUsers(tmp_path_factory.mktemp("secrets") / "support-users")
+    os.environ["ORDEROPS_SUPPORT_USERS_FILE"] = str(users.path)
+    os.environ["ORDEROPS_SUPPORT_TOKEN"] = users.tokens["ann"]
+    return users
 
 
 @pytest.fixture(scope="session")

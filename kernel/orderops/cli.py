@@ -9,6 +9,10 @@
     orderops processors stop    SIGTERM them (SIGKILL after 60 s)
     orderops processors status  which run, which are ready, where
     orderops processors watch   print what they have done every 15 s; Ctrl-C stops them and the broker
+    orderops users add U ROLE   add a user of the HTTP APIs (or give one a new token); prints the token once
+    orderops users remove U     take a user's access away (workers re-read the file: no restart)
+    orderops users list         who has access, with which role (never the tokens)
+    orderops users dev          for make run: ann (agent), lee (lead), root (admin) if there are no users yet
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from orderops import catalog
 
@@ -107,6 +112,41 @@ def _processors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _users(args: argparse.Namespace) -> int:
+    from orderops.auth import UsersFileError, add_user, parse, remove_user
+    from orderops.settings import ServiceSettings
+
+    path = args.file or ServiceSettings.from_env("cli", 0).support_users_file
+    try:
+        if args.command == "add":
+            token = add_user(path, args.user_id, args.role)
+            print(f"{args.user_id} ({args.role}) can sign in with this token; it is shown only now:\n{token}")
+        elif args.command == "remove":
+            if not remove_user(path, args.user_id):
+                print(f"users: {args.user_id} is not in {path}", file=sys.stderr)
+                return 1
+            print(f"{args.user_id} removed from {path}")
+        elif args.command == "list":
+            users = parse(path.read_text(), str(path)) if path.exists() else {}
+            print("\n".join(f"{user_id:24} {role}" for user_id, (role, _) in sorted(users.items()))
+                  or f"no users in {path}")
+        elif args.command == "dev":
+            tokens_file = path.with_name(path.name + ".tokens")
+            if path.exists() and parse(path.read_text(), str(path)):
+                print(f"users: {path} has users already (tokens of the development users: {tokens_file})")
+                return 0
+            tokens = {user: add_user(path, user, role) for user, role in
+                      (("ann", "agent"), ("lee", "lead"), ("root", "admin"))}
+            fd = os.open(tokens_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write("".join(f"{user} {token}\n" for user, token in tokens.items()))
+            print(f"users: development users ann (agent), lee (lead), root (admin); tokens in {tokens_file}")
+    except UsersFileError as exc:
+        print(f"users: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def writer_schema_names() -> list[str]:
     return sorted({t.value_schema for t in catalog.ALL_TOPICS if t.value_schema})
 
@@ -137,6 +177,19 @@ def main(argv: list[str] | None = None) -> int:
         dest="command", required=True)
     for command in ("start", "stop", "status", "watch"):
         procs.add_parser(command).set_defaults(run=_processors)
+
+    from orderops.auth import ROLES
+
+    users = groups.add_parser("users", help="who may use the HTTP APIs").add_subparsers(dest="command", required=True)
+    for command, helptext in (("add", "add a user or give one a new token"), ("remove", "remove a user"),
+                              ("list", "list users and roles"), ("dev", "development users for make run")):
+        sub = users.add_parser(command, help=helptext)
+        if command in ("add", "remove"):
+            sub.add_argument("user_id")
+        if command == "add":
+            sub.add_argument("role", choices=ROLES)
+        sub.add_argument("--file", type=Path, help="the users file (default: $ORDEROPS_SUPPORT_USERS_FILE)")
+        sub.set_defaults(run=_users)
 
     # Commands contributed by installed services (entry point group "orderops.commands"), e.g.
     # `orderops policies publish` from the returns service: the kernel never imports a service.

@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import faust
+from aiohttp import web as aiohttp_web
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from orderops import catalog
+from orderops.auth import User, Users, bearer_token
 from orderops.catalog import Topic
 from orderops.clock import clock_from_env
 from orderops.codec import Codec, DecodeError, Envelope
@@ -63,6 +66,10 @@ class Service:
         self._deadlines: faust.TableT | None = None
         self._global_views: list[GlobalView] = []
         self._table_names: list[str] = []
+        self.users = Users(self.settings.support_users_file)
+        if self.users.problem:
+            log.warning("%s: %s. Every API call but /healthz and /metrics answers 401; add users with "
+                        "`orderops users add <user id> <role>`.", name, self.users.problem)
         self._mount_pages()
 
     # -- topics ---------------------------------------------------------------------------------
@@ -297,12 +304,35 @@ class Service:
         partition = (murmur2(order_id.encode()) & 0x7FFFFFFF) % topic.partitions
         return any(tp.topic == topic.name and tp.partition == partition for tp in consumer.assignment())
 
+    def requires(self, role: str):
+        """Decorate a view method: only a user with ``role`` (or a higher one) gets in. No or an
+        unknown token: 401; a known user without the role: 403. The user is ``signed_in(request)``."""
+        users = self.users
+
+        def decorate(handler):
+            @functools.wraps(handler)
+            async def guarded(view, request, *args, **kwargs):
+                user = users.authenticate(bearer_token(request.headers.get("Authorization")))
+                if user is None:
+                    why = users.problem or "sign in: send 'Authorization: Bearer <token>' (tokens: orderops users add)"
+                    return view.json({"error": f"not authenticated: {why}"}, status=401,
+                                     headers={"WWW-Authenticate": 'Bearer realm="orderops"'})
+                if not user.may(role):
+                    return view.json({"error": f"{user.user_id} is {user.role}; this needs the {role} role"}, status=403)
+                request[_USER] = user
+                return await handler(view, request, *args, **kwargs)
+
+            return guarded
+
+        return decorate
+
     def order_page(self, path: str, table: faust.TableT, describe: Callable[[dict], dict]) -> None:
         """``GET path`` (with ``{order_id}``): the order's state as ``describe`` renders it, answered
         by the worker that owns the order (see ``routed_by_order``); 404 when unknown."""
         service = self
 
         class OrderPage(faust.web.View):
+            @self.requires("agent")
             @self.routed_by_order("order_id")
             async def get(self, request: faust.web.Request, order_id: str) -> faust.web.Response:
                 stored = table.get(order_id)
@@ -369,6 +399,42 @@ class Service:
         worker.execute_from_commandline()
 
 
+_USER = "orderops.user"
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
+
+def signed_in(request: Any) -> User:
+    """The user a ``Service.requires`` view was called by."""
+    return request[_USER]
+
+
+@aiohttp_web.middleware
+async def _hardened(request: aiohttp_web.Request, handler: Callable) -> aiohttp_web.StreamResponse:
+    """Every answer carries the security headers (a page may set a stricter or wider CSP of its
+    own); an unexpected error answers 500 with an id to find it in the log, never a stack trace."""
+    try:
+        response = await handler(request)
+    except aiohttp_web.HTTPException as exc:  # 404, 405, 413 (body over ORDEROPS_HTTP_MAX_BODY_BYTES)...
+        for name, value in SECURITY_HEADERS.items():
+            exc.headers.setdefault(name, value)
+        raise
+    except Exception:
+        incident = uuid.uuid4().hex[:12]
+        log.exception("HTTP %s %s failed (incident %s): a bug, not the caller's fault; the caller got 500",
+                      request.method, request.path, incident)
+        response = aiohttp_web.json_response({"error": f"internal error (incident {incident}, in the log)"},
+                                             status=500)
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
 def _faust_app(settings: ServiceSettings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     brokers = [f"kafka://{host.strip()}" for host in settings.kafka.bootstrap.split(",") if host.strip()]
@@ -382,6 +448,7 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
         web_bind=settings.web_bind,
         web_host=settings.web_host,
         web_port=settings.web_port,
+        web_application_options={"middlewares": [_hardened], "client_max_size": settings.http_max_body_bytes},
         topic_partitions=catalog.order_partitions(),
         topic_replication_factor=settings.kafka.replication_factor,
         table_standby_replicas=settings.standby_replicas,

@@ -56,6 +56,8 @@ class ServiceSettings:
     clock: str
     instance: str
     session_timeout_seconds: float
+    support_users_file: Path  # who may call the HTTP APIs (orderops.auth); absent: nobody may
+    http_max_body_bytes: int
 
     @property
     def app_id(self) -> str:
@@ -81,4 +83,6 @@ class ServiceSettings:
             clock=env.get("ORDEROPS_CLOCK", "wall"),
             instance=env.get("ORDEROPS_INSTANCE", ""),
             session_timeout_seconds=float(env.get("ORDEROPS_SESSION_TIMEOUT_SECONDS", "30")),
+            support_users_file=Path(env.get("ORDEROPS_SUPPORT_USERS_FILE", run_dir / "secrets" / "support-users")),
+            http_max_body_bytes=int(env.get("ORDEROPS_HTTP_MAX_BODY_BYTES", str(64 * 1024))),
         )

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 from confluent_kafka import Consumer, Message, Producer
@@ -51,6 +51,19 @@ def read_topic(bootstrap: str, topic: str, until: Callable[[list[Message]], bool
         consumer.close()
 
 
+class SupportUsers:
+    """Users of the HTTP APIs for a test run: ann (agent), lee (lead), root (admin), with fresh
+    tokens, in a users file as ``orderops users add`` writes it."""
+
+    ROLES: ClassVar[dict[str, str]] = {"ann": "agent", "lee": "lead", "root": "admin"}
+
+    def __init__(self, path: Path) -> None:
+        from orderops.auth import add_user
+
+        self.path = path
+        self.tokens = {user: add_user(path, user, role) for user, role in self.ROLES.items()}
+
+
 class ServiceProcess:
     """A processor run as a real OS process, as `make run` runs it, with its log in a file."""
 
@@ -85,10 +98,18 @@ class ServiceProcess:
                 await _sleep(0.5)
         raise AssertionError(f"not ready within {timeout}s (last health: {last}):\n{self.log_tail()}")
 
-    async def get_json(self, path: str) -> tuple[int, Any]:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{self.url}{path}") as resp:
-                return resp.status, await resp.json(content_type=None)
+    async def get_json(self, path: str, token: str | None = None) -> tuple[int, Any]:
+        """GET as the user of ``token`` (default: ``ORDEROPS_SUPPORT_TOKEN``)."""
+        return await self.call("GET", path, token=token)
+
+    async def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+                   token: str | None = None, headers: dict | None = None) -> tuple[int, Any]:
+        """One request with a bearer token (default: ``ORDEROPS_SUPPORT_TOKEN``; "" sends none)."""
+        token = os.environ.get("ORDEROPS_SUPPORT_TOKEN", "") if token is None else token
+        sent = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
+        async with aiohttp.ClientSession() as session, session.request(
+                method, f"{self.url}{path}", json=body if raw is None else None, data=raw, headers=sent) as resp:
+            return resp.status, await resp.json(content_type=None)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.process is None or self.process.poll() is not None:

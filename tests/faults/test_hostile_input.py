@@ -161,11 +161,18 @@ async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is
             ("POST", "/returns/r-1/approve-exception", {"actor": {"user_id": "lee", "role": "lead"}}, None),
             ("DELETE", f"/orders/{order_id}", None, None),
         ]
+        signed_in = {"Authorization": f"Bearer {os.environ['ORDEROPS_SUPPORT_TOKEN']}"}
+        anonymous = [("GET", f"/orders/{order_id}", None, None, {}),
+                     ("GET", f"/orders/{order_id}", None, None, {"Authorization": "Bearer " + "t" * 4000}),
+                     ("GET", f"/orders/{order_id}", None, None, {"Authorization": "Basic YW5uOmFubg=="}),
+                     ("POST", f"/orders/{order_id}/tags", {"tag": "x"}, None, {"Authorization": "Bearer"})]
         async with aiohttp.ClientSession() as session:
-            for method, path, body, raw in requests:
+            for method, path, body, raw, headers in [(*r, signed_in) for r in requests] + anonymous:
                 async with session.request(method, f"{timeline.url}{path}", json=body if raw is None else None,
-                                           data=raw) as response:
+                                           data=raw, headers=headers) as response:
                     assert 400 <= response.status < 500, (method, path[:80], response.status, await response.text())
+                    assert "Traceback" not in await response.text()
+                    assert response.headers.get("X-Content-Type-Options") == "nosniff"
     finally:
         for process in processes.values():
             process.stop(signal.SIGKILL)

@@ -406,6 +406,11 @@ def _captured(step: ReturnsStep) -> None:
     step.state = step.state.put(instrument=replace(
         instrument, captured=instrument.captured + payload["amount"]["amount"],
         first_captured_at=instrument.first_captured_at or step.event.occurred_at))
+    # A line cancelled before the money was taken is refunded once the whole order is captured,
+    # by the capture: not by whichever warehouse snapshot happens to come next (a race between
+    # two topics, so a replay would attribute the refund to another event), nor never, if none does.
+    if all(i.captured >= i.allocated for i in step.state.instruments):
+        _refund_cancelled_units(step)
 
 
 def _fulfillment(step: ReturnsStep) -> None:
@@ -415,16 +420,24 @@ def _fulfillment(step: ReturnsStep) -> None:
         line = step.state.line(snapshot["line_id"])
         if line is None:
             continue
-        line = replace(line, delivered=snapshot["delivered"], cancelled=snapshot["cancelled"],
-                       delivered_at=snapshot.get("delivered_at") or line.delivered_at)
-        step.state = step.state.put(line=line)
+        step.state = step.state.put(line=replace(
+            line, delivered=snapshot["delivered"], cancelled=snapshot["cancelled"],
+            delivered_at=snapshot.get("delivered_at") or line.delivered_at))
+    if any(i.captured > ZERO for i in step.state.instruments):
+        _refund_cancelled_units(step)
+
+
+def _refund_cancelled_units(step: ReturnsStep) -> None:
+    """Refund every cancelled unit not refunded yet, once (the refund id counts the cancelled units)."""
+    for line in step.state.lines:
         newly = line.cancelled - line.cancel_refunded
-        if newly > 0 and any(i.captured > ZERO for i in step.state.instruments):
-            policy = step.policy()
-            step.state = step.state.put(line=replace(line, cancel_refunded=line.cancelled))
-            step.issue_refunds(f"{step.state.order_id}:cancel:{line.line_id}:{line.cancelled}",
-                               f"cancelled line {line.line_id}", None, line.unit_price * newly,
-                               f"{newly} × {line.name} cancelled", policy)
+        if newly <= 0:
+            continue
+        policy = step.policy()
+        step.state = step.state.put(line=replace(line, cancel_refunded=line.cancelled))
+        step.issue_refunds(f"{step.state.order_id}:cancel:{line.line_id}:{line.cancelled}",
+                           f"cancelled line {line.line_id}", None, line.unit_price * newly,
+                           f"{newly} × {line.name} cancelled", policy)
 
 
 def _return_requested(step: ReturnsStep) -> None:

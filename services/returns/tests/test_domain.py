@@ -249,6 +249,20 @@ def test_cancelled_line_that_was_captured_is_refunded_once():
     assert of(records, RefundCommand) == [], "the same cancellation is refunded once"
 
 
+def test_a_line_cancelled_before_the_capture_is_refunded_by_the_capture_whatever_arrives_between():
+    cancelled = fulfilled(PLACED_V1 + days(1), delivered={}, cancelled={"l2": 2})
+    later_snapshot = fulfilled(PLACED_V1 + days(2), delivered={"l1": 1}, cancelled={"l2": 2})
+    capture = captured("card-1", "135.00", PLACED_V1 + days(2))
+    refunds = []
+    for arrival in ([cancelled, capture, later_snapshot], [cancelled, later_snapshot, capture], [cancelled, capture]):
+        _, records = run(placed(), *arrival)
+        [command] = [r for r in records if isinstance(r.what, RefundCommand)]
+        assert command.what.refund.amount == Decimal("20.00")
+        assert command.cause.event_id == capture.event_id, "the capture completes the condition, in every order"
+        refunds.append(command.what)
+    assert refunds[0] == refunds[1] == refunds[2]
+
+
 def test_a_refund_that_overtook_its_capture_waits_for_it_instead_of_being_cut():
     instruments = (("gift-1", "GIFT_CARD", "35.00"), ("card-1", "CARD", "100.00"))
     state, _ = run(placed(instruments=instruments), captured("gift-1", "35.00", PLACED_V1),

@@ -19,7 +19,7 @@ CHROMIUM = shutil.which("chromium")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium: `make test` installs it (make browser)")
-async def test_an_agent_works_an_order_in_the_console(catalog_topics, run_id, tmp_path):
+async def test_an_agent_works_an_order_in_the_console(catalog_topics, run_id, tmp_path, support_users):
     bootstrap = catalog_topics
     order_id = f"ui-{run_id}"
     timeline = start(bootstrap, f"ui{run_id}", tmp_path)
@@ -35,9 +35,21 @@ async def test_an_agent_works_an_order_in_the_console(catalog_topics, run_id, tm
                 await dialog.accept("called the customer back")
 
             page.on("dialog", answer)
-            await page.goto(timeline.url + "/")
+            script_errors = []
+            page.on("console", lambda m: script_errors.append(m.text) if m.type == "error" else None)
+            response = await page.goto(timeline.url + "/")
+            assert "script-src 'sha256-" in response.headers["content-security-policy"]
+            assert response.headers["x-frame-options"] == "DENY"
+            # Signing in: a wrong token is refused on the page; the right one opens the console.
+            await page.wait_for_selector("#signinform")
             await page.fill("#user", "lee")
-            await page.select_option("#role", "lead")
+            await page.fill("#token", "not-a-token")
+            await page.click("#signinform button")
+            await page.wait_for_selector("#signinerror:has-text('not authenticated')")
+            assert await page.locator("main").is_hidden()
+            await page.fill("#token", support_users.tokens["lee"])
+            await page.click("#signinform button")
+            await page.wait_for_selector("#whoami:has-text('lee · lead')")
             await page.fill("#q", order_id)
             await page.click("#search button")
             await page.wait_for_selector("#order-state")
@@ -57,7 +69,12 @@ async def test_an_agent_works_an_order_in_the_console(catalog_topics, run_id, tm
             # repeat-contact one and wait for its button to go.
             repeat = "#escalations [data-resolve*='repeat-contact']"
             await page.click(repeat)
-            await page.wait_for_function(f"!document.querySelector(\"{repeat}\")", timeout=20000)
+            await page.wait_for_selector(repeat, state="detached", timeout=20000)
+            # The console's script ran under its content security policy without a violation.
+            assert not [e for e in script_errors if "Content Security Policy" in e], script_errors
+            await page.click("#signout")
+            await page.wait_for_selector("#signinform")
+            assert await page.evaluate("sessionStorage.getItem('orderops.token')") is None
             await browser.close()
 
         actions = decode_all(read_topic(bootstrap, SUPPORT_ACTIONS.name, keep=lambda m: m.key() == order_id.encode(),

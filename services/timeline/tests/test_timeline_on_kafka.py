@@ -8,7 +8,6 @@ import random
 import signal
 from collections import defaultdict
 
-import aiohttp
 import pytest
 from story import split_order_story
 
@@ -51,10 +50,8 @@ def start(bootstrap: str, instance: str, tmp_path) -> ServiceProcess:
     return ServiceProcess(["-m", "timeline"], env, tmp_path / f"{instance}.log", int(env["WEB_PORT"])).start()
 
 
-async def call(process: ServiceProcess, method: str, path: str, body=None, raw: bytes | None = None):
-    async with aiohttp.ClientSession() as session, session.request(
-            method, f"{process.url}{path}", json=body if raw is None else None, data=raw) as resp:
-        return resp.status, await resp.json(content_type=None)
+async def call(process: ServiceProcess, method: str, path: str, body=None, raw: bytes | None = None, token=None):
+    return await process.call(method, path, body, raw, token=token)
 
 
 def records(bootstrap: str, topic, order_id: str, until) -> dict[str, list[bytes]]:
@@ -71,7 +68,7 @@ def _twice(messages, topic) -> bool:
     return bool(counts) and all(n == 2 for n in counts.values())
 
 
-async def test_view_api_and_replay(catalog_topics, run_id, tmp_path):
+async def test_view_api_and_replay(catalog_topics, run_id, tmp_path, support_users):
     bootstrap = catalog_topics
     order_id = f"tl-{run_id}"
     first = start(bootstrap, f"a{run_id}", tmp_path)
@@ -93,30 +90,34 @@ async def test_view_api_and_replay(catalog_topics, run_id, tmp_path):
         status, queue = await call(first, "GET", "/escalations?state=open&rule=repeat-contact")
         [escalation] = [e for e in queue["escalations"] if e["order_id"] == order_id]
 
-        # Bad input: precise 4xx, nothing written.
-        lead, agent = {"user_id": "lee", "role": "lead"}, {"user_id": "ann", "role": "agent"}
+        # Who may do what: no or a wrong token 401, too low a role 403; bad bodies a precise 400.
+        lead, agent, admin = (support_users.tokens[u] for u in ("lee", "ann", "root"))
+        escalation_path = f"/escalations/{escalation['escalation_id']}"
+        status, body = await call(first, "GET", f"/orders/{order_id}", token="")
+        assert status == 401 and "Bearer" in body["error"]
+        assert (await call(first, "GET", f"/orders/{order_id}", token=agent + "x"))[0] == 401
+        assert (await call(first, "POST", f"/orders/{order_id}/tags", {"tag": "vip"}, token=""))[0] == 401
+        assert (await call(first, "GET", "/session", token=lead)) == (200, {"user_id": "lee", "role": "lead"})
         assert (await call(first, "GET", "/orders/nobody"))[0] == 404
         assert (await call(first, "GET", "/orders"))[0] == 400
         assert (await call(first, "GET", "/escalations?rule=telepathy"))[0] == 400
-        status, body = await call(first, "POST", f"/orders/{order_id}/tags", {"tag": "vip"})
-        assert status == 400 and "actor" in body["error"]
+        status, body = await call(first, "POST", f"/orders/{order_id}/tags", {"tag": "vip", "actor": "lee"})
+        assert status == 400 and "actor" in body["error"], "the actor is the signed-in user, never the body's"
         assert (await call(first, "POST", f"/orders/{order_id}/tags", raw=b"{not json"))[0] == 400
-        assert (await call(first, "POST", f"/orders/{order_id}/contacts",
-                           {"actor": agent, "reason": "x", "channel": "PIGEON"}))[0] == 400
-        status, body = await call(first, "POST", f"/escalations/{escalation['escalation_id']}/resolve",
-                                  {"actor": agent, "note": "done"})
+        status, body = await call(first, "POST", f"/orders/{order_id}/contacts", {"reason": "x", "channel": "PIGEON"})
+        assert status == 400 and "PIGEON" in body["error"]
+        status, body = await call(first, "POST", f"{escalation_path}/resolve", {"note": "done"}, token=agent)
         assert status == 403 and "lead" in body["error"]
-        assert (await call(first, "POST", "/returns/r-1/approve-exception", {"actor": agent, "order_id": order_id,
-                                                                            "reason": "x"}))[0] == 403
+        assert (await call(first, "POST", "/returns/r-1/approve-exception", {"order_id": order_id, "reason": "x"},
+                           token=agent))[0] == 403
 
-        # Writes become events on support.actions with the acting user, and come back into the view.
-        assert (await call(first, "POST", f"/orders/{order_id}/tags", {"actor": agent, "tag": "vip"}))[0] == 202
-        assert (await call(first, "POST", f"/escalations/{escalation['escalation_id']}/ack",
-                           {"actor": agent, "note": "calling back"}))[0] == 202
-        assert (await call(first, "POST", f"/escalations/{escalation['escalation_id']}/resolve",
-                           {"actor": lead, "note": "customer informed"}))[0] == 202
-        assert (await call(first, "POST", f"/orders/{order_id}/contacts",
-                           {"actor": agent, "channel": "CHAT", "reason": "thanks"}))[0] == 202
+        # Writes become events on support.actions with the signed-in user, and come back into the view.
+        assert (await call(first, "POST", f"/orders/{order_id}/tags", {"tag": "vip"}, token=agent))[0] == 202
+        assert (await call(first, "POST", f"{escalation_path}/ack", {"note": "calling back"}, token=agent))[0] == 202
+        assert (await call(first, "POST", f"{escalation_path}/resolve", {"note": "customer informed"},
+                           token=lead))[0] == 202
+        assert (await call(first, "POST", f"/orders/{order_id}/contacts", {"channel": "CHAT", "reason": "thanks"},
+                           token=admin))[0] == 202
         view = await poll_json(first, f"/orders/{order_id}", lambda v: "vip" in v["tags"] and len(v["contacts"]) == 3
                                and v["escalations"][escalation["escalation_id"]]["state"] == "resolved")
         assert view["tags"]["vip"]["by"] == "ann"
@@ -124,7 +125,7 @@ async def test_view_api_and_replay(catalog_topics, run_id, tmp_path):
                                         until=lambda got: len(got) >= 4), SUPPORT_ACTIONS)
         assert [(a.short_type, a.payload["actor"]["user_id"]) for a in actions] == [
             ("TagApplied", "ann"), ("EscalationAcknowledged", "ann"), ("EscalationResolvedByAgent", "lee"),
-            ("ContactLogged", "ann")]
+            ("ContactLogged", "root")]
         # The same story with its events shuffled across topics ends in the same view.
         shuffled_id = f"tls-{run_id}"
         publish(bootstrap, shuffled_id, shuffle_seed=int(run_id, 16))

@@ -1,13 +1,19 @@
-"""The support API (JSON; described in /openapi.json) and the support console (/).
+"""The support API (JSON; described in /openapi.json, built from timeline.api) and the console (/).
 
-Reads are answered by the worker that owns the order (Faust routes them). Every write becomes an
-event on support.actions carrying the acting user — never a direct state edit — and the view
-changes when the timeline processes it, like any other event.
+Every endpoint needs a signed-in user with the role timeline.api gives it (bearer tokens:
+orderops.auth), and every body is validated against its schema before anything is done. Reads are
+answered by the worker that owns the order. Every write becomes an event on support.actions
+carrying the signed-in user as its actor — never a direct state edit — and the view changes when
+the timeline processes it, like any other event.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -18,11 +24,11 @@ from faust import web
 
 from orderops.catalog import SUPPORT_ACTIONS
 from orderops.envelope import Envelope, from_json
+from orderops.service import SECURITY_HEADERS, signed_in
+from timeline import api
 from timeline.app import RULES, app, service, views
 
 STATIC = Path(__file__).parent / "static"
-ROLES = ("agent", "lead", "admin")
-CHANNELS = ("EMAIL", "PHONE", "CHAT", "SOCIAL", "OTHER")
 
 
 class BadRequest(Exception):
@@ -72,63 +78,72 @@ async def _body(request: web.Request) -> dict:
     return body
 
 
-def _actor(body: dict) -> dict:
-    actor = body.get("actor")
-    if not isinstance(actor, dict) or not str(actor.get("user_id", "")).strip():
-        raise BadRequest("'actor' is required: {\"user_id\": \"...\", \"role\": \"agent|lead|admin\"}")
-    if actor.get("role") not in ROLES:
-        raise BadRequest(f"actor.role must be one of {', '.join(ROLES)}")
-    return {"user_id": str(actor["user_id"]), "role": actor["role"]}
-
-
-def _text(body: dict, key: str, limit: int = 2000) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise BadRequest(f"'{key}' is required (non-empty text)")
-    if len(value) > limit:
-        raise BadRequest(f"'{key}' is longer than {limit} characters")
-    return value.strip()
-
-
 async def _act(request: web.Request, order_id: str, type_name: str, payload: dict) -> dict:
-    """Write one support action; ``Idempotency-Key`` makes a retried request the same event."""
+    """Write one support action by the signed-in user; ``Idempotency-Key`` makes a retried request
+    the same event."""
     key = request.headers.get("Idempotency-Key")
+    if key is not None and not re.fullmatch(r"[A-Za-z0-9._:-]{1,100}", key):
+        raise BadRequest("Idempotency-Key must be 1-100 of letters, digits, . _ : -")
     event_id = f"console:{key}" if key else f"console:{uuid.uuid4()}"
-    envelope = Envelope(event_id, order_id, datetime.now(UTC), service.name,
-                        f"orderops.support.{type_name}", payload)
+    envelope = Envelope(event_id, order_id, datetime.now(UTC), service.name, f"orderops.support.{type_name}",
+                        {"actor": signed_in(request).as_actor(), **payload})
     await service.emit_all(order_id, [(SUPPORT_ACTIONS, envelope.to_record())])
     return {"accepted": True, "event_id": event_id, "type": type_name, "order_id": order_id}
 
 
-def _guarded(handler):
-    async def run(self: web.View, request: web.Request, **kwargs: Any) -> web.Response:
-        try:
-            status, body = await handler(self, request, **kwargs)
-            return self.json(body, status=status)
-        except BadRequest as exc:
-            return self.json({"error": str(exc)}, status=exc.status)
-    return run
+def endpoint(method: str, path: str, routed: bool = False):
+    """The view method for one endpoint of timeline.api: its role, its body's schema, 4xx for the
+    caller's mistakes. ``routed``: answered by the worker owning the order."""
+    spec = api.BY_ROUTE[(method, path)]
+
+    def decorate(handler):
+        @functools.wraps(handler)
+        async def run(self: web.View, request: web.Request, **kwargs: Any) -> web.Response:
+            try:
+                if spec.body is not None:
+                    body = await _body(request)
+                    problem = api.problems(method, path, body)
+                    if problem:
+                        raise BadRequest(problem)
+                    kwargs["body"] = body
+                status, answer = await handler(self, request, **kwargs)
+                return self.json(answer, status=status)
+            except BadRequest as exc:
+                return self.json({"error": str(exc)}, status=exc.status)
+
+        inner = service.routed_by_order("order_id")(run) if routed else run
+        return service.requires(spec.role)(inner)
+
+    return decorate
+
+
+@app.page("/session")
+class Session(web.View):
+    @endpoint("get", "/session")
+    async def get(self, request: web.Request):
+        return 200, signed_in(request).as_actor()
 
 
 @app.page("/orders/{order_id}")
 class Order(web.View):
-    @service.routed_by_order("order_id")
-    @_guarded
+    @endpoint("get", "/orders/{order_id}", routed=True)
     async def get(self, request: web.Request, order_id: str):
         return 200, describe(_view(order_id))
 
 
 @app.page("/orders/{order_id}/timeline")
 class OrderTimeline(web.View):
-    @service.routed_by_order("order_id")
-    @_guarded
+    @endpoint("get", "/orders/{order_id}/timeline", routed=True)
     async def get(self, request: web.Request, order_id: str):
-        return 200, {"order_id": order_id, "entries": timeline_of(_view(order_id), request.query.get("domain"))}
+        domain = request.query.get("domain")
+        if domain is not None and domain not in api.DOMAINS:
+            raise BadRequest(f"domain must be one of {', '.join(api.DOMAINS)}")
+        return 200, {"order_id": order_id, "entries": timeline_of(_view(order_id), domain)}
 
 
 @app.page("/orders")
 class Orders(web.View):
-    @_guarded
+    @endpoint("get", "/orders")
     async def get(self, request: web.Request):
         wanted = request.query.get("customer", "").strip().lower()
         if not wanted:
@@ -144,18 +159,14 @@ class Orders(web.View):
         found.sort(key=lambda o: o["placed_at"] or datetime.min.replace(tzinfo=UTC), reverse=True)
         return 200, {"customer": wanted, "orders": _plain(found)}
 
-    @_guarded
-    async def post(self, request: web.Request):
-        raise BadRequest("use POST /orders/{order_id}/contacts or /tags", 405)
-
 
 @app.page("/escalations")
 class Escalations(web.View):
-    @_guarded
+    @endpoint("get", "/escalations")
     async def get(self, request: web.Request):
         state = request.query.get("state", "open")
-        if state not in ("open", "acknowledged", "assigned", "resolved", "all"):
-            raise BadRequest("state must be open, acknowledged, assigned, resolved or all")
+        if state not in api.ESCALATION_STATES:
+            raise BadRequest(f"state must be one of {', '.join(api.ESCALATION_STATES)}")
         rule = request.query.get("rule")
         if rule and rule not in {r.rule_id for r in RULES.escalations}:
             raise BadRequest(f"unknown rule {rule!r}; rules: {', '.join(r.rule_id for r in RULES.escalations)}")
@@ -171,27 +182,19 @@ class Escalations(web.View):
 
 @app.page("/orders/{order_id}/contacts")
 class Contacts(web.View):
-    @_guarded
-    async def post(self, request: web.Request, order_id: str):
-        body = await _body(request)
-        channel = body.get("channel", "OTHER")
-        if channel not in CHANNELS:
-            raise BadRequest(f"channel must be one of {', '.join(CHANNELS)}")
+    @endpoint("post", "/orders/{order_id}/contacts")
+    async def post(self, request: web.Request, order_id: str, body: dict):
         return 202, await _act(request, order_id, "ContactLogged", {
-            "actor": _actor(body), "contact_id": body.get("contact_id") or f"console-{uuid.uuid4().hex[:12]}",
-            "channel": channel, "reason": _text(body, "reason"), "note": str(body.get("note", ""))})
+            "contact_id": body.get("contact_id") or f"console-{uuid.uuid4().hex[:12]}",
+            "channel": body.get("channel", "OTHER"), "reason": body["reason"].strip(), "note": body.get("note", "")})
 
 
 @app.page("/orders/{order_id}/tags")
 class Tags(web.View):
-    @_guarded
-    async def post(self, request: web.Request, order_id: str):
-        body = await _body(request)
-        tag = _text(body, "tag", 60).lower()
-        if not all(c.isalnum() or c == "-" for c in tag):
-            raise BadRequest("a tag is lowercase words joined by '-', like carrier-delay")
-        return 202, await _act(request, order_id, "TagApplied", {"actor": _actor(body), "tag": tag,
-                                                                 "target_kind": "order", "target_id": order_id})
+    @endpoint("post", "/orders/{order_id}/tags")
+    async def post(self, request: web.Request, order_id: str, body: dict):
+        return 202, await _act(request, order_id, "TagApplied", {"tag": body["tag"].lower(), "target_kind": "order",
+                                                                 "target_id": order_id})
 
 
 def _order_of(escalation_id: str) -> str:
@@ -202,46 +205,53 @@ def _order_of(escalation_id: str) -> str:
     raise BadRequest(f"{escalation_id} is not an escalation id (<order id>:<rule id>:<subject>)", 404)
 
 
-@app.page("/escalations/{escalation_id}/{action}")
-class EscalationAction(web.View):
-    @_guarded
-    async def post(self, request: web.Request, escalation_id: str, action: str):
-        body = await _body(request)
-        actor = _actor(body)
-        order_id = _order_of(escalation_id)
-        if action == "ack":
-            return 202, await _act(request, order_id, "EscalationAcknowledged", {
-                "actor": actor, "escalation_id": escalation_id, "note": str(body.get("note", ""))})
-        if action == "assign":
-            return 202, await _act(request, order_id, "EscalationAssigned", {
-                "actor": actor, "escalation_id": escalation_id, "assignee": _text(body, "assignee", 100)})
-        if action == "resolve":
-            if actor["role"] not in ("lead", "admin"):
-                raise BadRequest("resolving an escalation needs the lead or admin role", 403)
-            return 202, await _act(request, order_id, "EscalationResolvedByAgent", {
-                "actor": actor, "escalation_id": escalation_id, "note": _text(body, "note")})
-        raise BadRequest(f"unknown action {action!r}: ack, assign or resolve", 404)
+@app.page("/escalations/{escalation_id}/ack")
+class EscalationAcknowledge(web.View):
+    @endpoint("post", "/escalations/{escalation_id}/ack")
+    async def post(self, request: web.Request, escalation_id: str, body: dict):
+        return 202, await _act(request, _order_of(escalation_id), "EscalationAcknowledged", {
+            "escalation_id": escalation_id, "note": body.get("note", "")})
+
+
+@app.page("/escalations/{escalation_id}/assign")
+class EscalationAssign(web.View):
+    @endpoint("post", "/escalations/{escalation_id}/assign")
+    async def post(self, request: web.Request, escalation_id: str, body: dict):
+        return 202, await _act(request, _order_of(escalation_id), "EscalationAssigned", {
+            "escalation_id": escalation_id, "assignee": body["assignee"].strip()})
+
+
+@app.page("/escalations/{escalation_id}/resolve")
+class EscalationResolve(web.View):
+    @endpoint("post", "/escalations/{escalation_id}/resolve")
+    async def post(self, request: web.Request, escalation_id: str, body: dict):
+        return 202, await _act(request, _order_of(escalation_id), "EscalationResolvedByAgent", {
+            "escalation_id": escalation_id, "note": body["note"].strip()})
 
 
 @app.page("/returns/{return_id}/approve-exception")
 class ApproveException(web.View):
-    @_guarded
-    async def post(self, request: web.Request, return_id: str):
-        body = await _body(request)
-        actor = _actor(body)
-        if actor["role"] not in ("lead", "admin"):
-            raise BadRequest("approving a policy exception needs the lead or admin role", 403)
-        return 202, await _act(request, _text(body, "order_id", 200), "PolicyExceptionApproved", {
-            "actor": actor, "return_id": return_id, "reason": _text(body, "reason")})
+    @endpoint("post", "/returns/{return_id}/approve-exception")
+    async def post(self, request: web.Request, return_id: str, body: dict):
+        return 202, await _act(request, body["order_id"], "PolicyExceptionApproved", {
+            "return_id": return_id, "reason": body["reason"].strip()})
 
 
 @app.page("/openapi.json")
 class OpenApi(web.View):
     async def get(self, request: web.Request) -> web.Response:
-        return self.bytes((Path(__file__).parent / "openapi.json").read_bytes(), content_type="application/json")
+        return self.json(api.openapi())
+
+
+CONSOLE = (STATIC / "console.html").read_text()
+_SCRIPT = re.search(r"<script>(.*?)</script>", CONSOLE, re.S).group(1)
+# The console's one script is allowed by its hash: nothing injected into the page can run.
+CONSOLE_POLICY = ("default-src 'none'; script-src 'sha256-" + base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest())
+                  .decode() + "'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; form-action 'self'; "
+                  "base-uri 'none'; frame-ancestors 'none'")
 
 
 @app.page("/")
 class Console(web.View):
     async def get(self, request: web.Request) -> web.Response:
-        return self.html((STATIC / "console.html").read_text())
+        return self.html(CONSOLE, headers={**SECURITY_HEADERS, "Content-Security-Policy": CONSOLE_POLICY})
