@@ -7,6 +7,9 @@
 #   ORDEROPS_RUN_DIR=<repo>/.run, ORDEROPS_PYTHON=<repo>/.venv/bin/python,
 #   KAFKA_HEAP_OPTS="-Xms256m -Xmx1g", KAFKA_START_TIMEOUT=120 (seconds).
 #   KAFKA_CLASSPATH_FILE=<run dir>/kafka/classpath.txt (the resolved jars; shared by brokers of one checkout).
+#   SECURE=1: TLS + SASL/SCRAM-SHA-512 + ACLs (server-secure.properties.in), data in <run dir>/kafka-secure;
+#     a local CA, the broker's certificate and the admin password are made at the first start in
+#     ORDEROPS_KAFKA_SECRETS_DIR=<run dir>/secrets/kafka (orderops security setup adds the other principals).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -14,13 +17,16 @@ repo=$(cd "$here/../.." && pwd)
 port=${KAFKA_PORT:-9092}
 controller_port=${KAFKA_CONTROLLER_PORT:-9093}
 run_root=${ORDEROPS_RUN_DIR:-$repo/.run}
-run_dir=$run_root/kafka
+secure=${SECURE:-}
+[ "$secure" = 0 ] && secure=
+run_dir=$run_root/kafka${secure:+-secure}
+secrets_dir=${ORDEROPS_KAFKA_SECRETS_DIR:-$run_root/secrets/kafka}
 python=${ORDEROPS_PYTHON:-$repo/.venv/bin/python}
 heap=${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}
 start_timeout=${KAFKA_START_TIMEOUT:-120}
 pid_file=$run_dir/kafka.pid
 log_dir=$run_dir/logs
-classpath_file=${KAFKA_CLASSPATH_FILE:-$run_dir/classpath.txt}
+classpath_file=${KAFKA_CLASSPATH_FILE:-$run_root/kafka/classpath.txt}
 
 die() { echo "kafka: $*" >&2; exit 1; }
 
@@ -52,9 +58,46 @@ resolve_classpath() {
   fi
 }
 
+make_secrets() {
+  # A local CA and the broker's certificate (for 127.0.0.1, localhost and kafka), made once.
+  command -v openssl >/dev/null 2>&1 || die "openssl not found: secure mode makes its certificates with it (Debian: apt-get install openssl)."
+  mkdir -p "$secrets_dir"; chmod 700 "$secrets_dir"
+  (
+    cd "$secrets_dir"; umask 077
+    [ -s admin.password ] || openssl rand -base64 32 | tr -d '/+=\n' > admin.password
+    if [ ! -s ca.pem ]; then
+      openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=orderops local CA" \
+        -keyout ca.key -out ca.pem -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+      rm -f broker-keystore.pem
+    fi
+    if [ ! -s broker-keystore.pem ]; then
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=orderops-broker" -keyout broker.key -out broker.csr 2>/dev/null
+      printf "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kafka\nextendedKeyUsage=serverAuth,clientAuth\n" > broker.ext
+      openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 -extfile broker.ext \
+        -out broker.pem 2>/dev/null
+      openssl pkcs8 -topk8 -nocrypt -in broker.key -out broker.pk8
+      cat broker.pk8 broker.pem ca.pem > broker-keystore.pem
+      rm -f broker.csr broker.ext broker.key broker.pk8
+    fi
+  ) || die "making the certificates in $secrets_dir failed (output above)."
+  chmod 644 "$secrets_dir/ca.pem"
+}
+
 render_config() {
-  sed -e "s#@RUN_DIR@#$run_dir#g" -e "s#@PORT@#$port#g" -e "s#@CONTROLLER_PORT@#$controller_port#g" \
-    "$here/server.properties.in" > "$run_dir/server.properties"
+  local template=("$here/server.properties.in")
+  [ -n "$secure" ] && template+=("$here/server-secure.properties.in")
+  cat "${template[@]}" | sed -e "s#@RUN_DIR@#$run_dir#g" -e "s#@PORT@#$port#g" -e "s#@CONTROLLER_PORT@#$controller_port#g" \
+    -e "s#@SECRETS@#$secrets_dir#g" -e "s#@ADMIN_PASSWORD@#${secure:+$(cat "$secrets_dir/admin.password" 2>/dev/null)}#g" \
+    > "$run_dir/server.properties"
+  chmod 600 "$run_dir/server.properties"  # in secure mode it holds the admin password
+}
+
+client_env() {
+  # What the broker checks are made with: in secure mode, the admin's credentials.
+  if [ -n "$secure" ]; then
+    export KAFKA_SECURITY_PROTOCOL=SASL_SSL KAFKA_SASL_MECHANISM=SCRAM-SHA-512 KAFKA_SASL_USERNAME=admin \
+      KAFKA_SASL_PASSWORD_FILE="$secrets_dir/admin.password" KAFKA_SSL_CA_FILE="$secrets_dir/ca.pem"
+  fi
 }
 
 format_storage() {
@@ -63,13 +106,15 @@ format_storage() {
   [ -s "$run_dir/cluster.id" ] || java -cp "$cp" kafka.tools.StorageTool random-uuid > "$run_dir/cluster.id"
   java -Dlog4j2.configurationFile="$here/log4j2.yaml" -Dkafka.logs.dir="$log_dir" -cp "$cp" \
     kafka.tools.StorageTool format --standalone -t "$(cat "$run_dir/cluster.id")" \
-    -c "$run_dir/server.properties" --ignore-formatted >/dev/null \
+    -c "$run_dir/server.properties" --ignore-formatted \
+    ${secure:+--add-scram "SCRAM-SHA-512=[name=admin,password=$(cat "$secrets_dir/admin.password")]"} >/dev/null \
     || die "formatting storage in $run_dir/data failed; delete that folder and retry."
 }
 
 wait_until_answering() {
   local pid=$1
   if [ -x "$python" ]; then
+    client_env
     if ! "$python" -m orderops.cli broker wait --bootstrap "127.0.0.1:$port" --timeout "$start_timeout" --pid "$pid"; then
       echo "kafka: the broker did not come up; last lines of $log_dir/server.log:" >&2
       tail -n 30 "$log_dir/server.log" >&2 || true
@@ -89,7 +134,7 @@ wait_until_answering() {
 
 up() {
   require_tools
-  mkdir -p "$run_dir" "$log_dir"
+  mkdir -p "$run_dir" "$log_dir" "$(dirname "$classpath_file")"
   if pid=$(running_pid); then
     echo "kafka: already running (pid $pid) at 127.0.0.1:$port"
     return 0
@@ -98,6 +143,7 @@ up() {
     port_taken "$p" && die "port $p on 127.0.0.1 is taken by another process (not this project's broker: no live pid in $pid_file). Stop it, or set KAFKA_BOOTSTRAP to use that broker, or choose KAFKA_PORT/KAFKA_CONTROLLER_PORT."
   done
   resolve_classpath
+  [ -n "$secure" ] && make_secrets
   render_config
   format_storage
   local cp; cp=$(cat "$classpath_file")
@@ -108,7 +154,7 @@ up() {
   local pid=$!
   echo "$pid" > "$pid_file"
   wait_until_answering "$pid"
-  echo "kafka: up (pid $pid) at 127.0.0.1:$port; logs in $log_dir"
+  echo "kafka: up (pid $pid) at 127.0.0.1:$port${secure:+ (secure: SASL_SSL, ACLs; secrets in $secrets_dir)}; logs in $log_dir"
 }
 
 down() {

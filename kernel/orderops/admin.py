@@ -9,6 +9,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from orderops.catalog import ALL_TOPICS, Topic
+from orderops.security import client_config
 from orderops.settings import KafkaSettings
 
 
@@ -28,7 +29,7 @@ class TopicReport:
 
 def admin_client(settings: KafkaSettings | None = None) -> AdminClient:
     settings = settings or KafkaSettings.from_env()
-    return AdminClient({"bootstrap.servers": settings.bootstrap})
+    return AdminClient(client_config(settings.bootstrap))
 
 
 def create_topics(topics: tuple[Topic, ...] = ALL_TOPICS, settings: KafkaSettings | None = None) -> TopicReport:
@@ -93,7 +94,7 @@ def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float = 30)
 def wait_for_broker(bootstrap: str, timeout: float, alive=lambda: True) -> float:
     """Block until the broker answers a metadata request; return the seconds it took."""
     start = time.monotonic()
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": QuietLogger()})
+    admin = AdminClient(client_config(bootstrap, log_level=0, logger=QuietLogger()))
     last_error: Exception | None = None
     while time.monotonic() - start < timeout:
         if not alive():

@@ -13,6 +13,8 @@
     orderops users remove U     take a user's access away (workers re-read the file: no restart)
     orderops users list         who has access, with which role (never the tokens)
     orderops users dev          for make run: ann (agent), lee (lead), root (admin) if there are no users yet
+    orderops security setup     secure mode: every principal's SCRAM credential and ACLs, from the catalog (as admin)
+    orderops security acls      print every principal's ACLs as the catalog makes them
 """
 
 from __future__ import annotations
@@ -147,6 +149,26 @@ def _users(args: argparse.Namespace) -> int:
     return 0
 
 
+def _security(args: argparse.Namespace) -> int:
+    from orderops import security
+    from orderops.settings import KafkaSettings, default_run_dir
+
+    if args.command == "acls":
+        for principal in security.principals():
+            print(f"User:{principal}")
+            print("\n".join(f"  ALLOW {grant}" for grant in security.grants(principal)))
+        return 0
+    if not security.KafkaSecurity.from_env().secure:
+        print("security: the environment is not in secure mode (KAFKA_SECURITY_PROTOCOL=SASL_SSL with the admin's "
+              "credentials: see docs/security.md)", file=sys.stderr)
+        return 1
+    directory = security.secrets_dir(Path(os.environ.get("ORDEROPS_RUN_DIR", default_run_dir())))
+    for line in security.setup(KafkaSettings.from_env().bootstrap, directory):
+        print(f"security: {line}")
+    print(f"security: passwords in {directory} (one file per principal, mode 600)")
+    return 0
+
+
 def writer_schema_names() -> list[str]:
     return sorted({t.value_schema for t in catalog.ALL_TOPICS if t.value_schema})
 
@@ -190,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("role", choices=ROLES)
         sub.add_argument("--file", type=Path, help="the users file (default: $ORDEROPS_SUPPORT_USERS_FILE)")
         sub.set_defaults(run=_users)
+
+    security = groups.add_parser("security", help="Kafka principals and ACLs").add_subparsers(
+        dest="command", required=True)
+    security.add_parser("setup", help="create principals and ACLs (secure mode, as admin)").set_defaults(run=_security)
+    security.add_parser("acls", help="print the ACLs the catalog gives every principal").set_defaults(run=_security)
 
     # Commands contributed by installed services (entry point group "orderops.commands"), e.g.
     # `orderops policies publish` from the returns service: the kernel never imports a service.

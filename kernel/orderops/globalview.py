@@ -21,6 +21,7 @@ from confluent_kafka import TopicPartition as CTopicPartition
 
 from orderops.catalog import Topic
 from orderops.codec import Codec, DecodeError
+from orderops.security import KafkaSecurity, client_config
 
 log = logging.getLogger("orderops.globalview")
 
@@ -34,8 +35,8 @@ def read_all(bootstrap: str, topic: Topic, codec: Codec | None = None, timeout: 
     from orderops.admin import QuietLogger
 
     codec = codec or Codec()
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"orderops-reader-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "logger": QuietLogger()})
+    consumer = Consumer(client_config(bootstrap, **{"group.id": f"orderops-reader-{uuid.uuid4().hex}",
+                                                    "enable.auto.commit": False, "logger": QuietLogger()}))
     try:
         try:
             metadata = consumer.list_topics(topic.name, timeout=timeout)
@@ -106,7 +107,8 @@ class GlobalView:
                 delay = min(delay * 2, 30.0)
 
     async def _follow(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None,
+                                    **KafkaSecurity.from_env().aiokafka())
         await consumer.start()
         try:
             partitions = [TopicPartition(self.topic.name, p) for p in range(self.topic.partitions)]

@@ -13,9 +13,10 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 
-from orderops.catalog import PAYMENTS_EVENTS, PAYMENTS_REFUND_REQUESTS
+from orderops.catalog import PAYMENT_PROVIDER, PAYMENTS_EVENTS, PAYMENTS_REFUND_REQUESTS
 from orderops.codec import Codec
 from orderops.envelope import Envelope
+from orderops.security import client_config
 from orderops.settings import PRODUCER_DEFAULTS
 
 Decision = Callable[[Envelope], bool]
@@ -24,7 +25,7 @@ Decision = Callable[[Envelope], bool]
 class RefundDesk(threading.Thread):
     def __init__(self, bootstrap: str, *, fails: Decision = lambda command: False,
                  answer_twice: Decision = lambda command: False, order_ids: set[str] | None = None,
-                 delay: timedelta = timedelta(hours=2), from_start: bool = True, name: str = "provider") -> None:
+                 delay: timedelta = timedelta(hours=2), from_start: bool = True, name: str = PAYMENT_PROVIDER) -> None:
         super().__init__(daemon=True, name=f"refund-desk-{name}")
         self.bootstrap, self.fails, self.answer_twice = bootstrap, fails, answer_twice
         self.order_ids, self.delay, self.from_start, self.group = order_ids, delay, from_start, f"{name}-{uuid.uuid4().hex}"
@@ -40,10 +41,10 @@ class RefundDesk(threading.Thread):
         from confluent_kafka import Consumer, Producer
 
         codec, answered = Codec(), set()
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group,
-                             "auto.offset.reset": "earliest" if self.from_start else "latest"})
+        consumer = Consumer(client_config(self.bootstrap, **{
+            "group.id": self.group, "auto.offset.reset": "earliest" if self.from_start else "latest"}))
         consumer.subscribe([PAYMENTS_REFUND_REQUESTS.name])
-        producer = Producer({"bootstrap.servers": self.bootstrap, **PRODUCER_DEFAULTS})
+        producer = Producer(client_config(self.bootstrap, **PRODUCER_DEFAULTS))
         try:
             while not self._stop_event.is_set():
                 message = consumer.poll(0.3)

@@ -28,13 +28,16 @@ from orderops.catalog import Topic
 from orderops.clock import clock_from_env
 from orderops.codec import Codec, DecodeError, Envelope
 from orderops.deadletter import dead_letter_headers, error_class
+from orderops.faustfix import install as install_faust_fix
 from orderops.globalview import GlobalView
 from orderops.metrics import DEAD_LETTERED, DUPLICATES, EVENTS_PROCESSED, GaugeAtScrape, count_outcome
 from orderops.rebuild import MachineProcessor
+from orderops.security import KafkaSecurity
 from orderops.settings import ServiceSettings
 from orderops.workflow import Outcome
 
 log = logging.getLogger("orderops.service")
+install_faust_fix()
 
 
 class DeliveryError(Exception):
@@ -441,6 +444,7 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
     return faust.App(
         settings.app_id,
         broker=brokers,
+        broker_credentials=KafkaSecurity.from_env().faust_credentials(),
         store=settings.store,
         datadir=str(settings.data_dir),
         autodiscover=False,

@@ -9,13 +9,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
 from confluent_kafka import Consumer, Message, Producer
 
+from orderops.security import client_config
 from orderops.settings import PRODUCER_DEFAULTS
 
 
@@ -26,16 +28,15 @@ def free_port() -> int:
 
 
 def producer(bootstrap: str) -> Producer:
-    return Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS})
+    return Producer(client_config(bootstrap, **PRODUCER_DEFAULTS))
 
 
 def read_topic(bootstrap: str, topic: str, until: Callable[[list[Message]], bool], timeout: float = 60.0,
                keep: Callable[[Message], bool] = lambda m: True) -> list[Message]:
     """Read ``topic`` from the beginning until ``until(kept messages)`` holds; fail after ``timeout``."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"test-reader-{uuid.uuid4().hex}",
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
-    })
+    consumer = Consumer(client_config(bootstrap, **{
+        "group.id": f"test-reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest", "enable.auto.commit": False,
+    }))
     consumer.subscribe([topic])
     kept: list[Message] = []
     deadline = time.monotonic() + timeout
@@ -163,21 +164,36 @@ _CODEC: dict[str, Any] = {}
 class PrivateBroker:
     """A real broker of one test's own (the embedded Kafka of deploy/kafka/kafka.sh on free ports,
     its data under ``run_dir``), with every catalog topic: for tests that count everything a
-    processor saw, or that stop and restart the broker, without disturbing the suite's broker."""
+    processor saw, or that stop and restart the broker, without disturbing the suite's broker.
 
-    def __init__(self, run_dir: Path) -> None:
+    ``secure``: TLS, SASL/SCRAM and ACLs (SECURE=1), every principal set up from the catalog;
+    ``client_env(principal)`` is what a client acting as one needs."""
+
+    def __init__(self, run_dir: Path, secure: bool = False) -> None:
         from orderops.settings import default_run_dir
 
-        self.run_dir, self.port, self.controller_port = run_dir, free_port(), free_port()
+        self.run_dir, self.port, self.controller_port, self.secure = run_dir, free_port(), free_port(), secure
         shared = Path(os.environ.get("ORDEROPS_RUN_DIR", default_run_dir())) / "kafka" / "classpath.txt"
         self.env = {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(self.controller_port),
-                    "ORDEROPS_RUN_DIR": str(run_dir), "KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m"}
+                    "ORDEROPS_RUN_DIR": str(run_dir), "KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m",
+                    "SECURE": "1" if secure else ""}
         if shared.is_file():
             self.env["KAFKA_CLASSPATH_FILE"] = str(shared)
+        self.secrets = run_dir / "secrets" / "kafka"
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / ("kafka-secure" if self.secure else "kafka") / "kafka.pid"
+
+    def client_env(self, principal: str = "admin") -> dict[str, str]:
+        """Environment variables for a client of this broker (as ``principal`` when secure)."""
+        from orderops.security import principal_env
+
+        return {"KAFKA_BOOTSTRAP": self.bootstrap, **(principal_env(principal, self.secrets) if self.secure else {})}
 
     def _script(self, command: str) -> None:
         from orderops.brokers import KAFKA_SCRIPT
@@ -186,26 +202,48 @@ class PrivateBroker:
 
     def start(self) -> str:
         from orderops.admin import create_topics
+        from orderops.security import setup
         from orderops.settings import KafkaSettings
 
         self._script("up")
-        create_topics(settings=KafkaSettings(self.bootstrap, 1))
+        with environment(self.client_env()):
+            create_topics(settings=KafkaSettings(self.bootstrap, 1))
+            if self.secure:
+                setup(self.bootstrap, self.secrets)
         return self.bootstrap
 
     def stop(self) -> None:
         self._script("down")
 
 
-def orderops_cli(bootstrap: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``orderops <args>`` against this broker, as an operator would."""
+@contextmanager
+def environment(variables: dict[str, str]) -> Iterator[None]:
+    """Within the block, ``os.environ`` has ``variables`` (for clients made in this process)."""
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def orderops_cli(bootstrap: str, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+                 ) -> subprocess.CompletedProcess:
+    """Run ``orderops <args>`` against this broker, as an operator would (``env``: e.g. a principal's)."""
     return subprocess.run([sys.executable, "-m", "orderops.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap}, timeout=timeout)
+                          env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap, **(env or {})}, timeout=timeout)
 
 
 def start_processors(bootstrap: str, workdir: Path, env: dict[str, str] | None = None,
-                     names: tuple[str, ...] | None = None) -> dict[str, ServiceProcess]:
+                     names: tuple[str, ...] | None = None, broker: PrivateBroker | None = None
+                     ) -> dict[str, ServiceProcess]:
     """Every processor (or ``names``) as a real process on this broker, each on a free port, logs
-    and state under ``workdir``; not yet ready (await ``wait_ready``)."""
+    and state under ``workdir``; not yet ready (await ``wait_ready``). On a secure ``broker`` each
+    connects as its own principal."""
     from orderops.catalog import PROCESSORS
 
     processes = {}
@@ -213,5 +251,6 @@ def start_processors(bootstrap: str, workdir: Path, env: dict[str, str] | None =
         port = free_port()
         processes[name] = ServiceProcess(["-m", name.replace("-", "_")], {
             "KAFKA_BOOTSTRAP": bootstrap, "WEB_PORT": str(port), "ORDEROPS_DATA_DIR": str(workdir / "state"),
-            "ORDEROPS_SESSION_TIMEOUT_SECONDS": "6", **(env or {})}, workdir / f"{name}.log", port).start()
+            "ORDEROPS_SESSION_TIMEOUT_SECONDS": "6", **(broker.client_env(name) if broker else {}), **(env or {})},
+            workdir / f"{name}.log", port).start()
     return processes

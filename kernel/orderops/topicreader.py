@@ -12,13 +12,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 from orderops import catalog
 from orderops.rebuild import Message
+from orderops.security import client_config
 
 
 def consumer_for(bootstrap: str) -> Consumer:
     from orderops.admin import QuietLogger
 
-    return Consumer({"bootstrap.servers": bootstrap, "group.id": f"orderops-replay-{uuid.uuid4().hex}",
-                     "enable.auto.commit": False, "logger": QuietLogger()})
+    return Consumer(client_config(bootstrap, **{"group.id": f"orderops-replay-{uuid.uuid4().hex}",
+                                                "enable.auto.commit": False, "logger": QuietLogger()}))
 
 
 def read(bootstrap: str, topic: catalog.Topic, partitions: list[int] | None = None, start: dict[int, int] | None = None,

@@ -30,7 +30,6 @@ import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from email import policy as email_policy
-from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -58,7 +57,7 @@ class Mailbox:
 
 
 def kill_broker(broker: PrivateBroker) -> None:
-    pid = int((Path(broker.env["ORDEROPS_RUN_DIR"]) / "kafka" / "kafka.pid").read_text())
+    pid = int(broker.pid_file.read_text())
     os.kill(pid, signal.SIGKILL)
     while True:
         try:

@@ -31,6 +31,7 @@ from orderops import catalog, deadletter
 from orderops.codec import Codec, DecodeError
 from orderops.envelope import to_json
 from orderops.rebuild import Message
+from orderops.security import client_config
 from orderops.settings import PRODUCER_DEFAULTS, KafkaSettings
 from orderops.topicreader import consumer_for, read, read_messages
 
@@ -98,7 +99,7 @@ def _reset(args: argparse.Namespace) -> int:
         print(f"reset: {args.processor!r} is not a processor ({', '.join(catalog.PROCESSORS)})", file=sys.stderr)
         return 2
     group = group_of(args.processor, args.instance)
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(client_config(bootstrap))
     described = admin.describe_consumer_groups([group])[group].result()
     if described.members:
         print(f"reset: refused: {len(described.members)} worker(s) of {group} are running "
@@ -140,7 +141,7 @@ def _redrive(args: argparse.Namespace) -> int:
         return 2
     dlq, ledger = catalog.DEAD_LETTER_TOPICS[args.processor], catalog.REDRIVE_TOPICS[args.processor]
     done = {m.key().decode() for m in read(bootstrap, ledger)}
-    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS})
+    producer = Producer(client_config(bootstrap, **PRODUCER_DEFAULTS))
     counts = {"redriven": 0, "already": 0, "skipped": 0}
     for message in read(bootstrap, dlq):
         key = f"{message.partition()}:{message.offset()}"

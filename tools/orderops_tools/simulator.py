@@ -32,6 +32,7 @@ from orderops.catalog import (
 )
 from orderops.provider import RefundDesk
 from orderops.scenario import Story, address, customer, instrument, line, money
+from orderops.security import client_config
 
 UPSTREAM = (STOREFRONT_ORDERS, STOREFRONT_RETURNS, PAYMENTS_EVENTS, WAREHOUSE_FULFILLMENT, WAREHOUSE_RETURNS,
             SUPPORT_CONTACTS)
@@ -290,7 +291,7 @@ def play(config: Config, bootstrap: str, out=sys.stderr, answer_refunds: bool = 
 
     origin = config.start or datetime.now(UTC).replace(microsecond=0)
     chaos: Counter = Counter()
-    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS})
+    producer = Producer(client_config(bootstrap, **PRODUCER_DEFAULTS))
     sent: Counter = Counter()
     provider = None
     if answer_refunds:

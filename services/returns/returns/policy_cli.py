@@ -16,6 +16,7 @@ from orderops.catalog import RETURNS_POLICIES
 from orderops.codec import Codec
 from orderops.globalview import BrokerUnavailable
 from orderops.paths import source_root
+from orderops.security import client_config
 from orderops.settings import PRODUCER_DEFAULTS, KafkaSettings
 from returns.policy import Policy, PolicyFileError, check_publishable, load_policy
 
@@ -60,7 +61,7 @@ def publish(args: argparse.Namespace) -> int:
     if problems:
         print("refused, nothing published:", *problems, sep="\n  ", file=sys.stderr)
         return 1
-    codec, producer = Codec(), Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS})
+    codec, producer = Codec(), Producer(client_config(bootstrap, **PRODUCER_DEFAULTS))
     for policy in new:
         producer.produce(RETURNS_POLICIES.name, key=policy.ref.encode(),
                          value=codec.encode(RETURNS_POLICIES.value_schema, policy.to_record()))

@@ -1,0 +1,117 @@
+"""A fix to Faust's offset commits: never commit past a message that was not processed.
+
+Faust commits, per partition, the end of the first run of consecutive acknowledged offsets. It
+checks that the run starts where the last commit left off only when there *is* a last commit, and
+tests it with ``if committed_offset:`` (so offset 0 counts as none) and ``> 1`` (so one missing
+offset slips through). A partition without a committed offset — every partition a new group
+reads, and every partition still empty when a processor last committed — whose first message is
+dropped (found: at a rebalance right after a restart) gets its later offsets committed, and the
+dropped message is never read again. The broker-kill fault test found two PaymentAuthorized
+events lost this way (issue 10; Faust's own, still open: faust-streaming/faust#606).
+
+This keeps Faust's logic and adds the missing rule: the first acknowledged offset must be the
+partition's next offset to commit (the committed one, or where an uncommitted partition starts:
+its earliest offset, as ``consumer_auto_offset_reset="earliest"`` reads it). Otherwise nothing
+is committed for the partition, and the consumer is sent back to re-read from there — the
+messages in between come again, and the processors' apply-once makes them duplicates, counted
+as such.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from faust.transport.consumer import Consumer
+
+log = logging.getLogger("orderops.faustfix")
+
+_original_new_offset = Consumer._new_offset
+_original_perform_seek = Consumer.perform_seek
+_original_revoked = Consumer.on_partitions_revoked
+_STARTS = "_orderops_starts"  # tp -> the offset an uncommitted partition starts at
+_RESEEKING = "_orderops_reseeking"
+
+
+def _starts(consumer: Any) -> dict:
+    if not hasattr(consumer, _STARTS):
+        setattr(consumer, _STARTS, {})
+        setattr(consumer, _RESEEKING, set())
+    return getattr(consumer, _STARTS)
+
+
+async def _perform_seek(self: Consumer) -> None:
+    await _original_perform_seek(self)
+    starts = _starts(self)
+    uncommitted = [tp for tp in self.assignment() if self._committed_offset.get(tp) is None]
+    if uncommitted:
+        earliest = await self.earliest_offsets(*uncommitted)
+        for tp in uncommitted:
+            starts[tp] = earliest.get(tp) or 0
+
+
+async def _on_partitions_revoked(self: Consumer, revoked: set) -> None:
+    starts = _starts(self)
+    for tp in revoked:
+        starts.pop(tp, None)
+        getattr(self, _RESEEKING).discard(tp)
+    await _original_revoked(self, revoked)
+
+
+def expected_first(committed: int | None, start: int | None) -> int | None:
+    """The offset the next commit of a partition must begin at (``None``: unknown)."""
+    return committed if committed is not None else start
+
+
+def _new_offset(self: Consumer, tp: Any) -> int | None:
+    acked = self._acked[tp]
+    expected = expected_first(self._committed_offset.get(tp), _starts(self).get(tp))
+    if acked and expected is not None:
+        # The gap Faust fills itself (offsets it knows hold no message) counts as acknowledged.
+        filled = sorted(set(acked) | {o for i in self._gap[tp].overlap(0, max(acked) + 1) for o in range(i.begin, i.end)})
+        if filled[0] > expected:
+            _reread(self, tp, expected, filled[0])
+            return None
+    return _original_new_offset(self, tp)
+
+
+def _reread(consumer: Consumer, tp: Any, expected: int, first_acked: int) -> None:
+    reseeking = getattr(consumer, _RESEEKING)
+    if tp in reseeking:
+        return
+    reseeking.add(tp)
+
+    async def seek_back() -> None:
+        try:
+            earliest = (await consumer.earliest_offsets(tp)).get(tp) or 0
+            if earliest > expected:
+                # Deleted by retention before it was processed: nothing to re-read. Counted as a gap
+                # (as Faust counts offsets it knows hold no message) and said loudly.
+                log.error("%s[%d]: offsets %d..%d were deleted (retention) before this processor read them; "
+                          "they are lost to it. Check its lag against the topic's retention.",
+                          tp.topic, tp.partition, expected, earliest - 1)
+                consumer._gap[tp].addi(expected, earliest)
+                return
+            log.warning("%s[%d]: offsets from %d were acknowledged but %d never was (dropped before it was "
+                        "processed); not committing past it, and reading the partition again from %d (what was "
+                        "processed comes again and counts as duplicates)", tp.topic, tp.partition, first_acked,
+                        expected, expected)
+            consumer._acked[tp].clear()
+            consumer._acked_index[tp].clear()
+            await consumer.seek(tp, expected)
+        except Exception:
+            log.exception("%s[%d]: could not re-read from %d; nothing past it is committed, so a restart reads "
+                          "it again", tp.topic, tp.partition, expected)
+        finally:
+            reseeking.discard(tp)
+
+    asyncio.ensure_future(seek_back())
+
+
+def install() -> None:
+    """Patch Faust's consumer (idempotent)."""
+    if Consumer._new_offset is not _new_offset:
+        Consumer._new_offset = _new_offset
+        Consumer.perform_seek = _perform_seek
+        Consumer.on_partitions_revoked = _on_partitions_revoked
