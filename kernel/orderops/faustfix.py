@@ -32,6 +32,7 @@ _original_perform_seek = Consumer.perform_seek
 _original_revoked = Consumer.on_partitions_revoked
 _STARTS = "_orderops_starts"  # tp -> the offset an uncommitted partition starts at
 _RESEEKING = "_orderops_reseeking"
+_PENDING: set[asyncio.Future] = set()
 
 
 def _starts(consumer: Any) -> dict:
@@ -106,7 +107,9 @@ def _reread(consumer: Consumer, tp: Any, expected: int, first_acked: int) -> Non
         finally:
             reseeking.discard(tp)
 
-    asyncio.ensure_future(seek_back())
+    task = asyncio.ensure_future(seek_back())
+    _PENDING.add(task)  # a task nobody references may be collected before it ran
+    task.add_done_callback(_PENDING.discard)
 
 
 def install() -> None:
