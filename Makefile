@@ -8,6 +8,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SERVICES := $(sort $(wildcard services/*/pyproject.toml)) tools/pyproject.toml
 export ORDEROPS_PYTHON := $(abspath $(BIN)/python)
+# SECURE=1: the broker with TLS, SASL/SCRAM and ACLs; every client as its own principal (docs/security.md).
+export SECURE
+RUN_DIR = $(or $(ORDEROPS_RUN_DIR),$(CURDIR)/.run)
+KAFKA_SECRETS = $(or $(ORDEROPS_KAFKA_SECRETS_DIR),$(RUN_DIR)/secrets/kafka)
+as_principal = $(if $(filter 1,$(SECURE)),KAFKA_SECURITY_PROTOCOL=SASL_SSL KAFKA_SASL_USERNAME=$(1) \
+  KAFKA_SASL_PASSWORD_FILE=$(KAFKA_SECRETS)/$(1).password KAFKA_SSL_CA_FILE=$(KAFKA_SECRETS)/ca.pem)
 
 .PHONY: bench test-faults browser prometheus help venv kafka-up kafka-down kafka-status topics run stop status test test-unit lint clean
 
@@ -46,20 +52,21 @@ kafka-status:
 	@deploy/kafka/kafka.sh status
 
 topics: kafka-up
-	@$(BIN)/orderops topics create
+	@$(call as_principal,admin) $(BIN)/orderops topics create
+	@if [ "$(SECURE)" = 1 ]; then $(call as_principal,admin) $(BIN)/orderops security setup; fi
 
 # The simulator compresses time (days per minute): processors follow event time, so orders age
 # into escalations as the simulated days pass. ORDEROPS_CLOCK=wall for a live feed.
 run: topics
 	@$(MAKE) --no-print-directory prometheus || echo "(continuing without Prometheus: the processors still export /metrics)"
-	@$(BIN)/orderops policies publish
+	@$(call as_principal,policy-admin) $(BIN)/orderops policies publish
 	@$(BIN)/orderops users dev
-	@ORDEROPS_CLOCK=$${ORDEROPS_CLOCK:-event} $(BIN)/orderops processors start
+	@$(call as_principal,admin) ORDEROPS_CLOCK=$${ORDEROPS_CLOCK:-event} $(BIN)/orderops processors start
 	@echo
 	@echo "orderops is up: the broker, every topic, the return policies, all five processors, Prometheus and the simulator."
 	@echo "  CONSOLE      http://127.0.0.1:6105/   support console (API: /openapi.json; escalations appear as simulated days pass)"
 	@echo "               sign in as ann (agent), lee (lead) or root (admin): tokens in .run/secrets/support-users.tokens"
-	@echo "  broker       $${KAFKA_BOOTSTRAP:-127.0.0.1:$${KAFKA_PORT:-9092}}   logs: .run/kafka/logs/"
+	@echo "  broker       $${KAFKA_BOOTSTRAP:-127.0.0.1:$${KAFKA_PORT:-9092}}   logs: .run/kafka$(if $(filter 1,$(SECURE)),-secure)/logs/$(if $(filter 1,$(SECURE)),   SECURE: SASL_SSL + ACLs; credentials in $(KAFKA_SECRETS))"
 	@echo "  order-state  http://127.0.0.1:6101/orders/<order id>   /healthz   /metrics   log: .run/logs/order-state.log"
 	@echo "  fulfillment  http://127.0.0.1:6102/orders/<order id>/fulfillment   log: .run/logs/fulfillment.log"
 	@echo "  returns      http://127.0.0.1:6103/orders/<order id>/returns   policies: $(BIN)/orderops policies list"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -22,10 +23,21 @@ def support_users(tmp_path_factory) -> SupportUsers:
     return users
 
 
+SECURE = os.environ.get("SECURE") == "1"
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
+    """The suite's broker. With SECURE=1 (SECURE=1 make test) a secure one, and every client of
+    the tests acts as its admin unless a test says otherwise; private brokers share its secrets."""
     from orderops.brokers import find_or_start_broker
 
+    if SECURE:
+        from orderops.security import principal_env, secrets_dir
+        from orderops.settings import default_run_dir
+
+        secrets = secrets_dir(Path(os.environ.get("ORDEROPS_RUN_DIR", default_run_dir())))
+        os.environ.update({"ORDEROPS_KAFKA_SECRETS_DIR": str(secrets), **principal_env("admin", secrets)})
     broker = find_or_start_broker()
     os.environ["KAFKA_BOOTSTRAP"] = broker.bootstrap
     yield broker.bootstrap
@@ -36,6 +48,10 @@ def kafka_bootstrap() -> str:
 def catalog_topics(kafka_bootstrap: str) -> str:
     """Every catalog topic exists (created idempotently, like `orderops topics create`)."""
     create_topics(settings=KafkaSettings(kafka_bootstrap, 1))
+    if SECURE:
+        from orderops.security import setup
+
+        setup(kafka_bootstrap, Path(os.environ["ORDEROPS_KAFKA_SECRETS_DIR"]))
     return kafka_bootstrap
 
 

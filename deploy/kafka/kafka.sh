@@ -160,7 +160,13 @@ up() {
 down() {
   local pid
   if ! pid=$(running_pid); then
-    echo "kafka: not running"; rm -f "$pid_file"; return 0
+    # Stopping also finds the broker of the other mode (make stop after SECURE=1 make run).
+    local other=$run_root/kafka; [ -z "$secure" ] && other=$run_root/kafka-secure
+    if [ -f "$other/kafka.pid" ]; then pid_file=$other/kafka.pid; run_dir=$other; secure=${secure:-1}
+      pid=$(running_pid) || { echo "kafka: not running"; rm -f "$pid_file"; return 0; }
+    else
+      echo "kafka: not running"; rm -f "$pid_file"; return 0
+    fi
   fi
   kill -TERM "$pid"
   for _ in $(seq 1 60); do

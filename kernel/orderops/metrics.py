@@ -36,6 +36,10 @@ PARKED = Counter(
 REJECTED = Counter(
     "orderops_events_rejected_total", "Events rejected with an audit record", ["processor", "machine", "reason_code"],
 )
+CARD_NUMBERS_MASKED = Counter(
+    "orderops_card_numbers_masked_total", "Card numbers found in upstream events and masked before processing "
+    "(an upstream system sent one: tell its owners)", ["processor", "topic"],
+)
 DUPLICATES = Counter(
     "orderops_duplicate_events_total", "Redelivered events recognised by their event id and not applied again",
     ["processor"],

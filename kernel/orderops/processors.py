@@ -102,6 +102,22 @@ def installed() -> list[Processor]:
     return [p for p in everything() if p.installed]
 
 
+def _environment(p: Processor) -> dict[str, str]:
+    """In secure mode each connects as its own principal (a processor as itself, the simulator as
+    the systems it plays); the companions and watchers get no Kafka credentials at all."""
+    from orderops.security import SIMULATOR, KafkaSecurity, principal_env, secrets_dir
+
+    env = dict(os.environ)
+    if not KafkaSecurity.from_env().secure:
+        return env
+    for key in [k for k in env if k.startswith(("KAFKA_SASL_", "KAFKA_SSL_", "KAFKA_SECURITY_"))]:
+        del env[key]
+    principal = p.name if p.name in PROCESSORS else SIMULATOR if p in FEEDERS else None
+    if principal:
+        env.update(principal_env(principal, secrets_dir(run_dir())))
+    return env
+
+
 def start(timeout: float = 120) -> list[str]:
     lines = []
     for p in installed():
@@ -111,7 +127,7 @@ def start(timeout: float = 120) -> list[str]:
         _pid_file(p).parent.mkdir(parents=True, exist_ok=True)
         _log_file(p).parent.mkdir(parents=True, exist_ok=True)
         with open(_log_file(p), "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", p.package, *p.args], stdout=log,
+            process = subprocess.Popen([sys.executable, "-m", p.package, *p.args], stdout=log, env=_environment(p),
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         _pid_file(p).write_text(str(process.pid))
         deadline = time.monotonic() + timeout

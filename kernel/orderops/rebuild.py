@@ -21,6 +21,7 @@ from orderops import catalog
 from orderops.catalog import Topic
 from orderops.codec import Codec, DecodeError
 from orderops.envelope import Envelope
+from orderops.privacy import read_event
 from orderops.workflow import Outcome
 
 
@@ -88,7 +89,7 @@ def replay(processor: MachineProcessor, messages: Iterable[Message], clock: str 
         if not kept and clock != "event":
             continue
         try:
-            envelope = Envelope.from_record(codec.decode(message.value, catalog.topic(message.topic).value_schema).record)
+            envelope, _ = read_event(codec, message.value, catalog.topic(message.topic))
         except DecodeError as exc:
             if kept:
                 rebuilt.dead_letters.append((message, f"{exc.reason}: {exc}"))

@@ -30,8 +30,8 @@ def money(amount: str | Decimal, currency: str = "EUR") -> dict:
 
 
 def customer(customer_id: str = "cust-1", email: str = "ada@example.com", name: str = "Ada Lovelace",
-             locale: str = "en") -> dict:
-    return {"customer_id": customer_id, "email": email, "name": name, "locale": locale, "phone": None}
+             locale: str = "en", phone: str | None = None) -> dict:
+    return {"customer_id": customer_id, "email": email, "name": name, "locale": locale, "phone": phone}
 
 
 def address(name: str = "Ada Lovelace", city: str = "London", country: str = "GB") -> dict:

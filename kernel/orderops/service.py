@@ -30,7 +30,15 @@ from orderops.codec import Codec, DecodeError, Envelope
 from orderops.deadletter import dead_letter_headers, error_class
 from orderops.faustfix import install as install_faust_fix
 from orderops.globalview import GlobalView
-from orderops.metrics import DEAD_LETTERED, DUPLICATES, EVENTS_PROCESSED, GaugeAtScrape, count_outcome
+from orderops.metrics import (
+    CARD_NUMBERS_MASKED,
+    DEAD_LETTERED,
+    DUPLICATES,
+    EVENTS_PROCESSED,
+    GaugeAtScrape,
+    count_outcome,
+)
+from orderops.privacy import read_event
 from orderops.rebuild import MachineProcessor
 from orderops.security import KafkaSecurity
 from orderops.settings import ServiceSettings
@@ -117,8 +125,14 @@ class Service:
 
     def decode(self, event: faust.EventT) -> Envelope:
         """The event's envelope; the clock learns its event time (it matters in event-time mode)."""
-        topic = catalog.topic(event.message.topic)
-        envelope = Envelope.from_record(self.codec.decode(event.message.value, topic.value_schema).record)
+        message = event.message
+        envelope, masked = read_event(self.codec, message.value, catalog.topic(message.topic))
+        if masked:
+            CARD_NUMBERS_MASKED.labels(self.name, message.topic).inc(len(masked))
+            log.warning("%s[%d]@%d (event %s): a card number in %s was masked before processing; it stays only "
+                        "on that topic. Upstream systems must send a provider token and the last four digits, never "
+                        "the number: tell the owners of %s.", message.topic, message.partition, message.offset,
+                        envelope.event_id, ", ".join(masked), message.topic)
         self.clock.observe(envelope.occurred_at)
         return envelope
 

@@ -169,9 +169,10 @@ class PrivateBroker:
     ``secure``: TLS, SASL/SCRAM and ACLs (SECURE=1), every principal set up from the catalog;
     ``client_env(principal)`` is what a client acting as one needs."""
 
-    def __init__(self, run_dir: Path, secure: bool = False) -> None:
+    def __init__(self, run_dir: Path, secure: bool | None = None) -> None:
         from orderops.settings import default_run_dir
 
+        secure = os.environ.get("SECURE") == "1" if secure is None else secure  # SECURE=1 make test: all secure
         self.run_dir, self.port, self.controller_port, self.secure = run_dir, free_port(), free_port(), secure
         shared = Path(os.environ.get("ORDEROPS_RUN_DIR", default_run_dir())) / "kafka" / "classpath.txt"
         self.env = {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(self.controller_port),
@@ -179,7 +180,8 @@ class PrivateBroker:
                     "SECURE": "1" if secure else ""}
         if shared.is_file():
             self.env["KAFKA_CLASSPATH_FILE"] = str(shared)
-        self.secrets = run_dir / "secrets" / "kafka"
+        self.secrets = Path(os.environ.get("ORDEROPS_KAFKA_SECRETS_DIR", run_dir / "secrets" / "kafka"))
+        self.env["ORDEROPS_KAFKA_SECRETS_DIR"] = str(self.secrets)
 
     @property
     def bootstrap(self) -> str:

@@ -9,6 +9,7 @@ from confluent_kafka import Producer
 
 from orderops.admin import admin_client, create_topics
 from orderops.catalog import Topic
+from orderops.security import KafkaSecurity, client_config
 from orderops.settings import PRODUCER_DEFAULTS, KafkaSettings
 
 pytestmark = pytest.mark.broker
@@ -32,12 +33,12 @@ async def _check(bootstrap: str, topic: str, run_id: str) -> None:
         return lambda err, msg: into.__setitem__(msg.key(), msg.partition())
 
     for config, into in ((PRODUCER_DEFAULTS, confluent_partitions), ({}, default_partitions)):
-        producer = Producer({"bootstrap.servers": bootstrap, **config})
+        producer = Producer(client_config(bootstrap, **config))
         for key in keys:
             producer.produce(topic, key=key, value=b"", on_delivery=remember(into))
         assert producer.flush(30) == 0
 
-    aiokafka = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    aiokafka = AIOKafkaProducer(bootstrap_servers=bootstrap, **KafkaSecurity.from_env().aiokafka())
     await aiokafka.start()
     try:
         aio_partitions = {key: (await aiokafka.send_and_wait(topic, b"", key=key)).partition

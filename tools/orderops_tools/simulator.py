@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from orderops.catalog import (
+    PAYMENT_PROVIDER,
     PAYMENTS_EVENTS,
     STOREFRONT_ORDERS,
     STOREFRONT_RETURNS,
@@ -297,7 +298,7 @@ def play(config: Config, bootstrap: str, out=sys.stderr, answer_refunds: bool = 
     if answer_refunds:
         rng = random.Random(f"{config.seed}:provider")
         provider = RefundDesk(bootstrap, fails=lambda command: rng.random() < config.shares.get("refund_failure", 0.0),
-                              from_start=False, name="simulated-provider")
+                              from_start=False, name=f"{PAYMENT_PROVIDER}-simulated")
         provider.start()
     began, last_report, last_sent, k = time.monotonic(), 0.0, 0.0, 0
     held: list[tuple[float, int, Send]] = []  # (due, order in the stream, send): what waits for its moment

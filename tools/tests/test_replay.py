@@ -14,6 +14,7 @@ from orderops import deadletter
 from orderops.catalog import DEAD_LETTER_TOPICS, ORDER_STATE, REDRIVE_TOPICS, STOREFRONT_ORDERS
 from orderops.codec import NotSingleObjectEncoded
 from orderops.scenario import Story, address, card, customer, line, money
+from orderops.security import client_config
 from orderops.testing import ServiceProcess, free_port, orderops_cli, producer, read_topic
 
 pytestmark = pytest.mark.broker
@@ -66,7 +67,7 @@ async def test_reset_refuses_while_running_and_moves_the_group_when_stopped(cata
     assert dry.returncode == 0 and "dry run" in dry.stdout
     done = orderops_cli(catalog_topics, "replay", "reset", ORDER_STATE, "--instance", instance, "--to-earliest")
     assert done.returncode == 0, done.stderr
-    group = Consumer({"bootstrap.servers": catalog_topics, "group.id": f"{ORDER_STATE}-{instance}"})
+    group = Consumer(client_config(catalog_topics, **{"group.id": f"{ORDER_STATE}-{instance}"}))
     committed = group.committed([TopicPartition(STOREFRONT_ORDERS.name, p) for p in range(STOREFRONT_ORDERS.partitions)],
                                 timeout=30)
     group.close()

@@ -7,7 +7,9 @@ Settings (environment, defaults for a local run):
   ORDEROPS_SMTP_USERNAME / _PASSWORD / _STARTTLS        optional
   ORDEROPS_WEBHOOK_URL                http://127.0.0.1:6180/hooks/notifications
   ORDEROPS_WEBHOOK_SECRET             (or ORDEROPS_WEBHOOK_SECRET_FILE, default .run/notifier/webhook-secret,
-                                      created with a random secret when missing)
+                                      created with a random secret when missing; a second line, or
+                                      ORDEROPS_WEBHOOK_PREVIOUS_SECRET, is the secret being rotated out:
+                                      webhooks are then signed with both)
   ORDEROPS_NOTIFIER_SEND_TIMEOUT_SECONDS  5
   ORDEROPS_NOTIFIER_MAX_ATTEMPTS      5
   ORDEROPS_NOTIFIER_BACKOFF_SECONDS   2 (doubling per attempt, full jitter, capped by _BACKOFF_MAX_SECONDS 300)
@@ -44,15 +46,24 @@ env = os.environ
 ledgers = service.table("ledger", default=None, help="Delivery ledger per order")
 
 
-def webhook_secret() -> bytes:
+def webhook_secrets() -> list[bytes]:
+    """The active webhook signing secrets: the current one, and during a rotation the previous one
+    (ORDEROPS_WEBHOOK_PREVIOUS_SECRET, or the file's second line). Read at every send."""
     if env.get("ORDEROPS_WEBHOOK_SECRET"):
-        return env["ORDEROPS_WEBHOOK_SECRET"].encode()
-    path = Path(env.get("ORDEROPS_WEBHOOK_SECRET_FILE", default_run_dir() / "notifier" / "webhook-secret"))
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
-    return path.read_text().strip().encode()
+        found = [env["ORDEROPS_WEBHOOK_SECRET"], env.get("ORDEROPS_WEBHOOK_PREVIOUS_SECRET", "")]
+    else:
+        path = Path(env.get("ORDEROPS_WEBHOOK_SECRET_FILE", default_run_dir() / "notifier" / "webhook-secret"))
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(32) + "\n")
+        found = path.read_text().splitlines()
+    active = [s.strip().encode() for s in found if s.strip()]
+    if not active or len(active) > 2:
+        raise ValueError("the webhook signing secret: one, or two during a rotation (current first); "
+                         f"found {len(active)}")
+    return active
 
 
 def load_preferences() -> Preferences:
@@ -68,7 +79,7 @@ AVAILABLE = {
         env.get("ORDEROPS_SMTP_USERNAME"), env.get("ORDEROPS_SMTP_PASSWORD"),
         env.get("ORDEROPS_SMTP_STARTTLS", "0") == "1"),
     "webhook": lambda: WebhookChannel(env.get("ORDEROPS_WEBHOOK_URL", "http://127.0.0.1:6180/hooks/notifications"),
-                                      webhook_secret(), SEND_TIMEOUT),
+                                      webhook_secrets, SEND_TIMEOUT),
 }
 names = [c.strip() for c in env.get("ORDEROPS_NOTIFIER_CHANNELS", "email,webhook").split(",") if c.strip()]
 unknown = sorted(set(names) - set(AVAILABLE))

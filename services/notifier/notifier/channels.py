@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Protocol
@@ -31,30 +32,40 @@ class Channel(Protocol):
     async def send(self, delivery_id: str, recipient: dict, rendered: Rendered, document: dict) -> None: ...
 
 
-def sign(secret: bytes, body: bytes, timestamp: int) -> str:
-    """``t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>``: receivers recompute it, and refuse
-    a timestamp outside their tolerance so a captured request cannot be replayed later."""
-    digest = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
+def sign(secrets: bytes | Sequence[bytes], body: bytes, timestamp: int) -> str:
+    """``t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>`` — one ``v1`` per active secret (two
+    while a secret is rotated: receivers accept either, and switch to the new one at their pace).
+    Receivers recompute it, and refuse a timestamp outside their tolerance so a captured request
+    cannot be replayed later."""
+    keys = [secrets] if isinstance(secrets, bytes) else list(secrets)
+    signed = f"{timestamp}.".encode() + body
+    return ",".join([f"t={timestamp}", *(f"v1={hmac.new(k, signed, hashlib.sha256).hexdigest()}" for k in keys)])
 
 
 class SignatureError(Exception):
     pass
 
 
-def verify(secret: bytes, header: str | None, body: bytes, now: float, tolerance: float = 300) -> None:
+def verify(secrets: bytes | Sequence[bytes], header: str | None, body: bytes, now: float,
+           tolerance: float = 300) -> None:
+    """Accept the request if any of its signatures was made with any of ``secrets``."""
     if not header:
         raise SignatureError(f"missing {SIGNATURE_HEADER} header")
     try:
-        fields = dict(part.split("=", 1) for part in header.split(","))
-        timestamp = int(fields["t"])
-        given = fields["v1"]
-    except (ValueError, KeyError) as exc:
-        raise SignatureError(f"malformed {SIGNATURE_HEADER}: {header!r}") from exc
+        parts = [part.split("=", 1) for part in header.split(",")]
+        timestamp = int(next(value for key, value in parts if key == "t"))
+        given = [value for key, value in parts if key == "v1"]
+    except (ValueError, StopIteration) as exc:
+        raise SignatureError(f"malformed {SIGNATURE_HEADER}: {header[:200]!r}") from exc
+    if not given:
+        raise SignatureError(f"{SIGNATURE_HEADER} has no v1 signature")
     if abs(now - timestamp) > tolerance:
         raise SignatureError(f"timestamp {timestamp} is more than {tolerance:.0f}s from now: refused as a replay")
-    expected = sign(secret, body, timestamp).split("v1=", 1)[1]
-    if not hmac.compare_digest(expected, given):
+    keys = [secrets] if isinstance(secrets, bytes) else list(secrets)
+    expected = [part.split("=", 1)[1] for part in sign(keys, body, timestamp).split(",")[1:]]
+    # Every pair compared (constant time each), so timing does not tell which secret matched.
+    matches = [hmac.compare_digest(e, g) for e in expected for g in given]
+    if not any(matches):
         raise SignatureError("signature does not match the body")
 
 
@@ -97,7 +108,7 @@ class EmailChannel:
 @dataclass
 class WebhookChannel:
     url: str
-    secret: bytes
+    secrets: Callable[[], list[bytes]]  # the active signing secrets, read at each send (rotation needs no restart)
     timeout: float
     name: str = "webhook"
 
@@ -105,7 +116,7 @@ class WebhookChannel:
         body = json.dumps({**document, "subject": rendered.subject, "body": rendered.body, "locale": rendered.locale},
                           sort_keys=True, default=str).encode()
         headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: delivery_id,
-                   SIGNATURE_HEADER: sign(self.secret, body, int(time.time()))}
+                   SIGNATURE_HEADER: sign(self.secrets(), body, int(time.time()))}
         try:
             # A session per message: notifications are few, and nothing is left open at shutdown.
             async with aiohttp.ClientSession() as session, session.post(

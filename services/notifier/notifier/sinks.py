@@ -16,6 +16,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -42,14 +43,16 @@ class MailStore:
         return "250 Message accepted for delivery"
 
 
-def webhook_app(secret: bytes, folder: Path) -> web.Application:
+def webhook_app(secrets: Callable[[], list[bytes]], folder: Path) -> web.Application:
+    """A receiver as a shop's would be: it accepts a webhook signed with any of ``secrets()``
+    (re-read each time, so a rotated secret is picked up)."""
     folder.mkdir(parents=True, exist_ok=True)
     seen = {p.stem.split("-", 1)[1] for p in folder.glob("*.json")}
 
     async def receive(request: web.Request) -> web.Response:
         body = await request.read()
         try:
-            verify(secret, request.headers.get(SIGNATURE_HEADER), body, time.time())
+            verify(secrets(), request.headers.get(SIGNATURE_HEADER), body, time.time())
         except SignatureError as exc:
             return web.json_response({"error": str(exc)}, status=401)
         key = request.headers.get(IDEMPOTENCY_HEADER)
@@ -75,7 +78,7 @@ def webhook_app(secret: bytes, folder: Path) -> web.Application:
 
 
 async def serve() -> None:
-    from notifier.app import webhook_secret
+    from notifier.app import webhook_secrets
 
     root = Path(os.environ.get("ORDEROPS_RUN_DIR", default_run_dir())) / "sinks"
     smtp_port = int(os.environ.get("ORDEROPS_SMTP_PORT", "2525"))
@@ -83,7 +86,7 @@ async def serve() -> None:
     host = os.environ.get("ORDEROPS_WEB_BIND", os.environ.get("ORDEROPS_WEB_HOST", "127.0.0.1"))  # 0.0.0.0 in a container
     controller = Controller(MailStore(root / "mail"), hostname=host, port=smtp_port)
     controller.start()
-    runner = web.AppRunner(webhook_app(webhook_secret(), root / "webhooks"))
+    runner = web.AppRunner(webhook_app(webhook_secrets, root / "webhooks"))
     await runner.setup()
     await web.TCPSite(runner, host, http_port).start()
     print(f"notifier sinks: SMTP {host}:{smtp_port} -> {root / 'mail'}; "

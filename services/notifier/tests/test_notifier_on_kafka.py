@@ -23,6 +23,7 @@ from notifier.channels import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
 from orderops import deadletter
 from orderops.catalog import DEAD_LETTER_TOPICS, NOTIFICATIONS_DELIVERIES, NOTIFICATIONS_REQUESTS, NOTIFIER
 from orderops.scenario import Story, customer
+from orderops.security import client_config
 from orderops.testing import ServiceProcess, decode_all, free_port, poll_json, producer, read_topic
 
 pytestmark = pytest.mark.broker
@@ -176,7 +177,7 @@ async def test_delivered_once_through_failures_crashes_and_replays(catalog_topic
         # Replay: rewind the notifier's consumer group to the start of the requests topic.
         sent_before = (len(mailbox.messages), sum(receiver.calls.values()))
         notifier.stop(signal.SIGTERM)
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin = AdminClient(client_config(bootstrap))
         partitions = [TopicPartition(NOTIFICATIONS_REQUESTS.name, p, 0) for p in range(NOTIFICATIONS_REQUESTS.partitions)]
         admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(f"{NOTIFIER}-{instance}", partitions)])[
             f"{NOTIFIER}-{instance}"].result()

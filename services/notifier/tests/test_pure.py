@@ -190,6 +190,19 @@ def test_signature_verifies_and_refuses_tampering_and_replays():
         verify(secret, None, body, 1_000_000)
 
 
+def test_a_rotated_secret_keeps_every_receiver_working():
+    old, new, body = b"old-secret", b"new-secret", b'{"order_id": "o-1"}'
+    during = sign([new, old], body, 1_000_000)  # the notifier signs with both while rotating
+    assert during.count("v1=") == 2
+    verify(old, during, body, 1_000_000)  # a receiver not switched yet
+    verify(new, during, body, 1_000_000)  # one that has switched
+    verify([new, old], sign(old, body, 1_000_000), body, 1_000_000)  # a receiver accepting both
+    with pytest.raises(SignatureError, match="does not match"):
+        verify(old, sign(new, body, 1_000_000), body, 1_000_000)  # after the rotation, the old one is out
+    with pytest.raises(SignatureError, match="no v1"):
+        verify(old, "t=1000000", body, 1_000_000)
+
+
 def test_message_id_is_deterministic_per_delivery():
     assert message_id("n-1/email", "shop.example") == message_id("n-1/email", "shop.example")
     assert message_id("n-1/email", "shop.example") != message_id("n-2/email", "shop.example")

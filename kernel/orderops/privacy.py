@@ -1,0 +1,84 @@
+"""Customer data spreads no further than needed.
+
+Payment instruments travel as the provider's token (``instrument_id``), their type (channel) and,
+when the storefront gives them, their last four digits — never a card number. Upstream systems are
+outside this project's control, and people type card numbers into free text ("my card 4111 1111
+1111 1111 was charged twice"), so every event read from an upstream topic passes through
+``mask_card_numbers`` before a processor sees it: a card number anywhere in it becomes
+``····1111``. Nothing downstream (outputs, state, changelogs, logs) can then hold one. The
+original bytes stay only on the upstream topic itself (and, for messages that cannot be decoded at
+all, in the reading processor's dead-letter topic, which only on-call reads).
+
+Which consumers see e-mail, phone and address is decided by the schemas of what each processor
+writes: docs/security.md lists them, and tests/integration/test_customer_data.py checks every
+topic downstream of the upstream ones, and every log, against that list.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# 13-19 digits, optionally in groups separated by single spaces or dashes.
+_CANDIDATE = re.compile(r"(?<![\d])\d(?:[ -]?\d){12,18}(?![\d])")
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        n = int(ch)
+        if i % 2 == 1:
+            n *= 2
+            if n > 9:
+                n -= 9
+        total += n
+    return total % 10 == 0
+
+
+def mask_card_numbers(text: str) -> tuple[str, int]:
+    """``text`` with every card number (13-19 digits passing the Luhn check, spaces or dashes
+    allowed between them) replaced by ``····`` and its last four digits; and how many there were."""
+    count = 0
+
+    def mask(match: re.Match) -> str:
+        nonlocal count
+        digits = re.sub(r"[ -]", "", match.group())
+        if not luhn_valid(digits):
+            return match.group()
+        count += 1
+        return f"····{digits[-4:]}"
+
+    return _CANDIDATE.sub(mask, text), count
+
+
+def scrub(value: Any, path: str = "") -> tuple[Any, list[str]]:
+    """``value`` with card numbers masked in every string in it; the paths where one was found."""
+    if isinstance(value, str):
+        masked, count = mask_card_numbers(value)
+        return masked, [path or "."] * bool(count)
+    if isinstance(value, dict):
+        out, found = {}, []
+        for k, v in value.items():
+            out[k], where = scrub(v, f"{path}.{k}" if path else k)
+            found += where
+        return out, found
+    if isinstance(value, list | tuple):
+        items = [scrub(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return type(value)(v for v, _ in items), [p for _, where in items for p in where]
+    return value, []
+
+
+def read_event(codec: Any, value: bytes | None, topic: Any) -> tuple[Any, list[str]]:
+    """Decode a message of a catalog topic into its Envelope, card numbers masked if an upstream
+    system wrote it; and the paths where one was. Live processors and offline rebuilds both read
+    through here, so both see the same event."""
+    from dataclasses import replace
+
+    from orderops.catalog import UPSTREAM_SYSTEMS
+    from orderops.envelope import Envelope
+
+    envelope = Envelope.from_record(codec.decode(value, topic.value_schema).record)
+    if not set(topic.writers) & set(UPSTREAM_SYSTEMS):
+        return envelope, []
+    payload, found = scrub(envelope.payload)
+    return (replace(envelope, payload=payload) if found else envelope), found

@@ -1,0 +1,74 @@
+"""Every endpoint of the support API on a real timeline process: no token 401, a wrong token 401,
+too low a role 403, the right role through (and every answer with the security headers)."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from test_timeline_on_kafka import start
+
+from timeline import api
+
+pytestmark = pytest.mark.broker
+ORDER = "access-o-1"
+PATHS = {"order_id": ORDER, "escalation_id": f"{ORDER}:repeat-contact:c-1", "return_id": "r-1"}
+BODIES = {
+    "/orders/{order_id}/contacts": {"reason": "where is it?"},
+    "/orders/{order_id}/tags": {"tag": "carrier-delay"},
+    "/escalations/{escalation_id}/ack": {"note": "on it"},
+    "/escalations/{escalation_id}/assign": {"assignee": "lee"},
+    "/escalations/{escalation_id}/resolve": {"note": "called back"},
+    "/returns/{return_id}/approve-exception": {"order_id": ORDER, "reason": "loyal customer"},
+}
+QUERIES = {"/orders": "?customer=ada@example.com"}
+BELOW = {"agent": None, "lead": "ann", "admin": "lee"}  # a user whose role is just below the one needed
+HOLDS = {"agent": "ann", "lead": "lee", "admin": "root"}
+
+
+@pytest.fixture(scope="module")
+def timeline(catalog_topics, tmp_path_factory):
+    process = start(catalog_topics, "access", tmp_path_factory.mktemp("access"))
+    yield process
+    process.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("endpoint", api.ENDPOINTS, ids=lambda e: f"{e.method.upper()} {e.path}")
+async def test_each_endpoint_lets_in_exactly_its_roles(timeline, endpoint, support_users):
+    await timeline.wait_ready()
+    path = endpoint.path.format(**PATHS) + QUERIES.get(endpoint.path, "")
+    body = BODIES.get(endpoint.path)
+
+    async def call(token):
+        return await timeline.call(endpoint.method.upper(), path, body, token=token)
+
+    assert (await call(""))[0] == 401
+    assert (await call("not-a-token"))[0] == 401
+    below = BELOW[endpoint.role]
+    if below is not None:
+        status, answer = await call(support_users.tokens[below])
+        assert status == 403 and endpoint.role in answer["error"], answer
+    for role in api_roles_from(endpoint.role):
+        status, answer = await call(support_users.tokens[HOLDS[role]])
+        assert status in (200, 202, 404), (role, status, answer)  # 404: an order the timeline has not seen
+        if endpoint.method == "post":
+            assert status == 202 and answer["accepted"] is True
+
+
+def api_roles_from(role: str) -> list[str]:
+    roles = ["agent", "lead", "admin"]
+    return roles[roles.index(role):]
+
+
+async def test_processor_read_apis_need_a_token_too(catalog_topics, tmp_path, run_id):
+    from orderops.testing import start_processors
+
+    process = start_processors(catalog_topics, tmp_path, {"ORDEROPS_INSTANCE": f"acc{run_id}"},
+                               names=("fulfillment",))["fulfillment"]
+    try:
+        await process.wait_ready(timeout=120)
+        assert (await process.call("GET", "/orders/x/fulfillment", token=""))[0] == 401
+        assert (await process.call("GET", "/orders/x/fulfillment"))[0] == 404
+        assert (await process.get_json("/healthz", token=""))[0] == 200, "health stays open for the orchestrator"
+    finally:
+        process.stop(signal.SIGKILL)

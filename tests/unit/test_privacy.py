@@ -1,0 +1,47 @@
+"""Card numbers never get past an upstream topic (orderops.privacy)."""
+
+from __future__ import annotations
+
+import pytest
+
+from orderops import catalog
+from orderops.codec import Codec
+from orderops.privacy import luhn_valid, mask_card_numbers, read_event, scrub
+from orderops.scenario import Story, address, card, customer, line, money
+
+
+@pytest.mark.parametrize("text, masked, count", [
+    ("my card 4111 1111 1111 1111 was charged twice", "my card ····1111 was charged twice", 1),
+    ("4111-1111-1111-1111", "····1111", 1),
+    ("pan=5500005555555559;", "pan=····5559;", 1),
+    ("amex 378282246310005 and visa 4012888888881881", "amex ····0005 and visa ····1881", 2),
+    ("order 1234567890123 (not Luhn)", "order 1234567890123 (not Luhn)", 0),
+    ("tracking JD000123456", "tracking JD000123456", 0),
+    ("phone +49 170 5550123", "phone +49 170 5550123", 0),
+    ("41111111111111111111111", "41111111111111111111111", 0),  # 23 digits: not a card number
+])
+def test_card_numbers_are_masked_and_nothing_else(text, masked, count):
+    assert mask_card_numbers(text) == (masked, count)
+
+
+def test_luhn():
+    assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
+
+
+def test_scrub_says_where():
+    value = {"reason": "card 4111111111111111", "lines": [{"comment": "ok"}, {"comment": "4012888888881881"}], "n": 3}
+    cleaned, where = scrub(value)
+    assert cleaned == {"reason": "card ····1111", "lines": [{"comment": "ok"}, {"comment": "····1881"}], "n": 3}
+    assert where == ["reason", "lines[1].comment"]
+
+
+def test_upstream_events_are_read_masked_and_outputs_are_left_alone():
+    story = Story("o-1")
+    story.on(catalog.STOREFRONT_ORDERS).OrderPlaced(
+        customer=customer(), lines=[line("l1", "Mug 4111 1111 1111 1111", 1, "10.00")],
+        instruments=[card("4111111111111111", "10.00")], shipping_address=address(), total=money("10.00"))
+    codec, topic = Codec(), catalog.STOREFRONT_ORDERS
+    envelope, where = read_event(codec, codec.encode(topic.value_schema, story.events[0].envelope.to_record()), topic)
+    assert envelope.payload["instruments"][0]["instrument_id"] == "····1111"
+    assert envelope.payload["lines"][0]["name"] == "Mug ····1111"
+    assert where == ["lines[0].name", "instruments[0].instrument_id"]
