@@ -5,7 +5,7 @@ checks are what keeps the files from drifting from the code."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
@@ -42,7 +42,7 @@ def test_every_processor_runs_in_compose_as_the_catalog_says(processor):
     assert env["ORDEROPS_WEB_HOST"] == processor  # where other workers and Prometheus reach it
     assert env["ORDEROPS_WEB_BIND"] == "0.0.0.0"
     assert env["ORDEROPS_DATA_DIR"].startswith(state_dir(env))
-    [volume] = service["volumes"]
+    volume, *_ = service["volumes"]
     name, mount = volume.split(":")
     assert mount == state_dir(env) and name in COMPOSE["volumes"], "state must outlive the container"
     assert service["depends_on"]["policies"]["condition"] == "service_completed_successfully"
@@ -64,6 +64,17 @@ def test_set_up_jobs_and_simulator_match_make_run():
     assert SERVICES["simulator"]["command"] == ["orderops", "simulate", *SIMULATE_ARGS.split()]
     for job in ("topics", "policies", "simulator"):
         assert SERVICES[job].get("restart", "no") == "no"
+
+
+def test_every_processor_reads_the_support_users_the_users_job_writes():
+    users = SERVICES["users"]
+    assert users["command"] == ["orderops", "users", "dev"] and users.get("restart") == "no"
+    [written] = users["volumes"]
+    volume, path = written.split(":")[:2]
+    assert path == users["environment"]["ORDEROPS_RUN_DIR"] + "/secrets"
+    for processor in PROCESSORS:
+        assert f"{volume}:{path}:ro" in SERVICES[processor]["volumes"], processor
+        assert SERVICES[processor]["environment"]["ORDEROPS_RUN_DIR"] == users["environment"]["ORDEROPS_RUN_DIR"]
 
 
 def test_the_notifier_reaches_the_sinks():
@@ -138,8 +149,13 @@ def test_each_processor_is_a_stateful_set_with_state_readiness_and_scraping(proc
     assert env["WEB_PORT"] == str(port) and env["ORDEROPS_WEB_HOST"] == f"$(POD_NAME).{processor}"
     assert stateful["spec"]["serviceName"] == processor and service["spec"]["clusterIP"] == "None"
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(port)
-    [mount] = container["volumeMounts"]
+    mount, *secrets = container["volumeMounts"]
     assert mount["mountPath"] == deployment.CLUSTER_SETTINGS["ORDEROPS_RUN_DIR"]
+    # Kafka credentials of its own principal; the CA and the support users from secrets, read-only.
+    assert env["KAFKA_SASL_USERNAME"] == processor and deployment.CLUSTER_SETTINGS["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert all(m["readOnly"] for m in secrets)
+    assert {m["mountPath"] for m in secrets} >= {str(PurePosixPath(deployment.CLUSTER_SETTINGS[v]).parent)
+                                                 for v in ("KAFKA_SSL_CA_FILE", "ORDEROPS_SUPPORT_USERS_FILE")}
     assert stateful["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == mount["name"]
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert stateful["spec"]["replicas"] <= int(deployment.CLUSTER_SETTINGS["ORDEROPS_PARTITIONS"])
