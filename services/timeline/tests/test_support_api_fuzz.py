@@ -1,6 +1,7 @@
 """A schema-driven fuzz of the support API (schemathesis, from the OpenAPI description the server
-publishes) against a real timeline process, signed in as a lead: whatever it is sent, it never
-answers 5xx, and only with the status codes it documents."""
+publishes) against a real timeline process, signed in as a lead, with valid and invalid requests:
+whatever it is sent, it never answers 5xx, and only with the status codes it documents
+(FUZZ_EXAMPLES per endpoint, 25 by default)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import signal
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import status_code_conformance
 from test_timeline_on_kafka import start
@@ -19,6 +21,8 @@ from timeline import api
 
 pytestmark = pytest.mark.broker
 SCHEMA = schemathesis.openapi.from_dict(api.openapi())
+# Valid requests and invalid ones (wrong types, missing fields, extra fields, out-of-range values).
+SCHEMA.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 
 
