@@ -17,6 +17,9 @@ class Envelope:
     source: str
     type: str  # full Avro name of the payload, e.g. orderops.payments.PaymentCaptured
     payload: dict
+    # For a record another processor derived from an event this processor also reads: that event's
+    # topic (from the record's header, see orderops.workflow.cause_pending). Not part of the Avro.
+    cause_topic: str | None = None
 
     @property
     def short_type(self) -> str:
@@ -32,13 +35,20 @@ class Envelope:
                 "source": self.source, "payload": (self.type, self.payload)}
 
     def to_json(self) -> dict[str, Any]:
-        return to_json({**self.to_record(), "payload": {"type": self.type, "value": self.payload}})
+        extra = {"cause_topic": self.cause_topic} if self.cause_topic else {}
+        return to_json({**self.to_record(), "payload": {"type": self.type, "value": self.payload}, **extra})
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Envelope:
         record = from_json(data)
         return cls(record["event_id"], record["order_id"], record["occurred_at"], record["source"],
-                   record["payload"]["type"], record["payload"]["value"])
+                   record["payload"]["type"], record["payload"]["value"], record.get("cause_topic"))
+
+    @property
+    def cause_id(self) -> str | None:
+        """For a record derived by a processor (id ``<cause id>:<processor>:<kind>:<n>``): its cause's id."""
+        marker = f":{self.source}:"
+        return self.event_id.split(marker, 1)[0] if marker in self.event_id else None
 
 
 def to_json(value: Any) -> Any:

@@ -52,6 +52,7 @@ class Message:
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass
@@ -80,6 +81,7 @@ def replay(processor: MachineProcessor, messages: Iterable[Message], clock: str 
     Timer ticks are the ones the live processor wrote to its timer topic, so expiries replay too.
     """
     codec = codec or Codec()
+    inputs = frozenset(t.name for t in processor.inputs)
     rebuilt, latest = Rebuilt(), datetime.fromtimestamp(0, UTC)
     for n, message in enumerate(write_order(messages)):
         if progress is not None and n % 10_000 == 0:
@@ -89,7 +91,7 @@ def replay(processor: MachineProcessor, messages: Iterable[Message], clock: str 
         if not kept and clock != "event":
             continue
         try:
-            envelope, _ = read_event(codec, message.value, catalog.topic(message.topic))
+            envelope, _ = read_event(codec, message.value, catalog.topic(message.topic), message.headers, inputs)
         except DecodeError as exc:
             if kept:
                 rebuilt.dead_letters.append((message, f"{exc.reason}: {exc}"))

@@ -42,7 +42,7 @@ from orderops.privacy import read_event
 from orderops.rebuild import MachineProcessor
 from orderops.security import KafkaSecurity
 from orderops.settings import ServiceSettings
-from orderops.workflow import Outcome
+from orderops.workflow import CAUSE_HEADER, Outcome
 
 log = logging.getLogger("orderops.service")
 install_faust_fix()
@@ -77,6 +77,7 @@ class Service:
         self._deadlines: faust.TableT | None = None
         self._global_views: list[GlobalView] = []
         self._table_names: list[str] = []
+        self._input_names = frozenset(t.name for t in catalog.inputs_of(name))
         self.users = Users(self.settings.support_users_file)
         if self.users.problem:
             log.warning("%s: %s. Every API call but /healthz and /metrics answers 401; add users with "
@@ -126,7 +127,8 @@ class Service:
     def decode(self, event: faust.EventT) -> Envelope:
         """The event's envelope; the clock learns its event time (it matters in event-time mode)."""
         message = event.message
-        envelope, masked = read_event(self.codec, message.value, catalog.topic(message.topic))
+        envelope, masked = read_event(self.codec, message.value, catalog.topic(message.topic), message.headers,
+                                      self._input_names)
         if masked:
             CARD_NUMBERS_MASKED.labels(self.name, message.topic).inc(len(masked))
             log.warning("%s[%d]@%d (event %s): a card number in %s was masked before processing; it stays only "
@@ -144,15 +146,25 @@ class Service:
         value = self.codec.encode(topic.value_schema, record)
         return await self.topic(topic).send(key=key.encode(), value=value, headers=headers)
 
-    async def emit_all(self, key: str, outputs: Iterable[tuple[Topic, dict]]) -> None:
+    async def emit_all(self, key: str, outputs: Iterable[tuple[Topic, dict]],
+                       causes: dict[str, str] | None = None) -> None:
         """Send every output and wait until the broker acknowledged all of them.
 
         Call before writing the table: once the state records an event as applied, a crash
         must not be able to lose that event's outputs (the redelivered event would be seen
         as a duplicate and emit nothing). Outputs first, state second: a crash in between
         re-emits the same records with the same ids, which consumers recognise.
+
+        ``causes`` (cause event id -> its topic) puts a derived record's cause topic in a header,
+        so a reader that also reads that topic lets the record wait for its cause
+        (``workflow.cause_pending``).
         """
-        pending = [await self.emit(topic, key, record) for topic, record in outputs]
+        pending = []
+        for topic, record in outputs:
+            marker = f":{self.name}:"
+            cause = record["event_id"].split(marker, 1)[0] if marker in record["event_id"] else None
+            headers = [(CAUSE_HEADER, causes[cause].encode())] if causes and cause in causes else None
+            pending.append(await self.emit(topic, key, record, headers))
         for future in pending:
             await future
 
@@ -164,7 +176,7 @@ class Service:
         if outcome.duplicate:
             DUPLICATES.labels(self.name).inc()
             return
-        await self.emit_all(key, outputs)
+        await self.emit_all(key, outputs, {r.cause.event_id: r.cause_topic for r in outcome.records})
         table[key] = outcome.state.to_json()
         self.schedule(key, deadline)
         count_outcome(self.name, outcome.records)

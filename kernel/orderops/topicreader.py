@@ -67,7 +67,8 @@ def read_messages(bootstrap: str, topics: list[catalog.Topic], progress: bool = 
     messages: list[Message] = []
     for topic in topics:
         for m in read(bootstrap, topic):
-            messages.append(Message(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value()))
+            messages.append(Message(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),
+                                    tuple(m.headers() or ())))
         if progress:
             print(f"  read {topic.name}: {len(messages):,} messages so far", file=sys.stderr, flush=True)
     return messages

@@ -221,6 +221,20 @@ def apply(state: Any, event: Envelope, topic: str, now: datetime, park_for: time
     return _drain_parked(outcome, now, park_for, handlers, step_class, context) if changed else outcome
 
 
+CAUSE_HEADER = "orderops-cause-topic"
+
+
+def cause_pending(state: Any, event: Envelope) -> None:
+    """A record derived from an event on a topic this processor also reads waits for that event.
+
+    Written after its cause, it can still be read before it (another topic, a lagging partition
+    after a restart): order-state once took a cancellation from fulfillment's snapshot of it, and
+    rejected the storefront's own OrderCancelled that came next — the opposite of what any replay
+    does. ``event.cause_topic`` is set by the reader only when the cause's topic is one of its inputs."""
+    if event.cause_topic and event.cause_id and event.cause_id not in state.seen:
+        raise Park("cause", event.cause_id, "unseen", f"its cause {event.cause_id} on {event.cause_topic}")
+
+
 def retry_parked(state: Any, now: datetime, park_for: timedelta, handlers: dict[str, Handler],
                  step_class: type[Step] = Step, context: Any = None) -> Outcome:
     """Try parked events again although no event changed the state (the context did: e.g. a policy
@@ -235,6 +249,7 @@ def _apply_once(state: Any, event: Envelope, topic: str, now: datetime, park_for
         return Outcome(state)  # a fact for other processors: nothing to do here
     step = step_class(state, event, topic, context)
     try:
+        cause_pending(state, event)
         handler(step)
         step.finished(state)
     except Park as park:

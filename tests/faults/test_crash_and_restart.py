@@ -51,7 +51,7 @@ class Mailbox:
 
     async def handle_DATA(self, server, session, envelope):
         message = email.message_from_bytes(envelope.content, policy=email_policy.default)
-        self.delivery_ids[message["X-Orderops-Delivery-Id"]] += 1
+        self.delivery_ids[str(message["X-Orderops-Delivery-Id"]).strip()] += 1  # a long id is folded: " id"
         return "250 OK"
 
 

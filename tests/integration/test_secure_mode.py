@@ -145,7 +145,8 @@ async def test_the_whole_flow_runs_with_each_part_as_its_own_principal(secure_br
              "--order-gap", "0.3"],
             env={**secure_broker.env, **secure_broker.client_env("simulator")}, capture_output=True, text=True,
             timeout=300)
-        assert simulator.returncode == 0 and "sent:storefront.orders" in simulator.stdout, simulator.stderr[-2000:]
+        sent = f"sent:{catalog.STOREFRONT_ORDERS.name}"
+        assert simulator.returncode == 0 and sent in simulator.stdout, simulator.stderr[-2000:]
 
         for n in range(ORDERS):
             await poll_json(processes["timeline"], f"/orders/sim-{seed}-{n:06d}", lambda v: v["placed_at"] is not None,

@@ -10,9 +10,10 @@ import pytest
 from faust.types import TP
 
 from orderops import faustfix
+from orderops.catalog import PAYMENTS_EVENTS
 
 faustfix.install()
-TOPIC = TP("payments.events", 5)
+TOPIC = TP(PAYMENTS_EVENTS.name, 5)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from stories import (
 from order_state import domain
 from order_state.domain import Instrument, Notify, OrderState
 from order_state.machines import BY_AMOUNT, ORDER, PAYMENT, RESUME
+from orderops.catalog import STOREFRONT_ORDERS
 from orderops.workflow import ANY, ParkedRecord, Rejected, Transitioned
 
 NOW = T0 + timedelta(hours=1)
@@ -302,3 +303,29 @@ def test_architecture_doc_shows_both_machines_as_they_are():
     doc = (Path(__file__).resolve().parents[3] / "docs" / "architecture.md").read_text()
     for machine in (ORDER, PAYMENT):
         assert machine.as_markdown() in doc, f"docs/architecture.md: re-render the {machine.name} table"
+
+
+# -- a derived record never overtakes its cause ---------------------------------------------------
+
+def test_a_snapshot_derived_from_a_cancellation_waits_for_the_cancellation():
+    """Fulfillment's snapshot of a cancellation is written after the storefront's OrderCancelled,
+    but after a restart it can be read first (another topic). It waits for its cause, so the order
+    ends as in write order: cancelled by the storefront, the customer told, nothing rejected."""
+    cancel = cancelled()
+    snapshot = replace(fulfillment("cancelled", event_id=f"{cancel.event_id}:fulfillment:statussnapshot:0"),
+                       source="fulfillment", cause_topic=STOREFRONT_ORDERS.name)
+    in_write_order, written = run(placed(), authorized(), cancel, snapshot)
+    overtaken, read = run(placed(), authorized(), snapshot, cancel)
+    assert overtaken.status == in_write_order.status == "cancelled"
+    assert overtaken.history == in_write_order.history
+    assert [p.parked.waiting_for for p in kinds(read, ParkedRecord)] == [
+        f"its cause {cancel.event_id} on {STOREFRONT_ORDERS.name}"]
+    assert kinds(read, Rejected) == kinds(written, Rejected) == []
+    assert [n.type for n in kinds(read, Notify)] == [n.type for n in kinds(written, Notify)]
+
+
+def test_a_snapshot_whose_cause_this_processor_does_not_read_applies_at_once():
+    warehouse_cause = replace(fulfillment("cancelled", event_id="o-1:9:LineCancelledByWarehouse:fulfillment:x:0"),
+                              source="fulfillment")  # no cause_topic: the reader does not read the cause's topic
+    state, records = run(placed(), authorized(), warehouse_cause)
+    assert state.status == "cancelled" and not kinds(records, ParkedRecord)
