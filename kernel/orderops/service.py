@@ -38,6 +38,7 @@ from orderops.metrics import (
     GaugeAtScrape,
     count_outcome,
 )
+from orderops.ordering import EventTimeOrder
 from orderops.privacy import read_event
 from orderops.rebuild import MachineProcessor
 from orderops.security import KafkaSecurity
@@ -467,7 +468,7 @@ async def _hardened(request: aiohttp_web.Request, handler: Callable) -> aiohttp_
 def _faust_app(settings: ServiceSettings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     brokers = [f"kafka://{host.strip()}" for host in settings.kafka.bootstrap.split(",") if host.strip()]
-    return faust.App(
+    app = faust.App(
         settings.app_id,
         broker=brokers,
         broker_credentials=KafkaSecurity.from_env().faust_credentials(),
@@ -489,3 +490,7 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
+    # Inputs in write order across topics (orderops.ordering): a processor's inputs and its timers.
+    ordered = {t.name for t in catalog.inputs_of(settings.service)} | {catalog.timer_topic(settings.service).name}
+    app.conf.ConsumerScheduler = EventTimeOrder.for_app(app, frozenset(ordered))
+    return app
