@@ -486,6 +486,10 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_session_timeout=settings.session_timeout_seconds,
+        # A worker that joined its group while a restarted broker still answered metadata without
+        # the topics was assigned nothing, and stayed so until the next metadata refresh (aiokafka's
+        # default: 5 minutes): found by the broker-kill test. A refresh that shows them rejoins.
+        consumer_metadata_max_age_ms=10_000,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 3),
         key_serializer="raw",
         value_serializer="raw",

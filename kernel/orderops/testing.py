@@ -52,6 +52,45 @@ def read_topic(bootstrap: str, topic: str, until: Callable[[list[Message]], bool
         consumer.close()
 
 
+class Mailbox:
+    """A real SMTP server on a free port, as the customers' mailbox: every message it received,
+    and how often each notifier delivery id came. ``with Mailbox() as mailbox: ... mailbox.port``."""
+
+    def __init__(self) -> None:
+        from collections import Counter
+
+        self.messages: list[Any] = []
+        self.delivery_ids: Counter = Counter()
+        self.port = free_port()
+        self._controller: Any = None
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        import email
+        from email import policy
+
+        message = email.message_from_bytes(envelope.content, policy=policy.default)
+        self.messages.append(message)
+        # A long id is folded onto a second header line: parsed back, it starts with a space.
+        self.delivery_ids[str(message["X-Orderops-Delivery-Id"]).strip()] += 1
+        return "250 OK"
+
+    def start(self) -> Mailbox:
+        from aiosmtpd.controller import Controller
+
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def __enter__(self) -> Mailbox:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 class SupportUsers:
     """Users of the HTTP APIs for a test run: ann (agent), lee (lead), root (admin), with fresh
     tokens, in a users file as ``orderops users add`` writes it."""

@@ -20,7 +20,6 @@ restarted returns attributed it to another event than the replay did (the captur
 from __future__ import annotations
 
 import asyncio
-import email
 import os
 import signal
 import subprocess
@@ -29,31 +28,18 @@ import threading
 import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
-from email import policy as email_policy
 
 import pytest
-from aiosmtpd.controller import Controller
 from orderops_tools.simulator import Config, play
 
 from orderops import catalog
 from orderops.codec import Codec
-from orderops.testing import PrivateBroker, ServiceProcess, free_port, orderops_cli, poll_json, start_processors
+from orderops.testing import Mailbox, PrivateBroker, ServiceProcess, orderops_cli, poll_json, start_processors
 from orderops.topicreader import read
 
 pytestmark = [pytest.mark.broker, pytest.mark.faults, pytest.mark.kills_broker]
 START = datetime(2026, 9, 1, 8, tzinfo=UTC)
 ORDERS = int(os.environ.get("FAULT_ORDERS", "24"))
-
-
-class Mailbox:
-    def __init__(self) -> None:
-        self.delivery_ids: Counter = Counter()
-
-    async def handle_DATA(self, server, session, envelope):
-        message = email.message_from_bytes(envelope.content, policy=email_policy.default)
-        self.delivery_ids[str(message["X-Orderops-Delivery-Id"]).strip()] += 1  # a long id is folded: " id"
-        return "250 OK"
-
 
 
 def kill_broker(broker: PrivateBroker) -> None:
@@ -70,13 +56,11 @@ def kill_broker(broker: PrivateBroker) -> None:
 async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(run_id, tmp_path):
     broker = PrivateBroker(tmp_path / "broker")
     bootstrap = broker.start()
-    mailbox = Mailbox()
-    smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
-    smtp.start()
+    mailbox = Mailbox().start()
     processes: dict[str, ServiceProcess] = {}
     try:
         assert orderops_cli(bootstrap, "policies", "publish").returncode == 0
-        processes = start_processors(bootstrap, tmp_path, {"ORDEROPS_SMTP_PORT": str(smtp.port),
+        processes = start_processors(bootstrap, tmp_path, {"ORDEROPS_SMTP_PORT": str(mailbox.port),
                                                            "ORDEROPS_NOTIFIER_CHANNELS": "email"})
         await asyncio.gather(*(p.wait_ready(timeout=180) for p in processes.values()))
 
@@ -145,7 +129,7 @@ async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(
     finally:
         for process in processes.values():
             process.stop(signal.SIGKILL)
-        smtp.stop()
+        mailbox.stop()
         broker.stop()
 
 

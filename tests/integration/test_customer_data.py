@@ -16,7 +16,6 @@ import signal
 from datetime import UTC, datetime
 
 import pytest
-from aiosmtpd.controller import Controller
 from confluent_kafka.admin import AdminClient
 
 from orderops import catalog
@@ -29,7 +28,7 @@ from orderops.catalog import (
 )
 from orderops.scenario import Story, address, card, customer, line, money
 from orderops.security import client_config
-from orderops.testing import PrivateBroker, environment, free_port, orderops_cli, poll_json, producer, start_processors
+from orderops.testing import Mailbox, PrivateBroker, environment, orderops_cli, poll_json, producer, start_processors
 from orderops.topicreader import read
 
 pytestmark = pytest.mark.broker
@@ -44,14 +43,6 @@ CONTACT = {catalog.NOTIFICATIONS_REQUESTS.name, catalog.SUPPORT_ORDER_VIEWS.name
            *(f"{p}-" for p in catalog.PROCESSORS)}  # a processor's changelogs: its state
 ALLOWED = {EMAIL: CONTACT, PHONE: CONTACT}
 
-
-class Mailbox:
-    def __init__(self) -> None:
-        self.messages = 0
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages += 1
-        return "250 OK"
 
 
 def story(order_id: str) -> Story:
@@ -91,14 +82,12 @@ def where(haystacks: dict[str, bytes], needle: str) -> set[str]:
 async def test_planted_customer_data_spreads_only_where_needed(tmp_path, support_users):
     broker = PrivateBroker(tmp_path / "broker")
     bootstrap = broker.start()
-    mailbox = Mailbox()
-    smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
-    smtp.start()
+    mailbox = Mailbox().start()
     processes = {}
     try:
         with environment(broker.client_env()):
             assert orderops_cli(bootstrap, "policies", "publish", env=broker.client_env()).returncode == 0
-            processes = start_processors(bootstrap, tmp_path, {"ORDEROPS_SMTP_PORT": str(smtp.port),
+            processes = start_processors(bootstrap, tmp_path, {"ORDEROPS_SMTP_PORT": str(mailbox.port),
                                                                "ORDEROPS_NOTIFIER_CHANNELS": "email"}, broker=broker)
             await asyncio.gather(*(p.wait_ready(timeout=180) for p in processes.values()))
             order_id = "pii-1"
@@ -134,5 +123,5 @@ async def test_planted_customer_data_spreads_only_where_needed(tmp_path, support
     finally:
         for process in processes.values():
             process.stop(signal.SIGKILL)
-        smtp.stop()
+        mailbox.stop()
         broker.stop()

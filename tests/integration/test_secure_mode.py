@@ -20,27 +20,18 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from aiosmtpd.controller import Controller
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from orderops import catalog
 from orderops.security import client_config
 from orderops.settings import PRODUCER_DEFAULTS
-from orderops.testing import PrivateBroker, environment, free_port, orderops_cli, poll_json, start_processors
+from orderops.testing import Mailbox, PrivateBroker, environment, orderops_cli, poll_json, start_processors
 from orderops.topicreader import read
 
 pytestmark = pytest.mark.broker
 ORDERS = 12
 
-
-class Mailbox:
-    def __init__(self) -> None:
-        self.messages = 0
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages += 1
-        return "250 OK"
 
 
 @pytest.fixture(scope="module")
@@ -127,14 +118,12 @@ def _first_answer(config: dict, topic: str):
 async def test_the_whole_flow_runs_with_each_part_as_its_own_principal(secure_broker, run_id, tmp_path,
                                                                        support_users):
     bootstrap = secure_broker.bootstrap
-    mailbox = Mailbox()
-    smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
-    smtp.start()
+    mailbox = Mailbox().start()
     processes = {}
     try:
         published = orderops_cli(bootstrap, "policies", "publish", env=secure_broker.client_env(catalog.POLICY_ADMIN))
         assert published.returncode == 0, published.stderr
-        processes = start_processors(bootstrap, tmp_path, {"ORDEROPS_SMTP_PORT": str(smtp.port),
+        processes = start_processors(bootstrap, tmp_path, {"ORDEROPS_SMTP_PORT": str(mailbox.port),
                                                            "ORDEROPS_NOTIFIER_CHANNELS": "email"},
                                      broker=secure_broker)
         await asyncio.gather(*(p.wait_ready(timeout=180) for p in processes.values()))
@@ -160,7 +149,7 @@ async def test_the_whole_flow_runs_with_each_part_as_its_own_principal(secure_br
                     break
                 await asyncio.sleep(3)
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-        await _until(lambda: mailbox.messages > 0, 60)
+        await _until(lambda: len(mailbox.messages) > 0, 60)
         with environment(secure_broker.client_env()):
             dead = {t.name: [m.key() for m in read(bootstrap, t) if m.key() != b"acl-probe"]  # the ACL test's probes
                     for t in catalog.DEAD_LETTER_TOPICS.values()}
@@ -170,7 +159,7 @@ async def test_the_whole_flow_runs_with_each_part_as_its_own_principal(secure_br
     finally:
         for process in processes.values():
             process.stop(signal.SIGKILL)
-        smtp.stop()
+        mailbox.stop()
 
 
 async def _until(condition, timeout: float) -> None:

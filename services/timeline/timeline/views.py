@@ -205,28 +205,29 @@ def _order_of(escalation_id: str) -> str:
     raise BadRequest(f"{escalation_id} is not an escalation id (<order id>:<rule id>:<subject>)", 404)
 
 
-@app.page("/escalations/{escalation_id}/ack")
-class EscalationAcknowledge(web.View):
-    @endpoint("post", "/escalations/{escalation_id}/ack")
-    async def post(self, request: web.Request, escalation_id: str, body: dict):
-        return 202, await _act(request, _order_of(escalation_id), "EscalationAcknowledged", {
-            "escalation_id": escalation_id, "note": body.get("note", "")})
+# What each action on an escalation writes: its event type, and the body fields it carries.
+ESCALATION_ACTIONS = {
+    "ack": ("EscalationAcknowledged", lambda body: {"note": body.get("note", "")}),
+    "assign": ("EscalationAssigned", lambda body: {"assignee": body["assignee"].strip()}),
+    "resolve": ("EscalationResolvedByAgent", lambda body: {"note": body["note"].strip()}),
+}
 
 
-@app.page("/escalations/{escalation_id}/assign")
-class EscalationAssign(web.View):
-    @endpoint("post", "/escalations/{escalation_id}/assign")
-    async def post(self, request: web.Request, escalation_id: str, body: dict):
-        return 202, await _act(request, _order_of(escalation_id), "EscalationAssigned", {
-            "escalation_id": escalation_id, "assignee": body["assignee"].strip()})
+def _escalation_page(action: str) -> None:
+    type_name, fields = ESCALATION_ACTIONS[action]
+    path = f"/escalations/{{escalation_id}}/{action}"
+
+    class EscalationAction(web.View):
+        @endpoint("post", path)
+        async def post(self, request: web.Request, escalation_id: str, body: dict):
+            return 202, await _act(request, _order_of(escalation_id), type_name,
+                                   {"escalation_id": escalation_id, **fields(body)})
+
+    app.page(path, name=f"escalation-{action}")(EscalationAction)
 
 
-@app.page("/escalations/{escalation_id}/resolve")
-class EscalationResolve(web.View):
-    @endpoint("post", "/escalations/{escalation_id}/resolve")
-    async def post(self, request: web.Request, escalation_id: str, body: dict):
-        return 202, await _act(request, _order_of(escalation_id), "EscalationResolvedByAgent", {
-            "escalation_id": escalation_id, "note": body["note"].strip()})
+for _action in ESCALATION_ACTIONS:
+    _escalation_page(_action)
 
 
 @app.page("/returns/{return_id}/approve-exception")
