@@ -54,46 +54,67 @@ class EventTimeOrder(DefaultSchedulingStrategy):
 
     def __init__(self) -> None:
         self.buffers: dict[Any, deque] = {}
-        self.generation: Any = None
-        self.delivered: dict[Any, int] = {}  # tp -> last offset handed out this generation
+        self.delivered: dict[Any, int] = {}  # tp -> last offset handed out
         self.held_since: float | None = None
 
     def iterate(self, records: Mapping[Any, list]) -> Iterator[tuple[Any, Any]]:
-        consumer = self.consumer
-        generation = consumer.app.consumer_generation_id if consumer is not None else None
-        if generation != self.generation:  # a rebalance: fetches start again from the commits
-            self.buffers.clear()
-            self.delivered.clear()
-            self.generation, self.held_since = generation, None
-        out = []
+        """Faust iterates what this returns, and may stop early (a rebalance, flow stopped): so a
+        record leaves its buffer only once Faust asked for the one after it. Nothing fetched is
+        dropped here; a record already buffered (a re-fetch after a seek) is not buffered twice."""
+        passing = []
+        assigned = self._assigned()
+        for tp in [tp for tp in self.buffers if assigned is not None and tp not in assigned]:
+            del self.buffers[tp]  # its new owner reads it from the last commit
+            self.delivered.pop(tp, None)
         for tp, batch in records.items():
             if self.ordered and tp.topic not in self.ordered:
-                out.extend((tp, record) for record in batch)  # e.g. changelogs during recovery
-            else:
-                self.buffers.setdefault(tp, deque()).extend(batch)
+                passing.extend((tp, record) for record in batch)  # e.g. changelogs during recovery
+                continue
+            buffer = self.buffers.setdefault(tp, deque())
+            last = buffer[-1].offset if buffer else -1
+            buffer.extend(r for r in batch if r.offset > last)
+        return self._release(passing)
+
+    def _release(self, passing: list) -> Iterator[tuple[Any, Any]]:
+        yield from passing
         waited = False
+        active = self._active()
         behind = self._behind({tp for tp, buf in self.buffers.items() if buf})
         while True:
-            heads = {tp: buf[0].timestamp for tp, buf in self.buffers.items() if buf}
+            heads = {tp: buf[0].timestamp for tp, buf in self.buffers.items()
+                     if buf and (active is None or tp in active)}
             if not heads:
                 self.held_since = None
-                break
+                return
             tp = None if waited else next_record(heads, behind)
             if tp is None:
                 now = time.monotonic()
                 self.held_since = self.held_since or now
                 if now - self.held_since < self.max_hold_seconds and not waited:
-                    break
+                    return
                 waited = True  # waited long enough: what is here goes, in write order
                 tp = min(heads, key=lambda t: (heads[t], t.topic, t.partition))
             else:
                 self.held_since = None
-            record = self.buffers[tp].popleft()
-            self.delivered[tp] = record.offset
-            out.append((tp, record))
-            if not self.buffers[tp] and self._is_behind(tp):
-                behind.add(tp)
-        return iter(out)
+            record = self.buffers[tp][0]
+            yield tp, record  # taken out only when Faust asks for the next one: it was handed on
+            buffer = self.buffers.get(tp)
+            if buffer and buffer[0] is record:
+                buffer.popleft()
+                self.delivered[tp] = record.offset
+                if not buffer and self._is_behind(tp):
+                    behind.add(tp)
+
+    def _assigned(self) -> set | None:
+        consumer = self.consumer
+        return set(consumer.assignment()) if consumer is not None else None
+
+    def _active(self) -> set | None:
+        """Partitions Faust hands records on for (others, e.g. paused in a rebalance, it skips)."""
+        consumer = self.consumer
+        if consumer is None or consumer._active_partitions is None:
+            return None
+        return set(consumer._active_partitions) | set(consumer._buffered_partitions)
 
     def _behind(self, buffered: set) -> set:
         """Input partitions with nothing fetched but more on the broker (or not known yet)."""

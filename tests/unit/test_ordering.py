@@ -39,3 +39,15 @@ def test_what_is_held_comes_out_with_the_next_fetch_in_order():
     later = scheduler.iterate({PAYMENTS: [record(PAYMENTS, 0, 500), record(PAYMENTS, 1, 4000)],
                                ORDERS: [record(ORDERS, 1, 2000)]})
     assert [(tp.topic, r.offset) for tp, r in later] == [(PAYMENTS.topic, 0), (ORDERS.topic, 1), (PAYMENTS.topic, 1)]
+
+
+def test_nothing_fetched_is_lost_when_faust_stops_early():
+    """Faust stops iterating when a rebalance starts, dropping the record it was just given: that
+    record (and every one after it) comes again with the next fetch."""
+    scheduler = EventTimeOrder()
+    batch = {ORDERS: [record(ORDERS, 0, 1000), record(ORDERS, 1, 2000), record(ORDERS, 2, 3000)]}
+    handed = scheduler.iterate(batch)
+    assert next(handed)[1].offset == 0
+    assert next(handed)[1].offset == 1  # given to Faust, which stops here without handing it on
+    again = [r.offset for _, r in scheduler.iterate({ORDERS: [record(ORDERS, 1, 2000), record(ORDERS, 2, 3000)]})]
+    assert again == [1, 2], "offset 1 again (it was never handed on), and no record twice"
