@@ -494,7 +494,5 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
-    # Inputs in write order across topics (orderops.ordering): a processor's inputs and its timers.
-    ordered = {t.name for t in catalog.inputs_of(settings.service)} | {catalog.timer_topic(settings.service).name}
-    app.conf.ConsumerScheduler = EventTimeOrder.for_app(app, frozenset(ordered))
+    app.conf.ConsumerScheduler = EventTimeOrder  # a fetched batch in write order (orderops.ordering)
     return app
