@@ -494,5 +494,5 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
-    app.conf.ConsumerScheduler = EventTimeOrder  # a fetched batch in write order (orderops.ordering)
+    app.conf.ConsumerScheduler = EventTimeOrder.for_app(app)  # write order, nothing dropped (orderops.ordering)
     return app

@@ -7,7 +7,7 @@ from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
 from orderops.catalog import PAYMENTS_EVENTS, STOREFRONT_ORDERS
-from orderops.ordering import EventTimeOrder
+from orderops.ordering import EventTimeOrder, first_not_handed_on, write_order
 
 ORDERS, PAYMENTS = TP(STOREFRONT_ORDERS.name, 3), TP(PAYMENTS_EVENTS.name, 3)
 
@@ -27,3 +27,25 @@ def test_a_partition_keeps_its_offset_order_whatever_its_timestamps():
     handed = [(tp, r.offset) for tp, r in EventTimeOrder().iterate({ORDERS: skewed, PAYMENTS: [record(PAYMENTS, 0, 3000)]})]
     assert [o for tp, o in handed if tp == ORDERS] == [0, 1]
     assert handed == [(PAYMENTS, 0), (ORDERS, 0), (ORDERS, 1)]
+
+
+def test_what_faust_takes_but_never_hands_on_is_read_again_from_its_first_record():
+    """Faust stops a batch when a rebalance starts, dropping the record in hand; aiokafka has moved
+    past it. The scheduler sends each partition back to its first record not handed on."""
+    batch = {ORDERS: [record(ORDERS, 7, 1000), record(ORDERS, 8, 3000)], PAYMENTS: [record(PAYMENTS, 4, 2000)]}
+    merged = write_order(batch)
+    assert [(tp, r.offset) for tp, r in merged] == [(ORDERS, 7), (PAYMENTS, 4), (ORDERS, 8)]
+    handed_on = {0}  # ORDERS 7 handed on; PAYMENTS 4 taken when the rebalance began, never handed on
+    assert first_not_handed_on(merged, handed_on) == {PAYMENTS: 4, ORDERS: 8}
+    assert first_not_handed_on(merged, {0, 1, 2}) == {}
+
+
+def test_the_scheduler_counts_a_record_handed_on_when_faust_asks_for_the_next():
+    scheduler = EventTimeOrder()  # no app: nothing to seek, but the bookkeeping is the same
+    seen = []
+    scheduler._read_again = seen.append
+    handed = scheduler.iterate({ORDERS: [record(ORDERS, 0, 1000), record(ORDERS, 1, 2000), record(ORDERS, 2, 3000)]})
+    next(handed)
+    next(handed)  # offset 1 is in Faust's hand when it stops
+    handed.close()
+    assert seen == [{ORDERS: 1}]
