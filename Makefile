@@ -61,7 +61,8 @@ run: topics
 	@$(MAKE) --no-print-directory prometheus || echo "(continuing without Prometheus: the processors still export /metrics)"
 	@$(call as_principal,policy-admin) $(BIN)/orderops policies publish
 	@$(BIN)/orderops users dev
-	@$(call as_principal,admin) ORDEROPS_CLOCK=$${ORDEROPS_CLOCK:-event} $(BIN)/orderops processors start
+	@$(call as_principal,admin) $(if $(filter 1,$(SECURE)),ORDEROPS_DATA_DIR=$(RUN_DIR)/state-secure) \
+	  ORDEROPS_CLOCK=$${ORDEROPS_CLOCK:-event} $(BIN)/orderops processors start
 	@echo
 	@echo "orderops is up: the broker, every topic, the return policies, all five processors, Prometheus and the simulator."
 	@echo "  CONSOLE      http://127.0.0.1:6105/   support console (API: /openapi.json; escalations appear as simulated days pass)"
