@@ -12,18 +12,25 @@ from orderops.admin import create_topics
 from orderops.settings import KafkaSettings
 from orderops.testing import SupportUsers
 
+SECURE = os.environ.get("SECURE") == "1"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def support_users(tmp_path_factory) -> SupportUsers:
     """ann (agent), lee (lead) and root (admin), in a users file every processor started by a test
-    reads (through the environment); requests from tests sign in as ann unless they say otherwise."""
+    reads (through the environment); requests from tests sign in as ann unless they say otherwise.
+    With SECURE=1 (SECURE=1 make test), every Kafka client of the tests acts as the admin of the
+    suite's secrets, which every broker of the run shares."""
+    if SECURE:  # before any broker, the suite's or a test's own: they all share these secrets
+        from orderops.security import principal_env, secrets_dir
+        from orderops.settings import default_run_dir
+
+        secrets = secrets_dir(Path(os.environ.get("ORDEROPS_RUN_DIR", default_run_dir())))
+        os.environ.update({"ORDEROPS_KAFKA_SECRETS_DIR": str(secrets), **principal_env("admin", secrets)})
     users = SupportUsers(tmp_path_factory.mktemp("secrets") / "support-users")
     os.environ["ORDEROPS_SUPPORT_USERS_FILE"] = str(users.path)
     os.environ["ORDEROPS_SUPPORT_TOKEN"] = users.tokens["ann"]
     return users
-
-
-SECURE = os.environ.get("SECURE") == "1"
 
 
 @pytest.fixture(scope="session")
@@ -32,12 +39,6 @@ def kafka_bootstrap() -> str:
     the tests acts as its admin unless a test says otherwise; private brokers share its secrets."""
     from orderops.brokers import find_or_start_broker
 
-    if SECURE:
-        from orderops.security import principal_env, secrets_dir
-        from orderops.settings import default_run_dir
-
-        secrets = secrets_dir(Path(os.environ.get("ORDEROPS_RUN_DIR", default_run_dir())))
-        os.environ.update({"ORDEROPS_KAFKA_SECRETS_DIR": str(secrets), **principal_env("admin", secrets)})
     broker = find_or_start_broker()
     os.environ["KAFKA_BOOTSTRAP"] = broker.bootstrap
     yield broker.bootstrap
