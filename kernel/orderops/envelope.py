@@ -46,9 +46,13 @@ class Envelope:
 
     @property
     def cause_id(self) -> str | None:
-        """For a record derived by a processor (id ``<cause id>:<processor>:<kind>:<n>``): its cause's id."""
-        marker = f":{self.source}:"
-        return self.event_id.split(marker, 1)[0] if marker in self.event_id else None
+        return cause_of(self.event_id, self.source)
+
+
+def cause_of(event_id: str, writer: str) -> str | None:
+    """For a record derived by a processor (id ``<cause id>:<processor>:<kind>:<n>``): its cause's id."""
+    marker = f":{writer}:"
+    return event_id.split(marker, 1)[0] if marker in event_id else None
 
 
 def to_json(value: Any) -> Any:

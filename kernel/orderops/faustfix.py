@@ -32,13 +32,13 @@ _original_new_offset = Consumer._new_offset
 _original_perform_seek = Consumer.perform_seek
 _original_revoked = Consumer.on_partitions_revoked
 _STARTS = "_orderops_starts"  # tp -> the offset an uncommitted partition starts at
-_RESEEKING = "_orderops_paused"  # (tp, offset) already reported
+_REPORTED = "_orderops_reported"  # (tp, offset) pauses already logged
 
 
 def _starts(consumer: Any) -> dict:
     if not hasattr(consumer, _STARTS):
         setattr(consumer, _STARTS, {})
-        setattr(consumer, _RESEEKING, set())
+        setattr(consumer, _REPORTED, set())
     return getattr(consumer, _STARTS)
 
 
@@ -53,10 +53,10 @@ async def _perform_seek(self: Consumer) -> None:
 
 
 async def _on_partitions_revoked(self: Consumer, revoked: set) -> None:
-    starts = _starts(self)
+    starts, reported = _starts(self), getattr(self, _REPORTED)
     for tp in revoked:
         starts.pop(tp, None)
-        getattr(self, _RESEEKING).difference_update({said for said in getattr(self, _RESEEKING) if said[0] == tp})
+    reported.difference_update({said for said in reported if said[0] in revoked})
     await _original_revoked(self, revoked)
 
 
@@ -78,7 +78,7 @@ def _new_offset(self: Consumer, tp: Any) -> int | None:
 
 
 def _say_paused(consumer: Consumer, tp: Any, expected: int, first_acked: int) -> None:
-    said = getattr(consumer, _RESEEKING)
+    said = getattr(consumer, _REPORTED)
     if (tp, expected) in said:
         return
     said.add((tp, expected))

@@ -60,6 +60,10 @@ class EventTimeOrder(DefaultSchedulingStrategy):
         """The scheduler class to configure on ``app`` (Faust makes one per consumer, without arguments)."""
         return type(cls.__name__, (cls,), {"app": app})
 
+    @property
+    def consumer(self) -> Any:
+        return self.app._consumer if self.app is not None else None
+
     def iterate(self, records: Mapping[Any, list]) -> Iterator[tuple[Any, Any]]:
         return self._hand_out(write_order(records))
 
@@ -78,13 +82,13 @@ class EventTimeOrder(DefaultSchedulingStrategy):
 
     def _delivers(self, tp: Any) -> bool:
         """Whether Faust hands a record of ``tp`` on now (its own test in ``Consumer.getmany``)."""
-        consumer = self.app._consumer if self.app is not None else None
+        consumer = self.consumer
         if consumer is None or consumer._active_partitions is None:
             return True
         return tp in consumer._active_partitions or tp in consumer._buffered_partitions
 
     def _read_again(self, resume: dict[Any, int]) -> None:
-        consumer = self.app._consumer if self.app is not None else None
+        consumer = self.consumer
         if consumer is None:
             return
         log.info("reading again what Faust did not hand on: %s",

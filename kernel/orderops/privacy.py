@@ -16,8 +16,14 @@ topic downstream of the upstream ones, and every log, against that list.
 
 from __future__ import annotations
 
+import functools
 import re
+from dataclasses import replace
 from typing import Any
+
+from orderops.catalog import UPSTREAM_SYSTEMS, Topic
+from orderops.envelope import Envelope
+from orderops.workflow import CAUSE_HEADER
 
 # 13-19 digits, optionally in groups separated by single spaces or dashes.
 _CANDIDATE = re.compile(r"(?<![\d])\d(?:[ -]?\d){12,18}(?![\d])")
@@ -68,24 +74,23 @@ def scrub(value: Any, path: str = "") -> tuple[Any, list[str]]:
     return value, []
 
 
-def read_event(codec: Any, value: bytes | None, topic: Any, headers: Any = None,
-               inputs: frozenset[str] = frozenset()) -> tuple[Any, list[str]]:
+@functools.cache
+def written_upstream(topic: Topic) -> bool:
+    return bool(set(topic.writers) & set(UPSTREAM_SYSTEMS))
+
+
+def read_event(codec: Any, value: bytes | None, topic: Topic, headers: Any = None,
+               inputs: frozenset[str] = frozenset()) -> tuple[Envelope, list[str]]:
     """Decode a message of a catalog topic into its Envelope, card numbers masked if an upstream
     system wrote it; and the paths where one was. A derived record whose cause is on one of the
     reader's ``inputs`` carries that topic (``Envelope.cause_topic``: the reader waits for the
     cause). Live processors and offline rebuilds both read through here, so both see the same event."""
-    from dataclasses import replace
-
-    from orderops.catalog import UPSTREAM_SYSTEMS
-    from orderops.envelope import Envelope
-    from orderops.workflow import CAUSE_HEADER
-
     envelope = Envelope.from_record(codec.decode(value, topic.value_schema).record)
     pairs = headers.items() if isinstance(headers, dict) else headers or []
     cause_topic = next((v.decode() for k, v in pairs if k == CAUSE_HEADER and v), None)
     if cause_topic in inputs:
         envelope = replace(envelope, cause_topic=cause_topic)
-    if not set(topic.writers) & set(UPSTREAM_SYSTEMS):
+    if not written_upstream(topic):
         return envelope, []
     payload, found = scrub(envelope.payload)
     return (replace(envelope, payload=payload) if found else envelope), found

@@ -165,12 +165,8 @@ def password(directory: Path, principal: str) -> str:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(secrets_token())
+            out.write(secrets.token_urlsafe(32))
     return path.read_text().strip()
-
-
-def secrets_token() -> str:
-    return secrets.token_urlsafe(32)
 
 
 def setup(bootstrap: str, directory: Path) -> list[str]:

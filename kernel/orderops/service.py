@@ -28,6 +28,7 @@ from orderops.catalog import Topic
 from orderops.clock import clock_from_env
 from orderops.codec import Codec, DecodeError, Envelope
 from orderops.deadletter import dead_letter_headers, error_class
+from orderops.envelope import cause_of
 from orderops.faustfix import install as install_faust_fix
 from orderops.globalview import GlobalView
 from orderops.metrics import (
@@ -162,9 +163,8 @@ class Service:
         """
         pending = []
         for topic, record in outputs:
-            marker = f":{self.name}:"
-            cause = record["event_id"].split(marker, 1)[0] if marker in record["event_id"] else None
-            headers = [(CAUSE_HEADER, causes[cause].encode())] if causes and cause in causes else None
+            cause = cause_of(record["event_id"], self.name) if causes else None
+            headers = [(CAUSE_HEADER, causes[cause].encode())] if cause in (causes or {}) else None
             pending.append(await self.emit(topic, key, record, headers))
         for future in pending:
             await future

@@ -20,12 +20,11 @@ from datetime import UTC, datetime
 
 import aiohttp
 import pytest
-from aiosmtpd.controller import Controller
 from orderops_tools.simulator import Config, play
 
 from orderops import catalog, deadletter
 from orderops.codec import Codec, DecodeError
-from orderops.testing import PrivateBroker, ServiceProcess, free_port, orderops_cli, producer, start_processors
+from orderops.testing import Mailbox, PrivateBroker, ServiceProcess, orderops_cli, producer, start_processors
 from orderops.topicreader import read
 
 pytestmark = [pytest.mark.broker, pytest.mark.faults]
@@ -47,19 +46,13 @@ def hostile_value(kind: str, valid: bytes, rng: random.Random) -> bytes:
     return b""  # empty
 
 
-class Discard:
-    async def handle_DATA(self, server, session, envelope):
-        return "250 OK"
-
-
 KINDS = ("random-bytes", "truncated-avro", "wrong-magic", "unknown-fingerprint", "empty")
 
 
 async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is_unchanged(run_id, tmp_path):
     broker = PrivateBroker(tmp_path / "broker")
     bootstrap = broker.start()
-    smtp = Controller(Discard(), hostname="127.0.0.1", port=free_port())
-    smtp.start()
+    smtp = Mailbox().start()
     processes: dict[str, ServiceProcess] = {}
     try:
         assert orderops_cli(bootstrap, "policies", "publish").returncode == 0

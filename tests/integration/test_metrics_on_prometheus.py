@@ -18,7 +18,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from aiosmtpd.controller import Controller
 
 from orderops.catalog import (
     PAYMENTS_EVENTS,
@@ -33,16 +32,20 @@ from orderops.monitoring import RULES, local_addresses, scrape_config
 from orderops.paths import source_root
 from orderops.provider import RefundDesk
 from orderops.scenario import Story, address, card, customer, line, money
-from orderops.testing import PrivateBroker, ServiceProcess, free_port, orderops_cli, poll_json, producer, start_processors
+from orderops.testing import (
+    Mailbox,
+    PrivateBroker,
+    ServiceProcess,
+    free_port,
+    orderops_cli,
+    poll_json,
+    producer,
+    start_processors,
+)
 
 pytestmark = pytest.mark.broker
 PLACED = datetime(2026, 11, 2, 9, tzinfo=UTC)
 DASHBOARD = (source_root() or Path.cwd()) / "deploy" / "grafana" / "dashboards" / "orderops.json"
-
-
-class Sink:
-    async def handle_DATA(self, server, session, envelope):
-        return "250 OK"
 
 
 class PrometheusServer:
@@ -139,8 +142,7 @@ def story(order_a: str, order_b: str) -> list[Story]:
 async def test_prometheus_rules_agree_with_the_story(tmp_path, run_id):
     broker = PrivateBroker(tmp_path / "broker")
     bootstrap = broker.start()
-    smtp = Controller(Sink(), hostname="127.0.0.1", port=free_port())
-    smtp.start()
+    smtp = Mailbox().start()
     processes: dict[str, ServiceProcess] = {}
     prometheus = provider = None
     try:
