@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -46,7 +46,7 @@ DUPLICATES = Counter(
 )
 
 
-def initialise(counter: Counter, label_sets: Iterable[tuple[str, ...]]) -> None:
+def initialise(counter: Counter | Histogram, label_sets: Iterable[tuple[str, ...]]) -> None:
     """Create these label combinations at zero, so their first increment is visible to rate()."""
     for labels in label_sets:
         counter.labels(*labels)

@@ -44,6 +44,8 @@ LATENCY = Histogram(
     "From an event written to its topic (its Kafka timestamp) to the timeline's records of it acknowledged; "
     "origin=upstream is the end-to-end latency of the pipeline",
     ["origin"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+# Zeros on record before the first event: a series born with its first burst already counted shows no rate.
+initialise(LATENCY, [("upstream",), ("processor",)])
 
 open_escalations = OpenEscalations()
 
