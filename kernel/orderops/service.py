@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -45,6 +46,7 @@ from orderops.rebuild import MachineProcessor
 from orderops.security import KafkaSecurity
 from orderops.settings import ServiceSettings
 from orderops.workflow import CAUSE_HEADER, Outcome
+from orderops.writebehind import Sent, Staging, Step, WriteBehind
 
 log = logging.getLogger("orderops.service")
 install_faust_fix()
@@ -84,7 +86,14 @@ class Service:
         if self.users.problem:
             log.warning("%s: %s. Every API call but /healthz and /metrics answers 401; add users with "
                         "`orderops users add <user id> <role>`.", name, self.users.problem)
+        self._stagings: weakref.WeakSet[Staging] = weakref.WeakSet()
+        self.app.on_partitions_assigned.connect(self._forget_cached_states)
+        self.app.on_partitions_revoked.connect(self._forget_cached_states)
         self._mount_pages()
+
+    def _forget_cached_states(self, *args: Any, **kwargs: Any) -> None:
+        for staging in self._stagings:
+            staging.forget()
 
     # -- topics ---------------------------------------------------------------------------------
 
@@ -143,44 +152,69 @@ class Service:
     async def emit(self, topic: Topic, key: str, record: dict, headers: list[tuple[str, bytes]] | None = None):
         """Encode with the topic's schema and send; returns the future of the broker's ack.
         Only a declared writer may write a topic."""
+        return (await self._send(topic, key, record, headers)).ack
+
+    async def _send(self, topic: Topic, key: str, record: dict, headers: list[tuple[str, bytes]] | None) -> Sent:
         if self.name not in topic.writers:
             raise ContractViolation(f"{self.name} is not a writer of {topic.name} (writers: {topic.writers})")
         value = self.codec.encode(topic.value_schema, record)
-        return await self.topic(topic).send(key=key.encode(), value=value, headers=headers)
+        channel, raw_key = self.topic(topic), key.encode()
+        return Sent(channel, raw_key, value, headers, await channel.send(key=raw_key, value=value, headers=headers))
 
-    async def emit_all(self, key: str, outputs: Iterable[tuple[Topic, dict]],
-                       causes: dict[str, str] | None = None) -> None:
-        """Send every output and wait until the broker acknowledged all of them.
+    async def emit_all(self, key: str, outputs: Iterable[tuple[Topic, dict]]) -> None:
+        """Send every output and wait until the broker acknowledged all of them (outside an agent's
+        steps: an HTTP action, or before an effect outside Kafka)."""
+        pending = [await self.emit(topic, key, record) for topic, record in outputs]
+        for future in pending:
+            await future
 
-        Call before writing the table: once the state records an event as applied, a crash
-        must not be able to lose that event's outputs (the redelivered event would be seen
-        as a duplicate and emit nothing). Outputs first, state second: a crash in between
-        re-emits the same records with the same ids, which consumers recognise.
+    async def emit_soon(self, step: Step, key: str, outputs: Iterable[tuple[Topic, dict]],
+                        causes: dict[str, str] | None = None) -> None:
+        """Send every output of the step's event now; the step completes once all are acknowledged
+        (orderops.writebehind), and only then is its state written.
 
         ``causes`` (cause event id -> its topic) puts a derived record's cause topic in a header,
         so a reader that also reads that topic lets the record wait for its cause
         (``workflow.cause_pending``).
         """
-        pending = []
         for topic, record in outputs:
             cause = cause_of(record["event_id"], self.name) if causes else None
             headers = [(CAUSE_HEADER, causes[cause].encode())] if cause in (causes or {}) else None
-            pending.append(await self.emit(topic, key, record, headers))
-        for future in pending:
-            await future
+            step.sent.append(await self._send(topic, key, record, headers))
 
-    async def settle(self, table: faust.TableT, key: str, outcome: Outcome, outputs: Iterable[tuple[Topic, dict]],
-                     deadline: datetime | None) -> None:
-        """The end of every state-machine agent's step: publish the outcome's records (acked),
-        then store the state, then set the order's next deadline, then count. A duplicate only
-        counts: it changes nothing."""
+    async def steps(self, stream: faust.StreamT) -> AsyncIterator[tuple[faust.EventT, Step]]:
+        """The agent's events, each with the step that writes its state once its outputs are acked
+        (orderops.writebehind): read state with ``step.get``, send with ``emit_soon``, write with
+        ``step.put``, and leave what must follow the write to ``step.then``."""
+        stream = stream.noack()
+        behind = WriteBehind(self.name, stream, self.settings.write_behind_depth, self.settings.state_cache_orders,
+                             self.dead_letter)
+        self._stagings.add(behind.staging)
+        async with behind.running():
+            async for event in stream.events():
+                step = behind.step(event)
+                yield event, step
+                await behind.finished(step)
+
+    async def settle(self, step: Step, table: faust.TableT, key: str, outcome: Outcome,
+                     outputs: Iterable[tuple[Topic, dict]], deadline: datetime | None,
+                     observe: Callable[[Outcome], None] | None = None) -> None:
+        """The end of every state-machine agent's step: publish the outcome's records, stage the
+        state (written once they are acked), then set the order's next deadline and count. A
+        duplicate only counts: it changes nothing."""
         if outcome.duplicate:
             DUPLICATES.labels(self.name).inc()
             return
-        await self.emit_all(key, outputs, {r.cause.event_id: r.cause_topic for r in outcome.records})
-        table[key] = outcome.state.to_json()
-        self.schedule(key, deadline)
-        count_outcome(self.name, outcome.records)
+        await self.emit_soon(step, key, outputs, {r.cause.event_id: r.cause_topic for r in outcome.records})
+        step.put(table, key, outcome.state.to_json(), loaded=outcome.state)
+
+        def follow_up() -> None:
+            self.schedule(key, deadline)
+            count_outcome(self.name, outcome.records)
+            if observe is not None:
+                observe(outcome)
+
+        step.then(follow_up)
 
     @asynccontextmanager
     async def dead_letter_on_error(self, event: faust.EventT) -> AsyncIterator[None]:
@@ -229,21 +263,18 @@ class Service:
         self.enable_timers()
 
         async def machine(stream: faust.StreamT) -> None:
-            async for event in stream.events():
+            async for event, step in self.steps(stream):
                 async with self.dead_letter_on_error(event):
                     envelope = self.decode(event)
-                    stored = table.get(envelope.order_id)
-                    state = processor.load(stored) if stored else None
+                    state = step.load(table, envelope.order_id, processor.load)
                     if event.message.topic == timers.name:
                         if state is None:
                             continue
                         outcome = processor.expire(state, envelope.payload["fired_at"], timers.name)
                     else:
                         outcome = processor.apply(state, envelope, event.message.topic, self.clock.now())
-                    await self.settle(table, envelope.order_id, outcome, processor.publish(outcome),
-                                      processor.deadline(outcome.state))
-                    if observe is not None and not outcome.duplicate:
-                        observe(outcome)
+                    await self.settle(step, table, envelope.order_id, outcome, processor.publish(outcome),
+                                      processor.deadline(outcome.state), observe)
 
         return self.app.agent(self.topic(*processor.inputs, timers), name=f"{self.name}.state-machine")(machine)
 
@@ -426,6 +457,9 @@ class Service:
         """Run the worker until SIGTERM/SIGINT (used by every service's ``__main__``)."""
         self.prepare_topics()
         worker = faust.Worker(self.app, loglevel=self.settings.log_level)
+        # Faust's terminal spinner lowers the root logger to DEBUG so that every log call spins it:
+        # every aiokafka debug line then became a LogRecord (6% of a processor's CPU, issue 12).
+        worker.spinner = None
         worker.execute_from_commandline()
 
 

@@ -58,6 +58,8 @@ class ServiceSettings:
     session_timeout_seconds: float
     support_users_file: Path  # who may call the HTTP APIs (orderops.auth); absent: nobody may
     http_max_body_bytes: int
+    write_behind_depth: int  # events whose outputs may await the broker's ack while the agent goes on
+    state_cache_orders: int  # orders whose parsed state an agent keeps between their events
 
     @property
     def app_id(self) -> str:
@@ -85,4 +87,6 @@ class ServiceSettings:
             session_timeout_seconds=float(env.get("ORDEROPS_SESSION_TIMEOUT_SECONDS", "30")),
             support_users_file=Path(env.get("ORDEROPS_SUPPORT_USERS_FILE", run_dir / "secrets" / "support-users")),
             http_max_body_bytes=int(env.get("ORDEROPS_HTTP_MAX_BODY_BYTES", str(64 * 1024))),
+            write_behind_depth=int(env.get("ORDEROPS_WRITE_BEHIND_DEPTH", "1000")),
+            state_cache_orders=int(env.get("ORDEROPS_STATE_CACHE_ORDERS", "10000")),
         )

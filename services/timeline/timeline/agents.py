@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from datetime import datetime
 
 from orderops import catalog
 from orderops.envelope import from_json, to_json
@@ -22,10 +24,10 @@ UPSTREAM_TOPICS = {t.name for t in catalog.inputs_of(service.name) if not set(t.
 
 @service.app.agent(service.topic(*catalog.inputs_of(service.name), TIMERS), name="timeline.join")
 async def join(stream):
-    async for event in stream.events():
+    async for event, step in service.steps(stream):
         async with service.dead_letter_on_error(event):
             envelope = service.decode(event)
-            stored = views.get(envelope.order_id)
+            stored = step.get(views, envelope.order_id)
             ticked = event.message.topic == TIMERS.name
             if ticked:
                 now = envelope.payload["fired_at"]
@@ -38,18 +40,24 @@ async def join(stream):
             if out.duplicate:
                 DUPLICATES.labels(service.name).inc()
                 continue
-            await service.emit_all(envelope.order_id, publishable(view, out, envelope, now))
-            views[envelope.order_id] = to_json(view)
-            open_escalations.update(envelope.order_id, view)
-            if not ticked:
-                origin = "upstream" if event.message.topic in UPSTREAM_TOPICS else "processor"
-                LATENCY.labels(origin).observe(max(0.0, time.time() - event.message.timestamp))
-            service.schedule(envelope.order_id, domain.next_deadline(view, now, RULES))
-            for result, reason in out.accuracy:
-                ACCURACY.labels(result, reason).inc()
-            for repeat, tags in out.contacts:
-                CONTACTS.labels(str(repeat).lower()).inc()
-                for tag in tags or ("untagged",):
-                    CONTACTS_BY_TAG.labels(str(repeat).lower(), tag).inc()
-            for escalation_id, kind, _ in out.escalations:
-                ESCALATIONS.labels(view["escalations"][escalation_id]["rule"], kind).inc()
+            await service.emit_soon(step, envelope.order_id, publishable(view, out, envelope, now))
+            step.put(views, envelope.order_id, to_json(view))
+            step.then(functools.partial(_written, envelope.order_id, view, out, now,
+                                        None if ticked else event.message))
+
+
+def _written(order_id: str, view: dict, out: domain.Outputs, now: datetime, message) -> None:
+    """Once the view is written: the index of open escalations, the next deadline, the metrics."""
+    open_escalations.update(order_id, view)
+    if message is not None:
+        origin = "upstream" if message.topic in UPSTREAM_TOPICS else "processor"
+        LATENCY.labels(origin).observe(max(0.0, time.time() - message.timestamp))
+    service.schedule(order_id, domain.next_deadline(view, now, RULES))
+    for result, reason in out.accuracy:
+        ACCURACY.labels(result, reason).inc()
+    for repeat, tags in out.contacts:
+        CONTACTS.labels(str(repeat).lower()).inc()
+        for tag in tags or ("untagged",):
+            CONTACTS_BY_TAG.labels(str(repeat).lower(), tag).inc()
+    for escalation_id, kind, _ in out.escalations:
+        ESCALATIONS.labels(view["escalations"][escalation_id]["rule"], kind).inc()
