@@ -1,0 +1,71 @@
+"""The write-behind's staging: what an order's next event reads while its predecessors' writes wait
+for their outputs' acks. (Its completion over Kafka is exercised by every processor test and the
+broker-kill fault test.)"""
+
+from __future__ import annotations
+
+from orderops.writebehind import Staging
+
+
+class Stored(dict):
+    """A table's stored values, as far as staging reads them: a name and ``get``."""
+
+    name = "orders"
+
+
+def parse(stored: dict) -> tuple:
+    return ("parsed", stored["n"])
+
+
+def test_a_staged_value_is_read_before_the_table_until_it_is_written():
+    table, staging = Stored(o1={"n": 0}), Staging(cached=10)
+    version = staging.stage(table, "o1", {"n": 1})
+    assert staging.get(table, "o1") == {"n": 1}
+    table["o1"] = {"n": 1}
+    staging.written(table, "o1", version)
+    assert staging.get(table, "o1") == {"n": 1} and len(staging) == 0
+
+
+def test_an_older_write_completing_leaves_the_newer_staged_value():
+    table, staging = Stored(), Staging(cached=10)
+    first = staging.stage(table, "o1", {"n": 1})
+    staging.stage(table, "o1", {"n": 2})
+    table["o1"] = {"n": 1}
+    staging.written(table, "o1", first)
+    assert staging.get(table, "o1") == {"n": 2}
+
+
+def test_load_parses_the_stored_value_and_none_when_there_is_none():
+    table, staging = Stored(o1={"n": 5}), Staging(cached=10)
+    assert staging.load(table, "o1", parse) == ("parsed", 5)
+    assert staging.load(table, "o2", parse) is None
+
+
+def test_load_returns_the_object_last_put_without_parsing():
+    table, staging = Stored(), Staging(cached=10)
+    state = ("the", "object")
+    staging.stage(table, "o1", {"n": 1}, loaded=state)
+    assert staging.load(table, "o1", parse) is state
+
+
+def test_forget_drops_cached_objects_but_not_staged_values():
+    table, staging = Stored(o1={"n": 0}), Staging(cached=10)
+    staging.stage(table, "o1", {"n": 1}, loaded=("stale", 1))
+    staging.forget()  # a rebalance: another worker may have written the order meanwhile
+    assert staging.load(table, "o1", parse) == ("parsed", 1)  # from the staged value, still unwritten
+
+
+def test_the_cache_keeps_the_most_recently_used_orders():
+    table, staging = Stored(o1={"n": 1}, o2={"n": 2}, o3={"n": 3}), Staging(cached=2)
+    staging.stage(table, "o1", {"n": 1}, loaded="o1 object")
+    staging.stage(table, "o2", {"n": 2}, loaded="o2 object")
+    assert staging.load(table, "o1", parse) == "o1 object"  # o1 now the most recent
+    staging.stage(table, "o3", {"n": 3}, loaded="o3 object")  # evicts o2
+    assert staging.load(table, "o2", parse) == ("parsed", 2)
+    assert staging.load(table, "o1", parse) == "o1 object"
+
+
+def test_no_cache_when_its_size_is_zero():
+    table, staging = Stored(o1={"n": 1}), Staging(cached=0)
+    staging.stage(table, "o1", {"n": 1}, loaded="object")
+    assert staging.load(table, "o1", parse) == ("parsed", 1)
