@@ -27,21 +27,22 @@ async def join(stream):
     async for event, step in service.steps(stream):
         async with service.dead_letter_on_error(event):
             envelope = service.decode(event)
-            stored = step.get(views, envelope.order_id)
+            # domain.apply works on a copy: the view it is given, cached by the step, stays as it was.
+            before = step.load(views, envelope.order_id, from_json)
             ticked = event.message.topic == TIMERS.name
             if ticked:
                 now = envelope.payload["fired_at"]
             elif LIVE:
                 now = service.clock.now()
             else:
-                last = from_json(stored)["last_event_at"] if stored else None
+                last = before["last_event_at"] if before else None
                 now = max(envelope.occurred_at, last) if last else envelope.occurred_at
-            view, out = domain.apply(from_json(stored) if stored else None, envelope, event.message.topic, now, RULES)
+            view, out = domain.apply(before, envelope, event.message.topic, now, RULES)
             if out.duplicate:
                 DUPLICATES.labels(service.name).inc()
                 continue
             await service.emit_soon(step, envelope.order_id, publishable(view, out, envelope, now))
-            step.put(views, envelope.order_id, to_json(view))
+            step.put(views, envelope.order_id, to_json(view), loaded=view)
             step.then(functools.partial(_written, envelope.order_id, view, out, now,
                                         None if ticked else event.message))
 

@@ -7,7 +7,6 @@ The view is a plain JSON-friendly dict (values restored by orderops.envelope's J
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -109,7 +108,7 @@ class Outputs:
 
 
 def apply(view: dict | None, event: Envelope, topic: str, now: datetime, rules: Rules) -> tuple[dict, Outputs]:
-    view = copy.deepcopy(view) if view else new_view(event.order_id)
+    view = _copied(view) if view else new_view(event.order_id)
     out = Outputs()
     if event.event_id in view["seen"]:
         out.duplicate = True
@@ -132,6 +131,19 @@ def apply(view: dict | None, event: Envelope, topic: str, now: datetime, rules: 
             view["last_event_at"] = event.occurred_at
     _escalate(view, event, now, rules, out)
     return view, out
+
+
+def _copied(value: Any) -> Any:
+    """A copy of a view to change, the given one left as it was. A view is plain data: dicts, lists and
+    tuples are copied, the rest (str, numbers, Decimal, datetime) is immutable and shared; several times
+    faster than copy.deepcopy, which was a tenth of the timeline's time (issue 12)."""
+    if type(value) is dict:
+        return {k: _copied(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_copied(v) for v in value]
+    if type(value) is tuple:
+        return tuple(_copied(v) for v in value)
+    return value
 
 
 def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
