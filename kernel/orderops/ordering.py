@@ -88,14 +88,25 @@ class EventTimeOrder(DefaultSchedulingStrategy):
         return tp in consumer._active_partitions or tp in consumer._buffered_partitions
 
     def _read_again(self, resume: dict[Any, int]) -> None:
-        consumer = self.consumer
+        consumer, app = self.consumer, self.app
         if consumer is None:
             return
-        log.info("reading again what Faust did not hand on: %s",
-                 ", ".join(f"{tp.topic}[{tp.partition}] from {offset}" for tp, offset in sorted(resume.items())))
+        where = ", ".join(f"{tp.topic}[{tp.partition}] from {offset}" for tp, offset in sorted(resume.items()))
+        if app.rebalancing:
+            log.info("not handed on: %s; the rebalance under way re-reads from the last commits", where)
+            return
+        generation = app.consumer_generation_id
+        log.info("reading again what Faust did not hand on: %s", where)
 
         async def seek_back() -> None:
             for tp, offset in resume.items():
+                # A rebalance since this was scheduled has sent every partition back to its last
+                # commit, before records Faust handed on and then cleared from the agents' queues;
+                # seeking here would jump forward over those (found: an order's parcel applied after
+                # its dispatch, at the 200-order broker-kill test).
+                if app.rebalancing or app.consumer_generation_id != generation:
+                    log.info("not read again from here: a rebalance re-read from the last commits (%s)", where)
+                    return
                 try:
                     await consumer.seek(tp, offset)
                 except Exception as exc:  # revoked meanwhile: its new owner reads it from the last commit

@@ -49,3 +49,16 @@ def test_the_scheduler_counts_a_record_handed_on_when_faust_asks_for_the_next():
     next(handed)  # offset 1 is in Faust's hand when it stops
     handed.close()
     assert seen == [{ORDERS: 1}]
+
+
+def test_during_a_rebalance_nothing_is_sought_the_rebalance_reads_again_from_the_commits(caplog):
+    """Records Faust handed on and then cleared from the agents' queues lie before the first record
+    not handed on: seeking there after the rebalance's own seek to the commits would skip them."""
+
+    class Rebalancing:
+        rebalancing, consumer_generation_id, _consumer = True, 3, object()
+
+    scheduler = EventTimeOrder.for_app(Rebalancing())()
+    with caplog.at_level("INFO", logger="orderops.ordering"):
+        scheduler._read_again({ORDERS: 8})
+    assert "the rebalance under way re-reads from the last commits" in caplog.text

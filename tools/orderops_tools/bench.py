@@ -87,9 +87,9 @@ def produce(sends, topic_of: Callable = lambda send: send.topic.name, pace: floa
     began = time.monotonic()
     for n, send in enumerate(sends):
         if pace:
-            due = began + n / pace
-            if due > time.monotonic():
-                time.sleep(due - time.monotonic())
+            wait = began + n / pace - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
         while True:
             try:
                 kafka.produce(topic_of(send), key=send.key, value=send.value)
