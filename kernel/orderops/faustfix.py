@@ -73,6 +73,11 @@ def expected_first(committed: int | None, start: int | None) -> int | None:
     return committed if committed is not None else start
 
 
+def next_to_commit(consumer: Consumer, tp: Any) -> int | None:
+    """The partition's first offset not yet committed (``None``: not known yet)."""
+    return expected_first(consumer._committed_offset.get(tp), _starts(consumer).get(tp))
+
+
 def _new_offset(self: Consumer, tp: Any) -> int | None:
     acked = self._acked[tp]
     expected = expected_first(self._committed_offset.get(tp), _starts(self).get(tp))

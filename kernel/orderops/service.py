@@ -31,6 +31,7 @@ from orderops.codec import Codec, DecodeError, Envelope
 from orderops.deadletter import dead_letter_headers, error_class
 from orderops.envelope import cause_of
 from orderops.faustfix import install as install_faust_fix
+from orderops.faustfix import next_to_commit
 from orderops.globalview import GlobalView
 from orderops.metrics import (
     CARD_NUMBERS_MASKED,
@@ -40,7 +41,7 @@ from orderops.metrics import (
     GaugeAtScrape,
     count_outcome,
 )
-from orderops.ordering import EventTimeOrder
+from orderops.ordering import Continuity, EventTimeOrder
 from orderops.privacy import read_event
 from orderops.rebuild import MachineProcessor
 from orderops.security import KafkaSecurity
@@ -87,13 +88,21 @@ class Service:
             log.warning("%s: %s. Every API call but /healthz and /metrics answers 401; add users with "
                         "`orderops users add <user id> <role>`.", name, self.users.problem)
         self._stagings: weakref.WeakSet[Staging] = weakref.WeakSet()
-        self.app.on_partitions_assigned.connect(self._forget_cached_states)
-        self.app.on_partitions_revoked.connect(self._forget_cached_states)
+        timers = catalog.TIMER_TOPICS.get(name)
+        contiguous = {t.name for t in catalog.inputs_of(name) if not t.compacted} | ({timers.name} if timers else set())
+        self._continuity = Continuity(contiguous.__contains__)
+        self.app.on_partitions_assigned.connect(self._on_rebalance)
+        self.app.on_partitions_revoked.connect(self._on_rebalance)
         self._mount_pages()
 
-    def _forget_cached_states(self, *args: Any, **kwargs: Any) -> None:
+    def _on_rebalance(self, *args: Any, **kwargs: Any) -> None:
+        """Partitions are sent back to their commits, or move: what was known of them is forgotten."""
         for staging in self._stagings:
             staging.forget()
+        self._continuity.reset()
+        consumer = self.app._consumer
+        if consumer is not None:
+            consumer.scheduler.forget_rewinds()
 
     # -- topics ---------------------------------------------------------------------------------
 
@@ -192,9 +201,24 @@ class Service:
         self._stagings.add(behind.staging)
         async with behind.running():
             async for event in stream.events():
+                if not self._continuous(event):
+                    continue  # comes again, after the records before it (orderops.ordering.Continuity)
                 step = behind.step(event)
                 yield event, step
                 await behind.finished(step)
+
+    def _continuous(self, event: faust.EventT) -> bool:
+        """Whether the event follows its partition's last one; if records before it never arrived,
+        the consumer is sent back to them and this one is not applied now."""
+        message, consumer = event.message, self.app.consumer
+        tp = message.tp
+        apply, back_to = self._continuity.admit(tp, message.offset, next_to_commit(consumer, tp))
+        if back_to is not None:
+            log.warning("%s: %s[%d]: offset %d arrived but offsets from %d never did (Faust dropped them): reading the "
+                        "partition again from %d; what is already applied counts as duplicates.", self.name,
+                        tp.topic, tp.partition, message.offset, back_to, back_to)
+            consumer.scheduler.rewind(tp, back_to)
+        return apply
 
     async def settle(self, step: Step, table: faust.TableT, key: str, outcome: Outcome,
                      outputs: Iterable[tuple[Topic, dict]], deadline: datetime | None,

@@ -62,3 +62,46 @@ def test_during_a_rebalance_nothing_is_sought_the_rebalance_reads_again_from_the
     with caplog.at_level("INFO", logger="orderops.ordering"):
         scheduler._read_again({ORDERS: 8})
     assert "the rebalance under way re-reads from the last commits" in caplog.text
+
+
+def test_continuity_applies_a_partitions_records_in_order_and_sends_the_consumer_back_to_a_hole():
+    from orderops.ordering import Continuity
+
+    continuity = Continuity(lambda topic: topic == ORDERS.topic)
+    assert continuity.admit(ORDERS, 5, baseline=5) == (True, None)
+    assert continuity.admit(ORDERS, 6) == (True, None)
+    assert continuity.admit(ORDERS, 8) == (False, 7)  # 7 never arrived: read again from 7
+    assert continuity.admit(ORDERS, 9) == (False, None)  # fetched before the seek: it comes again
+    assert continuity.admit(ORDERS, 7) == (True, None)  # the re-read
+    assert continuity.admit(ORDERS, 8) == (True, None)
+    assert continuity.admit(ORDERS, 3) == (True, None)  # sent back further (a rebalance): applied again
+    assert continuity.admit(PAYMENTS, 40) == (True, None)  # not checked (e.g. a compacted topic)
+
+
+def test_continuity_checks_the_first_record_against_the_commit():
+    from orderops.ordering import Continuity
+
+    continuity = Continuity(lambda topic: True)
+    assert continuity.admit(ORDERS, 1, baseline=0) == (False, 0)  # offset 0 dropped right after a restart
+    continuity.reset()
+    assert continuity.admit(ORDERS, 1, baseline=None) == (True, None)  # nothing known: the first one sets it
+
+
+def test_continuity_asks_again_when_the_re_read_does_not_come():
+    from orderops.ordering import Continuity
+
+    continuity = Continuity(lambda topic: True)
+    continuity.admit(ORDERS, 0, baseline=0)
+    asks = [continuity.admit(ORDERS, offset)[1] for offset in range(2, 2 + Continuity.RESEEK_AFTER + 1)]
+    assert asks[0] == 1 and asks[-1] == 1 and asks.count(1) == 2
+
+
+def test_after_a_rewind_the_records_fetched_before_it_are_not_handed_on_until_the_re_read_begins():
+    scheduler = EventTimeOrder()
+    scheduler._read_again = lambda resume: None
+    scheduler.rewind(ORDERS, 7)
+    stale = [(tp, r.offset) for tp, r in scheduler.iterate({ORDERS: [record(ORDERS, 9, 1), record(ORDERS, 10, 2)],
+                                                           PAYMENTS: [record(PAYMENTS, 4, 3)]})]
+    assert stale == [(PAYMENTS, 4)]
+    again = [(tp, r.offset) for tp, r in scheduler.iterate({ORDERS: [record(ORDERS, 7, 1), record(ORDERS, 8, 2)]})]
+    assert again == [(ORDERS, 7), (ORDERS, 8)]
