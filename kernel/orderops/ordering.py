@@ -72,6 +72,7 @@ class EventTimeOrder(DefaultSchedulingStrategy):
         ``offset`` comes again, ``tp``'s records fetched before the seek are not handed on: handed
         on, they would move Faust's read offset past the re-read records, which it would then drop."""
         self._rewinds[tp] = offset
+        self._fresh = {*getattr(self, "_fresh", ()), tp}  # the batch in hand may still hold records fetched before
         self._read_again({tp: offset})
 
     def forget_rewinds(self) -> None:
@@ -96,10 +97,12 @@ class EventTimeOrder(DefaultSchedulingStrategy):
 
     def _hand_out(self, merged: list[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
         handed: set[int] = set()  # handed on, or left for a rewind to read again
+        stale: set[Any] = set()
         try:
             for i, (tp, record) in enumerate(merged):
                 if self._stale(tp, record.offset):
                     handed.add(i)
+                    stale.add(tp)
                     continue
                 if not self._delivers(tp):
                     continue  # Faust would skip it without a word: it is read again below
@@ -107,6 +110,10 @@ class EventTimeOrder(DefaultSchedulingStrategy):
                 handed.add(i)  # Faust asked for the next one: this one it handed on
         finally:
             resume = first_not_handed_on(merged, handed)
+            # Records fetched after a rewind's seek start at the rewind: later ones mean the seek did
+            # not take (a rebalance's own seek raced it), so it is asked again.
+            resume.update({tp: self._rewinds[tp] for tp in stale if tp in self._rewinds and tp not in self._fresh})
+            self._fresh = set()
             if resume:
                 self._read_again(resume)
 

@@ -7,7 +7,7 @@ import hmac
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Protocol
 
@@ -84,6 +84,29 @@ class EmailChannel:
     password: str | None = None
     start_tls: bool = False
     name: str = "email"
+    # One connection kept open between messages: a new one per message (connect, EHLO, STARTTLS,
+    # login, QUIT) made a delivery several round trips longer (issue 12).
+    _client: aiosmtplib.SMTP | None = field(default=None, init=False, repr=False)
+
+    async def _connection(self) -> aiosmtplib.SMTP:
+        """The open connection if the server still answers NOOP (it may close an idle one), else a new one."""
+        client = self._client
+        if client is not None and client.is_connected:
+            try:
+                await client.noop()
+                return client
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                self._drop()
+        client = aiosmtplib.SMTP(hostname=self.host, port=self.port, timeout=self.timeout, username=self.username,
+                                 password=self.password, start_tls=self.start_tls)
+        await client.connect()
+        self._client = client
+        return client
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = None
 
     async def send(self, delivery_id: str, recipient: dict, rendered: Rendered, document: dict) -> None:
         message = EmailMessage()
@@ -95,8 +118,11 @@ class EmailChannel:
         message["Content-Language"] = rendered.locale
         message.set_content(rendered.body)
         try:
-            await aiosmtplib.send(message, hostname=self.host, port=self.port, timeout=self.timeout,
-                                  username=self.username, password=self.password, start_tls=self.start_tls)
+            try:
+                await (await self._connection()).send_message(message)
+            except BaseException:
+                self._drop()  # whatever state the session is in, the next message starts a new one
+                raise
         except aiosmtplib.SMTPRecipientsRefused as exc:
             raise SendError(f"SMTP server refused {recipient['email']}: {exc}", permanent=True) from exc
         except aiosmtplib.SMTPResponseException as exc:
