@@ -52,6 +52,20 @@ def first_not_handed_on(merged: list[tuple[Any, Any]], handed: set[int]) -> dict
     return resume
 
 
+async def seek_in_consumer_thread(consumer: Any, tp: Any, offset: int) -> None:
+    """Faust's ``Consumer.seek`` calls aiokafka's seek from the app's thread, while aiokafka runs in
+    the consumer's own thread and event loop: the fetcher was not woken, and a partition whose
+    seek back came as traffic ended waited for records that were never fetched (the broker-kill
+    test's last events). The seek runs in the consumer's thread instead, then Faust's read offset
+    follows it (so the re-read records are not taken for already-read ones)."""
+    thread = getattr(consumer, "_thread", None)
+    if thread is None:
+        await consumer.seek(tp, offset)
+        return
+    await thread.call_thread(thread.seek, tp, offset)
+    consumer._read_offset[tp] = offset if offset else None
+
+
 class EventTimeOrder(DefaultSchedulingStrategy):
     app: Any = None  # set by ``for_app``
 
@@ -145,7 +159,7 @@ class EventTimeOrder(DefaultSchedulingStrategy):
                     log.info("not read again from here: a rebalance re-read from the last commits (%s)", where)
                     return
                 try:
-                    await consumer.seek(tp, offset)
+                    await seek_in_consumer_thread(consumer, tp, offset)
                 except Exception as exc:  # revoked meanwhile: its new owner reads it from the last commit
                     log.info("%s[%d]: not read again here (%s)", tp.topic, tp.partition, exc)
 
