@@ -74,6 +74,10 @@ class EventTimeOrder(DefaultSchedulingStrategy):
         """The scheduler class to configure on ``app`` (Faust makes one per consumer, without arguments)."""
         return type(cls.__name__, (cls,), {"app": app})
 
+    def __init__(self) -> None:
+        self._rewinds: dict[Any, int] = {}  # tp -> the offset a rewind reads again from
+        self._fresh: set[Any] = set()  # rewound while the batch in hand may still hold older records
+
     @property
     def consumer(self) -> Any:
         return self.app._consumer if self.app is not None else None
@@ -86,18 +90,12 @@ class EventTimeOrder(DefaultSchedulingStrategy):
         ``offset`` comes again, ``tp``'s records fetched before the seek are not handed on: handed
         on, they would move Faust's read offset past the re-read records, which it would then drop."""
         self._rewinds[tp] = offset
-        self._fresh = {*getattr(self, "_fresh", ()), tp}  # the batch in hand may still hold records fetched before
+        self._fresh.add(tp)
         self._read_again({tp: offset})
 
     def forget_rewinds(self) -> None:
         """At a rebalance: every partition is sent back to its commit, or has moved."""
         self._rewinds.clear()
-
-    @property
-    def _rewinds(self) -> dict[Any, int]:
-        if "_rewinds_by_tp" not in self.__dict__:
-            self._rewinds_by_tp: dict[Any, int] = {}
-        return self._rewinds_by_tp
 
     def _stale(self, tp: Any, offset: int) -> bool:
         """Whether a record was fetched before a rewind of its partition (so comes again after it)."""

@@ -193,7 +193,7 @@ class Service:
 
     async def steps(self, stream: faust.StreamT) -> AsyncIterator[tuple[faust.EventT, Step]]:
         """The agent's events, each with the step that writes its state once its outputs are acked
-        (orderops.writebehind): read state with ``step.get``, send with ``emit_soon``, write with
+        (orderops.writebehind): read state with ``step.load``, send with ``emit_soon``, write with
         ``step.put``, and leave what must follow the write to ``step.then``."""
         stream = stream.noack()
         behind = WriteBehind(self.name, stream, self.settings.write_behind_depth, self.settings.state_cache_orders,

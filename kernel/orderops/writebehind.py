@@ -8,7 +8,7 @@ event (issue 12). The guarantees that wait gave are kept:
 - a table records an event as applied only after the event's outputs are acknowledged (a
   redelivered event found applied emits nothing, so its outputs must already be safe);
 - an offset is acknowledged to Faust, and so committed, only after its event's state is written;
-- a later event of the same order reads the state its predecessors left (``Step.get`` answers from
+- a later event of the same order reads the state its predecessors left (``Step.load`` answers from
   what is staged before asking the table), so apply-once and the order of transitions hold.
 
 A crash loses only what was not yet acknowledged; those events are read again and give the same
@@ -55,13 +55,10 @@ class Step:
     writes: list[tuple[faust.TableT, str, Any, int]] = field(default_factory=list)
     follow_ups: list[Callable[[], None]] = field(default_factory=list)
 
-    def get(self, table: faust.TableT, key: str) -> Any:
-        """The key's value as the events before this one left it (staged, else in the table)."""
-        return self.staging.get(table, key)
-
     def load(self, table: faust.TableT, key: str, load: Callable[[Any], Any]) -> Any:
-        """The key's value as a domain object (``load`` of the stored value; None if there is none),
-        from the cache of recently put objects when it is there."""
+        """The key's value as the events before this one left it (staged, else in the table), as a
+        domain object (``load`` of the stored value; None if there is none), from the cache of
+        recently put objects when it is there."""
         return self.staging.load(table, key, load)
 
     def put(self, table: faust.TableT, key: str, value: Any, loaded: Any = None) -> None:
