@@ -88,9 +88,12 @@ class Service:
             log.warning("%s: %s. Every API call but /healthz and /metrics answers 401; add users with "
                         "`orderops users add <user id> <role>`.", name, self.users.problem)
         self._stagings: weakref.WeakSet[Staging] = weakref.WeakSet()
+        self._agent_channels: weakref.WeakSet[faust.ChannelT] = weakref.WeakSet()  # read in order (in_order)
         timers = catalog.TIMER_TOPICS.get(name)
         contiguous = {t.name for t in catalog.inputs_of(name) if not t.compacted} | ({timers.name} if timers else set())
         self._continuity = Continuity(contiguous.__contains__)
+        if self.settings.tail_check_seconds > 0:
+            self.app.timer(interval=self.settings.tail_check_seconds / 3, name=f"{name}.tail-check")(self._check_tails)
         self.app.on_partitions_assigned.connect(self._on_rebalance)
         self.app.on_partitions_revoked.connect(self._on_rebalance)
         self._mount_pages()
@@ -200,12 +203,19 @@ class Service:
                              self.dead_letter)
         self._stagings.add(behind.staging)
         async with behind.running():
-            async for event in stream.events():
-                if not self._continuous(event):
-                    continue  # comes again, after the records before it (orderops.ordering.Continuity)
+            async for event in self.in_order(stream):
                 step = behind.step(event)
                 yield event, step
                 await behind.finished(step)
+
+    async def in_order(self, stream: faust.StreamT) -> AsyncIterator[faust.EventT]:
+        """The stream's events, each partition's without a hole: a record that arrives after a hole
+        is not given out; the partition is read again from the hole (orderops.ordering.Continuity).
+        Every agent reads its stream through this (``steps`` does)."""
+        self._agent_channels.add(stream.channel)
+        async for event in stream.events():
+            if self._continuous(event):
+                yield event
 
     def _continuous(self, event: faust.EventT) -> bool:
         """Whether the event follows its partition's last one; if records before it never arrived,
@@ -220,14 +230,50 @@ class Service:
             consumer.scheduler.rewind(tp, back_to)
         return apply
 
+    async def _check_tails(self) -> None:
+        """Every few seconds, while no rebalance is under way and the agents hold nothing unread: a
+        partition with records on the broker beyond the last that arrived, quiet for
+        ``ORDEROPS_TAIL_CHECK_SECONDS``, lost them on the way (no later record exposes such a hole):
+        it is read again from there."""
+        consumer = self.app._consumer
+        if consumer is None or self.app.rebalancing or any(c.queue.qsize() for c in self._agent_channels):
+            return
+        scheduler = consumer.scheduler
+
+        def highwater(tp: Any) -> int | None:
+            try:
+                return consumer.highwater(tp)
+            except Exception:  # revoked meanwhile
+                return None
+
+        active = [tp for tp in consumer.assignment() if scheduler.delivers(tp)]
+        late = self._continuity.overdue(active, functools.partial(next_to_commit, consumer), highwater,
+                                        self.settings.tail_check_seconds)
+        for tp, offset in sorted(late.items()):
+            log.warning("%s: %s[%d]: offset %d is on the broker (high watermark %s) but never arrived, and nothing of the "
+                        "partition came for %.0f s (Faust dropped it): reading the partition again from %d.", self.name,
+                        tp.topic, tp.partition, offset, highwater(tp), self.settings.tail_check_seconds, offset)
+            scheduler.rewind(tp, offset)
+
+    @staticmethod
+    def rewrite_on_duplicate(step: Step, table: faust.TableT, key: str, stored: Any, loaded: Any) -> None:
+        """An event already applied comes again when its worker died before committing it. Faust
+        writes a table's local RocksDB at once and its changelog when the producer gets to it, so the
+        dead worker's store may hold the state this event made while the changelog never got it
+        (found: the 200-order broker-kill test; an order's cancellation was in fulfillment's store,
+        not in its changelog, and the re-read event, a duplicate, wrote nothing). The state is
+        written again so the changelog — what a restore, a standby or a new owner reads — catches up."""
+        step.put(table, key, stored, loaded=loaded)
+
     async def settle(self, step: Step, table: faust.TableT, key: str, outcome: Outcome,
                      outputs: Iterable[tuple[Topic, dict]], deadline: datetime | None,
                      observe: Callable[[Outcome], None] | None = None) -> None:
         """The end of every state-machine agent's step: publish the outcome's records, stage the
         state (written once they are acked), then set the order's next deadline and count. A
-        duplicate only counts: it changes nothing."""
+        duplicate changes nothing, but its state is written again (``rewrite_on_duplicate``)."""
         if outcome.duplicate:
             DUPLICATES.labels(self.name).inc()
+            self.rewrite_on_duplicate(step, table, key, outcome.state.to_json(), outcome.state)
             return
         await self.emit_soon(step, key, outputs, {r.cause.event_id: r.cause_topic for r in outcome.records})
         step.put(table, key, outcome.state.to_json(), loaded=outcome.state)

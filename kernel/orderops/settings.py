@@ -60,6 +60,7 @@ class ServiceSettings:
     http_max_body_bytes: int
     write_behind_depth: int  # events whose outputs may await the broker's ack while the agent goes on
     state_cache_orders: int  # orders whose parsed state an agent keeps between their events
+    tail_check_seconds: float  # a partition quiet this long with records unread beyond the last arrived is read again
 
     @property
     def app_id(self) -> str:
@@ -89,4 +90,5 @@ class ServiceSettings:
             http_max_body_bytes=int(env.get("ORDEROPS_HTTP_MAX_BODY_BYTES", str(64 * 1024))),
             write_behind_depth=int(env.get("ORDEROPS_WRITE_BEHIND_DEPTH", "1000")),
             state_cache_orders=int(env.get("ORDEROPS_STATE_CACHE_ORDERS", "10000")),
+            tail_check_seconds=float(env.get("ORDEROPS_TAIL_CHECK_SECONDS", "15")),
         )

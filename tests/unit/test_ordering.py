@@ -7,7 +7,7 @@ from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
 from orderops.catalog import PAYMENTS_EVENTS, STOREFRONT_ORDERS
-from orderops.ordering import EventTimeOrder, first_not_handed_on, write_order
+from orderops.ordering import EventTimeOrder, first_not_handed_on, held_back, in_write_order, write_order
 
 ORDERS, PAYMENTS = TP(STOREFRONT_ORDERS.name, 3), TP(PAYMENTS_EVENTS.name, 3)
 
@@ -43,7 +43,7 @@ def test_what_faust_takes_but_never_hands_on_is_read_again_from_its_first_record
 def test_the_scheduler_counts_a_record_handed_on_when_faust_asks_for_the_next():
     scheduler = EventTimeOrder()  # no app: nothing to seek, but the bookkeeping is the same
     seen = []
-    scheduler._read_again = seen.append
+    scheduler._read_again = lambda resume, quietly=False: seen.append(resume)
     handed = scheduler.iterate({ORDERS: [record(ORDERS, 0, 1000), record(ORDERS, 1, 2000), record(ORDERS, 2, 3000)]})
     next(handed)
     next(handed)  # offset 1 is in Faust's hand when it stops
@@ -105,3 +105,75 @@ def test_after_a_rewind_the_records_fetched_before_it_are_not_handed_on_until_th
     assert stale == [(PAYMENTS, 4)]
     again = [(tp, r.offset) for tp, r in scheduler.iterate({ORDERS: [record(ORDERS, 7, 1), record(ORDERS, 8, 2)]})]
     assert again == [(ORDERS, 7), (ORDERS, 8)]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_record_dropped_at_a_partitions_tail_is_found_once_the_partition_is_quiet():
+    from orderops.ordering import Continuity
+
+    clock = Clock()
+    continuity = Continuity(lambda topic: topic == ORDERS.topic, clock)
+    for offset in (5, 6):
+        continuity.admit(ORDERS, offset, baseline=5)
+    highwaters = {ORDERS: 8, PAYMENTS: 9}  # offset 7 of ORDERS is on the broker and never arrived
+    commits = {ORDERS: 5, PAYMENTS: 2}
+
+    def overdue():
+        return continuity.overdue([ORDERS, PAYMENTS], commits.get, highwaters.get, quiet_for=15)
+
+    clock.now += 14
+    assert overdue() == {}  # not quiet long enough: it may still be on its way
+    clock.now += 1
+    assert overdue() == {ORDERS: 7}  # PAYMENTS is not checked
+    clock.now += 1
+    assert overdue() == {}  # the re-read is under way: not asked again before another quiet period
+    clock.now += 15
+    assert overdue() == {ORDERS: 7}
+    continuity.admit(ORDERS, 7)
+    clock.now += 60
+    assert overdue() == {}  # everything on the broker arrived
+
+
+def test_a_partition_nothing_arrived_from_is_checked_against_its_commit():
+    from orderops.ordering import Continuity
+
+    clock = Clock()
+    continuity = Continuity(lambda topic: True, clock)
+    clock.now += 20
+    assert continuity.overdue([ORDERS, PAYMENTS], {ORDERS: 3, PAYMENTS: 4}.get, {ORDERS: 3, PAYMENTS: 6}.get, 15) == {
+        PAYMENTS: 4}
+    assert continuity.overdue([ORDERS], {}.get, {ORDERS: 3}.get, 0) == {}  # nothing known of where it starts
+    continuity.reset()
+    assert continuity.overdue([PAYMENTS], {PAYMENTS: 4}.get, {PAYMENTS: 6}.get, 15) == {}  # positions set anew
+
+
+def test_records_wait_for_a_partition_of_their_task_that_still_has_older_ones_on_the_broker():
+    """After a restart the storefront partition's backlog came in one fetch and the payments one's in
+    the next: a cancellation was applied before the authorization written a second earlier."""
+    batch = {ORDERS: [record(ORDERS, 7, 1000), record(ORDERS, 8, 3000)]}
+    task = {3: [ORDERS, PAYMENTS]}.get
+    assert held_back(batch, task, {ORDERS: 0, PAYMENTS: 5}.get) == {ORDERS: 7}  # all of it waits for PAYMENTS
+    assert held_back(batch, task, {ORDERS: 0, PAYMENTS: 0}.get) == {}  # PAYMENTS has nothing more: go on
+    assert held_back(batch, task, {ORDERS: 0, PAYMENTS: None}.get) == {}  # not fetched yet: nothing known to wait for
+
+    both = {**batch, PAYMENTS: [record(PAYMENTS, 4, 2000)]}
+    # PAYMENTS has more after 2000: ORDERS' record of 3000 waits, the rest goes on in write order
+    assert held_back(both, task, {ORDERS: 0, PAYMENTS: 9}.get) == {ORDERS: 8}
+    assert held_back(both, task, {ORDERS: 2, PAYMENTS: 9}.get) == {ORDERS: 8}
+    assert held_back(both, task, {ORDERS: 4, PAYMENTS: 0}.get) == {}  # ORDERS' next records are newer than 3000
+
+    other_task = TP(PAYMENTS_EVENTS.name, 5)
+    assert held_back({other_task: [record(other_task, 0, 9000)]}, {5: [other_task]}.get, {ORDERS: 0, PAYMENTS: 5}.get) == {}
+
+
+def test_only_order_scoped_logs_are_merged_by_time():
+    assert in_write_order(ORDERS.topic) and in_write_order(PAYMENTS.topic) and in_write_order("fulfillment.timers")
+    assert not in_write_order("returns.policies")  # compacted
+    assert not in_write_order("fulfillment-orders-changelog")

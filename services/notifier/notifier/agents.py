@@ -60,7 +60,7 @@ service.enable_timers()
 
 @service.app.agent(service.topic(NOTIFICATIONS_REQUESTS, TIMERS), name="notifier.deliver")
 async def deliver(stream):
-    async for event in stream.events():
+    async for event in service.in_order(stream):
         async with service.dead_letter_on_error(event):
             envelope = service.decode(event)
             stored = ledgers.get(envelope.order_id)
@@ -76,6 +76,8 @@ async def deliver(stream):
                                                                                message.offset), now)
                 if ledger is before and not due:
                     DUPLICATES.labels(service.name).inc()
+                    if stored:  # written again: the changelog may lack it (Service.rewrite_on_duplicate)
+                        ledgers[envelope.order_id] = stored
                     continue
                 for delivery, reason in suppressed:
                     await effects.publish(delivery, "SUPPRESSED", None, reason)

@@ -40,6 +40,7 @@ async def join(stream):
             view, out = domain.apply(before, envelope, event.message.topic, now, RULES)
             if out.duplicate:
                 DUPLICATES.labels(service.name).inc()
+                service.rewrite_on_duplicate(step, views, envelope.order_id, to_json(before), before)
                 continue
             await service.emit_soon(step, envelope.order_id, publishable(view, out, envelope, now))
             step.put(views, envelope.order_id, to_json(view), loaded=view)
