@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
-from orderops.catalog import PAYMENTS_EVENTS, STOREFRONT_ORDERS
+from orderops.catalog import FULFILLMENT, PAYMENTS_EVENTS, RETURNS_POLICIES, STOREFRONT_ORDERS, TIMER_TOPICS
 from orderops.ordering import EventTimeOrder, first_not_handed_on, held_back, in_write_order, write_order
 
 ORDERS, PAYMENTS = TP(STOREFRONT_ORDERS.name, 3), TP(PAYMENTS_EVENTS.name, 3)
@@ -174,6 +174,6 @@ def test_records_wait_for_a_partition_of_their_task_that_still_has_older_ones_on
 
 
 def test_only_order_scoped_logs_are_merged_by_time():
-    assert in_write_order(ORDERS.topic) and in_write_order(PAYMENTS.topic) and in_write_order("fulfillment.timers")
-    assert not in_write_order("returns.policies")  # compacted
+    assert in_write_order(ORDERS.topic) and in_write_order(PAYMENTS.topic) and in_write_order(TIMER_TOPICS[FULFILLMENT].name)
+    assert not in_write_order(RETURNS_POLICIES.name)  # compacted
     assert not in_write_order("fulfillment-orders-changelog")

@@ -25,6 +25,8 @@ from builders import (
     requested,
 )
 
+from orderops.catalog import STOREFRONT_ORDERS
+from orderops.envelope import Envelope
 from orderops.workflow import ParkedRecord, Rejected
 from returns import domain
 from returns.domain import Decided, Notify, Policies, RefundCommand, ReturnsState
@@ -332,3 +334,26 @@ def test_a_return_waiting_for_its_policy_is_retried_soon_not_at_its_deadline():
     state, _ = run(placed(), captured("card-1", "135.00", PLACED_V1), fulfilled(PLACED_V1 + days(3)), policies=only_v2)
     state, _ = run(requested("r-1", PLACED_V1 + days(5), ("l2", 1, "NO_LONGER_NEEDED")), state=state, policies=only_v2)
     assert domain.next_deadline(state, PARK_FOR) == NOW + timedelta(seconds=30)
+
+
+def test_a_capture_in_another_currency_than_its_instrument_is_rejected_and_changes_nothing():
+    state = run(placed())[0]
+    foreign = captured("card-1", "135.00", PLACED_V1 + timedelta(hours=1))
+    foreign = replace(foreign, payload={**foreign.payload, "amount": {**foreign.payload["amount"], "currency": "JPY"}})
+    after, records = run(foreign, state=state)
+    assert [(r.reason_code, r.entity_id) for r in of(records, Rejected)] == [("currency_mismatch", "card-1")]
+    assert after.instrument("card-1").captured == 0
+
+
+def test_a_snapshot_read_before_the_cancellation_it_comes_from_waits_for_it_and_then_applies():
+    """After a restart, fulfillment's snapshot of a cancellation can be read before the storefront's
+    OrderCancelled itself. returns has nothing to do for an OrderCancelled; the snapshot it waited
+    for still goes on then, not a day later when its deadline passes."""
+    at = PLACED_V1 + days(1)
+    cancel = Envelope("o-1:cancel", "o-1", at, "storefront", "orderops.storefront.OrderCancelled", {"reason": "customer"})
+    snapshot = replace(fulfilled(at, delivered={}, cancelled={"l2": 2}), event_id="o-1:cancel:fulfillment:snapshot:0",
+                       source="fulfillment", cause_topic=STOREFRONT_ORDERS.name)
+    state, records = run(placed(), captured("card-1", "135.00", PLACED_V1 + timedelta(hours=1)), snapshot)
+    assert of(records, ParkedRecord) and state.line("l2").cancelled == 0
+    state, _ = run(cancel, state=state)
+    assert not state.parked and state.line("l2").cancelled == 2
