@@ -403,6 +403,7 @@ def _captured(step: ReturnsStep) -> None:
     if instrument is None:
         raise Reject("refund", payload["instrument_id"], "unknown", "unknown_instrument",
                      f"the order has no payment instrument {payload['instrument_id']}")
+    _require_currency(instrument, payload["amount"])
     step.state = step.state.put(instrument=replace(
         instrument, captured=instrument.captured + payload["amount"]["amount"],
         first_captured_at=instrument.first_captured_at or step.event.occurred_at))
@@ -411,6 +412,15 @@ def _captured(step: ReturnsStep) -> None:
     # two topics, so a replay would attribute the refund to another event), nor never, if none does.
     if all(i.captured >= i.allocated for i in step.state.instruments):
         _refund_cancelled_units(step)
+
+
+def _require_currency(instrument: Instrument, amount: dict) -> None:
+    """Money taken or given back on an instrument is in the instrument's currency: refunds are
+    computed from these sums."""
+    if amount["currency"] != instrument.currency:
+        raise Reject("refund", instrument.instrument_id, "unknown", "currency_mismatch",
+                     f"{amount['amount']} {amount['currency']} on instrument {instrument.instrument_id}, which is in "
+                     f"{instrument.currency}")
 
 
 def _fulfillment(step: ReturnsStep) -> None:
@@ -551,6 +561,7 @@ def _refund_result(step: ReturnsStep) -> None:
         if kind == "RefundSucceeded":  # a refund made elsewhere: it still uses up the capture
             instrument = step.state.instrument(payload["instrument_id"])
             if instrument is not None:
+                _require_currency(instrument, payload["amount"])
                 step.state = step.state.put(instrument=replace(
                     instrument, refunded_elsewhere=instrument.refunded_elsewhere + payload["amount"]["amount"]))
         return
