@@ -23,7 +23,7 @@ help:
 	@echo "make status        what runs and whether it is ready"
 	@echo "make test          environment, broker (if none), then the whole suite against it"
 	@echo "make test-unit     the tests that need no broker"
-	@echo "make test-faults   the fault tests at a bigger size (FAULT_ORDERS=200, HOSTILE_MESSAGES=10000)"
+	@echo "make test-faults   the fault tests at a bigger size (FAULT_ORDERS=200, HOSTILE_MESSAGES and HOSTILE_EVENTS=10000)"
 	@echo "make bench         benchmark every processor and the pipeline (own broker); writes docs/benchmarks.md"
 	@echo "make kafka-up | kafka-down | kafka-status   the embedded Kafka 4.4 broker"
 	@echo "make topics        create every catalog topic (idempotent)"
@@ -97,7 +97,7 @@ TEST_ENV := KAFKA_PORT=$${KAFKA_TEST_PORT:-19092} KAFKA_CONTROLLER_PORT=$${KAFKA
 	ORDEROPS_RUN_DIR=$(CURDIR)/.run/test
 
 test: venv browser prometheus
-	$(TEST_ENV) $(BIN)/pytest -m "not kills_broker" $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
 # The support console is tested in a real headless browser: Debian's chromium (Playwright drives it).
 browser:
@@ -114,8 +114,9 @@ prometheus:
 
 # The fault tests run in `make test` at a size that fits the suite; here bigger.
 test-faults: venv
-	$(TEST_ENV) FAULT_ORDERS=$${FAULT_ORDERS:-200} HOSTILE_MESSAGES=$${HOSTILE_MESSAGES:-10000} \
-	  $(BIN)/pytest -m faults --timeout 3600 $(PYTEST_ARGS)
+	$(TEST_ENV) FAULT_ORDERS=$${FAULT_ORDERS:-200} FAULT_RATE=$${FAULT_RATE:-60} FAULT_KILLS=$${FAULT_KILLS:-2} \
+	  FAULT_OUTAGE_SECONDS=$${FAULT_OUTAGE_SECONDS:-60} HOSTILE_MESSAGES=$${HOSTILE_MESSAGES:-10000} \
+	  HOSTILE_EVENTS=$${HOSTILE_EVENTS:-10000} $(BIN)/pytest -m faults --timeout 3600 $(PYTEST_ARGS)
 
 # Figures, not tests: a broker of its own, baselines measured in the same run (docs/benchmarks.md).
 # BENCH_EVENTS, BENCH_RATES, BENCH_RATE_SECONDS size it (tools/orderops_tools/bench.py).

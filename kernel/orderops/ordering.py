@@ -29,6 +29,7 @@ import functools
 import heapq
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -116,11 +117,13 @@ class EventTimeOrder(DefaultSchedulingStrategy):
     app: Any = None  # set by ``for_app``
 
     @classmethod
-    def for_app(cls, app: Any) -> type[EventTimeOrder]:
-        """The scheduler class to configure on ``app`` (Faust makes one per consumer, without arguments)."""
-        return type(cls.__name__, (cls,), {"app": app})
+    def for_app(cls, app: Any, in_flight: InFlight | None = None) -> type[EventTimeOrder]:
+        """The scheduler class to configure on ``app`` (Faust makes one per consumer, without arguments);
+        ``in_flight``: where it notes what it hands on, for the agents to check what arrives."""
+        return type(cls.__name__, (cls,), {"app": app, "in_flight": in_flight})
 
     TASK_IDLE_LIMIT = 5.0  # seconds a task waits for a lagging partition before it goes on without it
+    in_flight: InFlight | None = None  # set by ``for_app``: shared with the agents' checks
 
     def __init__(self) -> None:
         self._rewinds: dict[Any, int] = {}  # tp -> the offset a rewind reads again from
@@ -211,6 +214,8 @@ class EventTimeOrder(DefaultSchedulingStrategy):
                     continue  # waits for older records of its task: read again below
                 if not self.delivers(tp):
                     continue  # Faust would skip it without a word: it is read again below
+                if self.in_flight is not None and in_write_order(tp.topic):
+                    self.in_flight.handed(tp, record.offset)
                 yield tp, record
                 handed.add(i)  # Faust asked for the next one: this one it handed on
         finally:
@@ -262,6 +267,52 @@ class EventTimeOrder(DefaultSchedulingStrategy):
         task.add_done_callback(_PENDING.discard)
 
 
+class InFlight:
+    """The records the scheduler handed on and their agent has not received yet, per task, in the
+    order handed on. An agent reads its topics from one queue, first in first out, so its records
+    arrive in exactly that order: a record that arrives while records of its task handed on before
+    it have not was preceded by a drop (Faust's drain loop cancelled, its queues cleared). Applying
+    it would apply the task's events out of their write order — a partition's hole is re-read after
+    other partitions' newer records were applied (found: a capture applied before the warehouse's
+    cancellation written 11 s earlier, whose partition had lost 50 records as returns restarted)."""
+
+    LIMIT = 200_000  # records remembered per task at most (an agent that stopped reading would grow it)
+
+    def __init__(self) -> None:
+        self._tasks: dict[int, deque] = {}  # task -> (tp, offset) handed on, oldest first
+        self._waiting: set[tuple[Any, int]] = set()  # the same entries, to look one up
+
+    def clear(self) -> None:
+        self._tasks.clear()
+        self._waiting.clear()
+
+    def handed(self, tp: Any, offset: int) -> None:
+        queue = self._tasks.setdefault(tp.partition, deque())
+        queue.append((tp, offset))
+        self._waiting.add((tp, offset))
+        if len(queue) > self.LIMIT:
+            self._waiting.discard(queue.popleft())
+
+    def arrived(self, tp: Any, offset: int) -> dict[Any, int]:
+        """Where to read the task again from, per partition, if records handed on before this one
+        were lost (then this one and everything of the task still in flight are read again too);
+        empty if all is in order, or if this record is not known here (read again after a seek)."""
+        if (tp, offset) not in self._waiting:
+            return {}
+        queue = self._tasks[tp.partition]
+        head = queue.popleft()
+        self._waiting.discard(head)
+        if head == (tp, offset):
+            return {}
+        again: dict[Any, int] = {head[0]: head[1], tp: offset}
+        for other, at in queue:
+            again[other] = min(again.get(other, at), at)
+        for entry in queue:
+            self._waiting.discard(entry)
+        queue.clear()
+        return again
+
+
 class Continuity:
     """The last check before an agent applies a record: each partition's records arrive without a
     hole. Faust can drop a record between its consumer and the agent without a trace — its drain
@@ -309,6 +360,13 @@ class Continuity:
         skipped = self._rewinding.get(tp)
         self._rewinding[tp] = 1 if skipped is None or skipped >= self.RESEEK_AFTER else skipped + 1
         return False, due if self._rewinding[tp] == 1 else None
+
+    def expect(self, tp: Any, offset: int) -> None:
+        """``tp`` is being read again from ``offset``: what arrives after it before the re-read is
+        skipped without asking again."""
+        if self._checked(tp.topic):
+            self._next[tp] = min(self._next.get(tp, offset), offset)
+            self._rewinding[tp] = 1
 
     def overdue(self, assigned: Iterable[Any], baseline: Callable[[Any], int | None],
                 highwater: Callable[[Any], int | None], quiet_for: float) -> dict[Any, int]:

@@ -41,7 +41,7 @@ from orderops.metrics import (
     GaugeAtScrape,
     count_outcome,
 )
-from orderops.ordering import Continuity, EventTimeOrder
+from orderops.ordering import Continuity, EventTimeOrder, InFlight
 from orderops.privacy import read_event
 from orderops.rebuild import MachineProcessor
 from orderops.security import KafkaSecurity
@@ -103,6 +103,7 @@ class Service:
         for staging in self._stagings:
             staging.forget()
         self._continuity.reset()
+        self.app.in_flight.clear()
         consumer = self.app._consumer
         if consumer is not None:
             consumer.scheduler.forget_rewinds()
@@ -222,6 +223,16 @@ class Service:
         the consumer is sent back to them and this one is not applied now."""
         message, consumer = event.message, self.app.consumer
         tp = message.tp
+        again = self.app.in_flight.arrived(tp, message.offset)
+        if again:
+            where = ", ".join(f"{t.topic}[{t.partition}] from {o}" for t, o in sorted(again.items()))
+            log.warning("%s: %s[%d]: offset %d arrived before records of its partition number handed on earlier (Faust "
+                        "dropped them): not applied; reading %s again, so the task's events are applied in write order.",
+                        self.name, tp.topic, tp.partition, message.offset, where)
+            for other, offset in again.items():
+                self._continuity.expect(other, offset)
+                consumer.scheduler.rewind(other, offset)
+            return False
         apply, back_to = self._continuity.admit(tp, message.offset, next_to_commit(consumer, tp))
         if back_to is not None:
             log.warning("%s: %s[%d]: offset %d arrived but offsets from %d never did (Faust dropped them): reading the "
@@ -598,5 +609,6 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
-    app.conf.ConsumerScheduler = EventTimeOrder.for_app(app)  # write order, nothing dropped (orderops.ordering)
+    app.in_flight = InFlight()  # what the scheduler handed on and the agents have not received yet
+    app.conf.ConsumerScheduler = EventTimeOrder.for_app(app, app.in_flight)  # write order, nothing dropped
     return app

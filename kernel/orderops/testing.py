@@ -82,7 +82,9 @@ class Mailbox:
         return self
 
     def stop(self) -> None:
-        self._controller.stop()
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
 
     def __enter__(self) -> Mailbox:
         return self.start()

@@ -1,35 +1,50 @@
-"""Hostile input interleaved with valid traffic: random bytes, truncated Avro, a wrong magic byte,
-unknown writer-schema fingerprints and empty values on every upstream topic, some keyed by real
-orders. No processor crashes or stalls; every hostile message is in the dead-letter topic of each
-processor that reads its topic — once, with its origin and a precise error class; the valid
-traffic's results are what a clean replay gives. The support API answers hostile requests with a
-4xx, never a 5xx.
+"""Hostile input interleaved with valid traffic, on every upstream topic, some keyed by real orders:
 
-HOSTILE_MESSAGES sets how many (default 300 in `make test`; `make test-faults`: 10,000).
+- undecodable: random bytes, truncated Avro, a wrong magic byte, unknown writer-schema
+  fingerprints, empty values. Each is in the dead-letter topic of each processor that reads its
+  topic — once, with its origin and a precise error class.
+- schema-valid but meaningless: events of orders never placed, negative and huge quantities,
+  unknown line ids, currency mismatches, times decades ahead or in 1971, 10 kB strings. Each
+  state machine that reads one accounts for it: rejected with an audit record and a code (at once,
+  or parked and rejected when its deadline passed), or, for returns, a return decided REJECTED
+  with the reason; a machine with nothing to do for that type stays silent. None applies one.
+
+No processor crashes or stalls; the valid traffic's results are what a clean replay gives. The
+support API answers hostile requests with a 4xx, never a 5xx.
+
+HOSTILE_MESSAGES and HOSTILE_EVENTS set how many of each (`make test`: 300 and 160;
+`make test-faults`: 10,000 of each).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import random
 import signal
 import threading
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
 from orderops_tools.simulator import Config, play
 
+from fulfillment import domain as fulfillment_domain
+from order_state import domain as order_state_domain
 from orderops import catalog, deadletter
 from orderops.codec import Codec, DecodeError
+from orderops.envelope import Envelope
 from orderops.testing import Mailbox, PrivateBroker, ServiceProcess, orderops_cli, producer, start_processors
 from orderops.topicreader import read
+from returns import domain as returns_domain
 
 pytestmark = [pytest.mark.broker, pytest.mark.faults]
 START = datetime(2026, 8, 3, 8, tzinfo=UTC)
 HOSTILE = int(os.environ.get("HOSTILE_MESSAGES", "300"))
+MEANINGLESS = int(os.environ.get("HOSTILE_EVENTS", "160"))
+PARK_SECONDS = 30  # how long an event of an order never placed waits before it is rejected
 UPSTREAM = [t for t in catalog.DATA_TOPICS if t.order_scoped and t.value_schema
             and not set(t.writers) & set(catalog.PROCESSORS)]
 
@@ -49,6 +64,69 @@ def hostile_value(kind: str, valid: bytes, rng: random.Random) -> bytes:
 KINDS = ("random-bytes", "truncated-avro", "wrong-magic", "unknown-fingerprint", "empty")
 
 
+MEANINGLESS_KINDS = ("order-never-placed", "negative-quantity", "huge-quantity", "unknown-line", "currency-mismatch",
+                     "far-future", "far-past", "oversized-text")
+
+
+def _fields(value, key: str):
+    """Every dict (nested) holding ``key``."""
+    if isinstance(value, dict):
+        if key in value:
+            yield value
+        for item in value.values():
+            yield from _fields(item, key)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _fields(item, key)
+
+
+def meaningless(kind: str, event: Envelope, event_id: str, order_id: str) -> Envelope | None:
+    """``event`` (a valid one) made meaningless in the way ``kind`` says, or None if it cannot be."""
+    payload, when = copy.deepcopy(event.payload), event.occurred_at
+    if kind == "order-never-placed":
+        if event.short_type == "OrderPlaced":
+            return None
+    elif kind in ("negative-quantity", "huge-quantity", "unknown-line"):
+        key = "line_id" if kind == "unknown-line" else "quantity"
+        spots = list(_fields(payload, key))
+        if not spots or (kind == "unknown-line" and event.short_type == "OrderPlaced"):
+            return None
+        for spot in spots:
+            spot[key] = {"negative-quantity": -3, "huge-quantity": 2**31 - 1, "unknown-line": "no-such-line"}[kind]
+    elif kind == "currency-mismatch":
+        amounts = list(_fields(payload, "currency"))
+        if not amounts:
+            return None
+        amounts[0]["currency"] = "JPY" if amounts[0]["currency"] != "JPY" else "EUR"
+    elif kind == "far-future":
+        when += timedelta(days=3650)
+    elif kind == "far-past":
+        when = datetime(1971, 1, 1, tzinfo=UTC)
+    elif kind == "oversized-text":
+        texts = [(spot, "name") for spot in _fields(payload, "name")] + [(spot, "reason") for spot in _fields(payload, "reason")]
+        texts += [(spot, "tracking_number") for spot in _fields(payload, "tracking_number")]
+        texts = [(spot, key) for spot, key in texts if isinstance(spot[key], str)]
+        if not texts:
+            return None
+        spot, key = texts[0]
+        spot[key] = "x" * 10_000
+    return Envelope(event_id, order_id, when, event.source, event.type, payload)
+
+
+def accounting(records: list[tuple[str, dict]], handled: bool) -> str:
+    """What a state machine did with one hostile event, from the records it derived from it."""
+    types = [record["payload"][0].rsplit(".", 1)[-1] for _, record in records]
+    if "EventRejected" in types:
+        code = next(r["payload"][1]["reason_code"] for _, r in records if r["payload"][0].endswith("EventRejected"))
+        return f"{'parked, then ' if 'EventParked' in types else ''}rejected: {code}"
+    decided = [r["payload"][1] for _, r in records if r["payload"][0].endswith("ReturnAuthorizationDecided")]
+    if decided and all(d["decision"] == "REJECTED" for d in decided):
+        return "return rejected by policy: " + decided[0]["reason"][:60]
+    if not records:
+        return "silent" if not handled else "APPLIED WITHOUT A RECORD"
+    return "APPLIED: " + ", ".join(types) if "EventParked" not in types else "STILL PARKED"
+
+
 async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is_unchanged(run_id, tmp_path):
     broker = PrivateBroker(tmp_path / "broker")
     bootstrap = broker.start()
@@ -56,8 +134,9 @@ async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is
     processes: dict[str, ServiceProcess] = {}
     try:
         assert orderops_cli(bootstrap, "policies", "publish").returncode == 0
+        deadlines = {"ORDEROPS_PARK_DEADLINE_SECONDS": str(PARK_SECONDS), "ORDEROPS_TIMER_INTERVAL_SECONDS": "3"}
         processes = start_processors(bootstrap, tmp_path, {"ORDEROPS_NOTIFIER_CHANNELS": "email",
-                                                           "ORDEROPS_SMTP_PORT": str(smtp.port)})
+                                                           "ORDEROPS_SMTP_PORT": str(smtp.port), **deadlines})
         await asyncio.gather(*(p.wait_ready(timeout=180) for p in processes.values()))
 
         config = Config(seed=int(run_id, 16) % 10**6, orders=12, rate=500, compression=10**9, start=START,
@@ -96,8 +175,31 @@ async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is
                 kafka.poll(0)
                 await asyncio.sleep(0.05)
         kafka.flush(60)
+
+        # Schema-valid but meaningless events, each made from a valid one; most about the run's real orders.
+        judged = {t for m in ("order-state", "fulfillment", "returns") for t in catalog.inputs_of(m)}
+        originals = [(s.topic, Envelope.from_record(codec.decode(s.value, s.topic.value_schema).record))
+                     for s in samples if s.topic in UPSTREAM and s.topic in judged]
+        hostile_events: dict[str, tuple[str, str, str]] = {}  # event id -> (kind, topic, type)
+        n = 0
+        while len(hostile_events) < MEANINGLESS:
+            kind = MEANINGLESS_KINDS[len(hostile_events) % len(MEANINGLESS_KINDS)]
+            topic, original = rng.choice(originals)
+            order_id = (f"ghost-{run_id}-{n}" if kind == "order-never-placed"
+                        else f"sim-{config.seed}-{rng.randrange(config.orders):06d}")
+            event = meaningless(kind, original, f"hostile-{run_id}-{n}", order_id)
+            n += 1
+            if event is None:
+                continue
+            kafka.produce(topic.name, key=order_id.encode(), value=codec.encode(topic.value_schema, event.to_record()))
+            hostile_events[event.event_id] = (kind, topic.name, event.short_type)
+            if n % 20 == 0:
+                kafka.poll(0)
+                await asyncio.sleep(0.05)
+        assert not kafka.flush(60)
         await asyncio.to_thread(player.join, 600)
         assert len(sent) >= HOSTILE * 0.99 and set(kinds) == set(KINDS), kinds
+        assert {kind for kind, _, _ in hostile_events.values()} == set(MEANINGLESS_KINDS)
 
         # Every hostile message in the dead letters of each processor that reads its topic, once.
         for name in catalog.PROCESSORS:
@@ -123,14 +225,42 @@ async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is
             status, health = await processes[name].get_json("/healthz")
             assert status == 200 and processes[name].process.poll() is None, (name, health)
 
+        # Every meaningless event accounted for by each state machine that reads its topic; none applied.
+        await asyncio.sleep(PARK_SECONDS + 10)  # events of orders never placed wait that long, then are rejected
+        machines = {"order-state": order_state_domain.HANDLERS, "fulfillment": fulfillment_domain.HANDLERS,
+                    "returns": returns_domain.HANDLERS}
+        outcomes: Counter = Counter()
+        wrong, rejected_by = [], Counter()
+        for name, handlers in machines.items():
+            derived: dict[str, list[tuple[str, dict]]] = {}
+            for topic in catalog.outputs_of(name):
+                if not topic.value_schema or topic.name.endswith(".dlq") or topic.compacted:
+                    continue
+                for message in read(bootstrap, topic):
+                    record = codec.decode(message.value(), topic.value_schema).record
+                    cause = record["event_id"].split(f":{name}:", 1)[0]
+                    if cause in hostile_events:
+                        derived.setdefault(cause, []).append((topic.name, record))
+            for event_id, (kind, topic_name, type_name) in hostile_events.items():
+                if catalog.topic(topic_name) not in catalog.inputs_of(name):
+                    continue
+                outcome = accounting(derived.get(event_id, []), type_name in handlers)
+                outcomes[(name, kind, outcome.split(":")[0])] += 1
+                rejected_by[event_id] += "rejected" in outcome
+                if outcome.startswith(("APPLIED", "STILL")):
+                    wrong.append((name, kind, type_name, event_id, outcome))
+        assert all(rejected_by[e] for e in hostile_events), [e for e in hostile_events if not rejected_by[e]][:5]
+        assert not wrong, f"meaningless events not rejected: {wrong[:5]} ({len(wrong)}); all outcomes: {dict(outcomes)}"
+        print("meaningless events, by machine, kind and outcome:", dict(sorted(outcomes.items())))
+
         # The valid traffic: what a clean replay of the inputs gives (which also skips the hostile bytes).
         for processor in ("order-state", "fulfillment", "returns"):
-            result = orderops_cli(bootstrap, "replay", "rebuild", processor, "--clock", "wall")
+            result = orderops_cli(bootstrap, "replay", "rebuild", processor, "--clock", "wall", env=deadlines)
             for _ in range(40):
                 if result.returncode == 0:
                     break
                 await asyncio.sleep(3)
-                result = orderops_cli(bootstrap, "replay", "rebuild", processor, "--clock", "wall")
+                result = orderops_cli(bootstrap, "replay", "rebuild", processor, "--clock", "wall", env=deadlines)
             assert result.returncode == 0, result.stdout + result.stderr[-2000:]
 
         # The support API: hostile requests get a 4xx, never a 5xx.

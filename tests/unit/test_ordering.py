@@ -177,3 +177,32 @@ def test_only_order_scoped_logs_are_merged_by_time():
     assert in_write_order(ORDERS.topic) and in_write_order(PAYMENTS.topic) and in_write_order(TIMER_TOPICS[FULFILLMENT].name)
     assert not in_write_order(RETURNS_POLICIES.name)  # compacted
     assert not in_write_order("fulfillment-orders-changelog")
+
+
+def test_a_record_that_overtakes_a_lost_one_of_its_task_is_read_again_with_the_whole_task():
+    """The scheduler handed on a warehouse cancellation, then a capture; Faust dropped the first. The
+    capture must not be applied before it: it, the lost record and the task's records still in
+    flight are all read again."""
+    from orderops.ordering import InFlight
+
+    other = TP(PAYMENTS_EVENTS.name, 4)  # another task: unaffected
+    in_flight = InFlight()
+    for tp, offset in [(ORDERS, 67), (other, 10), (PAYMENTS, 33), (ORDERS, 68), (PAYMENTS, 34)]:
+        in_flight.handed(tp, offset)
+    assert in_flight.arrived(other, 10) == {}
+    assert in_flight.arrived(PAYMENTS, 33) == {ORDERS: 67, PAYMENTS: 33}  # ORDERS 67 never came
+    assert in_flight.arrived(ORDERS, 68) == {} and in_flight.arrived(PAYMENTS, 34) == {}  # now unknown: skipped by Continuity
+
+    in_flight.handed(ORDERS, 67)  # the re-read, in write order
+    in_flight.handed(PAYMENTS, 33)
+    assert in_flight.arrived(ORDERS, 67) == {} and in_flight.arrived(PAYMENTS, 33) == {}
+
+
+def test_continuity_skips_what_arrives_after_a_record_sent_back_until_the_re_read_comes():
+    from orderops.ordering import Continuity
+
+    continuity = Continuity(lambda topic: True)
+    continuity.admit(ORDERS, 66)
+    continuity.expect(ORDERS, 67)
+    assert continuity.admit(ORDERS, 68) == (False, None)  # in flight behind it: skipped, no second seek
+    assert continuity.admit(ORDERS, 67) == (True, None)

@@ -312,8 +312,7 @@ def play(config: Config, bootstrap: str, out=sys.stderr, answer_refunds: bool = 
             due = max(due, last_sent + 1.0 / config.rate)
             if config.duration is not None and due - began > config.duration:
                 return False
-            if due > time.monotonic():
-                time.sleep(due - time.monotonic())
+            time.sleep(max(0.0, due - time.monotonic()))  # (checked, then read again, it could turn negative)
             last_sent = time.monotonic()
             producer.produce(send.topic.name, key=send.key, value=send.value)
             producer.poll(0)
