@@ -65,10 +65,9 @@ def held_back(records: Mapping[Any, list], task_partitions: Callable[[int], Iter
     when another partition of the task still has records on the broker that this batch does not
     hold (its lag is positive), any of them may be older than this batch's records, which then wait
     (Kafka Streams' rule, ``max.task.idle.ms``). A partition that the batch holds records of and
-    has more bounds the task at its last record's time; a caught-up one (lag 0) or one whose lag is
-    not known yet bounds nothing. ``records``: the batch, each partition's in offset order;
+    has more bounds the task at its last record's time; a caught-up one (lag 0) bounds nothing. ``records``: the batch, each partition's in offset order;
     ``task_partitions``: the ordered partitions of a task assigned here; ``lag``: records on the
-    broker beyond what was fetched (None: not known)."""
+    broker beyond what was fetched (0 or None: nothing to wait for)."""
     held: dict[Any, int] = {}
     tasks = {tp.partition for tp in records}
     for task in tasks:
@@ -113,6 +112,9 @@ async def seek_in_consumer_thread(consumer: Any, tp: Any, offset: int) -> None:
     consumer._read_offset[tp] = offset if offset else None
 
 
+UNKNOWN_LAG = 1  # a partition not fetched yet counts as lagging: it may hold older records
+
+
 class EventTimeOrder(DefaultSchedulingStrategy):
     app: Any = None  # set by ``for_app``
 
@@ -152,8 +154,12 @@ class EventTimeOrder(DefaultSchedulingStrategy):
 
         def lag(tp: Any) -> int | None:
             state = states.get(tp)
-            if state is None or state.paused or state.highwater is None or state._position is None:
-                return None
+            if state is None or state.paused:
+                return None  # not ours, or not fetched on purpose: nothing to wait for
+            if state.highwater is None or state._position is None:
+                return UNKNOWN_LAG  # not fetched yet (found: right after a restart, a storefront
+                # cancellation was applied before the payment failure written 3 s earlier, whose
+                # partition's first fetch came later): wait for it, within the limit
             return max(0, state.highwater - state._position)
 
         held = held_back(records, lambda task: assigned.get(task, ()), lag)
@@ -242,21 +248,26 @@ class EventTimeOrder(DefaultSchedulingStrategy):
             return
         where = ", ".join(f"{tp.topic}[{tp.partition}] from {offset}" for tp, offset in sorted(resume.items()))
         say = log.debug if quietly else log.info
-        if app.rebalancing:
-            say("not handed on: %s; the rebalance under way re-reads from the last commits", where)
-            return
         generation = app.consumer_generation_id
         say("reading again what %s: %s", "waited for its task" if quietly else "Faust did not hand on", where)
 
         async def seek_back() -> None:
+            # Asked while a rebalance is under way: if the rebalance assigned partitions after the
+            # ask, its seek to the last commits re-reads these records, and seeking here would jump
+            # forward over records Faust handed on and then cleared from the agents' queues (found:
+            # an order's parcel applied after its dispatch, at the 200-order broker-kill test). If it
+            # assigned them before, its seek came before the records that led here: seek once it ends
+            # (found: records lost as a second worker took over, asked for while the rebalance was
+            # still flagged and never read again).
+            for _ in range(1200):
+                if not app.rebalancing:
+                    break
+                await asyncio.sleep(0.1)
+            if app.rebalancing or app.consumer_generation_id != generation:
+                say("not read again from here: a rebalance re-read from the last commits (%s)", where)
+                self.forget_rewinds()
+                return
             for tp, offset in resume.items():
-                # A rebalance since this was scheduled has sent every partition back to its last
-                # commit, before records Faust handed on and then cleared from the agents' queues;
-                # seeking here would jump forward over those (found: an order's parcel applied after
-                # its dispatch, at the 200-order broker-kill test).
-                if app.rebalancing or app.consumer_generation_id != generation:
-                    log.info("not read again from here: a rebalance re-read from the last commits (%s)", where)
-                    return
                 try:
                     await seek_in_consumer_thread(consumer, tp, offset)
                 except Exception as exc:  # revoked meanwhile: its new owner reads it from the last commit

@@ -164,6 +164,22 @@ async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(
             return [codec.decode(m.value(), catalog.NOTIFICATIONS_DELIVERIES.value_schema).record["payload"][1]
                     for m in read(bootstrap, catalog.NOTIFICATIONS_DELIVERIES)]
 
+        # Those the mail outage delayed are retried until sent: none left waiting, none given up.
+        waiting: dict[str, list[str]] = {}
+        for _ in range(150):
+            waiting = {}
+            for order_id in orders:
+                status, ledger = await processes["notifier"].get_json(f"/orders/{order_id}/notifications")
+                if status == 404:
+                    continue  # nothing was ever asked for this order
+                pending = [d["state"] for d in (ledger or {}).get("deliveries", [])
+                           if d["state"] not in ("sent", "suppressed")] if status == 200 else [f"(HTTP {status})"]
+                if pending:
+                    waiting[order_id] = pending
+            if not waiting or any("failed" in states for states in waiting.values()):
+                break
+            await asyncio.sleep(2)
+        assert not waiting, f"deliveries not sent: {dict(list(waiting.items())[:5])} ({len(waiting)} orders)"
         in_doubt = {d["delivery_id"] for d in deliveries() if d["outcome"] == "IN_DOUBT"}
         twice = {d: n for d, n in mailbox.delivery_ids.items() if n > 1 and d not in in_doubt}
         assert not twice, f"delivered more than once: {twice}"

@@ -93,7 +93,7 @@ dispatcher = Dispatcher(
     templates=Templates(Path(env.get("ORDEROPS_NOTIFIER_TEMPLATES", Path(__file__).parent / "templates")),
                         env.get("ORDEROPS_NOTIFIER_LOCALE", "en")),
     preferences=load_preferences(),
-    retry=RetryPolicy(int(env.get("ORDEROPS_NOTIFIER_MAX_ATTEMPTS", "5")),
+    retry=RetryPolicy(int(env.get("ORDEROPS_NOTIFIER_MAX_ATTEMPTS", "10")),
                       timedelta(seconds=float(env.get("ORDEROPS_NOTIFIER_BACKOFF_SECONDS", "2"))),
                       timedelta(seconds=float(env.get("ORDEROPS_NOTIFIER_BACKOFF_MAX_SECONDS", "300")))),
     coalesce=timedelta(seconds=float(env.get("ORDEROPS_NOTIFIER_COALESCE_SECONDS", "0"))),

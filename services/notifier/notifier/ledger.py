@@ -95,7 +95,7 @@ def move(delivery: Delivery, trigger: str, **changes: Any) -> Delivery:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 5
+    max_attempts: int = 10  # with the default backoff, retries span 7 to 14 minutes: an outage delays, not loses
     base: timedelta = timedelta(seconds=2)
     cap: timedelta = timedelta(minutes=5)
 
