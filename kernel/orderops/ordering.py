@@ -65,9 +65,10 @@ def held_back(records: Mapping[Any, list], task_partitions: Callable[[int], Iter
     when another partition of the task still has records on the broker that this batch does not
     hold (its lag is positive), any of them may be older than this batch's records, which then wait
     (Kafka Streams' rule, ``max.task.idle.ms``). A partition that the batch holds records of and
-    has more bounds the task at its last record's time; a caught-up one (lag 0) bounds nothing. ``records``: the batch, each partition's in offset order;
-    ``task_partitions``: the ordered partitions of a task assigned here; ``lag``: records on the
-    broker beyond what was fetched (0 or None: nothing to wait for)."""
+    has more bounds the task at its last record's time; a caught-up one (lag 0) bounds nothing.
+    ``records``: the batch, each partition's in offset order; ``task_partitions``: the ordered
+    partitions of a task assigned here; ``lag``: records on the broker beyond what was fetched (0 or
+    None: nothing to wait for)."""
     held: dict[Any, int] = {}
     tasks = {tp.partition for tp in records}
     for task in tasks:
@@ -228,8 +229,16 @@ class EventTimeOrder(DefaultSchedulingStrategy):
             resume = first_not_handed_on(merged, handed)
             # Records fetched after a rewind's seek start at the rewind: later ones mean the seek did
             # not take (a rebalance's own seek raced it), so it is asked again.
-            resume.update({tp: self._rewinds[tp] for tp in stale if tp in self._rewinds and tp not in self._fresh})
+            resume.update({tp: self._rewinds[tp] for tp in stale
+                           if tp in self._rewinds and tp not in self._fresh and tp not in resume})
             self._fresh = set()
+            # Until the seek back takes, a later batch may still hold the partition's next records
+            # (fetched before it): handed on, they would overtake the ones left here (found: holes
+            # in every partition as soon as records waited for their task).
+            for tp, offset in resume.items():
+                if offset <= self._rewinds.get(tp, offset):
+                    self._rewinds[tp] = offset
+                    self._fresh.add(tp)
             if resume:
                 self._read_again(resume, quietly=all(waiting.get(tp) == offset for tp, offset in resume.items()))
 
@@ -299,6 +308,8 @@ class InFlight:
 
     def handed(self, tp: Any, offset: int) -> None:
         queue = self._tasks.setdefault(tp.partition, deque())
+        if (tp, offset) in self._waiting:  # handed on again after a seek back: it comes in its new place
+            queue.remove((tp, offset))
         queue.append((tp, offset))
         self._waiting.add((tp, offset))
         if len(queue) > self.LIMIT:

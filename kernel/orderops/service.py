@@ -49,6 +49,7 @@ from orderops.settings import ServiceSettings
 from orderops.workflow import CAUSE_HEADER, Outcome
 from orderops.writebehind import Sent, Staging, Step, WriteBehind
 
+DEAD_LETTERS_REMEMBERED = 100_000  # (origin, reason) a worker will not dead-letter twice
 log = logging.getLogger("orderops.service")
 install_faust_fix()
 
@@ -88,6 +89,7 @@ class Service:
             log.warning("%s: %s. Every API call but /healthz and /metrics answers 401; add users with "
                         "`orderops users add <user id> <role>`.", name, self.users.problem)
         self._stagings: weakref.WeakSet[Staging] = weakref.WeakSet()
+        self._dead_lettered: dict[tuple, None] = {}  # the last messages dead-lettered, oldest first
         self._agent_channels: weakref.WeakSet[faust.ChannelT] = weakref.WeakSet()  # read in order (in_order)
         timers = catalog.TIMER_TOPICS.get(name)
         contiguous = {t.name for t in catalog.inputs_of(name) if not t.compacted} | ({timers.name} if timers else set())
@@ -318,7 +320,14 @@ class Service:
     async def dead_letter_bytes(self, key: bytes | None, value: bytes | None, headers: Any, *, topic: str,
                                 partition: int, offset: int, error: BaseException) -> None:
         """Dead-letter a message this processor holds as bytes (e.g. a request whose delivery
-        failed for good, long after it was read): same record, headers and log line."""
+        failed for good, long after it was read): same record, headers and log line. A message
+        read again (a partition sent back after a loss) is not dead-lettered twice by this worker."""
+        said = (topic, partition, offset, str(error))
+        if said in self._dead_lettered:
+            return
+        self._dead_lettered[said] = None
+        if len(self._dead_lettered) > DEAD_LETTERS_REMEMBERED:
+            del self._dead_lettered[next(iter(self._dead_lettered))]
         headers = dead_letter_headers(headers, topic=topic, partition=partition, offset=offset, error=error,
                                       service=self.name)
         await self.topic(self._dead_letter_topic).send(key=key, value=value, headers=headers)

@@ -34,7 +34,7 @@ from orderops_tools.simulator import Config, play
 from fulfillment import domain as fulfillment_domain
 from order_state import domain as order_state_domain
 from orderops import catalog, deadletter
-from orderops.codec import Codec, DecodeError
+from orderops.codec import Codec, DecodeError, EncodeError
 from orderops.envelope import Envelope
 from orderops.testing import Mailbox, PrivateBroker, ServiceProcess, orderops_cli, producer, start_processors
 from orderops.topicreader import read
@@ -191,7 +191,11 @@ async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is
             n += 1
             if event is None:
                 continue
-            kafka.produce(topic.name, key=order_id.encode(), value=codec.encode(topic.value_schema, event.to_record()))
+            try:
+                value = codec.encode(topic.value_schema, event.to_record())
+            except EncodeError:  # e.g. the field is an enum there: no way to send it, so not a test of ours
+                continue
+            kafka.produce(topic.name, key=order_id.encode(), value=value)
             hostile_events[event.event_id] = (kind, topic.name, event.short_type)
             if n % 20 == 0:
                 kafka.poll(0)

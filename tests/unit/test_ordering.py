@@ -222,3 +222,17 @@ def test_continuity_skips_what_arrives_after_a_record_sent_back_until_the_re_rea
     continuity.expect(ORDERS, 67)
     assert continuity.admit(ORDERS, 68) == (False, None)  # in flight behind it: skipped, no second seek
     assert continuity.admit(ORDERS, 67) == (True, None)
+
+
+def test_a_record_handed_on_again_after_a_seek_back_is_expected_in_its_new_place():
+    """Faust stopped with a record in hand; the scheduler sought back and handed it on again after
+    another partition's record. Both arrive in the new order: no loss (found: a bad message
+    dead-lettered twice, read again for a loss that was not one)."""
+    from orderops.ordering import InFlight
+
+    in_flight = InFlight()
+    in_flight.handed(ORDERS, 3)  # in Faust's hand when it stopped: never delivered
+    in_flight.handed(PAYMENTS, 9)
+    in_flight.handed(ORDERS, 3)  # the re-read
+    assert in_flight.arrived(PAYMENTS, 9) == {}
+    assert in_flight.arrived(ORDERS, 3) == {}
