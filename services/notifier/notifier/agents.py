@@ -60,28 +60,35 @@ service.enable_timers()
 
 @service.app.agent(service.topic(NOTIFICATIONS_REQUESTS, TIMERS), name="notifier.deliver")
 async def deliver(stream):
-    async for event in service.in_order(stream):
-        async with service.dead_letter_on_error(event):
-            envelope = service.decode(event)
-            stored = ledgers.get(envelope.order_id)
-            ledger = Ledger.from_json(stored) if stored else Ledger(envelope.order_id)
-            now: datetime = service.clock.now()
-            effects = KafkaEffects(envelope.order_id)
-            if event.message.topic == TIMERS.name:
-                due = ledger.due(envelope.payload["fired_at"])
-            else:
-                message = event.message
-                before = ledger
-                ledger, due, suppressed = dispatcher.accept(ledger, envelope, (message.topic, message.partition,
-                                                                               message.offset), now)
-                if ledger is before and not due:
-                    DUPLICATES.labels(service.name).inc()
-                    if stored:  # written again: the changelog may lack it (Service.rewrite_on_duplicate)
-                        ledgers[envelope.order_id] = stored
-                    continue
-                for delivery, reason in suppressed:
-                    await effects.publish(delivery, "SUPPRESSED", None, reason)
-            for delivery in due:
-                ledger = await dispatcher.attempt(ledger, ledger.delivery(delivery.delivery_id), now, effects)
-            ledgers[envelope.order_id] = ledger.to_json()
-            service.schedule(envelope.order_id, ledger.next_deadline())
+    async for event in service.in_order(stream.noack()):
+        try:
+            await handle(event)
+        finally:
+            event.ack()
+
+
+async def handle(event) -> None:
+    async with service.dead_letter_on_error(event):
+        envelope = service.decode(event)
+        stored = ledgers.get(envelope.order_id)
+        ledger = Ledger.from_json(stored) if stored else Ledger(envelope.order_id)
+        now: datetime = service.clock.now()
+        effects = KafkaEffects(envelope.order_id)
+        if event.message.topic == TIMERS.name:
+            due = ledger.due(envelope.payload["fired_at"])
+        else:
+            message = event.message
+            before = ledger
+            ledger, due, suppressed = dispatcher.accept(ledger, envelope, (message.topic, message.partition,
+                                                                           message.offset), now)
+            if ledger is before and not due:
+                DUPLICATES.labels(service.name).inc()
+                if stored:  # written again: the changelog may lack it (Service.rewrite_on_duplicate)
+                    ledgers[envelope.order_id] = stored
+                return
+            for delivery, reason in suppressed:
+                await effects.publish(delivery, "SUPPRESSED", None, reason)
+        for delivery in due:
+            ledger = await dispatcher.attempt(ledger, ledger.delivery(delivery.delivery_id), now, effects)
+        ledgers[envelope.order_id] = ledger.to_json()
+        service.schedule(envelope.order_id, ledger.next_deadline())
