@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import sys
+import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -557,13 +560,34 @@ class Service:
     # -- running ------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Run the worker until SIGTERM/SIGINT (used by every service's ``__main__``)."""
+        """Run the worker until SIGTERM/SIGINT (used by every service's ``__main__``). A worker
+        started while the broker is away waits for it, and one whose start the broker's going away
+        interrupted starts again: it does not exit (found: a fulfillment worker started as the
+        broker was killed never came up, and the partitions it was to take over stalled)."""
+        from aiokafka.errors import KafkaConnectionError
+
+        from orderops.admin import wait_for_broker
+
+        bootstrap = self.settings.kafka.bootstrap
+        while True:
+            try:
+                wait_for_broker(bootstrap, timeout=30)
+                break
+            except TimeoutError:
+                log.warning("%s: no broker answers at %s; waiting (check the broker, KAFKA_BOOTSTRAP and the "
+                            "network).", self.name, bootstrap)
         self.prepare_topics()
         worker = faust.Worker(self.app, loglevel=self.settings.log_level)
         # Faust's terminal spinner lowers the root logger to DEBUG so that every log call spins it:
         # every aiokafka debug line then became a LogRecord (6% of a processor's CPU, issue 12).
         worker.spinner = None
-        worker.execute_from_commandline()
+        try:
+            worker.execute_from_commandline()
+        except KafkaConnectionError as exc:
+            log.warning("%s: the broker at %s went away while this worker started (%s): starting again in 5 s.",
+                        self.name, bootstrap, exc)
+            time.sleep(5)
+            os.execv(sys.executable, sys.orig_argv)
 
 
 _USER = "orderops.user"
