@@ -93,6 +93,44 @@ class Mailbox:
         self.stop()
 
 
+class WebhookSink:
+    """A real HTTP server on a free port receiving the notifier's webhooks, as a shop's system
+    would: how often each delivery (its ``Idempotency-Key``) came. ``await WebhookSink().start()``."""
+
+    def __init__(self) -> None:
+        from collections import Counter
+
+        self.delivery_ids: Counter = Counter()
+        self.port = free_port()
+        self._runner: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/notifications"
+
+    async def _receive(self, request: Any) -> Any:
+        from aiohttp import web
+
+        await request.read()
+        self.delivery_ids[request.headers.get("Idempotency-Key", "")] += 1
+        return web.json_response({"status": "ok"})
+
+    async def start(self) -> WebhookSink:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_post("/hooks/notifications", self._receive)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
 class SupportUsers:
     """Users of the HTTP APIs for a test run: ann (agent), lee (lead), root (admin), with fresh
     tokens, in a users file as ``orderops users add`` writes it."""

@@ -5,7 +5,8 @@ run against a broker of the test's own:
 - order-state's local RocksDB deleted while it is stopped; it restarts from its changelog;
 - a second fulfillment worker started mid-run, and later the first one SIGKILLed for good: its
   partitions move with their state to the second;
-- the mail server down for ``FAULT_OUTAGE_SECONDS``: deliveries wait, are retried and arrive once;
+- the mail server and the webhook receiver down for ``FAULT_OUTAGE_SECONDS``: deliveries wait, are
+  retried and arrive once;
 - the broker SIGKILLed and restarted, and later stopped with SIGTERM and restarted.
 
 Then the accounting check:
@@ -47,6 +48,7 @@ from orderops.testing import (
     Mailbox,
     PrivateBroker,
     ServiceProcess,
+    WebhookSink,
     free_port,
     orderops_cli,
     poll_json,
@@ -76,13 +78,14 @@ def kill_broker(broker: PrivateBroker) -> None:
 async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(run_id, tmp_path):
     broker = PrivateBroker(tmp_path / "broker")
     bootstrap = broker.start()
-    mailbox = Mailbox().start()
+    mailbox, webhooks = Mailbox().start(), await WebhookSink().start()
     processes: dict[str, ServiceProcess] = {}
     extra: list[ServiceProcess] = []
     faults: list[str] = []
     try:
         assert orderops_cli(bootstrap, "policies", "publish").returncode == 0
-        env = {"ORDEROPS_SMTP_PORT": str(mailbox.port), "ORDEROPS_NOTIFIER_CHANNELS": "email"}
+        env = {"ORDEROPS_SMTP_PORT": str(mailbox.port), "ORDEROPS_NOTIFIER_CHANNELS": "email,webhook",
+               "ORDEROPS_WEBHOOK_URL": webhooks.url, "ORDEROPS_WEBHOOK_SECRET": f"fault-{run_id}"}
         processes = start_processors(bootstrap, tmp_path, env)
         await asyncio.gather(*(p.wait_ready(timeout=180) for p in processes.values()))
 
@@ -99,9 +102,11 @@ async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(
 
         async def mail_outage() -> None:
             mailbox.stop()
-            faults.append(f"mail server down {OUTAGE:.0f} s")
+            await webhooks.stop()
+            faults.append(f"mail server and webhook receiver down {OUTAGE:.0f} s")
             await asyncio.sleep(OUTAGE)
             mailbox.start()
+            await webhooks.start()
 
         for _ in range(KILLS):  # each processor killed at a random point, restarted at once
             for name in schedule.sample(catalog.PROCESSORS, len(catalog.PROCESSORS)):
@@ -181,16 +186,18 @@ async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(
             await asyncio.sleep(2)
         assert not waiting, f"deliveries not sent: {dict(list(waiting.items())[:5])} ({len(waiting)} orders)"
         in_doubt = {d["delivery_id"] for d in deliveries() if d["outcome"] == "IN_DOUBT"}
-        twice = {d: n for d, n in mailbox.delivery_ids.items() if n > 1 and d not in in_doubt}
+        received = mailbox.delivery_ids + webhooks.delivery_ids
+        twice = {d: n for d, n in received.items() if n > 1 and d not in in_doubt}
         assert not twice, f"delivered more than once: {twice}"
         sent_ids: set[str] = set()
         for _ in range(60):
             sent_ids = {d["delivery_id"] for d in deliveries() if d["outcome"] == "SENT"}
-            if sent_ids <= set(mailbox.delivery_ids):
+            if sent_ids <= set(mailbox.delivery_ids + webhooks.delivery_ids):
                 break
             await asyncio.sleep(2)
-        assert sent_ids and sent_ids <= set(mailbox.delivery_ids), sorted(sent_ids - set(mailbox.delivery_ids))[:5]
-        assert sum(mailbox.delivery_ids.values()) > ORDERS
+        received = mailbox.delivery_ids + webhooks.delivery_ids
+        assert sent_ids and sent_ids <= set(received), sorted(sent_ids - set(received))[:5]
+        assert sum(mailbox.delivery_ids.values()) > ORDERS and sum(webhooks.delivery_ids.values()) > ORDERS
 
         # Refunds: one content per idempotency key, never more than captured (returns' invariants).
         commands = read(bootstrap, catalog.PAYMENTS_REFUND_REQUESTS)
@@ -211,6 +218,7 @@ async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(
         for process in [*processes.values(), *extra]:
             process.stop(signal.SIGKILL)
         mailbox.stop()
+        await webhooks.stop()
         broker.stop()
 
 
