@@ -3,8 +3,9 @@
 - undecodable: random bytes, truncated Avro, a wrong magic byte, unknown writer-schema
   fingerprints, empty values. Each is in the dead-letter topic of each processor that reads its
   topic — once, with its origin and a precise error class.
-- schema-valid but meaningless: events of orders never placed, negative and huge quantities,
-  unknown line ids, currency mismatches, times decades ahead or in 1971, 10 kB strings. Each
+- schema-valid but meaningless: events of orders never placed (refund results included), negative
+  and huge quantities, unknown line ids, currency mismatches, times decades ahead or in 1971, 10 kB
+  strings. Each
   state machine that reads one accounts for it: rejected with an audit record and a code (at once,
   or parked and rejected when its deadline passed), or, for returns, a return decided REJECTED
   with the reason; a machine with nothing to do for that type stays silent. None applies one.
@@ -26,6 +27,7 @@ import signal
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import aiohttp
 import pytest
@@ -148,7 +150,7 @@ async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is
         rng, codec, kafka = random.Random(run_id), Codec(), producer(bootstrap)
         from orderops_tools.simulator import plan
 
-        samples, _ = plan(Config(seed=7, orders=3, start=START), START)
+        samples, _ = plan(Config(seed=7, orders=40, start=START), START)  # enough for refunds and returns
         valid_by_topic = {t.name: [s.value for s in samples if s.topic.name == t.name] for t in UPSTREAM}
         sent: dict[tuple[str, int, int], str] = {}  # (topic, partition, offset) -> expected error class
         kinds: Counter = Counter()
@@ -180,6 +182,12 @@ async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is
         judged = {t for m in ("order-state", "fulfillment", "returns") for t in catalog.inputs_of(m)}
         originals = [(s.topic, Envelope.from_record(codec.decode(s.value, s.topic.value_schema).record))
                      for s in samples if s.topic in UPSTREAM and s.topic in judged]
+        # The provider's refund results are answers, not in a plan: one to stand for them (for orders
+        # never placed, refunds never asked for, other currencies).
+        originals.append((catalog.PAYMENTS_EVENTS, Envelope(
+            "sample-refund", "sample", START, "payment-provider", "orderops.payments.RefundSucceeded",
+            {"refund_id": "sample:return:r1:1:pay-1#1", "instrument_id": "pay-1",
+             "amount": {"amount": Decimal("12.5000"), "currency": "EUR"}})))
         hostile_events: dict[str, tuple[str, str, str]] = {}  # event id -> (kind, topic, type)
         n = 0
         while len(hostile_events) < MEANINGLESS:

@@ -558,12 +558,17 @@ def _refund_result(step: ReturnsStep) -> None:
     payload, kind = step.event.payload, step.event.short_type
     refund = step.state.refund_by_key(payload["refund_id"])
     if refund is None:
-        if kind == "RefundSucceeded":  # a refund made elsewhere: it still uses up the capture
-            instrument = step.state.instrument(payload["instrument_id"])
-            if instrument is not None:
-                _require_currency(instrument, payload["amount"])
-                step.state = step.state.put(instrument=replace(
-                    instrument, refunded_elsewhere=instrument.refunded_elsewhere + payload["amount"]["amount"]))
+        if kind != "RefundSucceeded":
+            raise Reject(REFUND.name, payload["refund_id"], "unknown", "unknown_refund",
+                         f"{kind} for {payload['refund_id']}, a refund this processor never asked for")
+        # A refund made elsewhere (by support, in the provider's console): it still uses up the capture.
+        instrument = step.state.instrument(payload["instrument_id"])
+        if instrument is None:
+            raise Reject(REFUND.name, payload["refund_id"], "unknown", "unknown_instrument",
+                         f"the order has no payment instrument {payload['instrument_id']}")
+        _require_currency(instrument, payload["amount"])
+        step.state = step.state.put(instrument=replace(
+            instrument, refunded_elsewhere=instrument.refunded_elsewhere + payload["amount"]["amount"]))
         return
     if payload["refund_id"] != refund.keys[-1] or refund.status != "requested":
         raise Reject(REFUND.name, refund.refund_id, refund.status, "stale_refund_result",

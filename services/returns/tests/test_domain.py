@@ -357,3 +357,14 @@ def test_a_snapshot_read_before_the_cancellation_it_comes_from_waits_for_it_and_
     assert of(records, ParkedRecord) and state.line("l2").cancelled == 0
     state, _ = run(cancel, state=state)
     assert not state.parked and state.line("l2").cancelled == 2
+
+
+def test_refund_results_nobody_asked_for_are_rejected_unless_they_are_real_refunds_made_elsewhere():
+    state = run(placed(), captured("card-1", "135.00", PLACED_V1 + timedelta(hours=1)))[0]
+    at = PLACED_V1 + days(2)
+    _, records = run(refund_result("o-1:nobody-asked#1", "card-1", "10.00", at, ok=False), state=state)
+    assert [r.reason_code for r in of(records, Rejected)] == ["unknown_refund"]
+    _, records = run(refund_result("o-1:elsewhere#1", "card-9", "10.00", at), state=state)
+    assert [r.reason_code for r in of(records, Rejected)] == ["unknown_instrument"]
+    after, records = run(refund_result("o-1:elsewhere#1", "card-1", "10.00", at), state=state)
+    assert not of(records, Rejected) and after.instrument("card-1").refunded_elsewhere == Decimal("10.00")
