@@ -132,12 +132,18 @@ class EventTimeOrder(DefaultSchedulingStrategy):
         self._rewinds: dict[Any, int] = {}  # tp -> the offset a rewind reads again from
         self._fresh: set[Any] = set()  # rewound while the batch in hand may still hold older records
         self._idle_since: dict[int, float] = {}  # task -> since when its records wait for a lagging partition
+        # Records held back for their task, kept for the next batch: sought back and fetched again,
+        # they came late once (a re-fetch skipped at a rebalance; the tail check found them 15 s later).
+        self._held: dict[Any, list] = {}
 
     @property
     def consumer(self) -> Any:
         return self.app._consumer if self.app is not None else None
 
     def iterate(self, records: Mapping[Any, list]) -> Iterator[tuple[Any, Any]]:
+        if self._held:  # records that waited for their task come first, before the partition's newer ones
+            records = {**records, **{tp: [*held, *records.get(tp, ())] for tp, held in self._held.items()}}
+            self._held = {}
         ordered = {tp: batch for tp, batch in records.items() if in_write_order(tp.topic)}
         return self._hand_out(write_order(records), self._waiting(ordered) if ordered else {})
 
@@ -197,6 +203,7 @@ class EventTimeOrder(DefaultSchedulingStrategy):
     def forget_rewinds(self) -> None:
         """At a rebalance: every partition is sent back to its commit, or has moved."""
         self._rewinds.clear()
+        self._held = {}
 
     def _stale(self, tp: Any, offset: int) -> bool:
         """Whether a record was fetched before a rewind of its partition (so comes again after it)."""
@@ -227,6 +234,10 @@ class EventTimeOrder(DefaultSchedulingStrategy):
                 handed.add(i)  # Faust asked for the next one: this one it handed on
         finally:
             resume = first_not_handed_on(merged, handed)
+            # Held back for their task (and nothing before them lost): kept for the next batch.
+            for tp, offset in [(tp, offset) for tp, offset in resume.items() if waiting.get(tp) == offset]:
+                del resume[tp]
+                self._held[tp] = [r for t, r in merged if t == tp and r.offset >= offset]
             # Records fetched after a rewind's seek start at the rewind: later ones mean the seek did
             # not take (a rebalance's own seek raced it), so it is asked again.
             resume.update({tp: self._rewinds[tp] for tp in stale

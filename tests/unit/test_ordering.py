@@ -236,3 +236,20 @@ def test_a_record_handed_on_again_after_a_seek_back_is_expected_in_its_new_place
     in_flight.handed(ORDERS, 3)  # the re-read
     assert in_flight.arrived(PAYMENTS, 9) == {}
     assert in_flight.arrived(ORDERS, 3) == {}
+
+
+def test_records_held_for_their_task_are_kept_and_come_first_in_the_next_batch():
+    """Sought back and fetched again, held records once came 15 s late (the re-fetch was skipped at a
+    rebalance): they are kept instead, and handed on before the partition's newer records."""
+    scheduler = EventTimeOrder()
+    sought = []
+    scheduler._read_again = lambda resume, quietly=False: sought.append(resume)
+    waits = iter([{ORDERS: 8}, {}])
+    scheduler._waiting = lambda records: next(waits)
+    first = [(tp, r.offset) for tp, r in scheduler.iterate(
+        {ORDERS: [record(ORDERS, 7, 1000), record(ORDERS, 8, 3000)], PAYMENTS: [record(PAYMENTS, 4, 2000)]})]
+    assert first == [(ORDERS, 7), (PAYMENTS, 4)] and sought == []
+    second = [(tp, r.offset) for tp, r in scheduler.iterate({ORDERS: [record(ORDERS, 9, 4000)]})]
+    assert second == [(ORDERS, 8), (ORDERS, 9)] and sought == []
+    scheduler.forget_rewinds()  # a rebalance: partitions go back to their commits, nothing is kept
+    assert scheduler._held == {}
