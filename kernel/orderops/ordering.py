@@ -251,7 +251,7 @@ class EventTimeOrder(DefaultSchedulingStrategy):
                     self._rewinds[tp] = offset
                     self._fresh.add(tp)
             if resume:
-                self._read_again(resume, quietly=all(waiting.get(tp) == offset for tp, offset in resume.items()))
+                self._read_again(resume)
 
     def delivers(self, tp: Any) -> bool:
         """Whether Faust hands a record of ``tp`` on now (its own test in ``Consumer.getmany``)."""
@@ -260,16 +260,14 @@ class EventTimeOrder(DefaultSchedulingStrategy):
             return True
         return tp in consumer._active_partitions or tp in consumer._buffered_partitions
 
-    def _read_again(self, resume: dict[Any, int], quietly: bool = False) -> None:
-        """Send the consumer back to ``resume``'s offsets; ``quietly``: records held back for their
-        task (routine while a backlog is read), not records Faust dropped."""
+    def _read_again(self, resume: dict[Any, int]) -> None:
+        """Send the consumer back to ``resume``'s offsets (records Faust did not hand on)."""
         consumer, app = self.consumer, self.app
         if consumer is None:
             return
         where = ", ".join(f"{tp.topic}[{tp.partition}] from {offset}" for tp, offset in sorted(resume.items()))
-        say = log.debug if quietly else log.info
         generation = app.consumer_generation_id
-        say("reading again what %s: %s", "waited for its task" if quietly else "Faust did not hand on", where)
+        log.info("reading again what Faust did not hand on: %s", where)
 
         async def seek_back() -> None:
             # Asked while a rebalance is under way: if the rebalance assigned partitions after the
@@ -284,7 +282,7 @@ class EventTimeOrder(DefaultSchedulingStrategy):
                     break
                 await asyncio.sleep(0.1)
             if app.rebalancing or app.consumer_generation_id != generation:
-                say("not read again from here: a rebalance re-read from the last commits (%s)", where)
+                log.info("not read again from here: a rebalance re-read from the last commits (%s)", where)
                 self.forget_rewinds()
                 return
             for tp, offset in resume.items():

@@ -43,7 +43,7 @@ def test_what_faust_takes_but_never_hands_on_is_read_again_from_its_first_record
 def test_the_scheduler_counts_a_record_handed_on_when_faust_asks_for_the_next():
     scheduler = EventTimeOrder()  # no app: nothing to seek, but the bookkeeping is the same
     seen = []
-    scheduler._read_again = lambda resume, quietly=False: seen.append(resume)
+    scheduler._read_again = seen.append
     handed = scheduler.iterate({ORDERS: [record(ORDERS, 0, 1000), record(ORDERS, 1, 2000), record(ORDERS, 2, 3000)]})
     next(handed)
     next(handed)  # offset 1 is in Faust's hand when it stops
@@ -243,7 +243,7 @@ def test_records_held_for_their_task_are_kept_and_come_first_in_the_next_batch()
     rebalance): they are kept instead, and handed on before the partition's newer records."""
     scheduler = EventTimeOrder()
     sought = []
-    scheduler._read_again = lambda resume, quietly=False: sought.append(resume)
+    scheduler._read_again = sought.append
     waits = iter([{ORDERS: 8}, {}])
     scheduler._waiting = lambda records: next(waits)
     first = [(tp, r.offset) for tp, r in scheduler.iterate(
