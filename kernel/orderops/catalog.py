@@ -61,10 +61,24 @@ class Topic:
         return self.partitions_override or order_partitions()
 
     @property
+    def merged_by_time(self) -> bool:
+        """An order's log on one topic, which processors merge with its other topics by broker
+        timestamp (``ordering``), and replays merge the same way (``rebuild``)."""
+        return self.order_scoped and not self.compacted
+
+    @property
     def config(self) -> dict[str, str]:
         if self.compacted:
             return {"cleanup.policy": "compact", "retention.ms": "-1", "min.compaction.lag.ms": "0"}
-        return {"cleanup.policy": "delete", "retention.ms": str(self.retention_ms)}
+        config = {"cleanup.policy": "delete", "retention.ms": str(self.retention_ms)}
+        if self.merged_by_time:
+            # The broker stamps each record as it appends it. A producer-set time is when a client
+            # called send: two producers writing to one partition (the storefront and a retrying
+            # one, say) append records out of that order, and a record held back in a producer
+            # during an outage is appended minutes after newer ones. Merged by such times, a replay
+            # met the records in another order than the live processor had (hostile-input test).
+            config["message.timestamp.type"] = "LogAppendTime"
+        return config
 
 
 ORDER_KEY = "order_id (UTF-8)"

@@ -46,7 +46,7 @@ def in_write_order(topic: str) -> bool:
     """Topics whose records are handed out in write order across a task: the order-scoped ones, each
     a log of one order's events (not compacted topics, nor Faust's changelogs)."""
     found = catalog.BY_NAME.get(topic)
-    return found is not None and found.order_scoped and not found.compacted
+    return found is not None and found.merged_by_time
 
 
 def write_order(records: Mapping[Any, list]) -> list[tuple[Any, Any]]:

@@ -11,6 +11,7 @@ Pure: no Kafka here. Reading topics is the caller's business.
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -66,9 +67,15 @@ class Rebuilt:
 
 
 def write_order(messages: Iterable[Message]) -> list[Message]:
-    """The order a live processor met them in: as written (broker timestamp), ties by topic,
-    partition and offset (within a partition, offset order is the truth)."""
-    return sorted(messages, key=lambda m: (m.timestamp_ms, m.topic, m.partition, m.offset))
+    """The order a live processor met them in (``ordering.write_order``): partitions merged by broker
+    timestamp, ties by topic, partition and offset, each partition's records in offset order even
+    where its timestamps go back (producer-set times on a topic created before the catalog asked
+    for the broker's)."""
+    partitions: dict[tuple[str, int], list[Message]] = {}
+    for message in messages:
+        partitions.setdefault((message.topic, message.partition), []).append(message)
+    in_offset_order = (sorted(batch, key=lambda m: m.offset) for batch in partitions.values())
+    return list(heapq.merge(*in_offset_order, key=lambda m: (m.timestamp_ms, m.topic, m.partition, m.offset)))
 
 
 def replay(processor: MachineProcessor, messages: Iterable[Message], clock: str = "wall",
@@ -186,6 +193,24 @@ def comparable(output: tuple[str, dict]) -> Any:
     return topic, record
 
 
+def differing_fields(ours: Any, theirs: Any, path: str = "") -> Iterator[tuple[str, str, str]]:
+    """Where two plain values differ: each differing leaf's path with both values (shortened), so
+    an operator reading a rebuild report sees what differs, not only that something does."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        for key in sorted(set(ours) | set(theirs)):
+            yield from differing_fields(ours.get(key), theirs.get(key), f"{path}.{key}" if path else str(key))
+    elif isinstance(ours, list) and isinstance(theirs, list) and len(ours) == len(theirs):
+        for n, (mine, other) in enumerate(zip(ours, theirs, strict=True)):
+            yield from differing_fields(mine, other, f"{path}[{n}]")
+    elif ours != theirs:
+        yield path or "(value)", _short(ours), _short(theirs)
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def record_type(record: dict) -> str:
     payload = record.get("payload")
     return payload[0] if isinstance(payload, list | tuple) else ""
@@ -208,4 +233,6 @@ def compare_outputs(rebuilt: dict[str, tuple[str, dict]], produced: dict[str, tu
             yield Difference(stored[1]["order_id"], "output extra",
                              f"{event_id} on {stored[0]}: in the topic, the rebuild does not produce it")
         elif comparable(ours) != comparable(stored):
-            yield Difference(ours[1]["order_id"], "output differs", f"{event_id} on {ours[0]}")
+            fields = "; ".join(f"{path}: rebuild {mine} / topic {theirs}"
+                               for path, mine, theirs in differing_fields(comparable(ours)[1], comparable(stored)[1]))
+            yield Difference(ours[1]["order_id"], "output differs", f"{event_id} on {ours[0]} ({fields})")

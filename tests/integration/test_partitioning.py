@@ -1,16 +1,20 @@
-"""Co-partitioning across client libraries: the same order id must land on the same partition
-whether the simulator (confluent-kafka) or a processor (Faust/aiokafka) writes it."""
+"""How the catalog's topics behave on the broker: the same order id lands on the same partition
+whether the simulator (confluent-kafka) or a processor (Faust/aiokafka) writes it, and records of the
+topics merged by time carry the broker's append time, not the producer's."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from aiokafka import AIOKafkaProducer
-from confluent_kafka import Producer
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Producer
 
 from orderops.admin import admin_client, create_topics
-from orderops.catalog import Topic
+from orderops.catalog import DATA_TOPICS, Topic
 from orderops.security import KafkaSecurity, client_config
 from orderops.settings import PRODUCER_DEFAULTS, KafkaSettings
+from orderops.topicreader import read
 
 pytestmark = pytest.mark.broker
 
@@ -48,3 +52,22 @@ async def _check(bootstrap: str, topic: str, run_id: str) -> None:
 
     assert confluent_partitions == aio_partitions
     assert default_partitions != aio_partitions, "librdkafka's default (CRC32) differs: the setting matters"
+
+
+def test_merged_topics_carry_the_brokers_append_time_whatever_the_producer_says(catalog_topics, run_id):
+    """A record sent by a producer that held it back (here: stamped an hour ago) is stamped when the
+    broker appends it, so a partition's timestamps follow its offsets and replays merge as live did."""
+    assert all(t.config.get("message.timestamp.type") == "LogAppendTime" for t in DATA_TOPICS if t.merged_by_time)
+    probe = Topic(f"test.append-time-{run_id}", None, "order id", ("test",), (), "timestamp probe")  # as an order log
+    create_topics((probe,), KafkaSettings(catalog_topics, 1))
+    try:
+        producer = Producer(client_config(catalog_topics, **PRODUCER_DEFAULTS))
+        an_hour_ago = time.time() - 3600
+        for n in range(3):
+            producer.produce(probe.name, key=b"o-1", value=str(n).encode(), timestamp=int(an_hour_ago * 1000))
+        assert producer.flush(30) == 0
+        stamps = [m.timestamp() for m in read(catalog_topics, probe)]
+        assert len(stamps) == 3 and all(kind == TIMESTAMP_LOG_APPEND_TIME and ms > (an_hour_ago + 3000) * 1000
+                                        for kind, ms in stamps), stamps
+    finally:
+        admin_client(KafkaSettings(catalog_topics, 1)).delete_topics([probe.name])
