@@ -52,7 +52,7 @@ kafka-status:
 	@deploy/kafka/kafka.sh status
 
 topics: kafka-up
-	@$(call as_principal,admin) $(BIN)/orderops topics create
+	@$(call as_principal,admin) $(BIN)/orderops topics create --align
 	@if [ "$(SECURE)" = 1 ]; then $(call as_principal,admin) $(BIN)/orderops security setup; fi
 
 # The simulator compresses time (days per minute): processors follow event time, so orders age

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from orderops.catalog import ALL_TOPICS, Topic
 from orderops.security import client_config
@@ -18,10 +18,12 @@ class TopicReport:
     created: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
     differing: dict[str, list[str]] = field(default_factory=dict)
+    aligned: dict[str, list[str]] = field(default_factory=dict)  # settings set to the catalog's (align=True)
 
     def lines(self) -> list[str]:
         out = [f"created   {name}" for name in self.created]
-        out += [f"exists    {name}" for name in self.existing if name not in self.differing]
+        out += [f"exists    {name}" for name in self.existing if name not in self.differing and name not in self.aligned]
+        out += [f"ALIGNED   {name}: " + "; ".join(diffs) for name, diffs in self.aligned.items()]
         for name, diffs in self.differing.items():
             out.append(f"DIFFERS   {name}: " + "; ".join(diffs))
         return out
@@ -32,11 +34,13 @@ def admin_client(settings: KafkaSettings | None = None) -> AdminClient:
     return AdminClient(client_config(settings.bootstrap))
 
 
-def create_topics(topics: tuple[Topic, ...] = ALL_TOPICS, settings: KafkaSettings | None = None) -> TopicReport:
+def create_topics(topics: tuple[Topic, ...] = ALL_TOPICS, settings: KafkaSettings | None = None,
+                  align: bool = False) -> TopicReport:
     """Create every missing topic; report existing ones whose settings differ from the catalog.
 
-    Existing topics are never altered: changing a partition count re-keys orders across
-    partitions, which an operator must decide and plan, not a set-up script.
+    An existing topic's partition count is never changed: that re-keys orders across partitions,
+    which an operator must decide and plan, not a set-up script. Its other settings (retention,
+    timestamp type...) are set to the catalog's when ``align`` is given (`topics create --align`).
     """
     settings = settings or KafkaSettings.from_env()
     admin = admin_client(settings)
@@ -69,13 +73,23 @@ def create_topics(topics: tuple[Topic, ...] = ALL_TOPICS, settings: KafkaSetting
             actual_partitions = len(metadata.topics[t.name].partitions)
             if actual_partitions != t.partitions:
                 diffs.append(f"{actual_partitions} partitions, catalog says {t.partitions}")
-            for key, want in t.config.items():
-                have = configs[t.name].get(key)
-                if have is not None and have.value != want:
-                    diffs.append(f"{key}={have.value}, catalog says {want}")
+            settable = {key: want for key, want in t.config.items()
+                        if configs[t.name].get(key) is not None and configs[t.name][key].value != want}
+            if align and settable:
+                _set_configs(admin, t.name, settable)
+                report.aligned[t.name] = [f"{key}={configs[t.name][key].value}, now {want}" for key, want in settable.items()]
+            else:
+                diffs += [f"{key}={configs[t.name][key].value}, catalog says {want}" for key, want in settable.items()]
             if diffs:
                 report.differing[t.name] = diffs
     return report
+
+
+def _set_configs(admin: AdminClient, topic: str, values: dict[str, str]) -> None:
+    entries = [ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET) for key, value in values.items()]
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=entries)
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result()
 
 
 def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float = 30) -> None:

@@ -1,6 +1,6 @@
 """``orderops``: the operator's command line.
 
-    orderops topics create      create every catalog topic (idempotent), report differences
+    orderops topics create      create every catalog topic (idempotent), report differences (--align: fix settings)
     orderops topics list        the catalog: name, partitions, key, schema, writers
     orderops broker wait        block until a broker answers a metadata request
     orderops schemas freeze     record current writer schemas under schemas/fingerprints/
@@ -34,15 +34,16 @@ def _topics_create(args: argparse.Namespace) -> int:
     settings = KafkaSettings.from_env()
     if args.bootstrap:
         settings = KafkaSettings(args.bootstrap, settings.replication_factor)
-    report = create_topics(settings=settings)
+    report = create_topics(settings=settings, align=args.align)
     for line in report.lines():
         if args.verbose or not line.startswith("exists"):
             print(line)
     print(f"topics: {len(report.created)} created, {len(report.existing)} already existed, "
-          f"{len(report.differing)} differ from the catalog")
+          f"{len(report.aligned)} aligned with the catalog, {len(report.differing)} differ from it")
     if report.differing:
-        print("Topics that differ were left as they are: fix them by hand (kafka-configs / a planned "
-              "re-partition), or change the catalog if it is wrong.", file=sys.stderr)
+        print("Topics that differ were left as they are: `orderops topics create --align` sets their settings "
+              "to the catalog's; a partition count needs a planned re-partition. Or change the catalog if it is "
+              "wrong.", file=sys.stderr)
         return 1
     return 0
 
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     create = topics.add_parser("create", help="create every catalog topic that is missing")
     create.add_argument("--bootstrap", help="broker address (default: $KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
     create.add_argument("--verbose", action="store_true", help="also list the topics that already existed")
+    create.add_argument("--align", action="store_true",
+                        help="set existing topics' settings (not partition counts) to the catalog's")
     create.set_defaults(run=_topics_create)
     topics.add_parser("list", help="print the catalog").set_defaults(run=_topics_list)
 

@@ -335,8 +335,8 @@ class InFlight:
         self._waiting.discard(head)
         if head == (tp, offset):
             return {}
-        again: dict[Any, int] = {head[0]: head[1], tp: offset}
-        for other, at in queue:
+        again: dict[Any, int] = {}
+        for other, at in (head, (tp, offset), *queue):  # the lost head may be of this same partition: keep the lowest
             again[other] = min(again.get(other, at), at)
         for entry in queue:
             self._waiting.discard(entry)

@@ -7,6 +7,7 @@ command's event time — the way a real provider answers a command it has alread
 
 from __future__ import annotations
 
+import sys
 import threading
 import uuid
 from collections import Counter
@@ -30,12 +31,18 @@ class RefundDesk(threading.Thread):
         self.bootstrap, self.fails, self.answer_twice = bootstrap, fails, answer_twice
         self.order_ids, self.delay, self.from_start, self.group = order_ids, delay, from_start, f"{name}-{uuid.uuid4().hex}"
         self.commands: list[Envelope] = []  # every command read, repeats included
-        self.answers: Counter = Counter()  # refunds_succeeded / refunds_failed
+        self.answers: Counter = Counter()  # refunds_succeeded / refunds_failed / answers_not_delivered
         self._stop_event = threading.Event()
 
     def stop(self, timeout: float = 15) -> None:
         self._stop_event.set()
         self.join(timeout)
+
+    def _delivered(self, err, message) -> None:
+        if err is not None:
+            self.answers["answers_not_delivered"] += 1
+            print(f"refund desk: the answer for order {(message.key() or b'').decode()} did not reach "
+                  f"{message.topic()}: {err}; that refund stays unanswered", file=sys.stderr, flush=True)
 
     def run(self) -> None:
         from confluent_kafka import Consumer, Producer
@@ -67,7 +74,8 @@ class RefundDesk(threading.Thread):
                                   {**payload, "reason": "issuer declined", "retryable": True} if fails else payload)
                 value = codec.encode(PAYMENTS_EVENTS.value_schema, answer.to_record())
                 for _ in range(2 if self.answer_twice(command) else 1):
-                    producer.produce(PAYMENTS_EVENTS.name, key=command.order_id.encode(), value=value)
+                    producer.produce(PAYMENTS_EVENTS.name, key=command.order_id.encode(), value=value,
+                                     on_delivery=self._delivered)
                 producer.poll(0)
                 self.answers["refunds_failed" if fails else "refunds_succeeded"] += 1
         finally:

@@ -28,6 +28,7 @@ FAULT_OUTAGE_SECONDS size it; 24 orders by default; docs/reliability.md has what
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import random
 import shutil
@@ -96,7 +97,8 @@ async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(
         seed = int(run_id, 16) % 10**6
         config = Config(seed=seed, orders=ORDERS, rate=RATE, compression=10**9, start=START, order_gap=1.0)
         summary: Counter = Counter()
-        player = threading.Thread(target=lambda: summary.update(play(config, bootstrap)), daemon=True)
+        progress = io.StringIO()  # the simulator's progress lines: where it was if it stalls
+        player = threading.Thread(target=lambda: summary.update(play(config, bootstrap, out=progress)), daemon=True)
         player.start()
         schedule = random.Random(seed)
 
@@ -143,9 +145,11 @@ async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(
         broker.start()
         await outage
         await asyncio.to_thread(player.join, 1200)
-        assert not player.is_alive(), "the simulator did not finish"
+        assert not player.is_alive(), f"the simulator did not finish; its last lines: {progress.getvalue()[-600:]}"
         sent = sum(v for k, v in summary.items() if k.startswith("sent:") and "type:" not in k)
         assert sent > ORDERS * 5, summary  # the traffic flowed
+        assert not [k for k in summary if k.startswith("failed:") or k == "answers_not_delivered"], \
+            (summary, progress.getvalue()[-1000:])
         print(f"{sent} upstream events; faults: {'; '.join(faults)}")
 
         # The state machines: exactly what one clean replay of their inputs gives.
@@ -156,7 +160,8 @@ async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(
                 if result.returncode == 0 or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(3)  # still catching up after the faults
-            assert result.returncode == 0, "\n".join(faults) + "\n" + result.stdout + result.stderr[-2000:]
+            assert result.returncode == 0, "\n".join(faults) + "\n" + result.stdout + result.stderr[-2000:] + \
+                "\nthe simulator's last lines:\n" + progress.getvalue()[-600:]
 
         # The support view has every order.
         orders = [f"sim-{config.seed}-{n:06d}" for n in range(config.orders)]

@@ -9,6 +9,7 @@ import time
 import pytest
 from aiokafka import AIOKafkaProducer
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Producer
+from confluent_kafka.admin import NewTopic
 
 from orderops.admin import admin_client, create_topics
 from orderops.catalog import DATA_TOPICS, Topic
@@ -71,3 +72,22 @@ def test_merged_topics_carry_the_brokers_append_time_whatever_the_producer_says(
                                         for kind, ms in stamps), stamps
     finally:
         admin_client(KafkaSettings(catalog_topics, 1)).delete_topics([probe.name])
+
+
+def test_an_existing_topic_is_reported_until_aligned_with_the_catalog(catalog_topics, run_id):
+    """A topic created before the catalog asked for the broker's timestamps: reported as differing,
+    then set to the catalog's by ``align`` (what `orderops topics create --align` does)."""
+    settings = KafkaSettings(catalog_topics, 1)
+    topic = Topic(f"test.old-settings-{run_id}", None, "order id", ("test",), (), "a topic an older release made")
+    older = {key: value for key, value in topic.config.items() if key != "message.timestamp.type"}
+    admin = admin_client(settings)
+    admin.create_topics([NewTopic(topic.name, topic.partitions, 1, config=older)])[topic.name].result()
+    try:
+        found = create_topics((topic,), settings)
+        assert found.differing == {topic.name: ["message.timestamp.type=CreateTime, catalog says LogAppendTime"]}
+        aligned = create_topics((topic,), settings, align=True)
+        assert not aligned.differing
+        assert aligned.aligned == {topic.name: ["message.timestamp.type=CreateTime, now LogAppendTime"]}
+        assert create_topics((topic,), settings).differing == {}
+    finally:
+        admin.delete_topics([topic.name])

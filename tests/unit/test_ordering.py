@@ -214,6 +214,18 @@ def test_a_record_that_overtakes_a_lost_one_of_its_task_is_read_again_with_the_w
     assert in_flight.arrived(ORDERS, 67) == {} and in_flight.arrived(PAYMENTS, 33) == {}
 
 
+def test_a_record_that_overtakes_a_lost_one_of_its_own_partition_is_read_again_from_the_lost_one():
+    """Faust dropped an order's OrderPlaced (offset 0) as a second worker joined; offset 1 arrived first.
+    The partition is read again from 0, not from 1 (found: the re-read started at 1, and the order's
+    support view never had its placement: the two-worker test)."""
+    from orderops.ordering import InFlight
+
+    in_flight = InFlight()
+    for tp, offset in [(ORDERS, 0), (ORDERS, 1), (PAYMENTS, 5)]:
+        in_flight.handed(tp, offset)
+    assert in_flight.arrived(ORDERS, 1) == {ORDERS: 0, PAYMENTS: 5}
+
+
 def test_continuity_skips_what_arrives_after_a_record_sent_back_until_the_re_read_comes():
     from orderops.ordering import Continuity
 

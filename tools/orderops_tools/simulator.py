@@ -300,6 +300,17 @@ def play(config: Config, bootstrap: str, out=sys.stderr, answer_refunds: bool = 
         provider = RefundDesk(bootstrap, fails=lambda command: rng.random() < config.shares.get("refund_failure", 0.0),
                               from_start=False, name=f"{PAYMENT_PROVIDER}-simulated")
         provider.start()
+    failed: Counter = Counter()
+
+    def delivered(err, message) -> None:
+        """A send the broker did not take is counted and told, never passed off as sent."""
+        if err is None:
+            return
+        failed[message.topic()] += 1
+        if sum(failed.values()) <= 5:
+            print(f"simulate: {message.topic()} refused order {(message.key() or b'').decode()}'s event: {err}; "
+                  f"it is not on the topic (the summary counts it under failed:)", file=out, flush=True)
+
     began, last_report, last_sent, k = time.monotonic(), 0.0, 0.0, 0
     held: list[tuple[float, int, Send]] = []  # (due, order in the stream, send): what waits for its moment
     order_due: dict[bytes, float] = {}
@@ -314,7 +325,7 @@ def play(config: Config, bootstrap: str, out=sys.stderr, answer_refunds: bool = 
                 return False
             time.sleep(max(0.0, due - time.monotonic()))  # (checked, then read again, it could turn negative)
             last_sent = time.monotonic()
-            producer.produce(send.topic.name, key=send.key, value=send.value)
+            producer.produce(send.topic.name, key=send.key, value=send.value, on_delivery=delivered)
             producer.poll(0)
             sent[send.topic.name] += 1
             sent[f"type:{send.kind}"] += 1
@@ -337,11 +348,13 @@ def play(config: Config, bootstrap: str, out=sys.stderr, answer_refunds: bool = 
                 break
         send_due(float("inf"))
     finally:
-        if producer.flush(30):
-            print("simulate: some messages were not acknowledged within 30 s", file=out)
+        if unacknowledged := producer.flush(30):
+            failed["unacknowledged after 30 s"] += unacknowledged
+            print(f"simulate: {unacknowledged} message(s) not acknowledged within 30 s", file=out)
         if provider:
             provider.stop()
     summary = Counter({f"sent:{k}": v for k, v in sent.items()})
+    summary.update({f"failed:{k}": v for k, v in failed.items()})
     summary.update(chaos)
     if provider:
         summary.update(provider.answers)
@@ -388,6 +401,10 @@ def _run(args: argparse.Namespace) -> int:
     print("simulate: summary")
     for key, value in sorted(summary.items()):
         print(f"  {key:45} {value}")
+    if failed := sum(v for k, v in summary.items() if k.startswith("failed:")):
+        print(f"simulate: {failed} event(s) did not reach the broker (failed: above); the orders they belong to "
+              "are incomplete", file=sys.stderr)
+        return 1
     return 0
 
 
