@@ -73,18 +73,19 @@ class Dispatcher:
         return ledger, to_attempt, suppressed
 
     async def attempt(self, ledger: Ledger, delivery: Delivery, now: datetime, effects: Effects) -> Ledger:
-        in_doubt = delivery.status == "attempting"
+        in_doubt = delivery.status == "attempting" or delivery.doubtful
         try:
             rendered = self.render(delivery)
         except RenderError as exc:
             return await self._give_up(ledger, move(delivery, "attempt"), None, str(exc), effects)
         breaker = self.breakers[delivery.channel]
         if not breaker.allows():
-            waiting = move(move(delivery, "attempt"), "deferred",
+            waiting = move(move(delivery, "attempt"), "deferred", doubtful=in_doubt,
                            due_at=now + timedelta(seconds=breaker.retry_in()) + timedelta(milliseconds=100),
                            last_error=f"{delivery.channel} circuit open after repeated failures")
             return ledger.put(waiting)
-        delivery = move(delivery, "attempt", attempts=delivery.attempts + 1, in_doubt=delivery.in_doubt + in_doubt)
+        delivery = move(delivery, "attempt", attempts=delivery.attempts + 1, in_doubt=delivery.in_doubt + in_doubt,
+                        doubtful=False)
         ledger = ledger.put(delivery)
         await effects.persist(ledger)  # durable before the far end hears anything
         if in_doubt:

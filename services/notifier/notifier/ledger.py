@@ -31,7 +31,7 @@ DELIVERY = Machine(
         ("attempting",  "accepted",       "sent"),
         ("attempting",  "failed",         "retrying"),
         ("attempting",  "gave_up",        "failed"),      # last attempt failed, or it can never work
-        ("attempting",  "deferred",       "retrying"),    # circuit open: not attempted, not counted
+        ("attempting",  "deferred",       "retrying"),    # circuit open: not attempted, not counted (a doubt is kept)
         ("attempting",  "attempt",        "attempting"),  # found mid-attempt after a crash: in doubt
         ("retrying",    "attempt",        "attempting"),
     ),
@@ -48,6 +48,9 @@ class Delivery:
     status: str = DELIVERY.initial
     attempts: int = 0
     in_doubt: int = 0
+    # The last attempt's outcome is unknown (found mid-attempt, then deferred by an open circuit):
+    # the next attempt is announced IN_DOUBT like one made at once.
+    doubtful: bool = False
     due_at: datetime | None = None  # end of the coalescing window, or the next retry
     last_error: str = ""
 

@@ -127,6 +127,43 @@ def test_a_redelivered_request_whose_delivery_was_mid_attempt_is_attempted_again
     assert [d.delivery_id for d in due] == ["n-1/email"]
 
 
+class Recorded:
+    """What the dispatcher did to the outside: records published, messages sent (no I/O)."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str]] = []
+        self.sent: list[str] = []
+
+    async def persist(self, ledger) -> None:
+        pass
+
+    async def publish(self, delivery, outcome, rendered, reason) -> None:
+        self.published.append((delivery.delivery_id, outcome))
+
+    async def send(self, delivery_id, recipient, rendered, document) -> None:
+        self.sent.append(delivery_id)
+
+
+async def test_a_delivery_found_mid_attempt_while_the_circuit_is_open_is_still_resent_as_in_doubt():
+    """A worker was killed while a webhook was on its way; the restarted worker found the webhook
+    receiver down (circuit open) and deferred it. The later attempt must still be announced IN_DOUBT
+    (found: the 200-order fault run, a webhook received twice with no IN_DOUBT record)."""
+    recorded = Recorded()
+    breaker = CircuitBreaker(threshold=1, cooldown=10, clock=lambda: now[0])
+    now = [0.0]
+    notifier = Dispatcher({"webhook": recorded}, {"webhook": breaker}, TEMPLATES, Preferences(), RetryPolicy(),
+                          timedelta(0))
+    ledger, _, _ = notifier.accept(Ledger("o-1"), envelope(request()), ("t", 0, 1), T0)
+    crashed = ledger.put(move(ledger.delivery("n-1/webhook"), "attempt", attempts=1))
+    breaker.failed()  # other deliveries found the receiver down
+    deferred = await notifier.attempt(crashed, crashed.delivery("n-1/webhook"), T0, recorded)
+    assert deferred.delivery("n-1/webhook").status == "retrying" and recorded.sent == []
+    now[0] = 11.0  # the circuit half-opens
+    resent = await notifier.attempt(deferred, deferred.delivery("n-1/webhook"), T0, recorded)
+    assert recorded.published == [("n-1/webhook", "IN_DOUBT"), ("n-1/webhook", "SENT")]
+    assert resent.delivery("n-1/webhook").in_doubt == 1 and not resent.delivery("n-1/webhook").doubtful
+
+
 def test_opt_out_and_quiet_hours_suppress_with_the_reason():
     preferences = Preferences.from_document({"customers": {
         "c-1": {"opt_out": ["webhook"]},
