@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from notifier.channels import Channel, CircuitBreaker, SendError
-from notifier.ledger import Delivery, Ledger, Preferences, RetryPolicy, move
+from notifier.ledger import UNFINISHED, Delivery, Ledger, Preferences, RetryPolicy, move
 from notifier.rendering import Rendered, RenderError, Templates, context
 from orderops.envelope import Envelope
 
@@ -42,11 +42,11 @@ class Dispatcher:
             Ledger, list[Delivery], list[tuple[Delivery, str]]]:
         """A new request: one delivery per channel. Returns the ledger, the deliveries to attempt now,
         and the suppressed ones with the reason (to be published). A request already in the
-        ledger is a redelivery: only a delivery found mid-attempt (a crash) is attempted again."""
+        ledger is a redelivery: only a delivery a crash left unfinished is attempted again."""
         payload = request.payload
         known = ledger.holding(payload["notification_id"])
         if known:
-            return ledger, [d for d in known if d.status == "attempting"], []
+            return ledger, [d for d in known if d.status in UNFINISHED], []
         entry = {"notification_id": payload["notification_id"], "payload": payload, "origin": list(origin),
                  "event": {"event_id": request.event_id, "occurred_at": request.occurred_at,
                            "source": request.source, "type": request.type}}

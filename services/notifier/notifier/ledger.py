@@ -39,6 +39,11 @@ DELIVERY = Machine(
 )
 
 
+# A request's deliveries are attempted one after the other, the ledger written before each: after a
+# crash, one may be mid-attempt and the next not attempted at all. Both are attempted again.
+UNFINISHED = ("received", "attempting")
+
+
 @dataclass(frozen=True)
 class Delivery:
     delivery_id: str  # <first notification id>/<channel>: the idempotency key receivers see
@@ -75,8 +80,9 @@ class Ledger:
         return replace(self, deliveries=(*others, updated))
 
     def due(self, now: datetime) -> list[Delivery]:
-        """Deliveries to attempt now: windows closed, retries due, and any found mid-attempt."""
-        return [d for d in self.deliveries if d.status == "attempting" or
+        """Deliveries to attempt now: windows closed, retries due, and any found mid-attempt or not
+        yet attempted (a crash between a request's first and second delivery leaves one received)."""
+        return [d for d in self.deliveries if d.status in UNFINISHED or
                 (d.status in ("held", "retrying") and d.due_at is not None and d.due_at <= now)]
 
     def next_deadline(self) -> datetime | None:

@@ -113,18 +113,34 @@ def envelope(payload: dict, at: datetime = T0) -> Envelope:
                     "orderops.notifications.NotificationRequested", payload)
 
 
+def sent(ledger: Ledger, delivery_id: str) -> Ledger:
+    return ledger.put(move(move(ledger.delivery(delivery_id), "attempt", attempts=1), "accepted"))
+
+
 def test_each_request_becomes_one_delivery_per_channel_and_a_redelivery_none():
     ledger, due, suppressed = dispatcher().accept(Ledger("o-1"), envelope(request()), ("t", 0, 1), T0)
     assert [d.delivery_id for d in due] == ["n-1/email", "n-1/webhook"] and suppressed == []
+    ledger = sent(sent(ledger, "n-1/email"), "n-1/webhook")
     again, due_again, _ = dispatcher().accept(ledger, envelope(request()), ("t", 0, 1), T0)
     assert again is ledger and due_again == []
 
 
 def test_a_redelivered_request_whose_delivery_was_mid_attempt_is_attempted_again():
     ledger, due, _ = dispatcher().accept(Ledger("o-1"), envelope(request()), ("t", 0, 1), T0)
-    crashed = ledger.put(move(ledger.delivery("n-1/email"), "attempt", attempts=1))
+    crashed = sent(ledger, "n-1/webhook").put(move(ledger.delivery("n-1/email"), "attempt", attempts=1))
     _, due, _ = dispatcher().accept(crashed, envelope(request()), ("t", 0, 1), T0)
     assert [d.delivery_id for d in due] == ["n-1/email"]
+
+
+def test_a_delivery_a_crash_left_unattempted_is_due_on_redelivery_and_on_a_timer_tick():
+    """Killed after the email's attempt was written, before the webhook's: the webhook stayed
+    ``received`` and was never sent (found: the 200-order fault run)."""
+    ledger, _, _ = dispatcher().accept(Ledger("o-1"), envelope(request()), ("t", 0, 1), T0)
+    crashed = ledger.put(move(ledger.delivery("n-1/email"), "attempt", attempts=1))
+    assert crashed.delivery("n-1/webhook").status == "received"
+    _, due, _ = dispatcher().accept(crashed, envelope(request()), ("t", 0, 1), T0)
+    assert sorted(d.delivery_id for d in due) == ["n-1/email", "n-1/webhook"]
+    assert sorted(d.delivery_id for d in crashed.due(T0)) == ["n-1/email", "n-1/webhook"]
 
 
 class Recorded:
