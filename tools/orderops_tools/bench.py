@@ -20,11 +20,13 @@ import argparse
 import asyncio
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -214,9 +216,10 @@ def start_processor(name: str, instance: str, workdir: Path, extra: dict[str, st
     return ServiceProcess(["-m", name.replace("-", "_")], env, workdir / f"{name}.log", port).start()
 
 
-def processors_alone(results: Results, workdir: Path, smtp_port: int) -> None:
+def processors_alone(results: Results, workdir: Path, smtp_port: int, names: tuple[str, ...] = PIPELINE,
+                     profiles: Path | None = None) -> None:
     passthrough = results.baselines["passthrough"]
-    for name in PIPELINE:
+    for name in names:
         process = start_processor(name, "alone", workdir / name, {"ORDEROPS_SMTP_PORT": str(smtp_port),
                                                                   "ORDEROPS_NOTIFIER_CHANNELS": "email"})
         asyncio.run(process.wait_ready(timeout=300))
@@ -225,6 +228,7 @@ def processors_alone(results: Results, workdir: Path, smtp_port: int) -> None:
         _, total = lag(group, inputs)
         pid = process.process.pid
         rss_ready, state_ready = rss_mb(pid, "VmRSS"), tree_bytes(workdir / name / "state")
+        sampler = profile(pid, profiles / f"{name}.folded") if profiles else None
         cpu0, began = cpu_seconds(pid), time.monotonic()
         while True:
             behind, total = lag(group, inputs)
@@ -233,6 +237,11 @@ def processors_alone(results: Results, workdir: Path, smtp_port: int) -> None:
             time.sleep(0.5)
         took = time.monotonic() - began
         cpu = cpu_seconds(pid) - cpu0
+        if sampler:
+            sampler.send_signal(signal.SIGINT)  # py-spy writes its samples when interrupted
+            sampler.wait(60)
+            log(f"{name}: profile in {profiles / f'{name}.folded'} (folded stacks; self time by frame: "
+                f"{', '.join(f'{frame} {share:.0%}' for frame, share in hottest(profiles / f'{name}.folded'))})")
         state_bytes = tree_bytes(workdir / name / "state") - state_ready  # less RocksDB's files of an empty store
         rss = rss_mb(pid)
         process.stop()
@@ -245,6 +254,27 @@ def processors_alone(results: Results, workdir: Path, smtp_port: int) -> None:
         log(f"{name} alone: {total:,} events in {took:.1f} s = {rate:,.0f}/s ({rate / passthrough:.0%} of the "
             f"passthrough), {1000 * cpu / max(total, 1):.2f} CPU s per 1,000, peak RSS {rss:.0f} MB"
             + (" (did not finish: capped at 30 min)" if behind else ""))
+
+
+def profile(pid: int, out: Path) -> subprocess.Popen:
+    """py-spy sampling the processor while it drains (the profiling steps of docs/performance.md)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen([str(spy), "record", "-p", str(pid), "-r", "50", "-f", "raw", "-o", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def hottest(folded: Path, top: int = 6) -> list[tuple[str, float]]:
+    """The frames that most samples were in (self time), with their share of all samples."""
+    if not folded.is_file():
+        return []
+    own: Counter = Counter()
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            own[stack.rsplit(";", 1)[-1].strip()] += int(count)
+    total = sum(own.values()) or 1
+    return [(frame, n / total) for frame, n in own.most_common(top)]
 
 
 # -- replay ---------------------------------------------------------------------------------------
@@ -451,6 +481,11 @@ def run(args: argparse.Namespace) -> int:
         async def handle_DATA(self, server, session, envelope):
             return "250 OK"
 
+    unknown = set(args.processors) - set(PIPELINE)
+    if unknown:
+        print(f"bench: no processor {', '.join(sorted(unknown))}; known: {', '.join(PIPELINE)}", file=sys.stderr)
+        return 2
+
     results = Results(machine=machine())
     with tempfile.TemporaryDirectory(prefix="orderops-bench-") as tmp:
         workdir = Path(tmp)
@@ -465,7 +500,8 @@ def run(args: argparse.Namespace) -> int:
             results.events = len(sends)
             log(f"workload: {len(sends):,} upstream events of {results.orders:,} orders")
             baselines(sends, results)
-            processors_alone(results, workdir / "alone", smtp.port)
+            processors_alone(results, workdir / "alone", smtp.port, tuple(args.processors),
+                             Path(args.profile).resolve() if args.profile else None)
             replays(results)
         finally:
             broker.stop()
@@ -498,6 +534,9 @@ def register(groups) -> None:
                         help="offered rates for the pipeline, events/s (BENCH_RATES, default 500,1000,3000,7000)")
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_RATE_SECONDS", "60")),
                         help="seconds at each rate (BENCH_RATE_SECONDS, default 60)")
+    parser.add_argument("--processors", type=lambda s: [x for x in s.split(",") if x], default=list(PIPELINE),
+                        help=f"the processors measured alone (default: all: {','.join(PIPELINE)})")
+    parser.add_argument("--profile", metavar="DIR", help="sample each processor alone with py-spy; folded stacks in DIR")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.set_defaults(run=run)
 
