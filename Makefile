@@ -97,7 +97,7 @@ TEST_ENV := KAFKA_PORT=$${KAFKA_TEST_PORT:-19092} KAFKA_CONTROLLER_PORT=$${KAFKA
 	ORDEROPS_RUN_DIR=$(CURDIR)/.run/test
 
 test: venv browser prometheus
-	$(TEST_ENV) $(BIN)/pytest -m "not kills_broker" $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
 # The support console is tested in a real headless browser: Debian's chromium (Playwright drives it).
 browser:
