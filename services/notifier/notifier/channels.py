@@ -21,9 +21,13 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 class SendError(Exception):
-    def __init__(self, message: str, *, permanent: bool) -> None:
+    """A send that failed. ``permanent``: retrying cannot help. ``in_doubt``: the message had left
+    (the far end stopped answering after the request was sent), so it may have arrived: the next
+    attempt is announced IN_DOUBT, and receivers drop it by its idempotency key / Message-ID."""
+
+    def __init__(self, message: str, *, permanent: bool, in_doubt: bool = False) -> None:
         super().__init__(message)
-        self.permanent = permanent
+        self.permanent, self.in_doubt = permanent, in_doubt
 
 
 class Channel(Protocol):
@@ -118,8 +122,12 @@ class EmailChannel:
         message["Content-Language"] = rendered.locale
         message.set_content(rendered.body)
         try:
+            client = await self._connection()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise SendError(f"SMTP server {self.host}:{self.port} unreachable: {exc}", permanent=False) from exc
+        try:
             try:
-                await (await self._connection()).send_message(message)
+                await client.send_message(message)
             except BaseException:
                 self._drop()  # whatever state the session is in, the next message starts a new one
                 raise
@@ -128,7 +136,8 @@ class EmailChannel:
         except aiosmtplib.SMTPResponseException as exc:
             raise SendError(f"SMTP {exc.code}: {exc.message}", permanent=500 <= exc.code < 600) from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise SendError(f"SMTP server {self.host}:{self.port} unreachable: {exc}", permanent=False) from exc
+            raise SendError(f"SMTP server {self.host}:{self.port} stopped answering while the message was sent "
+                            f"({type(exc).__name__}: {exc}): it may have arrived", permanent=False, in_doubt=True) from exc
 
 
 @dataclass
@@ -152,8 +161,12 @@ class WebhookChannel:
                 text = (await response.text())[:200]
                 permanent = 400 <= response.status < 500 and response.status not in (408, 409, 425, 429)
                 raise SendError(f"{self.url} answered {response.status}: {text}", permanent=permanent)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise SendError(f"{self.url} unreachable: {type(exc).__name__}: {exc}", permanent=False) from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            # Connected, so the request may have been read and acted on before the answer was lost.
+            raise SendError(f"{self.url} gave no answer after the request was sent ({type(exc).__name__}: {exc}): "
+                            "it may have arrived", permanent=False, in_doubt=True) from exc
 
 
 class CircuitBreaker:

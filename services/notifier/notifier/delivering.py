@@ -99,9 +99,10 @@ class Dispatcher:
             if exc.permanent or delivery.attempts >= self.retry.max_attempts:
                 why = str(exc) if exc.permanent else f"gave up after {delivery.attempts} attempts: {exc}"
                 return await self._give_up(ledger, delivery, rendered, why, effects)
-            log.warning("notifier: %s attempt %d failed, retrying: %s", delivery.delivery_id, delivery.attempts, exc)
+            log.warning("notifier: %s attempt %d failed, retrying%s: %s", delivery.delivery_id, delivery.attempts,
+                        " (announced as in doubt)" if exc.in_doubt else "", exc)
             return ledger.put(move(delivery, "failed", due_at=self.retry.next_attempt(delivery, now),
-                                   last_error=str(exc)))
+                                   last_error=str(exc), doubtful=exc.in_doubt))
         breaker.succeeded()
         sent = move(delivery, "accepted", due_at=None, last_error="")
         await effects.publish(sent, "SENT", rendered, "")

@@ -53,8 +53,8 @@ class Delivery:
     status: str = DELIVERY.initial
     attempts: int = 0
     in_doubt: int = 0
-    # The last attempt's outcome is unknown (found mid-attempt, then deferred by an open circuit):
-    # the next attempt is announced IN_DOUBT like one made at once.
+    # The last attempt's outcome is unknown (no answer after the message left, or found mid-attempt
+    # and then deferred by an open circuit): the next attempt is announced IN_DOUBT.
     doubtful: bool = False
     due_at: datetime | None = None  # end of the coalescing window, or the next retry
     last_error: str = ""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from notifier.channels import CircuitBreaker, SignatureError, message_id, sign, verify
+from notifier.channels import CircuitBreaker, SendError, SignatureError, message_id, sign, verify
 from notifier.delivering import Dispatcher
 from notifier.ledger import DELIVERY, Delivery, Ledger, Preferences, RetryPolicy, move
 from notifier.rendering import RenderError, Templates, context
@@ -144,11 +144,13 @@ def test_a_delivery_a_crash_left_unattempted_is_due_on_redelivery_and_on_a_timer
 
 
 class Recorded:
-    """What the dispatcher did to the outside: records published, messages sent (no I/O)."""
+    """What the dispatcher did to the outside: records published, messages sent (no I/O); the
+    first ``failures`` sends fail as given."""
 
-    def __init__(self) -> None:
+    def __init__(self, *failures: SendError) -> None:
         self.published: list[tuple[str, str]] = []
         self.sent: list[str] = []
+        self.failures = list(failures)
 
     async def persist(self, ledger) -> None:
         pass
@@ -158,6 +160,20 @@ class Recorded:
 
     async def send(self, delivery_id, recipient, rendered, document) -> None:
         self.sent.append(delivery_id)
+        if self.failures:
+            raise self.failures.pop(0)
+
+
+async def test_a_send_that_got_no_answer_after_it_left_is_retried_as_in_doubt():
+    recorded = Recorded(SendError("no answer after the request was sent", permanent=False, in_doubt=True))
+    notifier = Dispatcher({"webhook": recorded}, {"webhook": CircuitBreaker(threshold=5, cooldown=10)}, TEMPLATES,
+                          Preferences(), RetryPolicy(), timedelta(0))
+    ledger, (delivery,), _ = notifier.accept(Ledger("o-1"), envelope(request()), ("t", 0, 1), T0)
+    ledger = await notifier.attempt(ledger, delivery, T0, recorded)
+    assert ledger.delivery("n-1/webhook").status == "retrying" and ledger.delivery("n-1/webhook").doubtful
+    ledger = await notifier.attempt(ledger, ledger.delivery("n-1/webhook"), T0 + timedelta(minutes=1), recorded)
+    assert recorded.published == [("n-1/webhook", "IN_DOUBT"), ("n-1/webhook", "SENT")]
+    assert recorded.sent == ["n-1/webhook", "n-1/webhook"]
 
 
 async def test_a_delivery_found_mid_attempt_while_the_circuit_is_open_is_still_resent_as_in_doubt():

@@ -1,0 +1,78 @@
+"""The channels against real servers on this machine: which failures leave a message's fate unknown.
+
+A failure before the message left (nothing listening) is a plain retry; one after it left (the
+receiver took the request and did not answer in time) may have been delivered, so the next
+attempt is announced IN_DOUBT (found: webhooks received twice in the 20,000-event fault run, when
+the receiver answered after the notifier's time limit)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+from aiosmtpd.controller import Controller
+
+from notifier.channels import EmailChannel, SendError, WebhookChannel
+from notifier.rendering import Rendered
+from orderops.testing import free_port
+
+MESSAGE = Rendered("Subject", "Body\n", "en")
+CUSTOMER = {"email": "ann@example.com"}
+
+
+async def webhook_receiver(delay: float) -> tuple[web.AppRunner, str, list[str]]:
+    received: list[str] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        received.append(request.headers["Idempotency-Key"])
+        await asyncio.sleep(delay)
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_post("/hooks", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}/hooks", received
+
+
+async def test_a_webhook_nobody_listens_for_fails_plainly():
+    channel = WebhookChannel(f"http://127.0.0.1:{free_port()}/hooks", lambda: [b"k"], timeout=2)
+    with pytest.raises(SendError) as failed:
+        await channel.send("d-1", CUSTOMER, MESSAGE, {})
+    assert not failed.value.in_doubt and not failed.value.permanent and "unreachable" in str(failed.value)
+
+
+async def test_a_webhook_answered_too_late_is_in_doubt_and_one_answered_in_time_is_sent():
+    runner, url, received = await webhook_receiver(delay=2)
+    try:
+        with pytest.raises(SendError) as failed:
+            await WebhookChannel(url, lambda: [b"k"], timeout=0.5).send("d-1", CUSTOMER, MESSAGE, {})
+        assert failed.value.in_doubt and received == ["d-1"], (str(failed.value), received)
+        await WebhookChannel(url, lambda: [b"k"], timeout=5).send("d-1", CUSTOMER, MESSAGE, {})
+        assert received == ["d-1", "d-1"]  # the same idempotency key: the receiver drops the second
+    finally:
+        await runner.cleanup()
+
+
+async def test_an_smtp_server_nobody_runs_fails_plainly_and_one_that_stalls_after_data_is_in_doubt():
+    port = free_port()
+    with pytest.raises(SendError) as failed:
+        await EmailChannel("127.0.0.1", port, "orders@shop.example", timeout=2).send("d-1", CUSTOMER, MESSAGE, {})
+    assert not failed.value.in_doubt
+
+    class Stalls:
+        async def handle_DATA(self, server, session, envelope):
+            await asyncio.sleep(3)  # took the message, answers too late
+            return "250 OK"
+
+    server = Controller(Stalls(), hostname="127.0.0.1", port=port)
+    server.start()
+    try:
+        with pytest.raises(SendError) as failed:
+            await EmailChannel("127.0.0.1", port, "orders@shop.example", timeout=1).send("d-1", CUSTOMER, MESSAGE, {})
+        assert failed.value.in_doubt, str(failed.value)
+    finally:
+        server.stop()
