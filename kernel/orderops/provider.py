@@ -18,7 +18,6 @@ from orderops.catalog import PAYMENT_PROVIDER, PAYMENTS_EVENTS, PAYMENTS_REFUND_
 from orderops.codec import Codec
 from orderops.envelope import Envelope
 from orderops.security import client_config
-from orderops.settings import PRODUCER_DEFAULTS
 
 Decision = Callable[[Envelope], bool]
 
@@ -38,23 +37,20 @@ class RefundDesk(threading.Thread):
         self._stop_event.set()
         self.join(timeout)
 
-    def _delivered(self, err, message) -> None:
-        if err is not None:
-            self.answers["answers_not_delivered"] += 1
-            print(f"refund desk: the answer for order {(message.key() or b'').decode()} did not reach "
-                  f"{message.topic()}: {err}; that refund stays unanswered", file=sys.stderr, flush=True)
-
     def run(self) -> None:
-        from confluent_kafka import Consumer, Producer
+        from confluent_kafka import Consumer
+
+        from orderops.resend import ResendingProducer
 
         codec, answered = Codec(), set()
         consumer = Consumer(client_config(self.bootstrap, **{
             "group.id": self.group, "auto.offset.reset": "earliest" if self.from_start else "latest"}))
         consumer.subscribe([PAYMENTS_REFUND_REQUESTS.name])
-        producer = Producer(client_config(self.bootstrap, **PRODUCER_DEFAULTS))
+        producer = ResendingProducer(self.bootstrap, "refund desk")
         try:
             while not self._stop_event.is_set():
                 message = consumer.poll(0.3)
+                producer.poll()  # delivery reports: a refused answer is sent again
                 if message is None or message.error():
                     continue
                 if self.order_ids is not None and message.key().decode() not in self.order_ids:
@@ -74,10 +70,11 @@ class RefundDesk(threading.Thread):
                                   {**payload, "reason": "issuer declined", "retryable": True} if fails else payload)
                 value = codec.encode(PAYMENTS_EVENTS.value_schema, answer.to_record())
                 for _ in range(2 if self.answer_twice(command) else 1):
-                    producer.produce(PAYMENTS_EVENTS.name, key=command.order_id.encode(), value=value,
-                                     on_delivery=self._delivered)
-                producer.poll(0)
+                    producer.produce(PAYMENTS_EVENTS.name, key=command.order_id.encode(), value=value)
                 self.answers["refunds_failed" if fails else "refunds_succeeded"] += 1
         finally:
-            producer.flush(10)
+            if lost := producer.flush(45) + producer.lost:  # longer than a send's timeout: a stuck producer's go again
+                self.answers["answers_not_delivered"] += lost
+                print(f"refund desk: {lost} answer(s) not acknowledged: those refunds stay unanswered",
+                      file=sys.stderr, flush=True)
             consumer.close()

@@ -33,7 +33,6 @@ from orderops.catalog import (
 )
 from orderops.provider import RefundDesk
 from orderops.scenario import Story, address, customer, instrument, line, money
-from orderops.security import client_config
 
 UPSTREAM = (STOREFRONT_ORDERS, STOREFRONT_RETURNS, PAYMENTS_EVENTS, WAREHOUSE_FULFILLMENT, WAREHOUSE_RETURNS,
             SUPPORT_CONTACTS)
@@ -286,13 +285,11 @@ def plan(config: Config, origin: datetime) -> tuple[list[Send], Counter]:
 # -- playing it -----------------------------------------------------------------------------------
 
 def play(config: Config, bootstrap: str, out=sys.stderr, answer_refunds: bool = True) -> Counter:
-    from confluent_kafka import Producer
-
-    from orderops.settings import PRODUCER_DEFAULTS
+    from orderops.resend import ResendingProducer
 
     origin = config.start or datetime.now(UTC).replace(microsecond=0)
     chaos: Counter = Counter()
-    producer = Producer(client_config(bootstrap, **PRODUCER_DEFAULTS))
+    producer = ResendingProducer(bootstrap, "simulate", out)
     sent: Counter = Counter()
     provider = None
     if answer_refunds:
@@ -301,16 +298,6 @@ def play(config: Config, bootstrap: str, out=sys.stderr, answer_refunds: bool = 
                               from_start=False, name=f"{PAYMENT_PROVIDER}-simulated")
         provider.start()
     failed: Counter = Counter()
-
-    def delivered(err, message) -> None:
-        """A send the broker did not take is counted and told, never passed off as sent."""
-        if err is None:
-            return
-        failed[message.topic()] += 1
-        if sum(failed.values()) <= 5:
-            print(f"simulate: {message.topic()} refused order {(message.key() or b'').decode()}'s event: {err}; "
-                  f"it is not on the topic (the summary counts it under failed:)", file=out, flush=True)
-
     began, last_report, last_sent, k = time.monotonic(), 0.0, 0.0, 0
     held: list[tuple[float, int, Send]] = []  # (due, order in the stream, send): what waits for its moment
     order_due: dict[bytes, float] = {}
@@ -325,8 +312,7 @@ def play(config: Config, bootstrap: str, out=sys.stderr, answer_refunds: bool = 
                 return False
             time.sleep(max(0.0, due - time.monotonic()))  # (checked, then read again, it could turn negative)
             last_sent = time.monotonic()
-            producer.produce(send.topic.name, key=send.key, value=send.value, on_delivery=delivered)
-            producer.poll(0)
+            producer.produce(send.topic.name, key=send.key, value=send.value)
             sent[send.topic.name] += 1
             sent[f"type:{send.kind}"] += 1
             k += 1
@@ -348,13 +334,19 @@ def play(config: Config, bootstrap: str, out=sys.stderr, answer_refunds: bool = 
                 break
         send_due(float("inf"))
     finally:
-        if unacknowledged := producer.flush(30):
-            failed["unacknowledged after 30 s"] += unacknowledged
-            print(f"simulate: {unacknowledged} message(s) not acknowledged within 30 s", file=out)
+        # Longer than the producer's message timeout: what a stuck producer holds is sent again in time.
+        if unacknowledged := producer.flush(120):
+            failed["unacknowledged after 120 s"] += unacknowledged
+            print(f"simulate: {unacknowledged} event(s) not acknowledged within 120 s: they are not on their topics; "
+                  f"the orders they belong to are incomplete", file=out)
         if provider:
             provider.stop()
     summary = Counter({f"sent:{k}": v for k, v in sent.items()})
+    if producer.lost:
+        failed["refused for good"] += producer.lost
     summary.update({f"failed:{k}": v for k, v in failed.items()})
+    if producer.resent:
+        summary["resent after a refused or timed-out send"] = producer.resent
     summary.update(chaos)
     if provider:
         summary.update(provider.answers)
