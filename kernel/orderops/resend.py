@@ -28,7 +28,6 @@ class ResendingProducer:
         self.bootstrap, self.name, self.out, self.message_timeout_ms = bootstrap, name, out, message_timeout_ms
         self.resent = 0  # messages sent again after a timeout or a retriable refusal
         self.lost = 0  # messages the broker refused for good (too large, not authorized...): told, not sent again
-        self.replacements = 0  # producers retired
         self._failed: deque[tuple[str, bytes | None, bytes | None]] = deque()
         self._retired: list[Any] = []
         self._last_error = ""
@@ -70,7 +69,6 @@ class ResendingProducer:
         old.poll(0)
         self._retired = [p for p in self._retired if len(p)] + ([old] if len(old) else [])
         self._producer = self._new()
-        self.replacements += 1
         again = list(self._failed)
         self._failed.clear()
         print(f"{self.name}: the broker did not take {len(again)} message(s) ({self._last_error}); a new producer "

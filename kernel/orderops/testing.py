@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -97,10 +98,11 @@ class WebhookSink:
     """A real HTTP server on a free port receiving the notifier's webhooks, as a shop's system
     would: how often each delivery (its ``Idempotency-Key``) came. ``await WebhookSink().start()``."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer_after: float = 0.0) -> None:
         from collections import Counter
 
         self.delivery_ids: Counter = Counter()
+        self.answer_after = answer_after  # seconds between taking a request and answering it (a slow receiver)
         self.port = free_port()
         self._runner: Any = None
 
@@ -113,6 +115,7 @@ class WebhookSink:
 
         await request.read()
         self.delivery_ids[request.headers.get("Idempotency-Key", "")] += 1
+        await asyncio.sleep(self.answer_after)
         return web.json_response({"status": "ok"})
 
     async def start(self) -> WebhookSink:

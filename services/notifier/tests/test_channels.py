@@ -10,32 +10,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiohttp import web
 from aiosmtpd.controller import Controller
 
 from notifier.channels import EmailChannel, SendError, WebhookChannel
 from notifier.rendering import Rendered
-from orderops.testing import free_port
+from orderops.testing import WebhookSink, free_port
 
 MESSAGE = Rendered("Subject", "Body\n", "en")
 CUSTOMER = {"email": "ann@example.com"}
-
-
-async def webhook_receiver(delay: float) -> tuple[web.AppRunner, str, list[str]]:
-    received: list[str] = []
-
-    async def receive(request: web.Request) -> web.Response:
-        received.append(request.headers["Idempotency-Key"])
-        await asyncio.sleep(delay)
-        return web.json_response({"status": "ok"})
-
-    app = web.Application()
-    app.router.add_post("/hooks", receive)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}/hooks", received
 
 
 async def test_a_webhook_nobody_listens_for_fails_plainly():
@@ -46,15 +28,16 @@ async def test_a_webhook_nobody_listens_for_fails_plainly():
 
 
 async def test_a_webhook_answered_too_late_is_in_doubt_and_one_answered_in_time_is_sent():
-    runner, url, received = await webhook_receiver(delay=2)
+    receiver = await WebhookSink(answer_after=2).start()
+    received = receiver.delivery_ids
     try:
         with pytest.raises(SendError) as failed:
-            await WebhookChannel(url, lambda: [b"k"], timeout=0.5).send("d-1", CUSTOMER, MESSAGE, {})
-        assert failed.value.in_doubt and received == ["d-1"], (str(failed.value), received)
-        await WebhookChannel(url, lambda: [b"k"], timeout=5).send("d-1", CUSTOMER, MESSAGE, {})
-        assert received == ["d-1", "d-1"]  # the same idempotency key: the receiver drops the second
+            await WebhookChannel(receiver.url, lambda: [b"k"], timeout=0.5).send("d-1", CUSTOMER, MESSAGE, {})
+        assert failed.value.in_doubt and received == {"d-1": 1}, (str(failed.value), received)
+        await WebhookChannel(receiver.url, lambda: [b"k"], timeout=5).send("d-1", CUSTOMER, MESSAGE, {})
+        assert received == {"d-1": 2}  # the same idempotency key: the receiver drops the second
     finally:
-        await runner.cleanup()
+        await receiver.stop()
 
 
 async def test_an_smtp_server_nobody_runs_fails_plainly_and_one_that_stalls_after_data_is_in_doubt():
