@@ -231,8 +231,24 @@ def apply(state: Any, event: Envelope, topic: str, now: datetime, park_for: time
     # nothing here (found: returns has nothing to do for an OrderCancelled, so fulfillment's snapshot
     # of the cancellation, read first after a restart, stayed parked for a day).
     awaited = any(p.machine == CAUSE and p.entity_id == event.event_id for p in state.parked)
-    changed = awaited or bool(outcome.records) or outcome.state != state
-    return _drain_parked(outcome, now, park_for, handlers, step_class, context) if changed else outcome
+    if awaited or _moved(state, outcome):
+        return _drain_parked(outcome, now, park_for, handlers, step_class, context)
+    return outcome
+
+
+def _moved(state: Any, outcome: Outcome) -> bool:
+    """Whether an event changed what a parked event's handler sees. One that was rejected, parked
+    itself, or had no handler did not: every parked event was last tried against this very state (a
+    drain ends only when none of them can go on; a change of context, such as a published policy,
+    is retried on timer ticks by ``retry_parked``), and handlers do not read ``parked``. Retrying
+    them all anyway made a backlog quadratic: an order's warehouse events, read before its
+    ``OrderPlaced``, were each tried again at every later one (issue 12: three futile tries per
+    fulfillment message)."""
+    if outcome.state is state:
+        return False
+    parked_itself = (len(outcome.records) == 1 and isinstance(outcome.records[0].what, ParkedRecord)
+                     and outcome.state.parked[:-1] == state.parked)
+    return not parked_itself
 
 
 CAUSE_HEADER = "orderops-cause-topic"

@@ -297,7 +297,8 @@ def replays(results: Results) -> None:
 
 # -- the pipeline at fixed rates ------------------------------------------------------------------
 
-def pipeline(results: Results, workdir: Path, smtp_port: int, rates: list[int], seconds: float) -> None:
+def pipeline(results: Results, workdir: Path, smtp_port: int, rates: list[int], seconds: float,
+             broker_pid: int | None = None) -> None:
     from confluent_kafka import Consumer, TopicPartition
 
     workers = [start_processor(name, "pipeline", workdir / name, {"ORDEROPS_SMTP_PORT": str(smtp_port),
@@ -305,6 +306,10 @@ def pipeline(results: Results, workdir: Path, smtp_port: int, rates: list[int], 
                for name in PIPELINE]
     for w in workers:
         asyncio.run(w.wait_ready(timeout=300))
+    # Where the machine's CPU goes while the pipeline works: each processor, the broker, the load.
+    components = {name: w.process.pid for name, w in zip(PIPELINE, workers, strict=True)}
+    components.update({"broker": broker_pid} if broker_pid else {})
+    components["load (bench)"] = os.getpid()
     written: dict[str, float] = {}  # upstream event id -> wall time it was handed to the producer
     entries: dict[str, float] = {}  # cause event id -> broker timestamp of its timeline entry
     stop = threading.Event()
@@ -335,6 +340,7 @@ def pipeline(results: Results, workdir: Path, smtp_port: int, rates: list[int], 
                 ids[send.seq] = at
 
             event_ids = [_event_id(codec, send) for send in sends]
+            cpu0 = {name: cpu_seconds(pid) for name, pid in components.items()}
             began = time.monotonic()
             produce(sends, pace=rate, on_sent=on_sent)
             offered = len(sends) / (time.monotonic() - began)
@@ -347,14 +353,21 @@ def pipeline(results: Results, workdir: Path, smtp_port: int, rates: list[int], 
             while time.monotonic() < deadline and sum(e in entries for e in event_ids) < len(event_ids) * 0.999:
                 time.sleep(1)
             latencies = sorted(entries[e] - written[e] for e in event_ids if e in entries)
+            busy = time.monotonic() - began
+            cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in components.items()}
             row = {"offered": rate, "offered_actual": offered, "achieved": len(done_in_window) / (window_end - began),
                    "lag_at_end": behind, "completed": len(latencies) / len(event_ids),
                    "p50_ms": 1000 * _quantile(latencies, 0.5), "p99_ms": 1000 * _quantile(latencies, 0.99),
-                   "max_ms": 1000 * (latencies[-1] if latencies else float("nan"))}
+                   "max_ms": 1000 * (latencies[-1] if latencies else float("nan")),
+                   # CPU ms per upstream event, from the first send until the timeline had (nearly) all
+                   "cpu_ms": {name: 1000 * c / len(sends) for name, c in cpu.items()},
+                   "cpu_share": sum(cpu.values()) / busy / (os.cpu_count() or 1)}
             results.pipeline.append(row)
             log(f"pipeline at {rate:,}/s offered ({offered:,.0f} actual): achieved {row['achieved']:,.0f}/s, lag at end "
                 f"{behind:,}, latency p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, max {row['max_ms']:.0f} ms, "
-                f"{row['completed']:.1%} reached the timeline")
+                f"{row['completed']:.1%} reached the timeline; CPU ms per upstream event: "
+                + ", ".join(f"{name} {ms:.2f}" for name, ms in row["cpu_ms"].items())
+                + f" (machine {row['cpu_share']:.0%} busy)")
     finally:
         stop.set()
         for w in workers:
@@ -424,12 +437,21 @@ def report(results: Results, plot: Path) -> str:
         "Achieved: events whose timeline entry was written within the window, per second. All five",
         "processors, the broker and the load share the machine; the timeline reads every topic (about",
         "four messages per upstream event), so it is the first to fall behind.", "",
+        "Where the CPU went, per upstream event (from its first send until the timeline had them all):", "",
+        "| offered events/s | " + " | ".join(f"{name} CPU ms" for name in _components(results)) + " | total CPU ms |"
+        " machine busy |", "|---|" + "---|" * (len(_components(results)) + 2),
+        *(f"| {r['offered']:,} | " + " | ".join(f"{r['cpu_ms'].get(name, float('nan')):.2f}" for name in _components(results))
+          + f" | {sum(r['cpu_ms'].values()):.2f} | {r['cpu_share']:.0%} |" for r in results.pipeline), "",
         "## Replay (offline rebuild, `orderops replay rebuild`)", "",
         "| processor | messages/s | seconds for 1,000,000 events (at that rate) |", "|---|---|---|",
         *(f"| {n} | {r:,.0f} | {1e6 / r:,.0f} |" for n, r in results.replay.items()), "",
         "## Against the targets (issue 12)", "",
         *targets(results), ""]
     return "\n".join(lines)
+
+
+def _components(results: Results) -> list[str]:
+    return list(results.pipeline[0]["cpu_ms"]) if results.pipeline else []
 
 
 def targets(results: Results) -> list[str]:
@@ -511,7 +533,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 subprocess.run([sys.executable, "-m", "orderops.cli", "policies", "publish"], check=True,
                                env={**os.environ, "KAFKA_BOOTSTRAP": BOOTSTRAP[0]}, capture_output=True)
-                pipeline(results, workdir / "pipeline", smtp.port, args.rates, args.seconds)
+                pipeline(results, workdir / "pipeline", smtp.port, args.rates, args.seconds,
+                         int(broker.pid_file.read_text().split()[0]) if broker.pid_file.is_file() else None)
             finally:
                 broker.stop()
         smtp.stop()
