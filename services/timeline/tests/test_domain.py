@@ -168,6 +168,22 @@ def test_the_same_events_give_the_same_outputs_and_duplicates_change_nothing():
     assert out.duplicate and again == first_view
 
 
+def test_apply_leaves_the_view_it_was_given_as_it_was():
+    """The agent keeps the view it last wrote and hands it to apply again; apply shares the parts
+    it only ever replaces (domain.SHARED_PARTS) with the new view, and must change none of them."""
+    import copy
+
+    view = None
+    for topic, event in split_order_story().events + [(None, None)] * 3:
+        kept, given = view, copy.deepcopy(view)
+        if event is None:  # time passes: escalations open and resolve on ticks
+            view, _ = tick(view, view["last_event_at"] + timedelta(days=3))
+        else:
+            view, _ = domain.apply(view, event, topic, event.occurred_at, RULES)
+        assert kept == given, f"apply changed the view it was given at {event.short_type if event else 'a tick'}"
+    assert view["entries"] and view["truths"] and view["escalations"]
+
+
 def test_the_final_view_does_not_depend_on_cross_topic_arrival_order():
     story = split_order_story().events
     in_order, _ = feed(story, now=T0 + timedelta(days=3))

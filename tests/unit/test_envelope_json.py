@@ -1,0 +1,36 @@
+"""The JSON form every processor keeps its state in (orderops.envelope.to_json / from_json)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+
+import orjson
+
+from orderops.envelope import _to_json, from_json, to_json
+
+STATE = {
+    "order_id": "o-1", "total": Decimal("19.990"), "placed_at": datetime(2026, 11, 26, 8, 0, 1, 250, tzinfo=UTC),
+    "eta": datetime(2026, 12, 1, 9, tzinfo=timezone(timedelta(hours=-5))), "lines": ({"id": "l1", "n": 2}, ["x", 1.5]),
+    "nested": {"deep": [{"at": datetime(2026, 1, 5, tzinfo=UTC), "amount": Decimal("-0.01")}], "none": None,
+               "flag": True, "big": 2 ** 63 - 1},
+}
+
+
+def test_tagged_values_come_back_exactly():
+    stored = to_json(STATE)
+    assert stored["total"] == {"$decimal": "19.990"}
+    assert stored["placed_at"] == {"$datetime": "2026-11-26T08:00:01.000250+00:00"}
+    back = from_json(orjson.loads(orjson.dumps(stored)))
+    assert back == {**STATE, "lines": [{"id": "l1", "n": 2}, ["x", 1.5]]}  # tuples are lists in JSON
+    assert back["eta"].utcoffset() == timedelta(hours=-5) and str(back["total"]) == "19.990"
+
+
+def test_orjson_walk_gives_what_the_python_walk_gives():
+    assert to_json(STATE) == _to_json(STATE)
+    assert to_json(date(2026, 1, 5)) == "2026-01-05"
+
+
+def test_what_orjson_refuses_takes_the_python_walk():
+    for value in ({1: Decimal("1")}, {"n": 2 ** 70, "at": datetime(2026, 1, 5, tzinfo=UTC)}):
+        assert to_json(value) == _to_json(value)
