@@ -10,7 +10,7 @@ measured in the same run, on a broker of its own. Writes docs/benchmarks.md and 
    latency (upstream event written -> its timeline entry written) p50, p99, max.
 4. Replay: the offline rebuild's rate per state-machine processor (orderops replay rebuild).
 
-Sizes come from the environment (BENCH_EVENTS, BENCH_RATES, BENCH_RATE_SECONDS); the figures are
+Sizes come from the environment (BENCH_EVENTS, BENCH_RATES, BENCH_RATE_SECONDS, BENCH_WARMUP_SECONDS); the figures are
 measured, never asserted, and every rate is also given as a ratio to a baseline of the same run.
 """
 
@@ -51,6 +51,7 @@ class Results:
     replay: dict[str, float] = field(default_factory=dict)
     events: int = 0
     orders: int = 0
+    warmup_seconds: float = 0
 
 
 def log(text: str) -> None:
@@ -297,8 +298,22 @@ def replays(results: Results) -> None:
 
 # -- the pipeline at fixed rates ------------------------------------------------------------------
 
+def warm_up(seconds: float, rate: int = 50) -> None:
+    """Load the fresh broker and processors, unmeasured, until the JVM has compiled its hot paths: in
+    session 7 the broker's JIT compilers were most of its CPU in a first 60 s window, a cost a
+    running deployment does not pay."""
+    if seconds <= 0:
+        return
+    sends, _ = workload(int(rate * seconds), seed=999)
+    produce(sends[:int(rate * seconds)], pace=rate)
+    began = time.monotonic()
+    while time.monotonic() - began < 300 and sum(lag(f"{name}-pipeline", consumed(name))[0] for name in PIPELINE):
+        time.sleep(2)
+    log(f"pipeline warmed up: {int(rate * seconds):,} events at {rate}/s, drained in {time.monotonic() - began:.0f} s")
+
+
 def pipeline(results: Results, workdir: Path, smtp_port: int, rates: list[int], seconds: float,
-             broker_pid: int | None = None) -> None:
+             broker_pid: int | None = None, warmup_seconds: float = 30) -> None:
     from confluent_kafka import Consumer, TopicPartition
 
     workers = [start_processor(name, "pipeline", workdir / name, {"ORDEROPS_SMTP_PORT": str(smtp_port),
@@ -331,6 +346,7 @@ def pipeline(results: Results, workdir: Path, smtp_port: int, rates: list[int], 
     follower.start()
     time.sleep(3)
     try:
+        warm_up(warmup_seconds)
         for n, rate in enumerate(rates):
             sends, _ = workload(int(rate * seconds), seed=1000 + n)
             sends = sends[:int(rate * seconds)]
@@ -433,6 +449,8 @@ def report(results: Results, plot: Path) -> str:
         " max ms |", "|---|---|---|---|---|---|---|",
         *(f"| {r['offered']:,} | {r['achieved']:,.0f} | {r['lag_at_end']:,.0f} | {r['completed']:.1%} | "
           f"{r['p50_ms']:,.0f} | {r['p99_ms']:,.0f} | {r['max_ms']:,.0f} |" for r in results.pipeline), "",
+        f"Measured after {results.warmup_seconds:.0f} s of unmeasured load at 50 events/s on the fresh broker and "
+        "processors (the JVM compiles its hot paths meanwhile).",
         "Latency: from an upstream event handed to the producer to its timeline entry's broker timestamp.",
         "Achieved: events whose timeline entry was written within the window, per second. All five",
         "processors, the broker and the load share the machine; the timeline reads every topic (about",
@@ -534,7 +552,9 @@ def run(args: argparse.Namespace) -> int:
                 subprocess.run([sys.executable, "-m", "orderops.cli", "policies", "publish"], check=True,
                                env={**os.environ, "KAFKA_BOOTSTRAP": BOOTSTRAP[0]}, capture_output=True)
                 pipeline(results, workdir / "pipeline", smtp.port, args.rates, args.seconds,
-                         int(broker.pid_file.read_text().split()[0]) if broker.pid_file.is_file() else None)
+                         int(broker.pid_file.read_text().split()[0]) if broker.pid_file.is_file() else None,
+                         args.warmup)
+                results.warmup_seconds = args.warmup
             finally:
                 broker.stop()
         smtp.stop()
@@ -557,6 +577,8 @@ def register(groups) -> None:
                         help="offered rates for the pipeline, events/s (BENCH_RATES, default 500,1000,3000,7000)")
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_RATE_SECONDS", "60")),
                         help="seconds at each rate (BENCH_RATE_SECONDS, default 60)")
+    parser.add_argument("--warmup", type=float, default=float(os.environ.get("BENCH_WARMUP_SECONDS", "30")),
+                        help="seconds of unmeasured load before the pipeline's rates (BENCH_WARMUP_SECONDS, default 30)")
     parser.add_argument("--processors", type=lambda s: [x for x in s.split(",") if x], default=list(PIPELINE),
                         help=f"the processors measured alone (default: all: {','.join(PIPELINE)})")
     parser.add_argument("--profile", metavar="DIR", help="sample each processor alone with py-spy; folded stacks in DIR")
