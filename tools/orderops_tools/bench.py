@@ -573,8 +573,9 @@ def register(groups) -> None:
     parser.add_argument("--events", type=int, default=int(os.environ.get("BENCH_EVENTS", "200000")),
                         help="upstream events preloaded for each processor (BENCH_EVENTS, default 200000)")
     parser.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",") if x],
-                        default=[int(x) for x in os.environ.get("BENCH_RATES", "500,1000,3000,7000").split(",") if x],
-                        help="offered rates for the pipeline, events/s (BENCH_RATES, default 500,1000,3000,7000)")
+                        default=[int(x) for x in os.environ.get("BENCH_RATES", "50,500,1000,3000,7000").split(",") if x],
+                        help="offered rates for the pipeline, events/s (BENCH_RATES, default 50,500,1000,3000,7000: "
+                             "one the pipeline sustains here, then the targets)")
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_RATE_SECONDS", "60")),
                         help="seconds at each rate (BENCH_RATE_SECONDS, default 60)")
     parser.add_argument("--warmup", type=float, default=float(os.environ.get("BENCH_WARMUP_SECONDS", "30")),
