@@ -456,7 +456,9 @@ def report(results: Results, plot: Path) -> str:
         "Achieved: events whose timeline entry was written within the window, per second. All five",
         "processors, the broker and the load share the machine; the timeline reads every topic (about",
         "four messages per upstream event), so it is the first to fall behind.", "",
-        "Where the CPU went, per upstream event (from its first send until the timeline had them all):", "",
+        "Where the CPU went, per upstream event offered (from the window's first send until the timeline had them",
+        "all, or the wait for them ended): meaningful where the pipeline kept up; above that, the machine's CPU",
+        "spread over events it did not get to.", "",
         "| offered events/s | " + " | ".join(f"{name} CPU ms" for name in _components(results)) + " | total CPU ms |"
         " machine busy |", "|---|" + "---|" * (len(_components(results)) + 2),
         *(f"| {r['offered']:,} | " + " | ".join(f"{r['cpu_ms'].get(name, float('nan')):.2f}" for name in _components(results))
