@@ -71,20 +71,21 @@ def to_json(value: Any) -> Any:
 
 
 def _tagged(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return {"$decimal": str(value)}
-    if isinstance(value, datetime):
-        return {"$datetime": value.isoformat()}
+    """orjson's hook for what it does not write itself (or is told to pass through)."""
+    if isinstance(value, Decimal | datetime):
+        return _tag(value)
     if isinstance(value, date | time):
         return value.isoformat()  # as orjson writes them, had they not been passed through
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
+def _tag(value: Decimal | datetime) -> dict[str, str]:
+    return {"$decimal": str(value)} if isinstance(value, Decimal) else {"$datetime": value.isoformat()}
+
+
 def _to_json(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return {"$decimal": str(value)}
-    if isinstance(value, datetime):
-        return {"$datetime": value.isoformat()}
+    if isinstance(value, Decimal | datetime):
+        return _tag(value)
     if isinstance(value, dict):
         return {k: _to_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
