@@ -63,7 +63,8 @@ class Step:
 
     def put(self, table: faust.TableT, key: str, value: Any, loaded: Any = None) -> None:
         """Stage the key's new value: readable at once, written once this event's outputs are acked.
-        ``loaded``: the immutable domain object ``value`` stores, kept for the next ``load``."""
+        ``loaded``: the immutable domain object ``value`` stores, kept for the next ``load``. A value
+        of None deletes the key (a tombstone on the changelog)."""
         self.writes.append((table, key, value, self.staging.stage(table, key, value, loaded)))
 
     def then(self, follow_up: Callable[[], None]) -> None:
@@ -165,7 +166,10 @@ class WriteBehind:
         token = _current_event.set(weakref.ref(step.event))  # a table write goes to its event's partition
         try:
             for table, key, value, version in writes:
-                table[key] = value
+                if value is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = value
                 self.staging.written(table, key, version)
             for follow_up in step.follow_ups:
                 follow_up()

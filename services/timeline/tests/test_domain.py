@@ -31,6 +31,10 @@ def feed(events, now=None, view=None):
     return view, outputs
 
 
+def entry_ids(outputs) -> list[str]:
+    return sorted(e["entry_id"] for out in outputs for e in out.entries)
+
+
 def tick(view, now):
     from orderops.envelope import Envelope
 
@@ -49,6 +53,7 @@ def test_every_event_becomes_one_entry_with_a_human_summary():
     assert "1 of line l2 backordered until 12 Nov" in summaries
     assert "parcel P1 dispatched with DHL (JD1)" in summaries
     assert {e["domain"] for e in entries} >= {"order", "payment", "fulfillment", "shipment", "notification", "support"}
+    assert [e["seq"] for e in entries] == list(range(len(entries))) == list(domain.kept_entries(view))
     assert view["order"]["state"] == "confirmed" and view["fulfillment"]["status"] == "partially_shipped"
     assert view["lines"]["l2"]["backordered"] == 1 and view["shipments"]["P1"]["tracking_number"] == "JD1"
 
@@ -168,6 +173,20 @@ def test_the_same_events_give_the_same_outputs_and_duplicates_change_nothing():
     assert out.duplicate and again == first_view
 
 
+def test_an_order_keeps_its_last_entries_apart_from_its_view():
+    """Entries go to their own table, one key each: the view, written at every event, holds only
+    their count, so its size does not grow with the order's history."""
+    view = domain.new_view("o-1")
+    assert list(domain.kept_entries(view)) == []
+    view["entry_count"] = domain.MAX_ENTRIES + 7
+    assert list(domain.kept_entries(view)) == list(range(7, domain.MAX_ENTRIES + 7))
+    assert domain.entry_key("o-1", 7) != domain.entry_key("o-17", 0) != domain.entry_key("o-1", 70)
+    full, outputs = feed(split_order_story().events)
+    summaries = [e["summary"] for out in outputs for e in out.entries]
+    assert full["entry_count"] == len(summaries) and "entries" not in full
+    assert not [s for s in summaries if s in repr(full)], "an entry's text is in the view"
+
+
 def test_apply_leaves_the_view_it_was_given_as_it_was():
     """The agent keeps the view it last wrote and hands it to apply again; apply shares the parts
     it only ever replaces (domain.SHARED_PARTS) with the new view, and must change none of them."""
@@ -181,12 +200,12 @@ def test_apply_leaves_the_view_it_was_given_as_it_was():
         else:
             view, _ = domain.apply(view, event, topic, event.occurred_at, RULES)
         assert kept == given, f"apply changed the view it was given at {event.short_type if event else 'a tick'}"
-    assert view["entries"] and view["truths"] and view["escalations"]
+    assert view["entry_count"] and view["truths"] and view["escalations"]
 
 
 def test_the_final_view_does_not_depend_on_cross_topic_arrival_order():
     story = split_order_story().events
-    in_order, _ = feed(story, now=T0 + timedelta(days=3))
+    in_order, in_order_outputs = feed(story, now=T0 + timedelta(days=3))
     by_topic: dict[str, list] = {}
     for item in story:
         by_topic.setdefault(item[0], []).append(item)
@@ -199,10 +218,10 @@ def test_the_final_view_does_not_depend_on_cross_topic_arrival_order():
             shuffled.append(queues[topic].pop(0))
             if not queues[topic]:
                 del queues[topic]
-        view, _ = feed(shuffled, now=T0 + timedelta(days=3))
-        for key in ("order", "payments", "fulfillment", "lines", "shipments", "tags"):
+        view, outputs = feed(shuffled, now=T0 + timedelta(days=3))
+        for key in ("order", "payments", "fulfillment", "lines", "shipments", "tags", "entry_count"):
             assert view[key] == in_order[key], key
-        assert sorted(e["entry_id"] for e in view["entries"]) == sorted(e["entry_id"] for e in in_order["entries"])
+        assert entry_ids(outputs) == entry_ids(in_order_outputs)
 
 
 def test_rules_are_data_and_an_unknown_kind_is_refused(tmp_path):

@@ -157,3 +157,40 @@ async def test_view_api_and_replay(catalog_topics, run_id, tmp_path, support_use
         first.stop(signal.SIGKILL)
         if second is not None:
             second.stop(signal.SIGKILL)
+
+
+async def test_an_order_keeps_its_last_entries_and_forgets_older_ones(catalog_topics, run_id, tmp_path, support_users):
+    """Entries live apart from the view, one table key each (issue 12: a view written at every
+    event must not grow with the order's history). The API serves the last MAX_ENTRIES; an older
+    one is deleted from the table, its changelog tombstoned, as a newer one is written."""
+    from datetime import UTC, datetime, timedelta
+
+    from timeline.domain import MAX_ENTRIES, entry_key
+
+    bootstrap, order_id, instance = catalog_topics, f"tln-{run_id}", f"n{run_id}"
+    extra = 5
+    process = start(bootstrap, instance, tmp_path)
+    try:
+        await process.wait_ready()
+        kafka, began = producer(bootstrap), datetime(2026, 11, 1, tzinfo=UTC)
+        for n in range(MAX_ENTRIES + extra):
+            note = Envelope(f"note-{run_id}-{n}", order_id, began + timedelta(seconds=n), "test",
+                            "orderops.support.NoteAdded", {"actor": {"user_id": "ann", "role": "agent"}, "note": f"#{n}"})
+            kafka.produce(SUPPORT_ACTIONS.name, key=order_id.encode(),
+                          value=CODEC.encode(SUPPORT_ACTIONS.value_schema, note.to_record()))
+        assert kafka.flush(30) == 0
+        timeline = await poll_json(process, f"/orders/{order_id}/timeline",
+                                   lambda v: v["entries"] and v["entries"][-1]["summary"].endswith(f"#{MAX_ENTRIES + extra - 1}"),
+                                   timeout=120)
+        notes = [e["summary"].rsplit("#", 1)[1] for e in timeline["entries"]]
+        assert notes == [str(n) for n in range(extra, MAX_ENTRIES + extra)]
+        _, view = await call(process, "GET", f"/orders/{order_id}")
+        assert "entries" not in view and "entry_count" not in view
+
+        changelog = f"timeline-{instance}-entries-changelog"
+        forgotten = {f'"{entry_key(order_id, n)}"'.encode() for n in range(extra)}
+        tombstones = read_topic(bootstrap, changelog, keep=lambda m: m.key() in forgotten and m.value() is None,
+                                until=lambda got: {m.key() for m in got} == forgotten)
+        assert len(tombstones) == extra
+    finally:
+        process.stop(signal.SIGKILL)

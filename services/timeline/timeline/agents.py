@@ -10,7 +10,18 @@ from orderops import catalog
 from orderops.envelope import from_json, to_json
 from orderops.metrics import DUPLICATES
 from timeline import domain
-from timeline.app import ACCURACY, CONTACTS, CONTACTS_BY_TAG, ESCALATIONS, LATENCY, RULES, open_escalations, service, views
+from timeline.app import (
+    ACCURACY,
+    CONTACTS,
+    CONTACTS_BY_TAG,
+    ESCALATIONS,
+    LATENCY,
+    RULES,
+    entries,
+    open_escalations,
+    service,
+    views,
+)
 from timeline.records import publishable
 
 # Live, aging follows the wall clock and a sweep brings due orders back. Replaying
@@ -44,6 +55,10 @@ async def join(stream):
                 continue
             await service.emit_soon(step, envelope.order_id, publishable(view, out, envelope, now))
             step.put(views, envelope.order_id, to_json(view), loaded=view)
+            for entry in out.entries:
+                step.put(entries, domain.entry_key(envelope.order_id, entry["seq"]), to_json(entry))
+                if entry["seq"] >= domain.MAX_ENTRIES:
+                    step.put(entries, domain.entry_key(envelope.order_id, entry["seq"] - domain.MAX_ENTRIES), None)
             step.then(functools.partial(_written, envelope.order_id, view, out, now,
                                         None if ticked else event.message))
 

@@ -18,6 +18,8 @@ app = service.app
 
 # order id -> the unified view of the order (JSON form; see timeline.domain.new_view).
 views = service.table("views", default=None, help="Unified view per order")
+# domain.entry_key(order id, seq) -> a timeline entry (JSON form): an order's last MAX_ENTRIES, for the API.
+entries = service.table("entries", default=None, help="Timeline entries per order, one key each")
 
 RULES = Rules.load(Path(os.environ.get("ORDEROPS_TIMELINE_RULES", Path(__file__).parent / "rules.yaml")))
 

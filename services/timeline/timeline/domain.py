@@ -16,7 +16,9 @@ import yaml
 
 from orderops.envelope import Envelope
 
-MAX_ENTRIES = 500  # timeline entries kept in the view (the topic keeps all)
+# Timeline entries an order keeps for the API (the topic keeps all). They are kept apart from the
+# view, one table key each (``entry_key``): a view rewritten at every event must not grow with them.
+MAX_ENTRIES = 500
 MAX_TRUTHS = 50  # fulfillment snapshots kept to judge what messages claimed
 UPSTREAM_SHIPMENT_STATES = {"ShipmentDelivered": "delivered",
                             "DeliveryFailed": "delivery_failed", "ReturnedToSender": "returned_to_sender"}
@@ -94,13 +96,13 @@ def new_view(order_id: str) -> dict[str, Any]:
             "order": {"state": "unknown", "hold_reason": ""}, "payments": {}, "fulfillment": {"status": "unknown",
                                                                                           "backordered": False},
             "lines": {}, "shipments": {}, "returns": {}, "refunds": {}, "notifications": [], "contacts": [],
-            "escalations": {}, "tags": {}, "entries": [], "last_event_at": None, "last_change_at": None,
+            "escalations": {}, "tags": {}, "entry_count": 0, "last_event_at": None, "last_change_at": None,
             "eta_slips": {}, "truths": [], "seen": []}
 
 
 @dataclass
 class Outputs:
-    entries: list[dict] = field(default_factory=list)
+    entries: list[dict] = field(default_factory=list)  # new timeline entries, each with its "seq" (entry_key)
     escalations: list[tuple[str, str, dict]] = field(default_factory=list)  # (escalation id, type, payload)
     accuracy: list[tuple[str, str]] = field(default_factory=list)  # (accurate|inaccurate, reason class)
     contacts: list[tuple[bool, tuple[str, ...]]] = field(default_factory=list)  # (repeat?, tags)
@@ -119,11 +121,11 @@ def apply(view: dict | None, event: Envelope, topic: str, now: datetime, rules: 
         summary = SUMMARIES.get(event.short_type)
         if summary is not None:
             domain, text = summary(event.payload, topic)
-            entry = {"entry_id": f"{event.event_id}:entry", "domain": domain, "type": event.short_type,
-                     "summary": text, "cause_event_id": event.event_id, "cause_topic": topic,
-                     "occurred_at": event.occurred_at}
-            out.entries.append(entry)
-            view["entries"] = (view["entries"] + [entry])[-MAX_ENTRIES:]
+            seq = view.get("entry_count", 0)
+            out.entries.append({"entry_id": f"{event.event_id}:entry", "domain": domain, "type": event.short_type,
+                                "summary": text, "cause_event_id": event.event_id, "cause_topic": topic,
+                                "occurred_at": event.occurred_at, "seq": seq})
+            view["entry_count"] = seq + 1
         for rule in rules.tags:
             if rule.matches(event):
                 view["tags"].setdefault(rule.tag, {"source": "rule", "by": event.short_type, "at": event.occurred_at})
@@ -133,8 +135,20 @@ def apply(view: dict | None, event: Envelope, topic: str, now: datetime, rules: 
     return view, out
 
 
+def entry_key(order_id: str, seq: int) -> str:
+    """The entries table's key of an order's ``seq``-th entry (from 0, in the order applied)."""
+    return f"{order_id}#{seq}"
+
+
+def kept_entries(view: dict) -> range:
+    """The seqs of the entries an order keeps: its last ``MAX_ENTRIES``."""
+    count = view.get("entry_count", 0)
+    return range(max(0, count - MAX_ENTRIES), count)
+
+
 # Parts of a view that apply replaces and never changes in place (nor their items): a new view may
-# share them with the one it came from. They are two thirds of a view's bytes (issue 12).
+# share them with the one it came from (issue 12). "entries": views written before entries moved to
+# their own table still carry them, and nothing adds to them.
 SHARED_PARTS = frozenset({"entries", "truths"})
 
 

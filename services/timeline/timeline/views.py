@@ -26,7 +26,8 @@ from orderops.catalog import SUPPORT_ACTIONS
 from orderops.envelope import Envelope, from_json
 from orderops.service import SECURITY_HEADERS, signed_in
 from timeline import api
-from timeline.app import RULES, app, service, views
+from timeline.app import RULES, app, entries, service, views
+from timeline.domain import entry_key, kept_entries
 
 STATIC = Path(__file__).parent / "static"
 
@@ -50,13 +51,17 @@ def _plain(value: Any) -> Any:
 
 
 def describe(view: dict) -> dict:
-    shown = {k: v for k, v in view.items() if k not in ("seen", "entries", "eta_slips", "truths", "pending_actions", "decided")}
-    return _plain(shown)
+    hidden = ("seen", "entries", "entry_count", "eta_slips", "truths", "pending_actions", "decided")
+    return _plain({k: v for k, v in view.items() if k not in hidden})
 
 
 def timeline_of(view: dict, domain: str | None = None) -> list[dict]:
-    entries = sorted(view["entries"], key=lambda e: (e["occurred_at"], e["entry_id"]))
-    return _plain([e for e in entries if domain in (None, e["domain"])])
+    """The order's kept entries (from the entries table; a view written before they moved there
+    still carries its earlier ones), in event time."""
+    stored = (entries.get(entry_key(view["order_id"], seq)) for seq in kept_entries(view))
+    kept = view.get("entries", []) + [from_json(e) for e in stored if e is not None]
+    ordered = sorted(kept, key=lambda e: (e["occurred_at"], e["entry_id"]))
+    return _plain([{k: v for k, v in e.items() if k != "seq"} for e in ordered if domain in (None, e["domain"])])
 
 
 def _view(order_id: str) -> dict:
