@@ -58,6 +58,20 @@ def test_every_event_becomes_one_entry_with_a_human_summary():
     assert view["lines"]["l2"]["backordered"] == 1 and view["shipments"]["P1"]["tracking_number"] == "JD1"
 
 
+def test_a_kept_fulfillment_snapshot_holds_every_field_a_verdict_reads():
+    """The view keeps only domain.TRUTH_FIELDS of each line (issue 12): every verdict must come out
+    as it would from the whole line, whichever claim is wrong."""
+    full = line_snapshot("l2", 3, backordered=1, shipped=1, eta=ETA) | {"cancelled": 1}
+    kept = {k: full[k] for k in domain.TRUTH_FIELDS if k in full}
+    right = {"line_id": "l2", "name": "Teapot", "quantity_in_this_shipment": 1, "quantity_shipped": 1,
+             "quantity_delivered": 0, "quantity_backordered": 1, "quantity_cancelled": 1, "eta": ETA, "shipment_id": None}
+    wrong = [right, right | {"quantity_backordered": 2}, right | {"quantity_cancelled": 0}, right | {"quantity_shipped": 3},
+             right | {"eta": ETA + timedelta(days=2)}]
+    verdicts = [domain._accuracy({"l2": full}, [claim]) for claim in wrong]
+    assert verdicts == [domain._accuracy({"l2": kept}, [claim]) for claim in wrong]
+    assert [reason for _, reason in verdicts] == ["", "backorder_quantity", "cancelled_quantity", "shipped_quantity", "eta"]
+
+
 def test_tags_come_from_rules_and_attach_to_contacts():
     view, outputs = feed(split_order_story().events)
     assert "backorder" in view["tags"] and view["tags"]["backorder"]["source"] == "rule"

@@ -20,6 +20,7 @@ from orderops.envelope import Envelope
 # view, one table key each (``entry_key``): a view rewritten at every event must not grow with them.
 MAX_ENTRIES = 500
 MAX_TRUTHS = 50  # fulfillment snapshots kept to judge what messages claimed
+TRUTH_FIELDS = ("backordered", "cancelled", "shipped", "delivered", "backorder_eta")  # of a line, what _accuracy reads
 UPSTREAM_SHIPMENT_STATES = {"ShipmentDelivered": "delivered",
                             "DeliveryFailed": "delivery_failed", "ReturnedToSender": "returned_to_sender"}
 SHIPMENT_PROGRESS = {None: 0, "created": 1, "dispatched": 2, "in_transit": 3, "out_for_delivery": 4,
@@ -211,7 +212,8 @@ def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
             view["last_change_at"] = at
     elif kind == "FulfillmentStatusChanged":
         view["fulfillment"].update(status=p["status"], backordered=p["backordered"])
-        truth = {"at": at, "lines": {x["line_id"]: x for x in p["lines"]}}
+        # Only what a verdict reads: the snapshots are a view's largest part, written at every event.
+        truth = {"at": at, "lines": {x["line_id"]: {k: x[k] for k in TRUTH_FIELDS if k in x} for x in p["lines"]}}
         view["truths"] = sorted(view["truths"] + [truth], key=lambda t: t["at"])[-MAX_TRUTHS:]
         _judge_notifications(view, out)
         for x in p["lines"]:
