@@ -135,10 +135,27 @@ class EventTimeOrder(DefaultSchedulingStrategy):
         # Records held back for their task, kept for the next batch: sought back and fetched again,
         # they came late once (a re-fetch skipped at a rebalance; the tail check found them 15 s later).
         self._held: dict[Any, list] = {}
+        self._handing_out = 0
 
     @property
     def consumer(self) -> Any:
         return self.app._consumer if self.app is not None else None
+
+    @property
+    def handing_out(self) -> bool:
+        """Whether a fetched batch is being handed on (its records not handed on yet are in hand)."""
+        return self._handing_out > 0
+
+    def taken(self) -> dict[Any, int]:
+        """Per partition, the offset up to which the consumer has handed its records here and this
+        scheduler has let them go (handed on, or left to be read again): the fetch position, or
+        the first record it holds back for its task."""
+        states = self._partition_states() or {}
+        taken = {tp: state._position for tp, state in states.items() if getattr(state, "_position", None) is not None}
+        for tp, records in self._held.items():
+            if records:
+                taken[tp] = min(taken.get(tp, records[0].offset), records[0].offset)
+        return taken
 
     def iterate(self, records: Mapping[Any, list]) -> Iterator[tuple[Any, Any]]:
         if self._held:  # records that waited for their task come first, before the partition's newer ones
@@ -218,6 +235,7 @@ class EventTimeOrder(DefaultSchedulingStrategy):
     def _hand_out(self, merged: list[tuple[Any, Any]], waiting: Mapping[Any, int]) -> Iterator[tuple[Any, Any]]:
         handed: set[int] = set()  # handed on, or left for a rewind to read again
         stale: set[Any] = set()
+        self._handing_out += 1
         try:
             for i, (tp, record) in enumerate(merged):
                 if self._stale(tp, record.offset):
@@ -233,6 +251,7 @@ class EventTimeOrder(DefaultSchedulingStrategy):
                 yield tp, record
                 handed.add(i)  # Faust asked for the next one: this one it handed on
         finally:
+            self._handing_out -= 1
             resume = first_not_handed_on(merged, handed)
             # Held back for their task (and nothing before them lost): kept for the next batch.
             for tp, offset in [(tp, offset) for tp, offset in resume.items() if waiting.get(tp) == offset]:
@@ -358,9 +377,18 @@ class Continuity:
     from the partition's high watermark once the partition has been quiet for a while and its
     agent holds nothing more (found: a warehouse event never applied at the end of a 200-order
     broker-kill run, after a rebalance's seek to the commits did not bring it back).
+
+    Quiet is not lost: draining a backlog merged by event time, a partition of newer records (a
+    processor's outputs) waits, unfetched or held by the scheduler for its task, while older ones
+    are applied. Taken for drops, they were read again from the start, again and again: the
+    timeline of issue 12's bench spent half its CPU on records it had already applied. A record is
+    overdue once the consumer has taken the partition past it (so it was fetched and let go); one
+    never fetched only after ``STALLED_AFTER`` quiet periods (a fetch that never came: the seek
+    back wakes the fetcher).
     """
 
     RESEEK_AFTER = 5000  # records skipped while waiting for a re-read, before asking again
+    STALLED_AFTER = 4  # quiet periods before a record never fetched counts as lost
 
     def __init__(self, checked: Callable[[str], bool], clock: Callable[[], float] = time.monotonic) -> None:
         self._checked = checked
@@ -400,18 +428,25 @@ class Continuity:
             self._rewinding[tp] = 1
 
     def overdue(self, assigned: Iterable[Any], baseline: Callable[[Any], int | None],
-                highwater: Callable[[Any], int | None], quiet_for: float) -> dict[Any, int]:
+                highwater: Callable[[Any], int | None], quiet_for: float,
+                taken: Callable[[Any], int | None] = lambda tp: None) -> dict[Any, int]:
         """Partitions whose next record exists on the broker (below its high watermark) but has not
         arrived though nothing of the partition arrived for ``quiet_for`` seconds, each with the
-        offset to read again from. The caller asks only while its agents hold nothing unread, so
-        such a record was dropped on the way. A partition is named again only after another quiet
-        period, so a re-read under way is not asked twice."""
+        offset to read again from. The caller asks only while its agents and its scheduler hold
+        nothing unread. ``taken``: the offset up to which the consumer has handed the partition's
+        records on (None: not known); a record below it was dropped on the way, one above it only
+        counts after ``STALLED_AFTER`` quiet periods. A partition is named again only after another
+        quiet period, so a re-read under way is not asked twice."""
         now, late = self._clock(), {}
         for tp in assigned:
-            if not self._checked(tp.topic) or now - self._heard.get(tp, self._since) < quiet_for:
+            quiet = now - self._heard.get(tp, self._since)
+            if not self._checked(tp.topic) or quiet < quiet_for:
                 continue
             due, end = self._next.get(tp, baseline(tp)), highwater(tp)
-            if due is not None and end is not None and end > due:
+            if due is None or end is None or end <= due:
+                continue
+            passed = taken(tp)
+            if (passed is not None and passed > due) or quiet >= quiet_for * self.STALLED_AFTER:
                 late[tp] = due
                 self._heard[tp] = now
         return late

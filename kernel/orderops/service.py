@@ -260,14 +260,18 @@ class Service:
         return apply
 
     async def _check_tails(self) -> None:
-        """Every few seconds, while no rebalance is under way and the agents hold nothing unread: a
-        partition with records on the broker beyond the last that arrived, quiet for
-        ``ORDEROPS_TAIL_CHECK_SECONDS``, lost them on the way (no later record exposes such a hole):
-        it is read again from there."""
+        """Every few seconds, while no rebalance is under way and the agents and the scheduler hold
+        nothing unread: a partition with records on the broker beyond the last that arrived, quiet
+        for ``ORDEROPS_TAIL_CHECK_SECONDS``, and taken past them by the consumer, lost them on the
+        way (no later record exposes such a hole): it is read again from there. Records not fetched
+        yet are waited for longer (``Continuity.overdue``)."""
         consumer = self.app._consumer
         if consumer is None or self.app.rebalancing or any(c.queue.qsize() for c in self._agent_channels):
             return
         scheduler = consumer.scheduler
+        if scheduler.handing_out:  # the rest of its batch is in hand
+            return
+        taken = scheduler.taken()
 
         def highwater(tp: Any) -> int | None:
             try:
@@ -277,11 +281,12 @@ class Service:
 
         active = [tp for tp in consumer.assignment() if scheduler.delivers(tp)]
         late = self._continuity.overdue(active, functools.partial(next_to_commit, consumer), highwater,
-                                        self.settings.tail_check_seconds)
+                                        self.settings.tail_check_seconds, taken.get)
         for tp, offset in sorted(late.items()):
             log.warning("%s: %s[%d]: offset %d is on the broker (high watermark %s) but never arrived, and nothing of the "
-                        "partition came for %.0f s (Faust dropped it): reading the partition again from %d.", self.name,
-                        tp.topic, tp.partition, offset, highwater(tp), self.settings.tail_check_seconds, offset)
+                        "partition came for %.0f s or more (the consumer took it and Faust dropped it, or it was never "
+                        "fetched): reading the partition again from %d.", self.name, tp.topic, tp.partition, offset,
+                        highwater(tp), self.settings.tail_check_seconds, offset)
             scheduler.rewind(tp, offset)
 
     @staticmethod

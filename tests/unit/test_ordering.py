@@ -140,9 +140,10 @@ def test_a_record_dropped_at_a_partitions_tail_is_found_once_the_partition_is_qu
         continuity.admit(ORDERS, offset, baseline=5)
     highwaters = {ORDERS: 8, PAYMENTS: 9}  # offset 7 of ORDERS is on the broker and never arrived
     commits = {ORDERS: 5, PAYMENTS: 2}
+    taken = {ORDERS: 8, PAYMENTS: 9}  # the consumer took both partitions to their ends
 
     def overdue():
-        return continuity.overdue([ORDERS, PAYMENTS], commits.get, highwaters.get, quiet_for=15)
+        return continuity.overdue([ORDERS, PAYMENTS], commits.get, highwaters.get, quiet_for=15, taken=taken.get)
 
     clock.now += 14
     assert overdue() == {}  # not quiet long enough: it may still be on its way
@@ -163,11 +164,55 @@ def test_a_partition_nothing_arrived_from_is_checked_against_its_commit():
     clock = Clock()
     continuity = Continuity(lambda topic: True, clock)
     clock.now += 20
-    assert continuity.overdue([ORDERS, PAYMENTS], {ORDERS: 3, PAYMENTS: 4}.get, {ORDERS: 3, PAYMENTS: 6}.get, 15) == {
-        PAYMENTS: 4}
-    assert continuity.overdue([ORDERS], {}.get, {ORDERS: 3}.get, 0) == {}  # nothing known of where it starts
+    taken = {ORDERS: 3, PAYMENTS: 6}.get
+    assert continuity.overdue([ORDERS, PAYMENTS], {ORDERS: 3, PAYMENTS: 4}.get, {ORDERS: 3, PAYMENTS: 6}.get, 15,
+                              taken) == {PAYMENTS: 4}
+    assert continuity.overdue([ORDERS], {}.get, {ORDERS: 3}.get, 0, taken) == {}  # nothing known of where it starts
     continuity.reset()
-    assert continuity.overdue([PAYMENTS], {PAYMENTS: 4}.get, {PAYMENTS: 6}.get, 15) == {}  # positions set anew
+    assert continuity.overdue([PAYMENTS], {PAYMENTS: 4}.get, {PAYMENTS: 6}.get, 15, taken) == {}  # positions set anew
+
+
+def test_a_quiet_partition_whose_records_were_not_taken_yet_is_waited_for_not_read_again():
+    """Draining a backlog merged by event time, a processor's outputs (newer) wait unfetched or held
+    for their task while older records are applied. Issue 12's bench found the tail check taking
+    them for drops: read again from the start, every 15 s, the timeline applied records twice and
+    spent half its CPU on it. A record never taken counts as lost only after STALLED_AFTER quiet
+    periods (a fetch that never came)."""
+    from orderops.ordering import Continuity
+
+    clock = Clock()
+    continuity = Continuity(lambda topic: True, clock)
+    commits, highwaters = {ORDERS: 0, PAYMENTS: 0}, {ORDERS: 4000, PAYMENTS: 900}
+    taken = {ORDERS: 0}  # ORDERS fetched up to where it starts (nothing let go); PAYMENTS not known yet
+
+    def overdue():
+        return continuity.overdue([ORDERS, PAYMENTS], commits.get, highwaters.get, 15, taken.get)
+
+    clock.now += 16
+    assert overdue() == {}
+    clock.now += 15 * Continuity.STALLED_AFTER
+    assert overdue() == {ORDERS: 0, PAYMENTS: 0}  # so long without a fetch: the seek back wakes the fetcher
+
+
+def test_the_scheduler_says_how_far_it_let_records_go_and_keeps_what_it_holds_back():
+    """What the tail check may call dropped: below the fetch position, and not held for its task."""
+
+    class State:
+        def __init__(self, position):
+            self._position, self.paused, self.highwater = position, False, position
+
+    scheduler = EventTimeOrder()
+    scheduler._read_again = lambda resume: None
+    scheduler._partition_states = lambda: {ORDERS: State(9), PAYMENTS: State(5)}
+    scheduler._waiting = lambda records: {ORDERS: 8}
+    handed = []
+    batch = scheduler.iterate({ORDERS: [record(ORDERS, 7, 1000), record(ORDERS, 8, 3000)],
+                               PAYMENTS: [record(PAYMENTS, 4, 2000)]})
+    for tp, r in batch:
+        assert scheduler.handing_out
+        handed.append((tp, r.offset))
+    assert handed == [(ORDERS, 7), (PAYMENTS, 4)] and not scheduler.handing_out
+    assert scheduler.taken() == {ORDERS: 8, PAYMENTS: 5}  # ORDERS' 8 is held back, not let go
 
 
 def test_records_wait_for_a_partition_of_their_task_that_still_has_older_ones_on_the_broker():
