@@ -18,6 +18,8 @@ RETURNS = "returns"
 NOTIFIER = "notifier"
 TIMELINE = "timeline"
 PROCESSORS = (ORDER_STATE, FULFILLMENT, RETURNS, NOTIFIER, TIMELINE)
+# The processors whose derived records name their cause's topic (Service.settle; orderops.workflow.cause_pending).
+STATE_MACHINES = (ORDER_STATE, FULFILLMENT, RETURNS)
 # Default web port of each processor (/healthz, /metrics, its HTTP API); WEB_PORT overrides.
 WEB_PORTS = {ORDER_STATE: 6101, FULFILLMENT: 6102, RETURNS: 6103, NOTIFIER: 6104, TIMELINE: 6105}
 
@@ -225,6 +227,13 @@ def topic(name: str) -> Topic:
 def inputs_of(service: str) -> tuple[Topic, ...]:
     """The shared topics a service reads (its own timer topic is private: ``TIMER_TOPICS``)."""
     return tuple(t for t in DATA_TOPICS if service in t.readers)
+
+
+def cause_topics(service: str) -> frozenset[str]:
+    """Topics whose events may be the cause a record ``service`` reads waits for: the inputs of every
+    other state machine that writes one of its inputs (``orderops.workflow.cause_pending``)."""
+    writers = {w for t in inputs_of(service) for w in t.writers if w in STATE_MACHINES and w != service}
+    return frozenset(t.name for writer in writers for t in inputs_of(writer))
 
 
 def outputs_of(service: str) -> tuple[Topic, ...]:

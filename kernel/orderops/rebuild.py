@@ -11,6 +11,7 @@ Pure: no Kafka here. Reading topics is the caller's business.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 from collections.abc import Callable, Iterable, Iterator
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from orderops import catalog
+from orderops import catalog, contract
 from orderops.catalog import Topic
 from orderops.codec import Codec, DecodeError
 from orderops.envelope import Envelope
@@ -37,10 +38,25 @@ class MachineProcessor:
     publish: Callable[[Outcome], Iterable[tuple[Topic, dict]]]
     deadline: Callable[[Any], datetime | None]
     dump: Callable[[Any], dict] = lambda state: state.to_json()
+    handles: frozenset[str] | None = None  # the event types (short names) its handlers apply; None: every one
 
     @property
     def timers(self) -> Topic:
         return catalog.TIMER_TOPICS[self.name]
+
+    @functools.cached_property
+    def _ignorable_topics(self) -> frozenset[str]:
+        causes = catalog.cause_topics(self.name)
+        return frozenset(t.name for t in self.inputs if not contract.checks_topic(t.name) and t.name not in causes)
+
+    def skips(self, topic: str, event_type: str) -> bool:
+        """Whether an event is passed over, its order's state neither read nor written: no handler
+        applies its type, no upstream system writes its topic (those are checked, and a meaningless
+        one is rejected), and no record this processor reads can wait for it as its cause. Applied,
+        it changed only the state's ``seen``; but every such event meant a state written and sent
+        to the changelog, half of order-state's and returns' input (other processors' transitions
+        and audit records; issue 12)."""
+        return self.handles is not None and event_type not in self.handles and topic in self._ignorable_topics
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,7 @@ class Rebuilt:
     states: dict[str, Any] = field(default_factory=dict)  # order id -> state
     outputs: dict[str, tuple[str, dict]] = field(default_factory=dict)  # event id -> (topic, record)
     applied: int = 0
+    skipped: int = 0  # passed over: see MachineProcessor.skips
     duplicates: int = 0
     timer_ticks: int = 0
     dead_letters: list[tuple[Message, str]] = field(default_factory=list)  # what live would dead-letter, and why
@@ -106,6 +123,9 @@ def replay(processor: MachineProcessor, messages: Iterable[Message], clock: str 
         if envelope.occurred_at > latest:  # the event clock sees every order's events, as live
             latest = envelope.occurred_at
         if not kept:
+            continue
+        if processor.skips(message.topic, envelope.short_type):
+            rebuilt.skipped += 1
             continue
         written = datetime.fromtimestamp(message.timestamp_ms / 1000, UTC)
         now = latest if clock == "event" else written

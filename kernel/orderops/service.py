@@ -377,6 +377,8 @@ class Service:
             async for event, step in self.steps(stream):
                 async with self.dead_letter_on_error(event):
                     envelope = self.decode(event)
+                    if processor.skips(event.message.topic, envelope.short_type):
+                        continue
                     state = step.load(table, envelope.order_id, processor.load)
                     if event.message.topic == timers.name:
                         if state is None:

@@ -22,4 +22,5 @@ def definition(settings: ServiceSettings, bootstrap: str | None = None) -> Machi
         expire=lambda state, now, topic: domain.expire(state, now),
         publish=publishable,
         deadline=domain.next_deadline,
+        handles=frozenset(domain.HANDLERS),
     )

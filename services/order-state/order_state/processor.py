@@ -28,4 +28,5 @@ def definition(settings: ServiceSettings, bootstrap: str | None = None) -> Machi
         expire=lambda state, now, topic: domain.expire(state, now, closing, topic),
         publish=publishable,
         deadline=lambda state: domain.next_deadline(state, closing),
+        handles=frozenset(domain.HANDLERS),
     )

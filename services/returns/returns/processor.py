@@ -55,4 +55,5 @@ def definition(settings: ServiceSettings, bootstrap: str | None = None,
         expire=lambda state, now, topic: domain.expire(state, now, park_for, policies(), topic),
         publish=publishable,
         deadline=lambda state: domain.next_deadline(state, park_for),
+        handles=frozenset(domain.HANDLERS),
     )
