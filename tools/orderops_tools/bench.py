@@ -253,8 +253,9 @@ def processors_alone(results: Results, workdir: Path, smtp_port: int, names: tup
             "peak_rss_mb": rss, "ratio": rate / passthrough,
             "state_mb_per_100k_orders": max(state_bytes, 0) / 1e6 * 100000 / max(results.orders, 1),
             "rss_mb_per_100k_orders": max(rss - rss_ready, 0) * 100000 / max(results.orders, 1)}
-        log(f"{name} alone: {done:,} of {total:,} events in {took:.1f} s = {rate:,.0f}/s ({rate / passthrough:.0%} of the "
-            f"passthrough), {1000 * cpu / max(done, 1):.2f} CPU s per 1,000, peak RSS {rss:.0f} MB"
+        log(f"{name} alone: {done:,} of {total:,} input messages in {took:.1f} s = {rate:,.0f}/s "
+            f"({rate / passthrough:.0%} of the passthrough), {1000 * cpu / max(done, 1):.2f} CPU s per 1,000, "
+            f"peak RSS {rss:.0f} MB"
             + (" (did not finish: capped at 30 min)" if behind else ""))
 
 
@@ -442,7 +443,7 @@ def report(results: Results, plot: Path) -> str:
         "## Baselines", "", "| baseline | messages/s |", "|---|---|",
         *(f"| {k} | {v:,.0f} |" for k, v in b.items()), "",
         "## Each processor alone (from empty state, its whole input preloaded)", "",
-        "| processor | input messages | events/s | ratio to passthrough | CPU s / 1,000 events | peak RSS MB |"
+        "| processor | input messages | messages/s | ratio to passthrough | CPU s / 1,000 messages | peak RSS MB |"
         " state MB / 100k orders | RSS growth MB / 100k orders |",
         "|---|---|---|---|---|---|---|---|",
         *(f"| {n} | {p['events']:,.0f} | {p['rate']:,.0f} | {p['ratio']:.0%} | {p['cpu_per_1000']:.2f} | "
