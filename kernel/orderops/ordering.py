@@ -151,7 +151,7 @@ class EventTimeOrder(DefaultSchedulingStrategy):
         scheduler has let them go (handed on, or left to be read again): the fetch position, or
         the first record it holds back for its task."""
         states = self._partition_states() or {}
-        taken = {tp: state._position for tp, state in states.items() if getattr(state, "_position", None) is not None}
+        taken = {tp: state._position for tp, state in states.items() if state._position is not None}
         for tp, records in self._held.items():
             if records:
                 taken[tp] = min(taken.get(tp, records[0].offset), records[0].offset)
@@ -429,7 +429,7 @@ class Continuity:
 
     def overdue(self, assigned: Iterable[Any], baseline: Callable[[Any], int | None],
                 highwater: Callable[[Any], int | None], quiet_for: float,
-                taken: Callable[[Any], int | None] = lambda tp: None) -> dict[Any, int]:
+                taken: Callable[[Any], int | None]) -> dict[Any, int]:
         """Partitions whose next record exists on the broker (below its high watermark) but has not
         arrived though nothing of the partition arrived for ``quiet_for`` seconds, each with the
         offset to read again from. The caller asks only while its agents and its scheduler hold

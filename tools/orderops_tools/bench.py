@@ -456,7 +456,7 @@ def report(results: Results, plot: Path) -> str:
         f"![end-to-end latency against offered load]({plot.name})", "",
         "| offered events/s | achieved events/s | processed events/s (any window's) | lag at end of window |"
         " reached the timeline | latency p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|---|",
-        *(f"| {r['offered']:,} | {r['achieved']:,.0f} | {r.get('processed', float('nan')):,.0f} | {r['lag_at_end']:,.0f} | "
+        *(f"| {r['offered']:,} | {r['achieved']:,.0f} | {r['processed']:,.0f} | {r['lag_at_end']:,.0f} | "
           f"{r['completed']:.1%} | {r['p50_ms']:,.0f} | {r['p99_ms']:,.0f} | {r['max_ms']:,.0f} |" for r in results.pipeline), "",
         f"Measured after {results.warmup_seconds:.0f} s of unmeasured load at 50 events/s on the fresh broker and "
         "processors (the JVM compiles its hot paths meanwhile).",

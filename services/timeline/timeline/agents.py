@@ -55,10 +55,8 @@ async def join(stream):
                 continue
             await service.emit_soon(step, envelope.order_id, publishable(view, out, envelope, now))
             step.put(views, envelope.order_id, to_json(view), loaded=view)
-            for entry in out.entries:
-                step.put(entries, domain.entry_key(envelope.order_id, entry["seq"]), to_json(entry))
-                if entry["seq"] >= domain.MAX_ENTRIES:
-                    step.put(entries, domain.entry_key(envelope.order_id, entry["seq"] - domain.MAX_ENTRIES), None)
+            for key, entry in domain.entry_writes(envelope.order_id, out.entries):
+                step.put(entries, key, None if entry is None else to_json(entry))
             step.then(functools.partial(_written, envelope.order_id, view, out, now,
                                         None if ticked else event.message))
 

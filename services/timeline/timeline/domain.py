@@ -7,6 +7,7 @@ The view is a plain JSON-friendly dict (values restored by orderops.envelope's J
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -139,6 +140,15 @@ def apply(view: dict | None, event: Envelope, topic: str, now: datetime, rules: 
 def entry_key(order_id: str, seq: int) -> str:
     """The entries table's key of an order's ``seq``-th entry (from 0, in the order applied)."""
     return f"{order_id}#{seq}"
+
+
+def entry_writes(order_id: str, new_entries: list[dict]) -> Iterator[tuple[str, dict | None]]:
+    """What the entries table gets for an event's new entries: each under its key, and the one that
+    falls out of the order's last ``MAX_ENTRIES`` deleted (None)."""
+    for entry in new_entries:
+        yield entry_key(order_id, entry["seq"]), entry
+        if entry["seq"] >= MAX_ENTRIES:
+            yield entry_key(order_id, entry["seq"] - MAX_ENTRIES), None
 
 
 def kept_entries(view: dict) -> range:
