@@ -70,7 +70,7 @@ class Codec:
         out.write(MAGIC)
         out.write(schema.fingerprint)
         try:
-            schemaless_writer(out, schema.parsed, record, strict_allow_default=True)
+            schemaless_writer(out, schema.compiled, record, strict_allow_default=True)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise EncodeError(f"record does not fit {schema_name}: {exc}") from exc
         return out.getvalue()
@@ -83,8 +83,8 @@ class Codec:
         try:
             record = schemaless_reader(
                 stream,
-                writer.parsed,
-                None if writer.fingerprint == reader.fingerprint else reader.parsed,
+                writer.compiled,
+                None if writer.fingerprint == reader.fingerprint else reader.compiled,
                 # Unions of several records come back as (full name, record); a nullable union
                 # returns the plain value. A one-branch envelope payload is named again below.
                 return_record_name=True,
