@@ -14,10 +14,9 @@ Events the processors derive themselves are not checked: their writers are this 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from orderops import catalog
 from orderops.envelope import Envelope
@@ -31,10 +30,10 @@ ORDER_LIFETIME = timedelta(days=400)  # an order's events come within this long 
 Violation = tuple[str, str]  # (code, reason)
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     """One field of an event's payload, nested records and arrays included. ``trail``: the keys and
-    indexes down to it, made into a path only for a violation's message."""
+    indexes down to it, made into a path only for a violation's message. A tuple, not a frozen
+    dataclass: every upstream event makes a dozen or more of them (issue 12)."""
 
     trail: tuple[str | int, ...]
     value: Any
@@ -48,6 +47,9 @@ class Field:
         return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in self.trail).lstrip(".")
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def fields(value: Any, trail: tuple[str | int, ...] = ()) -> list[Field]:
     """Every field of a payload, once: the checks all read this one list (walking the payload once per
     check was a third of a replay's time)."""
@@ -56,8 +58,10 @@ def fields(value: Any, trail: tuple[str | int, ...] = ()) -> list[Field]:
     def visit(item: Any, at: tuple[str | int, ...]) -> None:  # depth first, in the payload's order
         if isinstance(item, dict):
             for key, nested in item.items():
-                found.append(Field((*at, key), nested))
-                visit(nested, (*at, key))
+                trail = (*at, key)
+                found.append(Field(trail, nested))
+                if isinstance(nested, _CONTAINERS):  # a leaf needs no call
+                    visit(nested, trail)
         elif isinstance(item, list | tuple):
             for n, nested in enumerate(item):
                 visit(nested, (*at, n))

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import replace
 from typing import Any
 
 from orderops.catalog import UPSTREAM_SYSTEMS, Topic
 from orderops.envelope import Envelope
-from orderops.workflow import CAUSE_HEADER
+from orderops.workflow import CAUSE_HEADER, evolve
 
 # 13-19 digits, optionally in groups separated by single spaces or dashes.
 _CANDIDATE = re.compile(r"(?<![\d])\d(?:[ -]?\d){12,18}(?![\d])")
@@ -94,8 +93,8 @@ def read_event(codec: Any, value: bytes | None, topic: Topic, headers: Any = Non
     pairs = headers.items() if isinstance(headers, dict) else headers or []
     cause_topic = next((v.decode() for k, v in pairs if k == CAUSE_HEADER and v), None)
     if cause_topic in inputs:
-        envelope = replace(envelope, cause_topic=cause_topic)
+        envelope = evolve(envelope, cause_topic=cause_topic)
     if not written_upstream(topic) or not _MAYBE_CANDIDATE.search(value.decode("utf-8", "replace")):
         return envelope, []  # the walk (a tenth of a replay's time) can find nothing: issue 12
     payload, found = scrub(envelope.payload)
-    return (replace(envelope, payload=payload) if found else envelope), found
+    return (evolve(envelope, payload=payload) if found else envelope), found

@@ -8,14 +8,14 @@ same state it was derived from, and a sentence a customer could read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from fulfillment.machines import BUCKETS, SHIPMENT, SHIPMENT_TRIGGERS, SHIPPED_STATES, TRACKING_TRIGGERS, UNIT_MOVES
 from orderops import workflow
 from orderops.envelope import Envelope, from_json, to_json
-from orderops.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Step
+from orderops.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Step, evolve
 
 ORDER_MACHINE = "fulfillment"  # the derived order-level status, published as its own "machine"
 
@@ -54,7 +54,11 @@ class Shipment:
     estimated_delivery: datetime | None = None
 
     def quantity_of(self, line_id: str) -> int:
-        return sum(q for line, q in self.lines if line == line_id)
+        total = 0
+        for line, quantity in self.lines:  # a loop, not sum() over a generator: called per line per parcel per event
+            if line == line_id:
+                total += quantity
+        return total
 
 
 @dataclass(frozen=True)
@@ -69,19 +73,25 @@ class FulfillmentState:
     history: tuple[HistoryEntry, ...] = ()
 
     def line(self, line_id: str) -> Line | None:
-        return next((x for x in self.lines if x.line_id == line_id), None)
+        for x in self.lines:
+            if x.line_id == line_id:
+                return x
+        return None
 
     def shipment(self, shipment_id: str) -> Shipment | None:
-        return next((s for s in self.shipments if s.shipment_id == shipment_id), None)
+        for s in self.shipments:
+            if s.shipment_id == shipment_id:
+                return s
+        return None
 
     def with_line(self, updated: Line) -> FulfillmentState:
-        return replace(self, lines=tuple(updated if x.line_id == updated.line_id else x for x in self.lines))
+        return evolve(self, lines=tuple(updated if x.line_id == updated.line_id else x for x in self.lines))
 
     def with_shipment(self, updated: Shipment) -> FulfillmentState:
         shipments = tuple(updated if s.shipment_id == updated.shipment_id else s for s in self.shipments)
         if self.shipment(updated.shipment_id) is None:
             shipments = (*shipments, updated)
-        return replace(self, shipments=shipments)
+        return evolve(self, shipments=shipments)
 
     @property
     def status(self) -> str:
@@ -273,13 +283,13 @@ class FulfillmentStep(Step):
             changes["backorder_eta"] = None
         if target == "delivered":
             changes["delivered_at"] = self.event.occurred_at
-        updated = replace(line, **changes)
+        updated = evolve(line, **changes)
         self.state = self.state.with_line(updated)
         return updated
 
     def shipment_trigger(self, shipment: Shipment, trigger: str, reason: str, **changes: Any) -> Shipment:
         target = SHIPMENT.require(shipment.status, trigger, shipment.shipment_id)
-        updated = replace(shipment, status=target, **changes)
+        updated = evolve(shipment, status=target, **changes)
         self.state = self.state.with_shipment(updated)
         self.move(SHIPMENT.name, shipment.shipment_id, shipment.status, target, reason)
         return updated
@@ -321,7 +331,7 @@ def _order_placed(step: FulfillmentStep) -> None:
                      "an order with this id was already placed (with another event id)")
     payload = step.event.payload
     lines = tuple(Line(x["line_id"], x["name"], x["quantity"], x["quantity"]) for x in payload["lines"])
-    step.state = replace(step.state, placed=True, customer=payload["customer"], lines=lines)
+    step.state = evolve(step.state, placed=True, customer=payload["customer"], lines=lines)
 
 
 def _order_cancelled(step: FulfillmentStep) -> None:
@@ -351,7 +361,7 @@ def _backordered(step: FulfillmentStep) -> None:
     _placed_or_park(step)
     payload = step.event.payload
     line = step.move_units("LineBackordered", payload["line_id"], payload["quantity"])
-    step.state = step.state.with_line(replace(line, backorder_eta=payload["eta"]))
+    step.state = step.state.with_line(evolve(line, backorder_eta=payload["eta"]))
     step.notify("line_backordered", lines=(line.line_id,))
 
 
@@ -363,7 +373,7 @@ def _eta_changed(step: FulfillmentStep) -> None:
         raise Reject(ORDER_MACHINE, payload["line_id"], step.state.status, "no_backorder",
                      f"line {payload['line_id']} has nothing backordered whose ETA could change")
     before = line.backorder_eta
-    step.state = step.state.with_line(replace(line, backorder_eta=payload["eta"]))
+    step.state = step.state.with_line(evolve(line, backorder_eta=payload["eta"]))
     slipped = before is not None and payload["eta"] > before
     step.notify("backorder_eta_changed", lines=(line.line_id,), slipped=str(slipped).lower(),
                 previous_eta=before.isoformat() if before else "", reason=payload.get("reason", ""))

@@ -8,7 +8,7 @@ The shared mechanics (applying once, parking, draining, deadlines) are the kerne
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -26,7 +26,7 @@ from order_state.machines import (
 )
 from orderops import workflow
 from orderops.envelope import Envelope, from_json, to_json
-from orderops.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Step, Transitioned
+from orderops.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Step, Transitioned, evolve
 
 ZERO = Decimal(0)
 
@@ -86,11 +86,11 @@ class OrderState:
         return next((x for x in self.lines if x.line_id == line_id), None)
 
     def with_instrument(self, updated: Instrument) -> OrderState:
-        return replace(self, instruments=tuple(updated if i.instrument_id == updated.instrument_id else i
+        return evolve(self, instruments=tuple(updated if i.instrument_id == updated.instrument_id else i
                                                for i in self.instruments))
 
     def with_line(self, updated: Line) -> OrderState:
-        return replace(self, lines=tuple(updated if x.line_id == updated.line_id else x for x in self.lines))
+        return evolve(self, lines=tuple(updated if x.line_id == updated.line_id else x for x in self.lines))
 
     def to_json(self) -> dict[str, Any]:
         return {**to_json({
@@ -164,7 +164,7 @@ class OrderStep(Step):
             # Releasing a hold returns the order where it was; the trigger then applies there too
             # (a hold taken while pending payment ends in confirmed once payment is secured).
             resumed = self.state.held_from or ORDER.initial
-            self.state = replace(self.state, status=resumed, held_from=None, hold_reason="")
+            self.state = evolve(self.state, status=resumed, held_from=None, hold_reason="")
             self.move(ORDER.name, self.state.order_id, current, resumed, f"hold released: {reason}")
             self.order_trigger(trigger, reason)
             return True
@@ -173,7 +173,7 @@ class OrderStep(Step):
             held_from, hold_reason = current, reason
         completed_at = self.event.occurred_at if target == "completed" and current != "completed" else \
             self.state.completed_at
-        self.state = replace(self.state, status=target, held_from=held_from, hold_reason=hold_reason,
+        self.state = evolve(self.state, status=target, held_from=held_from, hold_reason=hold_reason,
                              completed_at=completed_at)
         self.move(ORDER.name, self.state.order_id, current, target, reason)
         self._notify_order_change(current, target)
@@ -253,7 +253,7 @@ def _order_placed(step: OrderStep) -> None:
                   for x in payload["lines"])
     instruments = tuple(Instrument(i["instrument_id"], i["channel"], i["amount"]["currency"], i["amount"]["amount"])
                         for i in payload["instruments"])
-    step.state = replace(step.state, customer=payload["customer"], lines=lines, instruments=instruments)
+    step.state = evolve(step.state, customer=payload["customer"], lines=lines, instruments=instruments)
     step.require_order_trigger("placed", "order placed")
     step.reconcile_payment("cash on delivery needs no authorization")
 
@@ -278,14 +278,14 @@ def _line_cancelled(step: OrderStep) -> None:
     if quantity <= 0 or line.cancelled + quantity > line.quantity:
         raise Reject(ORDER.name, state.order_id, state.status, "cancel_exceeds_line",
                      f"cannot cancel {quantity} of line {line.line_id}: {line.quantity - line.cancelled} left")
-    step.state = state.with_line(replace(line, cancelled=line.cancelled + quantity))
+    step.state = state.with_line(evolve(line, cancelled=line.cancelled + quantity))
     if all(x.cancelled == x.quantity for x in step.state.lines):
         step.order_trigger("cancel", "every line was cancelled")
 
 
 def _fulfillment_status(step: OrderStep) -> None:
     status = step.event.payload["status"]
-    step.state = replace(step.state, fulfillment_status=status)
+    step.state = evolve(step.state, fulfillment_status=status)
     trigger = FULFILLMENT_TRIGGERS.get(status)
     if trigger is not None:
         step.require_order_trigger(trigger, f"fulfillment is {status.replace('_', ' ')}")
@@ -312,7 +312,7 @@ def _payment(step: OrderStep) -> None:
     updated = _amounts_after(instrument, trigger, amount["amount"] if amount else ZERO)
     if target == BY_AMOUNT:
         target = _status_by_amount(updated)
-    updated = replace(updated, status=target)
+    updated = evolve(updated, status=target)
     step.state = state.with_instrument(updated)
     reason = _payment_reason(event.short_type, payload)
     # Payment records are kept even without a state change: they are the amount ledger.
@@ -327,13 +327,13 @@ def _payment(step: OrderStep) -> None:
 def _amounts_after(i: Instrument, trigger: str, amount: Decimal) -> Instrument:
     """The amounts after a payment trigger; raises when a guard says it cannot happen."""
     if trigger == "authorized":
-        return replace(i, authorized=i.captured + amount)
+        return evolve(i, authorized=i.captured + amount)
     if trigger == "captured":
         if i.captured + amount > i.authorized:
             raise Reject(PAYMENT.name, i.instrument_id, i.status, "capture_exceeds_authorization",
                          f"capture of {amount} {i.currency} exceeds the {i.authorized - i.captured} {i.currency} "
                          "still authorized")
-        return replace(i, captured=i.captured + amount)
+        return evolve(i, captured=i.captured + amount)
     if trigger == "refunded":
         if amount > i.refundable:
             if amount <= i.authorized - i.refunded and i.status == "partially_captured":
@@ -341,11 +341,11 @@ def _amounts_after(i: Instrument, trigger: str, amount: Decimal) -> Instrument:
             raise Reject(PAYMENT.name, i.instrument_id, i.status, "refund_exceeds_captured",
                          f"refund of {amount} {i.currency} exceeds the {i.refundable} {i.currency} captured and "
                          "not yet refunded")
-        return replace(i, refunded=i.refunded + amount)
+        return evolve(i, refunded=i.refunded + amount)
     if trigger in ("voided", "auth_expired"):
-        return replace(i, authorized=i.captured) if i.captured > ZERO else i
+        return evolve(i, authorized=i.captured) if i.captured > ZERO else i
     if trigger == "charged_back":
-        return replace(i, charged_back=i.charged_back + amount)
+        return evolve(i, charged_back=i.charged_back + amount)
     return i
 
 

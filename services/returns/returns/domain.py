@@ -7,14 +7,14 @@ No Kafka here. The published policies arrive as the step's context (``Policies``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from orderops import workflow
 from orderops.envelope import Envelope, from_json, to_json
-from orderops.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Rejected, Step
+from orderops.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Rejected, Step, evolve
 from returns.machines import CLOSE_AFTER_DAYS, DEFECT_REASONS, GRACE_DAYS, REFUND, RETURN
 from returns.policy import Policy, in_force
 
@@ -132,8 +132,8 @@ class ReturnsState:
         current = getattr(self, attr)
         key = getattr(item, ident)
         if any(getattr(x, ident) == key for x in current):
-            return replace(self, **{attr: tuple(item if getattr(x, ident) == key else x for x in current)})
-        return replace(self, **{attr: (*current, item)})
+            return evolve(self, **{attr: tuple(item if getattr(x, ident) == key else x for x in current)})
+        return evolve(self, **{attr: (*current, item)})
 
     def committed(self, instrument_id: str) -> Decimal:
         """Refunds on an instrument that succeeded or may still succeed."""
@@ -310,14 +310,14 @@ class ReturnsStep(Step):
 
     def return_trigger(self, ret: Return, trigger: str, reason: str) -> Return:
         target = RETURN.require(ret.status, trigger, ret.return_id)
-        updated = replace(ret, status=target)
+        updated = evolve(ret, status=target)
         self.state = self.state.put(return_=updated)
         self.move(RETURN.name, ret.return_id, ret.status, target, reason)
         return updated
 
     def refund_trigger(self, refund: Refund, trigger: str, reason: str, **changes: Any) -> Refund:
         target = REFUND.require(refund.status, trigger, refund.refund_id)
-        updated = replace(refund, status=target, **changes)
+        updated = evolve(refund, status=target, **changes)
         self.state = self.state.put(refund=updated)
         self.move(REFUND.name, refund.refund_id, refund.status, target, reason)
         return updated
@@ -383,7 +383,7 @@ def _placed(step: ReturnsStep) -> None:
     if step.state.placed_at is not None:
         raise Reject(RETURN.name, step.state.order_id, "placed", "duplicate_order",
                      "an order with this id was already placed (with another event id)")
-    step.state = replace(
+    step.state = evolve(
         step.state, placed_at=step.event.occurred_at, customer=payload["customer"],
         lines=tuple(Line(x["line_id"], x["name"], x["category"], x["quantity"], x["unit_price"]["amount"],
                          x["unit_price"]["currency"], x.get("final_sale", False)) for x in payload["lines"]),
@@ -404,7 +404,7 @@ def _captured(step: ReturnsStep) -> None:
         raise Reject("refund", payload["instrument_id"], "unknown", "unknown_instrument",
                      f"the order has no payment instrument {payload['instrument_id']}")
     _require_currency(instrument, payload["amount"])
-    step.state = step.state.put(instrument=replace(
+    step.state = step.state.put(instrument=evolve(
         instrument, captured=instrument.captured + payload["amount"]["amount"],
         first_captured_at=instrument.first_captured_at or step.event.occurred_at))
     # A line cancelled before the money was taken is refunded once the whole order is captured,
@@ -430,7 +430,7 @@ def _fulfillment(step: ReturnsStep) -> None:
         line = step.state.line(snapshot["line_id"])
         if line is None:
             continue
-        step.state = step.state.put(line=replace(
+        step.state = step.state.put(line=evolve(
             line, delivered=snapshot["delivered"], cancelled=snapshot["cancelled"],
             delivered_at=snapshot.get("delivered_at") or line.delivered_at))
     if any(i.captured > ZERO for i in step.state.instruments):
@@ -444,7 +444,7 @@ def _refund_cancelled_units(step: ReturnsStep) -> None:
         if newly <= 0:
             continue
         policy = step.policy()
-        step.state = step.state.put(line=replace(line, cancel_refunded=line.cancelled))
+        step.state = step.state.put(line=evolve(line, cancel_refunded=line.cancelled))
         step.issue_refunds(f"{step.state.order_id}:cancel:{line.line_id}:{line.cancelled}",
                            f"cancelled line {line.line_id}", None, line.unit_price * newly,
                            f"{newly} × {line.name} cancelled", policy)
@@ -466,7 +466,7 @@ def _return_requested(step: ReturnsStep) -> None:
     step.state = step.state.put(return_=ret)
     ret = step.return_trigger(ret, "request", "return requested")
     decision, trace, reason = evaluate(policy, step.state, payload, event.occurred_at)
-    ret = replace(ret, decision=decision, policy=policy.ref, trace=tuple(trace))
+    ret = evolve(ret, decision=decision, policy=policy.ref, trace=tuple(trace))
     step.state = step.state.put(return_=ret)
     step.emit(Decided(ret.return_id, decision, policy.ref, tuple(trace), reason))
     trigger = {"AUTHORIZED": "authorize", "REJECTED": "reject", "NEEDS_REVIEW": "review"}[decision]
@@ -489,7 +489,7 @@ def _exception_approved(step: ReturnsStep) -> None:
     payload = step.event.payload
     ret = _return_or_park(step)
     actor = payload["actor"]
-    ret = replace(ret, decision="AUTHORIZED", trace=(*ret.trace, {
+    ret = evolve(ret, decision="AUTHORIZED", trace=(*ret.trace, {
         "rule": "policy_exception", "inputs": {"approved_by": actor["user_id"], "role": actor["role"]},
         "outcome": "pass", "detail": payload["reason"]}))
     step.state = step.state.put(return_=ret)
@@ -511,12 +511,12 @@ def _received(step: ReturnsStep) -> None:
         if line.received + got > line.quantity:
             raise Reject(RETURN.name, ret.return_id, ret.status, "received_more_than_authorized",
                          f"{line.received + got} of line {line.line_id} received; {line.quantity} were authorized")
-        lines.append(replace(line, received=line.received + got))
+        lines.append(evolve(line, received=line.received + got))
     unknown = {x["line_id"] for x in payload["lines"]} - {x.line_id for x in ret.lines}
     if unknown:
         raise Reject(RETURN.name, ret.return_id, ret.status, "unexpected_item",
                      f"received lines {sorted(unknown)} that are not part of return {ret.return_id}")
-    ret = replace(ret, lines=tuple(lines))
+    ret = evolve(ret, lines=tuple(lines))
     step.state = step.state.put(return_=ret)
     step.return_trigger(ret, "receive", "return parcel received")
     step.emit(Notify("return_received", {"return_id": ret.return_id}))
@@ -536,12 +536,12 @@ def _inspected(step: ReturnsStep) -> None:
             raise Reject(RETURN.name, ret.return_id, ret.status, "inspected_more_than_received",
                          f"inspection of {result['quantity']} × line {result['line_id']} exceeds what was received")
         returned, order_line = lines[index], step.state.line(result["line_id"])
-        lines[index] = replace(returned, inspected=returned.inspected + result["quantity"])
+        lines[index] = evolve(returned, inspected=returned.inspected + result["quantity"])
         share = policy.share(result["outcome"])
         fee = ZERO if returned.reason in policy.restocking_fee_exempt_reasons or result["outcome"] != "AS_EXPECTED" \
             else Decimal(policy.restocking_fee_percent) / 100
         amount += order_line.unit_price * result["quantity"] * share * (1 - fee)
-    ret = replace(ret, lines=tuple(lines))
+    ret = evolve(ret, lines=tuple(lines))
     step.state = step.state.put(return_=ret)
     ret = step.return_trigger(ret, "inspect", "inspection completed")
     n = sum(1 for r in step.state.refunds if r.return_id == ret.return_id)
@@ -567,7 +567,7 @@ def _refund_result(step: ReturnsStep) -> None:
             raise Reject(REFUND.name, payload["refund_id"], "unknown", "unknown_instrument",
                          f"the order has no payment instrument {payload['instrument_id']}")
         _require_currency(instrument, payload["amount"])
-        step.state = step.state.put(instrument=replace(
+        step.state = step.state.put(instrument=evolve(
             instrument, refunded_elsewhere=instrument.refunded_elsewhere + payload["amount"]["amount"]))
         return
     if payload["refund_id"] != refund.keys[-1] or refund.status != "requested":
