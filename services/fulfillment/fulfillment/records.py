@@ -30,11 +30,15 @@ def publishable(outcome: Outcome) -> Iterator[tuple[Topic, dict]]:
 
 def _snapshot(snapshot: StatusSnapshot, state: FulfillmentState) -> dict:
     view = FulfillmentState(state.order_id, True, state.customer, snapshot.lines, snapshot.shipments)
+    parcels_of: dict[str, list[str]] = {}  # line id -> the parcels holding any of it, in the parcels' order
+    for s in snapshot.shipments:
+        for line_id in dict.fromkeys(line_id for line_id, _ in s.lines):
+            if s.quantity_of(line_id):
+                parcels_of.setdefault(line_id, []).append(s.shipment_id)
     return {"status": snapshot.status, "backordered": snapshot.backordered, "lines": [
         {"line_id": x.line_id, "ordered": x.ordered, "unfulfilled": x.unfulfilled, "backordered": x.backordered,
          "in_shipment": x.in_shipment, "shipped": x.shipped, "delivered": x.delivered, "cancelled": x.cancelled,
-         "returned": 0,
-         "shipment_ids": [s.shipment_id for s in snapshot.shipments if s.quantity_of(x.line_id)],
+         "returned": 0, "shipment_ids": parcels_of.get(x.line_id, []),
          "backorder_eta": x.backorder_eta, "delivered_at": x.delivered_at, "waiting_for": waiting_for(view, x)}
         for x in snapshot.lines]}
 
