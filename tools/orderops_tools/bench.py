@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import signal
@@ -541,8 +542,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     results = Results(machine=machine())
-    with tempfile.TemporaryDirectory(prefix="orderops-bench-") as tmp:
-        workdir = Path(tmp)
+    with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="orderops-bench-") as tmp:
+        workdir = Path(tmp).resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
         smtp = Controller(Discard(), hostname="127.0.0.1", port=free_port())
         smtp.start()
         broker = PrivateBroker(workdir / "broker")
@@ -598,6 +600,8 @@ def register(groups) -> None:
                         help=f"the processors measured alone (default: all: {','.join(PIPELINE)})")
     parser.add_argument("--profile", metavar="DIR", help="sample each processor alone with py-spy; folded stacks in DIR")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it: the brokers' data and each processor's "
+                                                      "log and state (default: a temporary folder, removed)")
     parser.set_defaults(run=run)
 
 
