@@ -653,6 +653,10 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
         table_standby_replicas=settings.standby_replicas,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # Faust's default, 0, sent a produce request for every few records: a sixth of a state
+        # machine's CPU went to socket writes. 5 ms lets records and changelog writes share requests
+        # (issue 12: order-state alone used a fifth less CPU per message).
+        producer_linger=settings.producer_linger_ms / 1000,
         broker_session_timeout=settings.session_timeout_seconds,
         # A worker that joined its group while a restarted broker still answered metadata without
         # the topics was assigned nothing, and stayed so until the next metadata refresh (aiokafka's

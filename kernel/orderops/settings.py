@@ -61,6 +61,7 @@ class ServiceSettings:
     write_behind_depth: int  # events whose outputs may await the broker's ack while the agent goes on
     state_cache_orders: int  # orders whose parsed state an agent keeps between their events
     tail_check_seconds: float  # a partition quiet this long with records unread beyond the last arrived is read again
+    producer_linger_ms: float  # how long the producer lets a batch fill before sending it
 
     @property
     def app_id(self) -> str:
@@ -91,4 +92,5 @@ class ServiceSettings:
             write_behind_depth=int(env.get("ORDEROPS_WRITE_BEHIND_DEPTH", "1000")),
             state_cache_orders=int(env.get("ORDEROPS_STATE_CACHE_ORDERS", "10000")),
             tail_check_seconds=float(env.get("ORDEROPS_TAIL_CHECK_SECONDS", "15")),
+            producer_linger_ms=float(env.get("ORDEROPS_PRODUCER_LINGER_MS", "5")),
         )

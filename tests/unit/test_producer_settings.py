@@ -1,0 +1,20 @@
+"""What a processor's Faust producer is configured with, from the environment."""
+
+from __future__ import annotations
+
+from orderops.service import _faust_app
+from orderops.settings import ServiceSettings
+
+
+def test_records_linger_five_ms_by_default_so_outputs_and_changelog_writes_share_requests(monkeypatch, tmp_path):
+    monkeypatch.setenv("ORDEROPS_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("ORDEROPS_PRODUCER_LINGER_MS", raising=False)
+    app = _faust_app(ServiceSettings.from_env("order-state", 8080))
+    assert app.conf.producer_linger == 0.005
+    assert app.conf.producer_acks == -1
+
+
+def test_the_linger_is_set_by_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("ORDEROPS_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("ORDEROPS_PRODUCER_LINGER_MS", "0")
+    assert _faust_app(ServiceSettings.from_env("order-state", 8080)).conf.producer_linger == 0
