@@ -70,9 +70,13 @@ class ContractViolation(Exception):
 class Service:
     """One processor: its Faust app, codec, dead-letter topic, health check and metrics."""
 
-    def __init__(self, name: str, *, default_web_port: int, settings: ServiceSettings | None = None) -> None:
+    def __init__(self, name: str, *, default_web_port: int, settings: ServiceSettings | None = None,
+                 default_linger_ms: float = 5) -> None:
+        """``default_linger_ms``: ``ORDEROPS_PRODUCER_LINGER_MS`` unless set. A processor whose every
+        event waits for its own records' acks in series (the notifier) takes 0: each wait would be
+        the linger longer."""
         self.name = name
-        self.settings = settings or ServiceSettings.from_env(name, default_web_port)
+        self.settings = settings or ServiceSettings.from_env(name, default_web_port, default_linger_ms)
         self.codec = Codec()
         self.app = _faust_app(self.settings)
         self.metrics_registry = CollectorRegistry()

@@ -69,7 +69,7 @@ class ServiceSettings:
         return f"{self.service}-{self.instance}" if self.instance else self.service
 
     @classmethod
-    def from_env(cls, service: str, default_web_port: int) -> ServiceSettings:
+    def from_env(cls, service: str, default_web_port: int, default_linger_ms: float = 5) -> ServiceSettings:
         env = os.environ
         run_dir = Path(env.get("ORDEROPS_RUN_DIR", default_run_dir()))
         return cls(
@@ -92,5 +92,5 @@ class ServiceSettings:
             write_behind_depth=int(env.get("ORDEROPS_WRITE_BEHIND_DEPTH", "1000")),
             state_cache_orders=int(env.get("ORDEROPS_STATE_CACHE_ORDERS", "10000")),
             tail_check_seconds=float(env.get("ORDEROPS_TAIL_CHECK_SECONDS", "15")),
-            producer_linger_ms=float(env.get("ORDEROPS_PRODUCER_LINGER_MS", "5")),
+            producer_linger_ms=float(env.get("ORDEROPS_PRODUCER_LINGER_MS", str(default_linger_ms))),
         )

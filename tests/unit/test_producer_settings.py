@@ -18,3 +18,11 @@ def test_the_linger_is_set_by_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("ORDEROPS_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("ORDEROPS_PRODUCER_LINGER_MS", "0")
     assert _faust_app(ServiceSettings.from_env("order-state", 8080)).conf.producer_linger == 0
+
+
+def test_the_notifier_does_not_linger_its_deliveries_wait_for_acks_in_series(monkeypatch, tmp_path):
+    monkeypatch.setenv("ORDEROPS_RUN_DIR", str(tmp_path))
+    monkeypatch.delenv("ORDEROPS_PRODUCER_LINGER_MS", raising=False)
+    import notifier.app
+
+    assert notifier.app.app.conf.producer_linger == 0
