@@ -48,7 +48,7 @@ from orderops.ordering import Continuity, EventTimeOrder, InFlight
 from orderops.privacy import read_event
 from orderops.rebuild import MachineProcessor
 from orderops.security import KafkaSecurity
-from orderops.settings import ServiceSettings
+from orderops.settings import DEFAULT_LINGER_MS, ServiceSettings
 from orderops.workflow import CAUSE_HEADER, Outcome
 from orderops.writebehind import Sent, Staging, Step, WriteBehind
 
@@ -71,7 +71,7 @@ class Service:
     """One processor: its Faust app, codec, dead-letter topic, health check and metrics."""
 
     def __init__(self, name: str, *, default_web_port: int, settings: ServiceSettings | None = None,
-                 default_linger_ms: float = 5) -> None:
+                 default_linger_ms: float = DEFAULT_LINGER_MS) -> None:
         """``default_linger_ms``: ``ORDEROPS_PRODUCER_LINGER_MS`` unless set. A processor whose every
         event waits for its own records' acks in series (the notifier) takes 0: each wait would be
         the linger longer."""

@@ -19,6 +19,10 @@ def default_run_dir() -> Path:
 # librdkafka's default partitioner is consistent_random (CRC32); aiokafka, Faust and the Java
 # client use murmur2. Every order-scoped topic is co-partitioned by order id, so every producer
 # must hash keys the same way: confluent-kafka producers take these settings.
+# How long a processor's Faust producer lets a batch fill (ORDEROPS_PRODUCER_LINGER_MS), unless the
+# service says otherwise (Service(default_linger_ms=...)).
+DEFAULT_LINGER_MS = 5.0
+
 PRODUCER_DEFAULTS = {"partitioner": "murmur2_random", "enable.idempotence": True, "acks": "all", "linger.ms": 5}
 
 
@@ -69,7 +73,7 @@ class ServiceSettings:
         return f"{self.service}-{self.instance}" if self.instance else self.service
 
     @classmethod
-    def from_env(cls, service: str, default_web_port: int, default_linger_ms: float = 5) -> ServiceSettings:
+    def from_env(cls, service: str, default_web_port: int, default_linger_ms: float = DEFAULT_LINGER_MS) -> ServiceSettings:
         env = os.environ
         run_dir = Path(env.get("ORDEROPS_RUN_DIR", default_run_dir()))
         return cls(

@@ -333,7 +333,7 @@ def soak(results: Results, components: dict[str, int], rate: int, seconds: float
     def sample(send=None, at=None) -> None:
         now = time.monotonic() - began
         if not samples or now - samples[-1][0] >= SOAK_SAMPLE_SECONDS:
-            samples.append((now, {name: rss_mb(pid, "VmRSS") for name, pid in components.items() if name != "load (bench)"}))
+            samples.append((now, {name: rss_mb(pid, "VmRSS") for name, pid in components.items() if pid != os.getpid()}))
 
     sample()
     produce(sends, pace=rate, on_sent=sample)
@@ -348,6 +348,12 @@ def soak(results: Results, components: dict[str, int], rate: int, seconds: float
 
 def _rss_at(samples: list[tuple[float, dict[str, float]]], seconds: float) -> dict[str, float]:
     return min(samples, key=lambda s: abs(s[0] - seconds))[1]
+
+
+def _second_half(soak: dict) -> dict[str, tuple[float, float, float]]:
+    """Each component's RSS at half time and at the end of the soak, and its growth between (a ratio)."""
+    half, end = _rss_at(soak["samples"], soak["seconds"] / 2), soak["samples"][-1][1]
+    return {name: (half[name], end[name], (end[name] - half[name]) / half[name]) for name in end}
 
 
 def pipeline(results: Results, workdir: Path, smtp_port: int, rates: list[int], seconds: float,
@@ -527,8 +533,8 @@ def report(results: Results, plot: Path) -> str:
 def _soak_section(results: Results) -> list[str]:
     if not results.soak:
         return []
-    k, samples = results.soak, results.soak["samples"]
-    minute, half, end = _rss_at(samples, 60), _rss_at(samples, k["seconds"] / 2), samples[-1][1]
+    k = results.soak
+    minute = _rss_at(k["samples"], 60)
     return [
         "## Memory over time (a steady load the pipeline sustains)", "",
         f"{k['rate']} upstream events/s for {k['seconds']:.0f} s ({k['orders']:,} new orders; lag at the end "
@@ -536,8 +542,8 @@ def _soak_section(results: Results) -> list[str]:
         f"{SOAK_SAMPLE_SECONDS} s.", "",
         "| component | RSS MB after 1 min | at half time | at the end | growth in the second half |",
         "|---|---|---|---|---|",
-        *(f"| {name} | {minute[name]:,.0f} | {half[name]:,.0f} | {end[name]:,.0f} | "
-          f"{end[name] - half[name]:+,.0f} MB ({(end[name] - half[name]) / half[name]:+.1%}) |" for name in end), "",
+        *(f"| {name} | {minute[name]:,.0f} | {half:,.0f} | {end:,.0f} | {end - half:+,.0f} MB ({growth:+.1%}) |"
+          for name, (half, end, growth) in _second_half(k).items()), "",
         "A processor keeps the parsed state of the orders it wrote last (`ORDEROPS_STATE_CACHE_ORDERS`, 10,000",
         "by default): until that many orders were seen, its memory grows with every new order by design.", ""]
 
@@ -561,12 +567,11 @@ def targets(results: Results) -> list[str]:
     for name, r in results.replay.items():
         out.append(f"- {name} rebuild ≥ 20,000 events/s: **{'met' if r >= 20000 else 'not met'}** ({r:,.0f}/s).")
     if results.soak:
-        k = results.soak
-        half, end = _rss_at(k["samples"], k["seconds"] / 2), k["samples"][-1][1]
-        grown = max(end, key=lambda name: (end[name] - half[name]) / half[name])
+        k, growths = results.soak, {name: growth for name, (_, _, growth) in _second_half(results.soak).items()}
+        grown = max(growths, key=growths.get)
         out.append(f"- Memory flat over a 10-minute run at 3,000 events/s: **not measured** at that rate (the pipeline "
                    f"does not sustain it); at {k['rate']}/s for {k['seconds']:.0f} s, the most growth in the second "
-                   f"half was {grown}'s, {(end[grown] - half[grown]) / half[grown]:+.1%} (see \"Memory over time\").")
+                   f"half was {grown}'s, {growths[grown]:+.1%} (see \"Memory over time\").")
     else:
         out.append("- Memory flat over a 10-minute run at 3,000 events/s: not measured by this run.")
     return out
