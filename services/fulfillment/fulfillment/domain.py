@@ -187,7 +187,8 @@ class Notify:
 
 @dataclass(frozen=True)
 class StatusSnapshot:
-    """Published whenever a line's quantities changed: the lines and the status derived from them."""
+    """Published whenever what it says changed: the lines, the status derived from them, and per
+    line the parcels holding it and what it waits for (``line_statuses``)."""
 
     status: str
     backordered: bool
@@ -201,6 +202,25 @@ def claims(state: FulfillmentState, shipment: Shipment | None = None) -> tuple[L
         x.backordered, x.cancelled, x.backorder_eta if x.backordered else None,
         shipment.shipment_id if shipment and shipment.quantity_of(x.line_id) else None,
     ) for x in state.lines)
+
+
+@dataclass(frozen=True)
+class LineStatus:
+    """What a status snapshot says of one line: its quantities, the parcels holding any of it (in
+    the parcels' order) and what its undelivered units wait for."""
+
+    line: Line
+    parcels: tuple[str, ...]
+    waiting_for: str
+
+
+def line_statuses(state: FulfillmentState) -> tuple[LineStatus, ...]:
+    parcels_of: dict[str, list[str]] = {}
+    for s in state.shipments:
+        for line_id in dict.fromkeys(line_id for line_id, _ in s.lines):
+            if s.quantity_of(line_id):
+                parcels_of.setdefault(line_id, []).append(s.shipment_id)
+    return tuple(LineStatus(x, tuple(parcels_of.get(x.line_id, ())), waiting_for(state, x)) for x in state.lines)
 
 
 def _day(moment: datetime | None) -> str:
@@ -295,9 +315,14 @@ class FulfillmentStep(Step):
         return updated
 
     def finished(self, before: FulfillmentState) -> None:
-        """Per applied event: the derived status (and its transition) when lines or parcels changed."""
+        """Per applied event: the derived status (and its transition) when lines or parcels changed.
+        A parcel's move that leaves every line's words as they were (in transit, out for delivery)
+        publishes no snapshot: it would repeat the last one to order-state, returns and the
+        timeline, which read every snapshot (issue 12: a sixth of fulfillment's records)."""
         after = self.state
         if (after.lines, after.shipments) == (before.lines, before.shipments):
+            return
+        if after.lines == before.lines and before.placed and line_statuses(after) == line_statuses(before):
             return
         if before.status != after.status or not before.placed:
             self.emit(workflow.Transitioned(ORDER_MACHINE, after.order_id, before.status if before.placed else "(none)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fulfillment.domain import FulfillmentState, LineClaim, Notify, StatusSnapshot, waiting_for
+from fulfillment.domain import FulfillmentState, LineClaim, Notify, StatusSnapshot, line_statuses
 from orderops import workflow
 from orderops.catalog import FULFILLMENT_STATE_CHANGES, NOTIFICATIONS_REQUESTS, Topic
 from orderops.workflow import Outcome, Record, Transitioned
@@ -30,17 +30,12 @@ def publishable(outcome: Outcome) -> Iterator[tuple[Topic, dict]]:
 
 def _snapshot(snapshot: StatusSnapshot, state: FulfillmentState) -> dict:
     view = FulfillmentState(state.order_id, True, state.customer, snapshot.lines, snapshot.shipments)
-    parcels_of: dict[str, list[str]] = {}  # line id -> the parcels holding any of it, in the parcels' order
-    for s in snapshot.shipments:
-        for line_id in dict.fromkeys(line_id for line_id, _ in s.lines):
-            if s.quantity_of(line_id):
-                parcels_of.setdefault(line_id, []).append(s.shipment_id)
     return {"status": snapshot.status, "backordered": snapshot.backordered, "lines": [
         {"line_id": x.line_id, "ordered": x.ordered, "unfulfilled": x.unfulfilled, "backordered": x.backordered,
          "in_shipment": x.in_shipment, "shipped": x.shipped, "delivered": x.delivered, "cancelled": x.cancelled,
-         "returned": 0, "shipment_ids": parcels_of.get(x.line_id, []),
-         "backorder_eta": x.backorder_eta, "delivered_at": x.delivered_at, "waiting_for": waiting_for(view, x)}
-        for x in snapshot.lines]}
+         "returned": 0, "shipment_ids": list(said.parcels),
+         "backorder_eta": x.backorder_eta, "delivered_at": x.delivered_at, "waiting_for": said.waiting_for}
+        for said in line_statuses(view) for x in (said.line,)]}
 
 
 def _claim(claim: LineClaim) -> dict:

@@ -225,3 +225,26 @@ def test_events_applied_late_still_publish_each_status_they_caused():
     _, records = run(placed(), state=state)
     assert [s.status for s in of(records, StatusSnapshot)] == [
         "unfulfilled", "unfulfilled", "partially_shipped", "partially_delivered"]
+
+
+def test_a_parcel_move_that_changes_no_line_publishes_its_transition_but_no_repeated_snapshot():
+    """In transit and out for delivery say of each line what dispatched said ("on the way in parcel
+    P1"): order-state, returns and the timeline would read the same snapshot again."""
+    state, records = run(placed(), created("P1", ("l1", 2)), dispatched("P1"))
+    last = of(records, StatusSnapshot)[-1]
+    state, records = run(tracking("P1", "IN_TRANSIT"), tracking("P1", "OUT_FOR_DELIVERY"), state=state)
+    assert [t.to_state for t in of(records, Transitioned)] == ["in_transit", "out_for_delivery"]
+    assert of(records, StatusSnapshot) == []
+    assert domain.line_statuses(state) == domain.line_statuses(FulfillmentState(
+        state.order_id, True, state.customer, last.lines, last.shipments))
+
+
+def test_a_delay_or_a_delivery_changes_what_a_line_waits_for_and_is_published():
+    state, _ = run(placed(), created("P1", ("l1", 2)), dispatched("P1"), tracking("P1", "IN_TRANSIT"))
+    state, records = run(tracking("P1", "DELAYED"), state=state)
+    [snapshot] = of(records, StatusSnapshot)
+    said = domain.line_statuses(FulfillmentState(state.order_id, True, state.customer, snapshot.lines,
+                                                 snapshot.shipments))
+    assert said[0].waiting_for == "2 on the way in parcel P1 (delayed)" and said[0].parcels == ("P1",)
+    _, records = run(delivered("P1"), state=state)
+    assert of(records, StatusSnapshot)[-1].status == "partially_delivered"
