@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fulfillment.domain import FulfillmentState, LineClaim, Notify, StatusSnapshot, line_statuses
+from fulfillment.domain import FulfillmentState, LineClaim, LineStatus, Notify, StatusSnapshot, line_statuses
 from orderops import workflow
 from orderops.catalog import FULFILLMENT_STATE_CHANGES, NOTIFICATIONS_REQUESTS, Topic
 from orderops.workflow import Outcome, Record, Transitioned
@@ -30,12 +30,16 @@ def publishable(outcome: Outcome) -> Iterator[tuple[Topic, dict]]:
 
 def _snapshot(snapshot: StatusSnapshot, state: FulfillmentState) -> dict:
     view = FulfillmentState(state.order_id, True, state.customer, snapshot.lines, snapshot.shipments)
-    return {"status": snapshot.status, "backordered": snapshot.backordered, "lines": [
-        {"line_id": x.line_id, "ordered": x.ordered, "unfulfilled": x.unfulfilled, "backordered": x.backordered,
-         "in_shipment": x.in_shipment, "shipped": x.shipped, "delivered": x.delivered, "cancelled": x.cancelled,
-         "returned": 0, "shipment_ids": list(said.parcels),
-         "backorder_eta": x.backorder_eta, "delivered_at": x.delivered_at, "waiting_for": said.waiting_for}
-        for said in line_statuses(view) for x in (said.line,)]}
+    return {"status": snapshot.status, "backordered": snapshot.backordered,
+            "lines": [_line(said) for said in line_statuses(view)]}
+
+
+def _line(said: LineStatus) -> dict:
+    x = said.line
+    return {"line_id": x.line_id, "ordered": x.ordered, "unfulfilled": x.unfulfilled, "backordered": x.backordered,
+            "in_shipment": x.in_shipment, "shipped": x.shipped, "delivered": x.delivered, "cancelled": x.cancelled,
+            "returned": 0, "shipment_ids": list(said.parcels),
+            "backorder_eta": x.backorder_eta, "delivered_at": x.delivered_at, "waiting_for": said.waiting_for}
 
 
 def _claim(claim: LineClaim) -> dict:
