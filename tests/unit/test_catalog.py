@@ -56,11 +56,13 @@ def test_every_value_schema_exists_and_compacted_topics_are_keyed_by_identity():
 
 
 def test_data_flow_matches_the_design():
+    """The brief's topic map, but for fulfillment's status: on a topic of its own, read by order-state and
+    returns instead of all of fulfillment.state-changes (docs/architecture.md, "Data flow")."""
     reads = {p: {t.name for t in catalog.inputs_of(p)} for p in catalog.PROCESSORS}
-    assert reads[catalog.ORDER_STATE] == {"storefront.orders", "payments.events", "fulfillment.state-changes"}
+    assert reads[catalog.ORDER_STATE] == {"storefront.orders", "payments.events", "fulfillment.status"}
     assert reads[catalog.FULFILLMENT] == {"storefront.orders", "warehouse.fulfillment"}
     assert reads[catalog.RETURNS] == {"storefront.orders", "storefront.returns", "warehouse.returns", "payments.events",
-                                      "fulfillment.state-changes", "returns.policies", "support.actions"}
+                                      "fulfillment.status", "returns.policies", "support.actions"}
     assert reads[catalog.NOTIFIER] == {"notifications.requests"}
     upstream_and_derived = {t.name for t in catalog.DATA_TOPICS} - {
         "returns.policies", "support.timeline", "support.order-views", "support.escalations"}

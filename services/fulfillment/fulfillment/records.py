@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from fulfillment.domain import FulfillmentState, LineClaim, LineStatus, Notify, StatusSnapshot, line_statuses
 from orderops import workflow
-from orderops.catalog import FULFILLMENT_STATE_CHANGES, NOTIFICATIONS_REQUESTS, Topic
+from orderops.catalog import FULFILLMENT_STATE_CHANGES, FULFILLMENT_STATUS, NOTIFICATIONS_REQUESTS, Topic
 from orderops.workflow import Outcome, Record, Transitioned
 
 SOURCE = "fulfillment"
@@ -18,7 +18,7 @@ def publishable(outcome: Outcome) -> Iterator[tuple[Topic, dict]]:
         if isinstance(what, Notify):
             yield NOTIFICATIONS_REQUESTS, _notification(record, what, outcome.state)
         elif isinstance(what, StatusSnapshot):
-            yield FULFILLMENT_STATE_CHANGES, workflow.envelope(
+            yield FULFILLMENT_STATUS, workflow.envelope(
                 record, event_id, SOURCE, "orderops.fulfillment.FulfillmentStatusChanged",
                 _snapshot(what, outcome.state))
         elif isinstance(what, Transitioned):

@@ -15,7 +15,7 @@ from orderops import deadletter
 from orderops.catalog import (
     DEAD_LETTER_TOPICS,
     FULFILLMENT,
-    FULFILLMENT_STATE_CHANGES,
+    FULFILLMENT_STATUS,
     NOTIFICATIONS_REQUESTS,
     STOREFRONT_ORDERS,
     WAREHOUSE_FULFILLMENT,
@@ -117,10 +117,10 @@ async def test_split_shipments_backorders_and_failures(catalog_topics, run_id, t
         # What returns needs to refund a warehouse cancellation: the cancelled quantity, per line.
         def cancellation_published(got) -> bool:
             return any(c.short_type == "FulfillmentStatusChanged" and c.payload["lines"][1]["cancelled"]
-                       for c in decode_all(got, FULFILLMENT_STATE_CHANGES))
+                       for c in decode_all(got, FULFILLMENT_STATUS))
 
-        changes = decode_all(read_topic(bootstrap, FULFILLMENT_STATE_CHANGES.name, keep=lambda m: m.key() == cut.encode(),
-                                        until=cancellation_published), FULFILLMENT_STATE_CHANGES)
+        changes = decode_all(read_topic(bootstrap, FULFILLMENT_STATUS.name, keep=lambda m: m.key() == cut.encode(),
+                                        until=cancellation_published), FULFILLMENT_STATUS)
         latest = [c for c in changes if c.short_type == "FulfillmentStatusChanged"][-1].payload
         assert {x["line_id"]: x["cancelled"] for x in latest["lines"]} == {"l1": 0, "l3": 2}
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from orderops.catalog import (
-    FULFILLMENT_STATE_CHANGES,
+    FULFILLMENT_STATUS,
     PAYMENTS_EVENTS,
     RETURNS,
     RETURNS_POLICIES,
@@ -25,7 +25,7 @@ from returns.domain import Policies, ReturnsState
 from returns.policy import Policy
 from returns.records import publishable
 
-INPUTS = (STOREFRONT_ORDERS, STOREFRONT_RETURNS, WAREHOUSE_RETURNS, PAYMENTS_EVENTS, FULFILLMENT_STATE_CHANGES,
+INPUTS = (STOREFRONT_ORDERS, STOREFRONT_RETURNS, WAREHOUSE_RETURNS, PAYMENTS_EVENTS, FULFILLMENT_STATUS,
           SUPPORT_ACTIONS)
 
 

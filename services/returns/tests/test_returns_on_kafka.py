@@ -16,7 +16,7 @@ from decimal import Decimal
 import pytest
 
 from orderops.catalog import (
-    FULFILLMENT_STATE_CHANGES,
+    FULFILLMENT_STATUS,
     PAYMENTS_EVENTS,
     PAYMENTS_REFUND_REQUESTS,
     RETURNS_POLICIES,
@@ -77,7 +77,7 @@ async def test_return_refund_story(catalog_topics, run_id, tmp_path):
                                                                 capture_id="c1")
         story.on(PAYMENTS_EVENTS).PaymentCaptured(instrument_id="card-1", amount=money("40.00"), capture_id="c2")
         delivered = story.after(days=3).clock
-        story.on(FULFILLMENT_STATE_CHANGES).FulfillmentStatusChanged(status="delivered", backordered=False, lines=[
+        story.on(FULFILLMENT_STATUS).FulfillmentStatusChanged(status="delivered", backordered=False, lines=[
             {"line_id": x, "ordered": q, "unfulfilled": 0, "backordered": 0, "in_shipment": 0, "shipped": 0,
              "delivered": q, "cancelled": 0, "returned": 0, "shipment_ids": ["P1"], "backorder_eta": None,
              "delivered_at": delivered, "waiting_for": ""} for x, q in (("l1", 1), ("l2", 2))])

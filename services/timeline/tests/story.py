@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from orderops.catalog import (
     FULFILLMENT_STATE_CHANGES,
+    FULFILLMENT_STATUS,
     NOTIFICATIONS_DELIVERIES,
     NOTIFICATIONS_REQUESTS,
     ORDERS_STATE_CHANGES,
@@ -80,12 +81,12 @@ def split_order_story() -> Feed:
                  "refunded": money(0)})
     f.transition(ORDERS_STATE_CHANGES, "order", "o-1", "pending_payment", "confirmed")
     f.after(hours=3).add(WAREHOUSE_FULFILLMENT, "LineBackordered", line_id="l2", quantity=1, eta=ETA)
-    f.add(FULFILLMENT_STATE_CHANGES, "FulfillmentStatusChanged", status="unfulfilled", backordered=True,
+    f.add(FULFILLMENT_STATUS, "FulfillmentStatusChanged", status="unfulfilled", backordered=True,
           lines=[line_snapshot("l1", 2), line_snapshot("l2", 1, backordered=1, eta=ETA)])
     f.after(hours=2).add(WAREHOUSE_FULFILLMENT, "ShipmentDispatched", shipment_id="P1", carrier="DHL",
                          tracking_number="JD1", tracking_url="https://track.example/JD1", estimated_delivery=None)
     f.transition(FULFILLMENT_STATE_CHANGES, "shipment", "P1", "created", "dispatched")
-    f.add(FULFILLMENT_STATE_CHANGES, "FulfillmentStatusChanged", status="partially_shipped", backordered=True,
+    f.add(FULFILLMENT_STATUS, "FulfillmentStatusChanged", status="partially_shipped", backordered=True,
           lines=[line_snapshot("l1", 2, shipped=2), line_snapshot("l2", 1, backordered=1, eta=ETA)])
     claims = [{"line_id": "l1", "name": "Blue mug", "quantity_in_this_shipment": 2, "quantity_shipped": 2,
                "quantity_delivered": 0, "quantity_backordered": 0, "quantity_cancelled": 0, "eta": None,

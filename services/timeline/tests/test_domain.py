@@ -11,6 +11,7 @@ from story import ETA, T0, line_snapshot, split_order_story
 
 from orderops.catalog import (
     FULFILLMENT_STATE_CHANGES,
+    FULFILLMENT_STATUS,
     SUPPORT_ACTIONS,
     SUPPORT_CONTACTS,
     TIMELINE,
@@ -114,7 +115,7 @@ def test_a_message_sent_after_the_facts_changed_is_still_judged_at_its_decision(
     """Claims are judged at the moment the message was decided (its request's event time), not at
     the notifier's send time: a later snapshot does not make an accurate message inaccurate."""
     story = split_order_story()
-    story.after(days=5).add(FULFILLMENT_STATE_CHANGES, "FulfillmentStatusChanged", status="shipped", backordered=False,
+    story.after(days=5).add(FULFILLMENT_STATUS, "FulfillmentStatusChanged", status="shipped", backordered=False,
                             lines=[line_snapshot("l1", 2, shipped=2), line_snapshot("l2", 1, shipped=1)])
     events = story.events
     delivery = next(i for i, (_, e) in enumerate(events) if e.short_type == "NotificationDelivered")
@@ -139,7 +140,7 @@ def test_aging_escalations_open_when_due_and_resolve_when_cleared():
     f = Feed()
     f.at = ETA + timedelta(hours=2)
     f.n = 100
-    f.add(FULFILLMENT_STATE_CHANGES, "FulfillmentStatusChanged", status="shipped", backordered=False,
+    f.add(FULFILLMENT_STATUS, "FulfillmentStatusChanged", status="shipped", backordered=False,
           lines=[line_snapshot("l1", 2, shipped=2), line_snapshot("l2", 1, shipped=1)])
     view, outputs = feed(f.events, now=ETA + timedelta(hours=2), view=view)
     resolved = [e[0] for out in outputs for e in out.escalations if e[1] == "EscalationResolved"]
@@ -152,7 +153,7 @@ def test_an_eta_slip_without_a_notice_escalates_after_the_grace_period():
     view, _ = feed(split_order_story().events)
     f = Feed()
     f.at, f.n = T0 + timedelta(days=3), 200
-    f.add(FULFILLMENT_STATE_CHANGES, "FulfillmentStatusChanged", status="partially_shipped", backordered=True,
+    f.add(FULFILLMENT_STATUS, "FulfillmentStatusChanged", status="partially_shipped", backordered=True,
           lines=[line_snapshot("l1", 2, shipped=2), line_snapshot("l2", 1, backordered=1, eta=ETA + timedelta(days=4))])
     view, _ = feed(f.events, view=view)
     view, out = tick(view, T0 + timedelta(days=3, hours=11))
