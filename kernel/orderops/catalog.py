@@ -237,6 +237,12 @@ def inputs_of(service: str) -> tuple[Topic, ...]:
     return tuple(t for t in DATA_TOPICS if service in t.readers)
 
 
+def order_inputs(service: str) -> tuple[Topic, ...]:
+    """The order-scoped topics a service reads: what its consumer group commits, its state machine
+    applies and a replay reads (a global view, like returns.policies, is read apart)."""
+    return tuple(t for t in inputs_of(service) if t.order_scoped)
+
+
 def cause_topics(service: str) -> frozenset[str]:
     """Topics whose events may be the cause a record ``service`` reads waits for: the inputs of every
     other state machine that writes one of its inputs (``orderops.workflow.cause_pending``)."""

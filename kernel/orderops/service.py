@@ -451,7 +451,7 @@ class Service:
         from the raw order id the producers key by. With one worker the two never disagree; with
         two, ``table_route`` sent reads to the wrong worker and it answered 404 (found by the
         two-worker test). This routes by an input topic's raw key, as the data is partitioned."""
-        order_scoped = next(t for t in catalog.inputs_of(self.name) if t.order_scoped)
+        order_scoped = catalog.order_inputs(self.name)[0]
         forward = self.app.topic_route(topic=self.topic(order_scoped), match_info=match_info)
         service = self
 

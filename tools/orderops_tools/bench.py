@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -191,12 +191,7 @@ def tree_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
-def consumed(processor: str) -> list[catalog.Topic]:
-    """The inputs its consumer group commits (a global view, like returns.policies, is read apart)."""
-    return [t for t in catalog.inputs_of(processor) if t.order_scoped]
-
-
-def lag(group: str, topics: list[catalog.Topic]) -> tuple[int, int]:
+def lag(group: str, topics: Iterable[catalog.Topic]) -> tuple[int, int]:
     """(messages not yet committed by the group, end offsets in total) over these topics."""
     from confluent_kafka import Consumer, TopicPartition
 
@@ -228,7 +223,7 @@ def processors_alone(results: Results, workdir: Path, smtp_port: int, names: tup
         process = start_processor(name, "alone", workdir / name, {"ORDEROPS_SMTP_PORT": str(smtp_port),
                                                                   "ORDEROPS_NOTIFIER_CHANNELS": "email"})
         asyncio.run(process.wait_ready(timeout=300))
-        inputs = consumed(name)
+        inputs = catalog.order_inputs(name)
         group = f"{name}-alone"
         _, total = lag(group, inputs)
         pid = process.process.pid
@@ -313,7 +308,7 @@ def warm_up(seconds: float, rate: int = 50) -> None:
     sends, _ = workload(int(rate * seconds), seed=999)
     produce(sends[:int(rate * seconds)], pace=rate)
     began = time.monotonic()
-    while time.monotonic() - began < 300 and sum(lag(f"{name}-pipeline", consumed(name))[0] for name in PIPELINE):
+    while time.monotonic() - began < 300 and sum(lag(f"{name}-pipeline", catalog.order_inputs(name))[0] for name in PIPELINE):
         time.sleep(2)
     log(f"pipeline warmed up: {int(rate * seconds):,} events at {rate}/s, drained in {time.monotonic() - began:.0f} s")
 
@@ -338,7 +333,7 @@ def soak(results: Results, components: dict[str, int], rate: int, seconds: float
     sample()
     produce(sends, pace=rate, on_sent=sample)
     sample()
-    behind = sum(lag(f"{name}-pipeline", consumed(name))[0] for name in PIPELINE)
+    behind = sum(lag(f"{name}-pipeline", catalog.order_inputs(name))[0] for name in PIPELINE)
     results.soak = {"rate": rate, "seconds": seconds, "orders": len({send.key for send in sends}), "lag": behind,
                     "samples": samples}
     first, last = samples[0][1], samples[-1][1]
@@ -411,7 +406,7 @@ def pipeline(results: Results, workdir: Path, smtp_port: int, rates: list[int], 
             for send, event_id in zip(sends, event_ids, strict=True):
                 written[event_id] = ids[send.seq]
             window_end = time.monotonic()
-            behind = sum(lag(f"{name}-pipeline", consumed(name))[0] for name in PIPELINE)
+            behind = sum(lag(f"{name}-pipeline", catalog.order_inputs(name))[0] for name in PIPELINE)
             done_in_window = [e for e in event_ids if e in entries and entries[e] - written[e] <= seconds]
             deadline = time.monotonic() + max(60.0, seconds * 2)
             while time.monotonic() < deadline and sum(e in entries for e in event_ids) < len(event_ids) * 0.999:

@@ -8,7 +8,7 @@ from datetime import timedelta
 from fulfillment import domain
 from fulfillment.domain import FulfillmentState
 from fulfillment.records import publishable
-from orderops.catalog import FULFILLMENT, STOREFRONT_ORDERS, WAREHOUSE_FULFILLMENT
+from orderops.catalog import FULFILLMENT, order_inputs
 from orderops.rebuild import MachineProcessor
 from orderops.settings import ServiceSettings
 
@@ -16,7 +16,7 @@ from orderops.settings import ServiceSettings
 def definition(settings: ServiceSettings, bootstrap: str | None = None) -> MachineProcessor:
     park_for = timedelta(seconds=settings.park_deadline_seconds)
     return MachineProcessor(
-        FULFILLMENT, (STOREFRONT_ORDERS, WAREHOUSE_FULFILLMENT), "orders",
+        FULFILLMENT, order_inputs(FULFILLMENT), "orders",
         load=FulfillmentState.from_json,
         apply=lambda state, event, topic, now: domain.apply(state, event, topic, now, park_for),
         expire=lambda state, now, topic: domain.expire(state, now),

@@ -9,7 +9,7 @@ from datetime import timedelta
 from order_state import domain
 from order_state.domain import OrderState
 from order_state.records import publishable
-from orderops.catalog import FULFILLMENT_STATUS, ORDER_STATE, PAYMENTS_EVENTS, STOREFRONT_ORDERS
+from orderops.catalog import ORDER_STATE, order_inputs
 from orderops.rebuild import MachineProcessor
 from orderops.settings import ServiceSettings
 
@@ -22,7 +22,7 @@ def close_after() -> timedelta:
 def definition(settings: ServiceSettings, bootstrap: str | None = None) -> MachineProcessor:
     park_for, closing = timedelta(seconds=settings.park_deadline_seconds), close_after()
     return MachineProcessor(
-        ORDER_STATE, (STOREFRONT_ORDERS, PAYMENTS_EVENTS, FULFILLMENT_STATUS), "orders",
+        ORDER_STATE, order_inputs(ORDER_STATE), "orders",
         load=OrderState.from_json,
         apply=lambda state, event, topic, now: domain.apply(state, event, topic, now, park_for),
         expire=lambda state, now, topic: domain.expire(state, now, closing, topic),

@@ -8,16 +8,7 @@ import os
 from collections.abc import Callable
 from datetime import timedelta
 
-from orderops.catalog import (
-    FULFILLMENT_STATUS,
-    PAYMENTS_EVENTS,
-    RETURNS,
-    RETURNS_POLICIES,
-    STOREFRONT_ORDERS,
-    STOREFRONT_RETURNS,
-    SUPPORT_ACTIONS,
-    WAREHOUSE_RETURNS,
-)
+from orderops.catalog import RETURNS, RETURNS_POLICIES, order_inputs
 from orderops.rebuild import MachineProcessor
 from orderops.settings import ServiceSettings
 from returns import domain
@@ -25,8 +16,7 @@ from returns.domain import Policies, ReturnsState
 from returns.policy import Policy
 from returns.records import publishable
 
-INPUTS = (STOREFRONT_ORDERS, STOREFRONT_RETURNS, WAREHOUSE_RETURNS, PAYMENTS_EVENTS, FULFILLMENT_STATUS,
-          SUPPORT_ACTIONS)
+INPUTS = order_inputs(RETURNS)
 
 
 def policy_id() -> str:
