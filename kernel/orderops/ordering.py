@@ -103,8 +103,9 @@ async def seek_in_consumer_thread(consumer: Any, tp: Any, offset: int) -> None:
     """Faust's ``Consumer.seek`` calls aiokafka's seek from the app's thread, while aiokafka runs in
     the consumer's own thread and event loop: the fetcher was not woken, and a partition whose
     seek back came as traffic ended waited for records that were never fetched (the broker-kill
-    test's last events). The seek runs in the consumer's thread instead, then Faust's read offset
-    follows it (so the re-read records are not taken for already-read ones)."""
+    test's last events). The seek runs in the consumer's thread instead (with the consumer in the
+    app's loop, orderops.oneloop, that is a plain call), then Faust's read offset follows it (so the
+    re-read records are not taken for already-read ones)."""
     thread = getattr(consumer, "_thread", None)
     if thread is None:
         await consumer.seek(tp, offset)

@@ -44,6 +44,8 @@ from orderops.metrics import (
     GaugeAtScrape,
     count_outcome,
 )
+from orderops.oneloop import consumer_runs_in
+from orderops.oneloop import install as install_in_loop_consumer
 from orderops.ordering import Continuity, EventTimeOrder, InFlight
 from orderops.privacy import read_event
 from orderops.rebuild import MachineProcessor
@@ -530,7 +532,7 @@ class Service:
         views_caught_up = all(v.caught_up.is_set() for v in self._global_views)
         ready = bool(assigned) and recovered and not app.rebalancing and views_caught_up
         return {"service": self.name, "ready": ready, "recovered": recovered, "rebalancing": app.rebalancing,
-                "assigned_partitions": len(assigned),
+                "assigned_partitions": len(assigned), "consumer": consumer_runs_in(consumer),
                 "global_views": {v.topic.name: {"caught_up": v.caught_up.is_set(), "entries": len(v.items)}
                                  for v in self._global_views}}
 
@@ -639,6 +641,8 @@ async def _hardened(request: aiohttp_web.Request, handler: Callable) -> aiohttp_
 
 def _faust_app(settings: ServiceSettings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    install_in_loop_consumer(in_loop=not settings.consumer_thread, fetch_min_bytes=settings.fetch_min_bytes,
+                             fetch_max_wait_ms=settings.fetch_max_wait_ms)
     brokers = [f"kafka://{host.strip()}" for host in settings.kafka.bootstrap.split(",") if host.strip()]
     app = faust.App(
         settings.app_id,

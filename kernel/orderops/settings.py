@@ -66,6 +66,9 @@ class ServiceSettings:
     state_cache_orders: int  # orders whose parsed state an agent keeps between their events
     tail_check_seconds: float  # a partition quiet this long with records unread beyond the last arrived is read again
     producer_linger_ms: float  # how long the producer lets a batch fill before sending it
+    consumer_thread: bool  # run Faust's Kafka consumer in a thread of its own (Faust's way) instead of the app's loop
+    fetch_min_bytes: int  # a fetch returns once this much is there ...
+    fetch_max_wait_ms: int  # ... or this long has passed
 
     @property
     def app_id(self) -> str:
@@ -97,4 +100,7 @@ class ServiceSettings:
             state_cache_orders=int(env.get("ORDEROPS_STATE_CACHE_ORDERS", "10000")),
             tail_check_seconds=float(env.get("ORDEROPS_TAIL_CHECK_SECONDS", "15")),
             producer_linger_ms=float(env.get("ORDEROPS_PRODUCER_LINGER_MS", str(default_linger_ms))),
+            consumer_thread=env.get("ORDEROPS_CONSUMER_THREAD", "0") == "1",
+            fetch_min_bytes=int(env.get("ORDEROPS_FETCH_MIN_BYTES", "1")),
+            fetch_max_wait_ms=int(env.get("ORDEROPS_FETCH_MAX_WAIT_MS", "1500")),
         )
