@@ -67,8 +67,12 @@ class ServiceSettings:
     tail_check_seconds: float  # a partition quiet this long with records unread beyond the last arrived is read again
     producer_linger_ms: float  # how long the producer lets a batch fill before sending it
     consumer_thread: bool  # run Faust's Kafka consumer in a thread of its own (Faust's way) instead of the app's loop
-    fetch_min_bytes: int  # a fetch returns once this much is there ...
-    fetch_max_wait_ms: int  # ... or this long has passed
+    # A fetch returns once this much is there or that long has passed. Faust's 1 byte answered each
+    # fetch with the one or two records a processor that keeps up finds; a fetch names every
+    # partition the worker holds (the timeline: 129), and encoding and decoding that in Python
+    # was a fifth of the timeline's CPU (issue 12, docs/performance.md "Session 12").
+    fetch_min_bytes: int
+    fetch_max_wait_ms: int
 
     @property
     def app_id(self) -> str:
@@ -101,6 +105,6 @@ class ServiceSettings:
             tail_check_seconds=float(env.get("ORDEROPS_TAIL_CHECK_SECONDS", "15")),
             producer_linger_ms=float(env.get("ORDEROPS_PRODUCER_LINGER_MS", str(default_linger_ms))),
             consumer_thread=env.get("ORDEROPS_CONSUMER_THREAD", "0") == "1",
-            fetch_min_bytes=int(env.get("ORDEROPS_FETCH_MIN_BYTES", "1")),
-            fetch_max_wait_ms=int(env.get("ORDEROPS_FETCH_MAX_WAIT_MS", "1500")),
+            fetch_min_bytes=int(env.get("ORDEROPS_FETCH_MIN_BYTES", str(64 * 1024))),
+            fetch_max_wait_ms=int(env.get("ORDEROPS_FETCH_MAX_WAIT_MS", "50")),
         )
