@@ -16,11 +16,15 @@ processor's loop is busy — matters only if one step holds the loop for seconds
 millisecond or two, and the group's heartbeat runs in its own task between them.
 
 ``ORDEROPS_CONSUMER_THREAD=1`` restores Faust's thread (for an A/B, or if a processor ever needs it).
+Fed at 50 events/s, each processor used 4–9% less CPU in the app's loop.
+
+The bigger cost turned out to be the fetches themselves (``FetchPolicy``, in either mode).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -84,15 +88,52 @@ def _new_consumer_thread(self: faust_aiokafka.Consumer) -> faust_aiokafka.AIOKaf
     return InLoopConsumer(self, loop=self.loop, beacon=self.beacon)
 
 
-_faust_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
-_FETCH: dict[str, int] = {}  # aiokafka consumer attribute -> value, set by install
+# Faust's fetch: answered as soon as one byte is there, else after 1.5 s.
+QUIET_FETCH = (1, 1500)
 
 
-def _create_worker_consumer(self: Any, transport: Any) -> Any:
-    consumer = _faust_create_worker_consumer(self, transport)
-    for attribute, value in _FETCH.items():  # read when the consumer starts its fetcher
-        setattr(consumer, attribute, value)
-    return consumer
+@dataclass(frozen=True)
+class FetchPolicy:
+    """How long a fetch waits for records to gather, by whether the last one brought any.
+
+    While records flow, a fetch waits for ``min_bytes`` or ``max_wait_ms``: each fetch names every
+    partition the worker holds (the timeline: 129), encoded and decoded in Python, and one answered
+    with the record or two that came since the last cost more than the records did. When the last
+    fetch came back empty the processor is idle, and the next one is Faust's: the first record ends
+    it at once (no wait added to a quiet system's first event) and an idle processor fetches every
+    1.5 s rather than 20 times a second."""
+
+    min_bytes: int = 1
+    max_wait_ms: int = 1500
+
+    def next_fetch(self, records_came: bool) -> tuple[int, int]:
+        """(fetch_min_bytes, fetch_max_wait_ms) for the next fetch."""
+        return (self.min_bytes, self.max_wait_ms) if records_came else QUIET_FETCH
+
+    def follow(self, fetcher: Any) -> None:
+        """Set aiokafka's ``fetcher`` (read for each request it builds) after each of its fetches."""
+        fetch = fetcher._proc_fetch_request
+
+        async def fetch_and_adapt(assignment: Any, node_id: int, request: Any) -> Any:
+            # Records may sit in the buffer for partitions the consumer paused: only what this
+            # fetch added counts.
+            before = dict(fetcher._records)
+            try:
+                return await fetch(assignment, node_id, request)
+            finally:
+                came = any(before.get(tp) is not records for tp, records in fetcher._records.items())
+                fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = self.next_fetch(came)
+
+        fetcher._proc_fetch_request = fetch_and_adapt
+
+
+_policy = FetchPolicy()  # set by install
+_faust_on_start = faust_aiokafka.AIOKafkaConsumerThread.on_start
+
+
+async def _on_start(self: faust_aiokafka.AIOKafkaConsumerThread) -> None:
+    await _faust_on_start(self)  # creates and starts aiokafka's consumer, and its fetcher
+    _policy.follow(self._ensure_consumer()._fetcher)
 
 
 def consumer_runs_in(consumer: Any) -> str | None:
@@ -105,7 +146,8 @@ def consumer_runs_in(consumer: Any) -> str | None:
 
 def install(in_loop: bool = True, fetch_min_bytes: int = 1, fetch_max_wait_ms: int = 1500) -> None:
     """Make Faust's aiokafka consumers run in the app's loop (``in_loop``), or in Faust's thread;
-    and fetch as told (Faust's: 1 byte, 1,500 ms)."""
+    and fetch by ``FetchPolicy(fetch_min_bytes, fetch_max_wait_ms)`` (the defaults: Faust's)."""
+    global _policy
     faust_aiokafka.Consumer._new_consumer_thread = _new_consumer_thread if in_loop else _faust_new_consumer_thread
-    _FETCH.update(_fetch_min_bytes=fetch_min_bytes, _fetch_max_wait_ms=fetch_max_wait_ms)
-    faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+    _policy = FetchPolicy(fetch_min_bytes, fetch_max_wait_ms)
+    faust_aiokafka.AIOKafkaConsumerThread.on_start = _on_start

@@ -67,10 +67,8 @@ class ServiceSettings:
     tail_check_seconds: float  # a partition quiet this long with records unread beyond the last arrived is read again
     producer_linger_ms: float  # how long the producer lets a batch fill before sending it
     consumer_thread: bool  # run Faust's Kafka consumer in a thread of its own (Faust's way) instead of the app's loop
-    # A fetch returns once this much is there or that long has passed. Faust's 1 byte answered each
-    # fetch with the one or two records a processor that keeps up finds; a fetch names every
-    # partition the worker holds (the timeline: 129), and encoding and decoding that in Python
-    # was a fifth of the timeline's CPU (issue 12, docs/performance.md "Session 12").
+    # While records flow, a fetch returns once this much is there or that long has passed
+    # (orderops.oneloop.FetchPolicy; after an empty fetch, Faust's 1 byte and 1.5 s).
     fetch_min_bytes: int
     fetch_max_wait_ms: int
 

@@ -1,5 +1,5 @@
 """Faust's Kafka consumer runs in the app's own loop (orderops.oneloop): a call to it is a plain
-await in the caller's loop, and its fetches are configured as told. That it consumes, commits and
+await in the caller's loop, and its fetches wait for records to gather only while records flow. That it consumes, commits and
 recovers on a real broker this way is shown by tests/integration/test_kernel_on_kafka.py (and by
 every processor test); this pins down the wiring."""
 
@@ -39,16 +39,47 @@ async def test_a_call_to_the_consumer_runs_in_the_callers_loop(restore_defaults)
     assert await thread.call_thread(lambda: "plain functions too") == "plain functions too"
 
 
-async def test_fetches_wait_as_configured(restore_defaults):
-    oneloop.install(in_loop=True, fetch_min_bytes=65536, fetch_max_wait_ms=50)
-    app = _app()
-    kafka = app.consumer._thread._create_worker_consumer(app.transport)
-    assert (kafka._fetch_min_bytes, kafka._fetch_max_wait_ms) == (65536, 50)
+def test_fetches_wait_for_records_to_gather_while_they_flow_and_not_when_idle():
+    policy = oneloop.FetchPolicy(min_bytes=65536, max_wait_ms=50)
+    assert policy.next_fetch(records_came=True) == (65536, 50)
+    assert policy.next_fetch(records_came=False) == (1, 1500), "idle: Faust's fetch, ended by the first record"
+    assert oneloop.FetchPolicy().next_fetch(True) == oneloop.FetchPolicy().next_fetch(False) == (1, 1500)
+
+
+class Fetched:
+    """What FetchPolicy.follow touches of aiokafka's fetcher: the settings it builds requests
+    with, its buffer of fetched records, and the coroutine that does one fetch."""
+
+    def __init__(self, answers):
+        self._fetch_min_bytes, self._fetch_max_wait_ms, self._records = 1, 1500, {}
+        self.answers, self.asked = list(answers), []
+
+    async def _proc_fetch_request(self, assignment, node_id, request):
+        self.asked.append((self._fetch_min_bytes, self._fetch_max_wait_ms))
+        self._records = self.answers.pop(0)
+        return True
+
+
+async def test_records_left_waiting_in_the_buffer_are_not_records_coming():
+    paused = ["r0"]
+    fetcher = Fetched([{"paused": paused}, {"paused": paused}, {"paused": paused, "tp": ["r1"]}, {"paused": paused}])
+    fetcher._records = {"paused": paused}
+    oneloop.FetchPolicy(65536, 50).follow(fetcher)
+    for _ in range(4):
+        await fetcher._proc_fetch_request(None, 1, None)
+    assert fetcher.asked == [(1, 1500), (1, 1500), (1, 1500), (65536, 50)]
+
+
+async def test_each_fetch_sets_the_next():
+    fetcher = Fetched([{}, {"tp": ["r1"]}, {"tp": ["r2"]}, {}, {}])
+    oneloop.FetchPolicy(65536, 50).follow(fetcher)
+    for _ in range(5):
+        assert await fetcher._proc_fetch_request(None, 1, None) is True
+        fetcher._records = {}  # the agent takes what came
+    assert fetcher.asked == [(1, 1500), (1, 1500), (65536, 50), (65536, 50), (1, 1500)]
 
 
 async def test_faust_thread_on_request(restore_defaults):
     oneloop.install(in_loop=False)
     app = _app()
     assert oneloop.consumer_runs_in(app.consumer) == "thread"
-    kafka = app.consumer._thread._create_worker_consumer(app.transport)
-    assert (kafka._fetch_min_bytes, kafka._fetch_max_wait_ms) == (1, 1500), "Faust's fetch settings by default"
