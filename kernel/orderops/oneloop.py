@@ -89,7 +89,7 @@ def _new_consumer_thread(self: faust_aiokafka.Consumer) -> faust_aiokafka.AIOKaf
 
 
 # Faust's fetch: answered as soon as one byte is there, else after 1.5 s.
-QUIET_FETCH = (1, 1500)
+QUIET_FETCH = (FAUST_FETCH_MIN_BYTES, FAUST_FETCH_MAX_WAIT_MS) = (1, 1500)
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,8 @@ class FetchPolicy:
     it at once (no wait added to a quiet system's first event) and an idle processor fetches every
     1.5 s rather than 20 times a second."""
 
-    min_bytes: int = 1
-    max_wait_ms: int = 1500
+    min_bytes: int = FAUST_FETCH_MIN_BYTES
+    max_wait_ms: int = FAUST_FETCH_MAX_WAIT_MS
 
     def next_fetch(self, records_came: bool) -> tuple[int, int]:
         """(fetch_min_bytes, fetch_max_wait_ms) for the next fetch."""
@@ -144,7 +144,8 @@ def consumer_runs_in(consumer: Any) -> str | None:
     return "app-loop" if isinstance(thread, InLoopConsumer) else "thread"
 
 
-def install(in_loop: bool = True, fetch_min_bytes: int = 1, fetch_max_wait_ms: int = 1500) -> None:
+def install(in_loop: bool = True, fetch_min_bytes: int = FAUST_FETCH_MIN_BYTES,
+            fetch_max_wait_ms: int = FAUST_FETCH_MAX_WAIT_MS) -> None:
     """Make Faust's aiokafka consumers run in the app's loop (``in_loop``), or in Faust's thread;
     and fetch by ``FetchPolicy(fetch_min_bytes, fetch_max_wait_ms)`` (the defaults: Faust's)."""
     global _policy

@@ -1,7 +1,7 @@
 """Faust's Kafka consumer runs in the app's own loop (orderops.oneloop): a call to it is a plain
-await in the caller's loop, and its fetches wait for records to gather only while records flow. That it consumes, commits and
-recovers on a real broker this way is shown by tests/integration/test_kernel_on_kafka.py (and by
-every processor test); this pins down the wiring."""
+await in the caller's loop, and its fetches wait for records to gather only while records flow.
+That it consumes, commits and recovers on a real broker this way is shown by
+tests/integration/test_kernel_on_kafka.py (and by every processor test); this pins down the wiring."""
 
 from __future__ import annotations
 
