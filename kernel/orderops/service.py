@@ -51,6 +51,8 @@ from orderops.privacy import read_event
 from orderops.rebuild import MachineProcessor
 from orderops.security import KafkaSecurity
 from orderops.settings import DEFAULT_LINGER_MS, ServiceSettings
+from orderops.statememory import install as install_store_memory
+from orderops.statememory import shared as shared_store_memory
 from orderops.workflow import CAUSE_HEADER, Outcome
 from orderops.writebehind import Sent, Staging, Step, WriteBehind
 
@@ -86,6 +88,10 @@ class Service:
         self.metrics_registry.register(GaugeAtScrape(
             "orderops_consumer_lag_messages", "Messages in the processor's input partitions not yet committed as processed",
             ("processor", "topic"), self.consumer_lag))
+        self.metrics_registry.register(GaugeAtScrape(
+            "orderops_rocksdb_memory_bytes", "Memory of the processor's RocksDB tables, shared by all of them: "
+            "memtables (bounded by ORDEROPS_ROCKSDB_WRITE_BUFFER_MB) and block cache (ORDEROPS_ROCKSDB_CACHE_MB)",
+            ("processor", "part"), self.store_memory))
         self._dead_letter_topic = catalog.DEAD_LETTER_TOPICS.get(name) or catalog.dead_letter_topic(name)
         self._channels: dict[tuple[str, ...], faust.TopicT] = {}
         self.clock = clock_from_env(self.settings.clock)
@@ -536,6 +542,10 @@ class Service:
                 "global_views": {v.topic.name: {"caught_up": v.caught_up.is_set(), "entries": len(v.items)}
                                  for v in self._global_views}}
 
+    def store_memory(self) -> dict[tuple[str, str], float]:
+        memory = shared_store_memory()
+        return {(self.name, part): float(used) for part, used in memory.usage().items()} if memory else {}
+
     def consumer_lag(self) -> dict[tuple[str, str], float]:
         """Per input topic: the partitions' end offsets less the group's committed offsets (the
         lag Kafka's own tools report), over the partitions this worker holds."""
@@ -643,6 +653,7 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     install_in_loop_consumer(in_loop=not settings.consumer_thread, fetch_min_bytes=settings.fetch_min_bytes,
                              fetch_max_wait_ms=settings.fetch_max_wait_ms)
+    install_store_memory(settings.rocksdb_cache_mb, settings.rocksdb_write_buffer_mb)
     brokers = [f"kafka://{host.strip()}" for host in settings.kafka.bootstrap.split(",") if host.strip()]
     app = faust.App(
         settings.app_id,

@@ -66,6 +66,10 @@ class ServiceSettings:
     state_cache_orders: int  # orders whose parsed state an agent keeps between their events
     tail_check_seconds: float  # a partition quiet this long with records unread beyond the last arrived is read again
     producer_linger_ms: float  # how long the producer lets a batch fill before sending it
+    # Every RocksDB database of the processor shares one block cache and one memtable limit
+    # (orderops.statememory); a write buffer of 0 leaves Faust's settings per database.
+    rocksdb_cache_mb: int
+    rocksdb_write_buffer_mb: int
     consumer_thread: bool  # run Faust's Kafka consumer in a thread of its own (Faust's way) instead of the app's loop
     # While records flow, a fetch returns once this much is there or that long has passed
     # (orderops.oneloop.FetchPolicy; after an empty fetch, Faust's 1 byte and 1.5 s).
@@ -102,6 +106,8 @@ class ServiceSettings:
             state_cache_orders=int(env.get("ORDEROPS_STATE_CACHE_ORDERS", "10000")),
             tail_check_seconds=float(env.get("ORDEROPS_TAIL_CHECK_SECONDS", "15")),
             producer_linger_ms=float(env.get("ORDEROPS_PRODUCER_LINGER_MS", str(default_linger_ms))),
+            rocksdb_cache_mb=int(env.get("ORDEROPS_ROCKSDB_CACHE_MB", "64")),
+            rocksdb_write_buffer_mb=int(env.get("ORDEROPS_ROCKSDB_WRITE_BUFFER_MB", "64")),
             consumer_thread=env.get("ORDEROPS_CONSUMER_THREAD", "0") == "1",
             fetch_min_bytes=int(env.get("ORDEROPS_FETCH_MIN_BYTES", str(64 * 1024))),
             fetch_max_wait_ms=int(env.get("ORDEROPS_FETCH_MAX_WAIT_MS", "50")),
