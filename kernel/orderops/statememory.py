@@ -2,18 +2,18 @@
 
 Faust opens one RocksDB database per table and partition (the timeline: 3 tables x 8 partitions),
 each with its own 2 GB block cache and memtables of 64 MB, up to three of them. A memtable is
-written to disk only once it is full. At the rates a shop sees, a partition's memtable takes hours
-to fill. Until then every byte a processor writes to its tables stays in memory, so resident memory
-grows with the state written, with nothing to level it off but gigabytes per processor
-(docs/performance.md, "Session 13").
+written to disk only once it is full. Until then every byte a processor writes to its tables stays
+in memory: resident memory grows with the state written, with nothing to level it off short of
+gigabytes per processor (fed at 50 events/s, the timeline grew by about 70 MB a minute;
+docs/performance.md, "Session 13").
 
 Here every database of a processor shares one block cache (``ORDEROPS_ROCKSDB_CACHE_MB``) and one
 write buffer manager (``ORDEROPS_ROCKSDB_WRITE_BUFFER_MB``). Once the memtables of all its
-databases together near that limit, RocksDB flushes the one being written to; and a database's
-memtable is flushed at an eighth of the limit anyway. What a processor's
-tables hold in memory is then bounded by the two settings, whatever the partitions and tables. The
-data, the changelogs and every guarantee are unchanged: this only decides when memtables go to disk
-(with the write-ahead log, as before) and how many blocks stay cached.
+databases together near that limit, RocksDB flushes the one being written to, and a database's
+memtable is flushed at an eighth of the limit anyway. What a processor's tables hold in memory is
+then bounded by the two settings, whatever the partitions and tables. The data, the changelogs and
+every guarantee are unchanged: this only decides when memtables go to disk (with the write-ahead
+log, as before) and how many blocks stay cached.
 
 ``ORDEROPS_ROCKSDB_WRITE_BUFFER_MB=0`` restores Faust's settings per database.
 """
