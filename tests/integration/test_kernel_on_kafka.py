@@ -5,9 +5,11 @@ dead-letters poison messages (with every header) without stopping."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,9 @@ async def test_table_recovers_from_changelog_and_poison_goes_to_dlq(catalog_topi
         assert len({state["partition"] for state in before.values()}) > 1, "orders should span partitions"
         assert sorted(before[poisoned]["applied"].values()) == [
             "OrderCancelled", "OrderPlaced", "PaymentAuthorized", "PaymentCaptured"]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{env['WEB_PORT']}/metrics", timeout=10).read().decode()
+        memtables = re.search(r'^orderops_rocksdb_memory_bytes\{part="memtables",processor="[^"]+"\} (\S+)$', metrics, re.M)
+        assert memtables and float(memtables.group(1)) > 0, "the table's RocksDB shares the processor's limit"
 
         dead = read_topic(bootstrap, dlq.name, until=lambda got: len(got) >= 2)
         assert len(dead) == 2
