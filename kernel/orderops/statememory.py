@@ -20,8 +20,6 @@ log, as before) and how many blocks stay cached.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import rocksdict
 from faust.stores.rocksdb import RocksDBOptions
 
@@ -29,17 +27,14 @@ MB = 1 << 20
 _faust_as_options = RocksDBOptions.as_options
 
 
-@dataclass(frozen=True)
 class StoreMemory:
     """The block cache and the memtable limit every RocksDB database of this process shares."""
 
-    cache_mb: int
-    write_buffer_mb: int
-
-    def __post_init__(self) -> None:
-        # Built once: RocksDB shares a cache or a manager only when it is the same object.
-        object.__setattr__(self, "cache", rocksdict.Cache(self.cache_mb * MB))
-        object.__setattr__(self, "write_buffers", rocksdict.WriteBufferManager(self.write_buffer_mb * MB, False))
+    def __init__(self, cache_mb: int, write_buffer_mb: int) -> None:
+        self.cache_mb, self.write_buffer_mb = cache_mb, write_buffer_mb
+        # One object each: RocksDB shares a cache or a manager only between options given the same one.
+        self.cache = rocksdict.Cache(cache_mb * MB)
+        self.write_buffers = rocksdict.WriteBufferManager(write_buffer_mb * MB, False)
 
     @property
     def memtable_bytes(self) -> int:
@@ -50,6 +45,8 @@ class StoreMemory:
     def apply(self, options: rocksdict.Options, bloom_filter_bits: int) -> None:
         options.set_write_buffer_manager(self.write_buffers)
         options.set_write_buffer_size(self.memtable_bytes)
+        # Faust's table factory cannot be read back from the options: it is built again, with
+        # Faust's bloom filter and index, and the shared cache in place of a cache of its own.
         table = rocksdict.BlockBasedOptions()
         table.set_bloom_filter(bloom_filter_bits, True)
         table.set_block_cache(self.cache)
