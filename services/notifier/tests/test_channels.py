@@ -8,13 +8,15 @@ the receiver answered after the notifier's time limit)."""
 from __future__ import annotations
 
 import asyncio
+import email
+from email import policy as email_policy
 
 import pytest
 from aiosmtpd.controller import Controller
 
-from notifier.channels import EmailChannel, SendError, WebhookChannel
+from notifier.channels import EmailChannel, SendError, WebhookChannel, compose_email, message_id
 from notifier.rendering import Rendered
-from orderops.testing import WebhookSink, free_port
+from orderops.testing import Mailbox, WebhookSink, free_port
 
 MESSAGE = Rendered("Subject", "Body\n", "en")
 CUSTOMER = {"email": "ann@example.com"}
@@ -59,3 +61,34 @@ async def test_an_smtp_server_nobody_runs_fails_plainly_and_one_that_stalls_afte
         assert failed.value.in_doubt, str(failed.value)
     finally:
         server.stop()
+
+
+def test_an_email_says_what_the_template_rendered_and_refuses_a_header_a_request_could_inject():
+    rendered = Rendered("Deine Bestellung — 2 Artikel unterwegs", "Hallo Ann,\n\nPaket P1 = unterwegs, café.\n", "de")
+    raw = compose_email("orders@shop.example", "ann@example.com", rendered, "n-1/email")
+    message = email.message_from_bytes(raw, policy=email_policy.default)
+    assert message["Subject"] == rendered.subject and message["To"] == "ann@example.com"
+    assert message["Content-Language"] == "de"  # EmailMessage.set_content used to drop it
+    assert message["Message-ID"] == message_id("n-1/email", "shop.example") and message["X-Orderops-Delivery-Id"] == "n-1/email"
+    assert message.get_content().replace("\r\n", "\n") == rendered.body
+    assert raw.isascii() and b"\r\n\r\n" in raw  # 7-bit and CRLF: what any SMTP server takes
+    with pytest.raises(SendError) as refused:
+        compose_email("orders@shop.example", "ann@example.com\r\nBcc: eve@example.com", rendered, "n-1/email")
+    assert refused.value.permanent and "To" in str(refused.value)
+
+
+async def test_a_kept_smtp_connection_the_server_closed_is_replaced_and_the_message_is_sent_once_not_in_doubt():
+    mailbox = Mailbox().start()
+    channel = EmailChannel("127.0.0.1", mailbox.port, "orders@shop.example", timeout=2)
+    try:
+        await channel.send("d-1", CUSTOMER, MESSAGE, {})
+        kept = channel._client
+        mailbox.stop()  # the server goes away, and with it the connection the channel keeps
+        mailbox.start()
+        assert kept.is_connected  # as far as the channel can tell: only the next command finds out
+        await channel.send("d-2", CUSTOMER, MESSAGE, {})
+        assert channel._client is not kept
+        assert mailbox.delivery_ids == {"d-1": 1, "d-2": 1}
+    finally:
+        channel._drop()
+        mailbox.stop()
