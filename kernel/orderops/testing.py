@@ -102,6 +102,7 @@ class WebhookSink:
         from collections import Counter
 
         self.delivery_ids: Counter = Counter()
+        self.connections: Counter = Counter()  # requests per client (host, port): one TCP connection each
         self.answer_after = answer_after  # seconds between taking a request and answering it (a slow receiver)
         self.port = free_port()
         self._runner: Any = None
@@ -115,6 +116,7 @@ class WebhookSink:
 
         await request.read()
         self.delivery_ids[request.headers.get("Idempotency-Key", "")] += 1
+        self.connections[request.transport.get_extra_info("peername")] += 1
         await asyncio.sleep(self.answer_after)
         return web.json_response({"status": "ok"})
 

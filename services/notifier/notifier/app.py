@@ -100,3 +100,10 @@ dispatcher = Dispatcher(
                       timedelta(seconds=float(env.get("ORDEROPS_NOTIFIER_BACKOFF_MAX_SECONDS", "300")))),
     coalesce=timedelta(seconds=float(env.get("ORDEROPS_NOTIFIER_COALESCE_SECONDS", "0"))),
 )
+
+
+@app.on_before_shutdown.connect
+async def close_channels(sender, **kwargs) -> None:
+    """Kept connections (SMTP, the webhook session) closed on the way out, not left to the process's end."""
+    for channel in dispatcher.channels.values():
+        await channel.close()

@@ -38,6 +38,8 @@ class Channel(Protocol):
 
     async def send(self, delivery_id: str, recipient: dict, rendered: Rendered, document: dict) -> None: ...
 
+    async def close(self) -> None: ...
+
 
 def sign(secrets: bytes | Sequence[bytes], body: bytes, timestamp: int) -> str:
     """``t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>`` — one ``v1`` per active secret (two
@@ -138,6 +140,9 @@ class EmailChannel:
             self._client.close()
         self._client = None
 
+    async def close(self) -> None:
+        self._drop()
+
     async def send(self, delivery_id: str, recipient: dict, rendered: Rendered, document: dict) -> None:
         """MAIL and RCPT first, then DATA. Only a failure once DATA began leaves the message's fate
         unknown. A kept connection that fails before DATA (the server closed it while idle) is
@@ -175,12 +180,32 @@ class EmailChannel:
                             f"({type(exc).__name__}: {exc}): it may have arrived", permanent=False, in_doubt=True) from exc
 
 
+# Seconds an idle webhook connection is kept. Short, so that the receiver is not the one to close
+# it (servers keep idle connections 2 s and more): a request sent on a connection the far end has
+# just closed fails after it left, and would have to be announced in doubt.
+WEBHOOK_KEEPALIVE_SECONDS = 1.0
+
+
 @dataclass
 class WebhookChannel:
     url: str
     secrets: Callable[[], list[bytes]]  # the active signing secrets, read at each send (rotation needs no restart)
     timeout: float
     name: str = "webhook"
+    # One session, its connections kept between requests: a session and a connection per message
+    # cost more CPU than the rest of a delivery (issue 12).
+    _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(keepalive_timeout=WEBHOOK_KEEPALIVE_SECONDS))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        self._session = None
 
     async def send(self, delivery_id: str, recipient: dict, rendered: Rendered, document: dict) -> None:
         body = json.dumps({**document, "subject": rendered.subject, "body": rendered.body, "locale": rendered.locale},
@@ -188,9 +213,8 @@ class WebhookChannel:
         headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: delivery_id,
                    SIGNATURE_HEADER: sign(self.secrets(), body, int(time.time()))}
         try:
-            # A session per message: notifications are few, and nothing is left open at shutdown.
-            async with aiohttp.ClientSession() as session, session.post(
-                    self.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
+            async with self._client().post(self.url, data=body, headers=headers,
+                                           timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
                 if response.status < 300:
                     return
                 text = (await response.text())[:200]

@@ -14,7 +14,14 @@ from email import policy as email_policy
 import pytest
 from aiosmtpd.controller import Controller
 
-from notifier.channels import EmailChannel, SendError, WebhookChannel, compose_email, message_id
+from notifier.channels import (
+    WEBHOOK_KEEPALIVE_SECONDS,
+    EmailChannel,
+    SendError,
+    WebhookChannel,
+    compose_email,
+    message_id,
+)
 from notifier.rendering import Rendered
 from orderops.testing import Mailbox, WebhookSink, free_port
 
@@ -24,21 +31,43 @@ CUSTOMER = {"email": "ann@example.com"}
 
 async def test_a_webhook_nobody_listens_for_fails_plainly():
     channel = WebhookChannel(f"http://127.0.0.1:{free_port()}/hooks", lambda: [b"k"], timeout=2)
-    with pytest.raises(SendError) as failed:
-        await channel.send("d-1", CUSTOMER, MESSAGE, {})
+    try:
+        with pytest.raises(SendError) as failed:
+            await channel.send("d-1", CUSTOMER, MESSAGE, {})
+    finally:
+        await channel.close()
     assert not failed.value.in_doubt and not failed.value.permanent and "unreachable" in str(failed.value)
 
 
 async def test_a_webhook_answered_too_late_is_in_doubt_and_one_answered_in_time_is_sent():
     receiver = await WebhookSink(answer_after=2).start()
     received = receiver.delivery_ids
+    impatient, patient = (WebhookChannel(receiver.url, lambda: [b"k"], timeout=t) for t in (0.5, 5))
     try:
         with pytest.raises(SendError) as failed:
-            await WebhookChannel(receiver.url, lambda: [b"k"], timeout=0.5).send("d-1", CUSTOMER, MESSAGE, {})
+            await impatient.send("d-1", CUSTOMER, MESSAGE, {})
         assert failed.value.in_doubt and received == {"d-1": 1}, (str(failed.value), received)
-        await WebhookChannel(receiver.url, lambda: [b"k"], timeout=5).send("d-1", CUSTOMER, MESSAGE, {})
+        await patient.send("d-1", CUSTOMER, MESSAGE, {})
         assert received == {"d-1": 2}  # the same idempotency key: the receiver drops the second
     finally:
+        await impatient.close()
+        await patient.close()
+        await receiver.stop()
+
+
+async def test_webhooks_in_a_row_share_a_connection_and_one_idle_past_the_keepalive_gets_a_new_one():
+    receiver = await WebhookSink().start()
+    channel = WebhookChannel(receiver.url, lambda: [b"k"], timeout=5)
+    try:
+        for n in range(3):
+            await channel.send(f"d-{n}", CUSTOMER, MESSAGE, {})
+        assert list(receiver.connections.values()) == [3]
+        await asyncio.sleep(WEBHOOK_KEEPALIVE_SECONDS + 0.5)  # closed by the channel, before the receiver would
+        await channel.send("d-3", CUSTOMER, MESSAGE, {})
+        assert sorted(receiver.connections.values()) == [1, 3]
+        assert receiver.delivery_ids == {"d-0": 1, "d-1": 1, "d-2": 1, "d-3": 1}
+    finally:
+        await channel.close()
         await receiver.stop()
 
 
