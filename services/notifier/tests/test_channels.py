@@ -104,6 +104,9 @@ def test_an_email_says_what_the_template_rendered_and_refuses_a_header_a_request
     with pytest.raises(SendError) as refused:
         compose_email("orders@shop.example", "ann@example.com\r\nBcc: eve@example.com", rendered, "n-1/email")
     assert refused.value.permanent and "To" in str(refused.value)
+    with pytest.raises(SendError) as refused:
+        compose_email("orders@shop.example", "jürgen@example.com", rendered, "n-1/email")
+    assert refused.value.permanent and "SMTPUTF8" in str(refused.value)
 
 
 async def test_a_kept_smtp_connection_the_server_closed_is_replaced_and_the_message_is_sent_once_not_in_doubt():
