@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from email import charset as email_charset
 from email import policy as email_policy
@@ -157,46 +157,46 @@ class EmailChannel:
 
     async def send(self, delivery_id: str, recipient: dict, rendered: Rendered, document: dict) -> None:
         """MAIL and RCPT first, then DATA. Only a failure once DATA began leaves the message's fate
-        unknown. A kept connection that fails before DATA (the server closed it while idle) is
-        replaced once, with no NOOP before each message to find out."""
+        unknown."""
         data = compose_email(self.sender, recipient["email"], rendered, delivery_id)
-        utf8 = internationalized(self.sender, recipient["email"])
+        client = await self._envelope(recipient["email"], internationalized(self.sender, recipient["email"]))
+        try:
+            await self._command(client.data(data), recipient["email"])
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise SendError(f"SMTP server {self.host}:{self.port} stopped answering while the message was sent "
+                            f"({type(exc).__name__}: {exc}): it may have arrived", permanent=False, in_doubt=True) from exc
+
+    async def _envelope(self, to: str, utf8: bool) -> aiosmtplib.SMTP:
+        """MAIL and RCPT on the kept connection. One the server closed while it was idle fails here,
+        before anything of the message left: it is replaced once, with no NOOP before each message."""
         options, encoding = (["SMTPUTF8"], "utf-8") if utf8 else ([], "ascii")
         while True:
             client, kept = await self._connection()
             try:
-                try:
-                    await client.mail(self.sender, options=options, encoding=encoding)  # EHLO first if needed
-                    if utf8 and not client.supports_extension("smtputf8"):
-                        raise SendError(f"SMTP server {self.host}:{self.port} does not offer SMTPUTF8, which the "
-                                        f"address {recipient['email']!r} needs", permanent=True)
-                    await client.rcpt(recipient["email"], encoding=encoding)
-                except BaseException:
-                    self._drop()  # whatever state the session is in, the next message starts a new one
-                    raise
-            except SendError:
-                raise
-            except aiosmtplib.SMTPRecipientRefused as exc:
-                raise SendError(f"SMTP server refused {recipient['email']}: {exc}", permanent=True) from exc
-            except aiosmtplib.SMTPResponseException as exc:
-                raise SendError(f"SMTP {exc.code}: {exc.message}", permanent=500 <= exc.code < 600) from exc
+                await self._command(client.mail(self.sender, options=options, encoding=encoding), to)  # EHLO too
+                if utf8 and not client.supports_extension("smtputf8"):
+                    self._drop()
+                    raise SendError(f"SMTP server {self.host}:{self.port} does not offer SMTPUTF8, which the "
+                                    f"address {to!r} needs", permanent=True)
+                await self._command(client.rcpt(to, encoding=encoding), to)
+                return client
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                if kept:
-                    continue
-                raise SendError(f"SMTP server {self.host}:{self.port} stopped answering before the message was "
-                                f"sent ({type(exc).__name__}: {exc})", permanent=False) from exc
-            break
+                if not kept:
+                    raise SendError(f"SMTP server {self.host}:{self.port} stopped answering before the message was "
+                                    f"sent ({type(exc).__name__}: {exc})", permanent=False) from exc
+
+    async def _command(self, command: Awaitable, to: str) -> None:
+        """One SMTP command. Whatever fails, the connection is dropped (the next message starts a new
+        session); an answer with an error code is a SendError, permanent for 5xx."""
         try:
-            try:
-                await client.data(data)
-            except BaseException:
-                self._drop()
-                raise
-        except aiosmtplib.SMTPResponseException as exc:
-            raise SendError(f"SMTP {exc.code}: {exc.message}", permanent=500 <= exc.code < 600) from exc
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise SendError(f"SMTP server {self.host}:{self.port} stopped answering while the message was sent "
-                            f"({type(exc).__name__}: {exc}): it may have arrived", permanent=False, in_doubt=True) from exc
+            await command
+        except BaseException as exc:
+            self._drop()
+            if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
+                raise SendError(f"SMTP server refused {to}: {exc}", permanent=True) from exc
+            if isinstance(exc, aiosmtplib.SMTPResponseException):
+                raise SendError(f"SMTP {exc.code}: {exc.message}", permanent=500 <= exc.code < 600) from exc
+            raise
 
 
 # Seconds an idle webhook connection is kept. Short, so that the receiver is not the one to close
