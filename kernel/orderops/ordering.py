@@ -90,6 +90,13 @@ def held_back(records: Mapping[Any, list], task_partitions: Callable[[int], Iter
     return held
 
 
+def with_held(held: list, fetched: Iterable[Any]) -> list:
+    """A partition's held records and its newly fetched ones, once each, in offset order: after a seek
+    back (a hole re-read, a tail found overdue) the fetch holds the held records again, and handed on
+    twice, the second copy was dropped by Faust as already read."""
+    return sorted({r.offset: r for r in (*held, *fetched)}.values(), key=lambda r: r.offset)
+
+
 def first_not_handed_on(merged: list[tuple[Any, Any]], handed: set[int]) -> dict[Any, int]:
     """Per partition, the offset of its first record not handed on (where reading must resume)."""
     resume: dict[Any, int] = {}
@@ -160,7 +167,7 @@ class EventTimeOrder(DefaultSchedulingStrategy):
 
     def iterate(self, records: Mapping[Any, list]) -> Iterator[tuple[Any, Any]]:
         if self._held:  # records that waited for their task come first, before the partition's newer ones
-            records = {**records, **{tp: [*held, *records.get(tp, ())] for tp, held in self._held.items()}}
+            records = {**records, **{tp: with_held(held, records.get(tp, ())) for tp, held in self._held.items()}}
             self._held = {}
         ordered = {tp: batch for tp, batch in records.items() if in_write_order(tp.topic)}
         return self._hand_out(write_order(records), self._waiting(ordered) if ordered else {})
@@ -247,6 +254,9 @@ class EventTimeOrder(DefaultSchedulingStrategy):
                     continue  # waits for older records of its task: read again below
                 if not self.delivers(tp):
                     continue  # Faust would skip it without a word: it is read again below
+                if self.dropped_by_faust(tp, record.offset):
+                    handed.add(i)  # a later record of it went on: a hole there was sent back already
+                    continue
                 if self.in_flight is not None and in_write_order(tp.topic):
                     self.in_flight.handed(tp, record.offset)
                 yield tp, record
@@ -272,6 +282,17 @@ class EventTimeOrder(DefaultSchedulingStrategy):
                     self._fresh.add(tp)
             if resume:
                 self._read_again(resume)
+
+    def dropped_by_faust(self, tp: Any, offset: int) -> bool:
+        """Whether Faust's drain loop would drop this record without a word: its read offset is already
+        past it. Noted as handed on, such a record never arrives, and every record of its task after it
+        looked like one that overtook a lost one: read again from there, again and again (found: the
+        returns processor re-reading warehouse.returns[1] from 0 every 55 ms)."""
+        consumer = self.consumer
+        if consumer is None:
+            return False
+        read = consumer._read_offset.get(tp)
+        return read is not None and offset < read
 
     def delivers(self, tp: Any) -> bool:
         """Whether Faust hands a record of ``tp`` on now (its own test in ``Consumer.getmany``)."""
