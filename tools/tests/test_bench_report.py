@@ -1,0 +1,29 @@
+"""The benchmark's memory verdict (orderops_tools.bench): RocksDB's memtables and block cache fill up
+to their configured bounds by design, so a processor's growth is also reported without them."""
+
+from __future__ import annotations
+
+from orderops_tools.bench import Results, _outside_rocksdb, _soak_section, targets
+
+
+def soak(rss: list[float], rocksdb: list[float]) -> dict:
+    times = [0.0, 300.0, 600.0]
+    return {"rate": 50, "seconds": 600.0, "orders": 2_685, "lag": 0,
+            "samples": [(t, {"timeline": mb, "broker": 900.0}) for t, mb in zip(times, rss, strict=True)],
+            "rocksdb": [(t, {"timeline": mb}) for t, mb in zip(times, rocksdb, strict=True)]}
+
+
+def test_growth_that_is_rocksdb_filling_its_cache_is_told_apart_from_the_rest():
+    filling = soak(rss=[150, 200, 240], rocksdb=[10, 40, 78])  # +40 MB of RSS, +38 of it RocksDB's
+    assert _outside_rocksdb(filling) == {"timeline": 2.0}
+    leaking = soak(rss=[150, 200, 240], rocksdb=[10, 64, 64])  # RocksDB full at its bound: the 40 MB are elsewhere
+    assert _outside_rocksdb(leaking) == {"timeline": 40.0}
+
+
+def test_the_report_shows_both_and_the_verdict_names_the_growth_outside_rocksdb():
+    results = Results(soak=soak(rss=[150, 200, 240], rocksdb=[10, 64, 64]))
+    section = "\n".join(_soak_section(results))
+    assert "| timeline | 150 | 200 | 240 | +40 MB (+20.0%) | 64 → 64 MB | +40 MB |" in section
+    assert "| broker | 900 | 900 | 900 | +0 MB (+0.0%) | | |" in section
+    verdict = next(line for line in targets(results) if line.startswith("- Memory flat"))
+    assert "outside RocksDB's bounded memtables and cache, timeline's, +40 MB" in verdict
