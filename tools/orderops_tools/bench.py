@@ -358,6 +358,10 @@ def soak(results: Results, components: dict[str, int], rate: int, seconds: float
     results.soak = {"rate": rate, "seconds": seconds, "orders": len({send.key for send in sends}), "lag": behind,
                     "samples": samples, "rocksdb": stores}
     first, last = samples[0][1], samples[-1][1]
+    for name in PIPELINE:
+        log(f"soak, {name}: seconds in, RSS MB, RocksDB MB: " + "; ".join(
+            f"{at:.0f} {rss.get(name, 0):.0f} {usage.get(name, 0):.0f}"
+            for (at, rss), (_, usage) in zip(samples, stores, strict=True)))
     log(f"soak at {rate}/s for {seconds:.0f} s: RSS MB from start to end: "
         + ", ".join(f"{name} {first[name]:.0f} -> {last[name]:.0f}" for name in last) + f"; lag at end {behind:,}")
 
@@ -377,9 +381,15 @@ def _second_half(soak: dict, series: str = "samples") -> dict[str, tuple[float, 
 
 
 def _outside_rocksdb(soak: dict) -> dict[str, float]:
-    """Per processor, the growth in the second half of its memory outside RocksDB (RSS less the
-    memtables and block cache), MB."""
-    rss, stores = _second_half(soak), _second_half(soak, "rocksdb")
+    """Per processor, the growth in the second half of its memory outside RocksDB, MB: RSS less the
+    most its memtables and block cache held so far (a flushed memtable's memory goes back to the
+    allocator, not to the system, and serves the next one: RSS keeps it)."""
+    peak: dict[str, float] = {}
+    held: list[tuple[float, dict[str, float]]] = []
+    for at, usage in soak.get("rocksdb") or ():
+        peak = {name: max(mb, peak.get(name, 0.0)) for name, mb in usage.items()}
+        held.append((at, peak))
+    rss, stores = _second_half(soak), _second_half({**soak, "rocksdb": held}, "rocksdb")
     return {name: (rss[name][1] - stores[name][1]) - (rss[name][0] - stores[name][0]) for name in stores if name in rss}
 
 
@@ -579,7 +589,8 @@ def _soak_section(results: Results) -> list[str]:
         "by default): until that many orders were seen, its memory grows with every new order by design. So do",
         "RocksDB's memtables and block cache, up to `ORDEROPS_ROCKSDB_WRITE_BUFFER_MB` and",
         "`ORDEROPS_ROCKSDB_CACHE_MB` (64 MB each by default), read from each processor's",
-        "`orderops_rocksdb_memory_bytes`.", ""]
+        "`orderops_rocksdb_memory_bytes`; the growth outside RocksDB subtracts the most they held so far (a",
+        "flushed memtable's memory stays with the allocator for the next one).", ""]
 
 
 def _outside_summary(soak: dict) -> str:

@@ -18,6 +18,8 @@ def test_growth_that_is_rocksdb_filling_its_cache_is_told_apart_from_the_rest():
     assert _outside_rocksdb(filling) == {"timeline": 2.0}
     leaking = soak(rss=[150, 200, 240], rocksdb=[10, 64, 64])  # RocksDB full at its bound: the 40 MB are elsewhere
     assert _outside_rocksdb(leaking) == {"timeline": 40.0}
+    flushed = soak(rss=[150, 200, 200], rocksdb=[10, 50, 20])  # a memtable flushed: its memory stays in the allocator
+    assert _outside_rocksdb(flushed) == {"timeline": 0.0}
 
 
 def test_the_report_shows_both_and_the_verdict_names_the_growth_outside_rocksdb():
