@@ -159,7 +159,9 @@ class Service:
         # dict.from_data(), logs a warning per record and never completes (found on Kafka 4.4).
         schema = faust.Schema(key_serializer=TABLE_KEY_CODEC, value_serializer="json")
         self._table_names.append(name)
-        return self.app.Table(name, default=default, schema=schema, partitions=catalog.order_partitions(), **kwargs)
+        table = self.app.Table(name, default=default, schema=schema, partitions=catalog.order_partitions(), **kwargs)
+        table.key_serializer = TABLE_KEY_CODEC  # Faust takes a table's own from its key type, not from the schema
+        return table
 
     def changelog_topics(self) -> tuple[Topic, ...]:
         """The changelog of each table, as Faust names it, declared like catalog topics."""

@@ -28,3 +28,15 @@ def test_table_keys_are_the_bytes_faust_writes_held_at_their_own_size():
     assert ours_held < 120 * len(keys), f"{ours_held / len(keys):.0f} bytes held per key"
     assert codecs.get_codec(TABLE_KEY_CODEC).loads(ours[0]) == keys[0]
     print(f"bytes held per key: {ours_held / len(keys):.0f} (Faust's codec: {faust_held / len(keys):.0f})")
+
+
+def test_a_processors_table_store_encodes_its_keys_so():
+    """Faust takes a table's key serializer from its key type, not from the schema it is given: the
+    codec has to be set on the table itself, or the key index keeps orjson's 4 KB bytes."""
+    from notifier.app import ledgers
+
+    store = ledgers.data
+    assert store.key_serializer == TABLE_KEY_CODEC
+    keys = [f"order-{n:06d}" for n in range(1000)]
+    kept, held = held_bytes(store._encode_key, keys)
+    assert kept[0] == b'"order-000000"' and held < 120 * len(keys), f"{held / len(keys):.0f} bytes held per key"
