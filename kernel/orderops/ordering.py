@@ -286,8 +286,8 @@ class EventTimeOrder(DefaultSchedulingStrategy):
     def dropped_by_faust(self, tp: Any, offset: int) -> bool:
         """Whether Faust's drain loop would drop this record without a word: its read offset is already
         past it. Noted as handed on, such a record never arrives, and every record of its task after it
-        looked like one that overtook a lost one: read again from there, again and again (found: the
-        returns processor re-reading warehouse.returns[1] from 0 every 55 ms)."""
+        looked like one that overtook a lost one: read again from there, again and again (seen once, the
+        cause not shown: the returns processor re-reading warehouse.returns[1] from 0 every 55 ms)."""
         consumer = self.consumer
         if consumer is None:
             return False

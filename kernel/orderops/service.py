@@ -72,7 +72,6 @@ class ContractViolation(Exception):
     """A service tried to write a topic the catalog does not list it as a writer of."""
 
 
-
 class RightSizedJson(codecs.json):
     """Faust's JSON for table keys, each key's bytes of its own size. orjson returns a bytes object
     with room for 4 KB or more, and Faust keeps the last 1,000 keys of each table it read or wrote
@@ -85,6 +84,7 @@ class RightSizedJson(codecs.json):
 
 TABLE_KEY_CODEC = "orderops-json-key"
 codecs.register(TABLE_KEY_CODEC, RightSizedJson())
+
 
 class Service:
     """One processor: its Faust app, codec, dead-letter topic, health check and metrics."""
