@@ -48,7 +48,7 @@ class Payload:
     of a replay's time, and a named tuple per field still two fifths; issue 12)."""
 
     texts: list[tuple[Trail, str | int, str]]  # (container, key or index, the string)
-    quantities: list[tuple[Trail, str, int]]  # (container, "quantity", its value)
+    quantities: list[tuple[Trail, int]]  # (the container of a "quantity", its value)
     amounts: list[tuple[Trail, dict]]  # (the amount's own trail, {"amount": ..., "currency": ...})
 
 
@@ -73,7 +73,7 @@ def read_payload(value: Any) -> Payload:
             elif isinstance(nested, _CONTAINERS):
                 visit(nested, (*at, key))
             elif key == "quantity" and isinstance(nested, int):
-                quantities.append((at, key, nested))
+                quantities.append((at, nested))
 
     if isinstance(value, _CONTAINERS):
         visit(value, ())
@@ -88,9 +88,9 @@ def text_within_limits(event: Envelope, payload: Payload, began: datetime | None
 
 
 def quantities_in_range(event: Envelope, payload: Payload, began: datetime | None) -> Violation | None:
-    for at, key, quantity in payload.quantities:
+    for at, quantity in payload.quantities:
         if not 1 <= quantity <= MAX_QUANTITY:
-            return "quantity_out_of_range", f"{path((*at, key))} is {quantity} (a quantity is 1 to {MAX_QUANTITY})"
+            return "quantity_out_of_range", f"{path((*at, 'quantity'))} is {quantity} (a quantity is 1 to {MAX_QUANTITY})"
     return None
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,22 +175,31 @@ def status() -> list[str]:
     return lines
 
 
-def figures() -> str:
-    """One line of what the running system has done so far, from the processors' /metrics."""
+def metric_totals(url: str, names: Iterable[str], timeout: float = 2) -> dict[str, float] | None:
+    """Each named metric family's samples on the /metrics page at ``url``, summed (without the
+    ``_created`` timestamps); None if the page does not answer."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=timeout) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    totals = dict.fromkeys(names, 0.0)
+    for family in text_string_to_metric_families(text):
+        if family.name in totals:
+            totals[family.name] += sum(s.value for s in family.samples if not s.name.endswith("_created"))
+    return totals
+
+
+def figures() -> str:
+    """One line of what the running system has done so far, from the processors' /metrics."""
     wanted = {"orderops_events_processed": "events processed", "orderops_escalations_open": "open escalations",
               "orderops_notifications": "notifications", "orderops_dead_lettered": "dead-lettered"}
     totals = dict.fromkeys(wanted.values(), 0.0)
     for p in map(Processor, PROCESSORS):
-        try:
-            with urllib.request.urlopen(f"{p.url}/metrics", timeout=2) as response:
-                text = response.read().decode()
-        except OSError:
-            continue
-        for family in text_string_to_metric_families(text):
-            if family.name in wanted:
-                totals[wanted[family.name]] += sum(s.value for s in family.samples if not s.name.endswith("_created"))
+        for name, value in (metric_totals(p.url, wanted) or {}).items():
+            totals[wanted[name]] += value
     return ", ".join(f"{value:,.0f} {label}" for label, value in totals.items())
 
 

@@ -191,15 +191,10 @@ def rss_mb(pid: int, field: str = "VmHWM") -> float:
 def rocksdb_mb(web_port: int) -> float | None:
     """A processor's RocksDB memory (memtables and block cache, ``orderops_rocksdb_memory_bytes``) from
     its /metrics, MB; None if it does not answer."""
-    import urllib.request
+    from orderops.processors import metric_totals
 
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return None
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("orderops_rocksdb_memory_bytes{")) / (1 << 20)
+    found = metric_totals(f"http://127.0.0.1:{web_port}", ["orderops_rocksdb_memory_bytes"], timeout=5)
+    return None if found is None else found["orderops_rocksdb_memory_bytes"] / (1 << 20)
 
 
 def tree_bytes(path: Path) -> int:
