@@ -40,6 +40,10 @@ CARD_NUMBERS_MASKED = Counter(
     "orderops_card_numbers_masked_total", "Card numbers found in upstream events and masked before processing "
     "(an upstream system sent one: tell its owners)", ["processor", "topic"],
 )
+LATEST_RECORDS = Counter(
+    "orderops_latest_records_total", "Latest-only records (an order's view) left by events: sent, or superseded by a "
+    "newer one of the same order completed with them and not sent", ["processor", "topic", "outcome"],
+)
 DUPLICATES = Counter(
     "orderops_duplicate_events_total", "Redelivered events recognised by their event id and not applied again",
     ["processor"],

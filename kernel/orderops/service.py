@@ -229,6 +229,12 @@ class Service:
             headers = [(CAUSE_HEADER, causes[cause].encode())] if cause in (causes or {}) else None
             step.sent.append(await self._send(topic, key, record, headers))
 
+    def emit_latest(self, step: Step, topic: Topic, key: str, build: Callable[[], dict]) -> None:
+        """A record that only says what is latest for ``key`` (a compacted topic's): built, encoded
+        and sent when the step completes, unless a step completed with it leaves a newer one for the
+        same key (orderops.writebehind). ``build`` must read only immutable values."""
+        step.send_latest(topic, key, lambda: self._send(topic, key, build(), None))
+
     async def steps(self, stream: faust.StreamT) -> AsyncIterator[tuple[faust.EventT, Step]]:
         """The agent's events, each with the step that writes its state once its outputs are acked
         (orderops.writebehind): read state with ``step.load``, send with ``emit_soon``, write with

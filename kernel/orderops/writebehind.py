@@ -13,6 +13,13 @@ event (issue 12). The guarantees that wait gave are kept:
 
 A crash loses only what was not yet acknowledged; those events are read again and give the same
 records, with the same ids, which every reader recognises.
+
+Some records only say what is latest: the timeline's view of an order, on a compacted topic. An
+event leaves such a record to the completer (``Step.latest``), which sends, of all the steps it
+completes together, only the newest per topic and key, and writes none of their states before it is
+acknowledged. Under load a completer takes a fetch's worth of steps at once, and an order whose
+events came together is published once, not once per event; when traffic is light it takes a step
+or two, and each event's record is sent.
 """
 
 from __future__ import annotations
@@ -21,13 +28,16 @@ import asyncio
 import logging
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 from faust.streams import _current_event  # the event a table write belongs to (its partition)
+
+from orderops.catalog import Topic
+from orderops.metrics import LATEST_RECORDS
 
 log = logging.getLogger("orderops.writebehind")
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
@@ -54,6 +64,7 @@ class Step:
     sent: list[Sent] = field(default_factory=list)
     writes: list[tuple[faust.TableT, str, Any, int]] = field(default_factory=list)
     follow_ups: list[Callable[[], None]] = field(default_factory=list)
+    latest: dict[tuple[str, str], Callable[[], Awaitable[Sent]]] = field(default_factory=dict)
 
     def load(self, table: faust.TableT, key: str, load: Callable[[Any], Any]) -> Any:
         """The key's value as the events before this one left it (staged, else in the table), as a
@@ -70,6 +81,24 @@ class Step:
     def then(self, follow_up: Callable[[], None]) -> None:
         """Run after the state is written (deadlines, metrics: what must not run for a lost event)."""
         self.follow_ups.append(follow_up)
+
+    def send_latest(self, topic: Topic, key: str, send: Callable[[], Awaitable[Sent]]) -> None:
+        """Leave a record that only says what is latest for ``key`` to the completer: ``send`` (which
+        builds, encodes and sends it) is called unless a later step completed with this one leaves
+        its own for the same topic and key. Only a compacted topic's records can be latest-only."""
+        if not topic.compacted:
+            raise ValueError(f"{topic.name} is not compacted: each of its records counts, none is only the latest")
+        self.latest[(topic.name, key)] = send
+
+
+def newest_latest(steps: Iterable[Step]) -> dict[tuple[str, str], tuple[Step, Callable[[], Awaitable[Sent]], int]]:
+    """Of the latest-only records the steps leave, the newest per topic and key: its step, its send,
+    and how many older ones of that topic and key it supersedes."""
+    newest: dict[tuple[str, str], tuple[Step, Callable[[], Awaitable[Sent]], int]] = {}
+    for step in steps:
+        for where, send in step.latest.items():
+            newest[where] = (step, send, newest[where][2] + 1 if where in newest else 0)
+    return newest
 
 
 class Staging:
@@ -153,6 +182,11 @@ class WriteBehind:
             steps = [await self._queue.get()]
             while not self._queue.empty() and len(steps) < MAX_COMPLETED_TOGETHER:
                 steps.append(self._queue.get_nowait())
+            for (topic, _), (step, send, superseded) in newest_latest(steps).items():
+                await self._send_latest(step, send)
+                LATEST_RECORDS.labels(self.service, topic, "sent").inc()
+                if superseded:
+                    LATEST_RECORDS.labels(self.service, topic, "superseded").inc(superseded)
             for step in steps:
                 await self._acknowledged(step)
             # Of the writes of one key in these steps, the last holds them all: only it is written.
@@ -161,6 +195,18 @@ class WriteBehind:
                 self._write(step, [w for w in step.writes if last[(w[0].name, w[1])] == w[3]])
             for step in steps:
                 await self.stream.ack(step.event)
+
+    async def _send_latest(self, step: Step, send: Callable[[], Awaitable[Sent]]) -> None:
+        try:
+            step.sent.append(await send())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            message = step.event.message
+            log.exception("%s: the latest record left by %s[%d]@%d could not be built or sent (%s); the event goes to "
+                          "the dead-letter topic, its state is still written. A bug: the record's data or schema.",
+                          self.service, message.topic, message.partition, message.offset, type(exc).__name__)
+            await self._dead_letter(step.event, exc)
 
     def _write(self, step: Step, writes: list[tuple[faust.TableT, str, Any, int]]) -> None:
         token = _current_event.set(weakref.ref(step.event))  # a table write goes to its event's partition

@@ -1,10 +1,14 @@
 """The write-behind's staging: what an order's next event reads while its predecessors' writes wait
-for their outputs' acks. (Its completion over Kafka is exercised by every processor test and the
-broker-kill fault test.)"""
+for their outputs' acks; and which latest-only record of the steps completed together is sent.
+(Its completion over Kafka is exercised by every processor test and the broker-kill fault test;
+the newest view reaching support.order-views by the timeline's.)"""
 
 from __future__ import annotations
 
-from orderops.writebehind import Staging
+import pytest
+
+from orderops.catalog import RETURNS_POLICIES, SUPPORT_ORDER_VIEWS, SUPPORT_TIMELINE
+from orderops.writebehind import Staging, Step, newest_latest
 
 
 class Stored(dict):
@@ -69,3 +73,27 @@ def test_no_cache_when_its_size_is_zero():
     table, staging = Stored(o1={"n": 1}), Staging(cached=0)
     staging.stage(table, "o1", {"n": 1}, loaded="object")
     assert staging.load(table, "o1", parse) == ("parsed", 1)
+
+
+def _step(name: str, **latest: str) -> Step:
+    step = Step(event=name, staging=Staging(cached=0))
+    for key, record in latest.items():
+        step.send_latest(SUPPORT_ORDER_VIEWS, key, lambda record=record: record)
+    return step
+
+
+def test_of_the_latest_only_records_the_newest_per_key_is_sent_with_its_step():
+    first, second, third = _step("e1", o1="o1 after e1", o2="o2 after e1"), _step("e2"), _step("e3", o1="o1 after e3")
+    chosen = [(step.event, send(), older) for step, send, older in newest_latest([first, second, third]).values()]
+    assert sorted(chosen) == [("e1", "o2 after e1", 0), ("e3", "o1 after e3", 1)]
+
+
+def test_latest_only_records_of_different_topics_do_not_replace_each_other():
+    step = _step("e1", o1="the view")
+    step.send_latest(RETURNS_POLICIES, "o1", lambda: "a policy")
+    assert sorted(send() for _, send, _ in newest_latest([step]).values()) == ["a policy", "the view"]
+
+
+def test_only_a_compacted_topic_takes_latest_only_records():
+    with pytest.raises(ValueError, match="support.timeline is not compacted"):
+        _step("e1").send_latest(SUPPORT_TIMELINE, "o1", lambda: "an entry: each one counts")

@@ -22,7 +22,7 @@ from timeline.app import (
     service,
     views,
 )
-from timeline.records import publishable
+from timeline.records import changes_view, publishable, view_record
 
 # Live, aging follows the wall clock and a sweep brings due orders back. Replaying
 # (ORDEROPS_CLOCK=event), an order ages with its own latest event time and nothing sweeps: the same
@@ -53,7 +53,10 @@ async def join(stream):
                 DUPLICATES.labels(service.name).inc()
                 service.rewrite_on_duplicate(step, views, envelope.order_id, to_json(before), before)
                 continue
-            await service.emit_soon(step, envelope.order_id, publishable(view, out, envelope, now))
+            await service.emit_soon(step, envelope.order_id, publishable(view, out, envelope))
+            if changes_view(out):  # the newest of an order's views completed together is sent, once
+                service.emit_latest(step, catalog.SUPPORT_ORDER_VIEWS, envelope.order_id,
+                                    functools.partial(view_record, view, envelope, now))
             step.put(views, envelope.order_id, to_json(view), loaded=view)
             for key, entry in domain.entry_writes(envelope.order_id, out.entries):
                 step.put(entries, key, None if entry is None else to_json(entry))

@@ -1,11 +1,11 @@
-"""What the timeline publishes: entries, escalations, and the latest view (pure: dicts)."""
+"""What the timeline publishes: entries and escalations of each event, and the latest view (pure: dicts)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
 
-from orderops.catalog import SUPPORT_ESCALATIONS, SUPPORT_ORDER_VIEWS, SUPPORT_TIMELINE, Topic
+from orderops.catalog import SUPPORT_ESCALATIONS, SUPPORT_TIMELINE, Topic
 from orderops.envelope import Envelope
 from timeline.domain import Outputs
 
@@ -13,7 +13,7 @@ SOURCE = "timeline"
 NS = "orderops.timeline."
 
 
-def publishable(view: dict, out: Outputs, cause: Envelope, now: datetime) -> Iterator[tuple[Topic, dict]]:
+def publishable(view: dict, out: Outputs, cause: Envelope) -> Iterator[tuple[Topic, dict]]:
     for entry in out.entries:
         payload = {k: entry[k] for k in ("entry_id", "domain", "type", "summary", "cause_event_id", "cause_topic")}
         yield SUPPORT_TIMELINE, Envelope(entry["entry_id"], view["order_id"], entry["occurred_at"], SOURCE,
@@ -26,9 +26,17 @@ def publishable(view: dict, out: Outputs, cause: Envelope, now: datetime) -> Ite
                   "EscalationResolved": f"resolved:{escalation.get('times_opened', 1)}"}.get(kind, action)
         yield SUPPORT_ESCALATIONS, Envelope(f"{escalation_id}:{suffix}", view["order_id"], at, SOURCE, NS + kind,
                                             {"escalation_id": escalation_id, **facts}).to_record()
-    if out.entries or out.escalations:
-        yield SUPPORT_ORDER_VIEWS, Envelope(f"{cause.event_id}:view", view["order_id"], view["last_event_at"] or now,
-                                            SOURCE, NS + "OrderView", order_view(view)).to_record()
+
+
+def changes_view(out: Outputs) -> bool:
+    """Whether the event changed what support.order-views shows (entries and escalations are what it shows of)."""
+    return bool(out.entries or out.escalations)
+
+
+def view_record(view: dict, cause: Envelope, now: datetime) -> dict:
+    """The order's latest view on SUPPORT_ORDER_VIEWS, as the view after ``cause``."""
+    return Envelope(f"{cause.event_id}:view", view["order_id"], view["last_event_at"] or now, SOURCE,
+                    NS + "OrderView", order_view(view)).to_record()
 
 
 def order_view(view: dict) -> dict:
