@@ -86,6 +86,19 @@ TABLE_KEY_CODEC = "orderops-json-key"
 codecs.register(TABLE_KEY_CODEC, RightSizedJson())
 
 
+class PreEncodedJson(codecs.json):
+    """Faust's JSON for table values; a value given as bytes is JSON already
+    (``envelope.to_json_bytes``, the same bytes this codec would write of its parsed form) and is
+    stored as it is. Read, every value is parsed, as before."""
+
+    def _dumps(self, s: Any) -> bytes:
+        return s if isinstance(s, bytes) else super()._dumps(s)
+
+
+TABLE_VALUE_CODEC = "orderops-json-value"
+codecs.register(TABLE_VALUE_CODEC, PreEncodedJson())
+
+
 class Service:
     """One processor: its Faust app, codec, dead-letter topic, health check and metrics."""
 
@@ -157,10 +170,11 @@ class Service:
         topics; Faust names its changelog ``{service}-{name}-changelog``."""
         # No key_type/value_type: with value_type=dict Faust's changelog recovery calls
         # dict.from_data(), logs a warning per record and never completes (found on Kafka 4.4).
-        schema = faust.Schema(key_serializer=TABLE_KEY_CODEC, value_serializer="json")
+        schema = faust.Schema(key_serializer=TABLE_KEY_CODEC, value_serializer=TABLE_VALUE_CODEC)
         self._table_names.append(name)
         table = self.app.Table(name, default=default, schema=schema, partitions=catalog.order_partitions(), **kwargs)
-        table.key_serializer = TABLE_KEY_CODEC  # Faust takes a table's own from its key type, not from the schema
+        # Faust takes a table's own serializers from its key and value types, not from the schema.
+        table.key_serializer, table.value_serializer = TABLE_KEY_CODEC, TABLE_VALUE_CODEC
         return table
 
     def changelog_topics(self) -> tuple[Topic, ...]:

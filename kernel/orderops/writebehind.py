@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import orjson
 from faust.streams import _current_event  # the event a table write belongs to (its partition)
 
 from orderops.catalog import Topic
@@ -117,8 +118,11 @@ class Staging:
         self._cached = cached
 
     def get(self, table: faust.TableT, key: str) -> Any:
+        """The key's value as the table will hold it (staged JSON text parsed, as the table parses it)."""
         staged = self._values.get((table.name, key))
-        return staged[1] if staged is not None else table.get(key)
+        if staged is None:
+            return table.get(key)
+        return orjson.loads(staged[1]) if isinstance(staged[1], bytes) else staged[1]
 
     def load(self, table: faust.TableT, key: str, load: Callable[[Any], Any]) -> Any:
         where = (table.name, key)

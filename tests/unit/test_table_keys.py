@@ -7,7 +7,7 @@ import tracemalloc
 
 from faust.serializers import codecs
 
-from orderops.service import TABLE_KEY_CODEC
+from orderops.service import TABLE_KEY_CODEC, TABLE_VALUE_CODEC
 
 
 def held_bytes(dumps, keys: list[str]) -> tuple[list[bytes], int]:
@@ -40,3 +40,5 @@ def test_a_processors_table_store_encodes_its_keys_so():
     keys = [f"order-{n:06d}" for n in range(1000)]
     kept, held = held_bytes(store._encode_key, keys)
     assert kept[0] == b'"order-000000"' and held < 120 * len(keys), f"{held / len(keys):.0f} bytes held per key"
+    # Values too: JSON text (envelope.to_json_bytes) is stored as it is, not encoded again as a string.
+    assert store.value_serializer == TABLE_VALUE_CODEC and store._encode_value(b'{"n":1}') == b'{"n":1}'

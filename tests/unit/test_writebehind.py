@@ -30,6 +30,12 @@ def test_a_staged_value_is_read_before_the_table_until_it_is_written():
     assert staging.get(table, "o1") == {"n": 1} and len(staging) == 0
 
 
+def test_a_value_staged_as_json_text_is_read_parsed_as_the_table_would_give_it():
+    table, staging = Stored(), Staging(cached=0)
+    staging.stage(table, "o1", b'{"n": 1}')
+    assert staging.get(table, "o1") == {"n": 1} and staging.load(table, "o1", parse) == ("parsed", 1)
+
+
 def test_an_older_write_completing_leaves_the_newer_staged_value():
     table, staging = Stored(), Staging(cached=10)
     first = staging.stage(table, "o1", {"n": 1})

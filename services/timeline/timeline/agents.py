@@ -7,7 +7,7 @@ import time
 from datetime import datetime
 
 from orderops import catalog
-from orderops.envelope import from_json, to_json
+from orderops.envelope import from_json, to_json_bytes
 from orderops.metrics import DUPLICATES
 from timeline import domain
 from timeline.app import (
@@ -51,15 +51,15 @@ async def join(stream):
             view, out = domain.apply(before, envelope, event.message.topic, now, RULES)
             if out.duplicate:
                 DUPLICATES.labels(service.name).inc()
-                service.rewrite_on_duplicate(step, views, envelope.order_id, to_json(before), before)
+                service.rewrite_on_duplicate(step, views, envelope.order_id, to_json_bytes(before), before)
                 continue
             await service.emit_soon(step, envelope.order_id, publishable(view, out, envelope))
             if changes_view(out):  # the newest of an order's views completed together is sent, once
                 service.emit_latest(step, catalog.SUPPORT_ORDER_VIEWS, envelope.order_id,
                                     functools.partial(view_record, view, envelope, now))
-            step.put(views, envelope.order_id, to_json(view), loaded=view)
+            step.put(views, envelope.order_id, to_json_bytes(view), loaded=view)
             for key, entry in domain.entry_writes(envelope.order_id, out.entries):
-                step.put(entries, key, None if entry is None else to_json(entry))
+                step.put(entries, key, None if entry is None else to_json_bytes(entry))
             step.then(functools.partial(_written, envelope.order_id, view, out, now,
                                         None if ticked else event.message))
 
