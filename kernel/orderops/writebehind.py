@@ -15,7 +15,7 @@ A crash loses only what was not yet acknowledged; those events are read again an
 records, with the same ids, which every reader recognises.
 
 Some records only say what is latest: the timeline's view of an order, on a compacted topic. An
-event leaves such a record to the completer (``Step.latest``), which sends, of all the steps it
+event leaves such a record to the completer (``Step.send_latest``), which sends, of all the steps it
 completes together, only the newest per topic and key, and writes none of their states before it is
 acknowledged. Under load a completer takes a fetch's worth of steps at once, and an order whose
 events came together is published once, not once per event; when traffic is light it takes a step
