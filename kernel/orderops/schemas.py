@@ -86,6 +86,12 @@ class ResolvedSchema:
         return parse_schema(self.schema)
 
     @cached_property
+    def has_named_union(self) -> bool:
+        """Whether a union anywhere in it has two or more named branches (records, enums, fixed):
+        only such a union's value needs its branch's name to be told apart."""
+        return _has_named_union(self.schema)
+
+    @cached_property
     def canonical_form(self) -> str:
         return to_parsing_canonical_form(self.parsed)
 
@@ -93,6 +99,26 @@ class ResolvedSchema:
     def fingerprint(self) -> bytes:
         """The 8 bytes single-object encoding puts after ``C3 01``: CRC-64-AVRO, little-endian."""
         return crc64_avro(self.canonical_form.encode()).to_bytes(8, "little")
+
+
+def _has_named_union(schema: Any) -> bool:
+    if isinstance(schema, list):
+        named = [b for b in schema if isinstance(b, dict) and b.get("type") in ("record", "enum", "fixed")
+                 or isinstance(b, str) and b not in PRIMITIVES]
+        return len(named) > 1 or any(_has_named_union(b) for b in schema)
+    if isinstance(schema, dict):
+        kind = schema.get("type")
+        if kind == "record":
+            return any(_has_named_union(f["type"]) for f in schema["fields"])
+        if kind == "array":
+            return _has_named_union(schema["items"])
+        if kind == "map":
+            return _has_named_union(schema["values"])
+        return isinstance(kind, list | dict) and _has_named_union(kind)
+    return False
+
+
+PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 
 
 class SchemaRegistry:

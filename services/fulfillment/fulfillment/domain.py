@@ -187,13 +187,12 @@ class Notify:
 
 @dataclass(frozen=True)
 class StatusSnapshot:
-    """Published whenever what it says changed: the lines, the status derived from them, and per
-    line the parcels holding it and what it waits for (``line_statuses``)."""
+    """Published whenever what it says changed: the status derived from the lines, and per line
+    its quantities, the parcels holding it and what it waits for (``line_statuses``)."""
 
     status: str
     backordered: bool
-    lines: tuple[Line, ...]
-    shipments: tuple[Shipment, ...]
+    lines: tuple[LineStatus, ...]
 
 
 def claims(state: FulfillmentState, shipment: Shipment | None = None) -> tuple[LineClaim, ...]:
@@ -215,12 +214,25 @@ class LineStatus:
 
 
 def line_statuses(state: FulfillmentState) -> tuple[LineStatus, ...]:
+    held = parcel_contents(state)
     parcels_of: dict[str, list[str]] = {}
-    for s in state.shipments:
-        for line_id in dict.fromkeys(line_id for line_id, _ in s.lines):
-            if s.quantity_of(line_id):
+    for s, contents in held:
+        for line_id, quantity in contents.items():
+            if quantity:
                 parcels_of.setdefault(line_id, []).append(s.shipment_id)
-    return tuple(LineStatus(x, tuple(parcels_of.get(x.line_id, ())), waiting_for(state, x)) for x in state.lines)
+    return tuple(LineStatus(x, tuple(parcels_of.get(x.line_id, ())), _waiting_for(x, held)) for x in state.lines)
+
+
+def parcel_contents(state: FulfillmentState) -> list[tuple[Shipment, dict[str, int]]]:
+    """Each parcel with its quantity per line, counted once: a snapshot asks every line about every
+    parcel, and asking each parcel again per line was a fifth of a fulfillment replay (issue 12)."""
+    held = []
+    for s in state.shipments:
+        contents: dict[str, int] = {}
+        for line_id, quantity in s.lines:
+            contents[line_id] = contents.get(line_id, 0) + quantity
+        held.append((s, contents))
+    return held
 
 
 def _day(moment: datetime | None) -> str:
@@ -230,12 +242,19 @@ def _day(moment: datetime | None) -> str:
 def waiting_for(state: FulfillmentState, x: Line, besides: str | None = None) -> str:
     """What the line's undelivered units wait for, in words (empty when nothing); ``besides``
     leaves out the parcel a message is about."""
+    return _waiting_for(x, parcel_contents(state), besides)
+
+
+_DONE_WITH = frozenset({"delivered", "cancelled", "returned_to_sender"})  # parcels nothing waits for
+
+
+def _waiting_for(x: Line, held: list[tuple[Shipment, dict[str, int]]], besides: str | None = None) -> str:
     parts = []
     if x.backordered:
         parts.append(f"{x.backordered} backordered until {_day(x.backorder_eta)}")
-    for s in state.shipments:
-        q = s.quantity_of(x.line_id)
-        if not q or s.shipment_id == besides or s.status in ("delivered", "cancelled", "returned_to_sender"):
+    for s, contents in held:
+        q = contents.get(x.line_id)
+        if not q or s.shipment_id == besides or s.status in _DONE_WITH:
             continue
         if s.status == "created":
             parts.append(f"{q} being packed in parcel {s.shipment_id}")
@@ -263,7 +282,8 @@ def sentence(state: FulfillmentState, notice_type: str, shipment: Shipment | Non
             "shipment_delayed": f"Parcel {shipment.shipment_id}{tracking} is delayed: {items}.",
             "delivery_failed": f"We could not deliver parcel {shipment.shipment_id}{tracking}: {items}.",
         }[notice_type]
-        rest = [f"{x.name}: {w}" for x in state.lines if (w := waiting_for(state, x, besides=shipment.shipment_id))]
+        held = parcel_contents(state)
+        rest = [f"{x.name}: {w}" for x in state.lines if (w := _waiting_for(x, held, besides=shipment.shipment_id))]
         return head + (f" Still to come — {'; '.join(rest)}." if rest else "")
     named = [state.line(line_id) for line_id in lines]
     if notice_type == "line_backordered":
@@ -322,12 +342,13 @@ class FulfillmentStep(Step):
         after = self.state
         if (after.lines, after.shipments) == (before.lines, before.shipments):
             return
-        if after.lines == before.lines and before.placed and line_statuses(after) == line_statuses(before):
+        said = line_statuses(after)
+        if after.lines == before.lines and before.placed and said == line_statuses(before):
             return
         if before.status != after.status or not before.placed:
             self.emit(workflow.Transitioned(ORDER_MACHINE, after.order_id, before.status if before.placed else "(none)",
                                             after.status, f"lines now {after.status.replace('_', ' ')}"))
-        self.emit(StatusSnapshot(after.status, after.backordered, after.lines, after.shipments))
+        self.emit(StatusSnapshot(after.status, after.backordered, said))
 
     def notify(self, notice_type: str, shipment: Shipment | None = None, lines: tuple[str, ...] = (),
                **facts: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fulfillment.domain import FulfillmentState, LineClaim, LineStatus, Notify, StatusSnapshot, line_statuses
+from fulfillment.domain import FulfillmentState, LineClaim, LineStatus, Notify, StatusSnapshot
 from orderops import workflow
 from orderops.catalog import FULFILLMENT_STATE_CHANGES, FULFILLMENT_STATUS, NOTIFICATIONS_REQUESTS, Topic
 from orderops.workflow import Outcome, Record, Transitioned
@@ -20,7 +20,7 @@ def publishable(outcome: Outcome) -> Iterator[tuple[Topic, dict]]:
         elif isinstance(what, StatusSnapshot):
             yield FULFILLMENT_STATUS, workflow.envelope(
                 record, event_id, SOURCE, "orderops.fulfillment.FulfillmentStatusChanged",
-                _snapshot(what, outcome.state))
+                _snapshot(what))
         elif isinstance(what, Transitioned):
             yield FULFILLMENT_STATE_CHANGES, workflow.envelope(
                 record, event_id, SOURCE, workflow.COMMON + "StateTransition", workflow.transition_payload(record))
@@ -28,10 +28,8 @@ def publishable(outcome: Outcome) -> Iterator[tuple[Topic, dict]]:
             yield FULFILLMENT_STATE_CHANGES, workflow.envelope(record, event_id, SOURCE, *workflow.audit(record))
 
 
-def _snapshot(snapshot: StatusSnapshot, state: FulfillmentState) -> dict:
-    view = FulfillmentState(state.order_id, True, state.customer, snapshot.lines, snapshot.shipments)
-    return {"status": snapshot.status, "backordered": snapshot.backordered,
-            "lines": [_line(said) for said in line_statuses(view)]}
+def _snapshot(snapshot: StatusSnapshot) -> dict:
+    return {"status": snapshot.status, "backordered": snapshot.backordered, "lines": [_line(said) for said in snapshot.lines]}
 
 
 def _line(said: LineStatus) -> dict:

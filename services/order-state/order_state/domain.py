@@ -285,7 +285,8 @@ def _line_cancelled(step: OrderStep) -> None:
 
 def _fulfillment_status(step: OrderStep) -> None:
     status = step.event.payload["status"]
-    step.state = evolve(step.state, fulfillment_status=status)
+    if status != step.state.fulfillment_status:  # else the state stays the same value: nothing parked is retried
+        step.state = evolve(step.state, fulfillment_status=status)
     trigger = FULFILLMENT_TRIGGERS.get(status)
     if trigger is not None:
         step.require_order_trigger(trigger, f"fulfillment is {status.replace('_', ' ')}")

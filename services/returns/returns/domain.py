@@ -426,15 +426,24 @@ def _require_currency(instrument: Instrument, amount: dict) -> None:
 def _fulfillment(step: ReturnsStep) -> None:
     """Delivery dates for return windows; newly cancelled units that were paid get refunded."""
     _require_order(step)
-    for snapshot in step.event.payload["lines"]:
-        line = step.state.line(snapshot["line_id"])
-        if line is None:
-            continue
-        step.state = step.state.put(line=evolve(
-            line, delivered=snapshot["delivered"], cancelled=snapshot["cancelled"],
-            delivered_at=snapshot.get("delivered_at") or line.delivered_at))
+    said = {snapshot["line_id"]: snapshot for snapshot in step.event.payload["lines"]}
+    lines = tuple(_as_said(x, said.get(x.line_id)) for x in step.state.lines)
+    # Most snapshots change nothing returns keeps: the state stays the very same value, so parked
+    # events are not tried again for nothing (workflow._moved).
+    if any(new is not old for new, old in zip(lines, step.state.lines, strict=True)):
+        step.state = evolve(step.state, lines=lines)
     if any(i.captured > ZERO for i in step.state.instruments):
         _refund_cancelled_units(step)
+
+
+def _as_said(line: Line, snapshot: dict | None) -> Line:
+    """The line as fulfillment's snapshot says it is now (delivered and cancelled units)."""
+    if snapshot is None:
+        return line
+    delivered_at = snapshot.get("delivered_at") or line.delivered_at
+    if (line.delivered, line.cancelled, line.delivered_at) == (snapshot["delivered"], snapshot["cancelled"], delivered_at):
+        return line
+    return evolve(line, delivered=snapshot["delivered"], cancelled=snapshot["cancelled"], delivered_at=delivered_at)
 
 
 def _refund_cancelled_units(step: ReturnsStep) -> None:

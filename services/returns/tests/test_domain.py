@@ -368,3 +368,16 @@ def test_refund_results_nobody_asked_for_are_rejected_unless_they_are_real_refun
     assert [r.reason_code for r in of(records, Rejected)] == ["unknown_instrument"]
     after, records = run(refund_result("o-1:elsewhere#1", "card-1", "10.00", at), state=state)
     assert not of(records, Rejected) and after.instrument("card-1").refunded_elsewhere == Decimal("10.00")
+
+
+def test_a_snapshot_that_changes_nothing_returns_keeps_leaves_the_lines_as_they_were():
+    """Most of fulfillment's snapshots move parcels, not what returns keeps (delivered and cancelled
+    units): the lines stay the same value, so nothing parked is tried again for them (issue 12)."""
+    state = delivered_order()
+    again = fulfilled(PLACED_V1 + days(3))
+    outcome = domain.apply(state, again, "input", NOW, PARK_FOR, POLICIES)
+    assert outcome.state.lines is state.lines and outcome.records == ()
+    later = domain.apply(outcome.state, fulfilled(PLACED_V1 + days(4), cancelled={"l2": 1}, delivered={"l1": 1}),
+                         "input", NOW, PARK_FOR, POLICIES)
+    assert [(x.line_id, x.delivered, x.cancelled) for x in later.state.lines][:2] == [("l1", 1, 0), ("l2", 0, 1)]
+    assert later.state.line("l1").delivered_at == PLACED_V1 + days(4)
