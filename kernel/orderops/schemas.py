@@ -103,8 +103,8 @@ class ResolvedSchema:
 
 def _has_named_union(schema: Any) -> bool:
     if isinstance(schema, list):
-        named = [b for b in schema if isinstance(b, dict) and b.get("type") in ("record", "enum", "fixed")
-                 or isinstance(b, str) and b not in PRIMITIVES]
+        named = [b for b in schema if (isinstance(b, dict) and b.get("type") in ("record", "enum", "fixed"))
+                 or (isinstance(b, str) and b not in PRIMITIVES)]
         return len(named) > 1 or any(_has_named_union(b) for b in schema)
     if isinstance(schema, dict):
         kind = schema.get("type")
