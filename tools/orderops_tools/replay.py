@@ -18,9 +18,11 @@ Every command that changes something has --dry-run. See docs/operations.md for w
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -224,7 +226,7 @@ def produced_records(bootstrap: str, topics: list[catalog.Topic], codec: Codec, 
 def _rebuild(args: argparse.Namespace) -> int:
     import time
 
-    from orderops.rebuild import compare_outputs, compare_states, replay
+    from orderops.rebuild import replay_in_shares, replay_workers
 
     bootstrap, codec = KafkaSettings.from_env().bootstrap, Codec()
     processor = machine_processor(args.processor, bootstrap)
@@ -232,23 +234,26 @@ def _rebuild(args: argparse.Namespace) -> int:
     started = time.monotonic()
     messages = read_messages(bootstrap, [*processor.inputs, processor.timers])
     keep = _orders_to_rebuild(messages, args)
-    rebuilt = replay(processor, messages, clock=args.clock, codec=codec, keep=keep,
-                     progress=lambda n: print(f"  replayed {n:,} of {len(messages):,}", file=sys.stderr, flush=True))
+    stored, produced = {}, {}
+    if not args.dry_run:  # read before the replay: its workers compare their own orders' with them
+        stored = latest_by_key(bootstrap, f"{group}-{processor.table}-changelog")
+        produced = produced_records(bootstrap, [t for t in catalog.DATA_TOPICS if processor.name in t.writers], codec,
+                                    processor.name)
+    workers = args.workers or replay_workers()
+    shares = replay_in_shares(processor, messages, functools.partial(_compared, processor, codec, stored, produced,
+                                                                     not args.dry_run),
+                              workers, clock=args.clock, codec=codec, keep=keep,
+                              progress=lambda n: print(f"  replayed {n:,} of {len(messages):,}", file=sys.stderr, flush=True))
     took = time.monotonic() - started
-    print(f"rebuild: {processor.name}: {len(rebuilt.states):,} orders from {len(messages):,} messages "
-          f"({rebuilt.applied:,} applied, {rebuilt.duplicates:,} duplicates, {rebuilt.timer_ticks:,} timer ticks, "
-          f"{len(rebuilt.dead_letters):,} that live would dead-letter) in {took:.1f} s "
-          f"({len(messages) / max(took, 1e-9):,.0f} messages/s)")
+    total = Compared(*(sum(getattr(share, f) for share in shares) for f in ("orders", "applied", "duplicates",
+                                                                              "timer_ticks", "dead_letters", "records")))
+    differences = sorted((d for share in shares for d in share.differences), key=lambda d: (d.what != "state", d.order_id))
+    print(f"rebuild: {processor.name}: {total.orders:,} orders from {len(messages):,} messages "
+          f"({total.applied:,} applied, {total.duplicates:,} duplicates, {total.timer_ticks:,} timer ticks, "
+          f"{total.dead_letters:,} that live would dead-letter) in {took:.1f} s "
+          f"({len(messages) / max(took, 1e-9):,.0f} messages/s, {len(shares)} process(es))")
     if args.dry_run:
         return 0
-    stored = latest_by_key(bootstrap, f"{group}-{processor.table}-changelog")
-    produced = produced_records(bootstrap, [t for t in catalog.DATA_TOPICS if processor.name in t.writers], codec,
-                                processor.name)
-    ours = {event_id: (topic, codec.decode(codec.encode(catalog.topic(topic).value_schema, record),
-                                           catalog.topic(topic).value_schema).record)
-            for event_id, (topic, record) in rebuilt.outputs.items()}
-    differences = [*compare_states(rebuilt.states, stored, processor.dump),
-                   *compare_outputs(ours, produced, set(rebuilt.states))]
     for d in differences[:args.show]:
         print(f"  DIFFERENT  order {d.order_id}: {d.what}: {d.detail}")
     if len(differences) > args.show:
@@ -257,9 +262,37 @@ def _rebuild(args: argparse.Namespace) -> int:
         print(f"rebuild: {len(differences)} difference(s) from what {group} holds and wrote "
               f"({len({d.order_id for d in differences})} order(s)). Not changed: nothing was written.")
         return 1
-    print(f"rebuild: identical: the state of {len(rebuilt.states):,} orders and {len(ours):,} records match "
+    print(f"rebuild: identical: the state of {total.orders:,} orders and {total.records:,} records match "
           f"what {group} holds and wrote")
     return 0
+
+
+@dataclass(frozen=True)
+class Compared:
+    """What a share of a rebuild found: counts, and where it differs from the processor."""
+
+    orders: int
+    applied: int
+    duplicates: int
+    timer_ticks: int
+    dead_letters: int
+    records: int
+    differences: tuple = ()
+
+
+def _compared(processor, codec: Codec, stored: dict[str, Any], produced: dict[str, tuple[str, dict]], compare: bool,
+              rebuilt) -> Compared:
+    from orderops.rebuild import compare_outputs, compare_states
+
+    differences: tuple = ()
+    if compare:
+        ours = {event_id: (topic, codec.decode(codec.encode(catalog.topic(topic).value_schema, record),
+                                               catalog.topic(topic).value_schema).record)
+                for event_id, (topic, record) in rebuilt.outputs.items()}
+        differences = (*compare_states(rebuilt.states, stored, processor.dump),
+                       *compare_outputs(ours, produced, set(rebuilt.states)))
+    return Compared(len(rebuilt.states), rebuilt.applied, rebuilt.duplicates, rebuilt.timer_ticks,
+                    len(rebuilt.dead_letters), len(rebuilt.outputs), differences)
 
 
 def _orders_to_rebuild(messages: list[Message], args: argparse.Namespace):
@@ -326,6 +359,9 @@ def register(groups) -> None:
                          help="the clock the processor ran with (ORDEROPS_CLOCK; make run uses event)")
     rebuild.add_argument("--instance", help="the ORDEROPS_INSTANCE of the processor, if any")
     rebuild.add_argument("--show", type=int, default=20, help="differences to list (default 20)")
+    rebuild.add_argument("--workers", type=int, default=0,
+                         help="processes sharing the orders (default $ORDEROPS_REPLAY_WORKERS, else one per CPU; "
+                              "the event clock always replays in one)")
     rebuild.add_argument("--dry-run", action="store_true", help="replay and report figures; compare nothing")
     rebuild.set_defaults(run=_rebuild)
     try:

@@ -1,0 +1,50 @@
+"""A rebuild shares the orders among processes (``replay_in_shares``): each order's state depends on
+its own messages only, in their write order, so the shares' results together are one pass's."""
+
+from __future__ import annotations
+
+import pytest
+
+from fulfillment.processor import definition
+from orderops import catalog
+from orderops.codec import Codec
+from orderops.rebuild import Message, replay, replay_in_shares
+from orderops.settings import ServiceSettings
+
+
+@pytest.fixture(scope="module")
+def messages() -> list[Message]:
+    """The simulator's orders, as fulfillment's inputs, one garbage message among them."""
+    from orderops_tools.bench import workload
+
+    codec, sends = Codec(), workload(2000, seed=11)[0]
+    began = int(codec.decode(sends[0].value, sends[0].topic.value_schema).record["occurred_at"].timestamp() * 1000)
+    inputs = {t.name for t in definition(ServiceSettings.from_env(catalog.FULFILLMENT, 0)).inputs}
+    found = [Message(send.topic.name, n % 3, n, began + 1_000 * (n // 4), send.key, send.value)
+             for n, send in enumerate(sends) if send.topic.name in inputs]
+    return [*found, Message(catalog.WAREHOUSE_FULFILLMENT.name, 0, 10**6, began, b"o-garbage", b"\x00not avro")]
+
+
+def everything(rebuilt):
+    return rebuilt.states, rebuilt.outputs, rebuilt.applied, rebuilt.duplicates, rebuilt.dead_letters
+
+
+def test_shares_of_the_orders_give_what_one_pass_gives(messages):
+    processor = definition(ServiceSettings.from_env(catalog.FULFILLMENT, 0))
+    one = replay(processor, messages)
+    assert one.applied > 1000 and len(one.dead_letters) == 1
+    shares = replay_in_shares(processor, messages, everything, workers=3, parallel_from=0)
+    assert len(shares) == 3 and all(states for states, *_ in shares), "every share had orders"
+    states = {order_id: state for share in shares for order_id, state in share[0].items()}
+    outputs = {event_id: out for share in shares for event_id, out in share[1].items()}
+    assert states == one.states and outputs == one.outputs
+    assert sum(s[2] for s in shares) == one.applied and sum(s[3] for s in shares) == one.duplicates
+    assert [d for s in shares for d in s[4]] == one.dead_letters
+
+
+def test_one_worker_the_event_clock_or_few_messages_replay_in_one_pass(messages):
+    processor = definition(ServiceSettings.from_env(catalog.FULFILLMENT, 0))
+    for kwargs in ({"workers": 1, "parallel_from": 0}, {"workers": 2, "clock": "event", "parallel_from": 0},
+                   {"workers": 2}):
+        assert replay_in_shares(processor, messages, lambda rebuilt: len(rebuilt.states), **kwargs) == [
+            len(replay(processor, messages, clock=kwargs.get("clock", "wall")).states)]
