@@ -11,7 +11,9 @@ Pure: no Kafka here. Reading topics is the caller's business.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import heapq
 import json
 import multiprocessing
@@ -170,6 +172,27 @@ def _replay_share(share: int) -> Any:
 
 def _replay(processor: MachineProcessor, messages: list[Message], clock: str, codec: Codec,
             keep: Callable[[str], bool], progress: Callable[[int], None] | None) -> Rebuilt:
+    with _collector_paused():
+        return _replay_all(processor, messages, clock, codec, keep, progress)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """A replay builds one large structure (every order's state and record) and leaves no reference
+    cycles behind (tests/unit/test_replay_shares.py): the cyclic garbage collector, run by the count
+    of objects allocated, only walked that growing heap again and again, a third of a fulfillment
+    replay's time (issue 12). It runs again when the replay is done."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _replay_all(processor: MachineProcessor, messages: list[Message], clock: str, codec: Codec,
+                keep: Callable[[str], bool], progress: Callable[[int], None] | None) -> Rebuilt:
     inputs = frozenset(t.name for t in processor.inputs)
     rebuilt, latest = Rebuilt(), datetime.fromtimestamp(0, UTC)
     for n, message in enumerate(write_order(messages)):
