@@ -141,7 +141,7 @@ def replay_in_shares(processor: MachineProcessor, messages: list[Message], summa
     done = context.Value("q", 0)
     _SHARES = (processor, shares, codec, keep, summarize, done)
     try:
-        with context.Pool(workers) as pool:
+        with context.Pool(workers, maxtasksperchild=1) as pool:  # one share each, each in a process of its own
             running = pool.map_async(_replay_share, range(workers))
             while not running.ready():
                 running.wait(1)
@@ -167,6 +167,7 @@ def _replay_share(share: int) -> Any:
             with done.get_lock():
                 done.value += 10_000
 
+    gc.disable()  # for good: the worker ends with its share, and a collection would walk all it built, for nothing
     return summarize(_replay(processor, shares[share], "wall", codec, keep, counted))
 
 

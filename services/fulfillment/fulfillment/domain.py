@@ -357,10 +357,10 @@ class FulfillmentStep(Step):
         said = line_statuses(after)
         if after.lines == before.lines and before.placed and said == line_statuses(before):
             return
-        if before.status != after.status or not before.placed:
-            self.emit(workflow.Transitioned(ORDER_MACHINE, after.order_id, before.status if before.placed else "(none)",
-                                            after.status, f"lines now {after.status.replace('_', ' ')}"))
-        self.emit(StatusSnapshot(after.status, after.backordered, said))
+        status, was = after.status, before.status if before.placed else "(none)"  # each derived from the lines: once
+        if was != status:
+            self.emit(workflow.Transitioned(ORDER_MACHINE, after.order_id, was, status, f"lines now {status.replace('_', ' ')}"))
+        self.emit(StatusSnapshot(status, after.backordered, said))
 
     def notify(self, notice_type: str, shipment: Shipment | None = None, lines: tuple[str, ...] = (),
                **facts: str) -> None:
