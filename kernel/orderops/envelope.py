@@ -33,8 +33,7 @@ class Envelope:
         return cls(record["event_id"], record["order_id"], record["occurred_at"], record["source"], type_name, payload)
 
     def to_record(self) -> dict[str, Any]:
-        return {"event_id": self.event_id, "order_id": self.order_id, "occurred_at": self.occurred_at,
-                "source": self.source, "payload": (self.type, self.payload)}
+        return as_record(self.event_id, self.order_id, self.occurred_at, self.source, self.type, self.payload)
 
     def to_json(self) -> dict[str, Any]:
         extra = {"cause_topic": self.cause_topic} if self.cause_topic else {}
@@ -49,6 +48,14 @@ class Envelope:
     @property
     def cause_id(self) -> str | None:
         return cause_of(self.event_id, self.source)
+
+
+def as_record(event_id: str, order_id: str, occurred_at: datetime, source: str, type_name: str,
+              payload: dict) -> dict[str, Any]:
+    """An envelope as its Avro record (the payload union's value as (type name, payload)); processors
+    make one per output without building the Envelope first."""
+    return {"event_id": event_id, "order_id": order_id, "occurred_at": occurred_at, "source": source,
+            "payload": (type_name, payload)}
 
 
 def cause_of(event_id: str, writer: str) -> str | None:

@@ -10,14 +10,13 @@ A processor's state is an immutable dataclass with (at least) ``seen: frozenset[
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from orderops import contract
-from orderops.envelope import Envelope, from_json, to_json
+from orderops.envelope import Envelope, as_record, from_json, to_json
 
 V = TypeVar("V")
 
@@ -387,12 +386,17 @@ def with_ids(outcome: Outcome, source: str) -> Iterator[tuple[Record, str]]:
     several processors react to the same upstream event: without it, order-state's and returns'
     transitions for one refund result had the same id, and the timeline (which dedupes by event
     id across all its inputs) dropped one of them as a duplicate."""
-    counts: Counter[tuple[str, str]] = Counter()
+    counts: dict[str, int] = {}
     for record in outcome.records:
-        kind = type(record.what).__name__.lower()
-        n = counts[(record.cause.event_id, kind)]
-        counts[(record.cause.event_id, kind)] += 1
-        yield record, f"{record.cause.event_id}:{source}:{kind}:{n}"
+        prefix = f"{record.cause.event_id}:{source}:{_kind(type(record.what))}"
+        n = counts.get(prefix, 0)
+        counts[prefix] = n + 1
+        yield record, f"{prefix}:{n}"
+
+
+@functools.cache
+def _kind(what: type) -> str:
+    return what.__name__.lower()
 
 
 def transition_payload(record: Record) -> dict:
@@ -420,4 +424,4 @@ def audit(record: Record) -> tuple[str, dict] | None:
 
 def envelope(record: Record, event_id: str, source: str, type_name: str, payload: dict) -> dict:
     """An output record: the cause's order and event time, its own derived id."""
-    return Envelope(event_id, record.cause.order_id, record.cause.occurred_at, source, type_name, payload).to_record()
+    return as_record(event_id, record.cause.order_id, record.cause.occurred_at, source, type_name, payload)
