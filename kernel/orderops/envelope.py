@@ -3,6 +3,7 @@ and a lossless JSON form for keeping values with Decimals and datetimes in table
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -25,7 +26,7 @@ class Envelope:
 
     @property
     def short_type(self) -> str:
-        return self.type.rsplit(".", 1)[-1]
+        return _short_type(self.type)
 
     @classmethod
     def from_record(cls, record: dict) -> Envelope:
@@ -48,6 +49,11 @@ class Envelope:
     @property
     def cause_id(self) -> str | None:
         return cause_of(self.event_id, self.source)
+
+
+@functools.lru_cache(maxsize=1024)  # a few dozen event types, asked several times per event
+def _short_type(type_name: str) -> str:
+    return type_name.rsplit(".", 1)[-1]
 
 
 def as_record(event_id: str, order_id: str, occurred_at: datetime, source: str, type_name: str,

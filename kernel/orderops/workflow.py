@@ -260,7 +260,7 @@ def apply(state: Any, event: Envelope, topic: str, now: datetime, park_for: time
     # A derived record parked for this event as its cause may go on now, even if this event changed
     # nothing here (found: returns has nothing to do for an OrderCancelled, so fulfillment's snapshot
     # of the cancellation, read first after a restart, stayed parked for a day).
-    awaited = any(p.machine == CAUSE and p.entity_id == event.event_id for p in state.parked)
+    awaited = bool(state.parked) and any(p.machine == CAUSE and p.entity_id == event.event_id for p in state.parked)
     if awaited or _moved(state, outcome):
         return _drain_parked(outcome, now, park_for, handlers, step_class, context)
     return outcome
