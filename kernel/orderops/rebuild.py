@@ -18,6 +18,7 @@ import heapq
 import json
 import multiprocessing
 import os
+import traceback
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -140,26 +141,54 @@ def replay_in_shares(processor: MachineProcessor, messages: list[Message], summa
         shares[zlib.crc32(message.key or b"") % workers].append(message)  # the key is the order id: catalog
     done = context.Value("q", 0)
     _SHARES = (processor, shares, codec, keep, summarize, done)
+    running = []
     try:
-        with context.Pool(workers, maxtasksperchild=1) as pool:  # one share each, each in a process of its own
-            running = pool.map_async(_replay_share, range(workers))
-            while not running.ready():
-                running.wait(1)
-                if progress is not None:
-                    progress(done.value)
-            return running.get()
+        for share in range(workers):
+            receiving, sending = context.Pipe(duplex=False)
+            worker = context.Process(target=_replay_share, args=(share, sending), name=f"rebuild-share-{share}",
+                                     daemon=True)
+            worker.start()
+            sending.close()
+            running.append((worker, receiving))
     finally:
         _SHARES = None
+    try:
+        return [_result_of(share, worker, receiving, done, progress) for share, (worker, receiving) in enumerate(running)]
+    finally:
+        for worker, _ in running:
+            if worker.is_alive():
+                worker.kill()
+            worker.join()
+
+
+def _result_of(share: int, worker: Any, receiving: Any, done: Any, progress: Callable[[int], None] | None) -> Any:
+    """A share's summary, or why there is none: its process raised (its traceback) or died (a kill, memory)."""
+    while not receiving.poll(1):  # the result, or the end of the pipe when the process ended without one
+        if progress is not None:
+            progress(done.value)
+    try:
+        outcome, value = receiving.recv()
+    except EOFError:
+        worker.join()
+        raise RuntimeError(f"rebuild: the process replaying share {share} ended (exit code {worker.exitcode}) "
+                           "without a result; rerun with --workers 1 to replay in this process") from None
+    if outcome == "failed":
+        raise RuntimeError(f"rebuild: share {share} failed in its process:\n{value}")
+    return value
 
 
 def replay_workers() -> int:
     """Processes for an offline replay: ORDEROPS_REPLAY_WORKERS, default the CPUs this process may
     use (a processor is stopped while it is rebuilt: its machine is the rebuild's)."""
     configured = os.environ.get("ORDEROPS_REPLAY_WORKERS", "").strip()
-    return max(1, int(configured)) if configured else len(os.sched_getaffinity(0))
+    if not configured:
+        return len(os.sched_getaffinity(0))
+    if not configured.isdigit() or int(configured) < 1:
+        raise ValueError(f"ORDEROPS_REPLAY_WORKERS={configured!r}: a number of processes, 1 or more (unset: one per CPU)")
+    return int(configured)
 
 
-def _replay_share(share: int) -> Any:
+def _replay_share(share: int, sending: Any) -> None:
     processor, shares, codec, keep, summarize, done = _SHARES
 
     def counted(n: int) -> None:
@@ -168,7 +197,12 @@ def _replay_share(share: int) -> Any:
                 done.value += 10_000
 
     gc.disable()  # for good: the worker ends with its share, and a collection would walk all it built, for nothing
-    return summarize(_replay(processor, shares[share], "wall", codec, keep, counted))
+    try:
+        sending.send(("summarized", summarize(_replay(processor, shares[share], "wall", codec, keep, counted))))
+    except BaseException:
+        sending.send(("failed", traceback.format_exc()))
+    finally:
+        sending.close()
 
 
 def _replay(processor: MachineProcessor, messages: list[Message], clock: str, codec: Codec,

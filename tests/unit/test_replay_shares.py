@@ -70,3 +70,36 @@ def test_a_replay_leaves_no_reference_cycles_behind(messages):
         finally:
             if was:
                 gc.enable()
+
+
+def test_a_share_that_fails_or_dies_is_an_error_that_says_so(messages):
+    """A share's process that raised reports its traceback; one that ended without a result (killed,
+    out of memory) is named with its exit code: the rebuild never waits for it forever."""
+    import os
+
+    processor = definition(ServiceSettings.from_env(catalog.FULFILLMENT, 0))
+
+    def failing(rebuilt):
+        raise ValueError("no summary today")
+
+    with pytest.raises(RuntimeError, match="(?s)share 0 failed in its process.*ValueError: no summary today"):
+        replay_in_shares(processor, messages, failing, workers=2, parallel_from=0)
+
+    def dying(rebuilt):
+        os._exit(3)
+
+    with pytest.raises(RuntimeError, match=r"replaying share 0 ended \(exit code 3\) without a result"):
+        replay_in_shares(processor, messages, dying, workers=2, parallel_from=0)
+
+
+def test_the_number_of_processes_comes_from_the_environment(monkeypatch):
+    from orderops.rebuild import replay_workers
+
+    monkeypatch.delenv("ORDEROPS_REPLAY_WORKERS", raising=False)
+    assert replay_workers() >= 1
+    monkeypatch.setenv("ORDEROPS_REPLAY_WORKERS", "3")
+    assert replay_workers() == 3
+    for wrong in ("0", "two", "-1"):
+        monkeypatch.setenv("ORDEROPS_REPLAY_WORKERS", wrong)
+        with pytest.raises(ValueError, match="a number of processes, 1 or more"):
+            replay_workers()
