@@ -152,8 +152,15 @@ def replay_in_shares(processor: MachineProcessor, messages: list[Message], summa
             running.append((worker, receiving))
     finally:
         _SHARES = None
+    told = [0]
+
+    def tell() -> None:  # the messages the shares have replayed, when that changed
+        if progress is not None and done.value != told[0]:
+            told[0] = done.value
+            progress(told[0])
+
     try:
-        return [_result_of(share, worker, receiving, done, progress) for share, (worker, receiving) in enumerate(running)]
+        return [_result_of(share, worker, receiving, tell) for share, (worker, receiving) in enumerate(running)]
     finally:
         for worker, _ in running:
             if worker.is_alive():
@@ -161,11 +168,10 @@ def replay_in_shares(processor: MachineProcessor, messages: list[Message], summa
             worker.join()
 
 
-def _result_of(share: int, worker: Any, receiving: Any, done: Any, progress: Callable[[int], None] | None) -> Any:
+def _result_of(share: int, worker: Any, receiving: Any, tell: Callable[[], None]) -> Any:
     """A share's summary, or why there is none: its process raised (its traceback) or died (a kill, memory)."""
     while not receiving.poll(1):  # the result, or the end of the pipe when the process ended without one
-        if progress is not None:
-            progress(done.value)
+        tell()
     try:
         outcome, value = receiving.recv()
     except EOFError:
