@@ -81,14 +81,15 @@ class Codec:
         stream = io.BytesIO(data)
         stream.seek(HEADER_SIZE)
         try:
-            if writer.fingerprint == reader.fingerprint and not writer.has_named_union:
+            same = writer.fingerprint == reader.fingerprint
+            if same and not writer.has_named_union:
                 # Nothing to name: the options below would change nothing, and cost a sixth of a decode.
                 record = schemaless_reader(stream, writer.compiled, None)
             else:
                 record = schemaless_reader(
                     stream,
                     writer.compiled,
-                    None if writer.fingerprint == reader.fingerprint else reader.compiled,
+                    None if same else reader.compiled,
                     # Unions of several records come back as (full name, record); a nullable union
                     # returns the plain value. A one-branch envelope payload is named again below.
                     return_record_name=True,

@@ -110,7 +110,6 @@ def replay(processor: MachineProcessor, messages: Iterable[Message], clock: str 
     processed is taken as the moment it was written; ``event`` — the latest event time seen.
     Timer ticks are the ones the live processor wrote to its timer topic, so expiries replay too.
     """
-    messages = messages if isinstance(messages, list) else list(messages)
     return _replay(processor, messages, clock, codec or Codec(), keep, progress)
 
 
@@ -211,12 +210,6 @@ def _replay_share(share: int, sending: Any) -> None:
         sending.close()
 
 
-def _replay(processor: MachineProcessor, messages: list[Message], clock: str, codec: Codec,
-            keep: Callable[[str], bool], progress: Callable[[int], None] | None) -> Rebuilt:
-    with _collector_paused():
-        return _replay_all(processor, messages, clock, codec, keep, progress)
-
-
 @contextlib.contextmanager
 def _collector_paused() -> Iterator[None]:
     """A replay builds one large structure (every order's state and record) and leaves no reference
@@ -232,8 +225,9 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _replay_all(processor: MachineProcessor, messages: list[Message], clock: str, codec: Codec,
-                keep: Callable[[str], bool], progress: Callable[[int], None] | None) -> Rebuilt:
+@_collector_paused()
+def _replay(processor: MachineProcessor, messages: Iterable[Message], clock: str, codec: Codec,
+            keep: Callable[[str], bool], progress: Callable[[int], None] | None) -> Rebuilt:
     inputs = frozenset(t.name for t in processor.inputs)
     rebuilt, latest = Rebuilt(), datetime.fromtimestamp(0, UTC)
     for n, message in enumerate(write_order(messages)):

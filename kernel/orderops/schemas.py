@@ -118,9 +118,6 @@ def _has_named_union(schema: Any) -> bool:
     return False
 
 
-PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
-
-
 class SchemaRegistry:
     """All named types of a schemas folder, plus frozen historical writer schemas.
 

@@ -22,7 +22,7 @@ import functools
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -245,9 +245,8 @@ def _rebuild(args: argparse.Namespace) -> int:
                               workers, clock=args.clock, codec=codec, keep=keep,
                               progress=lambda n: print(f"  replayed {n:,} of {len(messages):,}", file=sys.stderr, flush=True))
     took = time.monotonic() - started
-    total = Compared(*(sum(getattr(share, f) for share in shares) for f in ("orders", "applied", "duplicates",
-                                                                              "timer_ticks", "dead_letters", "records")))
-    differences = sorted((d for share in shares for d in share.differences), key=lambda d: (d.what != "state", d.order_id))
+    total = Compared.together(shares)
+    differences = total.differences
     print(f"rebuild: {processor.name}: {total.orders:,} orders from {len(messages):,} messages "
           f"({total.applied:,} applied, {total.duplicates:,} duplicates, {total.timer_ticks:,} timer ticks, "
           f"{total.dead_letters:,} that live would dead-letter) in {took:.1f} s "
@@ -278,6 +277,13 @@ class Compared:
     dead_letters: int
     records: int
     differences: tuple = ()
+
+    @classmethod
+    def together(cls, shares: list[Compared]) -> Compared:
+        """The shares' counts added, their differences states first, by order."""
+        counts = {f.name: sum(getattr(share, f.name) for share in shares) for f in fields(cls) if f.name != "differences"}
+        return cls(**counts, differences=tuple(sorted((d for share in shares for d in share.differences),
+                                                      key=lambda d: (d.what != "state", d.order_id))))
 
 
 def _compared(processor, codec: Codec, stored: dict[str, Any], produced: dict[str, tuple[str, dict]], compare: bool,

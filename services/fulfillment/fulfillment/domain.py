@@ -245,9 +245,6 @@ def waiting_for(state: FulfillmentState, x: Line, besides: str | None = None) ->
     return _waiting_for(x, parcel_contents(state), besides)
 
 
-_DONE_WITH = frozenset({"delivered", "cancelled", "returned_to_sender"})  # parcels nothing waits for
-
-
 def _waiting_for(x: Line, held: list[tuple[Shipment, dict[str, int]]], besides: str | None = None) -> str:
     parts = []
     if x.backordered:
@@ -263,7 +260,7 @@ def _waiting_for(x: Line, held: list[tuple[Shipment, dict[str, int]]], besides: 
 
 def _parcel_words(s: Shipment) -> str:
     """What a parcel says of the units it holds of a line (empty once nothing waits on it)."""
-    if s.status in _DONE_WITH:
+    if s.status in SHIPMENT.terminal:  # delivered, returned or cancelled: nothing waits on it
         return ""
     if s.status == "created":
         return f"being packed in parcel {s.shipment_id}"
@@ -352,10 +349,11 @@ class FulfillmentStep(Step):
         after = self.state
         if (after.lines, after.shipments) == (before.lines, before.shipments):
             return
-        if after.lines == before.lines and before.placed and _parcels_said(after) == _parcels_said(before):
+        parcels_only = after.lines == before.lines and before.placed
+        if parcels_only and _parcels_said(after) == _parcels_said(before):
             return
         said = line_statuses(after)
-        if after.lines == before.lines and before.placed and said == line_statuses(before):
+        if parcels_only and said == line_statuses(before):
             return
         status, was = after.status, before.status if before.placed else "(none)"  # each derived from the lines: once
         if was != status:
