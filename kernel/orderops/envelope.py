@@ -12,8 +12,23 @@ from typing import Any
 import orjson
 
 
+class StoredAsJson:
+    """A value a table keeps as JSON (``to_json``). A subclass says what it is as plain values
+    (``json_value``: Decimals and datetimes as they are); the table's text is then written in one
+    orjson pass (``to_json_bytes``), not walked into tagged values and encoded again (issue 12)."""
+
+    def json_value(self) -> Any:
+        raise NotImplementedError
+
+    def to_json(self) -> Any:
+        return to_json(self.json_value())
+
+    def to_json_bytes(self) -> bytes:
+        return to_json_bytes(self.json_value())
+
+
 @dataclass(frozen=True)
-class Envelope:
+class Envelope(StoredAsJson):
     event_id: str
     order_id: str
     occurred_at: datetime
@@ -36,9 +51,9 @@ class Envelope:
     def to_record(self) -> dict[str, Any]:
         return as_record(self.event_id, self.order_id, self.occurred_at, self.source, self.type, self.payload)
 
-    def to_json(self) -> dict[str, Any]:
+    def json_value(self) -> dict[str, Any]:
         extra = {"cause_topic": self.cause_topic} if self.cause_topic else {}
-        return to_json({**self.to_record(), "payload": {"type": self.type, "value": self.payload}, **extra})
+        return {**self.to_record(), "payload": {"type": self.type, "value": self.payload}, **extra}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Envelope:

@@ -356,10 +356,10 @@ class Service:
         duplicate changes nothing, but its state is written again (``rewrite_on_duplicate``)."""
         if outcome.duplicate:
             DUPLICATES.labels(self.name).inc()
-            self.rewrite_on_duplicate(step, table, key, outcome.state.to_json(), outcome.state)
+            self.rewrite_on_duplicate(step, table, key, outcome.state.to_json_bytes(), outcome.state)
             return
         await self.emit_soon(step, key, outputs, {r.cause.event_id: r.cause_topic for r in outcome.records})
-        step.put(table, key, outcome.state.to_json(), loaded=outcome.state)
+        step.put(table, key, outcome.state.to_json_bytes(), loaded=outcome.state)
 
         def follow_up() -> None:
             self.schedule(key, deadline)

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from orderops import contract
-from orderops.envelope import Envelope, as_record, from_json, to_json
+from orderops.envelope import Envelope, StoredAsJson, as_record, from_json
 
 V = TypeVar("V")
 
@@ -123,7 +123,7 @@ class Machine:
 # -- what outcomes say ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Parked:
+class Parked(StoredAsJson):
     event: Envelope
     topic: str
     machine: str
@@ -131,8 +131,8 @@ class Parked:
     waiting_for: str
     deadline: datetime
 
-    def to_json(self) -> dict:
-        return to_json({**vars(self), "event": self.event.to_json()})
+    def json_value(self) -> dict:
+        return {**vars(self), "event": self.event.json_value()}
 
     @classmethod
     def from_json(cls, data: dict) -> Parked:

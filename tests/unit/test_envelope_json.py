@@ -8,8 +8,10 @@ from decimal import Decimal
 import orjson
 from faust.serializers import codecs
 
-from orderops.envelope import _to_json, from_json, to_json, to_json_bytes
+from orderops.catalog import PAYMENTS_EVENTS
+from orderops.envelope import Envelope, _to_json, from_json, to_json, to_json_bytes
 from orderops.service import TABLE_VALUE_CODEC
+from orderops.workflow import Parked
 
 STATE = {
     "order_id": "o-1", "total": Decimal("19.990"), "placed_at": datetime(2026, 11, 26, 8, 0, 1, 250, tzinfo=UTC),
@@ -50,3 +52,16 @@ def test_a_table_stores_json_text_as_it_is_and_reads_it_parsed():
     assert table_codec.dumps(text) is text
     assert table_codec.dumps(to_json(STATE)) == text  # a value not yet encoded: Faust's JSON, as before
     assert table_codec.loads(text) == to_json(STATE)
+
+
+def test_a_stored_value_is_written_in_one_pass_as_faust_would_write_its_tagged_form():
+    event = Envelope("e-1", "o-1", datetime(2026, 11, 26, 8, 0, 1, 250, tzinfo=UTC), "payments",
+                     "orderops.payments.PaymentCaptured", {"amount": Decimal("19.990"), "lines": ["l1", "l2"]},
+                     PAYMENTS_EVENTS.name)
+    parked = Parked(event, PAYMENTS_EVENTS.name, "payment", "card-1", "authorization", datetime(2026, 11, 27, tzinfo=UTC))
+    faust_json = codecs.get_codec("json")
+    # What the processors stored before: the event tagged, then the parked event around it tagged again.
+    nested = to_json({**vars(parked), "event": event.to_json()})
+    assert parked.to_json() == nested
+    assert parked.to_json_bytes() == faust_json.dumps(nested)  # the changelogs' bytes do not change
+    assert Parked.from_json(orjson.loads(parked.to_json_bytes())) == parked

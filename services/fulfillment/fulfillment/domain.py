@@ -14,7 +14,7 @@ from typing import Any
 
 from fulfillment.machines import BUCKETS, SHIPMENT, SHIPMENT_TRIGGERS, SHIPPED_STATES, TRACKING_TRIGGERS, UNIT_MOVES
 from orderops import workflow
-from orderops.envelope import Envelope, from_json, to_json
+from orderops.envelope import Envelope, StoredAsJson, from_json
 from orderops.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Step, evolve
 
 ORDER_MACHINE = "fulfillment"  # the derived order-level status, published as its own "machine"
@@ -62,7 +62,7 @@ class Shipment:
 
 
 @dataclass(frozen=True)
-class FulfillmentState:
+class FulfillmentState(StoredAsJson):
     order_id: str
     placed: bool = False
     customer: dict | None = None
@@ -101,13 +101,14 @@ class FulfillmentState:
     def backordered(self) -> bool:
         return any(x.backordered for x in self.lines)
 
-    def to_json(self) -> dict[str, Any]:
-        return {**to_json({
+    def json_value(self) -> dict[str, Any]:
+        return {
             "order_id": self.order_id, "placed": self.placed, "customer": self.customer,
             "lines": [vars(x) for x in self.lines],
             "shipments": [{**vars(s), "lines": [list(x) for x in s.lines]} for s in self.shipments],
             "seen": sorted(self.seen), "history": [vars(h) for h in self.history],
-        }), "parked": [p.to_json() for p in self.parked]}
+            "parked": [p.json_value() for p in self.parked],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FulfillmentState:

@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from events import (
     ETA,
@@ -176,6 +177,8 @@ def test_eta_change_without_a_backorder_is_rejected():
 def test_state_survives_its_json_form():
     state, _ = run(placed(), backordered("l2", 1), created("P1", ("l1", 2)), dispatched("P1"), delivered("P9"))
     assert FulfillmentState.from_json(state.to_json()) == state
+    assert state.parked  # the events it keeps for later are part of it
+    assert FulfillmentState.from_json(orjson.loads(state.to_json_bytes())) == state  # the text its table stores
 
 
 # -- the shipment table, every (state, trigger) through apply() -----------------------------------

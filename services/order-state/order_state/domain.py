@@ -25,7 +25,7 @@ from order_state.machines import (
     SECURED_PAYMENT_STATES,
 )
 from orderops import workflow
-from orderops.envelope import Envelope, from_json, to_json
+from orderops.envelope import Envelope, StoredAsJson, from_json
 from orderops.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Step, Transitioned, evolve
 
 ZERO = Decimal(0)
@@ -65,7 +65,7 @@ class Line:
 
 
 @dataclass(frozen=True)
-class OrderState:
+class OrderState(StoredAsJson):
     order_id: str
     status: str = ORDER.initial
     held_from: str | None = None
@@ -92,14 +92,15 @@ class OrderState:
     def with_line(self, updated: Line) -> OrderState:
         return evolve(self, lines=tuple(updated if x.line_id == updated.line_id else x for x in self.lines))
 
-    def to_json(self) -> dict[str, Any]:
-        return {**to_json({
+    def json_value(self) -> dict[str, Any]:
+        return {
             "order_id": self.order_id, "status": self.status, "held_from": self.held_from,
             "hold_reason": self.hold_reason, "customer": self.customer,
             "lines": [vars(x) for x in self.lines], "instruments": [vars(i) for i in self.instruments],
             "fulfillment_status": self.fulfillment_status, "completed_at": self.completed_at,
             "seen": sorted(self.seen), "history": [vars(h) for h in self.history],
-        }), "parked": [p.to_json() for p in self.parked]}
+            "parked": [p.json_value() for p in self.parked],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OrderState:

@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
+import orjson
 import pytest
 from stories import (
     ORDER_ID,
@@ -289,6 +290,8 @@ def test_completed_order_closes_after_the_configured_period():
 def test_state_survives_its_json_form_exactly():
     state, _ = run(placed(), authorized(100), captured(40), refunded(60, n=3), auth_failed("card-1", n=4))
     assert OrderState.from_json(state.to_json()) == state
+    assert state.parked  # the events it keeps for later are part of it
+    assert OrderState.from_json(orjson.loads(state.to_json_bytes())) == state  # the text its table stores
 
 
 def test_instrument_amount_invariants_are_named_checks():

@@ -13,7 +13,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from orderops import workflow
-from orderops.envelope import Envelope, from_json, to_json
+from orderops.envelope import Envelope, StoredAsJson, from_json
 from orderops.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Rejected, Step, evolve
 from returns.machines import CLOSE_AFTER_DAYS, DEFECT_REASONS, GRACE_DAYS, REFUND, RETURN
 from returns.policy import Policy, in_force
@@ -100,7 +100,7 @@ class Refund:
 
 
 @dataclass(frozen=True)
-class ReturnsState:
+class ReturnsState(StoredAsJson):
     order_id: str
     placed_at: datetime | None = None
     customer: dict | None = None
@@ -143,14 +143,15 @@ class ReturnsState:
     def refundable(self, instrument: Instrument) -> Decimal:
         return instrument.captured - instrument.refunded_elsewhere - self.committed(instrument.instrument_id)
 
-    def to_json(self) -> dict[str, Any]:
-        return {**to_json({
+    def json_value(self) -> dict[str, Any]:
+        return {
             "order_id": self.order_id, "placed_at": self.placed_at, "customer": self.customer,
             "lines": [vars(x) for x in self.lines], "instruments": [vars(i) for i in self.instruments],
             "returns": [{**vars(r), "lines": [vars(x) for x in r.lines], "trace": list(r.trace)} for r in self.returns],
             "refunds": [{**vars(r), "keys": list(r.keys)} for r in self.refunds],
             "seen": sorted(self.seen), "history": [vars(h) for h in self.history],
-        }), "parked": [p.to_json() for p in self.parked]}
+            "parked": [p.json_value() for p in self.parked],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ReturnsState:

@@ -8,6 +8,7 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import orjson
 import pytest
 from builders import (
     PLACED_V1,
@@ -291,7 +292,12 @@ def test_what_can_never_be_captured_is_not_refunded_and_says_so():
 def test_state_survives_its_json_form():
     state = delivered_order(instruments=(("gift-1", "GIFT_CARD", "35.00"), ("card-1", "CARD", "100.00")))
     state, _ = run(requested("r-1", PLACED_V1 + days(5), ("l2", 2, "DAMAGED")), state=state)
-    assert ReturnsState.from_json(state.to_json()) == state
+    waiting, _ = run(placed(), captured("card-1", "135.00", PLACED_V1),
+                     requested("r-2", PLACED_V1 + days(1), ("l2", 1, "DAMAGED")))
+    assert waiting.parked  # the events it keeps for later are part of it
+    for kept in (state, waiting):
+        assert ReturnsState.from_json(kept.to_json()) == kept
+        assert ReturnsState.from_json(orjson.loads(kept.to_json_bytes())) == kept  # the text its table stores
 
 
 def test_architecture_doc_shows_both_machines():
