@@ -119,7 +119,7 @@ test-faults: venv
 	  HOSTILE_EVENTS=$${HOSTILE_EVENTS:-10000} $(BIN)/pytest -m faults --timeout 3600 $(PYTEST_ARGS)
 
 # Figures, not tests: a broker of its own, baselines measured in the same run (docs/benchmarks.md).
-# BENCH_EVENTS, BENCH_RATES, BENCH_RATE_SECONDS, BENCH_WARMUP_SECONDS, BENCH_SOAK_SECONDS, BENCH_SOAK_RATE size it (tools/orderops_tools/bench.py).
+# BENCH_EVENTS, BENCH_RATES, BENCH_RATE_SECONDS, BENCH_WARMUP_SECONDS, BENCH_SOAK_SECONDS, BENCH_SOAK_RATE, BENCH_REPLAY_EVENTS size it (tools/orderops_tools/bench.py).
 bench: venv
 	$(BIN)/orderops bench
 

@@ -9,10 +9,11 @@ measured in the same run, on a broker of its own. Writes docs/benchmarks.md and 
 3. The whole pipeline at fixed offered rates: achieved throughput, lag at the end, end-to-end
    latency (upstream event written -> its timeline entry written) p50, p99, max. Before the rates, a
    soak: a steady load the pipeline sustains, every component's resident memory sampled.
-4. Replay: the offline rebuild's rate per state-machine processor (orderops replay rebuild).
+4. Replay: the offline rebuild's rate per state-machine processor (orderops replay rebuild), from a
+   million messages: the processor's inputs in this run and copies of them with renamed orders.
 
 Sizes come from the environment (BENCH_EVENTS, BENCH_RATES, BENCH_RATE_SECONDS, BENCH_WARMUP_SECONDS,
-BENCH_SOAK_SECONDS, BENCH_SOAK_RATE); the figures are
+BENCH_SOAK_SECONDS, BENCH_SOAK_RATE, BENCH_REPLAY_EVENTS); the figures are
 measured, never asserted, and every rate is also given as a ratio to a baseline of the same run.
 """
 
@@ -31,14 +32,18 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orderops import catalog
 from orderops.codec import Codec
 from orderops.paths import source_root
 from orderops.settings import PRODUCER_DEFAULTS
+
+if TYPE_CHECKING:
+    from orderops.rebuild import Message
 
 ROOT = source_root() or Path.cwd()
 START = datetime(2026, 1, 5, 8, tzinfo=UTC)
@@ -54,6 +59,7 @@ class Results:
     replay: dict[str, float] = field(default_factory=dict)  # name -> messages/s, orders shared by replay_workers
     replay_one: dict[str, float] = field(default_factory=dict)  # name -> messages/s in one process
     replay_workers: int = 1
+    replayed: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # name -> messages, orders, copies
     events: int = 0
     orders: int = 0
     warmup_seconds: float = 0
@@ -293,9 +299,10 @@ def hottest(folded: Path, top: int = 6) -> list[tuple[str, float]]:
 
 # -- replay ---------------------------------------------------------------------------------------
 
-def replays(results: Results) -> None:
-    """Each state machine rebuilt from what its inputs hold, as ``orderops replay rebuild`` does it
-    (its orders shared by one process per CPU), and in one process: the rate per core."""
+def replays(results: Results, at_least: int) -> None:
+    """Each state machine rebuilt from ``at_least`` messages (its inputs in this run, copied with
+    new orders: ``renamed_copies``), as ``orderops replay rebuild`` does it (its orders shared by one
+    process per CPU), and in one process: the rate per core."""
     from orderops.rebuild import replay_in_shares, replay_workers
     from orderops.topicreader import read_messages
     from orderops_tools.replay import machine_processor
@@ -303,14 +310,42 @@ def replays(results: Results) -> None:
     results.replay_workers = replay_workers()
     for name in ("order-state", "fulfillment", "returns"):
         processor = machine_processor(name, BOOTSTRAP[0])
-        messages = read_messages(BOOTSTRAP[0], [*processor.inputs, processor.timers], progress=False)
+        read = read_messages(BOOTSTRAP[0], [*processor.inputs, processor.timers], progress=False)
+        messages = renamed_copies(read, at_least)
         for workers, rates in ((results.replay_workers, results.replay), (1, results.replay_one)):
             began = time.monotonic()
-            orders = sum(replay_in_shares(processor, messages, lambda rebuilt: len(rebuilt.states), workers))
+            counted = replay_in_shares(processor, messages, lambda rebuilt: (len(rebuilt.states), len(rebuilt.dead_letters)),
+                                       workers)
             took = time.monotonic() - began
+            orders, dead = (sum(c) for c in zip(*counted, strict=True))
             rates[name] = len(messages) / took
-            log(f"replay {name}, {workers} process(es): {len(messages):,} messages in {took:.1f} s = "
-                f"{len(messages) / took:,.0f}/s ({orders:,} orders)")
+            results.replayed[name] = (len(messages), orders, len(messages) // len(read))
+            log(f"replay {name}, {workers} process(es): {len(messages):,} messages ({len(read):,} read, "
+                f"{len(messages) // len(read)} copies) in {took:.1f} s = {len(messages) / took:,.0f}/s ({orders:,} orders"
+                f"{f', {dead:,} would be dead-lettered' if dead else ''})")
+            del counted
+
+
+def renamed_copies(messages: list[Message], at_least: int) -> list[Message]:
+    """``messages`` and copies of them, at least ``at_least`` in all: in each copy every order is a new
+    order, its id's prefix (the simulator's ``sim-<seed>-``) replaced wherever it is written (keys,
+    event ids, derived ids, headers) by one of the same length, so the Avro bytes stay valid and each
+    copy replays as the original did (tools/tests/test_bench_copies.py). Rebuilding a million
+    messages this way measures the rebuild at that size (its states and records for as many orders
+    held at once) without a million messages on the broker."""
+    prefixes = {m.key[:m.key.rindex(b"-") + 1] for m in messages if m.key}
+    if len(prefixes) != 1:
+        raise ValueError(f"the inputs' order ids have several prefixes ({sorted(prefixes)[:3]}...); copies need one")
+    (prefix,) = prefixes
+    copies = max(1, -(-at_least // len(messages)))
+    if copies > 10 ** (len(prefix) - 2):
+        raise ValueError(f"{copies:,} copies do not fit a prefix as long as {prefix!r}")
+    out = list(messages)
+    for k in range(1, copies):
+        new = b"c" + str(k).zfill(len(prefix) - 2).encode() + b"-"
+        out.extend(replace(m, key=m.key and m.key.replace(prefix, new), value=m.value and m.value.replace(prefix, new),
+                           headers=tuple((h, v and v.replace(prefix, new)) for h, v in m.headers)) for m in messages)
+    return out
 
 
 # -- the pipeline at fixed rates ------------------------------------------------------------------
@@ -559,11 +594,12 @@ def report(results: Results, plot: Path) -> str:
         *_soak_section(results),
         "## Replay (offline rebuild, `orderops replay rebuild`)", "",
         f"The rebuild shares the orders among {results.replay_workers} process(es), one per CPU (the processor is "
-        "stopped while it is rebuilt); one process is the rate per core.", "",
-        "| processor | messages/s | seconds for 1,000,000 events (at that rate) | messages/s, one process |",
-        "|---|---|---|---|",
-        *(f"| {n} | {r:,.0f} | {1e6 / r:,.0f} | {results.replay_one.get(n, float('nan')):,.0f} |"
-          for n, r in results.replay.items()), "",
+        "stopped while it is rebuilt); one process is the rate per core. Each rebuilds its inputs in this run and "
+        "copies of them, each copy's orders renamed (new orders, the same bytes otherwise), to the size below.", "",
+        "| processor | messages | orders | copies | messages/s | seconds | messages/s, one process |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {n} | {m:,} | {o:,} | {c} | {results.replay[n]:,.0f} | {m / results.replay[n]:,.0f} | "
+          f"{results.replay_one.get(n, float('nan')):,.0f} |" for n, (m, o, c) in results.replayed.items()), "",
         "## Against the targets (issue 12)", "",
         *targets(results), ""]
     return "\n".join(lines)
@@ -619,8 +655,10 @@ def targets(results: Results) -> list[str]:
         out.append(f"- {name} drains at ≥ 25% of the passthrough: **{'met' if p['ratio'] >= 0.25 else 'not met'}** "
                    f"({p['ratio']:.0%}).")
     for name, r in results.replay.items():
+        messages = results.replayed.get(name, (0,))[0]
         out.append(f"- {name} rebuild ≥ 20,000 events/s: **{'met' if r >= 20000 else 'not met'}** ({r:,.0f}/s with "
-                   f"{results.replay_workers} process(es); {results.replay_one.get(name, float('nan')):,.0f}/s in one).")
+                   f"{results.replay_workers} process(es); {results.replay_one.get(name, float('nan')):,.0f}/s in one; "
+                   f"{messages:,} messages).")
     if results.soak:
         k, growths = results.soak, {name: growth for name, (_, _, growth) in _second_half(results.soak).items()}
         grown = max(growths, key=growths.get)
@@ -685,7 +723,7 @@ def run(args: argparse.Namespace) -> int:
             baselines(sends, results)
             processors_alone(results, workdir / "alone", smtp.port, tuple(args.processors),
                              Path(args.profile).resolve() if args.profile else None)
-            replays(results)
+            replays(results, args.replay_events)
         finally:
             broker.stop()
         if args.rates:
@@ -728,6 +766,9 @@ def register(groups) -> None:
                              "600; 0: none)")
     parser.add_argument("--soak-rate", type=int, default=int(os.environ.get("BENCH_SOAK_RATE", "50")),
                         help="upstream events/s of that load: one the pipeline sustains (BENCH_SOAK_RATE, default 50)")
+    parser.add_argument("--replay-events", type=int, default=int(os.environ.get("BENCH_REPLAY_EVENTS", "1000000")),
+                        help="messages each state machine is rebuilt from: its inputs and renamed copies of them "
+                             "(BENCH_REPLAY_EVENTS, default 1000000)")
     parser.add_argument("--processors", type=lambda s: [x for x in s.split(",") if x], default=list(PIPELINE),
                         help=f"the processors measured alone (default: all: {','.join(PIPELINE)})")
     parser.add_argument("--profile", metavar="DIR", help="sample each processor alone with py-spy; folded stacks in DIR")
