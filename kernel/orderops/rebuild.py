@@ -215,13 +215,18 @@ def _collector_paused() -> Iterator[None]:
     """A replay builds one large structure (every order's state and record) and leaves no reference
     cycles behind (tests/unit/test_replay_shares.py): the cyclic garbage collector, run by the count
     of objects allocated, only walked that growing heap again and again, a third of a fulfillment
-    replay's time (issue 12). It runs again when the replay is done."""
+    replay's time (issue 12). It runs again when the replay is done, with what is alive then frozen
+    (``gc.freeze``: left out of its later walks): re-enabled, it would otherwise walk all the
+    replay built at the next allocation, a tenth of a fulfillment replay in one process. Freezing is
+    for good: cyclic garbage that existed before would never be collected. The callers are commands
+    that end (rebuild, what-if, the benchmark); a long-running server should not call a replay."""
     paused = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if paused:
+            gc.freeze()
             gc.enable()
 
 
