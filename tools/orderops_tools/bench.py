@@ -322,11 +322,10 @@ def replays(results: Results, at_least: int) -> None:
             took = time.monotonic() - began
             orders, dead = (sum(c) for c in zip(*counted, strict=True))
             rates[name] = len(messages) / took
-            results.replayed[name] = (len(messages), orders, len(messages) // len(read))
             log(f"replay {name}, {workers} process(es): {len(messages):,} messages ({len(read):,} read, "
                 f"{len(messages) // len(read)} copies) in {took:.1f} s = {len(messages) / took:,.0f}/s ({orders:,} orders"
                 f"{f', {dead:,} would be dead-lettered' if dead else ''})")
-            del counted
+        results.replayed[name] = (len(messages), orders, len(messages) // len(read))
 
 
 def renamed_copies(messages: list[Message], at_least: int) -> list[Message]:
