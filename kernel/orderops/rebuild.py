@@ -81,7 +81,8 @@ class Message:
 @dataclass
 class Rebuilt:
     states: dict[str, Any] = field(default_factory=dict)  # order id -> state
-    outputs: dict[str, tuple[str, dict]] = field(default_factory=dict)  # event id -> (topic, record)
+    # event id -> (topic, record) as the replay makes them: a dict, or a ComparedOutputs (the ids only)
+    outputs: dict[str, tuple[str, dict]] | ComparedOutputs = field(default_factory=dict)
     applied: int = 0
     skipped: int = 0  # passed over: see MachineProcessor.skips
     duplicates: int = 0
@@ -101,16 +102,21 @@ def write_order(messages: Iterable[Message]) -> list[Message]:
     return list(heapq.merge(*in_offset_order, key=_written))
 
 
+Outputs = Callable[[], "dict[str, tuple[str, dict]] | ComparedOutputs"]
+
+
 def replay(processor: MachineProcessor, messages: Iterable[Message], clock: str = "wall",
            codec: Codec | None = None, keep: Callable[[str], bool] = lambda order_id: True,
-           progress: Callable[[int], None] | None = None) -> Rebuilt:
+           progress: Callable[[int], None] | None = None, outputs: Outputs = dict) -> Rebuilt:
     """Apply every message (in write order) to fresh state, as the live agent would.
 
     ``clock``: the live processor's ``ORDEROPS_CLOCK``. ``wall`` — the moment a message was
     processed is taken as the moment it was written; ``event`` — the latest event time seen.
     Timer ticks are the ones the live processor wrote to its timer topic, so expiries replay too.
+    ``outputs`` makes what receives each record the replay would write, by event id: a dict keeps
+    them all; a ``ComparedOutputs`` compares each as it is made and keeps its id.
     """
-    return _replay(processor, messages, clock, codec or Codec(), keep, progress)
+    return _replay(processor, messages, clock, codec or Codec(), keep, progress, outputs)
 
 
 R = TypeVar("R")
@@ -121,7 +127,8 @@ _SHARES: tuple | None = None  # what forked workers read: set just before they s
 def replay_in_shares(processor: MachineProcessor, messages: list[Message], summarize: Callable[[Rebuilt], R],
                      workers: int, clock: str = "wall", codec: Codec | None = None,
                      keep: Callable[[str], bool] = lambda order_id: True,
-                     progress: Callable[[int], None] | None = None, parallel_from: int = PARALLEL_FROM) -> list[R]:
+                     progress: Callable[[int], None] | None = None, parallel_from: int = PARALLEL_FROM,
+                     outputs: Outputs = dict) -> list[R]:
     """``replay`` with the orders shared out among ``workers`` processes, each share's result
     summarized where it was built (what the caller wants of it: counts, differences from the
     processor's table): handing whole states and records back cost as much as the replay saved.
@@ -132,14 +139,14 @@ def replay_in_shares(processor: MachineProcessor, messages: list[Message], summa
     more than it saves, and with one worker."""
     codec = codec or Codec()
     if workers <= 1 or clock == "event" or len(messages) < parallel_from:
-        return [summarize(_replay(processor, messages, clock, codec, keep, progress))]
+        return [summarize(_replay(processor, messages, clock, codec, keep, progress, outputs))]
     global _SHARES
     context = multiprocessing.get_context("fork")  # the workers inherit messages and closures unpickled
     shares: list[list[Message]] = [[] for _ in range(workers)]
     for message in messages:
         shares[zlib.crc32(message.key or b"") % workers].append(message)  # the key is the order id: catalog
     done = context.Value("q", 0)
-    _SHARES = (processor, shares, codec, keep, summarize, done)
+    _SHARES = (processor, shares, codec, keep, summarize, done, outputs)
     running = []
     try:
         for share in range(workers):
@@ -194,7 +201,7 @@ def replay_workers() -> int:
 
 
 def _replay_share(share: int, sending: Any) -> None:
-    processor, shares, codec, keep, summarize, done = _SHARES
+    processor, shares, codec, keep, summarize, done, outputs = _SHARES
 
     def counted(n: int) -> None:
         if n:
@@ -203,7 +210,7 @@ def _replay_share(share: int, sending: Any) -> None:
 
     gc.disable()  # for good: the worker ends with its share, and a collection would walk all it built, for nothing
     try:
-        sending.send(("summarized", summarize(_replay(processor, shares[share], "wall", codec, keep, counted))))
+        sending.send(("summarized", summarize(_replay(processor, shares[share], "wall", codec, keep, counted, outputs))))
     except BaseException:
         sending.send(("failed", traceback.format_exc()))
     finally:
@@ -232,9 +239,9 @@ def _collector_paused() -> Iterator[None]:
 
 @_collector_paused()
 def _replay(processor: MachineProcessor, messages: Iterable[Message], clock: str, codec: Codec,
-            keep: Callable[[str], bool], progress: Callable[[int], None] | None) -> Rebuilt:
+            keep: Callable[[str], bool], progress: Callable[[int], None] | None, outputs: Outputs) -> Rebuilt:
     inputs = frozenset(t.name for t in processor.inputs)
-    rebuilt, latest = Rebuilt(), datetime.fromtimestamp(0, UTC)
+    rebuilt, latest = Rebuilt(outputs=outputs()), datetime.fromtimestamp(0, UTC)
     for n, message in enumerate(write_order(messages)):
         if progress is not None and n % 10_000 == 0:
             progress(n)
@@ -368,23 +375,57 @@ def record_type(record: dict) -> str:
     return payload[0] if isinstance(payload, list | tuple) else ""
 
 
+class ComparedOutputs:
+    """What a replay would write, compared with what the processor wrote (``produced``, by event id:
+    derived ids are deterministic) as each record is made; it keeps the ids it was given and the
+    differences, not the records. Kept, a million-message fulfillment replay's records were two of
+    each process's three GB, and their page faults a fifth of its time (issue 12).
+
+    ``produced`` None: nothing to compare with (a dry run, the benchmark): the ids only.
+    ``normalize(topic, record)``: a record as reading it back from its topic would give it."""
+
+    def __init__(self, produced: dict[str, tuple[str, dict]] | None,
+                 normalize: Callable[[str, dict], dict] = lambda topic, record: record) -> None:
+        self.produced, self.normalize = produced, normalize
+        self.made: set[str] = set()
+        self.found: list[tuple[str, Difference]] = []  # (event id, difference)
+
+    def __setitem__(self, event_id: str, output: tuple[str, dict]) -> None:  # as Rebuilt.outputs is written
+        self.made.add(event_id)
+        topic, record = output
+        if self.produced is None or record_type(record) in ARRIVAL_ORDER_RECORDS:
+            return
+        stored = self.produced.get(event_id)
+        if stored is None or record_type(stored[1]) in ARRIVAL_ORDER_RECORDS:
+            self.found.append((event_id, Difference(
+                record["order_id"], "output missing", f"{event_id} on {topic}: the rebuild produces it, the topic does not have it")))
+            return
+        ours = comparable((topic, self.normalize(topic, record)))
+        theirs = comparable(stored)
+        if ours != theirs:
+            fields = "; ".join(f"{path}: rebuild {mine} / topic {other}"
+                               for path, mine, other in differing_fields(ours[1], theirs[1]))
+            self.found.append((event_id, Difference(record["order_id"], "output differs", f"{event_id} on {topic} ({fields})")))
+
+    def __len__(self) -> int:
+        return len(self.made)
+
+    def differences(self, orders: set[str]) -> list[Difference]:
+        """By event id: the records found missing or different as they were made, and the processor's
+        records for ``orders`` (the rebuilt ones) the replay did not make (arrival-order records left out)."""
+        extra = [(event_id, Difference(record["order_id"], "output extra",
+                                       f"{event_id} on {topic}: in the topic, the rebuild does not produce it"))
+                 for event_id, (topic, record) in (self.produced or {}).items()
+                 if event_id not in self.made and record.get("order_id") in orders
+                 and record_type(record) not in ARRIVAL_ORDER_RECORDS]
+        return [difference for _, difference in sorted([*self.found, *extra], key=lambda found: found[0])]
+
+
 def compare_outputs(rebuilt: dict[str, tuple[str, dict]], produced: dict[str, tuple[str, dict]],
-                    orders: set[str]) -> Iterator[Difference]:
-    """Records by event id (derived ids are deterministic): what the rebuild would write against
-    what the processor wrote, for the rebuilt orders (arrival-order records left out)."""
-    theirs = {event_id: out for event_id, out in produced.items() if out[1].get("order_id") in orders
-              and record_type(out[1]) not in ARRIVAL_ORDER_RECORDS}
-    rebuilt = {event_id: out for event_id, out in rebuilt.items() if record_type(out[1]) not in ARRIVAL_ORDER_RECORDS}
-    for event_id in sorted(set(rebuilt) | set(theirs)):
-        ours = rebuilt.get(event_id)
-        stored = theirs.get(event_id)
-        if stored is None:
-            yield Difference(ours[1]["order_id"], "output missing",
-                             f"{event_id} on {ours[0]}: the rebuild produces it, the topic does not have it")
-        elif ours is None:
-            yield Difference(stored[1]["order_id"], "output extra",
-                             f"{event_id} on {stored[0]}: in the topic, the rebuild does not produce it")
-        elif comparable(ours) != comparable(stored):
-            fields = "; ".join(f"{path}: rebuild {mine} / topic {theirs}"
-                               for path, mine, theirs in differing_fields(comparable(ours)[1], comparable(stored)[1]))
-            yield Difference(ours[1]["order_id"], "output differs", f"{event_id} on {ours[0]} ({fields})")
+                    orders: set[str]) -> list[Difference]:
+    """Records by event id: what a rebuild would write against what the processor wrote, for the
+    rebuilt orders (``ComparedOutputs`` given them after the replay)."""
+    compared = ComparedOutputs(produced)
+    for event_id, output in rebuilt.items():
+        compared[event_id] = output
+    return compared.differences(orders)

@@ -42,6 +42,37 @@ def test_shares_of_the_orders_give_what_one_pass_gives(messages):
     assert [d for s in shares for d in s[4]] == one.dead_letters
 
 
+def test_records_compared_as_they_are_made_find_what_comparing_them_all_afterwards_finds(messages):
+    """A rebuild compares each record with what the processor wrote as the replay makes it and keeps
+    only ids and differences (kept, the records were most of a large replay's memory): the same
+    differences as comparing every kept record afterwards, in one pass or in shares."""
+    from orderops.rebuild import ComparedOutputs, compare_outputs
+
+    processor = definition(ServiceSettings.from_env(catalog.FULFILLMENT, 0))
+    one = replay(processor, messages)
+    produced = dict(one.outputs)
+    changed, removed, *_ = sorted(produced)
+    topic, record = produced[changed]
+    produced[changed] = (topic, {**record, "source": "someone-else"})
+    del produced[removed]
+    extra = next(out for out in produced.values() if out[1]["order_id"] != produced[changed][1]["order_id"])
+    produced["e-extra"] = (extra[0], {**extra[1], "event_id": "e-extra"})
+    expected = compare_outputs(one.outputs, produced, set(one.states))
+    assert [d.what for d in expected] == sorted(["output differs", "output missing", "output extra"],
+                                                key=lambda what: {"output differs": changed, "output missing": removed,
+                                                                  "output extra": "e-extra"}[what])
+
+    compared = replay(processor, messages, outputs=lambda: ComparedOutputs(produced)).outputs
+    assert compared.differences(set(one.states)) == expected
+    assert compared.made == set(one.outputs) and len(compared) == len(one.outputs)
+    assert all(isinstance(event_id, str) for event_id in compared.made), "ids kept, not records"
+    in_shares = replay_in_shares(processor, messages, lambda rebuilt: rebuilt.outputs.differences(set(rebuilt.states)),
+                                 workers=3, parallel_from=0, outputs=lambda: ComparedOutputs(produced))
+    assert sorted((d for share in in_shares for d in share), key=repr) == sorted(expected, key=repr)
+    dry_run = replay(processor, messages, outputs=lambda: ComparedOutputs(None)).outputs
+    assert len(dry_run) == len(one.outputs) and dry_run.differences(set(one.states)) == []
+
+
 def test_one_worker_the_event_clock_or_few_messages_replay_in_one_pass(messages):
     processor = definition(ServiceSettings.from_env(catalog.FULFILLMENT, 0))
     for kwargs in ({"workers": 1, "parallel_from": 0}, {"workers": 2, "clock": "event", "parallel_from": 0},

@@ -301,9 +301,10 @@ def hottest(folded: Path, top: int = 6) -> list[tuple[str, float]]:
 
 def replays(results: Results, at_least: int) -> None:
     """Each state machine rebuilt from ``at_least`` messages (its inputs in this run, copied with
-    new orders: ``renamed_copies``), as ``orderops replay rebuild`` does it (its orders shared by one
-    process per CPU), and in one process: the rate per core."""
-    from orderops.rebuild import replay_in_shares, replay_workers
+    new orders: ``renamed_copies``), as ``orderops replay rebuild --dry-run`` does it (its orders
+    shared by one process per CPU, the records made counted, not compared: the copies' orders are
+    in no topic), and in one process: the rate per core."""
+    from orderops.rebuild import ComparedOutputs, replay_in_shares, replay_workers
     from orderops.topicreader import read_messages
     from orderops_tools.replay import machine_processor
 
@@ -318,7 +319,7 @@ def replays(results: Results, at_least: int) -> None:
         for workers, rates in ((results.replay_workers, results.replay), (1, results.replay_one)):
             began = time.monotonic()
             counted = replay_in_shares(processor, messages, lambda rebuilt: (len(rebuilt.states), len(rebuilt.dead_letters)),
-                                       workers)
+                                       workers, outputs=lambda: ComparedOutputs(None))
             took = time.monotonic() - began
             orders, dead = (sum(c) for c in zip(*counted, strict=True))
             rates[name] = len(messages) / took

@@ -226,7 +226,7 @@ def produced_records(bootstrap: str, topics: list[catalog.Topic], codec: Codec, 
 def _rebuild(args: argparse.Namespace) -> int:
     import time
 
-    from orderops.rebuild import replay_in_shares, replay_workers
+    from orderops.rebuild import ComparedOutputs, replay_in_shares, replay_workers
 
     bootstrap, codec = KafkaSettings.from_env().bootstrap, Codec()
     processor = machine_processor(args.processor, bootstrap)
@@ -240,10 +240,14 @@ def _rebuild(args: argparse.Namespace) -> int:
         produced = produced_records(bootstrap, [t for t in catalog.DATA_TOPICS if processor.name in t.writers], codec,
                                     processor.name)
     workers = args.workers or replay_workers()
-    shares = replay_in_shares(processor, messages, functools.partial(_compared, processor, codec, stored, produced,
-                                                                     not args.dry_run),
+    def as_read_back(topic: str, record: dict) -> dict:  # what the topic's Avro gives for what the replay made
+        schema = catalog.topic(topic).value_schema
+        return codec.decode(codec.encode(schema, record), schema).record
+
+    shares = replay_in_shares(processor, messages, functools.partial(_compared, processor, stored, not args.dry_run),
                               workers, clock=args.clock, codec=codec, keep=keep,
-                              progress=lambda n: print(f"  replayed {n:,} of {len(messages):,}", file=sys.stderr, flush=True))
+                              progress=lambda n: print(f"  replayed {n:,} of {len(messages):,}", file=sys.stderr, flush=True),
+                              outputs=lambda: ComparedOutputs(None if args.dry_run else produced, as_read_back))
     took = time.monotonic() - started
     total = Compared.together(shares)
     differences = total.differences
@@ -286,17 +290,13 @@ class Compared:
                                                       key=lambda d: (d.what != "state", d.order_id))))
 
 
-def _compared(processor, codec: Codec, stored: dict[str, Any], produced: dict[str, tuple[str, dict]], compare: bool,
-              rebuilt) -> Compared:
-    from orderops.rebuild import compare_outputs, compare_states
+def _compared(processor, stored: dict[str, Any], compare: bool, rebuilt) -> Compared:
+    from orderops.rebuild import compare_states
 
     differences: tuple = ()
-    if compare:
-        ours = {event_id: (topic, codec.decode(codec.encode(catalog.topic(topic).value_schema, record),
-                                               catalog.topic(topic).value_schema).record)
-                for event_id, (topic, record) in rebuilt.outputs.items()}
+    if compare:  # the records were compared as the replay made them (rebuild.ComparedOutputs)
         differences = (*compare_states(rebuilt.states, stored, processor.dump),
-                       *compare_outputs(ours, produced, set(rebuilt.states)))
+                       *rebuilt.outputs.differences(set(rebuilt.states)))
     return Compared(len(rebuilt.states), rebuilt.applied, rebuilt.duplicates, rebuilt.timer_ticks,
                     len(rebuilt.dead_letters), len(rebuilt.outputs), differences)
 
