@@ -397,8 +397,8 @@ class ComparedOutputs:
             return
         stored = self.produced.get(event_id)
         if stored is None or record_type(stored[1]) in ARRIVAL_ORDER_RECORDS:
-            self.found.append((event_id, Difference(
-                record["order_id"], "output missing", f"{event_id} on {topic}: the rebuild produces it, the topic does not have it")))
+            missing = f"{event_id} on {topic}: the rebuild produces it, the topic does not have it"
+            self.found.append((event_id, Difference(record["order_id"], "output missing", missing)))
             return
         ours = comparable((topic, self.normalize(topic, record)))
         theirs = comparable(stored)
