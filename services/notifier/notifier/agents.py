@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 
 from prometheus_client import Counter
 
-from notifier.app import dispatcher, ledgers, service
+from notifier.app import CONCURRENCY, dispatcher, ledgers, service
 from notifier.delivering import claims_of, request_envelope
 from notifier.ledger import Delivery, Ledger
 from notifier.rendering import Rendered
 from orderops.catalog import NOTIFICATIONS_DELIVERIES, NOTIFICATIONS_REQUESTS, TIMER_TOPICS
+from orderops.lanes import Lanes
 from orderops.metrics import DUPLICATES
 from orderops.service import DeliveryError
 
@@ -60,11 +62,24 @@ service.enable_timers()
 
 @service.app.agent(service.topic(NOTIFICATIONS_REQUESTS, TIMERS), name="notifier.deliver")
 async def deliver(stream):
-    async for event in service.in_order(stream.noack()):
-        try:
-            await handle(event)
-        finally:
-            event.ack()
+    """Up to ORDEROPS_NOTIFIER_CONCURRENCY orders' events at once, each order's one after another
+    (requests and timer ticks are keyed by order id): a delivery is round trips — the ledger's
+    write acknowledged, then the SMTP conversation or the webhook — and one order at a time left
+    the notifier waiting on them (issue 12)."""
+    lanes = Lanes(CONCURRENCY)
+    try:
+        async for event in service.in_order(stream.noack()):
+            await lanes.submit(event.message.key, functools.partial(handled, event))
+        await lanes.drain()
+    finally:
+        await lanes.cancel()
+
+
+async def handled(event) -> None:
+    """Handle, then acknowledge; not when cancelled (stopping): the event is read again, and its
+    delivery, persisted as attempting, is attempted again and announced in doubt."""
+    await handle(event)
+    event.ack()
 
 
 async def handle(event) -> None:

@@ -10,8 +10,10 @@ Settings (environment, defaults for a local run):
                                       created with a random secret when missing; a second line, or
                                       ORDEROPS_WEBHOOK_PREVIOUS_SECRET, is the secret being rotated out:
                                       webhooks are then signed with both)
+  ORDEROPS_NOTIFIER_CONCURRENCY       8   orders delivered at once (each order's messages in sequence); as
+                                      many SMTP connections at most
   ORDEROPS_NOTIFIER_SEND_TIMEOUT_SECONDS  5
-  ORDEROPS_NOTIFIER_MAX_ATTEMPTS      5
+  ORDEROPS_NOTIFIER_MAX_ATTEMPTS      10
   ORDEROPS_NOTIFIER_BACKOFF_SECONDS   2 (doubling per attempt, full jitter, capped by _BACKOFF_MAX_SECONDS 300)
   ORDEROPS_NOTIFIER_BREAKER_FAILURES  5   consecutive failures that open a channel's circuit
   ORDEROPS_NOTIFIER_BREAKER_SECONDS   30  how long it stays open
@@ -74,6 +76,9 @@ def load_preferences() -> Preferences:
 
 
 SEND_TIMEOUT = float(env.get("ORDEROPS_NOTIFIER_SEND_TIMEOUT_SECONDS", "5"))
+CONCURRENCY = int(env.get("ORDEROPS_NOTIFIER_CONCURRENCY", "8"))
+if CONCURRENCY < 1:
+    raise SystemExit(f"ORDEROPS_NOTIFIER_CONCURRENCY={CONCURRENCY}: orders delivered at once, 1 or more (default 8)")
 AVAILABLE = {
     "email": lambda: EmailChannel(
         env.get("ORDEROPS_SMTP_HOST", "127.0.0.1"), int(env.get("ORDEROPS_SMTP_PORT", "2525")),

@@ -129,31 +129,30 @@ class EmailChannel:
     password: str | None = None
     start_tls: bool = False
     name: str = "email"
-    # One connection kept open between messages: a new one per message (connect, EHLO, STARTTLS,
-    # login, QUIT) made a delivery several round trips longer (issue 12).
-    _client: aiosmtplib.SMTP | None = field(default=None, init=False, repr=False)
+    # Connections kept open between messages: a new one per message (connect, EHLO, STARTTLS, login,
+    # QUIT) made a delivery several round trips longer (issue 12). One per message being sent at
+    # once (the notifier's ORDEROPS_NOTIFIER_CONCURRENCY bounds them), each back in the pool after
+    # its message; one a command failed on is closed.
+    _idle: list[aiosmtplib.SMTP] = field(default_factory=list, init=False, repr=False)
 
     async def _connection(self) -> tuple[aiosmtplib.SMTP, bool]:
-        """The kept connection (and True: the server may have closed it while it was idle), else a new one."""
-        if self._client is not None and self._client.is_connected:
-            return self._client, True
-        self._drop()
+        """An idle kept connection (and True: the server may have closed it while it was idle), else a new one."""
+        while self._idle:
+            client = self._idle.pop()
+            if client.is_connected:
+                return client, True
+            client.close()
         client = aiosmtplib.SMTP(hostname=self.host, port=self.port, timeout=self.timeout, username=self.username,
                                  password=self.password, start_tls=self.start_tls)
         try:
             await client.connect()
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise SendError(f"SMTP server {self.host}:{self.port} unreachable: {exc}", permanent=False) from exc
-        self._client = client
         return client, False
 
-    def _drop(self) -> None:
-        if self._client is not None:
-            self._client.close()
-        self._client = None
-
     async def close(self) -> None:
-        self._drop()
+        while self._idle:
+            self._idle.pop().close()
 
     async def send(self, delivery_id: str, recipient: dict, rendered: Rendered, document: dict) -> None:
         """MAIL and RCPT first, then DATA. Only a failure once DATA began leaves the message's fate
@@ -161,37 +160,39 @@ class EmailChannel:
         data = compose_email(self.sender, recipient["email"], rendered, delivery_id)
         client = await self._envelope(recipient["email"], internationalized(self.sender, recipient["email"]))
         try:
-            await self._command(client.data(data), recipient["email"])
+            await self._command(client, client.data(data), recipient["email"])
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise SendError(f"SMTP server {self.host}:{self.port} stopped answering while the message was sent "
                             f"({type(exc).__name__}: {exc}): it may have arrived", permanent=False, in_doubt=True) from exc
+        self._idle.append(client)
 
     async def _envelope(self, to: str, utf8: bool) -> aiosmtplib.SMTP:
-        """MAIL and RCPT on the kept connection. One the server closed while it was idle fails here,
-        before anything of the message left: it is replaced once, with no NOOP before each message."""
+        """MAIL and RCPT on a kept connection. One the server closed while it was idle fails here,
+        before anything of the message left: it is replaced, with no NOOP before each message."""
         options, encoding = (["SMTPUTF8"], "utf-8") if utf8 else ([], "ascii")
         while True:
             client, kept = await self._connection()
             try:
-                await self._command(client.mail(self.sender, options=options, encoding=encoding), to)  # EHLO too
+                await self._command(client, client.mail(self.sender, options=options, encoding=encoding), to)  # EHLO too
                 if utf8 and not client.supports_extension("smtputf8"):
-                    self._drop()
+                    client.close()
                     raise SendError(f"SMTP server {self.host}:{self.port} does not offer SMTPUTF8, which the "
                                     f"address {to!r} needs", permanent=True)
-                await self._command(client.rcpt(to, encoding=encoding), to)
+                await self._command(client, client.rcpt(to, encoding=encoding), to)
                 return client
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 if not kept:
                     raise SendError(f"SMTP server {self.host}:{self.port} stopped answering before the message was "
                                     f"sent ({type(exc).__name__}: {exc})", permanent=False) from exc
 
-    async def _command(self, command: Awaitable, to: str) -> None:
-        """One SMTP command. Whatever fails, the connection is dropped (the next message starts a new
-        session); an answer with an error code is a SendError, permanent for 5xx."""
+    @staticmethod
+    async def _command(client: aiosmtplib.SMTP, command: Awaitable, to: str) -> None:
+        """One SMTP command. Whatever fails, the connection is closed (the next message starts a new
+        session on another); an answer with an error code is a SendError, permanent for 5xx."""
         try:
             await command
         except BaseException as exc:
-            self._drop()
+            client.close()
             if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
                 raise SendError(f"SMTP server refused {to}: {exc}", permanent=True) from exc
             if isinstance(exc, aiosmtplib.SMTPResponseException):

@@ -111,16 +111,53 @@ async def test_a_kept_smtp_connection_the_server_closed_is_replaced_and_the_mess
     channel = EmailChannel("127.0.0.1", mailbox.port, "orders@shop.example", timeout=2)
     try:
         await channel.send("d-1", CUSTOMER, MESSAGE, {})
-        kept = channel._client
+        [kept] = channel._idle
         mailbox.stop()  # the server goes away, and with it the connection the channel keeps
         mailbox.start()
         assert kept.is_connected  # as far as the channel can tell: only the next command finds out
         await channel.send("d-2", CUSTOMER, MESSAGE, {})
-        assert channel._client is not kept
+        [replacement] = channel._idle
+        assert replacement is not kept and not kept.is_connected
         assert mailbox.delivery_ids == {"d-1": 1, "d-2": 1}
     finally:
-        channel._drop()
+        await channel.close()
         mailbox.stop()
+
+
+async def test_messages_sent_at_once_go_on_connections_of_their_own_kept_for_the_next_ones():
+    """The notifier delivers several orders at once (ORDEROPS_NOTIFIER_CONCURRENCY): each message in
+    its own SMTP session. The server answers none until three are being sent at the same moment:
+    sent one after another (or queued on one connection), the first is refused after 10 s."""
+    together, sending, peers = 3, [0], []
+    all_there = asyncio.Event()
+
+    class AnswersWhenThreeAreSending:
+        async def handle_DATA(self, server, session, envelope):
+            peers.append(session.peer)
+            sending[0] += 1
+            if sending[0] >= together:
+                all_there.set()
+            try:
+                await asyncio.wait_for(all_there.wait(), 10)
+                return "250 OK"
+            except TimeoutError:
+                return "451 the other messages never came"
+            finally:
+                sending[0] -= 1
+
+    server = Controller(AnswersWhenThreeAreSending(), hostname="127.0.0.1", port=free_port())
+    server.start()
+    channel = EmailChannel("127.0.0.1", server.port, "orders@shop.example", timeout=15)
+    try:
+        await asyncio.gather(*(channel.send(f"d-{n}", CUSTOMER, MESSAGE, {}) for n in range(together)))
+        assert len(set(peers)) == together and len(channel._idle) == together
+        for n in range(together, together + 2):  # one after another now: an idle kept connection each time
+            await channel.send(f"d-{n}", CUSTOMER, MESSAGE, {})
+        assert len(set(peers)) == together and len(peers) == together + 2
+    finally:
+        await channel.close()
+        server.stop()
+    assert channel._idle == []
 
 
 async def test_an_address_that_is_not_ascii_goes_with_smtputf8_and_a_server_without_it_refuses_it_for_good():
@@ -138,7 +175,7 @@ async def test_an_address_that_is_not_ascii_goes_with_smtputf8_and_a_server_with
     try:
         await channel.send("d-1", {"email": "jürgen@example.com"}, Rendered("Grüße", "Hallo Jürgen\n", "de"), {})
     finally:
-        channel._drop()
+        await channel.close()
         server.stop()
     assert received[0]["To"] == "jürgen@example.com" and received[0]["Subject"] == "Grüße"
     assert received[0]["Content-Language"] == "de" and received[0].get_content().strip() == "Hallo Jürgen"
@@ -150,7 +187,7 @@ async def test_an_address_that_is_not_ascii_goes_with_smtputf8_and_a_server_with
         with pytest.raises(SendError) as refused:
             await channel.send("d-2", {"email": "jürgen@example.com"}, MESSAGE, {})
     finally:
-        channel._drop()
+        await channel.close()
         server.stop()
     assert refused.value.permanent and not refused.value.in_doubt and "SMTPUTF8" in str(refused.value)
     assert len(received) == 1

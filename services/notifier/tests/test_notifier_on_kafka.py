@@ -193,3 +193,62 @@ async def test_delivered_once_through_failures_crashes_and_replays(catalog_topic
         notifier.stop(signal.SIGKILL)
         smtp.stop()
         await runner.cleanup()
+
+
+class AnswersWhenAllAreSending:
+    """An SMTP server that answers no message until ``together`` are being sent at the same moment
+    (then every one; after 30 s alone: 451, try later), noting each order's messages in flight."""
+
+    def __init__(self, together: int) -> None:
+        self.together, self.sending, self.all_there = together, Counter(), asyncio.Event()
+        self.most_at_once_per_order: Counter[str] = Counter()
+        self.answers: list[tuple[str, str]] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        order_id = envelope.rcpt_tos[0].split("@")[0]
+        self.sending[order_id] += 1
+        self.most_at_once_per_order[order_id] = max(self.most_at_once_per_order[order_id], self.sending[order_id])
+        if sum(self.sending.values()) >= self.together:
+            self.all_there.set()
+        try:
+            await asyncio.wait_for(self.all_there.wait(), 30)
+            answer = "250 OK"
+        except TimeoutError:
+            answer = "451 the other messages never came"
+        finally:
+            self.sending[order_id] -= 1
+        self.answers.append((order_id, answer))
+        return answer
+
+
+async def test_orders_are_delivered_at_once_and_each_orders_messages_one_after_another(catalog_topics, run_id, tmp_path):
+    """Four orders' e-mails are in the SMTP server at the same moment (it answers none before), and
+    the two requests of one order never are: the notifier delivers up to ORDEROPS_NOTIFIER_CONCURRENCY
+    orders at once, each order in sequence. One order at a time, the first message would be refused."""
+    bootstrap = catalog_topics
+    server = AnswersWhenAllAreSending(together=4)
+    smtp = Controller(server, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    env = {"KAFKA_BOOTSTRAP": bootstrap, "ORDEROPS_INSTANCE": f"c{run_id}", "ORDEROPS_DATA_DIR": str(tmp_path / "state"),
+           "WEB_PORT": str(free_port()), "ORDEROPS_SMTP_PORT": str(smtp.port), "ORDEROPS_NOTIFIER_CHANNELS": "email",
+           "ORDEROPS_NOTIFIER_CONCURRENCY": "8", "ORDEROPS_SEND_TIMEOUT_SECONDS": "60",
+           "ORDEROPS_NOTIFIER_SEND_TIMEOUT_SECONDS": "60"}
+    notifier = ServiceProcess(["-m", "notifier"], env, tmp_path / "notifier.log", int(env["WEB_PORT"]))
+    twice, *once = (f"{name}-{run_id}" for name in ("twice", "one", "two", "three"))
+    kafka = producer(bootstrap)
+    try:
+        notifier.start()
+        await notifier.wait_ready()
+        requests_for(twice, "shipment_dispatched", "shipment_delivered").publish(kafka)
+        for order_id in once:
+            requests_for(order_id, "shipment_dispatched").publish(kafka)
+        for order_id in (twice, *once):
+            view = await poll_json(notifier, f"/orders/{order_id}/notifications",
+                                   lambda v: len(v["deliveries"]) == (2 if v["order_id"] == twice else 1)
+                                   and {d["state"] for d in v["deliveries"]} == {"sent"}, timeout=90)
+            assert [d["attempts"] for d in view["deliveries"]] == [1] * len(view["deliveries"]), server.answers
+    finally:
+        notifier.stop(signal.SIGKILL)
+        smtp.stop()
+    assert server.most_at_once_per_order[twice] == 1, "an order's messages one after another"
+    assert sorted(server.answers) == sorted([(twice, "250 OK")] * 2 + [(o, "250 OK") for o in once])
