@@ -20,6 +20,7 @@ __all__ = [
     "Decoded",
     "EncodeError",
     "Envelope",
+    "Head",
     "NotSingleObjectEncoded",
     "SchemaMismatch",
     "UnknownFingerprint",
@@ -59,10 +60,25 @@ class Decoded:
     record: dict
 
 
+@dataclass(frozen=True)
+class Head:
+    """What comes first in an envelope's body: its ids, source and payload type."""
+
+    event_id: str
+    order_id: str
+    source: str
+    type: str  # the payload's full type name
+
+
+ENVELOPE_HEAD = (("event_id", "string"), ("order_id", "string"), ("occurred_at", "long"), ("source", "string"))
+
+
 class Codec:
     def __init__(self, registry: SchemaRegistry | None = None) -> None:
         self.registry = registry or SchemaRegistry()
         self._payload_types: dict[str, str] = {}
+        # writer fingerprint -> the payload's branch names and whether it is a union (an index first); None: not an envelope
+        self._payload_branches: dict[bytes, tuple[tuple[str, ...], bool] | None] = {}
 
     def encode(self, schema_name: str, record: dict) -> bytes:
         schema = self.registry.get(schema_name)
@@ -111,12 +127,41 @@ class Codec:
             record["payload"] = (self._single_payload_type(reader_name), record["payload"])
         return Decoded(writer.name, record)
 
+    def head(self, data: bytes | None) -> Head:
+        """An envelope's event id, order id, source and payload type, read from the front of its body
+        without decoding the payload: what a tool indexing millions of records needs of each (the
+        rebuild, by event id). The writer schema must begin as every envelope does (``ENVELOPE_HEAD``,
+        then ``payload``); anything else, or a body too short, is a DecodeError."""
+        writer = self.writer_of(data)
+        if writer.fingerprint not in self._payload_branches:
+            fields = writer.schema.get("fields") or []
+            kinds = tuple((f["name"], f["type"] if isinstance(f["type"], str) else f["type"].get("type"))
+                          for f in fields[:len(ENVELOPE_HEAD)])
+            envelope = kinds == ENVELOPE_HEAD and len(fields) > len(ENVELOPE_HEAD) \
+                and fields[len(ENVELOPE_HEAD)]["name"] == "payload"
+            payload = fields[len(ENVELOPE_HEAD)]["type"] if envelope else None
+            self._payload_branches[writer.fingerprint] = (_branch_names(payload), isinstance(payload, list)) \
+                if envelope else None
+        layout = self._payload_branches[writer.fingerprint]
+        if layout is None:
+            raise SchemaMismatch(f"{writer.name} is not an envelope (event_id, order_id, occurred_at, source, payload)")
+        branches, union = layout
+        try:
+            event_id, at = _avro_string(data, HEADER_SIZE)
+            order_id, at = _avro_string(data, at)
+            _, at = _avro_long(data, at)
+            source, at = _avro_string(data, at)
+            branch = _avro_long(data, at)[0] if union else 0
+            if not 0 <= branch < len(branches):
+                raise IndexError(f"payload branch {branch} of {len(branches)}")
+            return Head(event_id, order_id, source, branches[branch])
+        except (IndexError, UnicodeDecodeError) as exc:
+            raise SchemaMismatch(f"body too short or not UTF-8 where {writer.name}'s head is: {exc}") from exc
+
     def _single_payload_type(self, reader_name: str) -> str:
         if reader_name not in self._payload_types:
             payload = next(f for f in self.registry.get(reader_name).schema["fields"] if f["name"] == "payload")
-            branches = payload["type"] if isinstance(payload["type"], list) else [payload["type"]]
-            names = [b if isinstance(b, str) else f"{b['namespace']}.{b['name']}" for b in branches]
-            self._payload_types[reader_name] = names[0]
+            self._payload_types[reader_name] = _branch_names(payload["type"])[0]
         return self._payload_types[reader_name]
 
     def writer_of(self, data: bytes | None) -> ResolvedSchema:
@@ -134,3 +179,31 @@ class Codec:
                 "Update this service's schemas/ (schemas/fingerprints/ holds every released writer schema)"
             )
         return writer
+
+
+def _branch_names(union: list | dict | str) -> tuple[str, ...]:
+    """The full names of a union's branches (or of the one type that is not a union)."""
+    def full(branch: dict | str) -> str:
+        if isinstance(branch, str):
+            return branch
+        name = branch["name"]
+        return name if "." in name or not branch.get("namespace") else f"{branch['namespace']}.{name}"
+    return tuple(full(b) for b in (union if isinstance(union, list) else [union]))
+
+
+def _avro_long(data: bytes, at: int) -> tuple[int, int]:
+    """A zig-zag varint (Avro int and long) at ``at``, and where the next value starts."""
+    byte = data[at]
+    value, shift, at = byte & 0x7F, 7, at + 1
+    while byte & 0x80:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        shift, at = shift + 7, at + 1
+    return (value >> 1) ^ -(value & 1), at
+
+
+def _avro_string(data: bytes, at: int) -> tuple[str, int]:
+    size, at = _avro_long(data, at)
+    if size < 0 or at + size > len(data):
+        raise IndexError(f"a string of {size} bytes at {at} in {len(data)}")
+    return data[at:at + size].decode(), at + size

@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from orderops import catalog, contract
 from orderops.catalog import Topic
@@ -102,21 +102,27 @@ def write_order(messages: Iterable[Message]) -> list[Message]:
     return list(heapq.merge(*in_offset_order, key=_written))
 
 
-Outputs = Callable[[], "dict[str, tuple[str, dict]] | ComparedOutputs"]
+# Makes, for a share of the orders (0 in one pass), what receives each record a replay would write.
+Outputs = Callable[[int], "dict[str, tuple[str, dict]] | ComparedOutputs"]
+
+
+def kept(share: int) -> dict[str, tuple[str, dict]]:
+    """Every record the replay would write, kept by event id."""
+    return {}
 
 
 def replay(processor: MachineProcessor, messages: Iterable[Message], clock: str = "wall",
            codec: Codec | None = None, keep: Callable[[str], bool] = lambda order_id: True,
-           progress: Callable[[int], None] | None = None, outputs: Outputs = dict) -> Rebuilt:
+           progress: Callable[[int], None] | None = None, outputs: Outputs = kept) -> Rebuilt:
     """Apply every message (in write order) to fresh state, as the live agent would.
 
     ``clock``: the live processor's ``ORDEROPS_CLOCK``. ``wall`` — the moment a message was
     processed is taken as the moment it was written; ``event`` — the latest event time seen.
     Timer ticks are the ones the live processor wrote to its timer topic, so expiries replay too.
-    ``outputs`` makes what receives each record the replay would write, by event id: a dict keeps
-    them all; a ``ComparedOutputs`` compares each as it is made and keeps its id.
+    ``outputs`` makes what receives each record the replay would write, by event id: ``kept``, a
+    dict, keeps them all; a ``ComparedOutputs`` compares each as it is made and keeps its id.
     """
-    return _replay(processor, messages, clock, codec or Codec(), keep, progress, outputs)
+    return _replay(processor, messages, clock, codec or Codec(), keep, progress, outputs(0))
 
 
 R = TypeVar("R")
@@ -128,7 +134,7 @@ def replay_in_shares(processor: MachineProcessor, messages: list[Message], summa
                      workers: int, clock: str = "wall", codec: Codec | None = None,
                      keep: Callable[[str], bool] = lambda order_id: True,
                      progress: Callable[[int], None] | None = None, parallel_from: int = PARALLEL_FROM,
-                     outputs: Outputs = dict) -> list[R]:
+                     outputs: Outputs = kept) -> list[R]:
     """``replay`` with the orders shared out among ``workers`` processes, each share's result
     summarized where it was built (what the caller wants of it: counts, differences from the
     processor's table): handing whole states and records back cost as much as the replay saved.
@@ -136,15 +142,17 @@ def replay_in_shares(processor: MachineProcessor, messages: list[Message], summa
     Each order's state depends on its own messages only, in their write order, and a share keeps
     them in that order, so the shares' results are one pass's, split by order. With the event clock
     every order's event times count: one pass. So with few messages, where starting processes costs
-    more than it saves, and with one worker."""
+    more than it saves, and with one worker (``shares_for``). ``outputs(share)`` is called in the
+    share's process: what it reads of the parent's memory should be that share's (``share_of``)."""
     codec = codec or Codec()
-    if workers <= 1 or clock == "event" or len(messages) < parallel_from:
-        return [summarize(_replay(processor, messages, clock, codec, keep, progress, outputs))]
+    workers = shares_for(workers, clock, len(messages), parallel_from)
+    if workers == 1:
+        return [summarize(_replay(processor, messages, clock, codec, keep, progress, outputs(0)))]
     global _SHARES
     context = multiprocessing.get_context("fork")  # the workers inherit messages and closures unpickled
     shares: list[list[Message]] = [[] for _ in range(workers)]
     for message in messages:
-        shares[zlib.crc32(message.key or b"") % workers].append(message)  # the key is the order id: catalog
+        shares[share_of(message.key, workers)].append(message)
     done = context.Value("q", 0)
     _SHARES = (processor, shares, codec, keep, summarize, done, outputs)
     running = []
@@ -172,6 +180,16 @@ def replay_in_shares(processor: MachineProcessor, messages: list[Message], summa
             if worker.is_alive():
                 worker.kill()
             worker.join()
+
+
+def shares_for(workers: int, clock: str, messages: int, parallel_from: int = PARALLEL_FROM) -> int:
+    """How many processes ``replay_in_shares`` replays ``messages`` in."""
+    return 1 if workers <= 1 or clock == "event" or messages < parallel_from else workers
+
+
+def share_of(order_id: bytes | None, shares: int) -> int:
+    """The share an order's messages and records go to (a message's key is its order id: catalog)."""
+    return zlib.crc32(order_id or b"") % shares
 
 
 def _result_of(share: int, worker: Any, receiving: Any, tell: Callable[[], None]) -> Any:
@@ -210,7 +228,7 @@ def _replay_share(share: int, sending: Any) -> None:
 
     gc.disable()  # for good: the worker ends with its share, and a collection would walk all it built, for nothing
     try:
-        sending.send(("summarized", summarize(_replay(processor, shares[share], "wall", codec, keep, counted, outputs))))
+        sending.send(("summarized", summarize(_replay(processor, shares[share], "wall", codec, keep, counted, outputs(share)))))
     except BaseException:
         sending.send(("failed", traceback.format_exc()))
     finally:
@@ -239,9 +257,10 @@ def _collector_paused() -> Iterator[None]:
 
 @_collector_paused()
 def _replay(processor: MachineProcessor, messages: Iterable[Message], clock: str, codec: Codec,
-            keep: Callable[[str], bool], progress: Callable[[int], None] | None, outputs: Outputs) -> Rebuilt:
+            keep: Callable[[str], bool], progress: Callable[[int], None] | None,
+            outputs: dict[str, tuple[str, dict]] | ComparedOutputs) -> Rebuilt:
     inputs = frozenset(t.name for t in processor.inputs)
-    rebuilt, latest = Rebuilt(outputs=outputs()), datetime.fromtimestamp(0, UTC)
+    rebuilt, latest = Rebuilt(outputs=outputs), datetime.fromtimestamp(0, UTC)
     for n, message in enumerate(write_order(messages)):
         if progress is not None and n % 10_000 == 0:
             progress(n)
@@ -375,18 +394,28 @@ def record_type(record: dict) -> str:
     return payload[0] if isinstance(payload, list | tuple) else ""
 
 
+class Produced(NamedTuple):
+    """A record a processor wrote, as a rebuild keeps it to compare: its bytes, and what of its
+    head the comparison needs (``Codec.head``), not the decoded record (millions of them)."""
+
+    topic: str
+    order_id: str
+    type: str
+    value: bytes
+
+
 class ComparedOutputs:
     """What a replay would write, compared with what the processor wrote (``produced``, by event id:
     derived ids are deterministic) as each record is made; it keeps the ids it was given and the
     differences, not the records. Kept, a million-message fulfillment replay's records were two of
-    each process's three GB, and their page faults a fifth of its time (issue 12).
+    each process's three GB, and their page faults a fifth of its time (issue 12). A record is
+    encoded and its bytes compared with the topic's; only bytes that differ are decoded (both) and
+    compared field by field, as far as a replay can know them (``comparable``).
 
-    ``produced`` None: nothing to compare with (a dry run, the benchmark): the ids only.
-    ``normalize(topic, record)``: a record as reading it back from its topic would give it."""
+    ``produced`` None: nothing to compare with (a dry run, the benchmark): the ids only."""
 
-    def __init__(self, produced: dict[str, tuple[str, dict]] | None,
-                 normalize: Callable[[str, dict], dict] = lambda topic, record: record) -> None:
-        self.produced, self.normalize = produced, normalize
+    def __init__(self, produced: dict[str, Produced] | None, codec: Codec | None = None) -> None:
+        self.produced, self.codec = produced, codec or Codec()
         self.made: set[str] = set()
         self.found: list[tuple[str, Difference]] = []  # (event id, difference)
 
@@ -396,15 +425,19 @@ class ComparedOutputs:
         if self.produced is None or record_type(record) in ARRIVAL_ORDER_RECORDS:
             return
         stored = self.produced.get(event_id)
-        if stored is None or record_type(stored[1]) in ARRIVAL_ORDER_RECORDS:
+        if stored is None or stored.type in ARRIVAL_ORDER_RECORDS:
             missing = f"{event_id} on {topic}: the rebuild produces it, the topic does not have it"
             self.found.append((event_id, Difference(record["order_id"], "output missing", missing)))
             return
-        ours = comparable((topic, self.normalize(topic, record)))
-        theirs = comparable(stored)
-        if ours != theirs:
-            fields = "; ".join(f"{path}: rebuild {mine} / topic {other}"
-                               for path, mine, other in differing_fields(ours[1], theirs[1]))
+        schema = catalog.topic(topic).value_schema
+        ours = self.codec.encode(schema, record)
+        if ours == stored.value and topic == stored.topic:
+            return
+        mine = comparable((topic, self.codec.decode(ours, schema).record))
+        theirs = comparable((stored.topic, self.codec.decode(stored.value, catalog.topic(stored.topic).value_schema).record))
+        if mine != theirs:
+            fields = "; ".join(f"{path}: rebuild {a} / topic {b}" for path, a, b in differing_fields(
+                {"topic": mine[0], **mine[1]}, {"topic": theirs[0], **theirs[1]}))
             self.found.append((event_id, Difference(record["order_id"], "output differs", f"{event_id} on {topic} ({fields})")))
 
     def __len__(self) -> int:
@@ -413,19 +446,24 @@ class ComparedOutputs:
     def differences(self, orders: set[str]) -> list[Difference]:
         """By event id: the records found missing or different as they were made, and the processor's
         records for ``orders`` (the rebuilt ones) the replay did not make (arrival-order records left out)."""
-        extra = [(event_id, Difference(record["order_id"], "output extra",
-                                       f"{event_id} on {topic}: in the topic, the rebuild does not produce it"))
-                 for event_id, (topic, record) in (self.produced or {}).items()
-                 if event_id not in self.made and record.get("order_id") in orders
-                 and record_type(record) not in ARRIVAL_ORDER_RECORDS]
+        extra = [(event_id, Difference(stored.order_id, "output extra",
+                                       f"{event_id} on {stored.topic}: in the topic, the rebuild does not produce it"))
+                 for event_id, stored in (self.produced or {}).items()
+                 if event_id not in self.made and stored.order_id in orders and stored.type not in ARRIVAL_ORDER_RECORDS]
         return [difference for _, difference in sorted([*self.found, *extra], key=lambda found: found[0])]
 
 
-def compare_outputs(rebuilt: dict[str, tuple[str, dict]], produced: dict[str, tuple[str, dict]],
-                    orders: set[str]) -> list[Difference]:
-    """Records by event id: what a rebuild would write against what the processor wrote, for the
-    rebuilt orders (``ComparedOutputs`` given them after the replay)."""
-    compared = ComparedOutputs(produced)
-    for event_id, output in rebuilt.items():
-        compared[event_id] = output
-    return compared.differences(orders)
+def produced_by_share(records: Iterable[tuple[str, bytes]], codec: Codec, source: str,
+                      shares: int) -> list[dict[str, Produced]]:
+    """What ``source`` wrote, from (topic, value) pairs, by event id, split as ``replay_in_shares``
+    splits the orders (a share's process then reads only its own). Bytes that are no envelope are
+    passed over: no processor wrote them."""
+    split: list[dict[str, Produced]] = [{} for _ in range(shares)]
+    for topic, value in records:
+        try:
+            head = codec.head(value)
+        except DecodeError:
+            continue
+        if head.source == source:
+            split[share_of(head.order_id.encode(), shares)][head.event_id] = Produced(topic, head.order_id, head.type, value)
+    return split

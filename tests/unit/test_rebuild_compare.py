@@ -2,30 +2,75 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
 from orderops.catalog import ORDERS_STATE_CHANGES, STOREFRONT_ORDERS, WAREHOUSE_FULFILLMENT
-from orderops.rebuild import Message, compare_outputs, write_order
+from orderops.codec import Codec, SchemaMismatch
+from orderops.rebuild import ComparedOutputs, Message, Produced, write_order
+
+CODEC = Codec()
 
 
-def rejected(code: str, reason: str) -> tuple[str, dict]:
-    return ORDERS_STATE_CHANGES.name, {"event_id": "e1:order-state:rejected:0", "order_id": "o1", "payload": (
-        "orderops.common.EventRejected", {"reason_code": code, "reason": reason, "machine": "order"})}
+def rejected(code: str, reason: str, event_id: str = "e1:order-state:rejected:0") -> tuple[str, dict]:
+    return ORDERS_STATE_CHANGES.name, {
+        "event_id": event_id, "order_id": "o1", "occurred_at": datetime(2026, 12, 1, 12, tzinfo=UTC),
+        "source": "order-state", "payload": ("orderops.common.EventRejected", {
+            "cause_event_id": "e1", "cause_type": "orderops.orders.OrderLineAdded", "cause_topic": STOREFRONT_ORDERS.name,
+            "machine": "order", "entity_id": "o1", "current_state": "placed", "reason_code": code, "reason": reason})}
+
+
+def on_the_topic(*outputs: tuple[str, dict]) -> dict[str, Produced]:
+    """What the processor wrote, as the rebuild reads it back: bytes and head."""
+    return {record["event_id"]: Produced(topic, record["order_id"], record["payload"][0],
+                                         CODEC.encode(ORDERS_STATE_CHANGES.value_schema, record))
+            for topic, record in outputs}
+
+
+def differences(made: list[tuple[str, dict]], produced: dict[str, Produced], orders: frozenset = frozenset({"o1"})):
+    compared = ComparedOutputs(produced, CODEC)
+    for topic, record in made:
+        compared[record["event_id"]] = (topic, record)
+    return compared.differences(set(orders))
 
 
 def test_a_rejection_at_a_parks_deadline_is_compared_without_the_deadline_it_names():
-    live = {"e1": rejected("park_deadline_passed", "waited until 12:00:00.120 for the order; it never came")}
-    replay = {"e1": rejected("park_deadline_passed", "waited until 12:00:00.004 for the order; it never came")}
-    assert list(compare_outputs(replay, live, {"o1"})) == []
-    other = {"e1": rejected("unknown_line", "the order has no line l9")}
-    assert [d.what for d in compare_outputs(other, live, {"o1"})] == ["output differs"]
-    assert [d.what for d in compare_outputs({"e1": rejected("unknown_line", "x")}, other, {"o1"})] == ["output differs"]
+    live = on_the_topic(rejected("park_deadline_passed", "waited until 12:00:00.120 for the order; it never came"))
+    replay = rejected("park_deadline_passed", "waited until 12:00:00.004 for the order; it never came")
+    assert differences([replay], live) == []
+    other = rejected("unknown_line", "the order has no line l9")
+    assert [d.what for d in differences([other], live)] == ["output differs"]
+    assert [d.what for d in differences([rejected("unknown_line", "x")], on_the_topic(other))] == ["output differs"]
 
 
 def test_a_differing_output_names_each_field_that_differs_with_both_values():
-    live = {"e1": rejected("unknown_line", "the order has no line l9")}
-    replay = {"e1": rejected("invalid_quantity", "the order has no line l9")}
-    (difference,) = compare_outputs(replay, live, {"o1"})
+    live = on_the_topic(rejected("unknown_line", "the order has no line l9"))
+    (difference,) = differences([rejected("invalid_quantity", "the order has no line l9")], live)
     assert 'payload[1].reason_code: rebuild "invalid_quantity" / topic "unknown_line"' in difference.detail
     assert "reason:" not in difference.detail
+
+
+def test_records_missing_from_the_topic_or_only_there_are_named_for_the_rebuilt_orders_only():
+    made, only_live = rejected("unknown_line", "l9", "e1:r:0"), rejected("unknown_line", "l8", "e2:r:0")
+    elsewhere = ORDERS_STATE_CHANGES.name, {**rejected("unknown_line", "l7", "e3:r:0")[1], "order_id": "o2"}
+    found = differences([made], on_the_topic(only_live, elsewhere))
+    assert [(d.what, d.order_id, d.detail.split(" ")[0]) for d in found] == [
+        ("output missing", "o1", "e1:r:0"), ("output extra", "o1", "e2:r:0")], "o2 was not rebuilt: its record is not extra"
+    assert differences([made], on_the_topic(made)) == [] and len(ComparedOutputs(None)) == 0
+
+
+def test_the_head_of_an_envelope_is_read_without_decoding_its_payload():
+    _, record = rejected("unknown_line", "the order has no line l9")
+    head = CODEC.head(CODEC.encode(ORDERS_STATE_CHANGES.value_schema, record))
+    assert (head.event_id, head.order_id, head.source, head.type) == (
+        record["event_id"], "o1", "order-state", "orderops.common.EventRejected")
+    encoded = CODEC.encode(ORDERS_STATE_CHANGES.value_schema, record)
+    with pytest.raises(SchemaMismatch, match="too short"):
+        CODEC.head(encoded[:20])
+    with pytest.raises(SchemaMismatch, match="not an envelope"):
+        CODEC.head(CODEC.encode("orderops.common.Money", {"amount": Decimal("1.00"), "currency": "EUR"}))
 
 
 def test_a_replay_keeps_each_partitions_offset_order_where_its_timestamps_go_back():

@@ -42,34 +42,42 @@ def test_shares_of_the_orders_give_what_one_pass_gives(messages):
     assert [d for s in shares for d in s[4]] == one.dead_letters
 
 
-def test_records_compared_as_they_are_made_find_what_comparing_them_all_afterwards_finds(messages):
+def test_records_compared_as_they_are_made_in_one_pass_or_in_shares_find_the_same_differences(messages):
     """A rebuild compares each record with what the processor wrote as the replay makes it and keeps
-    only ids and differences (kept, the records were most of a large replay's memory): the same
-    differences as comparing every kept record afterwards, in one pass or in shares."""
-    from orderops.rebuild import ComparedOutputs, compare_outputs
+    only ids and differences (kept, the records were most of a large replay's memory); each share's
+    process is given the processor's records of its own orders only (``produced_by_share``)."""
+    from datetime import timedelta
 
+    from orderops.rebuild import ComparedOutputs, produced_by_share, shares_for
+
+    codec = Codec()
     processor = definition(ServiceSettings.from_env(catalog.FULFILLMENT, 0))
     one = replay(processor, messages)
-    produced = dict(one.outputs)
-    changed, removed, *_ = sorted(produced)
-    topic, record = produced[changed]
-    produced[changed] = (topic, {**record, "source": "someone-else"})
-    del produced[removed]
-    extra = next(out for out in produced.values() if out[1]["order_id"] != produced[changed][1]["order_id"])
-    produced["e-extra"] = (extra[0], {**extra[1], "event_id": "e-extra"})
-    expected = compare_outputs(one.outputs, produced, set(one.states))
-    assert [d.what for d in expected] == sorted(["output differs", "output missing", "output extra"],
-                                                key=lambda what: {"output differs": changed, "output missing": removed,
-                                                                  "output extra": "e-extra"}[what])
+    written = {event_id: (topic, record) for event_id, (topic, record) in one.outputs.items()}
+    changed, removed, *_ = sorted(written)
+    topic, record = written[changed]
+    written[changed] = (topic, {**record, "occurred_at": record["occurred_at"] + timedelta(seconds=1)})
+    del written[removed]
+    other = next(out for out in written.values() if out[1]["order_id"] != record["order_id"])
+    written["e-extra"] = (other[0], {**other[1], "event_id": "e-extra"})
+    values = [(topic, codec.encode(catalog.topic(topic).value_schema, record)) for topic, record in written.values()]
+    values.append((catalog.WAREHOUSE_FULFILLMENT.name, b"\x00not avro"))  # not an envelope: passed over
 
-    compared = replay(processor, messages, outputs=lambda: ComparedOutputs(produced)).outputs
-    assert compared.differences(set(one.states)) == expected
+    [everything] = produced_by_share(values, codec, processor.name, 1)
+    compared = replay(processor, messages, outputs=lambda share: ComparedOutputs(everything, codec)).outputs
+    found = compared.differences(set(one.states))
+    assert sorted((d.what, d.detail.split(" ")[0]) for d in found) == sorted(
+        [("output differs", changed), ("output missing", removed), ("output extra", "e-extra")])
+    assert "occurred_at" in next(d.detail for d in found if d.what == "output differs")
     assert compared.made == set(one.outputs) and len(compared) == len(one.outputs)
-    assert all(isinstance(event_id, str) for event_id in compared.made), "ids kept, not records"
+
+    assert shares_for(3, "wall", len(messages), parallel_from=0) == 3
+    split = produced_by_share(values, codec, processor.name, 3)
+    assert sum(map(len, split)) == len(everything) and all(split)
     in_shares = replay_in_shares(processor, messages, lambda rebuilt: rebuilt.outputs.differences(set(rebuilt.states)),
-                                 workers=3, parallel_from=0, outputs=lambda: ComparedOutputs(produced))
-    assert sorted((d for share in in_shares for d in share), key=repr) == sorted(expected, key=repr)
-    dry_run = replay(processor, messages, outputs=lambda: ComparedOutputs(None)).outputs
+                                 workers=3, parallel_from=0, outputs=lambda share: ComparedOutputs(split[share], codec))
+    assert sorted((d for share in in_shares for d in share), key=repr) == sorted(found, key=repr)
+    dry_run = replay(processor, messages, outputs=lambda share: ComparedOutputs(None)).outputs
     assert len(dry_run) == len(one.outputs) and dry_run.differences(set(one.states)) == []
 
 

@@ -319,7 +319,7 @@ def replays(results: Results, at_least: int) -> None:
         for workers, rates in ((results.replay_workers, results.replay), (1, results.replay_one)):
             began = time.monotonic()
             counted = replay_in_shares(processor, messages, lambda rebuilt: (len(rebuilt.states), len(rebuilt.dead_letters)),
-                                       workers, outputs=lambda: ComparedOutputs(None))
+                                       workers, outputs=lambda share: ComparedOutputs(None))
             took = time.monotonic() - began
             orders, dead = (sum(c) for c in zip(*counted, strict=True))
             rates[name] = len(messages) / took

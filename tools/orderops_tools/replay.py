@@ -22,6 +22,7 @@ import functools
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -209,24 +210,18 @@ def latest_by_key(bootstrap: str, topic_name: str) -> dict[str, Any]:
     return latest
 
 
-def produced_records(bootstrap: str, topics: list[catalog.Topic], codec: Codec, source: str) -> dict[str, tuple[str, dict]]:
-    """What ``source`` wrote on these topics (several processors write notifications.requests), by event id."""
-    out: dict[str, tuple[str, dict]] = {}
+def written_values(bootstrap: str, topics: list[catalog.Topic]) -> Iterator[tuple[str, bytes]]:
+    """Every (topic, value) on these topics (several processors write notifications.requests: the
+    rebuild keeps its processor's, ``rebuild.produced_by_share``)."""
     for topic in topics:
         for m in read(bootstrap, topic):
-            try:
-                record = codec.decode(m.value(), topic.value_schema).record
-            except DecodeError:
-                continue
-            if record["source"] == source:
-                out[record["event_id"]] = (topic.name, record)
-    return out
+            yield topic.name, m.value()
 
 
 def _rebuild(args: argparse.Namespace) -> int:
     import time
 
-    from orderops.rebuild import ComparedOutputs, replay_in_shares, replay_workers
+    from orderops.rebuild import ComparedOutputs, produced_by_share, replay_in_shares, replay_workers, shares_for
 
     bootstrap, codec = KafkaSettings.from_env().bootstrap, Codec()
     processor = machine_processor(args.processor, bootstrap)
@@ -234,27 +229,24 @@ def _rebuild(args: argparse.Namespace) -> int:
     started = time.monotonic()
     messages = read_messages(bootstrap, [*processor.inputs, processor.timers])
     keep = _orders_to_rebuild(messages, args)
-    stored, produced = {}, {}
-    if not args.dry_run:  # read before the replay: its workers compare their own orders' with them
-        stored = latest_by_key(bootstrap, f"{group}-{processor.table}-changelog")
-        produced = produced_records(bootstrap, [t for t in catalog.DATA_TOPICS if processor.name in t.writers], codec,
-                                    processor.name)
     workers = args.workers or replay_workers()
-    def as_read_back(topic: str, record: dict) -> dict:  # what the topic's Avro gives for what the replay made
-        schema = catalog.topic(topic).value_schema
-        return codec.decode(codec.encode(schema, record), schema).record
-
-    shares = replay_in_shares(processor, messages, functools.partial(_compared, processor, stored, not args.dry_run),
-                              workers, clock=args.clock, codec=codec, keep=keep,
-                              progress=lambda n: print(f"  replayed {n:,} of {len(messages):,}", file=sys.stderr, flush=True),
-                              outputs=lambda: ComparedOutputs(None if args.dry_run else produced, as_read_back))
+    shares = shares_for(workers, args.clock, len(messages))
+    stored, produced = {}, [None] * shares
+    if not args.dry_run:  # read before the replay: each share's process compares its own orders' with them
+        stored = latest_by_key(bootstrap, f"{group}-{processor.table}-changelog")
+        produced = produced_by_share(written_values(bootstrap, [t for t in catalog.DATA_TOPICS if processor.name in t.writers]),
+                                     codec, processor.name, shares)
+    results = replay_in_shares(processor, messages, functools.partial(_compared, processor, stored, not args.dry_run),
+                               workers, clock=args.clock, codec=codec, keep=keep,
+                               progress=lambda n: print(f"  replayed {n:,} of {len(messages):,}", file=sys.stderr, flush=True),
+                               outputs=lambda share: ComparedOutputs(produced[share], codec))
     took = time.monotonic() - started
-    total = Compared.together(shares)
+    total = Compared.together(results)
     differences = total.differences
     print(f"rebuild: {processor.name}: {total.orders:,} orders from {len(messages):,} messages "
           f"({total.applied:,} applied, {total.duplicates:,} duplicates, {total.timer_ticks:,} timer ticks, "
           f"{total.dead_letters:,} that live would dead-letter) in {took:.1f} s "
-          f"({len(messages) / max(took, 1e-9):,.0f} messages/s, {len(shares)} process(es))")
+          f"({len(messages) / max(took, 1e-9):,.0f} messages/s, {len(results)} process(es))")
     if args.dry_run:
         return 0
     for d in differences[:args.show]:

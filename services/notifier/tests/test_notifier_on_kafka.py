@@ -251,4 +251,5 @@ async def test_orders_are_delivered_at_once_and_each_orders_messages_one_after_a
         notifier.stop(signal.SIGKILL)
         smtp.stop()
     assert server.most_at_once_per_order[twice] == 1, "an order's messages one after another"
-    assert sorted(server.answers) == sorted([(twice, "250 OK")] * 2 + [(o, "250 OK") for o in once])
+    ours = [(order_id, answer) for order_id, answer in server.answers if order_id in (twice, *once)]  # the topic
+    assert sorted(ours) == sorted([(twice, "250 OK")] * 2 + [(o, "250 OK") for o in once])  # holds other tests' too
