@@ -21,6 +21,7 @@ __all__ = [
     "EncodeError",
     "Envelope",
     "Head",
+    "KeyNotOrderId",
     "NotSingleObjectEncoded",
     "SchemaMismatch",
     "UnknownFingerprint",
@@ -46,6 +47,13 @@ class UnknownFingerprint(DecodeError):
 
 class SchemaMismatch(DecodeError):
     reason = "body-does-not-match-schema"
+
+
+class KeyNotOrderId(DecodeError):
+    """A message of an order-scoped topic keyed by something else than its envelope's order id: the
+    key decides the partition, so the order's events would meet different state, or another worker."""
+
+    reason = "key-is-not-the-order-id"
 
 
 class EncodeError(Exception):

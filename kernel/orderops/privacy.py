@@ -21,6 +21,7 @@ import re
 from typing import Any
 
 from orderops.catalog import UPSTREAM_SYSTEMS, Topic
+from orderops.codec import KeyNotOrderId
 from orderops.envelope import Envelope
 from orderops.workflow import CAUSE_HEADER, evolve
 
@@ -83,13 +84,19 @@ def written_upstream(topic: Topic) -> bool:
     return bool(set(topic.writers) & set(UPSTREAM_SYSTEMS))
 
 
-def read_event(codec: Any, value: bytes | None, topic: Topic, headers: Any = None,
+def read_event(codec: Any, key: bytes | None, value: bytes | None, topic: Topic, headers: Any = None,
                inputs: frozenset[str] = frozenset()) -> tuple[Envelope, list[str]]:
     """Decode a message of a catalog topic into its Envelope, card numbers masked if an upstream
     system wrote it; and the paths where one was. A derived record whose cause is on one of the
     reader's ``inputs`` carries that topic (``Envelope.cause_topic``: the reader waits for the
-    cause). Live processors and offline rebuilds both read through here, so both see the same event."""
+    cause). An order-scoped topic's message must be keyed by its order id (``KeyNotOrderId``).
+    Live processors and offline rebuilds both read through here, so both see the same event."""
     envelope = Envelope.from_record(codec.decode(value, topic.value_schema).record)
+    if topic.order_scoped and key != envelope.order_id.encode():
+        raise KeyNotOrderId(f"{topic.name}: the message's key {key!r} is not its order id {envelope.order_id!r} "
+                            f"(event {envelope.event_id}, type {envelope.type}); every message of an order must be "
+                            "keyed by its order id, or its events land on other partitions than the order's state. "
+                            "The producer must send it again keyed by its order id (a redrive would send the same key).")
     pairs = headers.items() if isinstance(headers, dict) else headers or []
     cause_topic = next((v.decode() for k, v in pairs if k == CAUSE_HEADER and v), None)
     if cause_topic in inputs:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
+import orjson
+
 from orderops import catalog, contract
 from orderops.catalog import Topic
 from orderops.codec import Codec, DecodeError
@@ -43,7 +45,7 @@ class MachineProcessor:
     expire: Callable[[Any, datetime, str], Outcome]
     publish: Callable[[Outcome], Iterable[tuple[Topic, dict]]]
     deadline: Callable[[Any], datetime | None]
-    dump: Callable[[Any], dict] = lambda state: state.to_json()
+    stored_as: Callable[[Any], bytes] = lambda state: state.to_json_bytes()  # what its table keeps of a state
     handles: frozenset[str] | None = None  # the event types (short names) its handlers apply; None: every one
 
     @property
@@ -269,7 +271,7 @@ def _replay(processor: MachineProcessor, messages: Iterable[Message], clock: str
         if not kept and clock != "event":
             continue
         try:
-            envelope, _ = read_event(codec, message.value, catalog.topic(message.topic), message.headers, inputs)
+            envelope, _ = read_event(codec, message.key, message.value, catalog.topic(message.topic), message.headers, inputs)
         except DecodeError as exc:
             if kept:
                 rebuilt.dead_letters.append((message, f"{exc.reason}: {exc}"))
@@ -339,17 +341,21 @@ def canonical(state: dict) -> dict:
     return state
 
 
-def compare_states(rebuilt: dict[str, Any], stored: dict[str, Any], dump: Callable[[Any], dict]) -> Iterator[Difference]:
-    """Rebuilt state of each order against the processor's table (its changelog's latest value)."""
+def compare_states(rebuilt: dict[str, Any], stored: dict[str, bytes], stored_as: Callable[[Any], bytes]) -> Iterator[Difference]:
+    """Rebuilt state of each order against the processor's table (its changelog's latest bytes per
+    order). The bytes the table would keep of the rebuilt state are compared first; only where they
+    differ are both sides read and compared as ``canonical`` states (a million fulfillment messages
+    leave 120,000 states: reading and canonicalizing each was half of the comparing rebuild's time
+    after the replay; issue 12)."""
     for order_id, state in sorted(rebuilt.items()):
-        ours = canonical(dump(state))
-        theirs = stored.get(order_id)
+        ours, theirs = stored_as(state), stored.get(order_id)
         if theirs is None:
             yield Difference(order_id, "state", "the processor's table has no state for this order")
-        elif canonical(theirs) != ours:
-            theirs = canonical(theirs)
-            keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-            yield Difference(order_id, "state", f"fields differ: {', '.join(keys)}")
+        elif ours != theirs:
+            ours, theirs = canonical(orjson.loads(ours)), canonical(orjson.loads(theirs))
+            if ours != theirs:
+                keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+                yield Difference(order_id, "state", f"fields differ: {', '.join(keys)}")
 
 
 # Records of the order in which events arrived, not of what they did: an event that came before its

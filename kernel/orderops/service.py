@@ -199,7 +199,7 @@ class Service:
     def decode(self, event: faust.EventT) -> Envelope:
         """The event's envelope; the clock learns its event time (it matters in event-time mode)."""
         message = event.message
-        envelope, masked = read_event(self.codec, message.value, catalog.topic(message.topic), message.headers,
+        envelope, masked = read_event(self.codec, message.key, message.value, catalog.topic(message.topic), message.headers,
                                       self._input_names)
         if masked:
             CARD_NUMBERS_MASKED.labels(self.name, message.topic).inc(len(masked))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orderops import catalog
-from orderops.codec import Codec
+from orderops.codec import Codec, KeyNotOrderId
 from orderops.privacy import luhn_valid, mask_card_numbers, read_event, scrub
 from orderops.scenario import Story, address, card, customer, line, money
 
@@ -35,14 +35,24 @@ def test_scrub_says_where():
     assert where == ["reason", "lines[1].comment"]
 
 
-def read_order_placed(product: str, instrument_id: str):
-    """An OrderPlaced with this product name and instrument id, written and read as a processor reads it."""
+def read_order_placed(product: str, instrument_id: str, key: bytes | None = b"o-1"):
+    """An OrderPlaced of o-1 with this product name and instrument id, written, then read as a
+    processor reads it with this key."""
     story = Story("o-1")
     story.on(catalog.STOREFRONT_ORDERS).OrderPlaced(
         customer=customer(), lines=[line("l1", product, 1, "10.00")],
         instruments=[card(instrument_id, "10.00")], shipping_address=address(), total=money("10.00"))
     codec, topic = Codec(), catalog.STOREFRONT_ORDERS
-    return read_event(codec, codec.encode(topic.value_schema, story.events[0].envelope.to_record()), topic)
+    return read_event(codec, key, codec.encode(topic.value_schema, story.events[0].envelope.to_record()), topic)
+
+
+@pytest.mark.parametrize("key", [b"o-2", b"o-1 ", None])
+def test_an_order_event_keyed_by_anything_but_its_order_id_is_not_read(key):
+    """The key picks the partition, so the worker and the state an event meets: an event of o-1
+    keyed otherwise would be applied to o-1's state somewhere o-1's other events are not."""
+    with pytest.raises(KeyNotOrderId, match=f"key {key!r} is not its order id 'o-1'") as raised:
+        read_order_placed("Mug", "tok-1", key)
+    assert raised.value.reason == "key-is-not-the-order-id"
 
 
 def test_upstream_events_are_read_masked_and_outputs_are_left_alone():

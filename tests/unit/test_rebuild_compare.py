@@ -9,7 +9,8 @@ import pytest
 
 from orderops.catalog import ORDERS_STATE_CHANGES, STOREFRONT_ORDERS, WAREHOUSE_FULFILLMENT
 from orderops.codec import Codec, SchemaMismatch
-from orderops.rebuild import ComparedOutputs, Message, Produced, write_order
+from orderops.envelope import to_json_bytes
+from orderops.rebuild import ComparedOutputs, Message, Produced, compare_states, write_order
 
 CODEC = Codec()
 
@@ -59,6 +60,24 @@ def test_records_missing_from_the_topic_or_only_there_are_named_for_the_rebuilt_
     assert [(d.what, d.order_id, d.detail.split(" ")[0]) for d in found] == [
         ("output missing", "o1", "e1:r:0"), ("output extra", "o1", "e2:r:0")], "o2 was not rebuilt: its record is not extra"
     assert differences([made], on_the_topic(made)) == [] and len(ComparedOutputs(None)) == 0
+
+
+def test_states_are_compared_by_their_bytes_then_as_far_as_a_replay_can_know_them():
+    at = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    paid, packed = {"at": at, "event": "PaymentCaptured"}, {"at": at, "event": "ShipmentPacked"}
+    state = {"status": "packed", "total": Decimal("12.50"), "history": [paid, packed],
+             "parked": [{"event_id": "e9", "deadline": at}]}
+    rebuilt = {"o1": state, "o2": state, "o3": state, "o4": state}
+    stored = {
+        "o1": to_json_bytes(state),  # byte for byte what the table keeps
+        # Events of one moment on two topics, met live in the other order; a park's deadline counted on the worker's clock:
+        "o2": to_json_bytes({**state, "history": [packed, paid], "parked": [{"event_id": "e9", "deadline": None}]}),
+        "o3": to_json_bytes({**state, "status": "shipped", "total": Decimal("12.5")}),
+    }
+    assert stored["o2"] != stored["o1"]
+    found = list(compare_states(rebuilt, stored, to_json_bytes))
+    assert [(d.order_id, d.detail) for d in found] == [
+        ("o3", "fields differ: status, total"), ("o4", "the processor's table has no state for this order")]
 
 
 def test_the_head_of_an_envelope_is_read_without_decoding_its_payload():

@@ -22,7 +22,7 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -33,6 +33,7 @@ from confluent_kafka.admin import AdminClient
 from orderops import catalog, deadletter
 from orderops.codec import Codec, DecodeError
 from orderops.envelope import to_json
+from orderops.privacy import read_event
 from orderops.rebuild import Message
 from orderops.security import client_config
 from orderops.settings import PRODUCER_DEFAULTS, KafkaSettings
@@ -160,7 +161,7 @@ def _redrive(args: argparse.Namespace) -> int:
             print(f"redrive: {dlq.name}[{key}] names no catalog origin topic ({origin!r}); left alone", file=sys.stderr)
             counts["skipped"] += 1
             continue
-        verdict = "decodes" if catalog.topic(origin).value_schema is None else _decodes(codec, origin, message.value())
+        verdict = _decodes(codec, origin, message.key(), message.value())
         print(f"  {dlq.name}[{key}] -> {origin} (order {(message.key() or b'').decode()}; {verdict}; was: "
               f"{headers.get(deadletter.ERROR, b'').decode()[:100]})")
         if args.dry_run:
@@ -197,8 +198,9 @@ def machine_processor(name: str, bootstrap: str):
     return found[name].load()(ServiceSettings.from_env(name, 0), bootstrap)
 
 
-def latest_by_key(bootstrap: str, topic_name: str) -> dict[str, Any]:
-    """A changelog's latest value per key (JSON key and value, as Faust writes them); deletions drop the key."""
+def latest_by_key(bootstrap: str, topic_name: str, decode: Callable[[bytes], Any] = json.loads) -> dict[str, Any]:
+    """A changelog's latest value per key (JSON key and value, as Faust writes them; ``decode`` reads
+    each value); deletions drop the key."""
     topic = catalog.Topic(topic_name, None, "order id (JSON)", (), (), "changelog", compacted=True)
     latest: dict[str, Any] = {}
     for m in read(bootstrap, topic):
@@ -206,7 +208,7 @@ def latest_by_key(bootstrap: str, topic_name: str) -> dict[str, Any]:
         if m.value() is None:
             latest.pop(key, None)
         else:
-            latest[key] = json.loads(m.value())
+            latest[key] = decode(m.value())
     return latest
 
 
@@ -233,7 +235,7 @@ def _rebuild(args: argparse.Namespace) -> int:
     shares = shares_for(workers, args.clock, len(messages))
     stored, produced = {}, [None] * shares
     if not args.dry_run:  # read before the replay: each share's process compares its own orders' with them
-        stored = latest_by_key(bootstrap, f"{group}-{processor.table}-changelog")
+        stored = latest_by_key(bootstrap, f"{group}-{processor.table}-changelog", decode=bytes)
         produced = produced_by_share(written_values(bootstrap, [t for t in catalog.DATA_TOPICS if processor.name in t.writers]),
                                      codec, processor.name, shares)
     results = replay_in_shares(processor, messages, functools.partial(_compared, processor, stored, not args.dry_run),
@@ -282,12 +284,12 @@ class Compared:
                                                       key=lambda d: (d.what != "state", d.order_id))))
 
 
-def _compared(processor, stored: dict[str, Any], compare: bool, rebuilt) -> Compared:
+def _compared(processor, stored: dict[str, bytes], compare: bool, rebuilt) -> Compared:
     from orderops.rebuild import compare_states
 
     differences: tuple = ()
     if compare:  # the records were compared as the replay made them (rebuild.ComparedOutputs)
-        differences = (*compare_states(rebuilt.states, stored, processor.dump),
+        differences = (*compare_states(rebuilt.states, stored, processor.stored_as),
                        *rebuilt.outputs.differences(set(rebuilt.states)))
     return Compared(len(rebuilt.states), rebuilt.applied, rebuilt.duplicates, rebuilt.timer_ticks,
                     len(rebuilt.dead_letters), len(rebuilt.outputs), differences)
@@ -307,9 +309,15 @@ def _orders_to_rebuild(messages: list[Message], args: argparse.Namespace):
     return fresh.__contains__
 
 
-def _decodes(codec: Codec, origin: str, value: bytes) -> str:
+def _decodes(codec: Codec, origin: str, key: bytes | None, value: bytes) -> str:
+    topic = catalog.topic(origin)
+    if topic.value_schema is None:  # no schema in the catalog: nothing to check
+        return "decodes"
     try:
-        codec.decode(value, catalog.topic(origin).value_schema)
+        if topic.order_scoped:  # as the processor reads it: an order's event keyed by its order id
+            read_event(codec, key, value, topic)
+        else:
+            codec.decode(value, topic.value_schema)
         return "decodes now"
     except DecodeError as exc:
         return f"STILL UNDECODABLE ({exc.reason}): it will land in the dead letters again"

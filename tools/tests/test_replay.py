@@ -83,9 +83,13 @@ def test_redrive_sends_each_dead_letter_back_once(catalog_topics, run_id):
         service=ORDER_STATE)]
     kafka = producer(catalog_topics)
     kafka.produce(dlq.name, key=order_id.encode(), value=fixed, headers=headers)
+    misrouted = f"elsewhere-{run_id}"  # the same event keyed by another order: sent back, it would be refused again
+    kafka.produce(dlq.name, key=misrouted.encode(), value=fixed, headers=headers)
     kafka.flush(10)
     dry = orderops_cli(catalog_topics, "replay", "redrive", ORDER_STATE, "--order", order_id, "--dry-run")
     assert dry.returncode == 0 and "decodes now" in dry.stdout
+    dry = orderops_cli(catalog_topics, "replay", "redrive", ORDER_STATE, "--order", misrouted, "--dry-run")
+    assert "STILL UNDECODABLE (key-is-not-the-order-id)" in dry.stdout, dry.stdout
     first = orderops_cli(catalog_topics, "replay", "redrive", ORDER_STATE, "--order", order_id)
     assert first.returncode == 0 and "re-drove 1" in first.stdout, first.stdout + first.stderr
     again = orderops_cli(catalog_topics, "replay", "redrive", ORDER_STATE, "--order", order_id)

@@ -102,6 +102,11 @@ async def test_payment_story_with_faults(catalog_topics, run_id, tmp_path):
         kafka.produce(PAYMENTS_EVENTS.name, key=a.encode(), value=CODEC.encode(
             PAYMENTS_EVENTS.value_schema, authorization.to_record()))
         kafka.produce(PAYMENTS_EVENTS.name, key=a.encode(), value=b"\xc3\x01garbage")
+        # An event of A keyed by another order: it would meet that order's partition, not A's state.
+        stray = story.after(hours=1).on(PAYMENTS_EVENTS).RefundSucceeded(refund_id="r-stray", instrument_id="card-1",
+                                                                         amount=money("1.00"))
+        stray_bytes = CODEC.encode(PAYMENTS_EVENTS.value_schema, stray.to_record())
+        kafka.produce(PAYMENTS_EVENTS.name, key=b"not-" + a.encode(), value=stray_bytes)
         late = Story(b, start=early.clock)
         late.on(PAYMENTS_EVENTS).PaymentAuthorized(instrument_id="card-1", amount=money("50.00"), authorization_id="auth-b")
         late.publish(kafka)
@@ -150,6 +155,12 @@ async def test_payment_story_with_faults(catalog_topics, run_id, tmp_path):
         assert dead.value() == b"\xc3\x01garbage"
         assert headers[deadletter.ORIGIN_TOPIC] == PAYMENTS_EVENTS.name.encode()
         assert headers[deadletter.ERROR_CLASS] == b"not-single-object-encoded"
+        [misrouted] = read_topic(bootstrap, DEAD_LETTER_TOPICS[ORDER_STATE].name,
+                                 keep=lambda m: m.key() == b"not-" + a.encode(), until=lambda got: len(got) >= 1)
+        assert misrouted.value() == stray_bytes
+        assert dict(misrouted.headers())[deadletter.ERROR_CLASS] == b"key-is-not-the-order-id"
+        view = await order_when(process, a, lambda v: True)
+        assert payment(view)["refunded"] == "40.0000", "the misrouted refund was not applied to A"
 
         status, body = await process.get_json("/orders/never-placed")
         assert status == 404 and "unknown" in body["error"]
