@@ -345,8 +345,8 @@ def compare_states(rebuilt: dict[str, Any], stored: dict[str, bytes], stored_as:
     """Rebuilt state of each order against the processor's table (its changelog's latest bytes per
     order). The bytes the table would keep of the rebuilt state are compared first; only where they
     differ are both sides read and compared as ``canonical`` states (a million fulfillment messages
-    leave 120,000 states: reading and canonicalizing each was half of the comparing rebuild's time
-    after the replay; issue 12)."""
+    leave 120,000 states: reading and canonicalizing each was a third of what the comparing rebuild
+    spent beyond the replay; issue 12)."""
     for order_id, state in sorted(rebuilt.items()):
         ours, theirs = stored_as(state), stored.get(order_id)
         if theirs is None:
