@@ -27,11 +27,19 @@ from orderops.workflow import CAUSE_HEADER, evolve
 
 # 13-19 digits, optionally in groups separated by single spaces or dashes.
 _CANDIDATE = re.compile(r"(?<![\d])\d(?:[ -]?\d){12,18}(?![\d])")
-# What a message's bytes, read as UTF-8, must show for a string in it to hold a candidate. Avro
-# writes a string's UTF-8 as it is, and the decoder resynchronises after any binary byte, so every
-# string's characters (digits of any script included) come out whole; neighbouring binary bytes can
-# only add matches, and no lookaround here can be spoiled by them.
-_MAYBE_CANDIDATE = re.compile(r"\d(?:[ -]?\d){12}")
+# What a message's bytes must show for a string in it to hold a candidate: 13 digits in a row once
+# single spaces and dashes are dropped. Avro writes a string's UTF-8 as it is; an ASCII digit is
+# one byte, a digit of another script (\d matches every script's) is 2-4 bytes, all >= 0x80. So
+# with every digit and high byte read as "0", spaces and dashes deleted, any candidate is a run of
+# at least 13 "0"s; binary bytes can only add runs (a needless walk, never a missed number). A
+# regular expression over the decoded text said the same at ten times the cost (issue 12).
+_DIGITS_AND_HIGH_BYTES_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 or b >= 0x80 else 0x78 for b in range(256))
+_THIRTEEN_DIGITS = b"0" * 13
+
+
+def may_hold_card_number(value: bytes) -> bool:
+    """Whether any string in this Avro message could hold a card number (never false for one that does)."""
+    return _THIRTEEN_DIGITS in value.translate(_DIGITS_AND_HIGH_BYTES_AS_ZERO, b" -")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -101,7 +109,7 @@ def read_event(codec: Any, key: bytes | None, value: bytes | None, topic: Topic,
     cause_topic = next((v.decode() for k, v in pairs if k == CAUSE_HEADER and v), None)
     if cause_topic in inputs:
         envelope = evolve(envelope, cause_topic=cause_topic)
-    if not written_upstream(topic) or not _MAYBE_CANDIDATE.search(value.decode("utf-8", "replace")):
+    if not written_upstream(topic) or not may_hold_card_number(value):
         return envelope, []  # the walk (a tenth of a replay's time) can find nothing: issue 12
     payload, found = scrub(envelope.payload)
     return (evolve(envelope, payload=payload) if found else envelope), found
