@@ -19,14 +19,20 @@ millisecond or two, and the group's heartbeat runs in its own task between them.
 Fed at 50 events/s, each processor used 4–9% less CPU in the app's loop.
 
 The bigger cost turned out to be the fetches themselves (``FetchPolicy``, in either mode).
+
+``drain_messages`` hands each fetched record to the streams without the four tasks per record that
+Faust's loop makes (``handed_on``); ``ORDEROPS_FAUST_DRAIN=1`` restores Faust's loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any
 
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode import Service
 from mode.utils.futures import maybe_async
@@ -136,6 +142,98 @@ async def _on_start(self: faust_aiokafka.AIOKafkaConsumerThread) -> None:
     _policy.follow(self._ensure_consumer()._fetcher)
 
 
+# -- handing fetched records to the streams -------------------------------------------------------
+
+_faust_drain_messages = faust_consumer.Consumer._drain_messages
+
+
+async def handed_on(consumer: Any, callback: Callable[[Any], Coroutine], message: Any) -> None:
+    """Hand one fetched record to its topic's streams (Faust's conductor callback).
+
+    Faust runs each callback in a task raced against the flow being suspended (a rebalance) and the
+    consumer stopping: ``wait_first`` makes four tasks, waits, and cancels three, about 30 µs per
+    record, most of it event-loop turns — per message, in every processor (issue 12). The callback
+    almost never waits: it decodes the record and puts it in the stream's buffer without blocking
+    (a buffer under pressure pauses the partition's fetching instead). So it is run here until it
+    finishes or first waits; only one that waits (flow control suspended for a rebalance, the
+    producer's buffer or a stream's buffer full) goes on as Faust's would, raced the same way, so a
+    rebalance still drops what waits for it."""
+    delivery = callback(message)
+    try:
+        waiting_on = delivery.send(None)
+    except StopIteration:
+        return
+    await consumer.wait_first(asyncio.ensure_future(_rest_of(delivery, waiting_on)), consumer.suspend_flow.wait())
+
+
+@types.coroutine
+def _rest_of(started: Coroutine, waiting_on: Any) -> Generator[Any, Any, Any]:
+    """A coroutine already run up to its first wait (on ``waiting_on``), resumed as a task would."""
+    while True:
+        try:
+            received = yield waiting_on
+        except BaseException as thrown:  # cancelled: the coroutine it waits in is cancelled too
+            try:
+                waiting_on = started.throw(thrown)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                waiting_on = started.send(received)
+            except StopIteration as done:
+                return done.value
+
+
+async def drain_messages(self: Any, fetcher: Any) -> None:
+    """Faust's ``Consumer._drain_messages`` (faust-streaming 0.11), each record handed on by
+    ``handed_on`` instead of ``wait_first``; the rest as Faust has it: read offsets, gaps of acked
+    topics, commits every ``commit_every`` acks, a turn of the loop every 100 records."""
+    callback, getmany = self.callback, self.getmany
+    consumer_should_stop, fetcher_should_stop = self._stopped.is_set, fetcher._stopped.is_set
+    get_read_offset, set_read_offset = self._read_offset.__getitem__, self._read_offset.__setitem__
+    set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
+    commit_every, acks_enabled_for = self._commit_every, self.app.topics.acks_enabled_for
+    since_yield = 0
+    try:
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            set_flag(faust_consumer.CONSUMER_FETCHING)
+            fetched = getmany(timeout=1.0)
+            await self.sleep(0)
+            if not self.should_stop:
+                async for tp, message in fetched:
+                    since_yield += 1
+                    if since_yield > 100:
+                        await asyncio.sleep(0)
+                        since_yield = 0
+                    offset, read = message.offset, get_read_offset(tp)
+                    if read is None or offset >= read:
+                        if offset - (read or 0) > 1 and read and acks_enabled_for(message.topic):
+                            await self._add_gap(tp, read + 1, offset)
+                        if commit_every is not None and self._n_acked >= commit_every:
+                            self._n_acked = 0
+                            await self.commit()
+                        await handed_on(self, callback, message)
+                        set_read_offset(tp, offset)
+                    else:
+                        self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, message.key, message.value)
+            unset_flag(faust_consumer.CONSUMER_FETCHING)
+    except self.consumer_stopped_errors:
+        if self.transport.app.should_stop:
+            self.log.info("Broker stopped consumer, shutting down...")
+            return
+        raise
+    except asyncio.CancelledError:
+        if self.transport.app.should_stop:
+            self.log.info("Consumer shutting down for user cancel.")
+            return
+        raise
+    except Exception as exc:
+        self.log.exception("Drain messages raised: %r", exc)
+        raise
+    finally:
+        unset_flag(faust_consumer.CONSUMER_FETCHING)
+
+
 def consumer_runs_in(consumer: Any) -> str | None:
     """Where a Faust consumer's Kafka client runs: ``"app-loop"``, ``"thread"``, or ``None`` (none yet)."""
     thread = getattr(consumer, "_thread", None)
@@ -145,10 +243,12 @@ def consumer_runs_in(consumer: Any) -> str | None:
 
 
 def install(in_loop: bool = True, fetch_min_bytes: int = FAUST_FETCH_MIN_BYTES,
-            fetch_max_wait_ms: int = FAUST_FETCH_MAX_WAIT_MS) -> None:
+            fetch_max_wait_ms: int = FAUST_FETCH_MAX_WAIT_MS, faust_drain: bool = False) -> None:
     """Make Faust's aiokafka consumers run in the app's loop (``in_loop``), or in Faust's thread;
-    and fetch by ``FetchPolicy(fetch_min_bytes, fetch_max_wait_ms)`` (the defaults: Faust's)."""
+    fetch by ``FetchPolicy(fetch_min_bytes, fetch_max_wait_ms)`` (the defaults: Faust's); and hand
+    records on by ``drain_messages``, or by Faust's loop (``faust_drain``)."""
     global _policy
     faust_aiokafka.Consumer._new_consumer_thread = _new_consumer_thread if in_loop else _faust_new_consumer_thread
+    faust_consumer.Consumer._drain_messages = _faust_drain_messages if faust_drain else drain_messages
     _policy = FetchPolicy(fetch_min_bytes, fetch_max_wait_ms)
     faust_aiokafka.AIOKafkaConsumerThread.on_start = _on_start

@@ -83,3 +83,95 @@ async def test_faust_thread_on_request(restore_defaults):
     oneloop.install(in_loop=False)
     app = _app()
     assert oneloop.consumer_runs_in(app.consumer) == "thread"
+
+
+def _consumer():
+    """What handed_on uses of Faust's consumer: wait_first (mode's) and the suspend_flow event."""
+    from mode import Service
+    from mode.utils.locks import Event
+
+    class Consumer(Service):
+        def __init__(self) -> None:
+            super().__init__()
+            self.suspend_flow = Event()
+            self.raced = 0
+
+        async def wait_first(self, *coros, timeout=None):
+            self.raced += 1
+            return await super().wait_first(*coros, timeout=timeout)
+
+    return Consumer()
+
+
+async def test_a_record_whose_delivery_does_not_wait_is_handed_on_without_a_race():
+    consumer, buffer = _consumer(), []
+
+    async def deliver(message):
+        buffer.append(message)
+
+    tasks_before = len(asyncio.all_tasks())
+    await oneloop.handed_on(consumer, deliver, "r1")
+    assert buffer == ["r1"] and consumer.raced == 0 and len(asyncio.all_tasks()) == tasks_before
+
+
+async def test_a_delivery_that_waits_goes_on_when_what_it_waits_for_comes():
+    consumer, buffer, room = _consumer(), [], asyncio.get_running_loop().create_future()
+
+    async def deliver(message):
+        buffer.append(("waiting", message, await room))
+        await asyncio.sleep(0)  # a bare yield of the loop, as well as futures, is passed on
+        buffer.append(("put", message))
+
+    handing = asyncio.ensure_future(oneloop.handed_on(consumer, deliver, "r1"))
+    await asyncio.sleep(0.01)
+    assert buffer == [] and not handing.done()
+    room.set_result("room")
+    await asyncio.wait_for(handing, 1)
+    assert buffer == [("waiting", "r1", "room"), ("put", "r1")] and consumer.raced == 1
+
+
+async def test_a_delivery_still_waiting_when_the_flow_is_suspended_is_dropped_as_faust_drops_it():
+    consumer, buffer, cleaned_up = _consumer(), [], []
+    never = asyncio.get_running_loop().create_future()
+
+    async def deliver(message):
+        try:
+            await never
+            buffer.append(message)
+        finally:
+            cleaned_up.append(message)
+
+    handing = asyncio.ensure_future(oneloop.handed_on(consumer, deliver, "r1"))
+    await asyncio.sleep(0.01)
+    consumer.suspend_flow.set()  # a rebalance began
+    await asyncio.wait_for(handing, 1)
+    await asyncio.sleep(0.01)
+    assert buffer == [] and cleaned_up == ["r1"] and never.cancelled()
+
+
+async def test_a_delivery_that_fails_fails_the_drain_before_or_after_it_waited():
+    consumer, room = _consumer(), asyncio.get_running_loop().create_future()
+
+    async def undecodable(message):
+        raise ValueError(f"cannot decode {message}")
+
+    async def fails_later(message):
+        await room
+        raise KeyError(message)
+
+    with pytest.raises(ValueError, match="cannot decode r1"):
+        await oneloop.handed_on(consumer, undecodable, "r1")
+    handing = asyncio.ensure_future(oneloop.handed_on(consumer, fails_later, "r2"))
+    await asyncio.sleep(0.01)
+    room.set_result(None)
+    with pytest.raises(KeyError, match="r2"):
+        await asyncio.wait_for(handing, 1)
+
+
+def test_records_are_handed_on_by_orderops_loop_unless_faust_s_is_asked_for(restore_defaults):
+    from faust.transport.consumer import Consumer
+
+    oneloop.install(faust_drain=True)
+    assert Consumer._drain_messages is oneloop._faust_drain_messages
+    oneloop.install()
+    assert Consumer._drain_messages is oneloop.drain_messages
