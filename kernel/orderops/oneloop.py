@@ -185,7 +185,7 @@ def _rest_of(started: Coroutine, waiting_on: Any) -> Generator[Any, Any, Any]:
 
 
 async def drain_messages(self: Any, fetcher: Any) -> None:
-    """Faust's ``Consumer._drain_messages`` (faust-streaming 0.11), each record handed on by
+    """Faust's ``Consumer._drain_messages`` (faust-streaming 0.15), each record handed on by
     ``handed_on`` instead of ``wait_first``; the rest as Faust has it: read offsets, gaps of acked
     topics, commits every ``commit_every`` acks, a turn of the loop every 100 records."""
     callback, getmany = self.callback, self.getmany
