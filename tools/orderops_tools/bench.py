@@ -206,6 +206,15 @@ def rocksdb_mb(web_port: int) -> float | None:
     return None if found is None else found["orderops_rocksdb_memory_bytes"] / (1 << 20)
 
 
+def events_parked(web_port: int) -> float:
+    """Events a processor parked (``orderops_events_parked_total``): each one is applied twice, so the
+    work a drained input costs depends on it (NaN if the processor does not answer)."""
+    from orderops.processors import metric_totals
+
+    found = metric_totals(f"http://127.0.0.1:{web_port}", ["orderops_events_parked_total"], timeout=5)
+    return float("nan") if found is None else found["orderops_events_parked_total"]
+
+
 def tree_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
@@ -263,17 +272,18 @@ def processors_alone(results: Results, workdir: Path, smtp_port: int, names: tup
                 f"{', '.join(f'{frame} {share:.0%}' for frame, share in hottest(profiles / f'{name}.folded'))})")
         state_bytes = tree_bytes(workdir / name / "state") - state_ready  # less RocksDB's files of an empty store
         rss = rss_mb(pid)
+        parked = events_parked(process.web_port)
         process.stop()
         done = total - behind  # capped at 30 min, it did not drain them all: the rate is of what it did
         rate = done / took
         results.processors[name] = {
             "events": total, "seconds": took, "rate": rate, "cpu_per_1000": 1000 * cpu / max(done, 1),
-            "peak_rss_mb": rss, "ratio": rate / passthrough,
+            "peak_rss_mb": rss, "ratio": rate / passthrough, "parked": parked,
             "state_mb_per_100k_orders": max(state_bytes, 0) / 1e6 * 100000 / max(results.orders, 1),
             "rss_mb_per_100k_orders": max(rss - rss_ready, 0) * 100000 / max(results.orders, 1)}
         log(f"{name} alone: {done:,} of {total:,} input messages in {took:.1f} s = {rate:,.0f}/s "
             f"({rate / passthrough:.0%} of the passthrough), {1000 * cpu / max(done, 1):.2f} CPU s per 1,000, "
-            f"peak RSS {rss:.0f} MB"
+            f"peak RSS {rss:.0f} MB, {parked:,.0f} parked"
             + (" (did not finish: capped at 30 min)" if behind else ""))
 
 
@@ -545,7 +555,8 @@ def machine() -> dict[str, str]:
             "confluent-kafka": version("confluent-kafka")}
 
 
-def _ms(value: float) -> str:
+def _whole(value: float) -> str:
+    """A figure in whole units, or — where none was measured (NaN)."""
     return "—" if math.isnan(value) else f"{value:,.0f}"
 
 
@@ -567,20 +578,23 @@ def report(results: Results, plot: Path) -> str:
         *(f"| {k} | {v:,.0f} |" for k, v in b.items()), "",
         "## Each processor alone (from empty state, its whole input preloaded)", "",
         "| processor | input messages | messages/s | ratio to passthrough | CPU s / 1,000 messages | peak RSS MB |"
-        " state MB / 100k orders | RSS growth MB / 100k orders |",
-        "|---|---|---|---|---|---|---|---|",
+        " state MB / 100k orders | RSS growth MB / 100k orders | events parked |",
+        "|---|---|---|---|---|---|---|---|---|",
         *(f"| {n} | {p['events']:,.0f} | {p['rate']:,.0f} | {p['ratio']:.0%} | {p['cpu_per_1000']:.2f} | "
-          f"{p['peak_rss_mb']:.0f} | {p['state_mb_per_100k_orders']:,.0f} | {p['rss_mb_per_100k_orders']:,.0f} |"
-          for n, p in results.processors.items()), "",
+          f"{p['peak_rss_mb']:.0f} | {p['state_mb_per_100k_orders']:,.0f} | {p['rss_mb_per_100k_orders']:,.0f} | "
+          f"{_whole(p.get('parked', float('nan')))} |" for n, p in results.processors.items()), "",
         "State and RSS per 100,000 orders are extrapolated from this run's orders: the growth of the",
         "RocksDB folder and of resident memory from the ready, empty processor to the drained one",
-        "(RocksDB's write-ahead log is part of the folder until it is compacted away).", "",
+        "(RocksDB's write-ahead log is part of the folder until it is compacted away). Events parked: read",
+        "before what they wait for (the preloaded topics are read together, and an order's warehouse events",
+        "can come before its `OrderPlaced`); each is applied again when that comes, and writes a record more.", "",
         "## The whole pipeline at fixed offered rates", "",
         f"![end-to-end latency against offered load]({plot.name})", "",
         "| offered events/s | achieved events/s | processed events/s (any window's) | lag at end of window |"
         " reached the timeline | latency p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|---|",
         *(f"| {r['offered']:,} | {r['achieved']:,.0f} | {r['processed']:,.0f} | {r['lag_at_end']:,.0f} | "
-          f"{r['completed']:.1%} | {_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} | {_ms(r['max_ms'])} |" for r in results.pipeline), "",
+          f"{r['completed']:.1%} | {_whole(r['p50_ms'])} | {_whole(r['p99_ms'])} | {_whole(r['max_ms'])} |"
+          for r in results.pipeline), "",
         "A latency of — : none of the window's events reached the timeline before the wait after it ended.", "",
         f"Measured after {results.warmup_seconds:.0f} s of unmeasured load at 50 events/s on the fresh broker and "
         "processors (the JVM compiles its hot paths meanwhile).",

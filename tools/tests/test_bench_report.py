@@ -29,3 +29,19 @@ def test_the_report_shows_both_and_the_verdict_names_the_growth_outside_rocksdb(
     assert "| broker | 900 | 900 | 900 | +0 MB (+0.0%) | | |" in section
     verdict = next(line for line in targets(results) if line.startswith("- Memory flat"))
     assert "outside RocksDB's bounded memtables and cache, timeline's, +40 MB" in verdict
+
+
+def test_the_table_of_processors_alone_says_how_many_events_each_parked():
+    from pathlib import Path
+
+    from orderops_tools.bench import report
+
+    machine = dict.fromkeys(("date", "cores", "cpu", "memory", "python", "kafka", "faust-streaming", "aiokafka",
+                             "confluent-kafka"), "x")
+    alone = {"events": 22_854, "seconds": 20.0, "rate": 1_143, "cpu_per_1000": 0.77, "peak_rss_mb": 178, "ratio": 0.08,
+             "state_mb_per_100k_orders": 90, "rss_mb_per_100k_orders": 400}
+    results = Results(machine=machine, baselines={"passthrough": 13_000}, events=22_000, orders=2_678,
+                      processors={"fulfillment": {**alone, "parked": 12_345}, "notifier": alone})
+    text = report(results, Path("plot.png"))
+    assert "| fulfillment | 22,854 | 1,143 | 8% | 0.77 | 178 | 90 | 400 | 12,345 |" in text
+    assert "| notifier | 22,854 | 1,143 | 8% | 0.77 | 178 | 90 | 400 | — |" in text  # not counted
