@@ -207,12 +207,13 @@ def rocksdb_mb(web_port: int) -> float | None:
 
 
 def events_parked(web_port: int) -> float:
-    """Events a processor parked (``orderops_events_parked_total``): each one is applied twice, so the
-    work a drained input costs depends on it (NaN if the processor does not answer)."""
+    """Events a processor parked (``orderops_events_parked_total``, a family named without its
+    ``_total``): each one is applied twice, so the work a drained input costs depends on it (NaN if
+    the processor does not answer)."""
     from orderops.processors import metric_totals
 
-    found = metric_totals(f"http://127.0.0.1:{web_port}", ["orderops_events_parked_total"], timeout=5)
-    return float("nan") if found is None else found["orderops_events_parked_total"]
+    found = metric_totals(f"http://127.0.0.1:{web_port}", ["orderops_events_parked"], timeout=5)
+    return float("nan") if found is None else found["orderops_events_parked"]
 
 
 def tree_bytes(path: Path) -> int:
