@@ -242,6 +242,11 @@ def consumer_runs_in(consumer: Any) -> str | None:
     return "app-loop" if isinstance(thread, InLoopConsumer) else "thread"
 
 
+def records_handed_on_by() -> str:
+    """Which loop hands fetched records to the streams: ``"orderops"`` (``drain_messages``) or ``"faust"``."""
+    return "orderops" if faust_consumer.Consumer._drain_messages is drain_messages else "faust"
+
+
 def install(in_loop: bool = True, fetch_min_bytes: int = FAUST_FETCH_MIN_BYTES,
             fetch_max_wait_ms: int = FAUST_FETCH_MAX_WAIT_MS, faust_drain: bool = False) -> None:
     """Make Faust's aiokafka consumers run in the app's loop (``in_loop``), or in Faust's thread;

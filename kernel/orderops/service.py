@@ -45,7 +45,7 @@ from orderops.metrics import (
     GaugeAtScrape,
     count_outcome,
 )
-from orderops.oneloop import consumer_runs_in
+from orderops.oneloop import consumer_runs_in, records_handed_on_by
 from orderops.oneloop import install as install_in_loop_consumer
 from orderops.ordering import Continuity, EventTimeOrder, InFlight
 from orderops.privacy import read_event
@@ -576,6 +576,7 @@ class Service:
         ready = bool(assigned) and recovered and not app.rebalancing and views_caught_up
         return {"service": self.name, "ready": ready, "recovered": recovered, "rebalancing": app.rebalancing,
                 "assigned_partitions": len(assigned), "consumer": consumer_runs_in(consumer),
+                "handoff": records_handed_on_by(),
                 "global_views": {v.topic.name: {"caught_up": v.caught_up.is_set(), "entries": len(v.items)}
                                  for v in self._global_views}}
 

@@ -172,6 +172,6 @@ def test_records_are_handed_on_by_orderops_loop_unless_faust_s_is_asked_for(rest
     from faust.transport.consumer import Consumer
 
     oneloop.install(faust_drain=True)
-    assert Consumer._drain_messages is oneloop._faust_drain_messages
+    assert Consumer._drain_messages is oneloop._faust_drain_messages and oneloop.records_handed_on_by() == "faust"
     oneloop.install()
-    assert Consumer._drain_messages is oneloop.drain_messages
+    assert Consumer._drain_messages is oneloop.drain_messages and oneloop.records_handed_on_by() == "orderops"
