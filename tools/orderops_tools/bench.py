@@ -208,23 +208,26 @@ def rss_mb(pid: int, field: str = "VmHWM") -> float:
     return 0.0
 
 
-def rocksdb_mb(web_port: int) -> float | None:
-    """A processor's RocksDB memory (memtables and block cache, ``orderops_rocksdb_memory_bytes``) from
-    its /metrics, MB; None if it does not answer."""
+def metric_total(web_port: int, family: str) -> float | None:
+    """A metric family's samples on a processor's /metrics, summed (Prometheus names a counter's
+    family without its ``_total``); None if it does not answer."""
     from orderops.processors import metric_totals
 
-    found = metric_totals(f"http://127.0.0.1:{web_port}", ["orderops_rocksdb_memory_bytes"], timeout=5)
-    return None if found is None else found["orderops_rocksdb_memory_bytes"] / (1 << 20)
+    found = metric_totals(f"http://127.0.0.1:{web_port}", [family], timeout=5)
+    return None if found is None else found[family]
+
+
+def rocksdb_mb(web_port: int) -> float | None:
+    """A processor's RocksDB memory (memtables and block cache, ``orderops_rocksdb_memory_bytes``), MB."""
+    found = metric_total(web_port, "orderops_rocksdb_memory_bytes")
+    return None if found is None else found / (1 << 20)
 
 
 def events_parked(web_port: int) -> float:
-    """Events a processor parked (``orderops_events_parked_total``, a family named without its
-    ``_total``): each one is applied twice, so the work a drained input costs depends on it (NaN if
-    the processor does not answer)."""
-    from orderops.processors import metric_totals
-
-    found = metric_totals(f"http://127.0.0.1:{web_port}", ["orderops_events_parked"], timeout=5)
-    return float("nan") if found is None else found["orderops_events_parked"]
+    """Events a processor parked (``orderops_events_parked_total``): each one is applied twice, so the
+    work a drained input costs depends on it (NaN if the processor does not answer)."""
+    found = metric_total(web_port, "orderops_events_parked")
+    return float("nan") if found is None else found
 
 
 def tree_bytes(path: Path) -> int:
