@@ -195,6 +195,29 @@ def test_a_quiet_partition_whose_records_were_not_taken_yet_is_waited_for_not_re
     assert overdue() == {ORDERS: 0, PAYMENTS: 0}  # so long without a fetch: the seek back wakes the fetcher
 
 
+def test_a_record_just_written_to_a_partition_quiet_since_the_start_is_not_taken_for_lost():
+    """A partition that never had a record is quiet from the start; its first record, written long
+    after, is on its way, not lost (found: `make run`, returns' first timer tick on a partition read
+    again 2 ms after it was written, with a warning)."""
+    from orderops.ordering import Continuity
+
+    clock = Clock()
+    continuity = Continuity(lambda topic: True, clock)
+    commits, highwaters, taken = {ORDERS: 0}, {ORDERS: 0}, {}
+
+    def overdue():
+        return continuity.overdue([ORDERS], commits.get, highwaters.get, 15, taken.get)
+
+    clock.now += 120
+    assert overdue() == {}  # nothing on the broker
+    highwaters[ORDERS] = 1  # its first record is written
+    assert overdue() == {}
+    clock.now += 15 * Continuity.STALLED_AFTER - 1
+    assert overdue() == {}
+    clock.now += 1
+    assert overdue() == {ORDERS: 0}  # on the broker so long and never fetched: read again
+
+
 def test_the_scheduler_says_how_far_it_let_records_go_and_keeps_what_it_holds_back():
     """What the tail check may call dropped: below the fetch position, and not held for its task."""
 
