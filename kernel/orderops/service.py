@@ -22,7 +22,7 @@ from typing import Any
 
 import faust
 from aiohttp import web as aiohttp_web
-from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+from faust.sensors.prometheus import FaustMetrics
 from faust.serializers import codecs
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -36,6 +36,7 @@ from orderops.deadletter import dead_letter_headers, error_class
 from orderops.envelope import cause_of
 from orderops.faustfix import install as install_faust_fix
 from orderops.faustfix import next_to_commit
+from orderops.faustmonitor import FaustMonitor
 from orderops.globalview import GlobalView
 from orderops.metrics import (
     CARD_NUMBERS_MASKED,
@@ -112,7 +113,7 @@ class Service:
         self.codec = Codec()
         self.app = _faust_app(self.settings)
         self.metrics_registry = CollectorRegistry()
-        self.app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(self.metrics_registry, "orderops_faust"))
+        self.app.monitor = FaustMonitor(metrics=FaustMetrics.create(self.metrics_registry, "orderops_faust"))
         self.metrics_registry.register(GaugeAtScrape(
             "orderops_consumer_lag_messages", "Messages in the processor's input partitions not yet committed as processed",
             ("processor", "topic"), self.consumer_lag))
