@@ -62,15 +62,18 @@ class FaustMonitor(PrometheusMonitor):
 
     def on_table_get(self, table: Any, key: Any) -> None:
         Monitor.on_table_get(self, table, key)
-        self.series(self._metrics.table_operations, f"table.{table.name}", self.KEYS_RETRIEVED).inc()
+        self._table_operation(table, self.KEYS_RETRIEVED)
 
     def on_table_set(self, table: Any, key: Any, value: Any) -> None:
         Monitor.on_table_set(self, table, key, value)
-        self.series(self._metrics.table_operations, f"table.{table.name}", self.KEYS_UPDATED).inc()
+        self._table_operation(table, self.KEYS_UPDATED)
 
     def on_table_del(self, table: Any, key: Any) -> None:
         Monitor.on_table_del(self, table, key)
-        self.series(self._metrics.table_operations, f"table.{table.name}", self.KEYS_DELETED).inc()
+        self._table_operation(table, self.KEYS_DELETED)
+
+    def _table_operation(self, table: Any, operation: str) -> None:
+        self.series(self._metrics.table_operations, f"table.{table.name}", operation).inc()
 
     def on_send_initiated(self, producer: Any, topic: str, message: Any, keysize: int, valsize: int) -> Any:
         self.series(self._metrics.topic_messages_sent, f"topic.{topic}").inc()

@@ -12,7 +12,6 @@ from prometheus_client import CollectorRegistry
 from orderops.faustmonitor import FaustMonitor
 
 
-
 class Named:
     """A stream or table as the hooks see them: a name, hashable by identity."""
 
