@@ -85,6 +85,21 @@ def create_topics(topics: tuple[Topic, ...] = ALL_TOPICS, settings: KafkaSetting
     return report
 
 
+def declare_topic(bootstrap: str, name: str, partitions: int, replication: int, config: dict[str, str]) -> None:
+    """Create one topic unless it exists, and return once its partitions have leaders (Faust
+    declares its internal topics this way: changelogs, its assignor's)."""
+    admin = AdminClient(client_config(bootstrap))
+    if name not in admin.list_topics(timeout=30).topics:
+        future = admin.create_topics([NewTopic(name, partitions, replication, config=config)],
+                                     operation_timeout=30)[name]
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise
+    _wait_for_leaders(admin, [name])
+
+
 def _set_configs(admin: AdminClient, topic: str, values: dict[str, str]) -> None:
     entries = [ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET) for key, value in values.items()]
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=entries)

@@ -50,6 +50,8 @@ from orderops.oneloop import consumer_runs_in, records_handed_on_by
 from orderops.oneloop import install as install_in_loop_consumer
 from orderops.ordering import Continuity, EventTimeOrder, InFlight
 from orderops.privacy import read_event
+from orderops.rdproducer import install as install_producer
+from orderops.rdproducer import producer_in_use
 from orderops.rebuild import MachineProcessor
 from orderops.security import KafkaSecurity
 from orderops.settings import DEFAULT_LINGER_MS, ServiceSettings
@@ -577,7 +579,7 @@ class Service:
         ready = bool(assigned) and recovered and not app.rebalancing and views_caught_up
         return {"service": self.name, "ready": ready, "recovered": recovered, "rebalancing": app.rebalancing,
                 "assigned_partitions": len(assigned), "consumer": consumer_runs_in(consumer),
-                "handoff": records_handed_on_by(),
+                "handoff": records_handed_on_by(), "producer": producer_in_use(app._producer),
                 "global_views": {v.topic.name: {"caught_up": v.caught_up.is_set(), "entries": len(v.items)}
                                  for v in self._global_views}}
 
@@ -692,6 +694,7 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     install_in_loop_consumer(in_loop=not settings.consumer_thread, fetch_min_bytes=settings.fetch_min_bytes,
                              fetch_max_wait_ms=settings.fetch_max_wait_ms, faust_drain=settings.faust_drain)
+    install_producer(faust_producer=settings.faust_producer)
     install_store_memory(settings.rocksdb_cache_mb, settings.rocksdb_write_buffer_mb)
     brokers = [f"kafka://{host.strip()}" for host in settings.kafka.bootstrap.split(",") if host.strip()]
     app = faust.App(

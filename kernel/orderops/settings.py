@@ -72,6 +72,7 @@ class ServiceSettings:
     rocksdb_write_buffer_mb: int
     consumer_thread: bool  # run Faust's Kafka consumer in a thread of its own (Faust's way) instead of the app's loop
     faust_drain: bool  # hand fetched records to the streams in Faust's tasks, one race per record (orderops.oneloop)
+    faust_producer: bool  # send with aiokafka's producer (Faust's) instead of librdkafka's (orderops.rdproducer)
     # While records flow, a fetch returns once this much is there or that long has passed
     # (orderops.oneloop.FetchPolicy; after an empty fetch, Faust's 1 byte and 1.5 s).
     fetch_min_bytes: int
@@ -111,6 +112,7 @@ class ServiceSettings:
             rocksdb_write_buffer_mb=int(env.get("ORDEROPS_ROCKSDB_WRITE_BUFFER_MB", "64")),
             consumer_thread=env.get("ORDEROPS_CONSUMER_THREAD", "0") == "1",
             faust_drain=env.get("ORDEROPS_FAUST_DRAIN", "0") == "1",
+            faust_producer=env.get("ORDEROPS_FAUST_PRODUCER", "0") == "1",
             fetch_min_bytes=int(env.get("ORDEROPS_FETCH_MIN_BYTES", str(64 * 1024))),
             fetch_max_wait_ms=int(env.get("ORDEROPS_FETCH_MAX_WAIT_MS", "50")),
         )

@@ -1,0 +1,286 @@
+"""Faust's producer on librdkafka (confluent-kafka) instead of aiokafka.
+
+Every record a processor writes — its outputs, its tables' changelog records, its dead letters —
+goes through Faust's producer. aiokafka's is Python from the record to the socket: each record is
+appended to a batch by Python code, each batch is encoded by Python code, each ack is resolved by
+Python code. In the profiles of session 22 that path was 16–25% of a processor's CPU (more than its
+domain code), a state machine sending four to six records per event. librdkafka does the same
+work in C, in threads of its own; what stays in Python is one ``produce`` call per record and the
+resolution of its future.
+
+Only the transport changes. Faust still decides what is sent, and when (``ProducerBuffer``,
+``publish_message``, the sensors); the futures it gets resolve with the same ``RecordMetadata``
+(the changelog's offset is what a table's RocksDB keeps for its recovery); ``flush`` waits for
+every record handed over, as ``faustfix`` made Faust's flush do. Records are partitioned as
+everywhere in orderops (murmur2, ``PRODUCER_DEFAULTS``), idempotently, with ``acks=all``.
+
+Acks come back on a thread of this producer's, which serves librdkafka's delivery reports and
+hands them to the event loop in batches: one wake-up of the loop per batch of acks, not per record.
+
+``ORDEROPS_FAUST_PRODUCER=1`` restores aiokafka's producer (for an A/B, or if a processor ever
+needs a feature only it has: transactions, which orderops does not use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Awaitable, Mapping
+from functools import partial
+from typing import Any
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import Producer
+from faust.types import TP, HeadersArg, RecordMetadata
+
+from orderops.security import client_config
+from orderops.settings import PRODUCER_DEFAULTS
+
+log = logging.getLogger("orderops.rdproducer")
+
+_faust_producer = faust_aiokafka.Transport.Producer
+POLL_SECONDS = 0.1  # how long the delivery thread waits in librdkafka for a report before it looks again
+FULL_QUEUE_WAIT_SECONDS = 0.005  # librdkafka's queue is full: wait this long for acks to free it
+
+
+class SendFailed(Exception):
+    """librdkafka gave up on a record; ``retriable`` says whether sending it again may succeed."""
+
+    def __init__(self, topic: str, partition: int, error: Any) -> None:
+        super().__init__(f"{topic}[{partition}]: {error.str()} ({error.name()})")
+        self.retriable = bool(error.retriable()) or error.code() in _TRANSIENT
+        self.code = error.name()
+
+
+def _transient_codes() -> frozenset[int]:
+    from confluent_kafka import KafkaError
+
+    # A record that timed out in the client, or was purged from it, may well be taken later.
+    return frozenset({KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._PURGE_QUEUE,
+                      KafkaError._PURGE_INFLIGHT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
+
+
+_TRANSIENT = _transient_codes()
+
+
+class LibrdkafkaLog:
+    """librdkafka's log lines, into the processor's log (``orderops.rdkafka``), served by the
+    delivery thread. The broker's answer that it is still loading its coordinators, while a fresh
+    broker starts, is retried by librdkafka and said as info, not as a warning."""
+
+    TRANSIENT = ("Coordinator load in progress",)
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger("orderops.rdkafka")
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        if level >= logging.WARNING and any(text in str(arg) for arg in args for text in self.TRANSIENT):
+            level = logging.INFO
+        self.logger.log(level, fmt, *args)
+
+
+class RdKafkaProducer(Producer):
+    """A Faust producer whose client is confluent-kafka's ``Producer``."""
+
+    allow_headers = True
+
+    def __post_init__(self) -> None:
+        self._client: Any = None
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._lock = threading.Lock()
+        self._reports: list[tuple[asyncio.Future, int, Any, Any]] = []
+        self._wake_pending = False
+        # Each record's number in the order it was handed over; a flush waits for the numbers
+        # handed over before it, not for a moment with nothing in flight (a busy processor has none).
+        self._next_number = 0
+        self._unsettled_in_order: deque[int] = deque()
+        self._settled_out_of_order: set[int] = set()
+        self._flushes: deque[tuple[int, asyncio.Future]] = deque()  # (last number it waits for, its future)
+        self._loop_ref: asyncio.AbstractEventLoop | None = None
+        self._partitions: dict[str, int] = {}
+
+    def _config(self) -> dict[str, Any]:
+        servers = ",".join(faust_aiokafka.server_list(self.transport.url, self.transport.default_port))
+        return client_config(servers, **{
+            **PRODUCER_DEFAULTS,
+            "client.id": self.client_id,
+            "linger.ms": self.linger_ms,
+            "message.max.bytes": self.max_request_size,
+            "compression.type": self.compression_type or "none",
+            # Faust's producer_request_timeout (20 min): how long a record may take in all,
+            # retries included, before its send fails (and writebehind sends it again).
+            "message.timeout.ms": int(self.request_timeout * 1000),
+            "logger": LibrdkafkaLog(),
+        })
+
+    async def on_start(self) -> None:
+        from confluent_kafka import Producer as Client
+
+        await super().on_start()
+        self._loop_ref = asyncio.get_running_loop()
+        self._client = Client(self._config())
+        self._closing.clear()
+        self._thread = threading.Thread(target=self._serve_reports, name=f"{self.client_id}-acks", daemon=True)
+        self._thread.start()
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        client, self._client = self._client, None
+        if client is not None:
+            left = await asyncio.to_thread(client.flush, 10.0)
+            if left:
+                log.warning("producer stopping with %d record(s) not acknowledged after 10 s; the events they came "
+                            "from are not committed and will be processed again", left)
+        self._closing.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5.0)
+            self._thread = None
+        self._settle_reports()
+        for _, flushed in self._flushes:  # stopping: what is not settled now never will be here
+            if not flushed.done():
+                flushed.set_result(None)
+        self._flushes.clear()
+
+    # -- the delivery thread, and the loop's side of it -----------------------------------------
+
+    def _serve_reports(self) -> None:
+        while not self._closing.is_set():
+            client = self._client
+            if client is None:
+                return
+            client.poll(POLL_SECONDS)
+
+    def _delivered(self, future: asyncio.Future, number: int, error: Any, message: Any) -> None:
+        """librdkafka's report, on the delivery thread: queue it; wake the loop once per batch."""
+        with self._lock:
+            self._reports.append((future, number, error, message))
+            wake, self._wake_pending = not self._wake_pending, True
+        if wake:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for these any more
+                self._loop_ref.call_soon_threadsafe(self._settle_reports)
+
+    def _settle_reports(self) -> None:
+        with self._lock:
+            reports, self._reports = self._reports, []
+            self._wake_pending = False
+        for future, number, error, message in reports:
+            self._settled_out_of_order.add(number)
+            if future.done():
+                continue
+            topic, partition = message.topic(), message.partition()
+            if error is None:
+                _, timestamp_ms = message.timestamp()
+                future.set_result(RecordMetadata(topic, partition, TP(topic, partition), message.offset(),
+                                                 timestamp_ms / 1000.0 if timestamp_ms > 0 else None))
+            else:
+                future.set_exception(SendFailed(topic, partition, error))
+        unsettled, settled = self._unsettled_in_order, self._settled_out_of_order
+        while unsettled and unsettled[0] in settled:
+            settled.remove(unsettled.popleft())
+        first_unsettled = unsettled[0] if unsettled else self._next_number
+        while self._flushes and self._flushes[0][0] < first_unsettled:
+            _, flushed = self._flushes.popleft()
+            if not flushed.done():
+                flushed.set_result(None)
+
+    # -- Faust's producer interface -------------------------------------------------------------
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
+                   timestamp: float | None, headers: HeadersArg | None, *,
+                   transactional_id: str | None = None) -> Awaitable[RecordMetadata]:
+        if transactional_id:
+            raise NotImplementedError("orderops runs at-least-once: no transactions (ORDEROPS_FAUST_PRODUCER=1 has them)")
+        client = self._client
+        if client is None:
+            raise RuntimeError("the producer is not started (or already stopped)")
+        if isinstance(headers, Mapping):
+            headers = list(headers.items())
+        future = self._loop_ref.create_future()
+        number = self._next_number
+        options: dict[str, Any] = {"on_delivery": partial(self._delivered, future, number)}
+        if partition is not None:
+            options["partition"] = partition
+        if timestamp:
+            options["timestamp"] = int(timestamp * 1000.0)
+        if headers:
+            options["headers"] = headers
+        while True:
+            try:
+                client.produce(topic, value, key, **options)
+                break
+            except BufferError:  # librdkafka's queue is full: its acks free it
+                await asyncio.sleep(FULL_QUEUE_WAIT_SECONDS)
+        self._next_number += 1
+        self._unsettled_in_order.append(number)
+        return future
+
+    async def send_and_wait(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
+                            timestamp: float | None, headers: HeadersArg | None, *,
+                            transactional_id: str | None = None) -> RecordMetadata:
+        return await (await self.send(topic, key, value, partition, timestamp, headers,
+                                      transactional_id=transactional_id))
+
+    async def flush(self) -> None:
+        """Wait until every record handed to this producer before this call (those still in Faust's
+        buffer first) is settled: acknowledged, or failed for good."""
+        await self.buffer.flush()
+        last = self._next_number - 1
+        if self._unsettled_in_order and self._unsettled_in_order[0] <= last:
+            flushed = self._loop_ref.create_future()
+            self._flushes.append((last, flushed))
+            await flushed
+
+    @property
+    def in_flight(self) -> int:
+        """Records handed to librdkafka and not settled yet."""
+        return len(self._unsettled_in_order) - len(self._settled_out_of_order)
+
+    def key_partition(self, topic: str, key: bytes) -> TP:
+        from aiokafka.partitioner import murmur2
+
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            metadata = self._client.list_topics(topic, timeout=10)
+            partitions = self._partitions[topic] = len(metadata.topics[topic].partitions)
+        return TP(topic, (murmur2(key) & 0x7FFFFFFF) % partitions)
+
+    def supports_headers(self) -> bool:
+        return True
+
+    async def create_topic(self, topic: str, partitions: int, replication: int, *,
+                           config: Mapping[str, Any] | None = None, timeout: Any = 20.0, retention: Any = None,
+                           compacting: bool | None = None, deleting: bool | None = None,
+                           ensure_created: bool = False) -> None:
+        """Faust declares its internal topics (changelogs, the assignor's) through its producer."""
+        from mode.utils.times import want_seconds
+
+        from orderops.admin import declare_topic
+
+        if not self.app.conf.topic_allow_declare:
+            log.warning("topic creation disabled: %s is not created", topic)
+            return
+        settings = dict(config or {})
+        cleanup = [policy for policy, wanted in (("compact", compacting), ("delete", deleting)) if wanted]
+        if cleanup:
+            settings["cleanup.policy"] = ",".join(cleanup)
+        if retention:
+            settings["retention.ms"] = str(int(want_seconds(retention) * 1000))
+        servers = ",".join(faust_aiokafka.server_list(self.transport.url, self.transport.default_port))
+        await asyncio.to_thread(declare_topic, servers, topic, partitions, replication,
+                                {k: str(v) for k, v in settings.items()})
+
+
+def producer_in_use(producer: Any) -> str:
+    """For the health report: which client sends this processor's records."""
+    if producer is None:
+        return "not started"
+    return "librdkafka" if isinstance(producer, RdKafkaProducer) else "aiokafka"
+
+
+def install(faust_producer: bool = False) -> None:
+    """Make Faust's Kafka transport use ``RdKafkaProducer``, or aiokafka's (``faust_producer``)."""
+    faust_aiokafka.Transport.Producer = _faust_producer if faust_producer else RdKafkaProducer

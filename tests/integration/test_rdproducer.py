@@ -1,0 +1,151 @@
+"""Faust's producer on librdkafka (orderops.rdproducer), against a real broker: records land where
+every other producer here puts them, with their headers and timestamps; each future resolves with
+the record's own offset; ``flush`` returns only when every record is acknowledged; a record the
+broker refuses for good fails its future, as not worth sending again; Faust declares topics through it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import faust
+import pytest
+from aiokafka.partitioner import murmur2
+from confluent_kafka.admin import NewTopic
+
+from orderops.admin import admin_client
+from orderops.catalog import Topic
+from orderops.rdproducer import RdKafkaProducer, SendFailed, install, producer_in_use
+from orderops.settings import KafkaSettings
+from orderops.topicreader import read
+
+pytestmark = pytest.mark.broker
+
+PARTITIONS = 4
+
+
+def probe(name: str, partitions: int = PARTITIONS) -> Topic:
+    return Topic(name, None, "order id", ("test",), (), "rdproducer probe", partitions_override=partitions)
+
+
+def create(bootstrap: str, topic: Topic, **config: str) -> None:
+    admin = admin_client(KafkaSettings(bootstrap, 1))
+    admin.create_topics([NewTopic(topic.name, topic.partitions, 1, config=config)])[topic.name].result()
+
+
+async def started_producer(bootstrap: str, run_id: str) -> tuple[faust.App, RdKafkaProducer]:
+    install()
+    app = faust.App(f"rdproducer-test-{run_id}", broker=f"kafka://{bootstrap}", producer_linger=0.005)
+    producer = app.producer
+    assert isinstance(producer, RdKafkaProducer) and producer_in_use(producer) == "librdkafka"
+    await producer.start()
+    return app, producer
+
+
+async def test_records_land_on_the_murmur2_partition_with_headers_timestamps_and_their_offsets(catalog_topics, run_id):
+    topic = probe(f"test.rdproducer-land-{run_id}")
+    create(catalog_topics, topic)
+    app, producer = await started_producer(catalog_topics, run_id)
+    try:
+        keys = [f"o-{i}".encode() for i in range(40)]
+        futures = [await producer.send(topic.name, key, b"v-" + key, None, 1_700_000_000.123 + i,
+                                       [("cause", b"orders"), ("n", str(i).encode())])
+                   for i, key in enumerate(keys)]
+        acks = [await future for future in futures]
+        # Through Faust's own path too (publish_message, the sensors, the FutureMessage).
+        sent = await app.topic(topic.name).send(key=b"o-faust", value=b"via faust", headers=[("h", b"1")])
+        faust_ack = await sent
+        hashed = {key: producer.key_partition(topic.name, key).partition for key in keys}
+    finally:
+        await producer.stop()
+
+    messages = read(catalog_topics, topic)
+    by_key = {m.key(): m for m in messages}
+    assert len(messages) == len(keys) + 1
+    for i, (key, ack) in enumerate(zip(keys, acks, strict=True)):
+        expected_partition = (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
+        message = by_key[key]
+        assert (ack.topic, ack.partition, ack.offset) == (topic.name, expected_partition, message.offset())
+        assert message.partition() == expected_partition == hashed[key]
+        assert message.headers() == [("cause", b"orders"), ("n", str(i).encode())]
+        assert message.timestamp()[1] == 1_700_000_000_123 + i * 1000
+        assert ack.topic_partition == (topic.name, expected_partition)
+    assert by_key[b"o-faust"].headers() == [("h", b"1")]
+    assert faust_ack.offset == by_key[b"o-faust"].offset()
+
+
+async def test_flush_returns_once_every_record_is_acknowledged(catalog_topics, run_id):
+    topic = probe(f"test.rdproducer-flush-{run_id}")
+    create(catalog_topics, topic)
+    _app, producer = await started_producer(catalog_topics, run_id)
+    try:
+        futures = [await producer.send(topic.name, f"o-{i % 97}".encode(), bytes(200), None, None, None)
+                   for i in range(20_000)]
+        assert producer.in_flight > 0  # not all acknowledged right away, or this test proves nothing
+        await producer.flush()
+        assert producer.in_flight == 0
+        assert all(f.done() and f.exception() is None for f in futures)
+    finally:
+        await producer.stop()
+    assert len(read(catalog_topics, topic)) == 20_000
+
+
+async def test_a_flush_waits_for_what_was_sent_before_it_not_for_a_producer_that_never_stops(catalog_topics, run_id):
+    topic = probe(f"test.rdproducer-busy-{run_id}")
+    create(catalog_topics, topic)
+    _app, producer = await started_producer(catalog_topics, run_id)
+    sending, busy = True, None
+
+    async def keep_sending() -> None:
+        i = 0
+        while sending:
+            await producer.send(topic.name, f"o-{i % 97}".encode(), bytes(100), None, None, None)
+            i += 1
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+
+    try:
+        before = [await producer.send(topic.name, b"o-1", bytes(100), None, None, None) for _ in range(5000)]
+        busy = asyncio.create_task(keep_sending())
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(producer.flush(), 60)  # with a flush that waits for nothing in flight: never
+        assert all(f.done() for f in before)
+        assert producer.in_flight > 0  # the busy sender's records were still going out
+    finally:
+        sending = False
+        if busy is not None:
+            await busy
+        await producer.stop()
+
+
+async def test_a_record_the_broker_refuses_for_good_fails_its_future_as_not_worth_sending_again(catalog_topics, run_id):
+    topic = probe(f"test.rdproducer-refused-{run_id}", partitions=1)
+    create(catalog_topics, topic, **{"max.message.bytes": "1000"})
+    _app, producer = await started_producer(catalog_topics, run_id)
+    try:
+        refused = await producer.send(topic.name, b"o-1", bytes(5000), None, None, None)
+        with pytest.raises(SendFailed) as failure:
+            await refused
+        assert failure.value.retriable is False and "TOO_LARGE" in failure.value.code
+        # (A record in the same produce request fails with it, as with aiokafka: the broker refuses the batch.)
+        assert (await (await producer.send(topic.name, b"o-1", b"small", None, None, None))).offset >= 0
+        await asyncio.wait_for(producer.flush(), 30)  # a failed record is settled, not waited for
+    finally:
+        await producer.stop()
+    assert [m.value() for m in read(catalog_topics, topic)] == [b"small"]
+
+
+async def test_faust_declares_its_topics_through_it(catalog_topics, run_id):
+    name = f"test.rdproducer-declared-{run_id}"
+    _app, producer = await started_producer(catalog_topics, run_id)
+    try:
+        for _ in range(2):  # declaring an existing topic changes nothing
+            await producer.create_topic(name, 3, 1, compacting=True, retention=3600.0)
+    finally:
+        await producer.stop()
+    admin = admin_client(KafkaSettings(catalog_topics, 1))
+    assert len(admin.list_topics(name, timeout=10).topics[name].partitions) == 3
+    from confluent_kafka.admin import ConfigResource
+
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+    config = admin.describe_configs([resource])[resource].result()
+    assert config["cleanup.policy"].value == "compact" and config["retention.ms"].value == "3600000"
