@@ -14,8 +14,12 @@ Only the transport changes. Faust still decides what is sent, and when (``Produc
 every record handed over, as ``faustfix`` made Faust's flush do. Records are partitioned as
 everywhere in orderops (murmur2, ``PRODUCER_DEFAULTS``), idempotently, with ``acks=all``.
 
-Acks come back on a thread of this producer's, which serves librdkafka's delivery reports and
-hands them to the event loop in batches: one wake-up of the loop per batch of acks, not per record.
+librdkafka's delivery reports are served in the event loop itself: while records are unacknowledged,
+the loop asks librdkafka for the reports every millisecond (``poll(0)``, which never blocks) and
+settles the futures of all it got at once. A thread of the producer's serving them instead (as
+session 13 built, and this module did first) woke the loop per batch of reports but took the GIL
+from it each time: in the same runs it used as much CPU per message as aiokafka (performance.md,
+session 24).
 
 ``ORDEROPS_FAUST_PRODUCER=1`` restores aiokafka's producer (for an A/B, or if a processor ever
 needs a feature only it has: transactions, which orderops does not use).
@@ -24,9 +28,7 @@ needs a feature only it has: transactions, which orderops does not use).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
 from collections import deque
 from collections.abc import Awaitable, Mapping
 from functools import partial
@@ -42,7 +44,8 @@ from orderops.settings import PRODUCER_DEFAULTS
 log = logging.getLogger("orderops.rdproducer")
 
 _faust_producer = faust_aiokafka.Transport.Producer
-POLL_SECONDS = 0.1  # how long the delivery thread waits in librdkafka for a report before it looks again
+POLL_DELAY_SECONDS = 0.001  # while records are unacknowledged, how often the loop asks for their reports
+STOP_FLUSH_SECONDS = 10.0
 FULL_QUEUE_WAIT_SECONDS = 0.005  # librdkafka's queue is full: wait this long for acks to free it
 
 
@@ -67,8 +70,8 @@ _TRANSIENT = _transient_codes()
 
 
 class LibrdkafkaLog:
-    """librdkafka's log lines, into the processor's log (``orderops.rdkafka``), served by the
-    delivery thread. The broker's answer that it is still loading its coordinators, while a fresh
+    """librdkafka's log lines, into the processor's log (``orderops.rdkafka``), served when the
+    loop polls. The broker's answer that it is still loading its coordinators, while a fresh
     broker starts, is retried by librdkafka and said as info, not as a warning."""
 
     TRANSIENT = ("Coordinator load in progress",)
@@ -89,11 +92,7 @@ class RdKafkaProducer(Producer):
 
     def __post_init__(self) -> None:
         self._client: Any = None
-        self._thread: threading.Thread | None = None
-        self._closing = threading.Event()
-        self._lock = threading.Lock()
         self._reports: list[tuple[asyncio.Future, int, Any, Any]] = []
-        self._wake_pending = False
         # Each record's number in the order it was handed over; a flush waits for the numbers
         # handed over before it, not for a moment with nothing in flight (a busy processor has none).
         self._next_number = 0
@@ -102,6 +101,7 @@ class RdKafkaProducer(Producer):
         self._flushes: deque[tuple[int, asyncio.Future]] = deque()  # (last number it waits for, its future)
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._partitions: dict[str, int] = {}
+        self._poll_handle: asyncio.TimerHandle | None = None
 
     def _config(self) -> dict[str, Any]:
         servers = ",".join(faust_aiokafka.server_list(self.transport.url, self.transport.default_port))
@@ -123,50 +123,45 @@ class RdKafkaProducer(Producer):
         await super().on_start()
         self._loop_ref = asyncio.get_running_loop()
         self._client = Client(self._config())
-        self._closing.clear()
-        self._thread = threading.Thread(target=self._serve_reports, name=f"{self.client_id}-acks", daemon=True)
-        self._thread.start()
 
     async def on_stop(self) -> None:
         await super().on_stop()
         client, self._client = self._client, None
+        if self._poll_handle is not None:
+            self._poll_handle.cancel()
+            self._poll_handle = None
         if client is not None:
-            left = await asyncio.to_thread(client.flush, 10.0)
-            if left:
-                log.warning("producer stopping with %d record(s) not acknowledged after 10 s; the events they came "
-                            "from are not committed and will be processed again", left)
-        self._closing.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 5.0)
-            self._thread = None
-        self._settle_reports()
+            deadline = self._loop_ref.time() + STOP_FLUSH_SECONDS
+            while len(client) and self._loop_ref.time() < deadline:
+                client.poll(0)
+                await asyncio.sleep(0.01)
+            client.poll(0)
+            self._settle_reports()
+            if len(client):
+                log.warning("producer stopping with %d record(s) not acknowledged after %.0f s; the events they came "
+                            "from are not committed and will be processed again", len(client), STOP_FLUSH_SECONDS)
         for _, flushed in self._flushes:  # stopping: what is not settled now never will be here
             if not flushed.done():
                 flushed.set_result(None)
         self._flushes.clear()
 
-    # -- the delivery thread, and the loop's side of it -----------------------------------------
+    # -- delivery reports, served in the loop ---------------------------------------------------
 
-    def _serve_reports(self) -> None:
-        while not self._closing.is_set():
-            client = self._client
-            if client is None:
-                return
-            client.poll(POLL_SECONDS)
+    def _poll(self) -> None:
+        self._poll_handle = None
+        client = self._client
+        if client is None:
+            return
+        client.poll(0)  # runs _delivered for each report librdkafka holds, here in the loop
+        self._settle_reports()
+        if self._unsettled_in_order:
+            self._poll_handle = self._loop_ref.call_later(POLL_DELAY_SECONDS, self._poll)
 
     def _delivered(self, future: asyncio.Future, number: int, error: Any, message: Any) -> None:
-        """librdkafka's report, on the delivery thread: queue it; wake the loop once per batch."""
-        with self._lock:
-            self._reports.append((future, number, error, message))
-            wake, self._wake_pending = not self._wake_pending, True
-        if wake:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for these any more
-                self._loop_ref.call_soon_threadsafe(self._settle_reports)
+        self._reports.append((future, number, error, message))
 
     def _settle_reports(self) -> None:
-        with self._lock:
-            reports, self._reports = self._reports, []
-            self._wake_pending = False
+        reports, self._reports = self._reports, []
         for future, number, error, message in reports:
             self._settled_out_of_order.add(number)
             if future.done():
@@ -216,6 +211,8 @@ class RdKafkaProducer(Producer):
                 await asyncio.sleep(FULL_QUEUE_WAIT_SECONDS)
         self._next_number += 1
         self._unsettled_in_order.append(number)
+        if self._poll_handle is None:
+            self._poll_handle = self._loop_ref.call_later(POLL_DELAY_SECONDS, self._poll)
         return future
 
     async def send_and_wait(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
