@@ -195,7 +195,10 @@ class RdKafkaProducer(Producer):
         if isinstance(headers, Mapping):
             headers = list(headers.items())
         future = self._loop_ref.create_future()
+        # Numbered before any wait below, so that a send made meanwhile gets a number of its own.
         number = self._next_number
+        self._next_number += 1
+        self._unsettled_in_order.append(number)
         options: dict[str, Any] = {"on_delivery": partial(self._delivered, future, number)}
         if partition is not None:
             options["partition"] = partition
@@ -203,14 +206,17 @@ class RdKafkaProducer(Producer):
             options["timestamp"] = int(timestamp * 1000.0)
         if headers:
             options["headers"] = headers
-        while True:
-            try:
-                client.produce(topic, value, key, **options)
-                break
-            except BufferError:  # librdkafka's queue is full: its acks free it
-                await asyncio.sleep(FULL_QUEUE_WAIT_SECONDS)
-        self._next_number += 1
-        self._unsettled_in_order.append(number)
+        try:
+            while True:
+                try:
+                    client.produce(topic, value, key, **options)
+                    break
+                except BufferError:  # librdkafka's queue is full: its acks free it
+                    await asyncio.sleep(FULL_QUEUE_WAIT_SECONDS)
+        except BaseException:  # never handed over: nothing will report on it
+            self._settled_out_of_order.add(number)
+            self._settle_reports()
+            raise
         if self._poll_handle is None:
             self._poll_handle = self._loop_ref.call_later(POLL_DELAY_SECONDS, self._poll)
         return future

@@ -10,6 +10,7 @@ import asyncio
 import faust
 import pytest
 from aiokafka.partitioner import murmur2
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import NewTopic
 
 from orderops.admin import admin_client
@@ -128,7 +129,10 @@ async def test_a_record_the_broker_refuses_for_good_fails_its_future_as_not_wort
         assert failure.value.retriable is False and "TOO_LARGE" in failure.value.code
         # (A record in the same produce request fails with it, as with aiokafka: the broker refuses the batch.)
         assert (await (await producer.send(topic.name, b"o-1", b"small", None, None, None))).offset >= 0
-        await asyncio.wait_for(producer.flush(), 30)  # a failed record is settled, not waited for
+        with pytest.raises(KafkaException):  # beyond the client's own limit: refused before it is handed over
+            await producer.send(topic.name, b"o-1", bytes(2_000_000), None, None, None)
+        await asyncio.wait_for(producer.flush(), 30)  # failed records are settled, not waited for
+        assert producer.in_flight == 0
     finally:
         await producer.stop()
     assert [m.value() for m in read(catalog_topics, topic)] == [b"small"]
