@@ -48,19 +48,9 @@ def create_topics(topics: tuple[Topic, ...] = ALL_TOPICS, settings: KafkaSetting
     report = TopicReport()
     missing = [t for t in topics if t.name not in metadata.topics]
     if missing:
-        futures = admin.create_topics(
-            [NewTopic(t.name, t.partitions, settings.replication_factor,
-                      config={**t.config, "min.insync.replicas": str(settings.min_insync_replicas)}) for t in missing],
-            operation_timeout=30,
-        )
-        for name, future in futures.items():
-            try:
-                future.result()
-                report.created.append(name)
-            except KafkaException as exc:
-                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
-                    raise
-                report.existing.append(name)
+        report.created, report.existing = _create(admin, [
+            NewTopic(t.name, t.partitions, settings.replication_factor,
+                     config={**t.config, "min.insync.replicas": str(settings.min_insync_replicas)}) for t in missing])
     if report.created:
         _wait_for_leaders(admin, report.created)
     present = [t for t in topics if t.name in metadata.topics]
@@ -90,14 +80,22 @@ def declare_topic(bootstrap: str, name: str, partitions: int, replication: int, 
     declares its internal topics this way: changelogs, its assignor's)."""
     admin = AdminClient(client_config(bootstrap))
     if name not in admin.list_topics(timeout=30).topics:
-        future = admin.create_topics([NewTopic(name, partitions, replication, config=config)],
-                                     operation_timeout=30)[name]
+        _create(admin, [NewTopic(name, partitions, replication, config=config)])
+    _wait_for_leaders(admin, [name])
+
+
+def _create(admin: AdminClient, topics: list[NewTopic]) -> tuple[list[str], list[str]]:
+    """Create the topics; return those created and those another client created first."""
+    created, existing = [], []
+    for name, future in admin.create_topics(topics, operation_timeout=30).items():
         try:
             future.result()
+            created.append(name)
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
-    _wait_for_leaders(admin, [name])
+            existing.append(name)
+    return created, existing
 
 
 def _set_configs(admin: AdminClient, topic: str, values: dict[str, str]) -> None:

@@ -34,12 +34,14 @@ from collections.abc import Awaitable, Mapping
 from functools import partial
 from typing import Any
 
+from confluent_kafka import KafkaError
+from confluent_kafka import Producer as Client
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import Producer
 from faust.types import TP, HeadersArg, RecordMetadata
 
 from orderops.security import client_config
-from orderops.settings import PRODUCER_DEFAULTS
+from orderops.settings import PRODUCER_DEFAULTS, key_partition
 
 log = logging.getLogger("orderops.rdproducer")
 
@@ -58,15 +60,9 @@ class SendFailed(Exception):
         self.code = error.name()
 
 
-def _transient_codes() -> frozenset[int]:
-    from confluent_kafka import KafkaError
-
-    # A record that timed out in the client, or was purged from it, may well be taken later.
-    return frozenset({KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._PURGE_QUEUE,
-                      KafkaError._PURGE_INFLIGHT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
-
-
-_TRANSIENT = _transient_codes()
+# A record that timed out in the client, or was purged from it, may well be taken later.
+_TRANSIENT = frozenset({KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._PURGE_QUEUE,
+                        KafkaError._PURGE_INFLIGHT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
 
 
 class LibrdkafkaLog:
@@ -103,9 +99,11 @@ class RdKafkaProducer(Producer):
         self._partitions: dict[str, int] = {}
         self._poll_handle: asyncio.TimerHandle | None = None
 
+    def _servers(self) -> str:
+        return ",".join(faust_aiokafka.server_list(self.transport.url, self.transport.default_port))
+
     def _config(self) -> dict[str, Any]:
-        servers = ",".join(faust_aiokafka.server_list(self.transport.url, self.transport.default_port))
-        return client_config(servers, **{
+        return client_config(self._servers(), **{
             **PRODUCER_DEFAULTS,
             "client.id": self.client_id,
             "linger.ms": self.linger_ms,
@@ -118,8 +116,6 @@ class RdKafkaProducer(Producer):
         })
 
     async def on_start(self) -> None:
-        from confluent_kafka import Producer as Client
-
         await super().on_start()
         self._loop_ref = asyncio.get_running_loop()
         self._client = Client(self._config())
@@ -243,13 +239,11 @@ class RdKafkaProducer(Producer):
         return len(self._unsettled_in_order) - len(self._settled_out_of_order)
 
     def key_partition(self, topic: str, key: bytes) -> TP:
-        from aiokafka.partitioner import murmur2
-
         partitions = self._partitions.get(topic)
         if partitions is None:
             metadata = self._client.list_topics(topic, timeout=10)
             partitions = self._partitions[topic] = len(metadata.topics[topic].partitions)
-        return TP(topic, (murmur2(key) & 0x7FFFFFFF) % partitions)
+        return TP(topic, key_partition(key, partitions))
 
     def supports_headers(self) -> bool:
         return True
@@ -272,8 +266,7 @@ class RdKafkaProducer(Producer):
             settings["cleanup.policy"] = ",".join(cleanup)
         if retention:
             settings["retention.ms"] = str(int(want_seconds(retention) * 1000))
-        servers = ",".join(faust_aiokafka.server_list(self.transport.url, self.transport.default_port))
-        await asyncio.to_thread(declare_topic, servers, topic, partitions, replication,
+        await asyncio.to_thread(declare_topic, self._servers(), topic, partitions, replication,
                                 {k: str(v) for k, v in settings.items()})
 
 

@@ -54,7 +54,7 @@ from orderops.rdproducer import install as install_producer
 from orderops.rdproducer import producer_in_use
 from orderops.rebuild import MachineProcessor
 from orderops.security import KafkaSecurity
-from orderops.settings import DEFAULT_LINGER_MS, ServiceSettings
+from orderops.settings import DEFAULT_LINGER_MS, ServiceSettings, key_partition
 from orderops.statememory import install as install_store_memory
 from orderops.statememory import shared as shared_store_memory
 from orderops.workflow import CAUSE_HEADER, Outcome
@@ -522,12 +522,10 @@ class Service:
     def holds(self, order_id: str, topic: Topic) -> bool:
         """Whether this worker is assigned the order's partition (murmur2 of the raw order id, as
         every producer here partitions)."""
-        from aiokafka.partitioner import murmur2
-
         consumer = self.app._consumer
         if consumer is None:
             return False
-        partition = (murmur2(order_id.encode()) & 0x7FFFFFFF) % topic.partitions
+        partition = key_partition(order_id.encode(), topic.partitions)
         return any(tp.topic == topic.name and tp.partition == partition for tp in consumer.assignment())
 
     def requires(self, role: str):
