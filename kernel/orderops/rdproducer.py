@@ -21,6 +21,11 @@ session 13 built, and this module did first) woke the loop per batch of reports 
 from it each time: in the same runs it used as much CPU per message as aiokafka (performance.md,
 session 24).
 
+A record that fails for a reason that may pass (timed out, refused as retriable), or librdkafka's
+client failing fatally, retires the client: a new one sends every record not yet acknowledged again,
+in order (``orderops.resend.Relay``). Faust's futures and flushes see only later acks; a future
+fails only for a record the broker refused for good.
+
 ``ORDEROPS_FAUST_PRODUCER=1`` restores aiokafka's producer (for an A/B, or if a processor ever
 needs a feature only it has: transactions, which orderops does not use).
 """
@@ -31,15 +36,13 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Mapping
-from functools import partial
 from typing import Any
 
-from confluent_kafka import KafkaError
-from confluent_kafka import Producer as Client
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import Producer
 from faust.types import TP, HeadersArg, RecordMetadata
 
+from orderops.resend import Relay, worth_sending_again
 from orderops.security import client_config
 from orderops.settings import PRODUCER_DEFAULTS, key_partition
 
@@ -56,13 +59,8 @@ class SendFailed(Exception):
 
     def __init__(self, topic: str, partition: int, error: Any) -> None:
         super().__init__(f"{topic}[{partition}]: {error.str()} ({error.name()})")
-        self.retriable = bool(error.retriable()) or error.code() in _TRANSIENT
+        self.retriable = worth_sending_again(error)
         self.code = error.name()
-
-
-# A record that timed out in the client, or was purged from it, may well be taken later.
-_TRANSIENT = frozenset({KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._PURGE_QUEUE,
-                        KafkaError._PURGE_INFLIGHT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
 
 
 class LibrdkafkaLog:
@@ -85,9 +83,10 @@ class RdKafkaProducer(Producer):
     """A Faust producer whose client is confluent-kafka's ``Producer``."""
 
     allow_headers = True
+    client_settings: Mapping[str, Any] = {}  # librdkafka settings over orderops' own (tests)
 
     def __post_init__(self) -> None:
-        self._client: Any = None
+        self._relay: Relay | None = None
         self._reports: list[tuple[asyncio.Future, int, Any, Any]] = []
         # Each record's number in the order it was handed over; a flush waits for the numbers
         # handed over before it, not for a moment with nothing in flight (a busy processor has none).
@@ -109,33 +108,33 @@ class RdKafkaProducer(Producer):
             "linger.ms": self.linger_ms,
             "message.max.bytes": self.max_request_size,
             "compression.type": self.compression_type or "none",
-            # Faust's producer_request_timeout (20 min): how long a record may take in all,
-            # retries included, before its send fails (and writebehind sends it again).
+            # Faust's producer_request_timeout (ORDEROPS_PRODUCER_MESSAGE_TIMEOUT_SECONDS): how long a
+            # record may take in all, retries included, before a new client sends it again.
             "message.timeout.ms": int(self.request_timeout * 1000),
             "logger": LibrdkafkaLog(),
+            **self.client_settings,
         })
 
     async def on_start(self) -> None:
         await super().on_start()
         self._loop_ref = asyncio.get_running_loop()
-        self._client = Client(self._config())
+        self._relay = Relay(self._config(), self._delivered, self._retired)
 
     async def on_stop(self) -> None:
         await super().on_stop()
-        client, self._client = self._client, None
+        relay, self._relay = self._relay, None
         if self._poll_handle is not None:
             self._poll_handle.cancel()
             self._poll_handle = None
-        if client is not None:
+        if relay is not None:
             deadline = self._loop_ref.time() + STOP_FLUSH_SECONDS
-            while len(client) and self._loop_ref.time() < deadline:
-                client.poll(0)
+            while len(relay) and self._loop_ref.time() < deadline:
+                relay.poll(0)
+                self._settle_reports()
                 await asyncio.sleep(0.01)
-            client.poll(0)
-            self._settle_reports()
-            if len(client):
+            if len(relay):
                 log.warning("producer stopping with %d record(s) not acknowledged after %.0f s; the events they came "
-                            "from are not committed and will be processed again", len(client), STOP_FLUSH_SECONDS)
+                            "from are not committed and will be processed again", len(relay), STOP_FLUSH_SECONDS)
         for _, flushed in self._flushes:  # stopping: what is not settled now never will be here
             if not flushed.done():
                 flushed.set_result(None)
@@ -145,16 +144,21 @@ class RdKafkaProducer(Producer):
 
     def _poll(self) -> None:
         self._poll_handle = None
-        client = self._client
-        if client is None:
+        relay = self._relay
+        if relay is None:
             return
-        client.poll(0)  # runs _delivered for each report librdkafka holds, here in the loop
+        relay.poll(0)  # runs _delivered for each record settled, here in the loop
         self._settle_reports()
         if self._unsettled_in_order:
             self._poll_handle = self._loop_ref.call_later(POLL_DELAY_SECONDS, self._poll)
 
-    def _delivered(self, future: asyncio.Future, number: int, error: Any, message: Any) -> None:
-        self._reports.append((future, number, error, message))
+    def _delivered(self, token: tuple[asyncio.Future, int], error: Any, message: Any) -> None:
+        self._reports.append((*token, error, message))
+
+    def _retired(self, records: int, because: str) -> None:
+        log.warning("librdkafka's producer was retired (%s); a new one sends the %d record(s) not acknowledged again, "
+                    "in their order (readers recognise a record they have). Check the broker if this repeats.",
+                    because, records)
 
     def _settle_reports(self) -> None:
         reports, self._reports = self._reports, []
@@ -185,8 +189,8 @@ class RdKafkaProducer(Producer):
                    transactional_id: str | None = None) -> Awaitable[RecordMetadata]:
         if transactional_id:
             raise NotImplementedError("orderops runs at-least-once: no transactions (ORDEROPS_FAUST_PRODUCER=1 has them)")
-        client = self._client
-        if client is None:
+        relay = self._relay
+        if relay is None:
             raise RuntimeError("the producer is not started (or already stopped)")
         if isinstance(headers, Mapping):
             headers = list(headers.items())
@@ -195,7 +199,7 @@ class RdKafkaProducer(Producer):
         number = self._next_number
         self._next_number += 1
         self._unsettled_in_order.append(number)
-        options: dict[str, Any] = {"on_delivery": partial(self._delivered, future, number)}
+        options: dict[str, Any] = {}
         if partition is not None:
             options["partition"] = partition
         if timestamp:
@@ -205,7 +209,7 @@ class RdKafkaProducer(Producer):
         try:
             while True:
                 try:
-                    client.produce(topic, value, key, **options)
+                    relay.produce(topic, value, key, (future, number), **options)
                     break
                 except BufferError:  # librdkafka's queue is full: its acks free it
                     await asyncio.sleep(FULL_QUEUE_WAIT_SECONDS)
@@ -241,7 +245,7 @@ class RdKafkaProducer(Producer):
     def key_partition(self, topic: str, key: bytes) -> TP:
         partitions = self._partitions.get(topic)
         if partitions is None:
-            metadata = self._client.list_topics(topic, timeout=10)
+            metadata = self._relay.client.list_topics(topic, timeout=10)
             partitions = self._partitions[topic] = len(metadata.topics[topic].partitions)
         return TP(topic, key_partition(key, partitions))
 

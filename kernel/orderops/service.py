@@ -716,6 +716,9 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
         # machine's CPU went to socket writes. 5 ms lets records and changelog writes share requests
         # (issue 12: order-state alone used a fifth less CPU per message).
         producer_linger=settings.producer_linger_ms / 1000,
+        # Faust's 20 minutes held a stuck client's records (and so every commit) that long before
+        # anything was tried again; librdkafka's client is now replaced and the records sent again.
+        producer_request_timeout=settings.producer_message_timeout_seconds,
         broker_session_timeout=settings.session_timeout_seconds,
         # A worker that joined its group while a restarted broker still answered metadata without
         # the topics was assigned nothing, and stayed so until the next metadata refresh (aiokafka's

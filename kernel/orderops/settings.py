@@ -73,6 +73,8 @@ class ServiceSettings:
     state_cache_orders: int  # orders whose parsed state an agent keeps between their events
     tail_check_seconds: float  # a partition quiet this long with records unread beyond the last arrived is read again
     producer_linger_ms: float  # how long the producer lets a batch fill before sending it
+    # How long a record may take to be acknowledged, retries included; then a new client sends it again.
+    producer_message_timeout_seconds: float
     # Every RocksDB database of the processor shares one block cache and one memtable limit
     # (orderops.statememory); a write buffer of 0 leaves Faust's settings per database.
     rocksdb_cache_mb: int
@@ -115,6 +117,7 @@ class ServiceSettings:
             state_cache_orders=int(env.get("ORDEROPS_STATE_CACHE_ORDERS", "10000")),
             tail_check_seconds=float(env.get("ORDEROPS_TAIL_CHECK_SECONDS", "15")),
             producer_linger_ms=float(env.get("ORDEROPS_PRODUCER_LINGER_MS", str(default_linger_ms))),
+            producer_message_timeout_seconds=float(env.get("ORDEROPS_PRODUCER_MESSAGE_TIMEOUT_SECONDS", "60")),
             rocksdb_cache_mb=int(env.get("ORDEROPS_ROCKSDB_CACHE_MB", "64")),
             rocksdb_write_buffer_mb=int(env.get("ORDEROPS_ROCKSDB_WRITE_BUFFER_MB", "64")),
             consumer_thread=env.get("ORDEROPS_CONSUMER_THREAD", "0") == "1",

@@ -1,11 +1,14 @@
 """Faust's producer on librdkafka (orderops.rdproducer), against a real broker: records land where
 every other producer here puts them, with their headers and timestamps; each future resolves with
 the record's own offset; ``flush`` returns only when every record is acknowledged; a record the
-broker refuses for good fails its future, as not worth sending again; Faust declares topics through it."""
+broker refuses for good fails its future, as not worth sending again; records a client could not
+deliver, and those a client held when it failed fatally, are sent again, in order, by a new client;
+Faust declares topics through it."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import faust
 import pytest
@@ -33,11 +36,14 @@ def create(bootstrap: str, topic: Topic, **config: str) -> None:
     admin.create_topics([NewTopic(topic.name, topic.partitions, 1, config=config)])[topic.name].result()
 
 
-async def started_producer(bootstrap: str, run_id: str) -> tuple[faust.App, RdKafkaProducer]:
+async def started_producer(bootstrap: str, run_id: str, request_timeout: float = 1200.0,
+                           **client_settings: object) -> tuple[faust.App, RdKafkaProducer]:
     install()
-    app = faust.App(f"rdproducer-test-{run_id}", broker=f"kafka://{bootstrap}", producer_linger=0.005)
+    app = faust.App(f"rdproducer-test-{run_id}", broker=f"kafka://{bootstrap}", producer_linger=0.005,
+                    producer_request_timeout=request_timeout)
     producer = app.producer
     assert isinstance(producer, RdKafkaProducer) and producer_in_use(producer) == "librdkafka"
+    producer.client_settings = client_settings
     await producer.start()
     return app, producer
 
@@ -136,6 +142,54 @@ async def test_a_record_the_broker_refuses_for_good_fails_its_future_as_not_wort
     finally:
         await producer.stop()
     assert [m.value() for m in read(catalog_topics, topic)] == [b"small"]
+
+
+async def test_records_a_client_could_not_deliver_are_sent_again_by_a_new_one_in_order(catalog_topics, run_id, caplog):
+    topic = probe(f"test.rdproducer-late-{run_id}", partitions=1)  # not there yet: sends to it time out
+    _app, producer = await started_producer(catalog_topics, run_id, request_timeout=2.0)
+    caplog.set_level(logging.WARNING, "orderops.rdproducer")
+    try:
+        futures = [await producer.send(topic.name, b"o-1", f"v{i}".encode(), None, None, None) for i in range(10)]
+        await asyncio.sleep(5)  # the records time out in the client at least once
+        assert not any(f.done() for f in futures)  # a record that timed out is not failed: it is sent again
+        await asyncio.to_thread(create, catalog_topics, topic)
+        offsets = [(await asyncio.wait_for(f, 60)).offset for f in futures]
+        await asyncio.wait_for(producer.flush(), 30)
+    finally:
+        await producer.stop()
+    assert "was retired" in caplog.text and "sends the 10 record(s) not acknowledged again" in caplog.text
+    values = [m.value() for m in read(catalog_topics, topic)]
+    assert values[:10] == [f"v{i}".encode() for i in range(10)], values  # in the order given
+    assert [values[offset] for offset in offsets] == values[:10]
+
+
+async def test_after_the_client_fails_fatally_a_new_one_sends_what_it_held_and_what_comes_next(
+        catalog_topics, run_id, caplog):
+    strict = probe(f"test.rdproducer-gapless-{run_id}", partitions=1)
+    create(catalog_topics, strict, **{"max.message.bytes": "1000"})
+    other = probe(f"test.rdproducer-after-fatal-{run_id}")
+    create(catalog_topics, other)
+    # With the gap-less guarantee, a batch the broker refuses is a fatal error of librdkafka's client.
+    _app, producer = await started_producer(catalog_topics, run_id, **{"enable.gapless.guarantee": True})
+    caplog.set_level(logging.WARNING, "orderops.rdproducer")
+    try:
+        refused = await producer.send(strict.name, b"o-1", bytes(5000), None, None, None)
+        held = [await producer.send(other.name, f"o-{i}".encode(), b"held", None, None, None) for i in range(50)]
+        with pytest.raises(SendFailed) as failure:
+            await refused
+        assert failure.value.retriable is False
+        after = [await producer.send(other.name, f"o-{i}".encode(), b"after", None, None, None) for i in range(50)]
+        for future in held + after:
+            assert (await asyncio.wait_for(future, 60)).offset >= 0
+        await asyncio.wait_for(producer.flush(), 30)
+    finally:
+        await producer.stop()
+    assert "failed fatally" in caplog.text, caplog.text
+    values = [(m.key(), m.value()) for m in read(catalog_topics, other)]
+    assert {(f"o-{i}".encode(), v) for i in range(50) for v in (b"held", b"after")} <= set(values)
+    for i in range(50):  # each key's records in the order given (a record written and sent again comes twice)
+        mine = [v for k, v in values if k == f"o-{i}".encode()]
+        assert mine == sorted(mine, key=lambda v: v == b"after"), mine
 
 
 async def test_faust_declares_its_topics_through_it(catalog_topics, run_id):
