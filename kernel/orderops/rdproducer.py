@@ -16,7 +16,8 @@ everywhere in orderops (murmur2, ``PRODUCER_DEFAULTS``), idempotently, with ``ac
 
 librdkafka's delivery reports are served in the event loop itself: while records are unacknowledged,
 the loop asks librdkafka for the reports every millisecond (``poll(0)``, which never blocks) and
-settles the futures of all it got at once. A thread of the producer's serving them instead (as
+settles the futures of all it got at once; with none, once a second (the same call serves
+librdkafka's log lines and its client's errors). A thread of the producer's serving them instead (as
 session 13 built, and this module did first) woke the loop per batch of reports but took the GIL
 from it each time: in the same runs it used as much CPU per message as aiokafka (performance.md,
 session 24).
@@ -50,6 +51,9 @@ log = logging.getLogger("orderops.rdproducer")
 
 _faust_producer = faust_aiokafka.Transport.Producer
 POLL_DELAY_SECONDS = 0.001  # while records are unacknowledged, how often the loop asks for their reports
+# With none, how often it asks anyway: librdkafka's log lines and its client's errors (a broker
+# gone, a fatal error) are served by the same call, and an idle processor's should not wait for its next send.
+IDLE_POLL_SECONDS = 1.0
 STOP_FLUSH_SECONDS = 10.0
 FULL_QUEUE_WAIT_SECONDS = 0.005  # librdkafka's queue is full: wait this long for acks to free it
 
@@ -97,6 +101,7 @@ class RdKafkaProducer(Producer):
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._partitions: dict[str, int] = {}
         self._poll_handle: asyncio.TimerHandle | None = None
+        self._polling_idle = False
 
     def _servers(self) -> str:
         return ",".join(faust_aiokafka.server_list(self.transport.url, self.transport.default_port))
@@ -119,6 +124,7 @@ class RdKafkaProducer(Producer):
         await super().on_start()
         self._loop_ref = asyncio.get_running_loop()
         self._relay = Relay(self._config(), self._delivered, self._retired)
+        self._poll_later(idle=True)
 
     async def on_stop(self) -> None:
         await super().on_stop()
@@ -149,8 +155,13 @@ class RdKafkaProducer(Producer):
             return
         relay.poll(0)  # runs _delivered for each record settled, here in the loop
         self._settle_reports()
-        if self._unsettled_in_order:
-            self._poll_handle = self._loop_ref.call_later(POLL_DELAY_SECONDS, self._poll)
+        self._poll_later(idle=not self._unsettled_in_order)
+
+    def _poll_later(self, idle: bool) -> None:
+        if self._poll_handle is not None:
+            self._poll_handle.cancel()
+        self._polling_idle = idle
+        self._poll_handle = self._loop_ref.call_later(IDLE_POLL_SECONDS if idle else POLL_DELAY_SECONDS, self._poll)
 
     def _delivered(self, token: tuple[asyncio.Future, int], error: Any, message: Any) -> None:
         self._reports.append((*token, error, message))
@@ -217,8 +228,8 @@ class RdKafkaProducer(Producer):
             self._settled_out_of_order.add(number)
             self._settle_reports()
             raise
-        if self._poll_handle is None:
-            self._poll_handle = self._loop_ref.call_later(POLL_DELAY_SECONDS, self._poll)
+        if self._polling_idle:
+            self._poll_later(idle=False)
         return future
 
     async def send_and_wait(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,

@@ -192,6 +192,21 @@ async def test_after_the_client_fails_fatally_a_new_one_sends_what_it_held_and_w
         assert mine == sorted(mine, key=lambda v: v == b"after"), mine
 
 
+async def test_an_idle_producer_still_reports_what_its_client_says(run_id, caplog):
+    from orderops.testing import free_port
+
+    caplog.set_level(logging.WARNING, "orderops.rdkafka")
+    _app, producer = await started_producer(f"127.0.0.1:{free_port()}", run_id)  # nothing listens there
+    try:
+        for _ in range(100):
+            if "Connection refused" in caplog.text:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await producer.stop()
+    assert "Connection refused" in caplog.text  # told without a record sent
+
+
 async def test_faust_declares_its_topics_through_it(catalog_topics, run_id):
     name = f"test.rdproducer-declared-{run_id}"
     _app, producer = await started_producer(catalog_topics, run_id)
