@@ -104,6 +104,14 @@ def _say_paused(consumer: Consumer, tp: Any, expected: int, first_acked: int) ->
                 "restart (and counted as duplicates)", tp.topic, tp.partition, expected, first_acked)
 
 
+# Faust's conductor, at every record it hands on, waits while its producer's buffer holds more than
+# ``max_messages`` (100), and warns "producer buffer full". A processor's completer
+# (orderops.writebehind) writes the tables of up to 500 steps at once, each write a changelog record
+# in this buffer (the timeline's step writes its view and its entries): under load every completion
+# warned (157 times in the bench's minute at 200 events/s), of a buffer the same loop drains at its next turn.
+# Its size is bounded by the completer's queue (ORDEROPS_WRITE_BEHIND_DEPTH steps) either way.
+BUFFERED_RECORDS_BEFORE_WAITING = 10_000
+
 _original_send_pending = ProducerBuffer._send_pending
 _original_buffer_flush = ProducerBuffer.flush
 _SENDING = "_orderops_sending"  # messages taken from the buffer and not yet handed to the client
@@ -142,3 +150,4 @@ def install() -> None:
         Consumer.on_partitions_revoked = _on_partitions_revoked
         ProducerBuffer._send_pending = _send_pending
         ProducerBuffer.flush = _flush_buffer
+        ProducerBuffer.max_messages = BUFFERED_RECORDS_BEFORE_WAITING
