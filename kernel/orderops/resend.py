@@ -135,12 +135,11 @@ class Relay:
     def _retire(self) -> None:
         old, because = self.client, self._retire_because
         self._generation += 1  # reports of what the old client held are of an older generation now
-        self._retire_because = None
+        self.client, self._retire_because = self._new_client(), None  # before the old one's errors are served
         old.purge(in_queue=True, in_flight=True)
         self._serve(old, 0)
         if len(old):
             self._retired_clients.append(old)
-        self.client = self._new_client()
         again = list(self._unsettled.items())
         self._retired(len(again), because)
         for record, (topic, value, key, options, _) in again:
