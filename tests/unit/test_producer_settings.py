@@ -26,3 +26,13 @@ def test_the_notifier_does_not_linger_its_deliveries_wait_for_acks_in_series(mon
     import notifier.app
 
     assert notifier.app.app.conf.producer_linger == 0
+
+
+def test_a_record_may_take_a_minute_before_a_new_client_sends_it_again_unless_the_environment_says(monkeypatch, tmp_path):
+    monkeypatch.setenv("ORDEROPS_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("ORDEROPS_PRODUCER_MESSAGE_TIMEOUT_SECONDS", raising=False)
+    assert _faust_app(ServiceSettings.from_env("order-state", 8080)).conf.producer_request_timeout == 60
+    monkeypatch.setenv("ORDEROPS_PRODUCER_MESSAGE_TIMEOUT_SECONDS", "15")
+    app = _faust_app(ServiceSettings.from_env("order-state", 8080))
+    assert app.conf.producer_request_timeout == 15
+    assert app.producer._config()["message.timeout.ms"] == 15_000  # what librdkafka's client is given
