@@ -44,6 +44,11 @@ LATEST_RECORDS = Counter(
     "orderops_latest_records_total", "Latest-only records (an order's view) left by events: sent, or superseded by a "
     "newer one of the same order completed with them and not sent", ["processor", "topic", "outcome"],
 )
+PRODUCER_CLIENTS_REPLACED = Counter(
+    "orderops_producer_clients_replaced_total", "librdkafka producer clients a processor retired, a new one sending every "
+    "record not acknowledged again, by the error that made it (fatal: the client's own; msg_timed_out: the broker did "
+    "not take a record within ORDEROPS_PRODUCER_MESSAGE_TIMEOUT_SECONDS)", ["processor", "reason"],
+)
 DUPLICATES = Counter(
     "orderops_duplicate_events_total", "Redelivered events recognised by their event id and not applied again",
     ["processor"],

@@ -43,7 +43,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import Producer
 from faust.types import TP, HeadersArg, RecordMetadata
 
-from orderops.resend import Relay, worth_sending_again
+from orderops.metrics import PRODUCER_CLIENTS_REPLACED, initialise
+from orderops.resend import FATAL, Relay, worth_sending_again
 from orderops.security import client_config
 from orderops.settings import PRODUCER_DEFAULTS, key_partition
 
@@ -88,6 +89,7 @@ class RdKafkaProducer(Producer):
 
     allow_headers = True
     client_settings: Mapping[str, Any] = {}  # librdkafka settings over orderops' own (tests)
+    processor = ""  # the metrics' processor label (``install``); else the app's id
 
     def __post_init__(self) -> None:
         self._relay: Relay | None = None
@@ -166,7 +168,8 @@ class RdKafkaProducer(Producer):
     def _delivered(self, token: tuple[asyncio.Future, int], error: Any, message: Any) -> None:
         self._reports.append((*token, error, message))
 
-    def _retired(self, records: int, because: str) -> None:
+    def _retired(self, records: int, because: str, code: str) -> None:
+        PRODUCER_CLIENTS_REPLACED.labels(self.processor or self.app.conf.id, code).inc()
         log.warning("librdkafka's producer was retired (%s); a new one sends the %d record(s) not acknowledged again, "
                     "in their order (readers recognise a record they have). Check the broker if this repeats.",
                     because, records)
@@ -292,6 +295,10 @@ def producer_in_use(producer: Any) -> str:
     return "librdkafka" if isinstance(producer, RdKafkaProducer) else "aiokafka"
 
 
-def install(faust_producer: bool = False) -> None:
-    """Make Faust's Kafka transport use ``RdKafkaProducer``, or aiokafka's (``faust_producer``)."""
+def install(faust_producer: bool = False, processor: str = "") -> None:
+    """Make Faust's Kafka transport use ``RdKafkaProducer``, or aiokafka's (``faust_producer``);
+    ``processor`` labels its metrics."""
     faust_aiokafka.Transport.Producer = _faust_producer if faust_producer else RdKafkaProducer
+    if processor and not faust_producer:
+        RdKafkaProducer.processor = processor
+        initialise(PRODUCER_CLIENTS_REPLACED, [(processor, FATAL), (processor, "msg_timed_out")])

@@ -32,6 +32,7 @@ from orderops.security import client_config
 from orderops.settings import PRODUCER_DEFAULTS
 
 MESSAGE_TIMEOUT_MS = 30_000
+FATAL = "fatal"  # the code of a retirement for the client's own fatal error
 FULL_QUEUE_POLL_SECONDS = 0.05  # a new client's queue is full while records are sent again: serve its acks
 
 # A record that timed out in the client, or was purged from it, may well be taken later.
@@ -55,16 +56,17 @@ class Relay:
 
     ``settled(token, error, message)`` is called once per record, from ``poll`` (or ``flush``): with
     ``error`` None when the broker acknowledged it, else with the error it refused it with for good.
-    ``retired(records, reason)`` is told each time a client is retired and how many records a new
-    one sends again."""
+    ``retired(records, reason, code)`` is told each time a client is retired, why (``code``: the
+    name of librdkafka's error, ``fatal`` for the client's own) and how many records a new one sends
+    again."""
 
     def __init__(self, config: dict[str, Any], settled: Callable[[Any, Any, Any], None],
-                 retired: Callable[[int, str], None]) -> None:
+                 retired: Callable[[int, str, str], None]) -> None:
         self._config, self._settled, self._retired = config, settled, retired
         self._unsettled: dict[int, tuple[str, bytes | None, bytes | None, dict[str, Any], Any]] = {}  # in given order
         self._next_record = 0
         self._generation = 0
-        self._retire_because: str | None = None
+        self._retire_because: tuple[str, str] | None = None  # (what happened, its code)
         self._retired_clients: list[Any] = []
         self.resent = 0  # records sent again by a new client
         self.client = self._new_client()
@@ -83,7 +85,7 @@ class Relay:
         except KafkaException as exc:
             if _fatal(exc) is None:
                 raise
-            self._retire_because = f"the client failed fatally: {exc.args[0].str()}"
+            self._client_error(exc.args[0])
             self._retire()
             self._produce(record, topic, value, key, options)
         self._next_record += 1
@@ -117,12 +119,14 @@ class Relay:
         except KafkaException as exc:  # how confluent-kafka reports the client's fatal error
             if _fatal(exc) is None:
                 raise
-            if client is self.client and self._retire_because is None:
-                self._retire_because = f"the client failed fatally: {exc.args[0].str()}"
+            if client is self.client:
+                self._client_error(exc.args[0])
 
     def _client_error(self, error: Any) -> None:
-        if error.fatal() and self._retire_because is None:
-            self._retire_because = f"the client failed fatally: {error.str()}"
+        """librdkafka's ``error_cb``, and a fatal error raised by a call: only a fatal one retires the
+        client (librdkafka retries the others itself, and logs them)."""
+        if (error.fatal() or error.code() == KafkaError._FATAL) and self._retire_because is None:
+            self._retire_because = (f"the client failed fatally: {error.str()}", FATAL)
 
     def _report(self, record: int, generation: int, error: Any, message: Any) -> None:
         if record not in self._unsettled:
@@ -130,10 +134,11 @@ class Relay:
         if error is None or not worth_sending_again(error):
             self._settled(self._unsettled.pop(record)[4], error, message)
         elif generation == self._generation and self._retire_because is None:  # else: sent again since
-            self._retire_because = f"{message.topic()}[{message.partition()}]: {error.str()} ({error.name()})"
+            self._retire_because = (f"{message.topic()}[{message.partition()}]: {error.str()} ({error.name()})",
+                                    FATAL if error.fatal() else error.name().lstrip("_").lower())
 
     def _retire(self) -> None:
-        old, because = self.client, self._retire_because
+        old, (because, code) = self.client, self._retire_because
         self._generation += 1  # reports of what the old client held are of an older generation now
         self.client, self._retire_because = self._new_client(), None  # before the old one's errors are served
         old.purge(in_queue=True, in_flight=True)
@@ -141,7 +146,7 @@ class Relay:
         if len(old):
             self._retired_clients.append(old)
         again = list(self._unsettled.items())
-        self._retired(len(again), because)
+        self._retired(len(again), because, code)
         for record, (topic, value, key, options, _) in again:
             while record in self._unsettled:
                 try:
@@ -174,7 +179,7 @@ class ResendingProducer:
         print(f"{self.name}: {message.topic()} refused a message of {(message.key() or b'').decode()} for good: {error}; "
               f"it is not on the topic", file=self.out, flush=True)
 
-    def _retired(self, records: int, because: str) -> None:
+    def _retired(self, records: int, because: str, code: str) -> None:
         print(f"{self.name}: the broker did not take {records} message(s) ({because}); a new producer sends them again "
               f"in their order (a reader drops any it already has by event id)", file=self.out, flush=True)
 

@@ -692,7 +692,7 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     install_in_loop_consumer(in_loop=not settings.consumer_thread, fetch_min_bytes=settings.fetch_min_bytes,
                              fetch_max_wait_ms=settings.fetch_max_wait_ms, faust_drain=settings.faust_drain)
-    install_producer(faust_producer=settings.faust_producer)
+    install_producer(faust_producer=settings.faust_producer, processor=settings.service)
     install_store_memory(settings.rocksdb_cache_mb, settings.rocksdb_write_buffer_mb)
     brokers = [f"kafka://{host.strip()}" for host in settings.kafka.bootstrap.split(",") if host.strip()]
     app = faust.App(

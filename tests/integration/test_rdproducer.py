@@ -15,6 +15,7 @@ import pytest
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import NewTopic
+from prometheus_client import REGISTRY
 
 from orderops.admin import admin_client
 from orderops.catalog import Topic
@@ -25,6 +26,12 @@ from orderops.topicreader import read
 pytestmark = pytest.mark.broker
 
 PARTITIONS = 4
+
+
+def replaced(run_id: str, reason: str) -> float:
+    """orderops_producer_clients_replaced_total of the test's producer (labelled with its app's id)."""
+    return REGISTRY.get_sample_value("orderops_producer_clients_replaced_total",
+                                     {"processor": f"rdproducer-test-{run_id}", "reason": reason}) or 0.0
 
 
 def probe(name: str, partitions: int = PARTITIONS) -> Topic:
@@ -158,6 +165,7 @@ async def test_records_a_client_could_not_deliver_are_sent_again_by_a_new_one_in
     finally:
         await producer.stop()
     assert "was retired" in caplog.text and "sends the 10 record(s) not acknowledged again" in caplog.text
+    assert replaced(run_id, "msg_timed_out") >= 1
     values = [m.value() for m in read(catalog_topics, topic)]
     assert values[:10] == [f"v{i}".encode() for i in range(10)], values  # in the order given
     assert [values[offset] for offset in offsets] == values[:10]
@@ -185,6 +193,7 @@ async def test_after_the_client_fails_fatally_a_new_one_sends_what_it_held_and_w
     finally:
         await producer.stop()
     assert "failed fatally" in caplog.text and caplog.text.count("was retired") == 1, caplog.text
+    assert replaced(run_id, "fatal") == 1
     values = [(m.key(), m.value()) for m in read(catalog_topics, other)]
     assert {(f"o-{i}".encode(), v) for i in range(50) for v in (b"held", b"after")} <= set(values)
     for i in range(50):  # each key's records in the order given (a record written and sent again comes twice)
