@@ -140,6 +140,7 @@ class RdKafkaProducer(Producer):
                 relay.poll(0)
                 self._settle_reports()
                 await asyncio.sleep(0.01)
+            self._settle_reports()  # what a retirement settled at a send, were nothing left to poll for
             if len(relay):
                 log.warning("producer stopping with %d record(s) not acknowledged after %.0f s; the events they came "
                             "from are not committed and will be processed again", len(relay), STOP_FLUSH_SECONDS)

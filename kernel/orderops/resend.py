@@ -45,10 +45,14 @@ def worth_sending_again(error: Any) -> bool:
     return bool(error.retriable() or error.fatal()) or error.code() in TRANSIENT
 
 
-def _fatal(exc: KafkaException) -> Any:
-    """The client's fatal error that ``exc`` reports, else None."""
+def _fatal(exc: KafkaException) -> KafkaError | None:
+    """The client's fatal error, if that is what ``exc`` reports (how a call says it failed fatally)."""
     error = exc.args[0] if exc.args else None
-    return error if isinstance(error, KafkaError) and (error.fatal() or error.code() == KafkaError._FATAL) else None
+    return error if isinstance(error, KafkaError) and _is_fatal(error) else None
+
+
+def _is_fatal(error: Any) -> bool:
+    return bool(error.fatal()) or error.code() == KafkaError._FATAL
 
 
 class Relay:
@@ -83,9 +87,9 @@ class Relay:
         try:
             self._produce(record, topic, value, key, options)
         except KafkaException as exc:
-            if _fatal(exc) is None:
+            if (fatal := _fatal(exc)) is None:
                 raise
-            self._client_error(exc.args[0])
+            self._client_error(fatal)
             self._retire()
             self._produce(record, topic, value, key, options)
         self._next_record += 1
@@ -117,15 +121,15 @@ class Relay:
         try:
             client.flush(timeout) if flush else client.poll(timeout)
         except KafkaException as exc:  # how confluent-kafka reports the client's fatal error
-            if _fatal(exc) is None:
+            if (fatal := _fatal(exc)) is None:
                 raise
             if client is self.client:
-                self._client_error(exc.args[0])
+                self._client_error(fatal)
 
     def _client_error(self, error: Any) -> None:
         """librdkafka's ``error_cb``, and a fatal error raised by a call: only a fatal one retires the
         client (librdkafka retries the others itself, and logs them)."""
-        if (error.fatal() or error.code() == KafkaError._FATAL) and self._retire_because is None:
+        if _is_fatal(error) and self._retire_because is None:
             self._retire_because = (f"the client failed fatally: {error.str()}", FATAL)
 
     def _report(self, record: int, generation: int, error: Any, message: Any) -> None:
@@ -135,7 +139,7 @@ class Relay:
             self._settled(self._unsettled.pop(record)[4], error, message)
         elif generation == self._generation and self._retire_because is None:  # else: sent again since
             self._retire_because = (f"{message.topic()}[{message.partition()}]: {error.str()} ({error.name()})",
-                                    FATAL if error.fatal() else error.name().lstrip("_").lower())
+                                    FATAL if _is_fatal(error) else error.name().lstrip("_").lower())
 
     def _retire(self) -> None:
         old, (because, code) = self.client, self._retire_because
