@@ -44,7 +44,7 @@ from faust.transport.producer import Producer
 from faust.types import TP, HeadersArg, RecordMetadata
 
 from orderops.metrics import PRODUCER_CLIENTS_REPLACED, initialise
-from orderops.resend import FATAL, Relay, worth_sending_again
+from orderops.resend import FATAL, Relay
 from orderops.security import client_config
 from orderops.settings import PRODUCER_DEFAULTS, key_partition
 
@@ -60,11 +60,13 @@ FULL_QUEUE_WAIT_SECONDS = 0.005  # librdkafka's queue is full: wait this long fo
 
 
 class SendFailed(Exception):
-    """librdkafka gave up on a record; ``retriable`` says whether sending it again may succeed."""
+    """The broker refused a record for good. Whatever may pass the ``Relay`` sends again itself, so
+    ``retriable`` (which writebehind reads: send again, or dead-letter the event) is always False."""
+
+    retriable = False
 
     def __init__(self, topic: str, partition: int, error: Any) -> None:
         super().__init__(f"{topic}[{partition}]: {error.str()} ({error.name()})")
-        self.retriable = worth_sending_again(error)
         self.code = error.name()
 
 
