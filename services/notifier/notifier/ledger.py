@@ -90,12 +90,16 @@ class Ledger:
         return min(pending, default=None)
 
     def to_json(self) -> dict[str, Any]:
-        return {"order_id": self.order_id, "deliveries": [to_json(vars(d)) for d in self.deliveries]}
+        # One orjson pass over the whole ledger: written twice per delivery attempt (issue 12).
+        return to_json({"order_id": self.order_id, "deliveries": [vars(d) for d in self.deliveries]})
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Ledger:
-        return cls(data["order_id"], tuple(Delivery(**{**from_json(d), "requests": tuple(from_json(d)["requests"])})
-                                           for d in data["deliveries"]))
+        return cls(data["order_id"], tuple(_delivery(from_json(d)) for d in data["deliveries"]))
+
+
+def _delivery(fields: dict[str, Any]) -> Delivery:
+    return Delivery(**{**fields, "requests": tuple(fields["requests"])})
 
 
 def move(delivery: Delivery, trigger: str, **changes: Any) -> Delivery:
