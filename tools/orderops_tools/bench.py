@@ -639,9 +639,38 @@ def report(results: Results, plot: Path) -> str:
         "|---|---|---|---|---|---|---|",
         *(f"| {n} | {m:,} | {o:,} | {c} | {results.replay[n]:,.0f} | {m / results.replay[n]:,.0f} | "
           f"{results.replay_one.get(n, float('nan')):,.0f} |" for n, (m, o, c) in results.replayed.items()), "",
+        *ceiling(results),
         "## Against the targets (issue 12)", "",
         *targets(results), ""]
     return "\n".join(lines)
+
+
+def ceiling(results: Results) -> list[str]:
+    """The most the whole pipeline could take on this machine, from this run's own figures: how many
+    messages each processor reads per upstream event, and what each costs alone. Not a measurement of
+    the pipeline (above), a bound on it: what the targets ask, set against what the machine allows."""
+    passthrough = results.baselines.get("passthrough")
+    if not passthrough or not results.events or set(PIPELINE) - set(results.processors):
+        return []
+    cores = int(results.machine.get("cores") or 1)
+    read = {name: results.processors[name]["events"] / results.events for name in PIPELINE}
+    cpu_ms = {name: read[name] * results.processors[name]["cpu_per_1000"] for name in PIPELINE}
+    messages, ms = sum(read.values()), sum(cpu_ms.values())
+    at_passthrough = cores * passthrough / messages
+    return [
+        "## What this machine allows the whole pipeline", "",
+        "Per upstream event, each processor reads the messages below (its inputs in this run, divided by the",
+        "upstream events) and spends, alone, that many times its CPU per message:", "",
+        "| processor | messages read per upstream event | CPU ms per upstream event (alone) |", "|---|---|---|",
+        *(f"| {name} | {read[name]:.2f} | {cpu_ms[name]:.2f} |" for name in PIPELINE),
+        f"| all five | {messages:.2f} | {ms:.2f} |", "",
+        f"- At their cost alone, with all {cores} cores theirs and none for the broker or the load: at most "
+        f"**{cores * 1000 / ms:,.0f} upstream events/s** (in the pipeline a processor costs more per message than alone).",
+        f"- Were every processor as fast as the passthrough ({passthrough:,.0f} messages/s, no domain logic), one per "
+        f"core: at most **{at_passthrough:,.0f}/s**; at 25% of it (the target for each processor), "
+        f"{at_passthrough * TARGETS['processor_ratio']:,.0f}/s.",
+        f"- {TARGETS['pipeline']:,} upstream events/s would take every processor at "
+        f"**{TARGETS['pipeline'] / at_passthrough:.0%} of the passthrough**, the broker's work not counted.", ""]
 
 
 def _soak_section(results: Results) -> list[str]:

@@ -45,3 +45,21 @@ def test_the_table_of_processors_alone_says_how_many_events_each_parked():
     text = report(results, Path("plot.png"))
     assert "| fulfillment | 22,854 | 1,143 | 8% | 0.77 | 178 | 90 | 400 | 12,345 |" in text
     assert "| notifier | 22,854 | 1,143 | 8% | 0.77 | 178 | 90 | 400 | — |" in text  # not counted
+
+
+def test_what_the_machine_allows_the_pipeline_is_worked_out_from_the_runs_own_figures():
+    from orderops_tools.bench import PIPELINE, ceiling
+
+    def alone(messages: int, cpu_per_1000: float) -> dict:
+        return {"events": messages, "cpu_per_1000": cpu_per_1000}
+
+    processors = {name: alone(1_000, 0.5) for name in PIPELINE} | {"timeline": alone(4_000, 1.0)}
+    results = Results(machine={"cores": "2"}, baselines={"passthrough": 20_000}, events=1_000, processors=processors)
+    text = "\n".join(ceiling(results))
+    assert "| timeline | 4.00 | 4.00 |" in text and "| notifier | 1.00 | 0.50 |" in text
+    assert "| all five | 8.00 | 6.00 |" in text
+    assert "at most **333 upstream events/s**" in text  # 2 cores × 1,000 ms / 6 ms per event
+    assert "one per core: at most **5,000/s**; at 25% of it (the target for each processor), 1,250/s." in text
+    assert "7,000 upstream events/s would take every processor at **140% of the passthrough**" in text
+    del processors["notifier"]  # not every processor measured alone: no bound to give
+    assert ceiling(results) == []
