@@ -667,7 +667,7 @@ def ceiling(results: Results) -> list[str]:
         f"- At their cost alone, with all {cores} cores theirs and none for the broker or the load: at most "
         f"**{cores * 1000 / ms:,.0f} upstream events/s** (in the pipeline a processor costs more per message than alone).",
         f"- Were every processor as fast as the passthrough ({passthrough:,.0f} messages/s, no domain logic), one per "
-        f"core: at most **{at_passthrough:,.0f}/s**; at 25% of it (the target for each processor), "
+        f"core: at most **{at_passthrough:,.0f}/s**; at {TARGETS['processor_ratio']:.0%} of it (the target for each processor), "
         f"{at_passthrough * TARGETS['processor_ratio']:,.0f}/s.",
         f"- {TARGETS['pipeline']:,} upstream events/s would take every processor at "
         f"**{TARGETS['pipeline'] / at_passthrough:.0%} of the passthrough**, the broker's work not counted.", ""]
