@@ -39,12 +39,13 @@ from collections import deque
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import Producer
 from faust.types import TP, HeadersArg, RecordMetadata
 
 from orderops.metrics import PRODUCER_CLIENTS_REPLACED, initialise
-from orderops.resend import FATAL, Relay
+from orderops.resend import FATAL, Relay, worth_sending_again
 from orderops.security import client_config
 from orderops.settings import PRODUCER_DEFAULTS, key_partition
 
@@ -57,6 +58,7 @@ POLL_DELAY_SECONDS = 0.001  # while records are unacknowledged, how often the lo
 IDLE_POLL_SECONDS = 1.0
 STOP_FLUSH_SECONDS = 10.0
 FULL_QUEUE_WAIT_SECONDS = 0.005  # librdkafka's queue is full: wait this long for acks to free it
+DECLARE_RETRY_SECONDS = 1.0  # a topic Faust declares while the broker does not answer: try again after this
 
 
 class SendFailed(Exception):
@@ -287,8 +289,21 @@ class RdKafkaProducer(Producer):
             settings["cleanup.policy"] = ",".join(cleanup)
         if retention:
             settings["retention.ms"] = str(int(want_seconds(retention) * 1000))
-        await asyncio.to_thread(declare_topic, self._servers(), topic, partitions, replication,
-                                {k: str(v) for k, v in settings.items()})
+        settings = {k: str(v) for k, v in settings.items()}
+        while True:
+            try:
+                await asyncio.to_thread(declare_topic, self._servers(), topic, partitions, replication, settings)
+                return
+            except (KafkaException, TimeoutError) as exc:
+                # The broker away (killed, restarting) while Faust's conductor declares its topics: it
+                # crashed the worker (found: the broker-kill fault test's second fulfillment worker).
+                error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+                passing = isinstance(exc, TimeoutError) or (isinstance(error, KafkaError) and worth_sending_again(error))
+                if not passing or self.should_stop:
+                    raise
+                log.warning("cannot declare topic %s yet, the broker did not answer (%s); trying again in %.0f s. "
+                            "Check the broker if this repeats.", topic, exc, DECLARE_RETRY_SECONDS)
+                await asyncio.sleep(DECLARE_RETRY_SECONDS)
 
 
 def producer_in_use(producer: Any) -> str:

@@ -3,7 +3,7 @@ every other producer here puts them, with their headers and timestamps; each fut
 the record's own offset; ``flush`` returns only when every record is acknowledged; a record the
 broker refuses for good fails its future, as not worth sending again; records a client could not
 deliver, and those a client held when it failed fatally, are sent again, in order, by a new client;
-Faust declares topics through it."""
+Faust declares topics through it, and a declaration the broker does not answer is made once it does."""
 
 from __future__ import annotations
 
@@ -231,3 +231,50 @@ async def test_faust_declares_its_topics_through_it(catalog_topics, run_id):
     resource = ConfigResource(ConfigResource.Type.TOPIC, name)
     config = admin.describe_configs([resource])[resource].result()
     assert config["cleanup.policy"].value == "compact" and config["retention.ms"].value == "3600000"
+
+
+async def test_a_topic_declared_while_the_broker_drops_every_connection_is_declared_once_it_answers(
+        catalog_topics, run_id, caplog):
+    """Faust's conductor declares its topics through the producer; the broker killed just then
+    failed the declaration (librdkafka: "Broker transport failure") and crashed the worker."""
+    host, port = catalog_topics.rsplit(":", 1)
+    answering = asyncio.Event()
+
+    async def bootstrap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Every connection dropped at once (a broker dying) until ``answering``; then forwarded to the
+        real broker, whose metadata sends the clients to it directly."""
+        if not answering.is_set():
+            writer.close()
+            return
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except ConnectionError:
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    proxy = await asyncio.start_server(bootstrap, "127.0.0.1", 0)
+    caplog.set_level(logging.WARNING, "orderops.rdproducer")
+    name = f"test.rdproducer-declared-late-{run_id}"
+    _app, producer = await started_producer(f"127.0.0.1:{proxy.sockets[0].getsockname()[1]}", run_id)
+    try:
+        declaring = asyncio.ensure_future(producer.create_topic(name, 2, 1))
+        for _ in range(600):  # a first attempt fails after librdkafka's metadata timeout
+            if f"cannot declare topic {name} yet" in caplog.text:
+                break
+            await asyncio.sleep(0.1)
+        assert not declaring.done() and f"cannot declare topic {name} yet" in caplog.text
+        answering.set()
+        await asyncio.wait_for(declaring, 60)
+    finally:
+        await producer.stop()
+        proxy.close()
+    admin = admin_client(KafkaSettings(catalog_topics, 1))
+    assert len(admin.list_topics(name, timeout=10).topics[name].partitions) == 2
