@@ -24,6 +24,8 @@ import faust
 from aiohttp import web as aiohttp_web
 from faust.sensors.prometheus import FaustMetrics
 from faust.serializers import codecs
+from faust.web.drivers.aiohttp import Web as FaustAiohttpWeb
+from mode.utils.objects import cached_property
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -688,6 +690,22 @@ async def _hardened(request: aiohttp_web.Request, handler: Callable) -> aiohttp_
     return response
 
 
+class PagesOfOurOwn(FaustAiohttpWeb):
+    """Faust's aiohttp web server serving only the pages a processor declares: none of Faust's
+    built-in ones, not even its index at ``/`` (a static ``{"status": "OK"}``, which took the
+    timeline's console path). The rest of Faust's pages are off by their settings (``_faust_app``)."""
+
+    production_blueprints = ()
+
+
+class EngineApp(faust.App):
+    """Faust's app with ``PagesOfOurOwn`` as its web server."""
+
+    @cached_property
+    def web(self) -> PagesOfOurOwn:
+        return PagesOfOurOwn(self)
+
+
 def _faust_app(settings: ServiceSettings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     install_in_loop_consumer(in_loop=not settings.consumer_thread, fetch_min_bytes=settings.fetch_min_bytes,
@@ -695,7 +713,7 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
     install_producer(faust_producer=settings.faust_producer, processor=settings.service)
     install_store_memory(settings.rocksdb_cache_mb, settings.rocksdb_write_buffer_mb)
     brokers = [f"kafka://{host.strip()}" for host in settings.kafka.bootstrap.split(",") if host.strip()]
-    app = faust.App(
+    app = EngineApp(
         settings.app_id,
         broker=brokers,
         broker_credentials=KafkaSecurity.from_env().faust_credentials(),
@@ -707,6 +725,16 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_application_options={"middlewares": [_hardened], "client_max_size": settings.http_max_body_bytes},
+        # Faust's own pages answer without a token: /table/<table>/<key>/ served an order's view with
+        # the customer's e-mail and phone. Every built-in page that shows state is off; forwarding a
+        # read to the worker that owns the order (routed_by_order) uses Faust's router object, not
+        # its /router pages. What stays open is listed in docs/security.md and checked against each
+        # processor's own routes (tests/integration/test_routes_guarded.py).
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
         topic_partitions=catalog.order_partitions(),
         topic_replication_factor=settings.kafka.replication_factor,
         table_standby_replicas=settings.standby_replicas,
