@@ -97,6 +97,37 @@ def with_held(held: list, fetched: Iterable[Any]) -> list:
     return sorted({r.offset: r for r in (*held, *fetched)}.values(), key=lambda r: r.offset)
 
 
+def lag_of(position: int | None, highwater: int | None, paused: bool) -> int | None:
+    """What a partition may still hold on the broker for ``held_back``: ``None`` when paused (not
+    fetched on purpose: nothing to wait for), ``UNKNOWN_LAG`` when not fetched yet (found: right
+    after a restart, a storefront cancellation was applied before the payment failure written 3 s
+    earlier, whose partition's first fetch came later), else its high watermark less its position."""
+    if paused:
+        return None
+    if highwater is None or position is None:
+        return UNKNOWN_LAG
+    return max(0, highwater - position)
+
+
+def held_within(records: Mapping[Any, list], assigned: Mapping[int, list], lag: Callable[[Any], int | None],
+                idle_since: dict[int, float], limit: float, now: float | None = None) -> dict[Any, int]:
+    """``held_back`` with a limit: a task that waited ``limit`` seconds for a lagging partition goes
+    on without it (the partition may be paused, or its fetches failing), and says so. ``assigned``:
+    each task's partitions here; ``idle_since``: since when each task's records wait (kept by the
+    caller between batches)."""
+    held = held_back(records, lambda task: assigned.get(task, ()), lag)
+    now = time.monotonic() if now is None else now
+    for task in {tp.partition for tp in records}:
+        if not any(tp.partition == task for tp in held):
+            idle_since.pop(task, None)
+        elif now - idle_since.setdefault(task, now) > limit:
+            log.info("partition %d: went on without waiting for %s (lagging for %.0f s)", task,
+                     ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned.get(task, ()) if lag(tp)),
+                     now - idle_since.pop(task))
+            held = {tp: offset for tp, offset in held.items() if tp.partition != task}
+    return held
+
+
 def first_not_handed_on(merged: list[tuple[Any, Any]], handed: set[int]) -> dict[Any, int]:
     """Per partition, the offset of its first record not handed on (where reading must resume)."""
     resume: dict[Any, int] = {}
@@ -186,25 +217,9 @@ class EventTimeOrder(DefaultSchedulingStrategy):
 
         def lag(tp: Any) -> int | None:
             state = states.get(tp)
-            if state is None or state.paused:
-                return None  # not ours, or not fetched on purpose: nothing to wait for
-            if state.highwater is None or state._position is None:
-                return UNKNOWN_LAG  # not fetched yet (found: right after a restart, a storefront
-                # cancellation was applied before the payment failure written 3 s earlier, whose
-                # partition's first fetch came later): wait for it, within the limit
-            return max(0, state.highwater - state._position)
+            return None if state is None else lag_of(state._position, state.highwater, state.paused)
 
-        held = held_back(records, lambda task: assigned.get(task, ()), lag)
-        now = time.monotonic()
-        for task in {tp.partition for tp in records}:
-            if not any(tp.partition == task for tp in held):
-                self._idle_since.pop(task, None)
-            elif now - self._idle_since.setdefault(task, now) > self.TASK_IDLE_LIMIT:
-                log.info("partition %d: went on without waiting for %s (lagging for %.0f s)", task,
-                         ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned.get(task, ()) if lag(tp)),
-                         now - self._idle_since.pop(task))
-                held = {tp: offset for tp, offset in held.items() if tp.partition != task}
-        return held
+        return held_within(records, assigned, lag, self._idle_since, self.TASK_IDLE_LIMIT)
 
     def _partition_states(self) -> dict[Any, Any] | None:
         """aiokafka's state of each assigned partition (position, highwater, paused), read as is."""

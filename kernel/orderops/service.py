@@ -45,6 +45,7 @@ from orderops.metrics import (
     DEAD_LETTERED,
     DUPLICATES,
     EVENTS_PROCESSED,
+    PRODUCER_CLIENTS_REPLACED,
     GaugeAtScrape,
     count_outcome,
 )
@@ -55,6 +56,10 @@ from orderops.privacy import read_event
 from orderops.rdproducer import install as install_producer
 from orderops.rdproducer import producer_in_use
 from orderops.rebuild import MachineProcessor
+from orderops.runtime.batch import BatchRunner
+from orderops.runtime.engine import run_batches
+from orderops.runtime.machine import MachineRecords
+from orderops.runtime.producer import BatchProducer, batch_producer_config
 from orderops.security import KafkaSecurity
 from orderops.settings import DEFAULT_LINGER_MS, ServiceSettings, key_partition
 from orderops.statememory import install as install_store_memory
@@ -137,6 +142,7 @@ class Service:
             log.warning("%s: %s. Every API call but /healthz and /metrics answers 401; add users with "
                         "`orderops users add <user id> <role>`.", name, self.users.problem)
         self._stagings: weakref.WeakSet[Staging] = weakref.WeakSet()
+        self._batches: BatchRunner | None = None  # the batch path, once state_machine_batches set it up
         self._dead_lettered: dict[tuple, None] = {}  # the last messages dead-lettered, oldest first
         self._agent_channels: weakref.WeakSet[faust.ChannelT] = weakref.WeakSet()  # read in order (in_order)
         timers = catalog.TIMER_TOPICS.get(name)
@@ -204,14 +210,18 @@ class Service:
     def decode(self, event: faust.EventT) -> Envelope:
         """The event's envelope; the clock learns its event time (it matters in event-time mode)."""
         message = event.message
-        envelope, masked = read_event(self.codec, message.key, message.value, catalog.topic(message.topic), message.headers,
-                                      self._input_names)
+        return self.read(message.topic, message.partition, message.offset, message.key, message.value, message.headers)
+
+    def read(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+             headers: Any) -> Envelope:
+        """A record's envelope (``decode``'s, for a record as fetched); the clock learns its event time."""
+        envelope, masked = read_event(self.codec, key, value, catalog.topic(topic), headers, self._input_names)
         if masked:
-            CARD_NUMBERS_MASKED.labels(self.name, message.topic).inc(len(masked))
+            CARD_NUMBERS_MASKED.labels(self.name, topic).inc(len(masked))
             log.warning("%s[%d]@%d (event %s): a card number in %s was masked before processing; it stays only "
                         "on that topic. Upstream systems must send a provider token and the last four digits, never "
-                        "the number: tell the owners of %s.", message.topic, message.partition, message.offset,
-                        envelope.event_id, ", ".join(masked), message.topic)
+                        "the number: tell the owners of %s.", topic, partition, offset,
+                        envelope.event_id, ", ".join(masked), topic)
         self.clock.observe(envelope.occurred_at)
         return envelope
 
@@ -220,10 +230,19 @@ class Service:
         Only a declared writer may write a topic."""
         return (await self._send(topic, key, record, headers)).ack
 
-    async def _send(self, topic: Topic, key: str, record: dict, headers: list[tuple[str, bytes]] | None) -> Sent:
+    def encode(self, topic: Topic, record: dict) -> bytes:
+        """A record in ``topic``'s schema. Only a declared writer may write a topic."""
         if self.name not in topic.writers:
             raise ContractViolation(f"{self.name} is not a writer of {topic.name} (writers: {topic.writers})")
-        value = self.codec.encode(topic.value_schema, record)
+        return self.codec.encode(topic.value_schema, record)
+
+    @staticmethod
+    def table_value(value: Any) -> bytes:
+        """What a table keeps of a value (and its changelog carries)."""
+        return codecs.dumps(TABLE_VALUE_CODEC, value)
+
+    async def _send(self, topic: Topic, key: str, record: dict, headers: list[tuple[str, bytes]] | None) -> Sent:
+        value = self.encode(topic, record)
         channel, raw_key = self.topic(topic), key.encode()
         return Sent(channel, raw_key, value, headers, await channel.send(key=raw_key, value=value, headers=headers))
 
@@ -320,6 +339,8 @@ class Service:
         way (no later record exposes such a hole): it is read again from there. Records not fetched
         yet are waited for longer (``Continuity.overdue``)."""
         consumer = self.app._consumer
+        if self._batches is not None:  # the batch path reads what it fetched, all of it: nothing is dropped
+            return
         if consumer is None or self.app.rebalancing or any(c.queue.qsize() for c in self._agent_channels):
             return
         scheduler = consumer.scheduler
@@ -397,15 +418,25 @@ class Service:
         """Dead-letter a message this processor holds as bytes (e.g. a request whose delivery
         failed for good, long after it was read): same record, headers and log line. A message
         read again (a partition sent back after a loss) is not dead-lettered twice by this worker."""
+        letter = self.dead_letter_record(key, value, headers, topic=topic, partition=partition, offset=offset,
+                                         error=error)
+        if letter is not None:
+            _, key, value, headers = letter
+            await self.topic(self._dead_letter_topic).send(key=key, value=value, headers=headers)
+
+    def dead_letter_record(self, key: bytes | None, value: bytes | None, headers: Any, *, topic: str, partition: int,
+                           offset: int, error: BaseException
+                           ) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]] | None:
+        """The dead letter of a message (its topic, key, value and headers), counted and told in the
+        log, for the caller to send; None for a message this worker dead-lettered already."""
         said = (topic, partition, offset, str(error))
         if said in self._dead_lettered:
-            return
+            return None
         self._dead_lettered[said] = None
         if len(self._dead_lettered) > DEAD_LETTERS_REMEMBERED:
             del self._dead_lettered[next(iter(self._dead_lettered))]
-        headers = dead_letter_headers(headers, topic=topic, partition=partition, offset=offset, error=error,
-                                      service=self.name)
-        await self.topic(self._dead_letter_topic).send(key=key, value=value, headers=headers)
+        letter_headers = dead_letter_headers(headers, topic=topic, partition=partition, offset=offset, error=error,
+                                             service=self.name)
         DEAD_LETTERED.labels(self.name, topic, error_class(error)).inc()
         log.error(
             "%s: dead-lettered %s[%d]@%d to %s: %s: %s. The original bytes and headers are kept there; fix the "
@@ -413,11 +444,39 @@ class Service:
             self.name, topic, partition, offset, self._dead_letter_topic.name,
             type(error).__name__, error, exc_info=not isinstance(error, (DecodeError, DeliveryError)),
         )
+        return self._dead_letter_topic.name, key, value, letter_headers
 
     async def persist(self) -> None:
         """Wait until every record sent so far, table changelogs included, is acknowledged: call it
         before an effect outside Kafka (an email, a webhook) that must not repeat silently."""
         await self.app.producer.flush()
+
+    def state_machine_batches(self, processor: MachineProcessor, table: faust.TableT,
+                              observe: Callable[[Outcome], None] | None = None) -> BatchRunner:
+        """A state-machine processor on the batch path (``orderops.runtime``): each fetched batch of
+        its inputs and timer ticks is applied record by record (``MachineRecords``: the same pure
+        functions the offline replay runs), each changed order's state written once, then the
+        batch's records flushed and its offsets committed. Faust fetches, assigns and recovers."""
+        timers = processor.timers
+        self.enable_timers()
+        names = tuple(t.name for t in (*processor.inputs, timers))
+        channel = self.app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
+                                 value_serializer="raw", partitions=timers.partitions, acks=False)
+        producer = BatchProducer(batch_producer_config(self.settings), self.name, self._producer_retired)
+        records = MachineRecords(self, processor, table, self._deadlines, observe)
+        self._batches = BatchRunner(self.name, frozenset(names), records, producer, self._count_processed)
+        run_batches(self.app, self._batches, channel, self._batches.revoked)
+        return self._batches
+
+    def _count_processed(self, counts: dict[str, int]) -> None:
+        for topic, n in counts.items():
+            EVENTS_PROCESSED.labels(self.name, topic).inc(n)
+
+    def _producer_retired(self, records: int, because: str, code: str) -> None:
+        PRODUCER_CLIENTS_REPLACED.labels(self.name, code).inc()
+        log.warning("%s: librdkafka's producer was retired (%s); a new one sends the %d record(s) not acknowledged "
+                    "again, in their order (readers recognise a record they have). Check the broker if this repeats.",
+                    self.name, because, records)
 
     def state_machine_agent(self, processor: MachineProcessor, table: faust.TableT,
                             observe: Callable[[Outcome], None] | None = None) -> faust.types.AgentT:
@@ -579,7 +638,8 @@ class Service:
         ready = bool(assigned) and recovered and not app.rebalancing and views_caught_up
         return {"service": self.name, "ready": ready, "recovered": recovered, "rebalancing": app.rebalancing,
                 "assigned_partitions": len(assigned), "consumer": consumer_runs_in(consumer),
-                "handoff": records_handed_on_by(), "producer": producer_in_use(app._producer),
+                "handoff": "batch" if self._batches is not None else records_handed_on_by(),
+                "producer": producer_in_use(app._producer),
                 "global_views": {v.topic.name: {"caught_up": v.caught_up.is_set(), "entries": len(v.items)}
                                  for v in self._global_views}}
 

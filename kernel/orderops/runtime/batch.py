@@ -1,0 +1,240 @@
+"""The data path: one fetched batch of a processor's input partitions, from records to a commit.
+
+``BatchRunner.handle`` is the whole of it, in this order:
+
+1. **merge**: the batch (with the records that waited from the last one) in write order across
+   topics, by broker time, each partition in offset order; records whose task still has older
+   records on the broker wait for the next batch (``ordering.held_within``, the hold-back rule);
+2. **apply**: each record through the processor's ``apply`` (decode, the pure functions, encode):
+   its outputs are handed to the producer at once, its state changes are kept per key in the
+   ``Batch`` (a later record of the same order reads them), anything raised dead-letters it;
+3. **commit** (``BatchRunner._commit``, the one place the order of effects is decided):
+   changelog records, one per changed key; the producer's one wait for every record of the batch
+   (a record refused for good dead-letters its cause, and that is waited for too); the state
+   stores, one write batch per table with the changelog offsets Faust's recovery resumes from;
+   the follow-ups (metrics); the input offsets.
+
+Nothing is committed before the outputs and the state it covers are acknowledged, and the state
+store is written only after its changelog records are: a crash anywhere reads the batch's records
+again, they produce the same records with the same ids (readers drop the copies), and a record
+already applied is recognised by its event id. At-least-once with idempotent outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import orjson
+from faust.serializers import codecs
+from faust.types import TP
+
+from orderops.ordering import held_within, in_write_order, lag_of, with_held, write_order
+from orderops.runtime.engine import Engine
+from orderops.runtime.producer import BatchProducer
+
+log = logging.getLogger("orderops.runtime.batch")
+TASK_IDLE_LIMIT = 5.0  # seconds a task waits for a lagging partition before it goes on without it
+
+
+class StateTable(Protocol):
+    """What the runtime needs of a Faust table: read a key, and apply changelog records to its store."""
+
+    name: str
+    key_serializer: Any
+    value_serializer: Any
+    changelog_topic: Any
+
+    def get(self, key: Any, default: Any = None) -> Any: ...
+
+    def apply_changelog_batch(self, batch: Any) -> None: ...
+
+
+class StoredMessage(NamedTuple):
+    tp: TP
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes | None
+
+
+class Stored:
+    """One changelog record of a table as its store applies it: the shape of Faust's changelog
+    event (``message`` with the bytes, where RocksDB reads them; ``key`` and ``value`` parsed,
+    where the in-memory store reads them)."""
+
+    __slots__ = ("message", "key")
+
+    def __init__(self, tp: TP, offset: int, key: Any, key_bytes: bytes, value_bytes: bytes | None) -> None:
+        self.message = StoredMessage(tp, tp.partition, offset, key_bytes, value_bytes)
+        self.key = key
+
+    @property
+    def value(self) -> Any:
+        return None if self.message.value is None else orjson.loads(self.message.value)
+
+
+@dataclass
+class Change:
+    table: StateTable
+    key: str
+    stored: bytes | None  # what the table keeps (None: the key is deleted)
+    loaded: Any  # the value as the processor uses it
+    partition: int
+
+
+@dataclass
+class Batch:
+    """One batch's work in hand: what it changed, what it sent, and what follows the commit."""
+
+    producer: BatchProducer
+    changes: dict[tuple[str, str], Change] = field(default_factory=dict)
+    causes: dict[int, Any] = field(default_factory=dict)  # producer number -> the input record it came of
+    follow_ups: list[Callable[[], None]] = field(default_factory=list)
+    counted: dict[str, int] = field(default_factory=dict)  # records applied (or dead-lettered) per topic
+
+    def load(self, table: StateTable, key: str, load: Callable[[Any], Any]) -> Any:
+        """The key's value as the batch's earlier records left it, else as the table has it
+        (``load`` of the stored value; None when there is none)."""
+        change = self.changes.get((table.name, key))
+        if change is not None:
+            return change.loaded
+        stored = table.get(key)
+        return None if stored is None else load(stored)
+
+    def put(self, table: StateTable, key: str, stored: bytes | None, loaded: Any, partition: int) -> None:
+        self.changes[(table.name, key)] = Change(table, key, stored, loaded, partition)
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None,
+             cause: Any) -> None:
+        self.causes[self.producer.send(topic, key, value, headers)] = cause
+
+    def then(self, follow_up: Callable[[], None]) -> None:
+        self.follow_ups.append(follow_up)
+
+
+class RecordHandler(Protocol):
+    """A processor's work on one input record: ``apply`` reads and changes state through the batch,
+    sends its outputs through it, and dead-letters the record itself if anything raises."""
+
+    def apply(self, batch: Batch, record: Any) -> None: ...
+
+    def dead_letter(self, batch: Batch, record: Any, error: BaseException) -> None: ...
+
+
+class BatchRunner:
+    """The engine's ``BatchHandler`` for one processor: its input topics, its record handler, its
+    producer."""
+
+    def __init__(self, name: str, topics: frozenset[str], handler: RecordHandler, producer: BatchProducer,
+                 counted: Callable[[dict[str, int]], None] = lambda counts: None) -> None:
+        self.name, self.topics, self.handler, self.producer = name, topics, handler, producer
+        self._counted = counted
+        self._held: dict[TP, list] = {}  # records waiting for their task, for the next batch
+        self._idle_since: dict[int, float] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.batches = 0
+
+    def reads(self, topic: str) -> bool:
+        return topic in self.topics
+
+    async def revoked(self) -> None:
+        """Partitions are taken away: the batch in hand finishes (and commits) first; the records
+        that wait are forgotten (they are read again from the commits by whoever gets them)."""
+        await self._idle.wait()
+        self._held = {}
+        self._idle_since.clear()
+
+    async def handle(self, records: Mapping[TP, list], engine: Engine) -> None:
+        if not records and not self._held:
+            return
+        self._idle.clear()
+        try:
+            ready, started = self._merge(records, engine)
+            if ready:
+                batch = Batch(self.producer)
+                for tp, record in ready:
+                    batch.counted[tp.topic] = batch.counted.get(tp.topic, 0) + 1
+                    self.handler.apply(batch, record)
+                await self._commit(batch, ready, engine)
+        except BaseException:
+            await self._read_again(started if "started" in locals() else {}, engine)
+            raise
+        finally:
+            self._idle.set()
+
+    def _merge(self, records: Mapping[TP, list], engine: Engine) -> tuple[list[tuple[TP, Any]], dict[TP, int]]:
+        """The records to apply now, in write order, and where each partition's records began (to
+        read them again if the batch cannot finish)."""
+        if self._held:
+            records = {**records, **{tp: with_held(held, records.get(tp, ())) for tp, held in self._held.items()}}
+            self._held = {}
+        started = {tp: batch[0].offset for tp, batch in records.items() if batch}
+        merged = write_order(records)
+        ordered = {tp: batch for tp, batch in records.items() if batch and in_write_order(tp.topic)}
+        waiting: dict[TP, int] = {}
+        if ordered:
+            states = engine.partition_states()
+            assigned: dict[int, list] = {}
+            for tp in states:
+                if in_write_order(tp.topic):
+                    assigned.setdefault(tp.partition, []).append(tp)
+
+            def lag(tp: TP) -> int | None:
+                state = states.get(tp)
+                return None if state is None else lag_of(state.position, state.highwater, state.paused)
+
+            waiting = held_within(ordered, assigned, lag, self._idle_since, TASK_IDLE_LIMIT)
+        ready = []
+        for tp, record in merged:
+            if record.offset >= waiting.get(tp, record.offset + 1):
+                self._held.setdefault(tp, []).append(record)
+            else:
+                ready.append((tp, record))
+        return ready, started
+
+    async def _commit(self, batch: Batch, applied: list[tuple[TP, Any]], engine: Engine) -> None:
+        changelog = []
+        for change in batch.changes.values():
+            table = change.table
+            key_bytes = codecs.dumps(table.key_serializer, change.key)
+            topic = table.changelog_topic.get_topic_name()
+            number = self.producer.send(topic, key_bytes, change.stored, partition=change.partition)
+            changelog.append((number, change, TP(topic, change.partition), key_bytes))
+        delivery = await self.producer.delivered()
+        while delivery.refused:  # refused for good: the record that caused it is dead-lettered
+            for number, error in delivery.refused:
+                cause = batch.causes.get(number)
+                if cause is None:
+                    raise error  # a changelog record or a dead letter itself: the store cannot be kept
+                self.handler.dead_letter(batch, cause, error)
+            delivery = await self.producer.delivered()
+        by_table: dict[str, list[Stored]] = {}
+        tables: dict[str, StateTable] = {}
+        for number, change, tp, key_bytes in changelog:
+            tables[change.table.name] = change.table
+            by_table.setdefault(change.table.name, []).append(
+                Stored(tp, delivery.offsets[number], change.key, key_bytes, change.stored))
+        for name, written in by_table.items():
+            tables[name].apply_changelog_batch(written)
+        for follow_up in batch.follow_ups:
+            follow_up()
+        self._counted(batch.counted)
+        next_offsets: dict[TP, int] = {}
+        for tp, record in applied:
+            next_offsets[tp] = max(next_offsets.get(tp, 0), record.offset + 1)
+        await engine.commit(next_offsets)
+        self.batches += 1
+
+    async def _read_again(self, started: Mapping[TP, int], engine: Engine) -> None:
+        """A batch that could not finish: its partitions are read again from where it began."""
+        self._held = {}
+        for tp, offset in started.items():
+            try:
+                await engine.seek(tp, offset)
+            except Exception:  # revoked meanwhile: its new owner reads it from the commit
+                log.debug("%s: could not seek %s back to %d", self.name, tp, offset)
