@@ -12,6 +12,7 @@ process that Prometheus does not scrape, and reports its own figures.
 
 from __future__ import annotations
 
+from collections import Counter as Counter_
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import Counter, Histogram
@@ -63,16 +64,29 @@ def initialise(counter: Counter | Histogram, label_sets: Iterable[tuple[str, ...
 
 def count_outcome(processor: str, records) -> None:
     """Count an outcome's transitions, parks and rejections (see orderops.workflow)."""
+    tally: Counter_ = Counter_()
+    tally_outcome(tally, records)
+    count_tally(processor, tally)
+
+
+def tally_outcome(tally: Counter_, records) -> None:
+    """Add an outcome's transitions, parks and rejections to ``tally`` (counted by ``count_tally``:
+    a batch counts each series once, not once per record)."""
     from orderops.workflow import ParkedRecord, Rejected, Transitioned
 
     for record in records:
         what = record.what
         if isinstance(what, Transitioned) and what.from_state != what.to_state:
-            TRANSITIONS.labels(processor, what.machine, what.to_state).inc()
+            tally[(TRANSITIONS, what.machine, what.to_state)] += 1
         elif isinstance(what, ParkedRecord):
-            PARKED.labels(processor, what.parked.machine).inc()
+            tally[(PARKED, what.parked.machine)] += 1
         elif isinstance(what, Rejected):
-            REJECTED.labels(processor, what.machine, what.reason_code).inc()
+            tally[(REJECTED, what.machine, what.reason_code)] += 1
+
+
+def count_tally(processor: str, tally: Counter_) -> None:
+    for (metric, *labels), n in tally.items():
+        metric.labels(processor, *labels).inc(n)
 
 
 class GaugeAtScrape(Collector):

@@ -115,7 +115,7 @@ def kept(share: int) -> dict[str, tuple[str, dict]]:
 
 def replay(processor: MachineProcessor, messages: Iterable[Message], clock: str = "wall",
            codec: Codec | None = None, keep: Callable[[str], bool] = lambda order_id: True,
-           progress: Callable[[int], None] | None = None, outputs: Outputs = kept) -> Rebuilt:
+           progress: Callable[[int], None] | None = None, outputs: Outputs = kept, encode: bool = False) -> Rebuilt:
     """Apply every message (in write order) to fresh state, as the live agent would.
 
     ``clock``: the live processor's ``ORDEROPS_CLOCK``. ``wall`` — the moment a message was
@@ -123,8 +123,10 @@ def replay(processor: MachineProcessor, messages: Iterable[Message], clock: str 
     Timer ticks are the ones the live processor wrote to its timer topic, so expiries replay too.
     ``outputs`` makes what receives each record the replay would write, by event id: ``kept``, a
     dict, keeps them all; a ``ComparedOutputs`` compares each as it is made and keeps its id.
+    ``encode``: each record is also encoded, and each new state serialized as its table keeps it —
+    all the work a live processor does of its own (the benchmark's floor).
     """
-    return _replay(processor, messages, clock, codec or Codec(), keep, progress, outputs(0))
+    return _replay(processor, messages, clock, codec or Codec(), keep, progress, outputs(0), encode)
 
 
 R = TypeVar("R")
@@ -260,7 +262,7 @@ def _collector_paused() -> Iterator[None]:
 @_collector_paused()
 def _replay(processor: MachineProcessor, messages: Iterable[Message], clock: str, codec: Codec,
             keep: Callable[[str], bool], progress: Callable[[int], None] | None,
-            outputs: dict[str, tuple[str, dict]] | ComparedOutputs) -> Rebuilt:
+            outputs: dict[str, tuple[str, dict]] | ComparedOutputs, encode: bool = False) -> Rebuilt:
     inputs = frozenset(t.name for t in processor.inputs)
     rebuilt, latest = Rebuilt(outputs=outputs), datetime.fromtimestamp(0, UTC)
     for n, message in enumerate(write_order(messages)):
@@ -303,6 +305,11 @@ def _replay(processor: MachineProcessor, messages: Iterable[Message], clock: str
         rebuilt.applied += 1
         for topic, record in processor.publish(outcome):
             rebuilt.outputs[record["event_id"]] = (topic.name, record)
+            if encode:
+                codec.encode(topic.value_schema, record)
+        if encode:
+            processor.stored_as(outcome.state)
+            processor.deadline(outcome.state)
         rebuilt.states[envelope.order_id] = outcome.state
     return rebuilt
 

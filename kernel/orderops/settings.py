@@ -86,6 +86,11 @@ class ServiceSettings:
     # (orderops.oneloop.FetchPolicy; after an empty fetch, Faust's 1 byte and 1.5 s).
     fetch_min_bytes: int
     fetch_max_wait_ms: int
+    # The most records the batch path applies before it flushes and commits (a larger fetch is
+    # applied in parts, in its write order): bounds the wait of a revocation (the part in hand
+    # finishes first) and what a crash reads again.
+    batch_max_records: int
+    gc_threshold: int  # allocations between the cyclic garbage collector's runs (orderops.service.collect_garbage_seldom)
 
     @property
     def app_id(self) -> str:
@@ -125,4 +130,6 @@ class ServiceSettings:
             faust_producer=env.get("ORDEROPS_FAUST_PRODUCER", "0") == "1",
             fetch_min_bytes=int(env.get("ORDEROPS_FETCH_MIN_BYTES", str(64 * 1024))),
             fetch_max_wait_ms=int(env.get("ORDEROPS_FETCH_MAX_WAIT_MS", "50")),
+            batch_max_records=int(env.get("ORDEROPS_BATCH_MAX_RECORDS", "1000")),
+            gc_threshold=int(env.get("ORDEROPS_GC_THRESHOLD", "100000")),
         )

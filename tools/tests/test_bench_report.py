@@ -38,13 +38,14 @@ def test_the_table_of_processors_alone_says_how_many_events_each_parked():
 
     machine = dict.fromkeys(("date", "cores", "cpu", "memory", "python", "kafka", "faust-streaming", "aiokafka",
                              "confluent-kafka"), "x")
-    alone = {"events": 22_854, "seconds": 20.0, "rate": 1_143, "cpu_per_1000": 0.77, "peak_rss_mb": 178, "ratio": 0.08,
+    alone = {"events": 22_854, "measured": 21_000, "seconds": 20.0,
+             "rate": 1_143, "cpu_per_1000": 0.77, "peak_rss_mb": 178, "ratio": 0.08,
              "state_mb_per_100k_orders": 90, "rss_mb_per_100k_orders": 400}
     results = Results(machine=machine, baselines={"passthrough": 13_000}, events=22_000, orders=2_678,
                       processors={"fulfillment": {**alone, "parked": 12_345}, "notifier": alone})
     text = report(results, Path("plot.png"))
-    assert "| fulfillment | 22,854 | 1,143 | 8% | 0.77 | 178 | 90 | 400 | 12,345 |" in text
-    assert "| notifier | 22,854 | 1,143 | 8% | 0.77 | 178 | 90 | 400 | — |" in text  # not counted
+    assert "| fulfillment | 22,854 | 21,000 | 1,143 | 8% | 0.77 | 178 | 90 | 400 | 12,345 |" in text
+    assert "| notifier | 22,854 | 21,000 | 1,143 | 8% | 0.77 | 178 | 90 | 400 | — |" in text  # not counted
 
 
 def test_what_the_machine_allows_the_pipeline_is_worked_out_from_the_runs_own_figures():
@@ -63,3 +64,22 @@ def test_what_the_machine_allows_the_pipeline_is_worked_out_from_the_runs_own_fi
     assert "7,000 upstream events/s would take every processor at **140% of the passthrough**" in text
     del processors["notifier"]  # not every processor measured alone: no bound to give
     assert ceiling(results) == []
+
+
+def test_each_state_machine_is_set_against_its_own_floor():
+    from pathlib import Path
+
+    from orderops_tools.bench import report
+
+    machine = dict.fromkeys(("date", "cores", "cpu", "memory", "python", "kafka", "faust-streaming", "aiokafka",
+                             "confluent-kafka"), "x")
+    alone = {"events": 50_000, "measured": 48_000, "seconds": 10.0, "rate": 4_800, "cpu_per_1000": 0.24,
+             "peak_rss_mb": 300, "ratio": 0.2, "state_mb_per_100k_orders": 90, "rss_mb_per_100k_orders": 400}
+    results = Results(machine=machine, baselines={"passthrough": 24_000}, events=50_000, orders=4_000,
+                      processors={"order-state": alone, "returns": {**alone, "cpu_per_1000": 0.12}},
+                      floors={"order-state": 200.0, "returns": 100.0})
+    text = report(results, Path("plot.png"))
+    assert "| order-state | 200 | 240 | 1.20× |" in text
+    assert "- order-state: live CPU a message ≤ 1.5× its domain floor: **met** (1.20×)." in text
+    results.processors["returns"]["cpu_per_1000"] = 0.16
+    assert "- returns: live CPU a message ≤ 1.5× its domain floor: **not met** (1.60×)." in report(results, Path("p.png"))

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -32,8 +33,9 @@ import orjson
 from faust.serializers import codecs
 from faust.types import TP
 
+from orderops.metrics import count_tally
 from orderops.ordering import held_within, in_write_order, lag_of, with_held, write_order
-from orderops.runtime.engine import Engine
+from orderops.runtime.engine import Engine, read_stored
 from orderops.runtime.producer import BatchProducer
 
 log = logging.getLogger("orderops.runtime.batch")
@@ -66,7 +68,7 @@ class Stored:
     event (``message`` with the bytes, where RocksDB reads them; ``key`` and ``value`` parsed,
     where the in-memory store reads them)."""
 
-    __slots__ = ("message", "key")
+    __slots__ = ("key", "message")
 
     def __init__(self, tp: TP, offset: int, key: Any, key_bytes: bytes, value_bytes: bytes | None) -> None:
         self.message = StoredMessage(tp, tp.partition, offset, key_bytes, value_bytes)
@@ -86,24 +88,58 @@ class Change:
     partition: int
 
 
+class StateCache:
+    """The values (as the processor uses them: immutable) of the keys the last batches wrote, the
+    most recent ``size`` of them: an order's next event, a batch or two later, does not read and
+    parse its state again. Forgotten at a revocation: a partition may come back after another
+    worker changed it."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._values: OrderedDict[tuple[str, str], Any] = OrderedDict()
+
+    def get(self, table: str, key: str) -> Any:
+        return self._values.get((table, key), _MISSING)
+
+    def keep(self, changes: Iterable[Change]) -> None:
+        values = self._values
+        for change in changes:
+            where = (change.table.name, change.key)
+            values[where] = change.loaded
+            values.move_to_end(where)
+        while len(values) > self.size:
+            values.popitem(last=False)
+
+    def clear(self) -> None:
+        self._values.clear()
+
+
+_MISSING = object()
+
+
 @dataclass
 class Batch:
     """One batch's work in hand: what it changed, what it sent, and what follows the commit."""
 
     producer: BatchProducer
+    cache: StateCache
     changes: dict[tuple[str, str], Change] = field(default_factory=dict)
     causes: dict[int, Any] = field(default_factory=dict)  # producer number -> the input record it came of
     follow_ups: list[Callable[[], None]] = field(default_factory=list)
     counted: dict[str, int] = field(default_factory=dict)  # records applied (or dead-lettered) per topic
+    tally: Counter = field(default_factory=Counter)  # transitions, parks, rejections (metrics.tally_outcome)
 
-    def load(self, table: StateTable, key: str, load: Callable[[Any], Any]) -> Any:
-        """The key's value as the batch's earlier records left it, else as the table has it
-        (``load`` of the stored value; None when there is none)."""
+    def load(self, table: StateTable, key: str, load: Callable[[Any], Any], partition: int) -> Any:
+        """The key's value as the batch's earlier records left it, else as the table has it in the
+        partition's store (``load`` of the stored value; None when there is none)."""
         change = self.changes.get((table.name, key))
         if change is not None:
             return change.loaded
-        stored = table.get(key)
-        return None if stored is None else load(stored)
+        cached = self.cache.get(table.name, key)
+        if cached is not _MISSING:
+            return cached
+        stored = read_stored(table, codecs.dumps(table.key_serializer, key), partition)
+        return None if stored is None else load(codecs.loads(table.value_serializer, stored))
 
     def put(self, table: StateTable, key: str, stored: bytes | None, loaded: Any, partition: int) -> None:
         self.changes[(table.name, key)] = Change(table, key, stored, loaded, partition)
@@ -130,8 +166,11 @@ class BatchRunner:
     producer."""
 
     def __init__(self, name: str, topics: frozenset[str], handler: RecordHandler, producer: BatchProducer,
-                 counted: Callable[[dict[str, int]], None] = lambda counts: None) -> None:
+                 counted: Callable[[dict[str, int]], None] = lambda counts: None, cached: int = 10_000,
+                 max_records: int = 1000) -> None:
         self.name, self.topics, self.handler, self.producer = name, topics, handler, producer
+        self.max_records = max_records
+        self.cache = StateCache(cached)
         self._counted = counted
         self._held: dict[TP, list] = {}  # records waiting for their task, for the next batch
         self._idle_since: dict[int, float] = {}
@@ -146,29 +185,37 @@ class BatchRunner:
         """Partitions are taken away: the batch in hand finishes (and commits) first; the records
         that wait are forgotten (they are read again from the commits by whoever gets them)."""
         await self._idle.wait()
+        self.cache.clear()
         self._held = {}
         self._idle_since.clear()
 
     async def handle(self, records: Mapping[TP, list], engine: Engine) -> None:
+        """Apply a fetched batch, in write order, ``max_records`` at a time, each part committed
+        before the next begins; a rebalance that begins meanwhile stops it after the part in hand
+        (Faust then sends every partition back to its commit)."""
         if not records and not self._held:
             return
         self._idle.clear()
+        resume: dict[TP, int] = {}
         try:
-            ready, started = self._merge(records, engine)
-            if ready:
-                batch = Batch(self.producer)
-                for tp, record in ready:
+            ready, resume = self._merge(records, engine)
+            for start in range(0, len(ready), self.max_records):
+                if start and not engine.flowing():
+                    break
+                part = ready[start:start + self.max_records]
+                batch = Batch(self.producer, self.cache)
+                for tp, record in part:
                     batch.counted[tp.topic] = batch.counted.get(tp.topic, 0) + 1
                     self.handler.apply(batch, record)
-                await self._commit(batch, ready, engine)
+                resume.update(await self._commit(batch, part, engine))
         except BaseException:
-            await self._read_again(started if "started" in locals() else {}, engine)
+            await self._read_again(resume, engine)
             raise
         finally:
             self._idle.set()
 
     def _merge(self, records: Mapping[TP, list], engine: Engine) -> tuple[list[tuple[TP, Any]], dict[TP, int]]:
-        """The records to apply now, in write order, and where each partition's records began (to
+        """The records to apply now, in write order, and where each partition's records begin (to
         read them again if the batch cannot finish)."""
         if self._held:
             records = {**records, **{tp: with_held(held, records.get(tp, ())) for tp, held in self._held.items()}}
@@ -197,7 +244,7 @@ class BatchRunner:
                 ready.append((tp, record))
         return ready, started
 
-    async def _commit(self, batch: Batch, applied: list[tuple[TP, Any]], engine: Engine) -> None:
+    async def _commit(self, batch: Batch, applied: list[tuple[TP, Any]], engine: Engine) -> dict[TP, int]:
         changelog = []
         for change in batch.changes.values():
             table = change.table
@@ -221,18 +268,22 @@ class BatchRunner:
                 Stored(tp, delivery.offsets[number], change.key, key_bytes, change.stored))
         for name, written in by_table.items():
             tables[name].apply_changelog_batch(written)
+        self.cache.keep(batch.changes.values())
         for follow_up in batch.follow_ups:
             follow_up()
+        count_tally(self.name, batch.tally)
         self._counted(batch.counted)
         next_offsets: dict[TP, int] = {}
         for tp, record in applied:
             next_offsets[tp] = max(next_offsets.get(tp, 0), record.offset + 1)
         await engine.commit(next_offsets)
         self.batches += 1
+        return next_offsets
 
     async def _read_again(self, started: Mapping[TP, int], engine: Engine) -> None:
         """A batch that could not finish: its partitions are read again from where it began."""
         self._held = {}
+        self.cache.clear()
         for tp, offset in started.items():
             try:
                 await engine.seek(tp, offset)

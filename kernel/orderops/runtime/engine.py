@@ -22,7 +22,9 @@ pinned versions (``PINNED``):
   keep Faust's idea of the commits current (lag, the seek after a rebalance);
 - ``mode.Service._stopped``: whether the consumer or the fetcher stops;
 - aiokafka's ``AIOKafkaConsumer._subscription.subscription.assignment.state_value(tp)``: a
-  partition's position, high watermark and pause, for the hold-back rule's lag.
+  partition's position, high watermark and pause, for the hold-back rule's lag;
+- ``faust.stores.rocksdb.Store._db_for_partition(partition)``: a key read in its partition's
+  database only.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from importlib.metadata import version
 from typing import Any, NamedTuple, Protocol
 
 import faust
+from faust.serializers import codecs
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -121,6 +124,10 @@ class Engine:
         """Read ``tp`` again from ``offset`` (a batch that could not finish)."""
         await self.consumer.seek(tp, offset)
 
+    def flowing(self) -> bool:
+        """False once a rebalance (or the worker's stop) began: what is not applied yet waits."""
+        return self.consumer.flow_active and not self.consumer.should_stop
+
     def assignment(self) -> set[TP]:
         return self.consumer.assignment()
 
@@ -154,6 +161,17 @@ def run_batches(app: faust.App, handler: BatchHandler, channel: faust.TopicT,
         await on_revoked()
 
     app.on_partitions_revoked.connect(revoked)
+
+
+def read_stored(table: faust.TableT, key: bytes, partition: int) -> bytes | None:
+    """A key's bytes in the table's store, looked up in its partition's database only (Faust's own
+    read, outside a stream, asks every partition's database of a key it has not seen)."""
+    store = table.data
+    by_partition = getattr(store, "_db_for_partition", None)
+    if by_partition is None:  # the in-memory store (tests): Faust's read
+        value = table.get(codecs.loads(table.key_serializer, key))
+        return None if value is None else codecs.dumps(table.value_serializer, value)
+    return by_partition(partition).get(key)
 
 
 def versions_in_use() -> dict[str, str]:

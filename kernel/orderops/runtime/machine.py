@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from orderops.envelope import cause_of
-from orderops.metrics import DUPLICATES, count_outcome
+from orderops.metrics import DUPLICATES, tally_outcome
 from orderops.workflow import CAUSE_HEADER, Outcome
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class MachineRecords:
             if processor.skips(record.topic, envelope.short_type):
                 return
             key = envelope.order_id
-            state = batch.load(self.table, key, processor.load)
+            state = batch.load(self.table, key, processor.load, record.partition)
             if record.topic == self.timers:
                 if state is None:
                     return
@@ -58,17 +58,14 @@ class MachineRecords:
             batch.put(self.table, key, outcome.state.to_json_bytes(), outcome.state, record.partition)
             due = processor.deadline(outcome.state)
             wanted = due.isoformat() if due is not None else None
-            if batch.load(self.deadlines, key, _same) != wanted:
+            if batch.load(self.deadlines, key, _same, record.partition) != wanted:
                 stored = None if wanted is None else service.table_value(wanted)
                 batch.put(self.deadlines, key, stored, wanted, record.partition)
-            batch.then(lambda: self._counted(outcome))
+            tally_outcome(batch.tally, outcome.records)
+            if self.observe is not None:
+                batch.then(lambda: self.observe(outcome))
         except Exception as exc:  # one bad record never stops the processor: it is dead-lettered
             self.dead_letter(batch, record, exc)
-
-    def _counted(self, outcome: Outcome) -> None:
-        count_outcome(self.service.name, outcome.records)
-        if self.observe is not None:
-            self.observe(outcome)
 
     def dead_letter(self, batch: Batch, record: Any, error: BaseException) -> None:
         letter = self.service.dead_letter_record(record.key, record.value, record.headers, topic=record.topic,
