@@ -466,9 +466,18 @@ class Service:
         producer = BatchProducer(batch_producer_config(self.settings), self.name, self._producer_retired)
         records = MachineRecords(self, processor, table, self._deadlines, observe)
         self._batches = BatchRunner(self.name, frozenset(names), records, producer, self._count_processed,
-                                    self.settings.state_cache_orders, self.settings.batch_max_records)
+                                    self.settings.state_cache_orders, self.settings.batch_max_records,
+                                    self._global_views_loaded)
         run_batches(self.app, self._batches, channel, self._batches.revoked)
         return self._batches
+
+    async def _global_views_loaded(self) -> None:
+        """Until every global view (returns: the policies) has read its topic to the end, nothing is
+        applied: an inspection decided without its policy would park, or worse."""
+        for view in self._global_views:
+            if not view.caught_up.is_set():
+                log.info("%s: waiting for %s to be read to its end before applying anything", self.name, view.topic.name)
+                await view.caught_up.wait()
 
     def _count_processed(self, counts: dict[str, int]) -> None:
         for topic, n in counts.items():

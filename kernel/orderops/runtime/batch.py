@@ -23,9 +23,10 @@ already applied is recognised by its event id. At-least-once with idempotent out
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -167,8 +168,10 @@ class BatchRunner:
 
     def __init__(self, name: str, topics: frozenset[str], handler: RecordHandler, producer: BatchProducer,
                  counted: Callable[[dict[str, int]], None] = lambda counts: None, cached: int = 10_000,
-                 max_records: int = 1000) -> None:
+                 max_records: int = 1000, ready: Callable[[], Awaitable[None]] | None = None) -> None:
+        """``ready``: awaited before each batch is applied (the processor's global views loaded)."""
         self.name, self.topics, self.handler, self.producer = name, topics, handler, producer
+        self._ready = ready
         self.max_records = max_records
         self.cache = StateCache(cached)
         self._counted = counted
@@ -180,6 +183,14 @@ class BatchRunner:
 
     def reads(self, topic: str) -> bool:
         return topic in self.topics
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._idle.set()
 
     async def revoked(self) -> None:
         """Partitions are taken away: the batch in hand finishes (and commits) first; the records
@@ -195,13 +206,14 @@ class BatchRunner:
         (Faust then sends every partition back to its commit)."""
         if not records and not self._held:
             return
-        self._idle.clear()
         resume: dict[TP, int] = {}
         try:
+            if self._ready is not None:
+                await self._ready()
             ready, resume = self._merge(records, engine)
             for start in range(0, len(ready), self.max_records):
-                if start and not engine.flowing():
-                    break
+                if not engine.flowing():
+                    break  # a revocation began: nothing more is applied of partitions that may go
                 part = ready[start:start + self.max_records]
                 batch = Batch(self.producer, self.cache)
                 for tp, record in part:
@@ -211,8 +223,6 @@ class BatchRunner:
         except BaseException:
             await self._read_again(resume, engine)
             raise
-        finally:
-            self._idle.set()
 
     def _merge(self, records: Mapping[TP, list], engine: Engine) -> tuple[list[tuple[TP, Any]], dict[TP, int]]:
         """The records to apply now, in write order, and where each partition's records begin (to

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from importlib.metadata import version
 from typing import Any, NamedTuple, Protocol
 
@@ -50,6 +51,9 @@ class BatchHandler(Protocol):
     """What the engine hands fetched records of the processor's own inputs to."""
 
     def reads(self, topic: str) -> bool: ...
+
+    def busy(self) -> AbstractContextManager[None]:
+        """Held from a fetch's return until its records are handled: a revocation waits for it."""
 
     async def handle(self, records: Mapping[TP, list], engine: Engine) -> None: ...
 
@@ -77,16 +81,19 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 records, _ = await self._wait_next_records(1.0)
                 if self.should_stop:
                     return
-                if not self.flow_active:
-                    continue  # a rebalance began: every partition is sought to its commit after it
-                mine: dict[TP, list] = {}
-                for tp, batch in (records or {}).items():
-                    if handler.reads(tp.topic):
-                        mine[tp] = batch
-                    else:
-                        for record in batch:
-                            await handed_on(self, self.callback, self._to_message(tp, record))
-                await handler.handle(mine, engine)
+                # Taken at once after the fetch (no await between): a revocation that begins from here
+                # on waits until these records are handled, and one that began before stopped the flow.
+                with handler.busy():
+                    if not self.flow_active:
+                        continue  # a rebalance began: every partition is sought to its commit after it
+                    mine: dict[TP, list] = {}
+                    for tp, batch in (records or {}).items():
+                        if handler.reads(tp.topic):
+                            mine[tp] = batch
+                        else:
+                            for record in batch:
+                                await handed_on(self, self.callback, self._to_message(tp, record))
+                    await handler.handle(mine, engine)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return

@@ -1,8 +1,8 @@
-"""fulfillment's agent: the kernel's state-machine agent over this processor's pure domain."""
+"""fulfillment's agent: the kernel's batch path over this processor's pure domain."""
 
 from __future__ import annotations
 
 from fulfillment.app import orders, service
 from fulfillment.processor import definition
 
-lines_and_parcels = service.state_machine_agent(definition(service.settings), orders)
+lines_and_parcels = service.state_machine_batches(definition(service.settings), orders)

@@ -1,4 +1,4 @@
-"""returns' agent: the kernel's state-machine agent over this processor's pure domain."""
+"""returns' agent: the kernel's batch path over this processor's pure domain."""
 
 from __future__ import annotations
 
@@ -15,5 +15,5 @@ def observe(outcome: Outcome) -> None:
             REFUNDS_COMPLETED.labels(measure.labels["channel"], measure.labels["policy"], measure.labels["within_sla"]).inc()
 
 
-returns_and_refunds = service.state_machine_agent(definition(service.settings, policies=current_policies), orders,
+returns_and_refunds = service.state_machine_batches(definition(service.settings, policies=current_policies), orders,
                                                   observe=observe)
