@@ -57,7 +57,7 @@ from orderops.privacy import read_event
 from orderops.rdproducer import install as install_producer
 from orderops.rdproducer import producer_in_use
 from orderops.rebuild import MachineProcessor
-from orderops.runtime.batch import BatchRunner
+from orderops.runtime.batch import Batch, BatchRunner, RecordHandler
 from orderops.runtime.engine import run_batches
 from orderops.runtime.machine import MachineRecords
 from orderops.runtime.producer import BatchProducer, batch_producer_config
@@ -458,18 +458,36 @@ class Service:
         its inputs and timer ticks is applied record by record (``MachineRecords``: the same pure
         functions the offline replay runs), each changed order's state written once, then the
         batch's records flushed and its offsets committed. Faust fetches, assigns and recovers."""
-        timers = processor.timers
         self.enable_timers()
-        names = tuple(t.name for t in (*processor.inputs, timers))
+        return self.batches(MachineRecords(self, processor, table, observe), (*processor.inputs, processor.timers))
+
+    def batches(self, handler: RecordHandler, inputs: Iterable[Topic]) -> BatchRunner:
+        """This processor on the batch path (``orderops.runtime``): every fetched batch of ``inputs``
+        through ``handler``, record by record, then its records flushed, its state written and its
+        offsets committed. Faust fetches, assigns and recovers. Call once, before the worker starts."""
+        names = tuple(t.name for t in inputs)
         channel = self.app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
-                                 value_serializer="raw", partitions=timers.partitions, acks=False)
+                                 value_serializer="raw", partitions=catalog.order_partitions(), acks=False)
         producer = BatchProducer(batch_producer_config(self.settings), self.name, self._producer_retired)
-        records = MachineRecords(self, processor, table, self._deadlines, observe)
-        self._batches = BatchRunner(self.name, frozenset(names), records, producer, self._count_processed,
+        self._batches = BatchRunner(self.name, frozenset(names), handler, producer, self._count_processed,
                                     self.settings.state_cache_orders, self.settings.batch_max_records,
                                     self._global_views_loaded)
         run_batches(self.app, self._batches, channel, self._batches.revoked)
         return self._batches
+
+    def schedule_in(self, batch: Batch, key: str, due: datetime | None, partition: int) -> None:
+        """Set (or clear, with None) the key's next deadline, as part of a batch (``enable_timers``)."""
+        wanted = due.isoformat() if due is not None else None
+        if batch.load(self._deadlines, key, _as_stored, partition) != wanted:
+            batch.put(self._deadlines, key, None if wanted is None else self.table_value(wanted), wanted, partition)
+
+    def dead_letter_in(self, batch: Batch, record: Any, error: BaseException) -> None:
+        """Dead-letter a fetched record as part of a batch: sent with the batch's records."""
+        letter = self.dead_letter_record(record.key, record.value, record.headers, topic=record.topic,
+                                         partition=record.partition, offset=record.offset, error=error)
+        if letter is not None:
+            topic, key, value, headers = letter
+            batch.send(topic, key, value, headers, None)
 
     async def _global_views_loaded(self) -> None:
         """Until every global view (returns: the policies) has read its topic to the end, nothing is
@@ -724,6 +742,10 @@ class Service:
                         self.name, bootstrap, exc)
             time.sleep(5)
             os.execv(sys.executable, sys.orig_argv)
+
+
+def _as_stored(value: Any) -> Any:
+    return value
 
 
 def collect_garbage_seldom(threshold: int) -> None:

@@ -87,6 +87,7 @@ class Change:
     stored: bytes | None  # what the table keeps (None: the key is deleted)
     loaded: Any  # the value as the processor uses it
     partition: int
+    remember: bool = True  # kept by the StateCache for later batches (a value that is read again)
 
 
 class StateCache:
@@ -105,6 +106,8 @@ class StateCache:
     def keep(self, changes: Iterable[Change]) -> None:
         values = self._values
         for change in changes:
+            if not change.remember:
+                continue
             where = (change.table.name, change.key)
             values[where] = change.loaded
             values.move_to_end(where)
@@ -129,6 +132,8 @@ class Batch:
     follow_ups: list[Callable[[], None]] = field(default_factory=list)
     counted: dict[str, int] = field(default_factory=dict)  # records applied (or dead-lettered) per topic
     tally: Counter = field(default_factory=Counter)  # transitions, parks, rejections (metrics.tally_outcome)
+    # (topic, key) -> what builds its record, and the input record it came of: only the newest is sent
+    latest: dict[tuple[str, str], tuple[Callable[[], tuple[bytes, bytes]], Any]] = field(default_factory=dict)
 
     def load(self, table: StateTable, key: str, load: Callable[[Any], Any], partition: int) -> Any:
         """The key's value as the batch's earlier records left it, else as the table has it in the
@@ -142,12 +147,21 @@ class Batch:
         stored = read_stored(table, codecs.dumps(table.key_serializer, key), partition)
         return None if stored is None else load(codecs.loads(table.value_serializer, stored))
 
-    def put(self, table: StateTable, key: str, stored: bytes | None, loaded: Any, partition: int) -> None:
-        self.changes[(table.name, key)] = Change(table, key, stored, loaded, partition)
+    def put(self, table: StateTable, key: str, stored: bytes | None, loaded: Any, partition: int,
+            remember: bool = True) -> None:
+        """The key's new value (``stored``: as its table keeps it, None deletes it), written at the
+        commit; ``remember``: kept for later batches' reads (False for a value the processor never reads)."""
+        self.changes[(table.name, key)] = Change(table, key, stored, loaded, partition, remember)
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None,
              cause: Any) -> None:
         self.causes[self.producer.send(topic, key, value, headers)] = cause
+
+    def send_latest(self, topic: str, key: str, build: Callable[[], tuple[bytes, bytes]], cause: Any) -> None:
+        """A record that only says what is latest for ``key`` (a compacted topic's): of the batch's,
+        only the newest per topic and key is built (``build``: its key and value bytes) and sent, at
+        the commit. ``build`` must read only values that do not change."""
+        self.latest[(topic, key)] = (build, cause)
 
     def then(self, follow_up: Callable[[], None]) -> None:
         self.follow_ups.append(follow_up)
@@ -255,6 +269,13 @@ class BatchRunner:
         return ready, started
 
     async def _commit(self, batch: Batch, applied: list[tuple[TP, Any]], engine: Engine) -> dict[TP, int]:
+        for (topic, _), (build, cause) in batch.latest.items():
+            try:
+                key, value = build()
+            except Exception as exc:  # its cause is dead-lettered; the state it leaves is still written
+                self.handler.dead_letter(batch, cause, exc)
+                continue
+            batch.send(topic, key, value, None, cause)
         changelog = []
         for change in batch.changes.values():
             table = change.table

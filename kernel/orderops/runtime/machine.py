@@ -18,16 +18,12 @@ if TYPE_CHECKING:
     from orderops.service import Service
 
 
-def _same(value: Any) -> Any:
-    return value
-
-
 class MachineRecords:
     """The ``RecordHandler`` of order-state, fulfillment and returns."""
 
-    def __init__(self, service: Service, processor: MachineProcessor, table: StateTable, deadlines: StateTable,
+    def __init__(self, service: Service, processor: MachineProcessor, table: StateTable,
                  observe: Callable[[Outcome], None] | None = None) -> None:
-        self.service, self.processor, self.table, self.deadlines = service, processor, table, deadlines
+        self.service, self.processor, self.table = service, processor, table
         self.observe = observe
         self.timers = processor.timers.name
 
@@ -56,11 +52,7 @@ class MachineRecords:
                 headers = [(CAUSE_HEADER, causes[cause].encode())] if cause in causes else None
                 batch.send(topic.name, raw_key, service.encode(topic, output), headers, record)
             batch.put(self.table, key, outcome.state.to_json_bytes(), outcome.state, record.partition)
-            due = processor.deadline(outcome.state)
-            wanted = due.isoformat() if due is not None else None
-            if batch.load(self.deadlines, key, _same, record.partition) != wanted:
-                stored = None if wanted is None else service.table_value(wanted)
-                batch.put(self.deadlines, key, stored, wanted, record.partition)
+            service.schedule_in(batch, key, processor.deadline(outcome.state), record.partition)
             tally_outcome(batch.tally, outcome.records)
             if self.observe is not None:
                 batch.then(lambda: self.observe(outcome))
@@ -68,8 +60,4 @@ class MachineRecords:
             self.dead_letter(batch, record, exc)
 
     def dead_letter(self, batch: Batch, record: Any, error: BaseException) -> None:
-        letter = self.service.dead_letter_record(record.key, record.value, record.headers, topic=record.topic,
-                                                 partition=record.partition, offset=record.offset, error=error)
-        if letter is not None:
-            topic, key, value, headers = letter
-            batch.send(topic, key, value, headers, None)
+        self.service.dead_letter_in(batch, record, error)

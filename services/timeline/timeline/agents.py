@@ -1,14 +1,16 @@
-"""timeline's agent: every topic of the order in, entries, escalations and the view out."""
+"""timeline on the batch path: every topic of the order in, entries, escalations and the view out."""
 
 from __future__ import annotations
 
 import functools
 import time
 from datetime import datetime
+from typing import Any
 
 from orderops import catalog
 from orderops.envelope import from_json, to_json_bytes
 from orderops.metrics import DUPLICATES
+from orderops.runtime.batch import Batch
 from timeline import domain
 from timeline.app import (
     ACCURACY,
@@ -31,16 +33,21 @@ LIVE = service.settings.clock == "wall"
 service.enable_timers(sweep=LIVE)
 TIMERS = catalog.TIMER_TOPICS[service.name]
 UPSTREAM_TOPICS = {t.name for t in catalog.inputs_of(service.name) if not set(t.writers) & set(catalog.PROCESSORS)}
+VIEWS_TOPIC = catalog.SUPPORT_ORDER_VIEWS
 
 
-@service.app.agent(service.topic(*catalog.inputs_of(service.name), TIMERS), name="timeline.join")
-async def join(stream):
-    async for event, step in service.steps(stream):
-        async with service.dead_letter_on_error(event):
-            envelope = service.decode(event)
-            # domain.apply works on a copy: the view it is given, cached by the step, stays as it was.
-            before = step.load(views, envelope.order_id, from_json)
-            ticked = event.message.topic == TIMERS.name
+class TimelineRecords:
+    """The timeline's work on one record: the order's view and entries, its timeline records and
+    escalations, the newest view of the batch published once per order."""
+
+    def apply(self, batch: Batch, record: Any) -> None:
+        try:
+            envelope = service.read(record.topic, record.partition, record.offset, record.key, record.value,
+                                    record.headers)
+            order_id = envelope.order_id
+            # domain.apply works on a copy: the view it is given (kept by the batch) stays as it was.
+            before = batch.load(views, order_id, from_json, record.partition)
+            ticked = record.topic == TIMERS.name
             if ticked:
                 now = envelope.payload["fired_at"]
             elif LIVE:
@@ -48,29 +55,38 @@ async def join(stream):
             else:
                 last = before["last_event_at"] if before else None
                 now = max(envelope.occurred_at, last) if last else envelope.occurred_at
-            view, out = domain.apply(before, envelope, event.message.topic, now, RULES)
+            view, out = domain.apply(before, envelope, record.topic, now, RULES)
             if out.duplicate:
                 DUPLICATES.labels(service.name).inc()
-                service.rewrite_on_duplicate(step, views, envelope.order_id, to_json_bytes(before), before)
-                continue
-            await service.emit_soon(step, envelope.order_id, publishable(view, out, envelope))
-            if changes_view(out):  # the newest of an order's views completed together is sent, once
-                service.emit_latest(step, catalog.SUPPORT_ORDER_VIEWS, envelope.order_id,
-                                    functools.partial(view_record, view, envelope, now))
-            step.put(views, envelope.order_id, to_json_bytes(view), loaded=view)
-            for key, entry in domain.entry_writes(envelope.order_id, out.entries):
-                step.put(entries, key, None if entry is None else to_json_bytes(entry))
-            step.then(functools.partial(_written, envelope.order_id, view, out, now,
-                                        None if ticked else event.message))
+                return
+            key = order_id.encode()
+            for topic, output in publishable(view, out, envelope):
+                batch.send(topic.name, key, service.encode(topic, output), None, record)
+            if changes_view(out):
+                batch.send_latest(VIEWS_TOPIC.name, order_id, functools.partial(_view, view, envelope, now), record)
+            batch.put(views, order_id, to_json_bytes(view), view, record.partition)
+            for entry_key, entry in domain.entry_writes(order_id, out.entries):
+                batch.put(entries, entry_key, None if entry is None else to_json_bytes(entry), entry, record.partition,
+                          remember=False)
+            service.schedule_in(batch, order_id, domain.next_deadline(view, now, RULES), record.partition)
+            batch.then(functools.partial(_written, order_id, view, out, None if ticked else record))
+        except Exception as exc:  # one bad record never stops the processor: it is dead-lettered
+            self.dead_letter(batch, record, exc)
+
+    def dead_letter(self, batch: Batch, record: Any, error: BaseException) -> None:
+        service.dead_letter_in(batch, record, error)
 
 
-def _written(order_id: str, view: dict, out: domain.Outputs, now: datetime, message) -> None:
-    """Once the view is written: the index of open escalations, the next deadline, the metrics."""
+def _view(view: dict, envelope: Any, now: datetime) -> tuple[bytes, bytes]:
+    return envelope.order_id.encode(), service.encode(VIEWS_TOPIC, view_record(view, envelope, now))
+
+
+def _written(order_id: str, view: dict, out: domain.Outputs, record: Any) -> None:
+    """Once the view is written: the index of open escalations, the metrics."""
     open_escalations.update(order_id, view)
-    if message is not None:
-        origin = "upstream" if message.topic in UPSTREAM_TOPICS else "processor"
-        LATENCY.labels(origin).observe(max(0.0, time.time() - message.timestamp))
-    service.schedule(order_id, domain.next_deadline(view, now, RULES))
+    if record is not None:
+        origin = "upstream" if record.topic in UPSTREAM_TOPICS else "processor"
+        LATENCY.labels(origin).observe(max(0.0, time.time() - record.timestamp / 1000))
     for result, reason in out.accuracy:
         ACCURACY.labels(result, reason).inc()
     for repeat, tags in out.contacts:
@@ -79,3 +95,6 @@ def _written(order_id: str, view: dict, out: domain.Outputs, now: datetime, mess
             CONTACTS_BY_TAG.labels(str(repeat).lower(), tag).inc()
     for escalation_id, kind, _ in out.escalations:
         ESCALATIONS.labels(view["escalations"][escalation_id]["rule"], kind).inc()
+
+
+join = service.batches(TimelineRecords(), (*catalog.inputs_of(service.name), TIMERS))
