@@ -109,6 +109,15 @@ def lag_of(position: int | None, highwater: int | None, paused: bool) -> int | N
     return max(0, highwater - position)
 
 
+def tasks_of(partitions: Iterable[Any]) -> dict[int, list]:
+    """The partitions merged in write order (``in_write_order``) grouped by task (partition number)."""
+    tasks: dict[int, list] = {}
+    for tp in partitions:
+        if in_write_order(tp.topic):
+            tasks.setdefault(tp.partition, []).append(tp)
+    return tasks
+
+
 def held_within(records: Mapping[Any, list], assigned: Mapping[int, list], lag: Callable[[Any], int | None],
                 idle_since: dict[int, float], limit: float, now: float | None = None) -> dict[Any, int]:
     """``held_back`` with a limit: a task that waited ``limit`` seconds for a lagging partition goes
@@ -210,16 +219,12 @@ class EventTimeOrder(DefaultSchedulingStrategy):
         states = self._partition_states()
         if states is None:
             return {}
-        assigned: dict[int, list] = {}
-        for tp in states:
-            if in_write_order(tp.topic):
-                assigned.setdefault(tp.partition, []).append(tp)
 
         def lag(tp: Any) -> int | None:
             state = states.get(tp)
             return None if state is None else lag_of(state._position, state.highwater, state.paused)
 
-        return held_within(records, assigned, lag, self._idle_since, self.TASK_IDLE_LIMIT)
+        return held_within(records, tasks_of(states), lag, self._idle_since, self.TASK_IDLE_LIMIT)
 
     def _partition_states(self) -> dict[Any, Any] | None:
         """aiokafka's state of each assigned partition (position, highwater, paused), read as is."""

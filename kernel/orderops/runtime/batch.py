@@ -34,8 +34,8 @@ import orjson
 from faust.serializers import codecs
 from faust.types import TP
 
-from orderops.metrics import count_tally
-from orderops.ordering import held_within, in_write_order, lag_of, with_held, write_order
+from orderops.metrics import LATEST_RECORDS, count_tally
+from orderops.ordering import held_within, in_write_order, lag_of, tasks_of, with_held, write_order
 from orderops.runtime.engine import Engine, read_stored
 from orderops.runtime.producer import BatchProducer
 
@@ -134,6 +134,7 @@ class Batch:
     tally: Counter = field(default_factory=Counter)  # transitions, parks, rejections (metrics.tally_outcome)
     # (topic, key) -> what builds its record, and the input record it came of: only the newest is sent
     latest: dict[tuple[str, str], tuple[Callable[[], tuple[bytes, bytes]], Any]] = field(default_factory=dict)
+    superseded: dict[str, int] = field(default_factory=dict)  # latest-only records a newer one replaced, per topic
 
     def load(self, table: StateTable, key: str, load: Callable[[Any], Any], partition: int) -> Any:
         """The key's value as the batch's earlier records left it, else as the table has it in the
@@ -161,6 +162,8 @@ class Batch:
         """A record that only says what is latest for ``key`` (a compacted topic's): of the batch's,
         only the newest per topic and key is built (``build``: its key and value bytes) and sent, at
         the commit. ``build`` must read only values that do not change."""
+        if (topic, key) in self.latest:
+            self.superseded[topic] = self.superseded.get(topic, 0) + 1
         self.latest[(topic, key)] = (build, cause)
 
     def then(self, follow_up: Callable[[], None]) -> None:
@@ -250,16 +253,12 @@ class BatchRunner:
         waiting: dict[TP, int] = {}
         if ordered:
             states = engine.partition_states()
-            assigned: dict[int, list] = {}
-            for tp in states:
-                if in_write_order(tp.topic):
-                    assigned.setdefault(tp.partition, []).append(tp)
 
             def lag(tp: TP) -> int | None:
                 state = states.get(tp)
                 return None if state is None else lag_of(state.position, state.highwater, state.paused)
 
-            waiting = held_within(ordered, assigned, lag, self._idle_since, TASK_IDLE_LIMIT)
+            waiting = held_within(ordered, tasks_of(states), lag, self._idle_since, TASK_IDLE_LIMIT)
         ready = []
         for tp, record in merged:
             if record.offset >= waiting.get(tp, record.offset + 1):
@@ -276,6 +275,9 @@ class BatchRunner:
                 self.handler.dead_letter(batch, cause, exc)
                 continue
             batch.send(topic, key, value, None, cause)
+            LATEST_RECORDS.labels(self.name, topic, "sent").inc()
+        for topic, n in batch.superseded.items():
+            LATEST_RECORDS.labels(self.name, topic, "superseded").inc(n)
         changelog = []
         for change in batch.changes.values():
             table = change.table
