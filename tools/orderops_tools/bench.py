@@ -359,26 +359,81 @@ def replays(results: Results, at_least: int) -> None:
 
 
 def floors(results: Results) -> None:
-    """Each state machine measured alone, its domain floor: the CPU a message of its own work —
-    decode and checks, apply or expire, publish, encode every record, serialize the new state, the
-    next deadline — done in this process over the same input messages, in write order, state in a
-    dict. What the live processor spends beyond it is the runtime's (Kafka, the store, the loop)."""
+    """Each processor on the batch path measured alone, its domain floor: the CPU a message of its
+    own work — decode and checks, apply or expire, publish, encode every record, serialize the new
+    state, the next deadline — done in this process over the same input messages, in write order,
+    state in a dict (the timeline: ``timeline_work``). What the live processor spends beyond it is
+    the runtime's (Kafka, the store, the loop)."""
     from orderops.rebuild import ComparedOutputs, replay
     from orderops.topicreader import read_messages
     from orderops_tools.replay import machine_processor
 
-    for name in ("order-state", "fulfillment", "returns"):
+    for name in ("order-state", "fulfillment", "returns", "timeline"):
         if name not in results.processors:
             continue
-        processor = machine_processor(name, BOOTSTRAP[0])
-        read = read_messages(BOOTSTRAP[0], [*processor.inputs, processor.timers], progress=False)
-        began = time.process_time()
-        replay(processor, read, outputs=lambda share: ComparedOutputs(None), encode=True)
+        if name == "timeline":
+            read = read_messages(BOOTSTRAP[0], [*catalog.inputs_of(name), catalog.TIMER_TOPICS[name]], progress=False)
+            began = time.process_time()
+            timeline_work(read)
+        else:
+            processor = machine_processor(name, BOOTSTRAP[0])
+            read = read_messages(BOOTSTRAP[0], [*processor.inputs, processor.timers], progress=False)
+            began = time.process_time()
+            replay(processor, read, outputs=lambda share: ComparedOutputs(None), encode=True)
         floor = (time.process_time() - began) * 1e6 / max(len(read), 1)
         live = results.processors[name]["cpu_per_1000"] * 1000
         results.floors[name] = floor
         log(f"{name}: domain floor {floor:,.0f} µs a message ({len(read):,} messages); live {live:,.0f} µs = "
             f"{live / floor:.2f}× the floor")
+
+
+def timeline_work(messages: list) -> int:
+    """The timeline's own work on ``messages``, in write order, views in a dict: decode and checks,
+    the view's apply, every timeline and escalation record encoded, the order's view record
+    encoded whenever it changes (live: once per order per batch), the view and entries as JSON, the
+    next deadline; the collector paused, as in the state machines' floor. The orders it applied."""
+    import gc
+    from pathlib import Path
+
+    import timeline
+    from orderops.codec import Codec, DecodeError
+    from orderops.envelope import to_json_bytes
+    from orderops.privacy import read_event
+    from orderops.rebuild import write_order
+    from timeline import domain
+    from timeline.records import changes_view, publishable, view_record
+
+    rules = domain.Rules.load(Path(os.environ.get("ORDEROPS_TIMELINE_RULES", Path(timeline.__file__).parent / "rules.yaml")))
+    codec, inputs, timers = Codec(), frozenset(t.name for t in catalog.inputs_of("timeline")), catalog.TIMER_TOPICS["timeline"]
+    views: dict[str, dict] = {}
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        for message in write_order(messages):
+            try:
+                envelope, _ = read_event(codec, message.key, message.value, catalog.topic(message.topic), message.headers,
+                                         inputs)
+            except DecodeError:
+                continue
+            before = views.get(envelope.order_id)
+            now = envelope.payload["fired_at"] if message.topic == timers.name else envelope.occurred_at
+            view, out = domain.apply(before, envelope, message.topic, now, rules)
+            if out.duplicate:
+                continue
+            for topic, record in publishable(view, out, envelope):
+                codec.encode(topic.value_schema, record)
+            if changes_view(out):
+                codec.encode(catalog.SUPPORT_ORDER_VIEWS.value_schema, view_record(view, envelope, now))
+            to_json_bytes(view)
+            for _, entry in domain.entry_writes(envelope.order_id, out.entries):
+                if entry is not None:
+                    to_json_bytes(entry)
+            domain.next_deadline(view, now, rules)
+            views[envelope.order_id] = view
+    finally:
+        if paused:
+            gc.enable()
+    return len(views)
 
 
 def renamed_copies(messages: list[Message], at_least: int) -> list[Message]:

@@ -83,3 +83,19 @@ def test_each_state_machine_is_set_against_its_own_floor():
     assert "- order-state: live CPU a message ≤ 1.5× its domain floor: **met** (1.20×)." in text
     results.processors["returns"]["cpu_per_1000"] = 0.16
     assert "- returns: live CPU a message ≤ 1.5× its domain floor: **not met** (1.60×)." in report(results, Path("p.png"))
+
+
+def test_the_timeline_floor_does_the_timelines_work_on_every_order():
+    from orderops_tools.bench import timeline_work, workload
+
+    from orderops import catalog
+    from orderops.codec import Codec
+    from orderops.rebuild import Message
+
+    codec, sends = Codec(), workload(600, seed=3)[0]
+    began = int(codec.decode(sends[0].value, sends[0].topic.value_schema).record["occurred_at"].timestamp() * 1000)
+    inputs = {t.name for t in catalog.inputs_of(catalog.TIMELINE)}
+    messages = [Message(send.topic.name, 0, n, began + 1_000 * n, send.key, send.value)
+                for n, send in enumerate(sends) if send.topic.name in inputs]
+    orders = {m.key for m in messages}
+    assert len(messages) > 300 and timeline_work(messages) == len(orders)
