@@ -99,3 +99,26 @@ def test_the_timeline_floor_does_the_timelines_work_on_every_order():
                 for n, send in enumerate(sends) if send.topic.name in inputs]
     orders = {m.key for m in messages}
     assert len(messages) > 300 and timeline_work(messages) == len(orders)
+
+
+def test_the_pipeline_is_set_against_its_targets_on_this_machine():
+    from pathlib import Path
+
+    from orderops_tools.bench import report
+
+    machine = dict.fromkeys(("date", "cores", "cpu", "memory", "python", "kafka", "faust-streaming", "aiokafka",
+                             "confluent-kafka"), "x")
+
+    def row(offered, achieved, p99, cpu_ms):
+        return {"offered": offered, "offered_actual": offered, "achieved": achieved, "processed": achieved,
+                "lag_at_end": 0, "completed": 1.0, "p50_ms": p99 / 2, "p99_ms": p99, "max_ms": p99,
+                "cpu_ms": cpu_ms, "cpu_share": 0.5}
+
+    results = Results(machine=machine, baselines={"passthrough": 20_000}, events=1_000, orders=100, pipeline=[
+        row(50, 50, 120, {"order-state": 0.4, "timeline": 1.0, "broker": 9.0}),
+        row(200, 200, 300, {"order-state": 0.3, "timeline": 0.8}),
+        row(600, 640, 900, {"order-state": 0.3, "timeline": 0.8})])
+    text = report(results, Path("plot.png"))
+    assert "- Pipeline sustains 600 upstream events/s: **met** (best achieved 640/s)." in text
+    assert "- p99 end-to-end latency under 250 ms at 200 events/s: **not met** (300 ms)." in text
+    assert "- The processors' CPU per upstream event at 50 events/s ≤ 4 ms: **met** (1.4 ms)." in text
