@@ -286,6 +286,7 @@ class BatchRunner:
             number = self.producer.send(topic, key_bytes, change.stored, partition=change.partition)
             changelog.append((number, change, TP(topic, change.partition), key_bytes))
         delivery = await self.producer.delivered()
+        offsets = delivery.offsets
         while delivery.refused:  # refused for good: the record that caused it is dead-lettered
             for number, error in delivery.refused:
                 cause = batch.causes.get(number)
@@ -293,12 +294,13 @@ class BatchRunner:
                     raise error  # a changelog record or a dead letter itself: the store cannot be kept
                 self.handler.dead_letter(batch, cause, error)
             delivery = await self.producer.delivered()
+            offsets.update(delivery.offsets)
         by_table: dict[str, list[Stored]] = {}
         tables: dict[str, StateTable] = {}
         for number, change, tp, key_bytes in changelog:
             tables[change.table.name] = change.table
             by_table.setdefault(change.table.name, []).append(
-                Stored(tp, delivery.offsets[number], change.key, key_bytes, change.stored))
+                Stored(tp, offsets[number], change.key, key_bytes, change.stored))
         for name, written in by_table.items():
             tables[name].apply_changelog_batch(written)
         self.cache.keep(batch.changes.values())

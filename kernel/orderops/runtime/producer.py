@@ -59,7 +59,8 @@ class BatchProducer:
 
     def send(self, topic: str, key: bytes | None, value: bytes | None,
              headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> int:
-        """Hand one record over; its number in this batch's ``Delivery``."""
+        """Hand one record over; its number in the ``Delivery`` that tells of it (numbers are never
+        given twice, so several deliveries' offsets can be put together)."""
         number, self._next = self._next, self._next + 1
         options: dict[str, Any] = {}
         if partition is not None:
@@ -88,7 +89,7 @@ class BatchProducer:
             if left:
                 log.debug("%s: %d records not acknowledged yet", self.processor, left)
         self._relay.poll()  # reports served by the flush thread's last pass are all in by now
-        delivery, self._delivery, self._next = self._delivery, Delivery(), 0
+        delivery, self._delivery = self._delivery, Delivery()
         return delivery
 
     def close(self) -> None:
