@@ -129,7 +129,7 @@ FULFILLMENT_STATE_CHANGES = Topic(
 )
 # Apart from the transitions: order-state and returns read only the status, and 55% of what they
 # read of fulfillment when both shared a topic was transitions and audit records they passed over,
-# each one still fetched, decoded and acknowledged (issue 12).
+# each one still fetched, decoded and acknowledged.
 FULFILLMENT_STATUS = Topic(
     "fulfillment.status", "orderops.fulfillment.FulfillmentStatusEvent", ORDER_KEY, (FULFILLMENT,),
     (ORDER_STATE, RETURNS, TIMELINE),

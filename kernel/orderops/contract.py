@@ -45,7 +45,7 @@ class Payload:
     """What the checks read of an event's payload, found in one walk: every string, every quantity
     and every amount, each with the trail of its container (a tuple made per container, not per
     value, and a path only for a violation's message: walking the payload once per check was a third
-    of a replay's time, and a named tuple per field still two fifths; issue 12)."""
+    of a replay's time, and a named tuple per field still two fifths)."""
 
     texts: list[tuple[Trail, str | int, str]]  # (container, key or index, the string)
     quantities: list[tuple[Trail, int]]  # (the container of a "quantity", its value)
@@ -67,7 +67,7 @@ def _visit(item: Any, at: Trail, found: Payload) -> None:
     """Depth first, in the payload's order. A function of the module, not a closure that calls
     itself: such a closure is a reference cycle, and with it every trail and list it reached was
     left for the garbage collector — 50 objects per event, whose collections took a third of a
-    replay's time (issue 12)."""
+    replay's time."""
     if isinstance(item, dict):
         if len(item) == 2 and "amount" in item and "currency" in item:
             found.amounts.append((at, item))

@@ -15,7 +15,7 @@ import orjson
 class StoredAsJson:
     """A value a table keeps as JSON (``to_json``). A subclass says what it is as plain values
     (``json_value``: Decimals and datetimes as they are); the table's text is then written in one
-    orjson pass (``to_json_bytes``), not walked into tagged values and encoded again (issue 12)."""
+    orjson pass (``to_json_bytes``), not walked into tagged values and encoded again."""
 
     def json_value(self) -> Any:
         raise NotImplementedError
@@ -89,7 +89,7 @@ def to_json(value: Any) -> Any:
     """Decimals and datetimes as tagged strings, so ``from_json`` restores them exactly.
 
     Every processor stores its whole state this way at every event: the walk is orjson's (in Rust),
-    not Python's, which took a fifth of the timeline's time (issue 12). Values orjson refuses (keys
+    not Python's, which took a fifth of the timeline's time. Values orjson refuses (keys
     that are not strings, integers beyond 64 bits) take the Python walk, to the same result.
     """
     try:
@@ -105,7 +105,7 @@ FAUST_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
 def to_json_bytes(value: Any) -> bytes:
     """``to_json(value)`` as the JSON text a table stores, byte for byte what Faust's JSON codec
     writes of it, without building the tagged Python value first and encoding it again (a tenth of
-    the timeline's time was its view's ``to_json``; issue 12). A table takes it as it is
+    the timeline's time was its view's ``to_json``). A table takes it as it is
     (orderops.service: PreEncodedJson)."""
     try:
         return orjson.dumps(value, default=_tagged, option=orjson.OPT_PASSTHROUGH_DATETIME)

@@ -9,7 +9,7 @@ offset slips through). A partition without a committed offset — every partitio
 reads, and every partition still empty when a processor last committed — whose first message is
 dropped (found: at a rebalance right after a restart) gets its later offsets committed, and the
 dropped message is never read again. The broker-kill fault test found two PaymentAuthorized
-events lost this way (issue 10; Faust's own, still open: faust-streaming/faust#606).
+events lost this way (Faust's own, still open: faust-streaming/faust#606).
 
 This keeps Faust's logic and adds the missing rule: the first acknowledged offset must be the
 partition's next offset to commit (the committed one, or where an uncommitted partition starts:
@@ -136,7 +136,7 @@ async def _flush_buffer(self: ProducerBuffer) -> None:
     while self.state == "running" and (self.size or getattr(self, _SENDING, 0)):
         self.message_sent.clear()
         try:
-            async with asyncio.timeout(1.0):  # not wait_for: a task per wait, 5% of the notifier's CPU (issue 12)
+            async with asyncio.timeout(1.0):  # not wait_for: a task per wait, 5% of the notifier's CPU
                 await self.message_sent.wait()
         except TimeoutError:
             continue

@@ -3,7 +3,7 @@
 Faust's ``PrometheusMonitor`` asks ``metric.labels(...)`` for the series at every call of its
 hooks: for every message read, every event a stream hands on, every table read and write and every
 record sent, several per message. Each ask takes prometheus_client about 1.4 µs (it checks and
-converts the label values and takes a lock), together 4–5% of a processor's CPU (issue 12). This
+converts the label values and takes a lock), together 4–5% of a processor's CPU. This
 monitor keeps the series it was given, per metric and label values, and exports the same samples.
 
 Faust removes the per-topic and per-partition series at every rebalance (a partition this worker

@@ -6,7 +6,7 @@ Faust runs aiokafka's consumer in a ``ServiceThread`` with a second event loop, 
 second ``call_soon_threadsafe`` to resolve the caller's future. A processor that keeps up gets one or
 two records per ``getmany``, so that round trip is paid per message: ``strace`` of the pipeline at
 100 events/s counted 4.4–4.7 event-loop wake-ups, about 3 futex waits and 2–3 self-pipe writes per
-message received (docs/performance.md, "Session 11").
+message received (docs/performance.md).
 
 Here the same consumer class runs as an ordinary ``mode`` service in the app's loop, and a call to
 it is a plain ``await``. Everything else stays Faust's and aiokafka's: the fetcher, the rebalance
@@ -152,7 +152,7 @@ async def handed_on(consumer: Any, callback: Callable[[Any], Coroutine], message
 
     Faust runs each callback in a task raced against the flow being suspended (a rebalance) and the
     consumer stopping: ``wait_first`` makes four tasks, waits, and cancels three, about 30 µs per
-    record, most of it event-loop turns — per message, in every processor (issue 12). The callback
+    record, most of it event-loop turns — per message, in every processor. The callback
     almost never waits: it decodes the record and puts it in the stream's buffer without blocking
     (a buffer under pressure pauses the partition's fetching instead). So it is run here until it
     finishes or first waits; only one that waits (flow control suspended for a rebalance, the

@@ -423,7 +423,7 @@ class Continuity:
     Quiet is not lost: draining a backlog merged by event time, a partition of newer records (a
     processor's outputs) waits, unfetched or held by the scheduler for its task, while older ones
     are applied. Taken for drops, they were read again from the start, again and again: the
-    timeline of issue 12's bench spent half its CPU on records it had already applied. A record is
+    timeline in the bench spent half its CPU on records it had already applied. A record is
     overdue once the consumer has taken the partition past it (so it was fetched and let go); one
     never fetched only after ``STALLED_AFTER`` quiet periods (a fetch that never came: the seek
     back wakes the fetcher).

@@ -32,7 +32,7 @@ _CANDIDATE = re.compile(r"(?<![\d])\d(?:[ -]?\d){12,18}(?![\d])")
 # one byte, a digit of another script (\d matches every script's) is 2-4 bytes, all >= 0x80. So
 # with every digit and high byte read as "0", spaces and dashes deleted, any candidate is a run of
 # at least 13 "0"s; binary bytes can only add runs (a needless walk, never a missed number). A
-# regular expression over the decoded text said the same at ten times the cost (issue 12).
+# regular expression over the decoded text said the same at ten times the cost.
 _DIGITS_AND_HIGH_BYTES_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 or b >= 0x80 else 0x78 for b in range(256))
 _THIRTEEN_DIGITS = b"0" * 13
 
@@ -110,6 +110,6 @@ def read_event(codec: Any, key: bytes | None, value: bytes | None, topic: Topic,
     if cause_topic in inputs:
         envelope = evolve(envelope, cause_topic=cause_topic)
     if not written_upstream(topic) or not may_hold_card_number(value):
-        return envelope, []  # the walk (a tenth of a replay's time) can find nothing: issue 12
+        return envelope, []  # the walk (a tenth of a replay's time) can find nothing
     payload, found = scrub(envelope.payload)
     return (evolve(envelope, payload=payload) if found else envelope), found

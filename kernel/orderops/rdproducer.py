@@ -3,7 +3,7 @@
 Every record a processor writes — its outputs, its tables' changelog records, its dead letters —
 goes through Faust's producer. aiokafka's is Python from the record to the socket: each record is
 appended to a batch by Python code, each batch is encoded by Python code, each ack is resolved by
-Python code. In the profiles of session 22 that path was 16–25% of a processor's CPU (more than its
+Python code. In the processors' profiles that path was 16–25% of a processor's CPU (more than its
 domain code), a state machine sending four to six records per event. librdkafka does the same
 work in C, in threads of its own; what stays in Python is one ``produce`` call per record and the
 resolution of its future.
@@ -17,10 +17,9 @@ everywhere in orderops (murmur2, ``PRODUCER_DEFAULTS``), idempotently, with ``ac
 librdkafka's delivery reports are served in the event loop itself: while records are unacknowledged,
 the loop asks librdkafka for the reports every millisecond (``poll(0)``, which never blocks) and
 settles the futures of all it got at once; with none, once a second (the same call serves
-librdkafka's log lines and its client's errors). A thread of the producer's serving them instead (as
-session 13 built, and this module did first) woke the loop per batch of reports but took the GIL
-from it each time: in the same runs it used as much CPU per message as aiokafka (performance.md,
-session 24).
+librdkafka's log lines and its client's errors). A thread of the producer's serving them instead (as this
+module did first) woke the loop per batch of reports but took the GIL
+from it each time: in the same runs it used as much CPU per message as aiokafka (performance.md).
 
 A record that fails for a reason that may pass (timed out, refused as retriable), or librdkafka's
 client failing fatally, retires the client: a new one sends every record not yet acknowledged again,

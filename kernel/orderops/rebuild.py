@@ -63,7 +63,7 @@ class MachineProcessor:
         one is rejected), and no record this processor reads can wait for it as its cause. Applied,
         it changed only the state's ``seen``; but every such event meant a state written and sent
         to the changelog, half of order-state's and returns' input (other processors' transitions
-        and audit records; issue 12)."""
+        and audit records)."""
         return self.handles is not None and event_type not in self.handles and topic in self._ignorable_topics
 
 
@@ -244,7 +244,7 @@ def _collector_paused() -> Iterator[None]:
     """A replay builds one large structure (every order's state and record) and leaves no reference
     cycles behind (tests/unit/test_replay_shares.py): the cyclic garbage collector, run by the count
     of objects allocated, only walked that growing heap again and again, a third of a fulfillment
-    replay's time (issue 12). It runs again when the replay is done, with what is alive then frozen
+    replay's time. It runs again when the replay is done, with what is alive then frozen
     (``gc.freeze``: left out of its later walks): re-enabled, it would otherwise walk all the
     replay built at the next allocation, a tenth of a fulfillment replay in one process. Freezing is
     for good: cyclic garbage that existed before would never be collected. The callers are commands
@@ -353,7 +353,7 @@ def compare_states(rebuilt: dict[str, Any], stored: dict[str, bytes], stored_as:
     order). The bytes the table would keep of the rebuilt state are compared first; only where they
     differ are both sides read and compared as ``canonical`` states (a million fulfillment messages
     leave 120,000 states: reading and canonicalizing each was a third of what the comparing rebuild
-    spent beyond the replay; issue 12)."""
+    spent beyond the replay)."""
     for order_id, state in sorted(rebuilt.items()):
         ours, theirs = stored_as(state), stored.get(order_id)
         if theirs is None:
@@ -421,7 +421,7 @@ class ComparedOutputs:
     """What a replay would write, compared with what the processor wrote (``produced``, by event id:
     derived ids are deterministic) as each record is made; it keeps the ids it was given and the
     differences, not the records. Kept, a million-message fulfillment replay's records were two of
-    each process's three GB, and their page faults a fifth of its time (issue 12). A record is
+    each process's three GB, and their page faults a fifth of its time. A record is
     encoded and its bytes compared with the topic's; only bytes that differ are decoded (both) and
     compared field by field, as far as a replay can know them (``comparable``).
 

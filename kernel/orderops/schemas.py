@@ -82,7 +82,7 @@ class ResolvedSchema:
     @cached_property
     def compiled(self) -> Any:
         """Parsed once for fastavro's reader and writer. Given ``parsed`` (no hint), they parse the
-        schema again at every call: two thirds of a decode's time and most of an encode's (issue 12)."""
+        schema again at every call: two thirds of a decode's time and most of an encode's."""
         return parse_schema(self.schema)
 
     @cached_property

@@ -87,7 +87,7 @@ class RightSizedJson(codecs.json):
     """Faust's JSON for table keys, each key's bytes of its own size. orjson returns a bytes object
     with room for 4 KB or more, and Faust keeps the last 1,000 keys of each table it read or wrote
     (its key index): 4 MB per table, the most memory any Python object of the notifier held after
-    its RocksDB caches in a soak's native heap profile (issue 12). The bytes are the same."""
+    its RocksDB caches in a soak's native heap profile. The bytes are the same."""
 
     def _dumps(self, s: Any) -> bytes:
         return bytes(memoryview(super()._dumps(s)))
@@ -733,7 +733,7 @@ class Service:
         collect_garbage_seldom(self.settings.gc_threshold)
         worker = faust.Worker(self.app, loglevel=self.settings.log_level)
         # Faust's terminal spinner lowers the root logger to DEBUG so that every log call spins it:
-        # every aiokafka debug line then became a LogRecord (6% of a processor's CPU, issue 12).
+        # every aiokafka debug line then became a LogRecord (6% of a processor's CPU).
         worker.spinner = None
         try:
             worker.execute_from_commandline()
@@ -847,7 +847,7 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
         producer_acks=-1,
         # Faust's default, 0, sent a produce request for every few records: a sixth of a state
         # machine's CPU went to socket writes. 5 ms lets records and changelog writes share requests
-        # (issue 12: order-state alone used a fifth less CPU per message).
+        # (order-state alone used a fifth less CPU per message).
         producer_linger=settings.producer_linger_ms / 1000,
         # Faust's 20 minutes held a stuck client's records (and so every commit) that long before
         # anything was tried again; librdkafka's client is now replaced and the records sent again.

@@ -5,7 +5,7 @@ each with its own 2 GB block cache and memtables of 64 MB, up to three of them. 
 written to disk only once it is full. Until then every byte a processor writes to its tables stays
 in memory: resident memory grows with the state written, with nothing to level it off short of
 gigabytes per processor (fed at 50 events/s, the timeline grew by about 70 MB a minute;
-docs/performance.md, "Session 13").
+docs/performance.md).
 
 Here every database of a processor shares one block cache (``ORDEROPS_ROCKSDB_CACHE_MB``) and one
 write buffer manager (``ORDEROPS_ROCKSDB_WRITE_BUFFER_MB``). Once the memtables of all its

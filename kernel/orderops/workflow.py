@@ -24,7 +24,7 @@ V = TypeVar("V")
 def evolve(value: V, **changes: Any) -> V:
     """``dataclasses.replace`` for the frozen values states are made of, a fifth of its cost: a state
     changes several times per event, and ``replace`` (which calls ``__init__`` anew) was a tenth of
-    a fulfillment replay (issue 12). A class it cannot copy that way (``__post_init__``, slots,
+    a fulfillment replay. A class it cannot copy that way (``__post_init__``, slots,
     non-init fields, cached properties) and a name that is not a field go through ``replace``."""
     names = _copyable_fields(type(value))
     if names is None or not changes.keys() <= names:
@@ -272,7 +272,7 @@ def _moved(state: Any, outcome: Outcome) -> bool:
     drain ends only when none of them can go on; a change of context, such as a published policy,
     is retried on timer ticks by ``retry_parked``), and handlers do not read ``parked``. Retrying
     them all anyway made a backlog quadratic: an order's warehouse events, read before its
-    ``OrderPlaced``, were each tried again at every later one (issue 12: three futile tries per
+    ``OrderPlaced``, were each tried again at every later one (three futile tries per
     fulfillment message)."""
     if outcome.state is state:
         return False

@@ -3,7 +3,7 @@ its follow-ups run and its offset is acknowledged once the broker has acknowledg
 in event order, by a completer task, while the agent goes on with the next event.
 
 Why: waiting inside each event for the broker's ack held every processor to one round trip per
-event (issue 12). The guarantees that wait gave are kept:
+event. The guarantees that wait gave are kept:
 
 - a table records an event as applied only after the event's outputs are acknowledged (a
   redelivered event found applied emits nothing, so its outputs must already be safe);

@@ -148,7 +148,7 @@ def test_a_topic_with_one_event_type_still_names_it():
 
 def test_only_a_union_of_several_named_types_is_read_with_branch_names():
     """A decode without fastavro's naming options is a sixth cheaper; it is taken only where no
-    union has two named branches, where those options change nothing (issue 12)."""
+    union has two named branches, where those options change nothing."""
     from orderops.catalog import FULFILLMENT_STATUS, NOTIFICATIONS_REQUESTS
     from orderops.schemas import _has_named_union
 

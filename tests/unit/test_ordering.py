@@ -175,7 +175,7 @@ def test_a_partition_nothing_arrived_from_is_checked_against_its_commit():
 
 def test_a_quiet_partition_whose_records_were_not_taken_yet_is_waited_for_not_read_again():
     """Draining a backlog merged by event time, a processor's outputs (newer) wait unfetched or held
-    for their task while older records are applied. Issue 12's bench found the tail check taking
+    for their task while older records are applied. The bench found the tail check taking
     them for drops: read again from the start, every 15 s, the timeline applied records twice and
     spent half its CPU on it. A record never taken counts as lost only after STALLED_AFTER quiet
     periods (a fetch that never came)."""

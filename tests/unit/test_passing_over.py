@@ -1,5 +1,5 @@
 """A state machine passes over an event no handler applies, on a topic no upstream system writes
-and no record it reads can wait for as its cause (``MachineProcessor.skips``; issue 12: half of
+and no record it reads can wait for as its cause (``MachineProcessor.skips``: half of
 order-state's and returns' input was fulfillment's transitions and audit records, and each one was a
 state written and sent to the changelog). Since then fulfillment's status has a topic of its own
 (``fulfillment.status``), so they do not even read those; passing over stays the guard for a type

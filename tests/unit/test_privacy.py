@@ -63,7 +63,7 @@ def test_upstream_events_are_read_masked_and_outputs_are_left_alone():
 
 
 def test_the_quick_look_at_the_bytes_misses_no_card_number():
-    """read_event walks a payload only when its bytes show 13 digits in a row (issue 12): a card
+    """read_event walks a payload only when its bytes show 13 digits in a row: a card
     number in any script's digits (two, three and four bytes each in UTF-8), between any binary
     bytes, is still seen."""
     import random

@@ -462,7 +462,7 @@ def renamed_copies(messages: list[Message], at_least: int) -> list[Message]:
 
 def warm_up(seconds: float, rate: int = 50) -> None:
     """Load the fresh broker and processors, unmeasured, until the JVM has compiled its hot paths: in
-    session 7 the broker's JIT compilers were most of its CPU in a first 60 s window, a cost a
+    one run the broker's JIT compilers were most of its CPU in a first 60 s window, a cost a
     running deployment does not pay."""
     if seconds <= 0:
         return
@@ -728,7 +728,7 @@ def report(results: Results, plot: Path) -> str:
         *(f"| {n} | {m:,} | {o:,} | {c} | {results.replay[n]:,.0f} | {m / results.replay[n]:,.0f} | "
           f"{results.replay_one.get(n, float('nan')):,.0f} |" for n, (m, o, c) in results.replayed.items()), "",
         *ceiling(results),
-        "## Against the targets (issue 12)", "",
+        "## Against the targets", "",
         *targets(results), ""]
     return "\n".join(lines)
 

@@ -226,7 +226,7 @@ def line_statuses(state: FulfillmentState) -> tuple[LineStatus, ...]:
 
 def parcel_contents(state: FulfillmentState) -> list[tuple[Shipment, dict[str, int]]]:
     """Each parcel with its quantity per line, counted once: a snapshot asks every line about every
-    parcel, and asking each parcel again per line was a fifth of a fulfillment replay (issue 12)."""
+    parcel, and asking each parcel again per line was a fifth of a fulfillment replay."""
     held = []
     for s in state.shipments:
         contents: dict[str, int] = {}
@@ -346,7 +346,7 @@ class FulfillmentStep(Step):
         """Per applied event: the derived status (and its transition) when lines or parcels changed.
         A parcel's move that leaves every line's words as they were (in transit, out for delivery)
         publishes no snapshot: it would repeat the last one to order-state, returns and the
-        timeline, which read every snapshot (issue 12: 31% of its snapshots on the bench's workload)."""
+        timeline, which read every snapshot (31% of its snapshots on the bench's workload)."""
         after = self.state
         if (after.lines, after.shipments) == (before.lines, before.shipments):
             return

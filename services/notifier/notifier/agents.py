@@ -65,7 +65,7 @@ async def deliver(stream):
     """Up to ORDEROPS_NOTIFIER_CONCURRENCY orders' events at once, each order's one after another
     (requests and timer ticks are keyed by order id): a delivery is round trips — the ledger's
     write acknowledged, then the SMTP conversation or the webhook — and one order at a time left
-    the notifier waiting on them (issue 12)."""
+    the notifier waiting on them."""
     lanes = Lanes(CONCURRENCY)
     try:
         async for event in service.in_order(stream.noack()):

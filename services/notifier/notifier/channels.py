@@ -93,7 +93,7 @@ SMTP_LINES = email_policy.compat32.clone(linesep="\r\n")
 def compose_email(sender: str, to: str, rendered: Rendered, delivery_id: str) -> bytes:
     """The message as the SMTP server gets it. Built with the compat32 classes: ``EmailMessage``
     parses every header it is given and cost 1.25 ms per message, a quarter of the notifier's CPU
-    per delivery (issue 12); this costs 0.35 with the flattening. An address that is not ASCII
+    per delivery; this costs 0.35 with the flattening. An address that is not ASCII
     (RFC 6531) keeps ``EmailMessage``, whose SMTPUTF8 policy writes it as it is. A header value with
     a line break would let a request's data add headers of its own (say a ``Bcc``): refused, permanently."""
     headers = {"From": sender, "To": to, "Subject": rendered.subject,
@@ -130,7 +130,7 @@ class EmailChannel:
     start_tls: bool = False
     name: str = "email"
     # Connections kept open between messages: a new one per message (connect, EHLO, STARTTLS, login,
-    # QUIT) made a delivery several round trips longer (issue 12). One per message being sent at
+    # QUIT) made a delivery several round trips longer. One per message being sent at
     # once (the notifier's ORDEROPS_NOTIFIER_CONCURRENCY bounds them), each back in the pool after
     # its message; one a command failed on is closed.
     _idle: list[aiosmtplib.SMTP] = field(default_factory=list, init=False, repr=False)
@@ -213,7 +213,7 @@ class WebhookChannel:
     timeout: float
     name: str = "webhook"
     # One session, its connections kept between requests: a session and a connection per message
-    # cost more CPU than the rest of a delivery (issue 12).
+    # cost more CPU than the rest of a delivery.
     _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
 
     def _client(self) -> aiohttp.ClientSession:

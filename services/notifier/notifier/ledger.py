@@ -90,7 +90,7 @@ class Ledger:
         return min(pending, default=None)
 
     def to_json(self) -> dict[str, Any]:
-        # One orjson pass over the whole ledger: it is written before every attempt and after each request (issue 12).
+        # One orjson pass over the whole ledger: it is written before every attempt and after each request.
         return to_json({"order_id": self.order_id, "deliveries": [vars(d) for d in self.deliveries]})
 
     @classmethod

@@ -378,7 +378,7 @@ def test_refund_results_nobody_asked_for_are_rejected_unless_they_are_real_refun
 
 def test_a_snapshot_that_changes_nothing_returns_keeps_leaves_the_lines_as_they_were():
     """Most of fulfillment's snapshots move parcels, not what returns keeps (delivered and cancelled
-    units): the lines stay the same value, so nothing parked is tried again for them (issue 12)."""
+    units): the lines stay the same value, so nothing parked is tried again for them."""
     state = delivered_order()
     again = fulfilled(PLACED_V1 + days(3))
     outcome = domain.apply(state, again, "input", NOW, PARK_FOR, POLICIES)

@@ -60,7 +60,7 @@ def test_every_event_becomes_one_entry_with_a_human_summary():
 
 
 def test_a_kept_fulfillment_snapshot_holds_every_field_a_verdict_reads():
-    """The view keeps only domain.TRUTH_FIELDS of each line (issue 12): every verdict must come out
+    """The view keeps only domain.TRUTH_FIELDS of each line: every verdict must come out
     as it would from the whole line, whichever claim is wrong."""
     full = line_snapshot("l2", 3, backordered=1, shipped=1, eta=ETA) | {"cancelled": 1}
     kept = {k: full[k] for k in domain.TRUTH_FIELDS if k in full}

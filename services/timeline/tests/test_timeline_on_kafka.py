@@ -173,7 +173,7 @@ async def test_view_api_and_replay(catalog_topics, run_id, tmp_path, support_use
 
 
 async def test_an_order_keeps_its_last_entries_and_forgets_older_ones(catalog_topics, run_id, tmp_path, support_users):
-    """Entries live apart from the view, one table key each (issue 12: a view written at every
+    """Entries live apart from the view, one table key each (a view written at every
     event must not grow with the order's history). The API serves the last MAX_ENTRIES; an older
     one is deleted from the table, its changelog tombstoned, as a newer one is written."""
     from datetime import UTC, datetime, timedelta

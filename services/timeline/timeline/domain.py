@@ -158,7 +158,7 @@ def kept_entries(view: dict) -> range:
 
 
 # Parts of a view that apply replaces and never changes in place (nor their items): a new view may
-# share them with the one it came from (issue 12). "entries": views written before entries moved to
+# share them with the one it came from. "entries": views written before entries moved to
 # their own table still carry them, and nothing adds to them.
 SHARED_PARTS = frozenset({"entries", "truths"})
 
