@@ -1,8 +1,8 @@
 """A state-machine processor apart from Kafka, and its offline replay.
 
 ``MachineProcessor`` is what order-state, fulfillment and returns are: inputs, a table keyed by
-order, and pure functions (load, apply, expire, publish, deadline). The live agent
-(``Service.state_machine_agent``) runs it over Kafka; ``replay`` runs it over messages already read,
+order, and pure functions (load, apply, expire, publish, deadline). The batch path
+(``Service.state_machine_batches``) runs it over Kafka; ``replay`` runs it over messages already read,
 in the order they were written, into fresh in-memory state — the engine of ``orderops replay
 rebuild`` (compare with what the processor produced) and of the returns policy what-if.
 

@@ -196,7 +196,6 @@ class BatchRunner:
         self._idle_since: dict[int, float] = {}
         self._idle = asyncio.Event()
         self._idle.set()
-        self.batches = 0
 
     def reads(self, topic: str) -> bool:
         return topic in self.topics
@@ -312,7 +311,6 @@ class BatchRunner:
         for tp, record in applied:
             next_offsets[tp] = max(next_offsets.get(tp, 0), record.offset + 1)
         await engine.commit(next_offsets)
-        self.batches += 1
         return next_offsets
 
     async def _read_again(self, started: Mapping[TP, int], engine: Engine) -> None:

@@ -135,9 +135,6 @@ class Engine:
         """False once a rebalance (or the worker's stop) began: what is not applied yet waits."""
         return self.consumer.flow_active and not self.consumer.should_stop
 
-    def assignment(self) -> set[TP]:
-        return self.consumer.assignment()
-
     def partition_states(self) -> dict[TP, PartitionState]:
         """aiokafka's state of every assigned partition; empty while there is none."""
         try:

@@ -91,6 +91,3 @@ class BatchProducer:
         self._relay.poll()  # reports served by the flush thread's last pass are all in by now
         delivery, self._delivery = self._delivery, Delivery()
         return delivery
-
-    def close(self) -> None:
-        self._waiting.shutdown(wait=False)
