@@ -1,33 +1,18 @@
-"""Faust's producer on librdkafka (confluent-kafka) instead of aiokafka.
+"""Faust's producer on librdkafka (confluent-kafka), given to Faust by the batch runtime's transport
+(``orderops.runtime.engine.BatchTransport``).
 
-Every record a processor writes — its outputs, its tables' changelog records, its dead letters —
-goes through Faust's producer. aiokafka's is Python from the record to the socket: each record is
-appended to a batch by Python code, each batch is encoded by Python code, each ack is resolved by
-Python code. In the processors' profiles that path was 16–25% of a processor's CPU (more than its
-domain code), a state machine sending four to six records per event. librdkafka does the same
-work in C, in threads of its own; what stays in Python is one ``produce`` call per record and the
-resolution of its future.
+A processor's batches go through its own ``BatchProducer``; Faust's producer sends the rest: the
+timer sweep's ticks, records of HTTP actions (``Service.emit``), and the topics Faust declares for
+itself. It is librdkafka's, as the batch producer is: the same partitioner (murmur2,
+``PRODUCER_DEFAULTS``), idempotent, ``acks=all``, and the same ``resend.Relay`` (a record that times
+out or is refused retriably, or the client failing fatally, retires the client and a new one sends
+every unacknowledged record again, in order). A future fails only for a record the broker refused
+for good.
 
-Only the transport changes. Faust still decides what is sent, and when (``ProducerBuffer``,
-``publish_message``, the sensors); the futures it gets resolve with the same ``RecordMetadata``
-(the changelog's offset is what a table's RocksDB keeps for its recovery); ``flush`` waits for
-every record handed over, as ``faustfix`` made Faust's flush do. Records are partitioned as
-everywhere in orderops (murmur2, ``PRODUCER_DEFAULTS``), idempotently, with ``acks=all``.
-
-librdkafka's delivery reports are served in the event loop itself: while records are unacknowledged,
-the loop asks librdkafka for the reports every millisecond (``poll(0)``, which never blocks) and
+librdkafka's delivery reports are served in the event loop itself: while records are
+unacknowledged, the loop asks for them every millisecond (``poll(0)``, which never blocks) and
 settles the futures of all it got at once; with none, once a second (the same call serves
-librdkafka's log lines and its client's errors). A thread of the producer's serving them instead (as this
-module did first) woke the loop per batch of reports but took the GIL
-from it each time: in the same runs it used as much CPU per message as aiokafka (performance.md).
-
-A record that fails for a reason that may pass (timed out, refused as retriable), or librdkafka's
-client failing fatally, retires the client: a new one sends every record not yet acknowledged again,
-in order (``orderops.resend.Relay``). Faust's futures and flushes see only later acks; a future
-fails only for a record the broker refused for good.
-
-``ORDEROPS_FAUST_PRODUCER=1`` restores aiokafka's producer (for an A/B, or if a processor ever
-needs a feature only it has: transactions, which orderops does not use).
+librdkafka's log lines and its client's errors).
 """
 
 from __future__ import annotations
@@ -43,14 +28,13 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import Producer
 from faust.types import TP, HeadersArg, RecordMetadata
 
-from orderops.metrics import PRODUCER_CLIENTS_REPLACED, initialise
-from orderops.resend import FATAL, Relay, worth_sending_again
+from orderops.metrics import PRODUCER_CLIENTS_REPLACED
+from orderops.resend import Relay, worth_sending_again
 from orderops.security import client_config
 from orderops.settings import PRODUCER_DEFAULTS, key_partition
 
 log = logging.getLogger("orderops.rdproducer")
 
-_faust_producer = faust_aiokafka.Transport.Producer
 POLL_DELAY_SECONDS = 0.001  # while records are unacknowledged, how often the loop asks for their reports
 # With none, how often it asks anyway: librdkafka's log lines and its client's errors (a broker
 # gone, a fatal error) are served by the same call, and an idle processor's should not wait for its next send.
@@ -61,10 +45,7 @@ DECLARE_RETRY_SECONDS = 1.0  # a topic Faust declares while the broker does not 
 
 
 class SendFailed(Exception):
-    """The broker refused a record for good. Whatever may pass the ``Relay`` sends again itself, so
-    ``retriable`` (which writebehind reads: send again, or dead-letter the event) is always False."""
-
-    retriable = False
+    """The broker refused a record for good (whatever may pass, the ``Relay`` sends again itself)."""
 
     def __init__(self, topic: str, partition: int, error: Any) -> None:
         super().__init__(f"{topic}[{partition}]: {error.str()} ({error.name()})")
@@ -92,7 +73,7 @@ class RdKafkaProducer(Producer):
 
     allow_headers = True
     client_settings: Mapping[str, Any] = {}  # librdkafka settings over orderops' own (tests)
-    processor = ""  # the metrics' processor label (``install``); else the app's id
+    processor = ""  # the metrics' processor label (set by the transport); else the app's id
 
     def __post_init__(self) -> None:
         self._relay: Relay | None = None
@@ -303,19 +284,3 @@ class RdKafkaProducer(Producer):
                 log.warning("cannot declare topic %s yet, the broker did not answer (%s); trying again in %.0f s. "
                             "Check the broker if this repeats.", topic, exc, DECLARE_RETRY_SECONDS)
                 await asyncio.sleep(DECLARE_RETRY_SECONDS)
-
-
-def producer_in_use(producer: Any) -> str:
-    """For the health report: which client sends this processor's records."""
-    if producer is None:
-        return "not started"
-    return "librdkafka" if isinstance(producer, RdKafkaProducer) else "aiokafka"
-
-
-def install(faust_producer: bool = False, processor: str = "") -> None:
-    """Make Faust's Kafka transport use ``RdKafkaProducer``, or aiokafka's (``faust_producer``);
-    ``processor`` labels its metrics."""
-    faust_aiokafka.Transport.Producer = _faust_producer if faust_producer else RdKafkaProducer
-    if processor and not faust_producer:
-        RdKafkaProducer.processor = processor
-        initialise(PRODUCER_CLIENTS_REPLACED, [(processor, FATAL), (processor, "msg_timed_out")])

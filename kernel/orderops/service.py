@@ -1,13 +1,14 @@
-"""The service factory: one Faust app per processor, built the same way for every one.
+"""The service factory: one processor, built the same way for every one.
 
-A processor's agents stay thin: decode (``Service.decode``), call the pure domain, update a table,
-emit (``Service.emit``). Anything undecodable or unprocessable goes to the processor's
-dead-letter topic with its original bytes (``Service.dead_letter_on_error``) and the stream goes on.
+A processor declares its tables (``Service.table``), its global views, its HTTP pages, and its one
+record handler on the batch path (``Service.batches``, ``Service.state_machine_batches``); Faust is
+its engine (orderops.runtime.engine). A record that cannot be decoded or applied goes to the
+processor's dead-letter topic with its original bytes (``Service.dead_letter_in``), and the
+processor goes on.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import gc
 import logging
@@ -15,15 +16,12 @@ import os
 import sys
 import time
 import uuid
-import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 import faust
 from aiohttp import web as aiohttp_web
-from faust.sensors.prometheus import FaustMetrics
 from faust.serializers import codecs
 from faust.web.drivers.aiohttp import Web as FaustAiohttpWeb
 from mode.utils.objects import cached_property
@@ -36,41 +34,28 @@ from orderops.catalog import Topic
 from orderops.clock import clock_from_env
 from orderops.codec import Codec, DecodeError, Envelope
 from orderops.deadletter import dead_letter_headers, error_class
-from orderops.envelope import cause_of
-from orderops.faustfix import install as install_faust_fix
-from orderops.faustfix import next_to_commit
-from orderops.faustmonitor import FaustMonitor
 from orderops.globalview import GlobalView
 from orderops.metrics import (
     CARD_NUMBERS_MASKED,
     DEAD_LETTERED,
-    DUPLICATES,
     EVENTS_PROCESSED,
     PRODUCER_CLIENTS_REPLACED,
     GaugeAtScrape,
-    count_outcome,
 )
-from orderops.oneloop import consumer_runs_in, records_handed_on_by
-from orderops.oneloop import install as install_in_loop_consumer
-from orderops.ordering import Continuity, EventTimeOrder, InFlight
 from orderops.privacy import read_event
-from orderops.rdproducer import install as install_producer
-from orderops.rdproducer import producer_in_use
 from orderops.rebuild import MachineProcessor
 from orderops.runtime.batch import Batch, BatchRunner, RecordHandler
-from orderops.runtime.engine import run_batches
+from orderops.runtime.engine import FetchPolicy, run_batches
 from orderops.runtime.machine import MachineRecords
 from orderops.runtime.producer import BatchProducer, batch_producer_config
 from orderops.security import KafkaSecurity
 from orderops.settings import DEFAULT_LINGER_MS, ServiceSettings, key_partition
 from orderops.statememory import install as install_store_memory
 from orderops.statememory import shared as shared_store_memory
-from orderops.workflow import CAUSE_HEADER, Outcome
-from orderops.writebehind import Sent, Staging, Step, WriteBehind
+from orderops.workflow import Outcome
 
 DEAD_LETTERS_REMEMBERED = 100_000  # (origin, reason) a worker will not dead-letter twice
 log = logging.getLogger("orderops.service")
-install_faust_fix()
 
 
 class DeliveryError(Exception):
@@ -123,7 +108,6 @@ class Service:
         self.codec = Codec()
         self.app = _faust_app(self.settings)
         self.metrics_registry = CollectorRegistry()
-        self.app.monitor = FaustMonitor(metrics=FaustMetrics.create(self.metrics_registry, "orderops_faust"))
         self.metrics_registry.register(GaugeAtScrape(
             "orderops_consumer_lag_messages", "Messages in the processor's input partitions not yet committed as processed",
             ("processor", "topic"), self.consumer_lag))
@@ -142,28 +126,9 @@ class Service:
         if self.users.problem:
             log.warning("%s: %s. Every API call but /healthz and /metrics answers 401; add users with "
                         "`orderops users add <user id> <role>`.", name, self.users.problem)
-        self._stagings: weakref.WeakSet[Staging] = weakref.WeakSet()
         self._batches: BatchRunner | None = None  # the batch path, once state_machine_batches set it up
         self._dead_lettered: dict[tuple, None] = {}  # the last messages dead-lettered, oldest first
-        self._agent_channels: weakref.WeakSet[faust.ChannelT] = weakref.WeakSet()  # read in order (in_order)
-        timers = catalog.TIMER_TOPICS.get(name)
-        contiguous = {t.name for t in catalog.inputs_of(name) if not t.compacted} | ({timers.name} if timers else set())
-        self._continuity = Continuity(contiguous.__contains__)
-        if self.settings.tail_check_seconds > 0:
-            self.app.timer(interval=self.settings.tail_check_seconds / 3, name=f"{name}.tail-check")(self._check_tails)
-        self.app.on_partitions_assigned.connect(self._on_rebalance)
-        self.app.on_partitions_revoked.connect(self._on_rebalance)
         self._mount_pages()
-
-    def _on_rebalance(self, *args: Any, **kwargs: Any) -> None:
-        """Partitions are sent back to their commits, or move: what was known of them is forgotten."""
-        for staging in self._stagings:
-            staging.forget()
-        self._continuity.reset()
-        self.app.in_flight.clear()
-        consumer = self.app._consumer
-        if consumer is not None:
-            consumer.scheduler.forget_rewinds()
 
     # -- topics ---------------------------------------------------------------------------------
 
@@ -206,16 +171,11 @@ class Service:
 
         create_topics(self.changelog_topics(), self.settings.kafka)
 
-    # -- the agent's three verbs ----------------------------------------------------------------
-
-    def decode(self, event: faust.EventT) -> Envelope:
-        """The event's envelope; the clock learns its event time (it matters in event-time mode)."""
-        message = event.message
-        return self.read(message.topic, message.partition, message.offset, message.key, message.value, message.headers)
+    # -- records ------------------------------------------------------------------------------
 
     def read(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
              headers: Any) -> Envelope:
-        """A record's envelope (``decode``'s, for a record as fetched); the clock learns its event time."""
+        """A fetched record's envelope; the clock learns its event time (it matters in event-time mode)."""
         envelope, masked = read_event(self.codec, key, value, catalog.topic(topic), headers, self._input_names)
         if masked:
             CARD_NUMBERS_MASKED.labels(self.name, topic).inc(len(masked))
@@ -227,9 +187,11 @@ class Service:
         return envelope
 
     async def emit(self, topic: Topic, key: str, record: dict, headers: list[tuple[str, bytes]] | None = None):
-        """Encode with the topic's schema and send; returns the future of the broker's ack.
-        Only a declared writer may write a topic."""
-        return (await self._send(topic, key, record, headers)).ack
+        """Encode with the topic's schema and send with Faust's producer, outside the batch path (a
+        timer tick, an HTTP action); returns the future of the broker's ack. Only a declared writer
+        may write a topic."""
+        value = self.encode(topic, record)
+        return await self.topic(topic).send(key=key.encode(), value=value, headers=headers)
 
     def encode(self, topic: Topic, record: dict) -> bytes:
         """A record in ``topic``'s schema. Only a declared writer may write a topic."""
@@ -242,188 +204,11 @@ class Service:
         """What a table keeps of a value (and its changelog carries)."""
         return codecs.dumps(TABLE_VALUE_CODEC, value)
 
-    async def _send(self, topic: Topic, key: str, record: dict, headers: list[tuple[str, bytes]] | None) -> Sent:
-        value = self.encode(topic, record)
-        channel, raw_key = self.topic(topic), key.encode()
-        return Sent(channel, raw_key, value, headers, await channel.send(key=raw_key, value=value, headers=headers))
-
     async def emit_all(self, key: str, outputs: Iterable[tuple[Topic, dict]]) -> None:
-        """Send every output and wait until the broker acknowledged all of them (outside an agent's
-        steps: an HTTP action, or before an effect outside Kafka)."""
+        """Send every output and wait until the broker acknowledged all of them (an HTTP action)."""
         pending = [await self.emit(topic, key, record) for topic, record in outputs]
         for future in pending:
             await future
-
-    async def emit_soon(self, step: Step, key: str, outputs: Iterable[tuple[Topic, dict]],
-                        causes: dict[str, str] | None = None) -> None:
-        """Send every output of the step's event now; the step completes once all are acknowledged
-        (orderops.writebehind), and only then is its state written.
-
-        ``causes`` (cause event id -> its topic) puts a derived record's cause topic in a header,
-        so a reader that also reads that topic lets the record wait for its cause
-        (``workflow.cause_pending``).
-        """
-        for topic, record in outputs:
-            cause = cause_of(record["event_id"], self.name) if causes else None
-            headers = [(CAUSE_HEADER, causes[cause].encode())] if cause in (causes or {}) else None
-            step.sent.append(await self._send(topic, key, record, headers))
-
-    def emit_latest(self, step: Step, topic: Topic, key: str, build: Callable[[], dict]) -> None:
-        """A record that only says what is latest for ``key`` (a compacted topic's): built, encoded
-        and sent when the step completes, unless a step completed with it leaves a newer one for the
-        same key (orderops.writebehind). ``build`` must read only immutable values."""
-        step.send_latest(topic, key, lambda: self._send(topic, key, build(), None))
-
-    async def steps(self, stream: faust.StreamT) -> AsyncIterator[tuple[faust.EventT, Step]]:
-        """The agent's events, each with the step that writes its state once its outputs are acked
-        (orderops.writebehind): read state with ``step.load``, send with ``emit_soon``, write with
-        ``step.put``, and leave what must follow the write to ``step.then``."""
-        stream = stream.noack()
-        behind = WriteBehind(self.name, stream, self.settings.write_behind_depth, self.settings.state_cache_orders,
-                             self.dead_letter)
-        self._stagings.add(behind.staging)
-        async with behind.running():
-            async for event in self.in_order(stream):
-                step = behind.step(event)
-                yield event, step
-                await behind.finished(step)
-
-    async def in_order(self, stream: faust.StreamT) -> AsyncIterator[faust.EventT]:
-        """The stream's events (a ``noack`` stream), each partition's without a hole and each task's
-        in the order handed on: a record that arrives after a loss is not given out, and is read
-        again with what it overtook (orderops.ordering). Every agent reads its stream through this
-        (``steps`` does) and acknowledges what it gives out."""
-        self._agent_channels.add(stream.channel)
-        async for event in stream.events():
-            if self._continuous(event):
-                yield event
-            else:
-                self._let_go(event)
-
-    def _let_go(self, event: faust.EventT) -> None:
-        """A record not applied now (it comes again) is not acknowledged — commits must not pass it —
-        but Faust must not wait for it either: a rebalance waits until every record handed to an
-        agent is acknowledged, and waited for this one forever (found: order-state stalled after a
-        broker restart in the 20,000-event fault test). The stream must not acknowledge by itself
-        (``noack``): ``steps`` and the notifier's agent acknowledge what they apply."""
-        consumer = self.app._consumer
-        if consumer is not None:
-            consumer._unacked_messages.discard(event.message)
-
-    def _continuous(self, event: faust.EventT) -> bool:
-        """Whether the event follows its partition's last one; if records before it never arrived,
-        the consumer is sent back to them and this one is not applied now."""
-        message, consumer = event.message, self.app.consumer
-        tp = message.tp
-        again = self.app.in_flight.arrived(tp, message.offset)
-        if again:
-            where = ", ".join(f"{t.topic}[{t.partition}] from {o}" for t, o in sorted(again.items()))
-            log.warning("%s: %s[%d]: offset %d arrived before records of its partition number handed on earlier (Faust "
-                        "dropped them): not applied; reading %s again, so the task's events are applied in write order.",
-                        self.name, tp.topic, tp.partition, message.offset, where)
-            for other, offset in again.items():
-                self._continuity.expect(other, offset)
-                consumer.scheduler.rewind(other, offset)
-            return False
-        apply, back_to = self._continuity.admit(tp, message.offset, next_to_commit(consumer, tp))
-        if back_to is not None:
-            log.warning("%s: %s[%d]: offset %d arrived but offsets from %d never did (Faust dropped them): reading the "
-                        "partition again from %d; what is already applied counts as duplicates.", self.name,
-                        tp.topic, tp.partition, message.offset, back_to, back_to)
-            consumer.scheduler.rewind(tp, back_to)
-        return apply
-
-    async def _check_tails(self) -> None:
-        """Every few seconds, while no rebalance is under way and the agents and the scheduler hold
-        nothing unread: a partition with records on the broker beyond the last that arrived, quiet
-        for ``ORDEROPS_TAIL_CHECK_SECONDS``, and taken past them by the consumer, lost them on the
-        way (no later record exposes such a hole): it is read again from there. Records not fetched
-        yet are waited for longer (``Continuity.overdue``)."""
-        consumer = self.app._consumer
-        if self._batches is not None:  # the batch path reads what it fetched, all of it: nothing is dropped
-            return
-        if consumer is None or self.app.rebalancing or any(c.queue.qsize() for c in self._agent_channels):
-            return
-        scheduler = consumer.scheduler
-        if scheduler.handing_out:  # the rest of its batch is in hand
-            return
-        taken = scheduler.taken()
-
-        def highwater(tp: Any) -> int | None:
-            try:
-                return consumer.highwater(tp)
-            except Exception:  # revoked meanwhile
-                return None
-
-        active = [tp for tp in consumer.assignment() if scheduler.delivers(tp)]
-        late = self._continuity.overdue(active, functools.partial(next_to_commit, consumer), highwater,
-                                        self.settings.tail_check_seconds, taken.get)
-        for tp, offset in sorted(late.items()):
-            log.warning("%s: %s[%d]: offset %d is on the broker (high watermark %s) but never arrived, and nothing of the "
-                        "partition came for %.0f s or more (the consumer took it and Faust dropped it, or it was never "
-                        "fetched): reading the partition again from %d.", self.name, tp.topic, tp.partition, offset,
-                        highwater(tp), self.settings.tail_check_seconds, offset)
-            scheduler.rewind(tp, offset)
-
-    @staticmethod
-    def rewrite_on_duplicate(step: Step, table: faust.TableT, key: str, stored: Any, loaded: Any) -> None:
-        """An event already applied comes again when its worker died before committing it. Faust
-        writes a table's local RocksDB at once and its changelog when the producer gets to it, so the
-        dead worker's store may hold the state this event made while the changelog never got it
-        (found: the 200-order broker-kill test; an order's cancellation was in fulfillment's store,
-        not in its changelog, and the re-read event, a duplicate, wrote nothing). The state is
-        written again so the changelog — what a restore, a standby or a new owner reads — catches up."""
-        step.put(table, key, stored, loaded=loaded)
-
-    async def settle(self, step: Step, table: faust.TableT, key: str, outcome: Outcome,
-                     outputs: Iterable[tuple[Topic, dict]], deadline: datetime | None,
-                     observe: Callable[[Outcome], None] | None = None) -> None:
-        """The end of every state-machine agent's step: publish the outcome's records, stage the
-        state (written once they are acked), then set the order's next deadline and count. A
-        duplicate changes nothing, but its state is written again (``rewrite_on_duplicate``)."""
-        if outcome.duplicate:
-            DUPLICATES.labels(self.name).inc()
-            self.rewrite_on_duplicate(step, table, key, outcome.state.to_json_bytes(), outcome.state)
-            return
-        await self.emit_soon(step, key, outputs, {r.cause.event_id: r.cause_topic for r in outcome.records})
-        step.put(table, key, outcome.state.to_json_bytes(), loaded=outcome.state)
-
-        def follow_up() -> None:
-            self.schedule(key, deadline)
-            count_outcome(self.name, outcome.records)
-            if observe is not None:
-                observe(outcome)
-
-        step.then(follow_up)
-
-    @asynccontextmanager
-    async def dead_letter_on_error(self, event: faust.EventT) -> AsyncIterator[None]:
-        """Run the body; if it raises, dead-letter the event and carry on with the next one."""
-        message = event.message
-        try:
-            yield
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # one bad message must never stop the processor
-            await self.dead_letter(event, exc)
-        finally:
-            EVENTS_PROCESSED.labels(self.name, message.topic).inc()
-
-    async def dead_letter(self, event: faust.EventT, error: BaseException) -> None:
-        message = event.message
-        await self.dead_letter_bytes(message.key, message.value, message.headers, topic=message.topic,
-                                     partition=message.partition, offset=message.offset, error=error)
-
-    async def dead_letter_bytes(self, key: bytes | None, value: bytes | None, headers: Any, *, topic: str,
-                                partition: int, offset: int, error: BaseException) -> None:
-        """Dead-letter a message this processor holds as bytes (e.g. a request whose delivery
-        failed for good, long after it was read): same record, headers and log line. A message
-        read again (a partition sent back after a loss) is not dead-lettered twice by this worker."""
-        letter = self.dead_letter_record(key, value, headers, topic=topic, partition=partition, offset=offset,
-                                         error=error)
-        if letter is not None:
-            _, key, value, headers = letter
-            await self.topic(self._dead_letter_topic).send(key=key, value=value, headers=headers)
 
     def dead_letter_record(self, key: bytes | None, value: bytes | None, headers: Any, *, topic: str, partition: int,
                            offset: int, error: BaseException
@@ -447,11 +232,6 @@ class Service:
         )
         return self._dead_letter_topic.name, key, value, letter_headers
 
-    async def persist(self) -> None:
-        """Wait until every record sent so far, table changelogs included, is acknowledged: call it
-        before an effect outside Kafka (an email, a webhook) that must not repeat silently."""
-        await self.app.producer.flush()
-
     def state_machine_batches(self, processor: MachineProcessor, table: faust.TableT,
                               observe: Callable[[Outcome], None] | None = None) -> BatchRunner:
         """A state-machine processor on the batch path (``orderops.runtime``): each fetched batch of
@@ -461,18 +241,20 @@ class Service:
         self.enable_timers()
         return self.batches(MachineRecords(self, processor, table, observe), (*processor.inputs, processor.timers))
 
-    def batches(self, handler: RecordHandler, inputs: Iterable[Topic]) -> BatchRunner:
+    def batches(self, handler: RecordHandler, inputs: Iterable[Topic], concurrency: int = 1) -> BatchRunner:
         """This processor on the batch path (``orderops.runtime``): every fetched batch of ``inputs``
         through ``handler``, record by record, then its records flushed, its state written and its
-        offsets committed. Faust fetches, assigns and recovers. Call once, before the worker starts."""
+        offsets committed; ``concurrency``: keys whose effects outside Kafka run at once. Faust
+        fetches, assigns and recovers. Call once, before the worker starts."""
         names = tuple(t.name for t in inputs)
         channel = self.app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
                                  value_serializer="raw", partitions=catalog.order_partitions(), acks=False)
         producer = BatchProducer(batch_producer_config(self.settings), self.name, self._producer_retired)
         self._batches = BatchRunner(self.name, frozenset(names), handler, producer, self._count_processed,
                                     self.settings.state_cache_orders, self.settings.batch_max_records,
-                                    self._global_views_loaded)
-        run_batches(self.app, self._batches, channel, self._batches.revoked)
+                                    self._global_views_loaded, concurrency)
+        run_batches(self.app, self.name, self._batches, channel, self._batches.revoked,
+                    FetchPolicy(self.settings.fetch_min_bytes, self.settings.fetch_max_wait_ms))
         return self._batches
 
     def schedule_in(self, batch: Batch, key: str, due: datetime | None, partition: int) -> None:
@@ -507,32 +289,6 @@ class Service:
                     "again, in their order (readers recognise a record they have). Check the broker if this repeats.",
                     self.name, because, records)
 
-    def state_machine_agent(self, processor: MachineProcessor, table: faust.TableT,
-                            observe: Callable[[Outcome], None] | None = None) -> faust.types.AgentT:
-        """The one agent of a state-machine processor, keyed by order: decode, load the order's
-        state, apply the event (or a timer tick: expire), then settle. The processor supplies only
-        its pure functions (see orderops.rebuild, which runs the same ones offline)."""
-        timers = processor.timers
-        self.enable_timers()
-
-        async def machine(stream: faust.StreamT) -> None:
-            async for event, step in self.steps(stream):
-                async with self.dead_letter_on_error(event):
-                    envelope = self.decode(event)
-                    if processor.skips(event.message.topic, envelope.short_type):
-                        continue
-                    state = step.load(table, envelope.order_id, processor.load)
-                    if event.message.topic == timers.name:
-                        if state is None:
-                            continue
-                        outcome = processor.expire(state, envelope.payload["fired_at"], timers.name)
-                    else:
-                        outcome = processor.apply(state, envelope, event.message.topic, self.clock.now())
-                    await self.settle(step, table, envelope.order_id, outcome, processor.publish(outcome),
-                                      processor.deadline(outcome.state), observe)
-
-        return self.app.agent(self.topic(*processor.inputs, timers), name=f"{self.name}.state-machine")(machine)
-
     # -- timers -------------------------------------------------------------------------------
 
     def enable_timers(self, sweep: bool = True) -> faust.TopicT:
@@ -558,17 +314,6 @@ class Service:
         if sweep:
             self.app.timer(interval=self.settings.timer_interval_seconds)(sweep_deadlines)
         return self.topic(timers)
-
-    def schedule(self, order_id: str, due: datetime | None) -> None:
-        """Set (or clear, with None) the order's next deadline. Only inside an agent's event."""
-        if self._deadlines is None:
-            raise RuntimeError(f"{self.name}: call enable_timers() before schedule()")
-        wanted = due.isoformat() if due is not None else None
-        if self._deadlines.get(order_id) != wanted:
-            if wanted is None:
-                del self._deadlines[order_id]
-            else:
-                self._deadlines[order_id] = wanted
 
     # -- global views ---------------------------------------------------------------------------
 
@@ -666,9 +411,7 @@ class Service:
         views_caught_up = all(v.caught_up.is_set() for v in self._global_views)
         ready = bool(assigned) and recovered and not app.rebalancing and views_caught_up
         return {"service": self.name, "ready": ready, "recovered": recovered, "rebalancing": app.rebalancing,
-                "assigned_partitions": len(assigned), "consumer": consumer_runs_in(consumer),
-                "handoff": "batch" if self._batches is not None else records_handed_on_by(),
-                "producer": producer_in_use(app._producer),
+                "assigned_partitions": len(assigned),
                 "global_views": {v.topic.name: {"caught_up": v.caught_up.is_set(), "entries": len(v.items)}
                                  for v in self._global_views}}
 
@@ -813,9 +556,6 @@ class EngineApp(faust.App):
 
 def _faust_app(settings: ServiceSettings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    install_in_loop_consumer(in_loop=not settings.consumer_thread, fetch_min_bytes=settings.fetch_min_bytes,
-                             fetch_max_wait_ms=settings.fetch_max_wait_ms, faust_drain=settings.faust_drain)
-    install_producer(faust_producer=settings.faust_producer, processor=settings.service)
     install_store_memory(settings.rocksdb_cache_mb, settings.rocksdb_write_buffer_mb)
     brokers = [f"kafka://{host.strip()}" for host in settings.kafka.bootstrap.split(",") if host.strip()]
     app = EngineApp(
@@ -861,6 +601,4 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
-    app.in_flight = InFlight()  # what the scheduler handed on and the agents have not received yet
-    app.conf.ConsumerScheduler = EventTimeOrder.for_app(app, app.in_flight)  # write order, nothing dropped
     return app

@@ -69,9 +69,7 @@ class ServiceSettings:
     session_timeout_seconds: float
     support_users_file: Path  # who may call the HTTP APIs (orderops.auth); absent: nobody may
     http_max_body_bytes: int
-    write_behind_depth: int  # events whose outputs may await the broker's ack while the agent goes on
-    state_cache_orders: int  # orders whose parsed state an agent keeps between their events
-    tail_check_seconds: float  # a partition quiet this long with records unread beyond the last arrived is read again
+    state_cache_orders: int  # keys whose parsed state the batch path keeps between batches
     producer_linger_ms: float  # how long the producer lets a batch fill before sending it
     # How long a record may take to be acknowledged, retries included; then a new client sends it again.
     producer_message_timeout_seconds: float
@@ -79,11 +77,8 @@ class ServiceSettings:
     # (orderops.statememory); a write buffer of 0 leaves Faust's settings per database.
     rocksdb_cache_mb: int
     rocksdb_write_buffer_mb: int
-    consumer_thread: bool  # run Faust's Kafka consumer in a thread of its own (Faust's way) instead of the app's loop
-    faust_drain: bool  # hand fetched records to the streams in Faust's tasks, one race per record (orderops.oneloop)
-    faust_producer: bool  # send with aiokafka's producer (Faust's) instead of librdkafka's (orderops.rdproducer)
     # While records flow, a fetch returns once this much is there or that long has passed
-    # (orderops.oneloop.FetchPolicy; after an empty fetch, Faust's 1 byte and 1.5 s).
+    # (orderops.runtime.engine.FetchPolicy; after an empty fetch, Faust's 1 byte and 1.5 s).
     fetch_min_bytes: int
     fetch_max_wait_ms: int
     # The most records the batch path applies before it flushes and commits (a larger fetch is
@@ -118,16 +113,11 @@ class ServiceSettings:
             session_timeout_seconds=float(env.get("ORDEROPS_SESSION_TIMEOUT_SECONDS", "30")),
             support_users_file=Path(env.get("ORDEROPS_SUPPORT_USERS_FILE", run_dir / "secrets" / "support-users")),
             http_max_body_bytes=int(env.get("ORDEROPS_HTTP_MAX_BODY_BYTES", str(64 * 1024))),
-            write_behind_depth=int(env.get("ORDEROPS_WRITE_BEHIND_DEPTH", "1000")),
             state_cache_orders=int(env.get("ORDEROPS_STATE_CACHE_ORDERS", "10000")),
-            tail_check_seconds=float(env.get("ORDEROPS_TAIL_CHECK_SECONDS", "15")),
             producer_linger_ms=float(env.get("ORDEROPS_PRODUCER_LINGER_MS", str(default_linger_ms))),
             producer_message_timeout_seconds=float(env.get("ORDEROPS_PRODUCER_MESSAGE_TIMEOUT_SECONDS", "60")),
             rocksdb_cache_mb=int(env.get("ORDEROPS_ROCKSDB_CACHE_MB", "64")),
             rocksdb_write_buffer_mb=int(env.get("ORDEROPS_ROCKSDB_WRITE_BUFFER_MB", "64")),
-            consumer_thread=env.get("ORDEROPS_CONSUMER_THREAD", "0") == "1",
-            faust_drain=env.get("ORDEROPS_FAUST_DRAIN", "0") == "1",
-            faust_producer=env.get("ORDEROPS_FAUST_PRODUCER", "0") == "1",
             fetch_min_bytes=int(env.get("ORDEROPS_FETCH_MIN_BYTES", str(64 * 1024))),
             fetch_max_wait_ms=int(env.get("ORDEROPS_FETCH_MAX_WAIT_MS", "50")),
             batch_max_records=int(env.get("ORDEROPS_BATCH_MAX_RECORDS", "1000")),

@@ -62,8 +62,6 @@ async def test_table_recovers_from_changelog_and_poison_goes_to_dlq(catalog_topi
     try:
         health = await probe.wait_ready()
         assert health["recovered"] and health["assigned_partitions"] > 0
-        assert health["consumer"] == "app-loop", "the Kafka client runs in the app's loop (orderops.oneloop)"
-        assert health["handoff"] == "orderops", "fetched records are handed on by orderops.oneloop.drain_messages"
 
         # Enough orders to land on several partitions of both topics.
         order_ids = [f"p{run_id}-{n}" for n in range(12)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from orderops.runtime.engine import BatchTransport
 from orderops.service import _faust_app
 from orderops.settings import ServiceSettings
 
@@ -20,7 +21,7 @@ def test_the_linger_is_set_by_the_environment(monkeypatch, tmp_path):
     assert _faust_app(ServiceSettings.from_env("order-state", 8080)).conf.producer_linger == 0
 
 
-def test_the_notifier_does_not_linger_its_deliveries_wait_for_acks_in_series(monkeypatch, tmp_path):
+def test_the_notifier_does_not_linger_its_batches_wait_for_acks_before_and_after_the_sends(monkeypatch, tmp_path):
     monkeypatch.setenv("ORDEROPS_RUN_DIR", str(tmp_path))
     monkeypatch.delenv("ORDEROPS_PRODUCER_LINGER_MS", raising=False)
     import notifier.app
@@ -35,4 +36,5 @@ def test_a_record_may_take_a_minute_before_a_new_client_sends_it_again_unless_th
     monkeypatch.setenv("ORDEROPS_PRODUCER_MESSAGE_TIMEOUT_SECONDS", "15")
     app = _faust_app(ServiceSettings.from_env("order-state", 8080))
     assert app.conf.producer_request_timeout == 15
+    app.transport = BatchTransport(app.conf.broker_consumer, app)  # as Service.batches gives it
     assert app.producer._config()["message.timeout.ms"] == 15_000  # what librdkafka's client is given

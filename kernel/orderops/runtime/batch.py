@@ -8,7 +8,11 @@
 2. **apply**: each record through the processor's ``apply`` (decode, the pure functions, encode):
    its outputs are handed to the producer at once, its state changes are kept per key in the
    ``Batch`` (a later record of the same order reads them), anything raised dead-letters it;
-3. **commit** (``BatchRunner._commit``, the one place the order of effects is decided):
+3. **effects** (only a processor with effects outside Kafka: the notifier's messages): the batch
+   is written first (step 4 without the offsets), so what the effects will do is durable before
+   the far end hears of it; then the effects run, up to ``concurrency`` keys at once, each key's
+   in sequence, and what they leave (state, records) is a second batch;
+4. **commit** (``BatchRunner._commit``, the one place the order of writes is decided):
    changelog records, one per changed key; the producer's one wait for every record of the batch
    (a record refused for good dead-letters its cause, and that is waited for too); the state
    stores, one write batch per table with the changelog offsets Faust's recovery resumes from;
@@ -28,7 +32,7 @@ import logging
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import orjson
 from faust.serializers import codecs
@@ -88,6 +92,7 @@ class Change:
     loaded: Any  # the value as the processor uses it
     partition: int
     remember: bool = True  # kept by the StateCache for later batches (a value that is read again)
+    sent: tuple[int, str, bytes] | None = None  # its changelog record handed over already: (number, topic, key)
 
 
 class StateCache:
@@ -119,6 +124,7 @@ class StateCache:
 
 
 _MISSING = object()
+E = TypeVar("E", bound="Effect")
 
 
 @dataclass
@@ -135,6 +141,7 @@ class Batch:
     # (topic, key) -> what builds its record, and the input record it came of: only the newest is sent
     latest: dict[tuple[str, str], tuple[Callable[[], tuple[bytes, bytes]], Any]] = field(default_factory=dict)
     superseded: dict[str, int] = field(default_factory=dict)  # latest-only records a newer one replaced, per topic
+    effects: dict[str, Effect] = field(default_factory=dict)  # key -> its work outside Kafka, after the write
 
     def load(self, table: StateTable, key: str, load: Callable[[Any], Any], partition: int) -> Any:
         """The key's value as the batch's earlier records left it, else as the table has it in the
@@ -149,10 +156,21 @@ class Batch:
         return None if stored is None else load(codecs.loads(table.value_serializer, stored))
 
     def put(self, table: StateTable, key: str, stored: bytes | None, loaded: Any, partition: int,
-            remember: bool = True) -> None:
+            remember: bool = True, at_once: bool = False) -> None:
         """The key's new value (``stored``: as its table keeps it, None deletes it), written at the
-        commit; ``remember``: kept for later batches' reads (False for a value the processor never reads)."""
-        self.changes[(table.name, key)] = Change(table, key, stored, loaded, partition, remember)
+        commit; ``remember``: kept for later batches' reads (False for a value the processor never
+        reads); ``at_once``: its changelog record is sent now, not at the commit (an effect's
+        outcome, on record as soon as it is known: a crash before the commit finds it)."""
+        change = Change(table, key, stored, loaded, partition, remember)
+        if at_once:
+            change.sent = self._send_changelog(change)
+        self.changes[(table.name, key)] = change
+
+    def _send_changelog(self, change: Change) -> tuple[int, str, bytes]:
+        table = change.table
+        key_bytes = codecs.dumps(table.key_serializer, change.key)
+        topic = table.changelog_topic.get_topic_name()
+        return self.producer.send(topic, key_bytes, change.stored, partition=change.partition), topic, key_bytes
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None,
              cause: Any) -> None:
@@ -168,6 +186,21 @@ class Batch:
 
     def then(self, follow_up: Callable[[], None]) -> None:
         self.follow_ups.append(follow_up)
+
+    def effect(self, key: str, make: Callable[[], E]) -> E:
+        """The key's effect outside Kafka (``make`` builds it the first time a record of the batch
+        asks for one): run after the batch is written, before its offsets are committed."""
+        found = self.effects.get(key)
+        if found is None:
+            found = self.effects[key] = make()
+        return found  # type: ignore[return-value]
+
+
+class Effect(Protocol):
+    """Work outside Kafka for one key, run once the batch that asked for it is durable; what it
+    leaves (state, records) goes into ``after``, the batch committed with the input offsets."""
+
+    async def run(self, after: Batch) -> None: ...
 
 
 class RecordHandler(Protocol):
@@ -185,9 +218,12 @@ class BatchRunner:
 
     def __init__(self, name: str, topics: frozenset[str], handler: RecordHandler, producer: BatchProducer,
                  counted: Callable[[dict[str, int]], None] = lambda counts: None, cached: int = 10_000,
-                 max_records: int = 1000, ready: Callable[[], Awaitable[None]] | None = None) -> None:
-        """``ready``: awaited before each batch is applied (the processor's global views loaded)."""
+                 max_records: int = 1000, ready: Callable[[], Awaitable[None]] | None = None,
+                 concurrency: int = 1) -> None:
+        """``ready``: awaited before each batch is applied (the processor's global views loaded);
+        ``concurrency``: keys whose effects run at once."""
         self.name, self.topics, self.handler, self.producer = name, topics, handler, producer
+        self.concurrency = concurrency
         self._ready = ready
         self.max_records = max_records
         self.cache = StateCache(cached)
@@ -235,6 +271,9 @@ class BatchRunner:
                 for tp, record in part:
                     batch.counted[tp.topic] = batch.counted.get(tp.topic, 0) + 1
                     self.handler.apply(batch, record)
+                if batch.effects:
+                    await self._write(batch)
+                    batch = await self._run_effects(batch.effects)
                 resume.update(await self._commit(batch, part, engine))
         except BaseException:
             await self._read_again(resume, engine)
@@ -266,7 +305,31 @@ class BatchRunner:
                 ready.append((tp, record))
         return ready, started
 
+    async def _run_effects(self, effects: Mapping[str, Effect]) -> Batch:
+        """Every key's effects, ``concurrency`` keys at a time; what they leave, as a batch."""
+        after = Batch(self.producer, self.cache)
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def run(effect: Effect) -> None:
+            async with gate:
+                await effect.run(after)
+
+        async with asyncio.TaskGroup() as group:
+            for effect in effects.values():
+                group.create_task(run(effect))
+        return after
+
     async def _commit(self, batch: Batch, applied: list[tuple[TP, Any]], engine: Engine) -> dict[TP, int]:
+        """Write the batch, then commit the offsets of the records it applied."""
+        await self._write(batch)
+        next_offsets: dict[TP, int] = {}
+        for tp, record in applied:
+            next_offsets[tp] = max(next_offsets.get(tp, 0), record.offset + 1)
+        await engine.commit(next_offsets)
+        return next_offsets
+
+    async def _write(self, batch: Batch) -> None:
+        """The batch's records and state, acknowledged and stored; its follow-ups run."""
         for (topic, _), (build, cause) in batch.latest.items():
             try:
                 key, value = build()
@@ -279,10 +342,7 @@ class BatchRunner:
             LATEST_RECORDS.labels(self.name, topic, "superseded").inc(n)
         changelog = []
         for change in batch.changes.values():
-            table = change.table
-            key_bytes = codecs.dumps(table.key_serializer, change.key)
-            topic = table.changelog_topic.get_topic_name()
-            number = self.producer.send(topic, key_bytes, change.stored, partition=change.partition)
+            number, topic, key_bytes = change.sent or batch._send_changelog(change)
             changelog.append((number, change, TP(topic, change.partition), key_bytes))
         delivery = await self.producer.delivered()
         offsets = delivery.offsets
@@ -307,11 +367,6 @@ class BatchRunner:
             follow_up()
         count_tally(self.name, batch.tally)
         self._counted(batch.counted)
-        next_offsets: dict[TP, int] = {}
-        for tp, record in applied:
-            next_offsets[tp] = max(next_offsets.get(tp, 0), record.offset + 1)
-        await engine.commit(next_offsets)
-        return next_offsets
 
     async def _read_again(self, started: Mapping[TP, int], engine: Engine) -> None:
         """A batch that could not finish: its partitions are read again from where it began."""

@@ -1,9 +1,11 @@
 """From a request to delivered messages: the notifier's flow for one order (no Kafka here).
 
-The agent gives it the order's ledger and an ``Effects`` object (persist the ledger durably,
-publish a delivery record, dead-letter a request). Every attempt is preceded by a durable ledger
-write, so a crash between the far end accepting and the ledger recording it is found again: the
-message is re-sent with the same idempotency key / Message-ID and recorded as in doubt.
+An attempt has two halves with a durable write between them: ``begin`` marks the delivery
+attempting (and the caller makes that ledger durable), ``send`` talks to the far end, ``finish``
+records what came of it and says what to publish. A crash between the far end accepting and the
+ledger recording it is so found again: the message is re-sent with the same idempotency key /
+Message-ID and announced in doubt. A ``Publication`` of outcome FAILED also dead-letters the
+delivery's requests.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from notifier.channels import Channel, CircuitBreaker, SendError
 from notifier.ledger import UNFINISHED, Delivery, Ledger, Preferences, RetryPolicy, move
@@ -21,12 +22,36 @@ from orderops.envelope import Envelope
 log = logging.getLogger("notifier")
 
 
-class Effects(Protocol):
-    async def persist(self, ledger: Ledger) -> None: ...
+IN_DOUBT_REASON = ("the previous attempt's outcome is unknown (the process stopped after sending began): sent "
+                   "again with the same idempotency key")
 
-    async def publish(self, delivery: Delivery, outcome: str, rendered: Rendered | None, reason: str) -> None: ...
 
-    async def dead_letter(self, delivery: Delivery, reason: str) -> None: ...
+@dataclass(frozen=True)
+class Publication:
+    """A delivery record to publish on notifications.deliveries."""
+
+    delivery: Delivery
+    outcome: str  # SENT, FAILED, SUPPRESSED, IN_DOUBT
+    rendered: Rendered | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A delivery marked attempting, to be sent once that is durable."""
+
+    before: Delivery  # as it was (a deferral goes back to its counts)
+    delivery: Delivery  # attempting
+    rendered: Rendered
+    in_doubt: bool  # an earlier attempt's outcome is unknown
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What came of a send: done (neither field set), an error, or not tried (the circuit opened)."""
+
+    error: SendError | None = None
+    deferred: bool = False
 
 
 @dataclass
@@ -72,48 +97,64 @@ class Dispatcher:
                 to_attempt.append(delivery)
         return ledger, to_attempt, suppressed
 
-    async def attempt(self, ledger: Ledger, delivery: Delivery, now: datetime, effects: Effects) -> Ledger:
+    def begin(self, ledger: Ledger, delivery: Delivery, now: datetime) -> tuple[Ledger, Attempt | None,
+                                                                              list[Publication]]:
+        """The first half of an attempt, before the far end hears anything: the delivery marked
+        attempting (the ledger must be durable before ``send``), or settled at once (a message that
+        cannot be rendered gives up; an open circuit defers it)."""
         in_doubt = delivery.status == "attempting" or delivery.doubtful
         try:
             rendered = self.render(delivery)
         except RenderError as exc:
-            return await self._give_up(ledger, move(delivery, "attempt"), None, str(exc), effects)
+            failed = move(move(delivery, "attempt"), "gave_up", due_at=None, last_error=str(exc))
+            return ledger.put(failed), None, [Publication(failed, "FAILED", None, str(exc))]
         breaker = self.breakers[delivery.channel]
         if not breaker.allows():
-            waiting = move(move(delivery, "attempt"), "deferred", doubtful=in_doubt,
-                           due_at=now + timedelta(seconds=breaker.retry_in()) + timedelta(milliseconds=100),
-                           last_error=f"{delivery.channel} circuit open after repeated failures")
-            return ledger.put(waiting)
-        delivery = move(delivery, "attempt", attempts=delivery.attempts + 1, in_doubt=delivery.in_doubt + in_doubt,
-                        doubtful=False)
-        ledger = ledger.put(delivery)
-        await effects.persist(ledger)  # durable before the far end hears anything
-        if in_doubt:
-            await effects.publish(delivery, "IN_DOUBT", rendered, "the previous attempt's outcome is unknown (the "
-                                  "process stopped after sending began): sent again with the same idempotency key")
+            return ledger.put(self._deferred(delivery, in_doubt, now)), None, []
+        attempting = move(delivery, "attempt", attempts=delivery.attempts + 1,
+                          in_doubt=delivery.in_doubt + in_doubt, doubtful=False)
+        published = [Publication(attempting, "IN_DOUBT", rendered, IN_DOUBT_REASON)] if in_doubt else []
+        return ledger.put(attempting), Attempt(delivery, attempting, rendered, in_doubt), published
+
+    async def send(self, attempt: Attempt) -> Sent:
+        """The second half's I/O: the message to the far end, unless its circuit opened meanwhile."""
+        delivery = attempt.delivery
+        breaker = self.breakers[delivery.channel]
+        if not breaker.allows():
+            return Sent(deferred=True)
         try:
-            await self.channels[delivery.channel].send(delivery.delivery_id, self._recipient(delivery), rendered,
-                                                       self.document(delivery))
+            await self.channels[delivery.channel].send(delivery.delivery_id, self._recipient(delivery),
+                                                       attempt.rendered, self.document(delivery))
         except SendError as exc:
             breaker.failed()
-            if exc.permanent or delivery.attempts >= self.retry.max_attempts:
-                why = str(exc) if exc.permanent else f"gave up after {delivery.attempts} attempts: {exc}"
-                return await self._give_up(ledger, delivery, rendered, why, effects)
-            log.warning("notifier: %s attempt %d failed, retrying%s: %s", delivery.delivery_id, delivery.attempts,
-                        " (announced as in doubt)" if exc.in_doubt else "", exc)
-            return ledger.put(move(delivery, "failed", due_at=self.retry.next_attempt(delivery, now),
-                                   last_error=str(exc), doubtful=exc.in_doubt))
+            return Sent(error=exc)
         breaker.succeeded()
-        sent = move(delivery, "accepted", due_at=None, last_error="")
-        await effects.publish(sent, "SENT", rendered, "")
-        return ledger.put(sent)
+        return Sent()
 
-    async def _give_up(self, ledger: Ledger, delivery: Delivery, rendered: Rendered | None, reason: str,
-                       effects: Effects) -> Ledger:
-        failed = move(delivery, "gave_up", due_at=None, last_error=reason)
-        await effects.publish(failed, "FAILED", rendered, reason)
-        await effects.dead_letter(failed, reason)
-        return ledger.put(failed)
+    def finish(self, ledger: Ledger, attempt: Attempt, sent: Sent, now: datetime) -> tuple[Ledger, list[Publication]]:
+        """The attempt's outcome in the ledger, and what to publish of it."""
+        delivery = attempt.delivery
+        if sent.deferred:
+            return ledger.put(self._deferred(attempt.before, attempt.in_doubt, now)), []
+        exc = sent.error
+        if exc is None:
+            accepted = move(delivery, "accepted", due_at=None, last_error="")
+            return ledger.put(accepted), [Publication(accepted, "SENT", attempt.rendered, "")]
+        if exc.permanent or delivery.attempts >= self.retry.max_attempts:
+            why = str(exc) if exc.permanent else f"gave up after {delivery.attempts} attempts: {exc}"
+            failed = move(delivery, "gave_up", due_at=None, last_error=why)
+            return ledger.put(failed), [Publication(failed, "FAILED", attempt.rendered, why)]
+        log.warning("notifier: %s attempt %d failed, retrying%s: %s", delivery.delivery_id, delivery.attempts,
+                    " (announced as in doubt)" if exc.in_doubt else "", exc)
+        return ledger.put(move(delivery, "failed", due_at=self.retry.next_attempt(delivery, now),
+                               last_error=str(exc), doubtful=exc.in_doubt)), []
+
+    def _deferred(self, delivery: Delivery, in_doubt: bool, now: datetime) -> Delivery:
+        """Not attempted (its circuit is open) and not counted as an attempt; a doubt is kept."""
+        breaker = self.breakers[delivery.channel]
+        return move(move(delivery, "attempt"), "deferred", doubtful=in_doubt,
+                    due_at=now + timedelta(seconds=breaker.retry_in()) + timedelta(milliseconds=100),
+                    last_error=f"{delivery.channel} circuit open after repeated failures")
 
     def render(self, delivery: Delivery) -> Rendered:
         first = delivery.requests[0]["payload"]

@@ -13,7 +13,7 @@ from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from orderops.envelope import from_json, to_json
+from orderops.envelope import from_json, to_json, to_json_bytes
 from orderops.workflow import Machine
 
 DELIVERY = Machine(
@@ -90,8 +90,14 @@ class Ledger:
         return min(pending, default=None)
 
     def to_json(self) -> dict[str, Any]:
-        # One orjson pass over the whole ledger: it is written before every attempt and after each request.
-        return to_json({"order_id": self.order_id, "deliveries": [vars(d) for d in self.deliveries]})
+        return to_json(self._fields())
+
+    def to_json_bytes(self) -> bytes:
+        """The JSON text of ``to_json()``, as the ledger table stores it (one orjson pass)."""
+        return to_json_bytes(self._fields())
+
+    def _fields(self) -> dict[str, Any]:
+        return {"order_id": self.order_id, "deliveries": [vars(d) for d in self.deliveries]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Ledger:

@@ -144,19 +144,13 @@ def test_a_delivery_a_crash_left_unattempted_is_due_on_redelivery_and_on_a_timer
 
 
 class Recorded:
-    """What the dispatcher did to the outside: records published, messages sent (no I/O); the
-    first ``failures`` sends fail as given."""
+    """A channel that records what it was given (no I/O); the first ``failures`` sends fail as given."""
+
+    name = "webhook"
 
     def __init__(self, *failures: SendError) -> None:
-        self.published: list[tuple[str, str]] = []
         self.sent: list[str] = []
         self.failures = list(failures)
-
-    async def persist(self, ledger) -> None:
-        pass
-
-    async def publish(self, delivery, outcome, rendered, reason) -> None:
-        self.published.append((delivery.delivery_id, outcome))
 
     async def send(self, delivery_id, recipient, rendered, document) -> None:
         self.sent.append(delivery_id)
@@ -164,36 +158,90 @@ class Recorded:
             raise self.failures.pop(0)
 
 
-async def test_a_send_that_got_no_answer_after_it_left_is_retried_as_in_doubt():
-    recorded = Recorded(SendError("no answer after the request was sent", permanent=False, in_doubt=True))
-    notifier = Dispatcher({"webhook": recorded}, {"webhook": CircuitBreaker(threshold=5, cooldown=10)}, TEMPLATES,
+async def attempted(notifier: Dispatcher, ledger: Ledger, delivery_id: str, now: datetime,
+                    published: list[tuple[str, str]], durable: list[Ledger]) -> Ledger:
+    """An attempt as the notifier makes one: begin, the ledger made durable, send, finish."""
+    ledger, attempt, out = notifier.begin(ledger, ledger.delivery(delivery_id), now)
+    durable.append(ledger)
+    if attempt is not None:
+        ledger, more = notifier.finish(ledger, attempt, await notifier.send(attempt), now)
+        out = [*out, *more]
+    published.extend((p.delivery.delivery_id, p.outcome) for p in out)
+    return ledger
+
+
+async def test_an_attempt_is_on_record_before_the_far_end_hears_of_it():
+    channel = Recorded()
+    notifier = Dispatcher({"webhook": channel}, {"webhook": CircuitBreaker(threshold=5, cooldown=10)}, TEMPLATES,
                           Preferences(), RetryPolicy(), timedelta(0))
     ledger, (delivery,), _ = notifier.accept(Ledger("o-1"), envelope(request()), ("t", 0, 1), T0)
-    ledger = await notifier.attempt(ledger, delivery, T0, recorded)
+    begun, attempt, published = notifier.begin(ledger, delivery, T0)
+    assert begun.delivery("n-1/webhook").status == "attempting" and begun.delivery("n-1/webhook").attempts == 1
+    assert published == [] and channel.sent == []
+    done, published = notifier.finish(begun, attempt, await notifier.send(attempt), T0)
+    assert channel.sent == ["n-1/webhook"] and done.delivery("n-1/webhook").status == "sent"
+    assert [(p.delivery.delivery_id, p.outcome) for p in published] == [("n-1/webhook", "SENT")]
+
+
+async def test_a_send_that_got_no_answer_after_it_left_is_retried_as_in_doubt():
+    channel = Recorded(SendError("no answer after the request was sent", permanent=False, in_doubt=True))
+    notifier = Dispatcher({"webhook": channel}, {"webhook": CircuitBreaker(threshold=5, cooldown=10)}, TEMPLATES,
+                          Preferences(), RetryPolicy(), timedelta(0))
+    ledger, _, _ = notifier.accept(Ledger("o-1"), envelope(request()), ("t", 0, 1), T0)
+    published, durable = [], []
+    ledger = await attempted(notifier, ledger, "n-1/webhook", T0, published, durable)
     assert ledger.delivery("n-1/webhook").status == "retrying" and ledger.delivery("n-1/webhook").doubtful
-    ledger = await notifier.attempt(ledger, ledger.delivery("n-1/webhook"), T0 + timedelta(minutes=1), recorded)
-    assert recorded.published == [("n-1/webhook", "IN_DOUBT"), ("n-1/webhook", "SENT")]
-    assert recorded.sent == ["n-1/webhook", "n-1/webhook"]
+    ledger = await attempted(notifier, ledger, "n-1/webhook", T0 + timedelta(minutes=1), published, durable)
+    assert published == [("n-1/webhook", "IN_DOUBT"), ("n-1/webhook", "SENT")]
+    assert channel.sent == ["n-1/webhook", "n-1/webhook"]
+    assert [d.delivery("n-1/webhook").attempts for d in durable] == [1, 2]
 
 
 async def test_a_delivery_found_mid_attempt_while_the_circuit_is_open_is_still_resent_as_in_doubt():
     """A worker was killed while a webhook was on its way; the restarted worker found the webhook
     receiver down (circuit open) and deferred it. The later attempt must still be announced IN_DOUBT
     (found: the 200-order fault run, a webhook received twice with no IN_DOUBT record)."""
-    recorded = Recorded()
+    channel = Recorded()
     breaker = CircuitBreaker(threshold=1, cooldown=10, clock=lambda: now[0])
     now = [0.0]
-    notifier = Dispatcher({"webhook": recorded}, {"webhook": breaker}, TEMPLATES, Preferences(), RetryPolicy(),
+    notifier = Dispatcher({"webhook": channel}, {"webhook": breaker}, TEMPLATES, Preferences(), RetryPolicy(),
                           timedelta(0))
     ledger, _, _ = notifier.accept(Ledger("o-1"), envelope(request()), ("t", 0, 1), T0)
     crashed = ledger.put(move(ledger.delivery("n-1/webhook"), "attempt", attempts=1))
     breaker.failed()  # other deliveries found the receiver down
-    deferred = await notifier.attempt(crashed, crashed.delivery("n-1/webhook"), T0, recorded)
-    assert deferred.delivery("n-1/webhook").status == "retrying" and recorded.sent == []
+    published, durable = [], []
+    deferred = await attempted(notifier, crashed, "n-1/webhook", T0, published, durable)
+    assert deferred.delivery("n-1/webhook").status == "retrying" and channel.sent == []
     now[0] = 11.0  # the circuit half-opens
-    resent = await notifier.attempt(deferred, deferred.delivery("n-1/webhook"), T0, recorded)
-    assert recorded.published == [("n-1/webhook", "IN_DOUBT"), ("n-1/webhook", "SENT")]
+    resent = await attempted(notifier, deferred, "n-1/webhook", T0, published, durable)
+    assert published == [("n-1/webhook", "IN_DOUBT"), ("n-1/webhook", "SENT")]
     assert resent.delivery("n-1/webhook").in_doubt == 1 and not resent.delivery("n-1/webhook").doubtful
+
+
+async def test_a_circuit_that_opens_between_begin_and_send_defers_without_counting_an_attempt():
+    """Other orders' sends of the same batch opened the circuit after this attempt was on record:
+    nothing is sent, the attempt is not counted, and it is not in doubt (nothing left)."""
+    channel = Recorded()
+    breaker = CircuitBreaker(threshold=1, cooldown=10)
+    notifier = Dispatcher({"webhook": channel}, {"webhook": breaker}, TEMPLATES, Preferences(), RetryPolicy(),
+                          timedelta(0))
+    ledger, (delivery,), _ = notifier.accept(Ledger("o-1"), envelope(request()), ("t", 0, 1), T0)
+    begun, attempt, _ = notifier.begin(ledger, delivery, T0)
+    breaker.failed()
+    deferred, published = notifier.finish(begun, attempt, await notifier.send(attempt), T0)
+    found = deferred.delivery("n-1/webhook")
+    assert channel.sent == [] and published == []
+    assert (found.status, found.attempts, found.doubtful) == ("retrying", 0, False)
+
+
+def test_a_message_that_cannot_be_rendered_gives_up_at_once_with_a_failure_to_publish():
+    notifier = Dispatcher({"webhook": Recorded()}, {"webhook": CircuitBreaker(threshold=5, cooldown=10)}, TEMPLATES,
+                          Preferences(), RetryPolicy(), timedelta(0))
+    ledger, (delivery,), _ = notifier.accept(Ledger("o-1"), envelope(request(notice_type="no_such_type")),
+                                             ("t", 0, 1), T0)
+    given_up, attempt, published = notifier.begin(ledger, delivery, T0)
+    assert attempt is None and given_up.delivery("n-1/webhook").status == "failed"
+    assert [(p.outcome, p.rendered) for p in published] == [("FAILED", None)]
 
 
 def test_opt_out_and_quiet_hours_suppress_with_the_reason():
