@@ -1,6 +1,6 @@
 """Configuration from the environment, with the defaults a single-machine run needs.
 
-Every variable is documented in docs/architecture.md ("Configuration"); keep the two in step.
+Every variable is documented in docs/configuration.md; keep the two in step.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ class Machine:
                      f"{self.name} is {state}: {trigger.replace('_', ' ')} is not possible{advice}")
 
     def as_markdown(self) -> str:
-        """The table as docs/architecture.md shows it (tests keep the two identical)."""
+        """The table as the service docs (docs/services/) show it (tests keep the two identical)."""
         rows = [f"| {s} | {t} | {n} |" for s, t, n in self.rows]
         parks = [f"| {s} | {t} | {w} |" for s, t, w in self.parks]
         reversible = "; ".join(f"{s} ({how})" for s, how in self.reversible.items()) or "none"

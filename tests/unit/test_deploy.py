@@ -20,12 +20,12 @@ ROOT = source_root() or Path.cwd()
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
-ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text()
+CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
 DEPLOY_DOC = (ROOT / "docs" / "deploy.md").read_text()
 
 
 def documented(variable: str) -> bool:
-    return f"`{variable}`" in ARCHITECTURE or f"`{variable}`" in DEPLOY_DOC
+    return f"`{variable}`" in CONFIGURATION or f"`{variable}`" in DEPLOY_DOC
 
 
 def state_dir(env: dict) -> str:

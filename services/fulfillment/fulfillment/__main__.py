@@ -1,6 +1,6 @@
 """Run the fulfillment worker: python -m fulfillment (or orderops-fulfillment)."""
 
-from fulfillment import agents, views  # noqa: F401  (registers the agent and the HTTP views)
+from fulfillment import views, worker  # noqa: F401  (registers the batch path and the HTTP views)
 from fulfillment.app import service
 
 

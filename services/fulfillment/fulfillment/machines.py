@@ -80,7 +80,7 @@ SHIPPED_STATES = frozenset({"dispatched", "in_transit", "out_for_delivery", "del
 
 
 def unit_moves_markdown() -> str:
-    """The unit-move table as docs/architecture.md shows it (a test keeps the two identical)."""
+    """The unit-move table as docs/services/fulfillment.md shows it (a test keeps the two identical)."""
     rows = [f"| {event} | {' → '.join(sources)} | {target} | {code} |"
             for event, (sources, target, code) in UNIT_MOVES.items()]
     return "\n".join(["| event | takes units from | puts them in | too many → rejected as |", "|---|---|---|---|",

@@ -1,6 +1,6 @@
 """Run the notifier worker: python -m notifier (or orderops-notifier)."""
 
-from notifier import records, views  # noqa: F401  (registers the batch path and the HTTP views)
+from notifier import views, worker  # noqa: F401  (registers the batch path and the HTTP views)
 from notifier.app import service
 
 

@@ -280,8 +280,8 @@ def test_delivery_machine_has_no_way_out_of_its_terminal_states():
     assert isinstance(DELIVERY, Machine)
 
 
-def test_architecture_doc_shows_the_delivery_machine():
-    doc = (Path(__file__).resolve().parents[3] / "docs" / "architecture.md").read_text()
+def test_the_service_doc_shows_the_delivery_machine():
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "services" / "notifier.md").read_text()
     assert DELIVERY.as_markdown() in doc
 
 

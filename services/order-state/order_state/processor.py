@@ -1,5 +1,5 @@
 """order-state as a state-machine processor: its inputs, its table and its pure functions — run
-live by the agent (agents.py) and offline by ``orderops replay rebuild``."""
+live on the batch path (worker.py) and offline by ``orderops replay rebuild``."""
 
 from __future__ import annotations
 

@@ -300,12 +300,12 @@ def test_instrument_amount_invariants_are_named_checks():
     assert domain.violated_invariants(state) == ["refunded_within_captured(i)", "captured_within_authorized(i)"]
 
 
-def test_architecture_doc_shows_both_machines_as_they_are():
+def test_the_service_doc_shows_both_machines_as_they_are():
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parents[3] / "docs" / "architecture.md").read_text()
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "services" / "order-state.md").read_text()
     for machine in (ORDER, PAYMENT):
-        assert machine.as_markdown() in doc, f"docs/architecture.md: re-render the {machine.name} table"
+        assert machine.as_markdown() in doc, f"docs/services/order-state.md: re-render the {machine.name} table"
 
 
 # -- a derived record never overtakes its cause ---------------------------------------------------

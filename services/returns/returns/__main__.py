@@ -1,6 +1,6 @@
 """Run the returns worker: python -m returns (or orderops-returns)."""
 
-from returns import agents, views  # noqa: F401  (registers the agent and the HTTP views)
+from returns import views, worker  # noqa: F401  (registers the batch path and the HTTP views)
 from returns.app import service
 
 

@@ -1,5 +1,5 @@
 """returns as a state-machine processor: its inputs, its table and its pure functions — run live
-by the agent (agents.py, policies from the global view) and offline by ``orderops replay rebuild``
+on the batch path (worker.py, policies from the global view) and offline by ``orderops replay rebuild``
 and the policy what-if (policies read from returns.policies, or a draft)."""
 
 from __future__ import annotations

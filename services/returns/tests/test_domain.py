@@ -300,8 +300,8 @@ def test_state_survives_its_json_form():
         assert ReturnsState.from_json(orjson.loads(kept.to_json_bytes())) == kept  # the text its table stores
 
 
-def test_architecture_doc_shows_both_machines():
-    doc = (Path(__file__).resolve().parents[3] / "docs" / "architecture.md").read_text()
+def test_the_service_doc_shows_both_machines():
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "services" / "returns.md").read_text()
     assert RETURN.as_markdown() in doc and REFUND.as_markdown() in doc
 
 

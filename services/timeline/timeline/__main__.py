@@ -1,6 +1,6 @@
 """Run the timeline worker: python -m timeline (or orderops-timeline)."""
 
-from timeline import agents, views  # noqa: F401  (registers the agent, the API and the console)
+from timeline import views, worker  # noqa: F401  (registers the batch path, the API and the console)
 from timeline.app import service
 
 
