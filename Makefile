@@ -89,7 +89,7 @@ status:
 	@deploy/kafka/kafka.sh status || true
 	@$(BIN)/orderops processors status
 
-# The broker fixture (orderops.brokers) uses KAFKA_BOOTSTRAP, else testcontainers when Docker
+# The broker fixture (orderops.ops.brokers) uses KAFKA_BOOTSTRAP, else testcontainers when Docker
 # answers, else starts the embedded broker through deploy/kafka/kafka.sh and stops it after.
 # The suite gets its own broker (port 19092, data in .run/test) unless KAFKA_BOOTSTRAP names one:
 # test orders never show up in the system `make run` brings up, and both can run at once.

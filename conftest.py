@@ -1,4 +1,4 @@
-"""Fixtures every test may use. Broker tests get a real Kafka broker: see orderops.brokers."""
+"""Fixtures every test may use. Broker tests get a real Kafka broker: see orderops.ops.brokers."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from orderops_tools.testing import SupportUsers
 
-from orderops.admin import create_topics
-from orderops.settings import KafkaSettings
-from orderops.testing import SupportUsers
+from orderops.ops.admin import create_topics
+from orderops.ops.settings import KafkaSettings
 
 SECURE = os.environ.get("SECURE") == "1"
 
@@ -22,8 +22,8 @@ def support_users(tmp_path_factory) -> SupportUsers:
     With SECURE=1 (SECURE=1 make test), every Kafka client of the tests acts as the admin of the
     suite's secrets, which every broker of the run shares."""
     if SECURE:  # before any broker, the suite's or a test's own: they all share these secrets
-        from orderops.security import principal_env, secrets_dir
-        from orderops.settings import default_run_dir
+        from orderops.ops.security import principal_env, secrets_dir
+        from orderops.ops.settings import default_run_dir
 
         secrets = secrets_dir(Path(os.environ.get("ORDEROPS_RUN_DIR", default_run_dir())))
         os.environ.update({"ORDEROPS_KAFKA_SECRETS_DIR": str(secrets), **principal_env("admin", secrets)})
@@ -37,7 +37,7 @@ def support_users(tmp_path_factory) -> SupportUsers:
 def kafka_bootstrap() -> str:
     """The suite's broker. With SECURE=1 (SECURE=1 make test) a secure one, and every client of
     the tests acts as its admin unless a test says otherwise; private brokers share its secrets."""
-    from orderops.brokers import find_or_start_broker
+    from orderops.ops.brokers import find_or_start_broker
 
     broker = find_or_start_broker()
     os.environ["KAFKA_BOOTSTRAP"] = broker.bootstrap
@@ -50,7 +50,7 @@ def catalog_topics(kafka_bootstrap: str) -> str:
     """Every catalog topic exists (created idempotently, like `orderops topics create`)."""
     create_topics(settings=KafkaSettings(kafka_bootstrap, 1))
     if SECURE:
-        from orderops.security import setup
+        from orderops.ops.security import setup
 
         setup(kafka_bootstrap, Path(os.environ["ORDEROPS_KAFKA_SECRETS_DIR"]))
     return kafka_bootstrap

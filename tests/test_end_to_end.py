@@ -21,17 +21,17 @@ from email import policy as email_policy
 
 import pytest
 from aiosmtpd.controller import Controller
+from orderops_tools.provider import RefundDesk
+from orderops_tools.scenario import Story, address, card, customer, line, money
+from orderops_tools.testing import ServiceProcess, free_port, poll_json, producer
 
-from orderops.catalog import (
+from orderops.model.catalog import (
     PAYMENTS_EVENTS,
     STOREFRONT_ORDERS,
     STOREFRONT_RETURNS,
     WAREHOUSE_FULFILLMENT,
     WAREHOUSE_RETURNS,
 )
-from orderops.provider import RefundDesk
-from orderops.scenario import Story, address, card, customer, line, money
-from orderops.testing import ServiceProcess, free_port, poll_json, producer
 
 pytestmark = pytest.mark.broker
 PLACED = datetime(2026, 11, 2, 9, tzinfo=UTC)
@@ -49,7 +49,7 @@ class Mailbox:
 
 async def test_an_order_from_checkout_to_refund(catalog_topics, run_id, tmp_path):
     bootstrap = catalog_topics
-    published = subprocess.run([sys.executable, "-m", "orderops.cli", "policies", "publish"], capture_output=True,
+    published = subprocess.run([sys.executable, "-m", "orderops.ops.cli", "policies", "publish"], capture_output=True,
                                text=True, env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap})
     assert published.returncode == 0, published.stderr  # as `make run` does
     mailbox = Mailbox()

@@ -115,7 +115,7 @@ wait_until_answering() {
   local pid=$1
   if [ -x "$python" ]; then
     client_env
-    if ! "$python" -m orderops.cli broker wait --bootstrap "127.0.0.1:$port" --timeout "$start_timeout" --pid "$pid"; then
+    if ! "$python" -m orderops.ops.cli broker wait --bootstrap "127.0.0.1:$port" --timeout "$start_timeout" --pid "$pid"; then
       echo "kafka: the broker did not come up; last lines of $log_dir/server.log:" >&2
       tail -n 30 "$log_dir/server.log" >&2 || true
       tail -n 20 "$log_dir/stdout.log" >&2 || true

@@ -15,44 +15,41 @@ import logging
 import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 import faust
-from aiohttp import web as aiohttp_web
 from faust.serializers import codecs
-from faust.web.drivers.aiohttp import Web as FaustAiohttpWeb
-from mode.utils.objects import cached_property
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from orderops import catalog
-from orderops.auth import User, Users, bearer_token
-from orderops.catalog import Topic
-from orderops.clock import clock_from_env
-from orderops.codec import Codec, DecodeError, Envelope
-from orderops.deadletter import dead_letter_headers, error_class
-from orderops.globalview import GlobalView
-from orderops.metrics import (
+from orderops.codec.avro import Codec, DecodeError, Envelope
+from orderops.codec.privacy import read_event
+from orderops.http.app import EngineApp, hardened, signs_in
+from orderops.http.auth import Users, bearer_token
+from orderops.model import catalog
+from orderops.model.catalog import Topic
+from orderops.model.clock import clock_from_env
+from orderops.model.processor import MachineProcessor
+from orderops.model.workflow import Outcome
+from orderops.ops.security import KafkaSecurity
+from orderops.ops.settings import DEFAULT_LINGER_MS, ServiceSettings, key_partition
+from orderops.runtime.batch import Batch, BatchRunner, RecordHandler
+from orderops.runtime.deadletter import dead_letter_headers, error_class
+from orderops.runtime.engine import FetchPolicy, run_batches
+from orderops.runtime.globalview import GlobalView
+from orderops.runtime.machine import MachineRecords
+from orderops.runtime.metrics import (
     CARD_NUMBERS_MASKED,
     DEAD_LETTERED,
     EVENTS_PROCESSED,
     PRODUCER_CLIENTS_REPLACED,
     GaugeAtScrape,
 )
-from orderops.privacy import read_event
-from orderops.rebuild import MachineProcessor
-from orderops.runtime.batch import Batch, BatchRunner, RecordHandler
-from orderops.runtime.engine import FetchPolicy, run_batches
-from orderops.runtime.machine import MachineRecords
 from orderops.runtime.producer import BatchProducer, batch_producer_config
-from orderops.security import KafkaSecurity
-from orderops.settings import DEFAULT_LINGER_MS, ServiceSettings, key_partition
-from orderops.statememory import install as install_store_memory
-from orderops.statememory import shared as shared_store_memory
-from orderops.workflow import Outcome
+from orderops.runtime.store import install as install_store_memory
+from orderops.runtime.store import shared as shared_store_memory
 
 DEAD_LETTERS_REMEMBERED = 100_000  # (origin, reason) a worker will not dead-letter twice
 log = logging.getLogger("orderops.service")
@@ -167,7 +164,7 @@ class Service:
         may not know its partitions yet: the first table write then fails with PartitionsMismatch
         ("changelog has 0 partitions"), which would dead-letter a good event (seen on Kafka 4.4).
         """
-        from orderops.admin import create_topics
+        from orderops.ops.admin import create_topics
 
         create_topics(self.changelog_topics(), self.settings.kafka)
 
@@ -318,7 +315,7 @@ class Service:
     # -- global views ---------------------------------------------------------------------------
 
     def global_view(self, topic: Topic, convert: Callable[[dict], Any]) -> GlobalView:
-        """All of a compacted topic on every worker (see orderops.globalview); /healthz waits for it."""
+        """All of a compacted topic on every worker (see orderops.runtime.globalview); /healthz waits for it."""
         view = GlobalView(self.settings.kafka.bootstrap.split(",")[0], topic, self.codec, convert)
         self._global_views.append(view)
         self.app.task(view.run)
@@ -378,7 +375,7 @@ class Service:
                                      headers={"WWW-Authenticate": 'Bearer realm="orderops"'})
                 if not user.may(role):
                     return view.json({"error": f"{user.user_id} is {user.role}; this needs the {role} role"}, status=403)
-                request[_USER] = user
+                signs_in(request, user)
                 return await handler(view, request, *args, **kwargs)
 
             return guarded
@@ -462,7 +459,7 @@ class Service:
         broker was killed never came up, and the partitions it was to take over stalled)."""
         from aiokafka.errors import KafkaConnectionError
 
-        from orderops.admin import wait_for_broker
+        from orderops.ops.admin import wait_for_broker
 
         bootstrap = self.settings.kafka.bootstrap
         while True:
@@ -502,58 +499,6 @@ def collect_garbage_seldom(threshold: int) -> None:
         gc.set_threshold(threshold, 20, 100)
 
 
-_USER = "orderops.user"
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-}
-
-
-def signed_in(request: Any) -> User:
-    """The user a ``Service.requires`` view was called by."""
-    return request[_USER]
-
-
-@aiohttp_web.middleware
-async def _hardened(request: aiohttp_web.Request, handler: Callable) -> aiohttp_web.StreamResponse:
-    """Every answer carries the security headers (a page may set a stricter or wider CSP of its
-    own); an unexpected error answers 500 with an id to find it in the log, never a stack trace."""
-    try:
-        response = await handler(request)
-    except aiohttp_web.HTTPException as exc:  # 404, 405, 413 (body over ORDEROPS_HTTP_MAX_BODY_BYTES)...
-        for name, value in SECURITY_HEADERS.items():
-            exc.headers.setdefault(name, value)
-        raise
-    except Exception:
-        incident = uuid.uuid4().hex[:12]
-        log.exception("HTTP %s %s failed (incident %s): a bug, not the caller's fault; the caller got 500",
-                      request.method, request.path, incident)
-        response = aiohttp_web.json_response({"error": f"internal error (incident {incident}, in the log)"},
-                                             status=500)
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    return response
-
-
-class PagesOfOurOwn(FaustAiohttpWeb):
-    """Faust's aiohttp web server serving only the pages a processor declares: none of Faust's
-    built-in ones, not even its index at ``/`` (a static ``{"status": "OK"}``, which took the
-    timeline's console path). The rest of Faust's pages are off by their settings (``_faust_app``)."""
-
-    production_blueprints = ()
-
-
-class EngineApp(faust.App):
-    """Faust's app with ``PagesOfOurOwn`` as its web server."""
-
-    @cached_property
-    def web(self) -> PagesOfOurOwn:
-        return PagesOfOurOwn(self)
-
-
 def _faust_app(settings: ServiceSettings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     install_store_memory(settings.rocksdb_cache_mb, settings.rocksdb_write_buffer_mb)
@@ -569,7 +514,7 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
         web_bind=settings.web_bind,
         web_host=settings.web_host,
         web_port=settings.web_port,
-        web_application_options={"middlewares": [_hardened], "client_max_size": settings.http_max_body_bytes},
+        web_application_options={"middlewares": [hardened], "client_max_size": settings.http_max_body_bytes},
         # Faust's own pages answer without a token: /table/<table>/<key>/ served an order's view with
         # the customer's e-mail and phone. Every built-in page that shows state is off; forwarding a
         # read to the worker that owns the order (routed_by_order) uses Faust's router object, not

@@ -42,10 +42,7 @@ from datetime import UTC, datetime
 
 import pytest
 from orderops_tools.simulator import Config, play
-
-from orderops import catalog
-from orderops.codec import Codec
-from orderops.testing import (
+from orderops_tools.testing import (
     Mailbox,
     PrivateBroker,
     ServiceProcess,
@@ -55,7 +52,10 @@ from orderops.testing import (
     poll_json,
     start_processors,
 )
-from orderops.topicreader import read
+
+from orderops.codec.avro import Codec
+from orderops.model import catalog
+from orderops.replay.topicreader import read
 
 START = datetime(2026, 9, 1, 8, tzinfo=UTC)
 ORDERS = int(os.environ.get("FAULT_ORDERS", "24"))
@@ -248,7 +248,7 @@ import os
 from orderops_tools.replay import latest_by_key
 from returns.domain import ReturnsState, violated_invariants
 broken = {}
-from orderops.catalog import RETURNS
+from orderops.model.catalog import RETURNS
 for order_id, stored in latest_by_key(os.environ["KAFKA_BOOTSTRAP"], f"{RETURNS}-orders-changelog").items():
     problems = violated_invariants(ReturnsState.from_json(stored))
     if problems:

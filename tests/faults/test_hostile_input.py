@@ -32,14 +32,15 @@ from decimal import Decimal
 import aiohttp
 import pytest
 from orderops_tools.simulator import Config, play
+from orderops_tools.testing import Mailbox, PrivateBroker, ServiceProcess, orderops_cli, producer, start_processors
 
 from fulfillment import domain as fulfillment_domain
 from order_state import domain as order_state_domain
-from orderops import catalog, deadletter
-from orderops.codec import Codec, DecodeError, EncodeError
-from orderops.envelope import Envelope
-from orderops.testing import Mailbox, PrivateBroker, ServiceProcess, orderops_cli, producer, start_processors
-from orderops.topicreader import read
+from orderops.codec.avro import Codec, DecodeError, EncodeError
+from orderops.model import catalog
+from orderops.model.envelope import Envelope
+from orderops.replay.topicreader import read
+from orderops.runtime import deadletter
 from returns import domain as returns_domain
 
 pytestmark = [pytest.mark.broker, pytest.mark.faults]

@@ -11,7 +11,7 @@ from typing import Any
 
 import faust
 
-from orderops.catalog import PAYMENTS_EVENTS, STOREFRONT_ORDERS
+from orderops.model.catalog import PAYMENTS_EVENTS, STOREFRONT_ORDERS
 from orderops.runtime.batch import Batch
 from orderops.service import Service
 

@@ -8,12 +8,12 @@ import signal
 
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+from orderops_tools.scenario import Story, address, card, customer, line, money
+from orderops_tools.testing import PrivateBroker, poll_json, producer, read_topic, start_processors
 
-from orderops import deadletter
-from orderops.catalog import DEAD_LETTER_TOPICS, ORDER_STATE, ORDERS_STATE_CHANGES, STOREFRONT_ORDERS
-from orderops.scenario import Story, address, card, customer, line, money
-from orderops.security import client_config
-from orderops.testing import PrivateBroker, poll_json, producer, read_topic, start_processors
+from orderops.model.catalog import DEAD_LETTER_TOPICS, ORDER_STATE, ORDERS_STATE_CHANGES, STOREFRONT_ORDERS
+from orderops.ops.security import client_config
+from orderops.runtime import deadletter
 
 pytestmark = pytest.mark.broker
 
@@ -31,8 +31,8 @@ async def test_a_record_refused_for_good_dead_letters_its_cause_and_the_processo
     bootstrap = broker.start()
     process = None
     try:
-        from orderops.admin import create_topics
-        from orderops.settings import KafkaSettings
+        from orderops.ops.admin import create_topics
+        from orderops.ops.settings import KafkaSettings
 
         create_topics(settings=KafkaSettings(bootstrap, 1))
         admin = AdminClient(client_config(bootstrap))

@@ -17,19 +17,19 @@ from datetime import UTC, datetime
 
 import pytest
 from confluent_kafka.admin import AdminClient
+from orderops_tools.scenario import Story, address, card, customer, line, money
+from orderops_tools.testing import Mailbox, PrivateBroker, environment, orderops_cli, poll_json, producer, start_processors
 
-from orderops import catalog
-from orderops.catalog import (
+from orderops.model import catalog
+from orderops.model.catalog import (
     PAYMENTS_EVENTS,
     STOREFRONT_ORDERS,
     STOREFRONT_RETURNS,
     SUPPORT_CONTACTS,
     WAREHOUSE_FULFILLMENT,
 )
-from orderops.scenario import Story, address, card, customer, line, money
-from orderops.security import client_config
-from orderops.testing import Mailbox, PrivateBroker, environment, orderops_cli, poll_json, producer, start_processors
-from orderops.topicreader import read
+from orderops.ops.security import client_config
+from orderops.replay.topicreader import read
 
 pytestmark = pytest.mark.broker
 PAN = "4111111111111111"

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from orderops_tools.testing import ServiceProcess, free_port
 
-from orderops.catalog import ALL_TOPICS
-from orderops.paths import source_root
-from orderops.testing import ServiceProcess, free_port
+from orderops.model.catalog import ALL_TOPICS
+from orderops.ops.paths import source_root
 
 ROOT = source_root() or Path.cwd()
 PROJECTS = ["kernel", *(str(p.parent.relative_to(ROOT)) for p in sorted((ROOT / "services").glob("*/pyproject.toml"))),
@@ -49,14 +49,14 @@ def test_cli_contract_policies_and_package_data_work_when_installed(installed):
 import sys
 from importlib.resources import files
 import orderops, order_state, fulfillment, returns, notifier, timeline, orderops_tools
-from orderops.catalog import ALL_TOPICS
-from orderops.paths import source_root
+from orderops.model.catalog import ALL_TOPICS
+from orderops.ops.paths import source_root
 assert source_root() is None, "running from the source tree, not the installed layout"
 for module in (orderops, order_state, fulfillment, returns, notifier, timeline, orderops_tools):
     assert module.__file__.startswith(sys.argv[1]), module.__file__
-from orderops.codec import Codec
-from orderops.catalog import STOREFRONT_ORDERS
-from orderops.scenario import Story, address, card, customer, line, money
+from orderops.codec.avro import Codec
+from orderops.model.catalog import STOREFRONT_ORDERS
+from orderops_tools.scenario import Story, address, card, customer, line, money
 story = Story("o-1")
 story.on(STOREFRONT_ORDERS).OrderPlaced(customer=customer(), lines=[line("l1", "Mug", 1, "10.00")],
                                         instruments=[card("card-1", "10.00")], shipping_address=address(), total=money("10.00"))
@@ -72,9 +72,9 @@ assert (files("timeline") / "static" / "console.html").is_file()
 print("ok")
 """, installed["site"])
     assert probe.returncode == 0 and probe.stdout.strip() == "ok", probe.stdout + probe.stderr
-    listed = run(installed, "-m", "orderops.cli", "topics", "list")
+    listed = run(installed, "-m", "orderops.ops.cli", "topics", "list")
     assert listed.returncode == 0 and all(t.name in listed.stdout for t in ALL_TOPICS), listed.stderr
-    checked = run(installed, "-m", "orderops.cli", "policies", "check")  # policies/ of the working directory
+    checked = run(installed, "-m", "orderops.ops.cli", "policies", "check")  # policies/ of the working directory
     assert checked.returncode == 0 and "standard@1" in checked.stdout and "standard@2" in checked.stdout, checked.stderr
 
 

@@ -13,13 +13,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from orderops_tools.scenario import Story, address, card, customer, line, money
+from orderops_tools.testing import ServiceProcess, free_port, producer, read_topic
 
-from orderops import deadletter
-from orderops.admin import create_topics
-from orderops.catalog import PAYMENTS_EVENTS, STOREFRONT_ORDERS, dead_letter_topic
-from orderops.scenario import Story, address, card, customer, line, money
-from orderops.settings import KafkaSettings
-from orderops.testing import ServiceProcess, free_port, producer, read_topic
+from orderops.model.catalog import PAYMENTS_EVENTS, STOREFRONT_ORDERS, dead_letter_topic
+from orderops.ops.admin import create_topics
+from orderops.ops.settings import KafkaSettings
+from orderops.runtime import deadletter
 
 pytestmark = pytest.mark.broker
 HERE = Path(__file__).parent

@@ -18,21 +18,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-
-from orderops.catalog import (
-    PAYMENTS_EVENTS,
-    PROCESSORS,
-    STOREFRONT_ORDERS,
-    STOREFRONT_RETURNS,
-    SUPPORT_CONTACTS,
-    WAREHOUSE_FULFILLMENT,
-    WAREHOUSE_RETURNS,
-)
-from orderops.monitoring import RULES, local_addresses, scrape_config
-from orderops.paths import source_root
-from orderops.provider import RefundDesk
-from orderops.scenario import Story, address, card, customer, line, money
-from orderops.testing import (
+from orderops_tools.provider import RefundDesk
+from orderops_tools.scenario import Story, address, card, customer, line, money
+from orderops_tools.testing import (
     Mailbox,
     PrivateBroker,
     ServiceProcess,
@@ -42,6 +30,18 @@ from orderops.testing import (
     producer,
     start_processors,
 )
+
+from orderops.model.catalog import (
+    PAYMENTS_EVENTS,
+    PROCESSORS,
+    STOREFRONT_ORDERS,
+    STOREFRONT_RETURNS,
+    SUPPORT_CONTACTS,
+    WAREHOUSE_FULFILLMENT,
+    WAREHOUSE_RETURNS,
+)
+from orderops.ops.monitoring import RULES, local_addresses, scrape_config
+from orderops.ops.paths import source_root
 
 pytestmark = pytest.mark.broker
 PLACED = datetime(2026, 11, 2, 9, tzinfo=UTC)

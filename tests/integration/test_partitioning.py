@@ -11,11 +11,11 @@ from aiokafka import AIOKafkaProducer
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Producer
 from confluent_kafka.admin import NewTopic
 
-from orderops.admin import admin_client, create_topics
-from orderops.catalog import DATA_TOPICS, Topic
-from orderops.security import KafkaSecurity, client_config
-from orderops.settings import PRODUCER_DEFAULTS, KafkaSettings
-from orderops.topicreader import read
+from orderops.model.catalog import DATA_TOPICS, Topic
+from orderops.ops.admin import admin_client, create_topics
+from orderops.ops.security import KafkaSecurity, client_config
+from orderops.ops.settings import PRODUCER_DEFAULTS, KafkaSettings
+from orderops.replay.topicreader import read
 
 pytestmark = pytest.mark.broker
 

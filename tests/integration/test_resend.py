@@ -10,11 +10,11 @@ import time
 import pytest
 from confluent_kafka.admin import NewTopic
 
-from orderops.admin import admin_client
-from orderops.catalog import Topic
-from orderops.resend import ResendingProducer
-from orderops.settings import KafkaSettings
-from orderops.topicreader import read
+from orderops.model.catalog import Topic
+from orderops.ops.admin import admin_client
+from orderops.ops.settings import KafkaSettings
+from orderops.replay.topicreader import read
+from orderops.runtime.resend import ResendingProducer
 
 pytestmark = pytest.mark.broker
 

@@ -18,9 +18,9 @@ import sys
 
 import aiohttp
 import pytest
+from orderops_tools.testing import start_processors
 
-from orderops.catalog import PROCESSORS
-from orderops.testing import start_processors
+from orderops.model.catalog import PROCESSORS
 
 pytestmark = pytest.mark.broker
 

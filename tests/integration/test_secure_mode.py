@@ -22,12 +22,12 @@ from datetime import UTC, datetime
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from orderops_tools.testing import Mailbox, PrivateBroker, environment, orderops_cli, poll_json, start_processors
 
-from orderops import catalog
-from orderops.security import client_config
-from orderops.settings import PRODUCER_DEFAULTS
-from orderops.testing import Mailbox, PrivateBroker, environment, orderops_cli, poll_json, start_processors
-from orderops.topicreader import read
+from orderops.model import catalog
+from orderops.ops.security import client_config
+from orderops.ops.settings import PRODUCER_DEFAULTS
+from orderops.replay.topicreader import read
 
 pytestmark = pytest.mark.broker
 ORDERS = 12

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 import pytest
 from aiosmtpd.controller import Controller
 from orderops_tools.simulator import Config, play
+from orderops_tools.testing import PrivateBroker, ServiceProcess, free_port, orderops_cli, poll_json
 
-from orderops.catalog import PROCESSORS, order_partitions
-from orderops.testing import PrivateBroker, ServiceProcess, free_port, orderops_cli, poll_json
+from orderops.model.catalog import PROCESSORS, order_partitions
 
 pytestmark = pytest.mark.broker
 START = datetime(2026, 10, 1, 8, tzinfo=UTC)

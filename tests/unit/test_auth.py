@@ -1,4 +1,4 @@
-"""Users of the HTTP APIs: the users file, roles, bearer tokens (orderops.auth)."""
+"""Users of the HTTP APIs: the users file, roles, bearer tokens (orderops.http.auth)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from orderops.auth import ROLES, User, Users, UsersFileError, add_user, bearer_token, digest, parse, remove_user
+from orderops.http.auth import ROLES, User, Users, UsersFileError, add_user, bearer_token, digest, parse, remove_user
 
 
 def test_a_token_signs_in_its_user_and_nothing_else(tmp_path):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from orderops import catalog
-from orderops.schemas import SchemaRegistry
+from orderops.codec.schemas import SchemaRegistry
+from orderops.model import catalog
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = SchemaRegistry()
@@ -83,9 +83,9 @@ def test_no_topic_name_is_written_as_a_literal_outside_the_catalog():
     names = {t.name for t in catalog.ALL_TOPICS}
     offenders = []
     for path in _python_files():
-        if (path.name == "catalog.py" and path.parent.name == "orderops") or path == Path(__file__).resolve():
+        if (path.name == "catalog.py" and path.parent.name == "model") or path == Path(__file__).resolve():
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
-    assert not offenders, "use orderops.catalog instead of topic-name literals:\n" + "\n".join(offenders)
+    assert not offenders, "use orderops.model.catalog instead of topic-name literals:\n" + "\n".join(offenders)

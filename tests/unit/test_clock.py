@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from orderops.clock import EventTimeClock, WallClock, clock_from_env
+from orderops.model.clock import EventTimeClock, WallClock, clock_from_env
 
 T0 = datetime(2026, 11, 2, 9, tzinfo=UTC)
 

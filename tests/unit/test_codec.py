@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from orderops_tools.scenario import Story, address, card, customer, line, money
 
-from orderops.catalog import PAYMENTS_EVENTS, STOREFRONT_ORDERS
-from orderops.codec import (
+from orderops.codec.avro import (
     HEADER_SIZE,
     MAGIC,
     Codec,
@@ -21,8 +21,8 @@ from orderops.codec import (
     SchemaMismatch,
     UnknownFingerprint,
 )
-from orderops.scenario import Story, address, card, customer, line, money
-from orderops.schemas import SchemaRegistry
+from orderops.codec.schemas import SchemaRegistry
+from orderops.model.catalog import PAYMENTS_EVENTS, STOREFRONT_ORDERS
 
 CODEC = Codec()
 WHEN = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
@@ -137,7 +137,7 @@ def test_new_writer_is_read_by_an_old_reader_that_has_its_fingerprint(tmp_path):
 
 
 def test_a_topic_with_one_event_type_still_names_it():
-    from orderops.catalog import NOTIFICATIONS_REQUESTS
+    from orderops.model.catalog import NOTIFICATIONS_REQUESTS
 
     record = Envelope("n-1", "o-1", WHEN, "order-state", "orderops.notifications.NotificationRequested", {
         "notification_id": "n-1", "type": "order_confirmed", "customer": customer(), "cause_event_id": "e-1"})
@@ -149,8 +149,8 @@ def test_a_topic_with_one_event_type_still_names_it():
 def test_only_a_union_of_several_named_types_is_read_with_branch_names():
     """A decode without fastavro's naming options is a sixth cheaper; it is taken only where no
     union has two named branches, where those options change nothing."""
-    from orderops.catalog import FULFILLMENT_STATUS, NOTIFICATIONS_REQUESTS
-    from orderops.schemas import _has_named_union
+    from orderops.codec.schemas import _has_named_union
+    from orderops.model.catalog import FULFILLMENT_STATUS, NOTIFICATIONS_REQUESTS
 
     registry = CODEC.registry
     assert registry.get(STOREFRONT_ORDERS.value_schema).has_named_union  # its payload: one of several events
@@ -171,7 +171,7 @@ def test_a_record_without_named_unions_decodes_as_with_the_naming_options():
 
     from fastavro import schemaless_reader
 
-    from orderops.catalog import FULFILLMENT_STATUS
+    from orderops.model.catalog import FULFILLMENT_STATUS
 
     record = Envelope("f-1", "o-1", WHEN, "fulfillment", "orderops.fulfillment.FulfillmentStatusChanged", {
         "status": "partially_shipped", "backordered": True, "lines": [

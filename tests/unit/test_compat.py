@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orderops.compat import problems
-from orderops.schemas import SchemaRegistry
+from orderops.codec.compat import problems
+from orderops.codec.schemas import SchemaRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 CURRENT = SchemaRegistry()

@@ -1,4 +1,4 @@
-"""orderops.contract: upstream events that fit their schema but mean nothing are rejected by every
+"""orderops.model.contract: upstream events that fit their schema but mean nothing are rejected by every
 state machine with a precise code, before any handler can change an order."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 
 from fulfillment import domain as fulfillment
 from order_state import domain as order_state
-from orderops import contract
-from orderops.catalog import FULFILLMENT_STATE_CHANGES, PAYMENTS_EVENTS, STOREFRONT_ORDERS
-from orderops.envelope import Envelope
-from orderops.workflow import Rejected
+from orderops.model import contract
+from orderops.model.catalog import FULFILLMENT_STATE_CHANGES, PAYMENTS_EVENTS, STOREFRONT_ORDERS
+from orderops.model.envelope import Envelope
+from orderops.model.workflow import Rejected
 
 PLACED_AT = datetime(2026, 11, 2, 9, tzinfo=UTC)
 

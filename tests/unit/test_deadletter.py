@@ -1,8 +1,8 @@
 from datetime import UTC, datetime
 
-from orderops import deadletter
-from orderops.catalog import STOREFRONT_ORDERS
-from orderops.codec import NotSingleObjectEncoded
+from orderops.codec.avro import NotSingleObjectEncoded
+from orderops.model.catalog import STOREFRONT_ORDERS
+from orderops.runtime import deadletter
 
 
 def test_headers_keep_the_original_and_say_where_and_why():

@@ -10,11 +10,11 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from orderops import deployment
-from orderops.catalog import PROCESSORS, WEB_PORTS
-from orderops.monitoring import compose_addresses
-from orderops.paths import source_root
-from orderops.processors import SIMULATE_ARGS
+from orderops.model.catalog import PROCESSORS, WEB_PORTS
+from orderops.ops import deployment
+from orderops.ops.monitoring import compose_addresses
+from orderops.ops.paths import source_root
+from orderops.ops.processors import SIMULATE_ARGS
 
 ROOT = source_root() or Path.cwd()
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -133,7 +133,7 @@ def test_the_dockerfile_builds_a_slim_non_root_image_from_the_lock_file():
 
 def test_kubernetes_manifests_are_the_generated_ones():
     committed = (ROOT / "deploy" / "k8s" / "orderops.yaml").read_text()
-    assert committed == deployment.render(), "deploy/k8s/orderops.yaml drifted: python -m orderops.deployment > it"
+    assert committed == deployment.render(), "deploy/k8s/orderops.yaml drifted: python -m orderops.ops.deployment > it"
 
 
 @pytest.mark.parametrize("processor", PROCESSORS)

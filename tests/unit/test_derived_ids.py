@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from orderops_tools.scenario import Story, address, card, customer, line, money
+
 from fulfillment.processor import definition as fulfillment
 from order_state.processor import definition as order_state
-from orderops.catalog import PAYMENTS_EVENTS, STOREFRONT_ORDERS
-from orderops.paths import source_root
-from orderops.scenario import Story, address, card, customer, line, money
-from orderops.settings import ServiceSettings
+from orderops.model.catalog import PAYMENTS_EVENTS, STOREFRONT_ORDERS
+from orderops.ops.paths import source_root
+from orderops.ops.settings import ServiceSettings
 from returns.domain import Policies
 from returns.policy import load_policy
 from returns.processor import definition as returns

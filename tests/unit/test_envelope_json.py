@@ -1,4 +1,4 @@
-"""The JSON form every processor keeps its state in (orderops.envelope.to_json / from_json)."""
+"""The JSON form every processor keeps its state in (orderops.model.envelope.to_json / from_json)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from decimal import Decimal
 import orjson
 from faust.serializers import codecs
 
-from orderops.catalog import PAYMENTS_EVENTS
-from orderops.envelope import Envelope, _to_json, from_json, to_json, to_json_bytes
+from orderops.model.catalog import PAYMENTS_EVENTS
+from orderops.model.envelope import Envelope, _to_json, from_json, to_json, to_json_bytes
+from orderops.model.workflow import Parked
 from orderops.service import TABLE_VALUE_CODEC
-from orderops.workflow import Parked
 
 STATE = {
     "order_id": "o-1", "total": Decimal("19.990"), "placed_at": datetime(2026, 11, 26, 8, 0, 1, 250, tzinfo=UTC),

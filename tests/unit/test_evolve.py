@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from orderops.workflow import evolve
+from orderops.model.workflow import evolve
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def test_post_init_cached_properties_and_slots_go_through_replace():
 def test_the_state_machines_states_take_the_fast_path():
     from fulfillment.domain import FulfillmentState
     from order_state.domain import OrderState
-    from orderops.workflow import _copyable_fields
+    from orderops.model.workflow import _copyable_fields
     from returns.domain import ReturnsState
 
     for state in (FulfillmentState, OrderState, ReturnsState):

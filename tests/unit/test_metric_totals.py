@@ -1,12 +1,12 @@
-"""orderops.processors.metric_totals: what `make run`'s figures and the bench's soak read from a
+"""orderops.ops.processors.metric_totals: what `make run`'s figures and the bench's soak read from a
 processor's /metrics, against a real Prometheus exposition server."""
 
 from __future__ import annotations
 
+from orderops_tools.testing import free_port
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from orderops.processors import metric_totals
-from orderops.testing import free_port
+from orderops.ops.processors import metric_totals
 
 
 def test_named_families_are_summed_over_their_labels_and_a_silent_page_is_none():

@@ -11,8 +11,8 @@ import subprocess
 import pytest
 import yaml
 
-from orderops.catalog import PROCESSORS, WEB_PORTS
-from orderops.monitoring import DEPLOY, RULES, compose_addresses, scrape_config
+from orderops.model.catalog import PROCESSORS, WEB_PORTS
+from orderops.ops.monitoring import DEPLOY, RULES, compose_addresses, scrape_config
 
 GRAFANA = DEPLOY.parent / "grafana"
 
@@ -45,7 +45,7 @@ def test_every_alert_says_what_to_do():
 def test_shipped_scrape_config_is_the_generated_one():
     shipped = (DEPLOY / "prometheus.yml").read_text()
     assert shipped == scrape_config(compose_addresses, ["/etc/prometheus/rules/orderops.rules.yml"]), \
-        "deploy/prometheus/prometheus.yml drifted from the catalog: regenerate it with orderops.monitoring.scrape_config"
+        "deploy/prometheus/prometheus.yml drifted from the catalog: regenerate it with orderops.ops.monitoring.scrape_config"
     targets = [t for c in yaml.safe_load(shipped)["scrape_configs"] for s in c["static_configs"] for t in s["targets"]]
     assert targets == [f"{p}:{WEB_PORTS[p]}" for p in PROCESSORS]
 

@@ -1,4 +1,4 @@
-"""The hold-back rule (orderops.ordering): a fetched batch in write order across topics, each
+"""The hold-back rule (orderops.runtime.ordering): a fetched batch in write order across topics, each
 partition's records in offset order, and records that may have older ones of their task still on
 the broker wait for the next fetch."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
-from orderops.catalog import FULFILLMENT, PAYMENTS_EVENTS, RETURNS_POLICIES, STOREFRONT_ORDERS, TIMER_TOPICS
-from orderops.ordering import UNKNOWN_LAG, held_back, held_within, in_write_order, lag_of, with_held, write_order
+from orderops.model.catalog import FULFILLMENT, PAYMENTS_EVENTS, RETURNS_POLICIES, STOREFRONT_ORDERS, TIMER_TOPICS
+from orderops.runtime.ordering import UNKNOWN_LAG, held_back, held_within, in_write_order, lag_of, with_held, write_order
 
 ORDERS, PAYMENTS = TP(STOREFRONT_ORDERS.name, 3), TP(PAYMENTS_EVENTS.name, 3)
 

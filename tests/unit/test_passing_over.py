@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from order_state.processor import definition
-from orderops import catalog
-from orderops.catalog import FULFILLMENT_STATE_CHANGES, FULFILLMENT_STATUS, STOREFRONT_ORDERS
-from orderops.codec import Codec
-from orderops.envelope import cause_of
-from orderops.rebuild import Message, replay
-from orderops.settings import ServiceSettings
+from orderops.codec.avro import Codec
+from orderops.model import catalog
+from orderops.model.catalog import FULFILLMENT_STATE_CHANGES, FULFILLMENT_STATUS, STOREFRONT_ORDERS
+from orderops.model.envelope import cause_of
+from orderops.ops.settings import ServiceSettings
+from orderops.replay.rebuild import Message, replay
 
 
 def test_only_processor_topics_that_hold_no_cause_are_passed_over():

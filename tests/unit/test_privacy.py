@@ -1,13 +1,13 @@
-"""Card numbers never get past an upstream topic (orderops.privacy)."""
+"""Card numbers never get past an upstream topic (orderops.codec.privacy)."""
 
 from __future__ import annotations
 
 import pytest
+from orderops_tools.scenario import Story, address, card, customer, line, money
 
-from orderops import catalog
-from orderops.codec import Codec, KeyNotOrderId
-from orderops.privacy import luhn_valid, mask_card_numbers, read_event, scrub
-from orderops.scenario import Story, address, card, customer, line, money
+from orderops.codec.avro import Codec, KeyNotOrderId
+from orderops.codec.privacy import luhn_valid, mask_card_numbers, read_event, scrub
+from orderops.model import catalog
 
 
 @pytest.mark.parametrize("text, masked, count", [
@@ -68,7 +68,7 @@ def test_the_quick_look_at_the_bytes_misses_no_card_number():
     bytes, is still seen."""
     import random
 
-    from orderops.privacy import _CANDIDATE, may_hold_card_number
+    from orderops.codec.privacy import _CANDIDATE, may_hold_card_number
 
     chance = random.Random(12)
     scripts = ("0123456789", "٠١٢٣٤٥٦٧٨٩", "０１２３４５６７８９", "𝟎𝟏𝟐𝟑𝟒𝟓𝟔𝟕𝟖𝟗")
@@ -86,7 +86,7 @@ def test_the_quick_look_at_the_bytes_misses_no_card_number():
 
 
 def test_the_quick_look_passes_over_what_cannot_hold_one():
-    from orderops.privacy import may_hold_card_number
+    from orderops.codec.privacy import may_hold_card_number
 
     assert not may_hold_card_number(b"order sim-1-000002:0001, sku 1234567, phone +49 170 5550123")
     assert not may_hold_card_number(b"")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from orderops.ops.settings import ServiceSettings
 from orderops.runtime.engine import BatchTransport
 from orderops.service import _faust_app
-from orderops.settings import ServiceSettings
 
 
 def test_records_linger_five_ms_by_default_so_outputs_and_changelog_writes_share_requests(monkeypatch, tmp_path):

@@ -7,10 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from orderops.catalog import ORDERS_STATE_CHANGES, STOREFRONT_ORDERS, WAREHOUSE_FULFILLMENT
-from orderops.codec import Codec, SchemaMismatch
-from orderops.envelope import to_json_bytes
-from orderops.rebuild import ComparedOutputs, Message, Produced, compare_states, write_order
+from orderops.codec.avro import Codec, SchemaMismatch
+from orderops.model.catalog import ORDERS_STATE_CHANGES, STOREFRONT_ORDERS, WAREHOUSE_FULFILLMENT
+from orderops.model.envelope import to_json_bytes
+from orderops.replay.rebuild import ComparedOutputs, Message, Produced, compare_states, write_order
 
 CODEC = Codec()
 

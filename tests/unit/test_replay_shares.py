@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from fulfillment.processor import definition
-from orderops import catalog
-from orderops.codec import Codec
-from orderops.rebuild import Message, replay, replay_in_shares
-from orderops.settings import ServiceSettings
+from orderops.codec.avro import Codec
+from orderops.model import catalog
+from orderops.ops.settings import ServiceSettings
+from orderops.replay.rebuild import Message, replay, replay_in_shares
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_records_compared_as_they_are_made_in_one_pass_or_in_shares_find_the_sam
     process is given the processor's records of its own orders only (``produced_by_share``)."""
     from datetime import timedelta
 
-    from orderops.rebuild import ComparedOutputs, produced_by_share, shares_for
+    from orderops.replay.rebuild import ComparedOutputs, produced_by_share, shares_for
 
     codec = Codec()
     processor = definition(ServiceSettings.from_env(catalog.FULFILLMENT, 0))
@@ -150,7 +150,7 @@ def test_a_share_that_fails_or_dies_is_an_error_that_says_so(messages):
 
 
 def test_the_number_of_processes_comes_from_the_environment(monkeypatch):
-    from orderops.rebuild import replay_workers
+    from orderops.replay.rebuild import replay_workers
 
     monkeypatch.delenv("ORDEROPS_REPLAY_WORKERS", raising=False)
     assert replay_workers() >= 1

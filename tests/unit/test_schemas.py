@@ -7,10 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from orderops import catalog
-from orderops.cli import main as cli
-from orderops.cli import writer_schema_names
-from orderops.schemas import SchemaError, SchemaRegistry, crc64_avro
+from orderops.codec.schemas import SchemaError, SchemaRegistry, crc64_avro
+from orderops.model import catalog
+from orderops.ops.cli import main as cli
+from orderops.ops.cli import writer_schema_names
 
 REGISTRY = SchemaRegistry()
 ENVELOPE_FIELDS = ["event_id", "order_id", "occurred_at", "source", "payload"]

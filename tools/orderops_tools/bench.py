@@ -38,13 +38,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orderops import catalog
-from orderops.codec import Codec
-from orderops.paths import source_root
-from orderops.settings import PRODUCER_DEFAULTS
+from orderops.codec.avro import Codec
+from orderops.model import catalog
+from orderops.ops.paths import source_root
+from orderops.ops.settings import PRODUCER_DEFAULTS
 
 if TYPE_CHECKING:
-    from orderops.rebuild import Message
+    from orderops.replay.rebuild import Message
 
 ROOT = source_root() or Path.cwd()
 START = datetime(2026, 1, 5, 8, tzinfo=UTC)
@@ -162,8 +162,8 @@ def upstream_topics() -> list[str]:
 # -- baselines ------------------------------------------------------------------------------------
 
 def baselines(sends, results: Results) -> None:
-    from orderops.admin import create_topics
-    from orderops.settings import KafkaSettings
+    from orderops.ops.admin import create_topics
+    from orderops.ops.settings import KafkaSettings
 
     create_topics((catalog.BENCH_PASSTHROUGH,), KafkaSettings(BOOTSTRAP[0], 1))
     took = produce(sends, topic_of=lambda send: catalog.BENCH_PASSTHROUGH.name)
@@ -212,7 +212,7 @@ def rss_mb(pid: int, field: str = "VmHWM") -> float:
 def metric_total(web_port: int, family: str) -> float | None:
     """A metric family's samples on a processor's /metrics, summed (Prometheus names a counter's
     family without its ``_total``); None if it does not answer."""
-    from orderops.processors import metric_totals
+    from orderops.ops.processors import metric_totals
 
     found = metric_totals(f"http://127.0.0.1:{web_port}", [family], timeout=5)
     return None if found is None else found[family]
@@ -250,7 +250,7 @@ def lag(group: str, topics: Iterable[catalog.Topic]) -> tuple[int, int]:
 
 
 def start_processor(name: str, instance: str, workdir: Path, extra: dict[str, str]):
-    from orderops.testing import ServiceProcess, free_port
+    from orderops_tools.testing import ServiceProcess, free_port
 
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -333,8 +333,8 @@ def replays(results: Results, at_least: int) -> None:
     new orders: ``renamed_copies``), as ``orderops replay rebuild --dry-run`` does it (its orders
     shared by one process per CPU, the records made counted, not compared: the copies' orders are
     in no topic), and in one process: the rate per core."""
-    from orderops.rebuild import ComparedOutputs, replay_in_shares, replay_workers
-    from orderops.topicreader import read_messages
+    from orderops.replay.rebuild import ComparedOutputs, replay_in_shares, replay_workers
+    from orderops.replay.topicreader import read_messages
     from orderops_tools.replay import machine_processor
 
     results.replay_workers = replay_workers()
@@ -364,8 +364,8 @@ def floors(results: Results) -> None:
     state, the next deadline — done in this process over the same input messages, in write order,
     state in a dict (the timeline: ``timeline_work``). What the live processor spends beyond it is
     the runtime's (Kafka, the store, the loop)."""
-    from orderops.rebuild import ComparedOutputs, replay
-    from orderops.topicreader import read_messages
+    from orderops.replay.rebuild import ComparedOutputs, replay
+    from orderops.replay.topicreader import read_messages
     from orderops_tools.replay import machine_processor
 
     for name in ("order-state", "fulfillment", "returns", "timeline"):
@@ -396,10 +396,10 @@ def timeline_work(messages: list) -> int:
     from pathlib import Path
 
     import timeline
-    from orderops.codec import Codec, DecodeError
-    from orderops.envelope import to_json_bytes
-    from orderops.privacy import read_event
-    from orderops.rebuild import write_order
+    from orderops.codec.avro import Codec, DecodeError
+    from orderops.codec.privacy import read_event
+    from orderops.model.envelope import to_json_bytes
+    from orderops.replay.rebuild import write_order
     from timeline import domain
     from timeline.records import changes_view, publishable, view_record
 
@@ -877,7 +877,7 @@ def draw(results: Results, path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from aiosmtpd.controller import Controller
 
-    from orderops.testing import PrivateBroker, free_port
+    from orderops_tools.testing import PrivateBroker, free_port
 
     class Discard:
         async def handle_DATA(self, server, session, envelope):
@@ -897,7 +897,7 @@ def run(args: argparse.Namespace) -> int:
         broker = PrivateBroker(workdir / "broker")
         BOOTSTRAP[0] = broker.start()
         try:
-            subprocess.run([sys.executable, "-m", "orderops.cli", "policies", "publish"], check=True,
+            subprocess.run([sys.executable, "-m", "orderops.ops.cli", "policies", "publish"], check=True,
                            env={**os.environ, "KAFKA_BOOTSTRAP": BOOTSTRAP[0]}, capture_output=True)
             sends, results.orders = workload(args.events, seed=1)
             results.events = len(sends)
@@ -913,7 +913,7 @@ def run(args: argparse.Namespace) -> int:
             broker = PrivateBroker(workdir / "broker-pipeline")
             BOOTSTRAP[0] = broker.start()
             try:
-                subprocess.run([sys.executable, "-m", "orderops.cli", "policies", "publish"], check=True,
+                subprocess.run([sys.executable, "-m", "orderops.ops.cli", "policies", "publish"], check=True,
                                env={**os.environ, "KAFKA_BOOTSTRAP": BOOTSTRAP[0]}, capture_output=True)
                 pipeline(results, workdir / "pipeline", smtp.port, args.rates, args.seconds,
                          int(broker.pid_file.read_text().split()[0]) if broker.pid_file.is_file() else None,

@@ -30,14 +30,15 @@ from typing import Any
 from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from orderops import catalog, deadletter
-from orderops.codec import Codec, DecodeError
-from orderops.envelope import to_json
-from orderops.privacy import read_event
-from orderops.rebuild import Message
-from orderops.security import client_config
-from orderops.settings import PRODUCER_DEFAULTS, KafkaSettings
-from orderops.topicreader import consumer_for, read, read_messages
+from orderops.codec.avro import Codec, DecodeError
+from orderops.codec.privacy import read_event
+from orderops.model import catalog
+from orderops.model.envelope import to_json
+from orderops.ops.security import client_config
+from orderops.ops.settings import PRODUCER_DEFAULTS, KafkaSettings
+from orderops.replay.rebuild import Message
+from orderops.replay.topicreader import consumer_for, read, read_messages
+from orderops.runtime import deadletter
 
 REDRIVEN_FROM = "redriven-from"
 
@@ -188,7 +189,7 @@ def machine_processor(name: str, bootstrap: str):
     ``orderops.machines``): the same pure functions its live agent runs."""
     from importlib.metadata import entry_points
 
-    from orderops.settings import ServiceSettings
+    from orderops.ops.settings import ServiceSettings
 
     found = {e.name: e for e in entry_points(group="orderops.machines")}
     if name not in found:
@@ -223,7 +224,7 @@ def written_values(bootstrap: str, topics: list[catalog.Topic]) -> Iterator[tupl
 def _rebuild(args: argparse.Namespace) -> int:
     import time
 
-    from orderops.rebuild import ComparedOutputs, produced_by_share, replay_in_shares, replay_workers, shares_for
+    from orderops.replay.rebuild import ComparedOutputs, produced_by_share, replay_in_shares, replay_workers, shares_for
 
     bootstrap, codec = KafkaSettings.from_env().bootstrap, Codec()
     processor = machine_processor(args.processor, bootstrap)
@@ -285,7 +286,7 @@ class Compared:
 
 
 def _compared(processor, stored: dict[str, bytes], compare: bool, rebuilt) -> Compared:
-    from orderops.rebuild import compare_states
+    from orderops.replay.rebuild import compare_states
 
     differences: tuple = ()
     if compare:  # the records were compared as the replay made them (rebuild.ComparedOutputs)

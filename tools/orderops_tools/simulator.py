@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from orderops.catalog import (
+from orderops.model.catalog import (
     PAYMENT_PROVIDER,
     PAYMENTS_EVENTS,
     STOREFRONT_ORDERS,
@@ -31,8 +31,8 @@ from orderops.catalog import (
     WAREHOUSE_RETURNS,
     Topic,
 )
-from orderops.provider import RefundDesk
-from orderops.scenario import Story, address, customer, instrument, line, money
+from orderops_tools.provider import RefundDesk
+from orderops_tools.scenario import Story, address, customer, instrument, line, money
 
 UPSTREAM = (STOREFRONT_ORDERS, STOREFRONT_RETURNS, PAYMENTS_EVENTS, WAREHOUSE_FULFILLMENT, WAREHOUSE_RETURNS,
             SUPPORT_CONTACTS)
@@ -285,7 +285,7 @@ def plan(config: Config, origin: datetime) -> tuple[list[Send], Counter]:
 # -- playing it -----------------------------------------------------------------------------------
 
 def play(config: Config, bootstrap: str, out=sys.stderr, answer_refunds: bool = True) -> Counter:
-    from orderops.resend import ResendingProducer
+    from orderops.runtime.resend import ResendingProducer
 
     origin = config.start or datetime.now(UTC).replace(microsecond=0)
     chaos: Counter = Counter()
@@ -376,7 +376,7 @@ def register(groups) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from orderops.settings import KafkaSettings
+    from orderops.ops.settings import KafkaSettings
 
     shares = dict(SCENARIOS)
     for item in args.share:
@@ -402,7 +402,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m orderops_tools.simulator ARGS`` = ``orderops simulate ARGS`` (how `make run` starts it)."""
-    from orderops.cli import main as cli
+    from orderops.ops.cli import main as cli
 
     return cli(["simulate", *(sys.argv[1:] if argv is None else argv)])
 

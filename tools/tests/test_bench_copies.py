@@ -8,10 +8,10 @@ import pytest
 from orderops_tools.bench import renamed_copies, workload
 
 from fulfillment.processor import definition
-from orderops import catalog
-from orderops.codec import Codec
-from orderops.rebuild import Message, replay
-from orderops.settings import ServiceSettings
+from orderops.codec.avro import Codec
+from orderops.model import catalog
+from orderops.ops.settings import ServiceSettings
+from orderops.replay.rebuild import Message, replay
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import dataclasses
 import pytest
 from orderops_tools import bench
 
-from orderops.admin import create_topics
-from orderops.settings import KafkaSettings
-from orderops.topicreader import read_messages
+from orderops.ops.admin import create_topics
+from orderops.ops.settings import KafkaSettings
+from orderops.replay.topicreader import read_messages
 
 pytestmark = pytest.mark.broker
 

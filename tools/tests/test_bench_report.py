@@ -88,9 +88,9 @@ def test_each_state_machine_is_set_against_its_own_floor():
 def test_the_timeline_floor_does_the_timelines_work_on_every_order():
     from orderops_tools.bench import timeline_work, workload
 
-    from orderops import catalog
-    from orderops.codec import Codec
-    from orderops.rebuild import Message
+    from orderops.codec.avro import Codec
+    from orderops.model import catalog
+    from orderops.replay.rebuild import Message
 
     codec, sends = Codec(), workload(600, seed=3)[0]
     began = int(codec.decode(sends[0].value, sends[0].topic.value_schema).record["occurred_at"].timestamp() * 1000)

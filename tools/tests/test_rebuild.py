@@ -9,8 +9,11 @@ import signal
 from datetime import UTC, datetime
 
 import pytest
+from orderops_tools.scenario import Story, address, card, customer, line, money
+from orderops_tools.testing import ServiceProcess, free_port, orderops_cli, poll_json, producer, read_topic
 
-from orderops.catalog import (
+from orderops.codec.avro import Codec
+from orderops.model.catalog import (
     ORDERS_STATE_CHANGES,
     PAYMENTS_EVENTS,
     RETURNS_POLICIES,
@@ -18,11 +21,8 @@ from orderops.catalog import (
     STOREFRONT_RETURNS,
     WAREHOUSE_FULFILLMENT,
 )
-from orderops.codec import Codec
-from orderops.globalview import read_all
-from orderops.paths import source_root
-from orderops.scenario import Story, address, card, customer, line, money
-from orderops.testing import ServiceProcess, free_port, orderops_cli, poll_json, producer, read_topic
+from orderops.ops.paths import source_root
+from orderops.runtime.globalview import read_all
 
 pytestmark = pytest.mark.broker
 PLACED = datetime(2026, 11, 2, 9, tzinfo=UTC)

@@ -9,13 +9,13 @@ import signal
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from orderops_tools.scenario import Story, address, card, customer, line, money
+from orderops_tools.testing import ServiceProcess, free_port, orderops_cli, producer, read_topic
 
-from orderops import deadletter
-from orderops.catalog import DEAD_LETTER_TOPICS, ORDER_STATE, REDRIVE_TOPICS, STOREFRONT_ORDERS
-from orderops.codec import NotSingleObjectEncoded
-from orderops.scenario import Story, address, card, customer, line, money
-from orderops.security import client_config
-from orderops.testing import ServiceProcess, free_port, orderops_cli, producer, read_topic
+from orderops.codec.avro import NotSingleObjectEncoded
+from orderops.model.catalog import DEAD_LETTER_TOPICS, ORDER_STATE, REDRIVE_TOPICS, STOREFRONT_ORDERS
+from orderops.ops.security import client_config
+from orderops.runtime import deadletter
 
 pytestmark = pytest.mark.broker
 

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 
 import pytest
 from orderops_tools.simulator import SCENARIOS, Config, order_story, plan, play
+from orderops_tools.testing import ServiceProcess, free_port, read_topic
 
-from orderops.catalog import DEAD_LETTER_TOPICS, ORDER_STATE, inputs_of
-from orderops.codec import Codec
-from orderops.testing import ServiceProcess, free_port, read_topic
+from orderops.codec.avro import Codec
+from orderops.model.catalog import DEAD_LETTER_TOPICS, ORDER_STATE, inputs_of
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 

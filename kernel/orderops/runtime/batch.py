@@ -38,9 +38,9 @@ import orjson
 from faust.serializers import codecs
 from faust.types import TP
 
-from orderops.metrics import LATEST_RECORDS, count_tally
-from orderops.ordering import held_within, in_write_order, lag_of, tasks_of, with_held, write_order
 from orderops.runtime.engine import Engine, read_stored
+from orderops.runtime.metrics import LATEST_RECORDS, count_tally
+from orderops.runtime.ordering import held_within, in_write_order, lag_of, tasks_of, with_held, write_order
 from orderops.runtime.producer import BatchProducer
 
 log = logging.getLogger("orderops.runtime.batch")
@@ -85,7 +85,7 @@ class Stored:
 
 
 @dataclass
-class Change:
+class StateChange:
     table: StateTable
     key: str
     stored: bytes | None  # what the table keeps (None: the key is deleted)
@@ -108,7 +108,7 @@ class StateCache:
     def get(self, table: str, key: str) -> Any:
         return self._values.get((table, key), _MISSING)
 
-    def keep(self, changes: Iterable[Change]) -> None:
+    def keep(self, changes: Iterable[StateChange]) -> None:
         values = self._values
         for change in changes:
             if not change.remember:
@@ -133,7 +133,7 @@ class Batch:
 
     producer: BatchProducer
     cache: StateCache
-    changes: dict[tuple[str, str], Change] = field(default_factory=dict)
+    changes: dict[tuple[str, str], StateChange] = field(default_factory=dict)
     causes: dict[int, Any] = field(default_factory=dict)  # producer number -> the input record it came of
     follow_ups: list[Callable[[], None]] = field(default_factory=list)
     counted: dict[str, int] = field(default_factory=dict)  # records applied (or dead-lettered) per topic
@@ -161,12 +161,12 @@ class Batch:
         commit; ``remember``: kept for later batches' reads (False for a value the processor never
         reads); ``at_once``: its changelog record is sent now, not at the commit (an effect's
         outcome, on record as soon as it is known: a crash before the commit finds it)."""
-        change = Change(table, key, stored, loaded, partition, remember)
+        change = StateChange(table, key, stored, loaded, partition, remember)
         if at_once:
             change.sent = self._send_changelog(change)
         self.changes[(table.name, key)] = change
 
-    def _send_changelog(self, change: Change) -> tuple[int, str, bytes]:
+    def _send_changelog(self, change: StateChange) -> tuple[int, str, bytes]:
         table = change.table
         key_bytes = codecs.dumps(table.key_serializer, change.key)
         topic = table.changelog_topic.get_topic_name()

@@ -9,7 +9,7 @@ recovers or a standby follows) goes to Faust as before. Nothing here is patched:
 subclasses through its public settings (``App.transport``): the consumer (``BatchConsumer``),
 aiokafka's client run in the app's own loop (``InLoopConsumer``: every call to it a plain
 ``await``, not a hop between two loops), and librdkafka as Faust's producer
-(``orderops.rdproducer``: timer ticks, HTTP actions, Faust's own topics).
+(``orderops.runtime.faustproducer``: timer ticks, HTTP actions, Faust's own topics).
 
 Private names this module uses, all checked by ``tests/unit/test_runtime_engine.py`` against the
 pinned versions (``PINNED``):
@@ -57,9 +57,9 @@ from faust.types import TP
 from mode import Service as ModeService
 from mode.utils.futures import maybe_async
 
-from orderops.metrics import PRODUCER_CLIENTS_REPLACED, initialise
-from orderops.rdproducer import RdKafkaProducer
-from orderops.resend import FATAL
+from orderops.runtime.faustproducer import RdKafkaProducer
+from orderops.runtime.metrics import PRODUCER_CLIENTS_REPLACED, initialise
+from orderops.runtime.resend import FATAL
 
 log = logging.getLogger("orderops.runtime.engine")
 PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}

@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from orderops.envelope import cause_of
-from orderops.metrics import DUPLICATES, tally_outcome
-from orderops.workflow import CAUSE_HEADER, Outcome
+from orderops.model.envelope import cause_of
+from orderops.model.workflow import CAUSE_HEADER, Outcome
+from orderops.runtime.metrics import DUPLICATES, tally_outcome
 
 if TYPE_CHECKING:
-    from orderops.rebuild import MachineProcessor
+    from orderops.model.processor import MachineProcessor
     from orderops.runtime.batch import Batch, StateTable
     from orderops.service import Service
 

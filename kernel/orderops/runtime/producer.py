@@ -2,7 +2,7 @@
 
 Every record goes through ``resend.Relay``: one that times out or is refused retriably, or the
 client failing fatally, retires the client and a new one sends every unsettled record again, in
-order. A record refused for good is reported (``Delivery.refused``) for the batch to dead-letter
+order. A record refused for good is reported (``BatchAcks.refused``) for the batch to dead-letter
 its cause. The wait runs librdkafka's flush in a thread of its own, which releases the GIL while it
 waits: one hop per batch, not a future per record.
 """
@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from orderops.rdproducer import LibrdkafkaLog, SendFailed
-from orderops.resend import Relay
-from orderops.security import client_config
-from orderops.settings import PRODUCER_DEFAULTS, ServiceSettings
+from orderops.ops.security import client_config
+from orderops.ops.settings import PRODUCER_DEFAULTS, ServiceSettings
+from orderops.runtime.faustproducer import LibrdkafkaLog, SendFailed
+from orderops.runtime.resend import Relay
 
 log = logging.getLogger("orderops.runtime.producer")
 FULL_QUEUE_POLL_SECONDS = 0.05
@@ -39,7 +39,7 @@ def batch_producer_config(settings: ServiceSettings) -> dict[str, Any]:
 
 
 @dataclass
-class Delivery:
+class BatchAcks:
     """What the broker said of one batch's records: each acknowledged record's offset, by the number
     ``BatchProducer.send`` gave it, and the records it refused for good."""
 
@@ -52,14 +52,14 @@ class BatchProducer:
 
     def __init__(self, config: dict[str, Any], processor: str, retired: Callable[[int, str, str], None]) -> None:
         self.processor = processor
-        self._delivery = Delivery()
+        self._delivery = BatchAcks()
         self._relay = Relay(config, self._settled, retired)
         self._next = 0
         self._waiting = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{processor}-flush")
 
     def send(self, topic: str, key: bytes | None, value: bytes | None,
              headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> int:
-        """Hand one record over; its number in the ``Delivery`` that tells of it (numbers are never
+        """Hand one record over; its number in the ``BatchAcks`` that tells of it (numbers are never
         given twice, so several deliveries' offsets can be put together)."""
         number, self._next = self._next, self._next + 1
         options: dict[str, Any] = {}
@@ -80,7 +80,7 @@ class BatchProducer:
         else:
             self._delivery.refused.append((number, SendFailed(message.topic(), message.partition(), error)))
 
-    async def delivered(self) -> Delivery:
+    async def delivered(self) -> BatchAcks:
         """Wait until the broker acknowledged or refused for good every record sent since the last
         call; what it said of them."""
         loop = asyncio.get_running_loop()
@@ -89,5 +89,5 @@ class BatchProducer:
             if left:
                 log.debug("%s: %d records not acknowledged yet", self.processor, left)
         self._relay.poll()  # reports served by the flush thread's last pass are all in by now
-        delivery, self._delivery = self._delivery, Delivery()
+        delivery, self._delivery = self._delivery, BatchAcks()
         return delivery

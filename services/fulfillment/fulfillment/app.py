@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orderops.catalog import FULFILLMENT, WEB_PORTS
+from orderops.model.catalog import FULFILLMENT, WEB_PORTS
 from orderops.service import Service
 
 service = Service(FULFILLMENT, default_web_port=WEB_PORTS[FULFILLMENT])

@@ -1,4 +1,4 @@
-"""fulfillment's pure domain: lines as unit buckets, parcels as machines, on orderops.workflow.
+"""fulfillment's pure domain: lines as unit buckets, parcels as machines, on orderops.model.workflow.
 
 The order-level status (unfulfilled, partially_shipped, shipped, partially_delivered, delivered,
 cancelled, plus a backordered flag) is derived from the lines whenever it is needed and never
@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from fulfillment.machines import BUCKETS, SHIPMENT, SHIPMENT_TRIGGERS, SHIPPED_STATES, TRACKING_TRIGGERS, UNIT_MOVES
-from orderops import workflow
-from orderops.envelope import Envelope, StoredAsJson, from_json
-from orderops.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Step, evolve
+from orderops.model import workflow
+from orderops.model.envelope import Envelope, StoredAsJson, from_json
+from orderops.model.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Step, evolve
 
 ORDER_MACHINE = "fulfillment"  # the derived order-level status, published as its own "machine"
 

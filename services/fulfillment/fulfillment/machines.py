@@ -3,7 +3,7 @@ journey of a parcel. Read them top to bottom; the code only follows them."""
 
 from __future__ import annotations
 
-from orderops.workflow import ANY, Machine
+from orderops.model.workflow import ANY, Machine
 
 BUCKETS = ("unfulfilled", "backordered", "in_shipment", "shipped", "delivered", "cancelled")
 

@@ -8,9 +8,9 @@ from datetime import timedelta
 from fulfillment import domain
 from fulfillment.domain import FulfillmentState
 from fulfillment.records import publishable
-from orderops.catalog import FULFILLMENT, order_inputs
-from orderops.rebuild import MachineProcessor
-from orderops.settings import ServiceSettings
+from orderops.model.catalog import FULFILLMENT, order_inputs
+from orderops.model.processor import MachineProcessor
+from orderops.ops.settings import ServiceSettings
 
 
 def definition(settings: ServiceSettings, bootstrap: str | None = None) -> MachineProcessor:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from fulfillment.domain import FulfillmentState, LineClaim, LineStatus, Notify, StatusSnapshot
-from orderops import workflow
-from orderops.catalog import FULFILLMENT_STATE_CHANGES, FULFILLMENT_STATUS, NOTIFICATIONS_REQUESTS, Topic
-from orderops.workflow import Outcome, Record, Transitioned
+from orderops.model import workflow
+from orderops.model.catalog import FULFILLMENT_STATE_CHANGES, FULFILLMENT_STATUS, NOTIFICATIONS_REQUESTS, Topic
+from orderops.model.workflow import Outcome, Record, Transitioned
 
 SOURCE = "fulfillment"
 

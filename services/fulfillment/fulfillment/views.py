@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fulfillment.app import orders, service
 from fulfillment.domain import FulfillmentState, waiting_for
-from orderops.workflow import describe_history_and_parked
+from orderops.model.workflow import describe_history_and_parked
 
 
 def _when(moment):

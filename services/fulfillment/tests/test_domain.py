@@ -30,7 +30,7 @@ from events import (
 from fulfillment import domain
 from fulfillment.domain import FulfillmentState, Notify, StatusSnapshot
 from fulfillment.machines import SHIPMENT, SHIPMENT_TRIGGERS, TRACKING_TRIGGERS, unit_moves_markdown
-from orderops.workflow import ParkedRecord, Rejected, Transitioned
+from orderops.model.workflow import ParkedRecord, Rejected, Transitioned
 
 NOW = T0 + timedelta(hours=1)
 PARK_FOR = timedelta(hours=24)

@@ -10,9 +10,10 @@ import signal
 from datetime import UTC, datetime
 
 import pytest
+from orderops_tools.scenario import Story, address, card, customer, line, money
+from orderops_tools.testing import ServiceProcess, decode_all, free_port, poll_json, producer, read_topic
 
-from orderops import deadletter
-from orderops.catalog import (
+from orderops.model.catalog import (
     DEAD_LETTER_TOPICS,
     FULFILLMENT,
     FULFILLMENT_STATUS,
@@ -20,8 +21,7 @@ from orderops.catalog import (
     STOREFRONT_ORDERS,
     WAREHOUSE_FULFILLMENT,
 )
-from orderops.scenario import Story, address, card, customer, line, money
-from orderops.testing import ServiceProcess, decode_all, free_port, poll_json, producer, read_topic
+from orderops.runtime import deadletter
 
 pytestmark = pytest.mark.broker
 ETA = datetime(2026, 12, 3, tzinfo=UTC)

@@ -36,9 +36,9 @@ from notifier.channels import CircuitBreaker, EmailChannel, WebhookChannel
 from notifier.delivering import Dispatcher
 from notifier.ledger import Preferences, RetryPolicy
 from notifier.rendering import Templates
-from orderops.catalog import NOTIFIER, WEB_PORTS
+from orderops.model.catalog import NOTIFIER, WEB_PORTS
+from orderops.ops.settings import default_run_dir
 from orderops.service import Service
-from orderops.settings import default_run_dir
 
 # No linger: a batch waits for the broker before its sends (the attempts on record) and after them
 # (the outcomes), and the sends wait for the first: a linger would be added to every message's latency.

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from notifier.channels import Channel, CircuitBreaker, SendError
 from notifier.ledger import UNFINISHED, Delivery, Ledger, Preferences, RetryPolicy, move
 from notifier.rendering import Rendered, RenderError, Templates, context
-from orderops.envelope import Envelope
+from orderops.model.envelope import Envelope
 
 log = logging.getLogger("notifier")
 

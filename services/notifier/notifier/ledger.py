@@ -13,8 +13,8 @@ from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from orderops.envelope import from_json, to_json, to_json_bytes
-from orderops.workflow import Machine
+from orderops.model.envelope import from_json, to_json, to_json_bytes
+from orderops.model.workflow import Machine
 
 DELIVERY = Machine(
     name="delivery",

@@ -23,7 +23,7 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 
 from notifier.channels import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, SignatureError, verify
-from orderops.settings import default_run_dir
+from orderops.ops.settings import default_run_dir
 
 
 def _safe(name: str) -> str:

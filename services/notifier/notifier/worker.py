@@ -17,9 +17,9 @@ from prometheus_client import Counter
 from notifier.app import CONCURRENCY, dispatcher, ledgers, service
 from notifier.delivering import Attempt, Publication, claims_of, request_envelope
 from notifier.ledger import Ledger
-from orderops.catalog import NOTIFICATIONS_DELIVERIES, NOTIFICATIONS_REQUESTS, TIMER_TOPICS
-from orderops.metrics import DUPLICATES
+from orderops.model.catalog import NOTIFICATIONS_DELIVERIES, NOTIFICATIONS_REQUESTS, TIMER_TOPICS
 from orderops.runtime.batch import Batch
+from orderops.runtime.metrics import DUPLICATES
 from orderops.service import DeliveryError
 
 TIMERS = TIMER_TOPICS[service.name]

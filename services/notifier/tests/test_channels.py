@@ -13,6 +13,7 @@ from email import policy as email_policy
 
 import pytest
 from aiosmtpd.controller import Controller
+from orderops_tools.testing import Mailbox, WebhookSink, free_port
 
 from notifier.channels import (
     WEBHOOK_KEEPALIVE_SECONDS,
@@ -23,7 +24,6 @@ from notifier.channels import (
     message_id,
 )
 from notifier.rendering import Rendered
-from orderops.testing import Mailbox, WebhookSink, free_port
 
 MESSAGE = Rendered("Subject", "Body\n", "en")
 CUSTOMER = {"email": "ann@example.com"}

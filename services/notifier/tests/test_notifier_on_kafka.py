@@ -18,19 +18,19 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
+from orderops_tools.scenario import Story, customer
+from orderops_tools.testing import ServiceProcess, decode_all, free_port, poll_json, producer, read_topic
 
 from notifier.channels import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
-from orderops import deadletter
-from orderops.catalog import DEAD_LETTER_TOPICS, NOTIFICATIONS_DELIVERIES, NOTIFICATIONS_REQUESTS, NOTIFIER
-from orderops.scenario import Story, customer
-from orderops.security import client_config
-from orderops.testing import ServiceProcess, decode_all, free_port, poll_json, producer, read_topic
+from orderops.model.catalog import DEAD_LETTER_TOPICS, NOTIFICATIONS_DELIVERIES, NOTIFICATIONS_REQUESTS, NOTIFIER
+from orderops.ops.security import client_config
+from orderops.runtime import deadletter
 
 pytestmark = pytest.mark.broker
 SECRET = "test-webhook-secret"
 
 
-class Mailbox:
+class RecordingMailbox:
     def __init__(self) -> None:
         self.messages: list[bytes] = []
 
@@ -99,7 +99,7 @@ def requests_for(order_id: str, *types: str) -> Story:
 
 async def test_delivered_once_through_failures_crashes_and_replays(catalog_topics, run_id, tmp_path):
     bootstrap = catalog_topics
-    mailbox, receiver = Mailbox(), Receiver()
+    mailbox, receiver = RecordingMailbox(), Receiver()
     smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
     smtp.start()
     http = web.Application()

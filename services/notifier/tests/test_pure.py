@@ -12,8 +12,8 @@ from notifier.channels import CircuitBreaker, SendError, SignatureError, message
 from notifier.delivering import Dispatcher
 from notifier.ledger import DELIVERY, Delivery, Ledger, Preferences, RetryPolicy, move
 from notifier.rendering import RenderError, Templates, context
-from orderops.envelope import Envelope
-from orderops.workflow import Machine
+from orderops.model.envelope import Envelope
+from orderops.model.workflow import Machine
 
 TEMPLATES = Templates(Path(__file__).resolve().parents[1] / "notifier" / "templates")
 T0 = datetime(2026, 11, 2, 9, tzinfo=UTC)

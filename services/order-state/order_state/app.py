@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orderops.catalog import ORDER_STATE, WEB_PORTS
+from orderops.model.catalog import ORDER_STATE, WEB_PORTS
 from orderops.service import Service
 
 service = Service(ORDER_STATE, default_web_port=WEB_PORTS[ORDER_STATE])

@@ -3,7 +3,7 @@
 No Kafka here. ``apply(state, event, topic, now, park_for)`` returns an ``Outcome``: the new state
 and the records to publish (transitions, parked and rejected events, notification requests).
 The shared mechanics (applying once, parking, draining, deadlines) are the kernel's
-``orderops.workflow``; this module says what orders and payments are.
+``orderops.model.workflow``; this module says what orders and payments are.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from order_state.machines import (
     RESUME,
     SECURED_PAYMENT_STATES,
 )
-from orderops import workflow
-from orderops.envelope import Envelope, StoredAsJson, from_json
-from orderops.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Step, Transitioned, evolve
+from orderops.model import workflow
+from orderops.model.envelope import Envelope, StoredAsJson, from_json
+from orderops.model.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Step, Transitioned, evolve
 
 ZERO = Decimal(0)
 

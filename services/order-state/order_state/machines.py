@@ -8,7 +8,7 @@ are data here too, not ``if``s in the code.
 
 from __future__ import annotations
 
-from orderops.workflow import ANY, Machine
+from orderops.model.workflow import ANY, Machine
 
 RESUME = "(state before the hold)"  # on_hold is reversible: releasing it returns where it came from
 BY_AMOUNT = "(by amounts)"  # the payment state follows from authorized/captured/refunded amounts

@@ -9,9 +9,9 @@ from datetime import timedelta
 from order_state import domain
 from order_state.domain import OrderState
 from order_state.records import publishable
-from orderops.catalog import ORDER_STATE, order_inputs
-from orderops.rebuild import MachineProcessor
-from orderops.settings import ServiceSettings
+from orderops.model.catalog import ORDER_STATE, order_inputs
+from orderops.model.processor import MachineProcessor
+from orderops.ops.settings import ServiceSettings
 
 
 def close_after() -> timedelta:

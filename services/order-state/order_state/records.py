@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 from order_state.domain import Notify, OrderState
-from orderops import workflow
-from orderops.catalog import NOTIFICATIONS_REQUESTS, ORDERS_STATE_CHANGES, Topic
-from orderops.workflow import Outcome, Record, Transitioned
+from orderops.model import workflow
+from orderops.model.catalog import NOTIFICATIONS_REQUESTS, ORDERS_STATE_CHANGES, Topic
+from orderops.model.workflow import Outcome, Record, Transitioned
 
 SOURCE = "order-state"
 

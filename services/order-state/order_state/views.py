@@ -5,7 +5,7 @@ from __future__ import annotations
 from order_state.app import orders, service
 from order_state.domain import OrderState
 from order_state.machines import ORDER, PAYMENT
-from orderops.workflow import describe_history_and_parked
+from orderops.model.workflow import describe_history_and_parked
 
 
 def describe(stored: dict) -> dict:

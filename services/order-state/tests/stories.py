@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from orderops.envelope import Envelope
+from orderops.model.envelope import Envelope
 
 T0 = datetime(2026, 11, 2, 9, tzinfo=UTC)
 ORDER_ID = "o-1"

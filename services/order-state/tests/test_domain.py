@@ -27,8 +27,8 @@ from stories import (
 from order_state import domain
 from order_state.domain import Instrument, Notify, OrderState
 from order_state.machines import BY_AMOUNT, ORDER, PAYMENT, RESUME
-from orderops.catalog import STOREFRONT_ORDERS
-from orderops.workflow import ANY, ParkedRecord, Rejected, Transitioned
+from orderops.model.catalog import STOREFRONT_ORDERS
+from orderops.model.workflow import ANY, ParkedRecord, Rejected, Transitioned
 
 NOW = T0 + timedelta(hours=1)
 PARK_FOR = timedelta(hours=24)

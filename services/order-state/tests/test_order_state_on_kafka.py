@@ -8,9 +8,11 @@ import signal
 from collections import defaultdict
 
 import pytest
+from orderops_tools.scenario import Story, address, card, customer, line, money
+from orderops_tools.testing import ServiceProcess, decode_all, free_port, poll_json, producer, read_topic
 
-from orderops import deadletter
-from orderops.catalog import (
+from orderops.codec.avro import Codec
+from orderops.model.catalog import (
     DEAD_LETTER_TOPICS,
     NOTIFICATIONS_REQUESTS,
     ORDER_STATE,
@@ -18,9 +20,7 @@ from orderops.catalog import (
     PAYMENTS_EVENTS,
     STOREFRONT_ORDERS,
 )
-from orderops.codec import Codec
-from orderops.scenario import Story, address, card, customer, line, money
-from orderops.testing import ServiceProcess, decode_all, free_port, poll_json, producer, read_topic
+from orderops.runtime import deadletter
 
 pytestmark = pytest.mark.broker
 CODEC = Codec()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-from orderops.catalog import RETURNS, RETURNS_POLICIES, WEB_PORTS
-from orderops.metrics import initialise
+from orderops.model.catalog import RETURNS, RETURNS_POLICIES, WEB_PORTS
+from orderops.runtime.metrics import initialise
 from orderops.service import Service
 from returns.domain import Policies
 from returns.policy import Policy

@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from orderops import workflow
-from orderops.envelope import Envelope, StoredAsJson, from_json
-from orderops.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Rejected, Step, evolve
+from orderops.model import workflow
+from orderops.model.envelope import Envelope, StoredAsJson, from_json
+from orderops.model.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Rejected, Step, evolve
 from returns.machines import CLOSE_AFTER_DAYS, DEFECT_REASONS, GRACE_DAYS, REFUND, RETURN
 from returns.policy import Policy, in_force
 

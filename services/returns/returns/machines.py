@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orderops.workflow import ANY, Machine
+from orderops.model.workflow import ANY, Machine
 
 RETURN = Machine(
     name="return",

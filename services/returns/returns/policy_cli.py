@@ -12,12 +12,12 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from orderops.catalog import RETURNS_POLICIES
-from orderops.codec import Codec
-from orderops.globalview import BrokerUnavailable
-from orderops.paths import source_root
-from orderops.security import client_config
-from orderops.settings import PRODUCER_DEFAULTS, KafkaSettings
+from orderops.codec.avro import Codec
+from orderops.model.catalog import RETURNS_POLICIES
+from orderops.ops.paths import source_root
+from orderops.ops.security import client_config
+from orderops.ops.settings import PRODUCER_DEFAULTS, KafkaSettings
+from orderops.runtime.globalview import BrokerUnavailable
 from returns.policy import Policy, PolicyFileError, check_publishable, load_policy
 
 
@@ -85,9 +85,9 @@ def list_published(args: argparse.Namespace) -> int:
 def what_if(args: argparse.Namespace) -> int:
     """Judge the return requests of a time range by a draft policy and by the published ones, from
     returns' input topics, and print every decision and refund amount that would change."""
-    from orderops.rebuild import replay
-    from orderops.settings import ServiceSettings
-    from orderops.topicreader import read_messages
+    from orderops.ops.settings import ServiceSettings
+    from orderops.replay.rebuild import replay
+    from orderops.replay.topicreader import read_messages
     from returns import whatif
     from returns.domain import Policies
     from returns.processor import INPUTS, definition, policy_id

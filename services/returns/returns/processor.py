@@ -8,9 +8,9 @@ import os
 from collections.abc import Callable
 from datetime import timedelta
 
-from orderops.catalog import RETURNS, RETURNS_POLICIES, order_inputs
-from orderops.rebuild import MachineProcessor
-from orderops.settings import ServiceSettings
+from orderops.model.catalog import RETURNS, RETURNS_POLICIES, order_inputs
+from orderops.model.processor import MachineProcessor
+from orderops.ops.settings import ServiceSettings
 from returns import domain
 from returns.domain import Policies, ReturnsState
 from returns.policy import Policy
@@ -25,7 +25,7 @@ def policy_id() -> str:
 
 
 def published_policies(bootstrap: str) -> dict[str, Policy]:
-    from orderops.globalview import read_all
+    from orderops.runtime.globalview import read_all
 
     return {key: Policy.from_record(record) for key, record in read_all(bootstrap, RETURNS_POLICIES).items()}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from orderops import workflow
-from orderops.catalog import NOTIFICATIONS_REQUESTS, PAYMENTS_REFUND_REQUESTS, RETURNS_STATE_CHANGES, Topic
-from orderops.workflow import Outcome, Record, Transitioned
+from orderops.model import workflow
+from orderops.model.catalog import NOTIFICATIONS_REQUESTS, PAYMENTS_REFUND_REQUESTS, RETURNS_STATE_CHANGES, Topic
+from orderops.model.workflow import Outcome, Record, Transitioned
 from returns.domain import Decided, Measure, Notify, RefundCommand, ReturnsState
 
 SOURCE = "returns"

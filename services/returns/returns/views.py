@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orderops.workflow import describe_history_and_parked
+from orderops.model.workflow import describe_history_and_parked
 from returns.app import orders, service
 from returns.domain import ReturnsState
 

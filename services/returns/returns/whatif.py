@@ -1,5 +1,5 @@
 """The policy what-if: the same return requests judged by the published policies and by a draft,
-decision by decision. Pure: it compares two offline replays (orderops.rebuild) of returns' inputs.
+decision by decision. Pure: it compares two offline replays (orderops.replay.rebuild) of returns' inputs.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from orderops.rebuild import Rebuilt
+from orderops.replay.rebuild import Rebuilt
 from returns.domain import Policies
 from returns.policy import Policy
 
@@ -26,7 +26,7 @@ class Judgement:
 
 
 @dataclass(frozen=True)
-class Change:
+class VerdictChange:
     before: Judgement
     after: Judgement
 
@@ -58,12 +58,12 @@ def judgements(rebuilt: Rebuilt, start: datetime | None = None, end: datetime | 
     return found
 
 
-def changes(before: dict[tuple, Judgement], after: dict[tuple, Judgement]) -> list[Change]:
-    return [Change(before[k], after[k]) for k in sorted(before) if k in after
+def changes(before: dict[tuple, Judgement], after: dict[tuple, Judgement]) -> list[VerdictChange]:
+    return [VerdictChange(before[k], after[k]) for k in sorted(before) if k in after
             and (before[k].decision, before[k].refunded) != (after[k].decision, after[k].refunded)]
 
 
-def summary(before: dict[tuple, Judgement], found: list[Change]) -> Counter:
+def summary(before: dict[tuple, Judgement], found: list[VerdictChange]) -> Counter:
     counted: Counter = Counter({"requests judged": len(before), "changed": len(found)})
     for change in found:
         if change.before.decision != change.after.decision:

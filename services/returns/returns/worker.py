@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orderops.workflow import Outcome
+from orderops.model.workflow import Outcome
 from returns.app import METRICS, REFUNDS_COMPLETED, current_policies, orders, service
 from returns.processor import definition
 from returns.records import measures

@@ -7,7 +7,7 @@ from decimal import Decimal
 from itertools import count
 from pathlib import Path
 
-from orderops.envelope import Envelope
+from orderops.model.envelope import Envelope
 from returns.domain import Policies
 from returns.policy import load_policy
 

@@ -26,9 +26,9 @@ from builders import (
     requested,
 )
 
-from orderops.catalog import STOREFRONT_ORDERS
-from orderops.envelope import Envelope
-from orderops.workflow import ParkedRecord, Rejected
+from orderops.model.catalog import STOREFRONT_ORDERS
+from orderops.model.envelope import Envelope
+from orderops.model.workflow import ParkedRecord, Rejected
 from returns import domain
 from returns.domain import Decided, Notify, Policies, RefundCommand, ReturnsState
 from returns.machines import REFUND, RETURN

@@ -14,8 +14,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from orderops_tools.provider import RefundDesk
+from orderops_tools.scenario import Story, address, customer, instrument, line, money
+from orderops_tools.testing import ServiceProcess, decode_all, free_port, poll_json, producer, read_topic
 
-from orderops.catalog import (
+from orderops.model.catalog import (
     FULFILLMENT_STATUS,
     PAYMENTS_EVENTS,
     PAYMENTS_REFUND_REQUESTS,
@@ -25,10 +28,7 @@ from orderops.catalog import (
     STOREFRONT_RETURNS,
     WAREHOUSE_RETURNS,
 )
-from orderops.envelope import Envelope
-from orderops.provider import RefundDesk
-from orderops.scenario import Story, address, customer, instrument, line, money
-from orderops.testing import ServiceProcess, decode_all, free_port, poll_json, producer, read_topic
+from orderops.model.envelope import Envelope
 
 pytestmark = pytest.mark.broker
 PLACED = datetime(2026, 11, 2, 9, tzinfo=UTC)
@@ -55,7 +55,7 @@ def refund_desk(bootstrap: str, order_id: str) -> RefundDesk:
 
 async def test_return_refund_story(catalog_topics, run_id, tmp_path):
     bootstrap = catalog_topics
-    publish = subprocess.run([sys.executable, "-m", "orderops.cli", "policies", "publish"], capture_output=True,
+    publish = subprocess.run([sys.executable, "-m", "orderops.ops.cli", "policies", "publish"], capture_output=True,
                              text=True, env={**__import__("os").environ, "KAFKA_BOOTSTRAP": bootstrap})
     assert publish.returncode == 0, publish.stderr
     env = {"KAFKA_BOOTSTRAP": bootstrap, "ORDEROPS_INSTANCE": f"t{run_id}", "ORDEROPS_DATA_DIR": str(tmp_path / "state"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from orderops.catalog import (
+from orderops_tools.scenario import address
+
+from orderops.model.catalog import (
     FULFILLMENT_STATE_CHANGES,
     FULFILLMENT_STATUS,
     NOTIFICATIONS_DELIVERIES,
@@ -17,8 +19,7 @@ from orderops.catalog import (
     WAREHOUSE_FULFILLMENT,
     Topic,
 )
-from orderops.envelope import Envelope
-from orderops.scenario import address
+from orderops.model.envelope import Envelope
 
 T0 = datetime(2026, 11, 2, 9, tzinfo=UTC)
 ETA = datetime(2026, 11, 12, tzinfo=UTC)

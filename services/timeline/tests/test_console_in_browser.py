@@ -8,11 +8,11 @@ import shutil
 import signal
 
 import pytest
+from orderops_tools.testing import decode_all, poll_json, read_topic
 from playwright.async_api import async_playwright
 from test_timeline_on_kafka import publish, start
 
-from orderops.catalog import SUPPORT_ACTIONS
-from orderops.testing import decode_all, poll_json, read_topic
+from orderops.model.catalog import SUPPORT_ACTIONS
 
 pytestmark = pytest.mark.broker
 CHROMIUM = shutil.which("chromium")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from story import ETA, T0, line_snapshot, split_order_story
 
-from orderops.catalog import (
+from orderops.model.catalog import (
     FULFILLMENT_STATE_CHANGES,
     FULFILLMENT_STATUS,
     SUPPORT_ACTIONS,
@@ -37,7 +37,7 @@ def entry_ids(outputs) -> list[str]:
 
 
 def tick(view, now):
-    from orderops.envelope import Envelope
+    from orderops.model.envelope import Envelope
 
     event = Envelope(f"tick:{now.isoformat()}", view["order_id"], now, "timeline", "orderops.common.TimerFired",
                      {"due_at": now, "fired_at": now})

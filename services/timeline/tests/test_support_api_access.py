@@ -61,7 +61,7 @@ def api_roles_from(role: str) -> list[str]:
 
 
 async def test_processor_read_apis_need_a_token_too(catalog_topics, tmp_path, run_id):
-    from orderops.testing import start_processors
+    from orderops_tools.testing import start_processors
 
     process = start_processors(catalog_topics, tmp_path, {"ORDEROPS_INSTANCE": f"acc{run_id}"},
                                names=("fulfillment",))["fulfillment"]

@@ -9,12 +9,12 @@ import signal
 from collections import defaultdict
 
 import pytest
+from orderops_tools.testing import ServiceProcess, decode_all, free_port, poll_json, producer, read_topic
 from story import split_order_story
 
-from orderops.catalog import SUPPORT_ACTIONS, SUPPORT_ESCALATIONS, SUPPORT_ORDER_VIEWS, SUPPORT_TIMELINE
-from orderops.codec import Codec
-from orderops.envelope import Envelope
-from orderops.testing import ServiceProcess, decode_all, free_port, poll_json, producer, read_topic
+from orderops.codec.avro import Codec
+from orderops.model.catalog import SUPPORT_ACTIONS, SUPPORT_ESCALATIONS, SUPPORT_ORDER_VIEWS, SUPPORT_TIMELINE
+from orderops.model.envelope import Envelope
 
 pytestmark = pytest.mark.broker
 # Status snapshots and the notification request are facts for the view, not timeline entries.

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from prometheus_client import Counter, Histogram
 
-from orderops.catalog import TIMELINE, WEB_PORTS
-from orderops.envelope import from_json
-from orderops.metrics import GaugeAtScrape, initialise
+from orderops.model.catalog import TIMELINE, WEB_PORTS
+from orderops.model.envelope import from_json
+from orderops.runtime.metrics import GaugeAtScrape, initialise
 from orderops.service import Service
 from timeline.domain import OpenEscalations, Rules
 

@@ -2,7 +2,7 @@
 entries, root-cause tags, communication accuracy, and escalations from rules that are data.
 
 No Kafka here. ``apply(view, event, topic, now, rules)`` returns the new view and what to publish.
-The view is a plain JSON-friendly dict (values restored by orderops.envelope's JSON form).
+The view is a plain JSON-friendly dict (values restored by orderops.model.envelope's JSON form).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from orderops.envelope import Envelope
+from orderops.model.envelope import Envelope
 
 # Timeline entries an order keeps for the API (the topic keeps all). They are kept apart from the
 # view, one table key each (``entry_key``): a view rewritten at every event must not grow with them.

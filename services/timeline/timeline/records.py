@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime
 
-from orderops.catalog import SUPPORT_ESCALATIONS, SUPPORT_TIMELINE, Topic
-from orderops.envelope import Envelope
+from orderops.model.catalog import SUPPORT_ESCALATIONS, SUPPORT_TIMELINE, Topic
+from orderops.model.envelope import Envelope
 from timeline.domain import Outputs
 
 SOURCE = "timeline"

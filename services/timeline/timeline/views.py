@@ -1,7 +1,7 @@
 """The support API (JSON; described in /openapi.json, built from timeline.api) and the console (/).
 
 Every endpoint needs a signed-in user with the role timeline.api gives it (bearer tokens:
-orderops.auth), and every body is validated against its schema before anything is done. Reads are
+orderops.http.auth), and every body is validated against its schema before anything is done. Reads are
 answered by the worker that owns the order. Every write becomes an event on support.actions
 carrying the signed-in user as its actor — never a direct state edit — and the view changes when
 the timeline processes it, like any other event.
@@ -22,9 +22,9 @@ from typing import Any
 
 from faust import web
 
-from orderops.catalog import SUPPORT_ACTIONS
-from orderops.envelope import Envelope, from_json
-from orderops.service import SECURITY_HEADERS, signed_in
+from orderops.http.app import SECURITY_HEADERS, signed_in
+from orderops.model.catalog import SUPPORT_ACTIONS
+from orderops.model.envelope import Envelope, from_json
 from timeline import api
 from timeline.app import RULES, app, entries, service, views
 from timeline.domain import entry_key, kept_entries

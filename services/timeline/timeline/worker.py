@@ -7,10 +7,10 @@ import time
 from datetime import datetime
 from typing import Any
 
-from orderops import catalog
-from orderops.envelope import from_json, to_json_bytes
-from orderops.metrics import DUPLICATES
+from orderops.model import catalog
+from orderops.model.envelope import from_json, to_json_bytes
 from orderops.runtime.batch import Batch
+from orderops.runtime.metrics import DUPLICATES
 from timeline import domain
 from timeline.app import (
     ACCURACY,

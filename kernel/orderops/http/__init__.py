@@ -1,0 +1,1 @@
+"""HTTP: the processors' web app, its users and their roles."""

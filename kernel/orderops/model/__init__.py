@@ -1,0 +1,1 @@
+"""The pure model: the envelope, state machines as tables, the upstream contract, the topic catalog, clocks."""

@@ -1,0 +1,1 @@
+"""Operations: settings, the CLI, topic administration, security, deployment and monitoring config."""

@@ -1,0 +1,236 @@
+"""``orderops``: the operator's command line.
+
+    orderops topics create      create every catalog topic (idempotent), report differences (--align: fix settings)
+    orderops topics list        the catalog: name, partitions, key, schema, writers
+    orderops broker wait        block until a broker answers a metadata request
+    orderops schemas freeze     record current writer schemas under schemas/fingerprints/
+    orderops schemas check      every current writer schema is frozen; every schema parses
+    orderops processors start   start every installed processor, detached; wait until ready
+    orderops processors stop    SIGTERM them (SIGKILL after 60 s)
+    orderops processors status  which run, which are ready, where
+    orderops processors watch   print what they have done every 15 s; Ctrl-C stops them and the broker
+    orderops users add U ROLE   add a user of the HTTP APIs (or give one a new token); prints the token once
+    orderops users remove U     take a user's access away (workers re-read the file: no restart)
+    orderops users list         who has access, with which role (never the tokens)
+    orderops users dev          for make run: ann (agent), lee (lead), root (admin) if there are no users yet
+    orderops security setup     secure mode: every principal's SCRAM credential and ACLs, from the catalog (as admin)
+    orderops security acls      print every principal's ACLs as the catalog makes them
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from orderops.model import catalog
+
+
+def _topics_create(args: argparse.Namespace) -> int:
+    from orderops.ops.admin import create_topics
+    from orderops.ops.settings import KafkaSettings
+
+    settings = KafkaSettings.from_env()
+    if args.bootstrap:
+        settings = KafkaSettings(args.bootstrap, settings.replication_factor)
+    report = create_topics(settings=settings, align=args.align)
+    for line in report.lines():
+        if args.verbose or not line.startswith("exists"):
+            print(line)
+    print(f"topics: {len(report.created)} created, {len(report.existing)} already existed, "
+          f"{len(report.aligned)} aligned with the catalog, {len(report.differing)} differ from it")
+    if report.differing:
+        print("Topics that differ were left as they are: `orderops topics create --align` sets their settings "
+              "to the catalog's; a partition count needs a planned re-partition. Or change the catalog if it is "
+              "wrong.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _topics_list(args: argparse.Namespace) -> int:
+    for t in catalog.ALL_TOPICS:
+        print(f"{t.name:28} {t.partitions:>3}p {'compact' if t.compacted else 'delete ':7} "
+              f"{t.value_schema or '(raw bytes)':50} writers={','.join(t.writers)}")
+    return 0
+
+
+def _broker_wait(args: argparse.Namespace) -> int:
+    from orderops.ops.admin import wait_for_broker
+
+    def alive() -> bool:
+        if not args.pid:
+            return True
+        try:
+            os.kill(args.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    try:
+        took = wait_for_broker(args.bootstrap, args.timeout, alive)
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"broker: {exc}", file=sys.stderr)
+        return 1
+    print(f"broker: {args.bootstrap} answered after {took:.1f}s")
+    return 0
+
+
+def _schemas_freeze(args: argparse.Namespace) -> int:
+    from orderops.codec.schemas import SchemaRegistry
+
+    registry = SchemaRegistry()
+    written = registry.freeze(writer_schema_names())
+    for path in written:
+        print(f"frozen {path.name}")
+    print(f"schemas: {len(written)} new writer schema(s) frozen")
+    return 0
+
+
+def _schemas_check(args: argparse.Namespace) -> int:
+    from orderops.codec.schemas import SchemaRegistry
+
+    registry = SchemaRegistry()
+    parsed = [registry.get(name).parsed for name in registry.names()]
+    frozen = registry.frozen()
+    unfrozen = [n for n in writer_schema_names() if registry.get(n).fingerprint not in frozen]
+    if unfrozen:
+        print("writer schemas not frozen (run: orderops schemas freeze, and commit schemas/fingerprints/):",
+              *unfrozen, sep="\n  ", file=sys.stderr)
+        return 1
+    print(f"schemas: {len(parsed)} parse; {len(writer_schema_names())} writer schemas frozen")
+    return 0
+
+
+def _processors(args: argparse.Namespace) -> int:
+    from orderops.ops import processors
+
+    try:
+        lines = getattr(processors, args.command)()
+    except RuntimeError as exc:
+        print(f"processors: {exc}", file=sys.stderr)
+        return 1
+    if lines or args.command != "watch":
+        print("\n".join(lines) or "no processor is running")
+    return 0
+
+
+def _users(args: argparse.Namespace) -> int:
+    from orderops.http.auth import UsersFileError, add_user, parse, remove_user
+    from orderops.ops.settings import ServiceSettings
+
+    path = args.file or ServiceSettings.from_env("cli", 0).support_users_file
+    try:
+        if args.command == "add":
+            token = add_user(path, args.user_id, args.role)
+            print(f"{args.user_id} ({args.role}) can sign in with this token; it is shown only now:\n{token}")
+        elif args.command == "remove":
+            if not remove_user(path, args.user_id):
+                print(f"users: {args.user_id} is not in {path}", file=sys.stderr)
+                return 1
+            print(f"{args.user_id} removed from {path}")
+        elif args.command == "list":
+            users = parse(path.read_text(), str(path)) if path.exists() else {}
+            print("\n".join(f"{user_id:24} {role}" for user_id, (role, _) in sorted(users.items()))
+                  or f"no users in {path}")
+        elif args.command == "dev":
+            tokens_file = path.with_name(path.name + ".tokens")
+            if path.exists() and parse(path.read_text(), str(path)):
+                print(f"users: {path} has users already (tokens of the development users: {tokens_file})")
+                return 0
+            tokens = {user: add_user(path, user, role) for user, role in
+                      (("ann", "agent"), ("lee", "lead"), ("root", "admin"))}
+            fd = os.open(tokens_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write("".join(f"{user} {token}\n" for user, token in tokens.items()))
+            print(f"users: development users ann (agent), lee (lead), root (admin); tokens in {tokens_file}")
+    except UsersFileError as exc:
+        print(f"users: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _security(args: argparse.Namespace) -> int:
+    from orderops.ops import security
+    from orderops.ops.settings import KafkaSettings, default_run_dir
+
+    if args.command == "acls":
+        for principal in security.principals():
+            print(f"User:{principal}")
+            print("\n".join(f"  ALLOW {grant}" for grant in security.grants(principal)))
+        return 0
+    if not security.KafkaSecurity.from_env().secure:
+        print("security: the environment is not in secure mode (KAFKA_SECURITY_PROTOCOL=SASL_SSL with the admin's "
+              "credentials: see docs/security.md)", file=sys.stderr)
+        return 1
+    directory = security.secrets_dir(Path(os.environ.get("ORDEROPS_RUN_DIR", default_run_dir())))
+    for line in security.setup(KafkaSettings.from_env().bootstrap, directory):
+        print(f"security: {line}")
+    print(f"security: passwords in {directory} (one file per principal, mode 600)")
+    return 0
+
+
+def writer_schema_names() -> list[str]:
+    return sorted({t.value_schema for t in catalog.ALL_TOPICS if t.value_schema})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orderops", description="orderops operator tools")
+    groups = parser.add_subparsers(dest="group", required=True)
+
+    topics = groups.add_parser("topics", help="topics of the catalog").add_subparsers(dest="command", required=True)
+    create = topics.add_parser("create", help="create every catalog topic that is missing")
+    create.add_argument("--bootstrap", help="broker address (default: $KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
+    create.add_argument("--verbose", action="store_true", help="also list the topics that already existed")
+    create.add_argument("--align", action="store_true",
+                        help="set existing topics' settings (not partition counts) to the catalog's")
+    create.set_defaults(run=_topics_create)
+    topics.add_parser("list", help="print the catalog").set_defaults(run=_topics_list)
+
+    broker = groups.add_parser("broker", help="the Kafka broker").add_subparsers(dest="command", required=True)
+    wait = broker.add_parser("wait", help="wait until the broker answers a metadata request")
+    wait.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    wait.add_argument("--timeout", type=float, default=120)
+    wait.add_argument("--pid", type=int, help="give up early if this process exits")
+    wait.set_defaults(run=_broker_wait)
+
+    schemas = groups.add_parser("schemas", help="the event contract").add_subparsers(dest="command", required=True)
+    schemas.add_parser("freeze", help="record current writer schemas").set_defaults(run=_schemas_freeze)
+    schemas.add_parser("check", help="check every writer schema is frozen").set_defaults(run=_schemas_check)
+
+    procs = groups.add_parser("processors", help="the processors on this machine").add_subparsers(
+        dest="command", required=True)
+    for command in ("start", "stop", "status", "watch"):
+        procs.add_parser(command).set_defaults(run=_processors)
+
+    from orderops.http.auth import ROLES
+
+    users = groups.add_parser("users", help="who may use the HTTP APIs").add_subparsers(dest="command", required=True)
+    for command, helptext in (("add", "add a user or give one a new token"), ("remove", "remove a user"),
+                              ("list", "list users and roles"), ("dev", "development users for make run")):
+        sub = users.add_parser(command, help=helptext)
+        if command in ("add", "remove"):
+            sub.add_argument("user_id")
+        if command == "add":
+            sub.add_argument("role", choices=ROLES)
+        sub.add_argument("--file", type=Path, help="the users file (default: $ORDEROPS_SUPPORT_USERS_FILE)")
+        sub.set_defaults(run=_users)
+
+    security = groups.add_parser("security", help="Kafka principals and ACLs").add_subparsers(
+        dest="command", required=True)
+    security.add_parser("setup", help="create principals and ACLs (secure mode, as admin)").set_defaults(run=_security)
+    security.add_parser("acls", help="print the ACLs the catalog gives every principal").set_defaults(run=_security)
+
+    # Commands contributed by installed services (entry point group "orderops.commands"), e.g.
+    # `orderops policies publish` from the returns service: the kernel never imports a service.
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="orderops.commands"):
+        entry.load()(groups)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Replay: rebuilding a processor's state and records offline from its topics."""

@@ -1,0 +1,57 @@
+"""Dead-letter records: a message a processor could not decode or process, bytes untouched.
+
+The value and key are the original bytes and the original headers are kept; these headers are
+added so an on-call engineer can find the cause and re-drive the message:
+``origin-topic``, ``origin-partition``, ``origin-offset``, ``error``, ``error-class``,
+``service``, ``failed-at`` (ISO 8601, UTC).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from orderops.codec.avro import DecodeError
+
+ORIGIN_TOPIC = "origin-topic"
+ORIGIN_PARTITION = "origin-partition"
+ORIGIN_OFFSET = "origin-offset"
+ERROR = "error"
+ERROR_CLASS = "error-class"
+SERVICE = "service"
+FAILED_AT = "failed-at"
+ADDED_HEADERS = (ORIGIN_TOPIC, ORIGIN_PARTITION, ORIGIN_OFFSET, ERROR, ERROR_CLASS, SERVICE, FAILED_AT)
+MAX_ERROR_BYTES = 4000
+
+
+def error_class(error: BaseException) -> str:
+    """Stable category for metrics and triage: the decode reason, the error's own ``reason``
+    (e.g. ``delivery-failed``), or ``processing-error``."""
+    if isinstance(error, DecodeError):
+        return error.reason
+    return getattr(error, "reason", None) or "processing-error"
+
+
+def dead_letter_headers(
+    original: Iterable[tuple[str, bytes]] | None,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    error: BaseException,
+    service: str,
+    failed_at: datetime | None = None,
+) -> list[tuple[str, bytes]]:
+    moment = failed_at or datetime.now(UTC)
+    message = f"{type(error).__name__}: {error}".encode()[:MAX_ERROR_BYTES]
+    kept = [(k, v) for k, v in (original or []) if k not in ADDED_HEADERS]
+    return [
+        *kept,
+        (ORIGIN_TOPIC, topic.encode()),
+        (ORIGIN_PARTITION, str(partition).encode()),
+        (ORIGIN_OFFSET, str(offset).encode()),
+        (ERROR, message),
+        (ERROR_CLASS, error_class(error).encode()),
+        (SERVICE, service.encode()),
+        (FAILED_AT, moment.isoformat(timespec="milliseconds").encode()),
+    ]

@@ -1,0 +1,80 @@
+"""The payment provider's side of refunds, as the simulator and the tests play it.
+
+It reads ``payments.refund-requests``, answers each refund id (the idempotency key) once on
+``payments.events`` with RefundSucceeded or RefundFailed (retryable), ``delay`` after the
+command's event time — the way a real provider answers a command it has already seen: not again.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import timedelta
+
+from orderops.codec.avro import Codec
+from orderops.model.catalog import PAYMENT_PROVIDER, PAYMENTS_EVENTS, PAYMENTS_REFUND_REQUESTS
+from orderops.model.envelope import Envelope
+from orderops.ops.security import client_config
+
+Decision = Callable[[Envelope], bool]
+
+
+class RefundDesk(threading.Thread):
+    def __init__(self, bootstrap: str, *, fails: Decision = lambda command: False,
+                 answer_twice: Decision = lambda command: False, order_ids: set[str] | None = None,
+                 delay: timedelta = timedelta(hours=2), from_start: bool = True, name: str = PAYMENT_PROVIDER) -> None:
+        super().__init__(daemon=True, name=f"refund-desk-{name}")
+        self.bootstrap, self.fails, self.answer_twice = bootstrap, fails, answer_twice
+        self.order_ids, self.delay, self.from_start, self.group = order_ids, delay, from_start, f"{name}-{uuid.uuid4().hex}"
+        self.commands: list[Envelope] = []  # every command read, repeats included
+        self.answers: Counter = Counter()  # refunds_succeeded / refunds_failed / answers_not_delivered
+        self._stop_event = threading.Event()
+
+    def stop(self, timeout: float = 15) -> None:
+        self._stop_event.set()
+        self.join(timeout)
+
+    def run(self) -> None:
+        from confluent_kafka import Consumer
+
+        from orderops.runtime.resend import ResendingProducer
+
+        codec, answered = Codec(), set()
+        consumer = Consumer(client_config(self.bootstrap, **{
+            "group.id": self.group, "auto.offset.reset": "earliest" if self.from_start else "latest"}))
+        consumer.subscribe([PAYMENTS_REFUND_REQUESTS.name])
+        producer = ResendingProducer(self.bootstrap, "refund desk")
+        try:
+            while not self._stop_event.is_set():
+                message = consumer.poll(0.3)
+                producer.poll()  # delivery reports: a refused answer is sent again
+                if message is None or message.error():
+                    continue
+                if self.order_ids is not None and message.key().decode() not in self.order_ids:
+                    continue
+                command = Envelope.from_record(codec.decode(message.value(), PAYMENTS_REFUND_REQUESTS.value_schema).record)
+                self.commands.append(command)
+                key = command.payload["refund_id"]
+                if key in answered:
+                    continue
+                answered.add(key)
+                fails = self.fails(command)
+                payload = {"refund_id": key, "instrument_id": command.payload["instrument_id"],
+                           "amount": command.payload["amount"]}
+                answer = Envelope(f"provider:{key}", command.order_id, command.occurred_at + self.delay,
+                                  "payment-provider",
+                                  "orderops.payments.RefundFailed" if fails else "orderops.payments.RefundSucceeded",
+                                  {**payload, "reason": "issuer declined", "retryable": True} if fails else payload)
+                value = codec.encode(PAYMENTS_EVENTS.value_schema, answer.to_record())
+                for _ in range(2 if self.answer_twice(command) else 1):
+                    producer.produce(PAYMENTS_EVENTS.name, key=command.order_id.encode(), value=value)
+                self.answers["refunds_failed" if fails else "refunds_succeeded"] += 1
+        finally:
+            if lost := producer.flush(45) + producer.lost:  # longer than a send's timeout: a stuck producer's go again
+                self.answers["answers_not_delivered"] += lost
+                print(f"refund desk: {lost} answer(s) not acknowledged: those refunds stay unanswered",
+                      file=sys.stderr, flush=True)
+            consumer.close()
