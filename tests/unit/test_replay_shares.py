@@ -69,7 +69,7 @@ def test_records_compared_as_they_are_made_in_one_pass_or_in_shares_find_the_sam
     assert sorted((d.what, d.detail.split(" ")[0]) for d in found) == sorted(
         [("output differs", changed), ("output missing", removed), ("output extra", "e-extra")])
     assert "occurred_at" in next(d.detail for d in found if d.what == "output differs")
-    assert compared.made == set(one.outputs) and len(compared) == len(one.outputs)
+    assert compared.made_ids == set(one.outputs) and len(compared) == len(one.outputs)
 
     assert shares_for(3, "wall", len(messages), parallel_from=0) == 3
     split = produced_by_share(values, codec, processor.name, 3)

@@ -379,7 +379,7 @@ def floors(results: Results) -> None:
             processor = machine_processor(name, BOOTSTRAP[0])
             read = read_messages(BOOTSTRAP[0], [*processor.inputs, processor.timers], progress=False)
             began = time.process_time()
-            replay(processor, read, outputs=lambda share: ComparedOutputs(None), encode=True)
+            replay(processor, read, outputs=lambda share: ComparedOutputs(None))
         floor = (time.process_time() - began) * 1e6 / max(len(read), 1)
         live = results.processors[name]["cpu_per_1000"] * 1000
         results.floors[name] = floor

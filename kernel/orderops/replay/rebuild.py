@@ -1,6 +1,7 @@
 """A state-machine processor's offline replay.
 
 ``replay`` runs a ``MachineProcessor`` (orderops.model.processor) over messages already read,
+through the live path's own work on a record (``orderops.runtime.machine.MachineRecords``),
 in the order they were written, into fresh in-memory state — the engine of ``orderops replay
 rebuild`` (compare with what the processor produced) and of the returns policy what-if.
 
@@ -17,6 +18,7 @@ import multiprocessing
 import os
 import traceback
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,10 +26,13 @@ from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
-from orderops.codec.avro import Codec, DecodeError
+from orderops.codec.avro import Codec, DecodeError, Head
 from orderops.codec.privacy import read_event
 from orderops.model import catalog
+from orderops.model.catalog import Topic
+from orderops.model.envelope import Envelope
 from orderops.model.processor import MachineProcessor
+from orderops.runtime.machine import APPLIED, DUPLICATE, PASSED_OVER, MachineRecords
 
 
 @dataclass(frozen=True)
@@ -78,18 +83,18 @@ def kept(share: int) -> dict[str, tuple[str, dict]]:
 
 def replay(processor: MachineProcessor, messages: Iterable[Message], clock: str = "wall",
            codec: Codec | None = None, keep: Callable[[str], bool] = lambda order_id: True,
-           progress: Callable[[int], None] | None = None, outputs: Outputs = kept, encode: bool = False) -> Rebuilt:
-    """Apply every message (in write order) to fresh state, as the live agent would.
+           progress: Callable[[int], None] | None = None, outputs: Outputs = kept) -> Rebuilt:
+    """Apply every message (in write order) to fresh state, as the live processor does.
 
     ``clock``: the live processor's ``ORDEROPS_CLOCK``. ``wall`` — the moment a message was
     processed is taken as the moment it was written; ``event`` — the latest event time seen.
     Timer ticks are the ones the live processor wrote to its timer topic, so expiries replay too.
     ``outputs`` makes what receives each record the replay would write, by event id: ``kept``, a
-    dict, keeps them all; a ``ComparedOutputs`` compares each as it is made and keeps its id.
-    ``encode``: each record is also encoded, and each new state serialized as its table keeps it —
-    all the work a live processor does of its own (the benchmark's floor).
+    dict, keeps them all; a ``ComparedOutputs`` compares each as it is made and keeps its id. Each
+    record is encoded and each new state serialized as its table keeps it, as live: all the work
+    a live processor does of its own (the benchmark's floor).
     """
-    return _replay(processor, messages, clock, codec or Codec(), keep, progress, outputs(0), encode)
+    return _replay(processor, messages, clock, codec or Codec(), keep, progress, outputs(0))
 
 
 R = TypeVar("R")
@@ -222,58 +227,107 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+class ReplayClock:
+    """The clock a replay gives ``MachineRecords``. ``wall``: the moment a message was processed is
+    taken as the moment it was written; ``event``: the latest event time seen, of every order
+    (as the live event clock sees every order of its partitions)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.latest = self.written = datetime.fromtimestamp(0, UTC)
+
+    def observe(self, occurred_at: datetime) -> None:
+        if occurred_at > self.latest:
+            self.latest = occurred_at
+
+    def now(self) -> datetime:
+        return self.latest if self.mode == "event" else self.written
+
+
+class ReplayContext:
+    """What ``MachineRecords`` asks of its surroundings, offline: reading and encoding as live, no
+    deadlines (the timer ticks the live processor wrote are replayed instead), dead letters kept
+    with their reason."""
+
+    def __init__(self, processor: MachineProcessor, codec: Codec, clock: ReplayClock, rebuilt: Rebuilt) -> None:
+        self.name, self.codec, self.clock, self.rebuilt = processor.name, codec, clock, rebuilt
+        self._inputs = frozenset(t.name for t in processor.inputs)
+
+    def read(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+             headers: Any) -> Envelope:
+        envelope, _ = read_event(self.codec, key, value, catalog.topic(topic), headers, self._inputs)
+        self.clock.observe(envelope.occurred_at)
+        return envelope
+
+    def encode(self, topic: Topic, record: dict) -> bytes:
+        return self.codec.encode(topic.value_schema, record)
+
+    def schedule_in(self, batch: Any, key: str, due: datetime | None, partition: int) -> None:
+        pass
+
+    def dead_letter_in(self, batch: Any, record: Any, error: BaseException) -> None:
+        reason = f"{error.reason}: {error}" if isinstance(error, DecodeError) else f"{type(error).__name__}: {error}"
+        self.rebuilt.dead_letters.append((record, reason))
+
+
+class OfflineBatch:
+    """The ``Batch`` of a replay: the state ``MachineRecords`` keeps, in ``Rebuilt.states``; the
+    records it sends, to ``Rebuilt.outputs`` by event id. One for the whole replay."""
+
+    def __init__(self, rebuilt: Rebuilt, codec: Codec, keep_records: bool) -> None:
+        self.rebuilt, self.codec, self.keep_records = rebuilt, codec, keep_records
+        self.tally: Counter = Counter()
+
+    def load(self, table: Any, key: str, load: Callable[[Any], Any], partition: int) -> Any:
+        return self.rebuilt.states.get(key)
+
+    def put(self, table: Any, key: str, stored: bytes | None, loaded: Any, partition: int, **_: Any) -> None:
+        self.rebuilt.states[key] = loaded
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any, cause: Any) -> None:
+        head = self.codec.head(value)
+        if self.keep_records:  # a dict of them: the records themselves, decoded again
+            self.rebuilt.outputs[head.event_id] = (topic, self.codec.decode(value, catalog.topic(topic).value_schema).record)
+        else:
+            self.rebuilt.outputs.made(topic, head, value)
+
+    def then(self, follow_up: Callable[[], None]) -> None:
+        pass
+
+
+class MachineTable(NamedTuple):
+    name: str
+
+
 @_collector_paused()
 def _replay(processor: MachineProcessor, messages: Iterable[Message], clock: str, codec: Codec,
             keep: Callable[[str], bool], progress: Callable[[int], None] | None,
-            outputs: dict[str, tuple[str, dict]] | ComparedOutputs, encode: bool = False) -> Rebuilt:
-    inputs = frozenset(t.name for t in processor.inputs)
-    rebuilt, latest = Rebuilt(outputs=outputs), datetime.fromtimestamp(0, UTC)
+            outputs: dict[str, tuple[str, dict]] | ComparedOutputs) -> Rebuilt:
+    """Every message through ``MachineRecords.apply``, the live path's own work on a record."""
+    rebuilt, replay_clock = Rebuilt(outputs=outputs), ReplayClock(clock)
+    context = ReplayContext(processor, codec, replay_clock, rebuilt)
+    batch = OfflineBatch(rebuilt, codec, keep_records=not isinstance(outputs, ComparedOutputs))
+    records = MachineRecords(context, processor, MachineTable(processor.table))
+    timers = processor.timers.name
     for n, message in enumerate(write_order(messages)):
         if progress is not None and n % 10_000 == 0:
             progress(n)
-        order_id = (message.key or b"").decode(errors="replace")
-        kept = keep(order_id)
-        if not kept and clock != "event":
+        if not keep((message.key or b"").decode(errors="replace")):
+            if clock == "event":  # the event clock sees every order's events, as live
+                with contextlib.suppress(DecodeError):
+                    context.read(message.topic, message.partition, message.offset, message.key, message.value,
+                                 message.headers)
             continue
-        try:
-            envelope, _ = read_event(codec, message.key, message.value, catalog.topic(message.topic), message.headers, inputs)
-        except DecodeError as exc:
-            if kept:
-                rebuilt.dead_letters.append((message, f"{exc.reason}: {exc}"))
-            continue
-        if envelope.occurred_at > latest:  # the event clock sees every order's events, as live
-            latest = envelope.occurred_at
-        if not kept:
-            continue
-        if processor.skips(message.topic, envelope.short_type):
+        replay_clock.written = datetime.fromtimestamp(message.timestamp_ms / 1000, UTC)
+        became = records.apply(batch, message)
+        if became == PASSED_OVER:
             rebuilt.skipped += 1
-            continue
-        written = datetime.fromtimestamp(message.timestamp_ms / 1000, UTC)
-        now = latest if clock == "event" else written
-        state = rebuilt.states.get(envelope.order_id)
-        try:
-            if message.topic == processor.timers.name:
-                if state is None:
-                    continue
-                outcome = processor.expire(state, envelope.payload["fired_at"], message.topic)
-                rebuilt.timer_ticks += 1
-            else:
-                outcome = processor.apply(state, envelope, message.topic, now)
-        except Exception as exc:  # live, the same message is dead-lettered and the stream goes on
-            rebuilt.dead_letters.append((message, f"{type(exc).__name__}: {exc}"))
-            continue
-        if outcome.duplicate:
+        elif became in (APPLIED, DUPLICATE) and message.topic == timers:
+            rebuilt.timer_ticks += 1
+        if became == APPLIED:
+            rebuilt.applied += 1
+        elif became == DUPLICATE:
             rebuilt.duplicates += 1
-            continue
-        rebuilt.applied += 1
-        for topic, record in processor.publish(outcome):
-            rebuilt.outputs[record["event_id"]] = (topic.name, record)
-            if encode:
-                codec.encode(topic.value_schema, record)
-        if encode:
-            processor.stored_as(outcome.state)
-            processor.deadline(outcome.state)
-        rebuilt.states[envelope.order_id] = outcome.state
     return rebuilt
 
 
@@ -384,40 +438,39 @@ class ComparedOutputs:
     """What a replay would write, compared with what the processor wrote (``produced``, by event id:
     derived ids are deterministic) as each record is made; it keeps the ids it was given and the
     differences, not the records. Kept, a million-message fulfillment replay's records were two of
-    each process's three GB, and their page faults a fifth of its time. A record is
-    encoded and its bytes compared with the topic's; only bytes that differ are decoded (both) and
-    compared field by field, as far as a replay can know them (``comparable``).
+    each process's three GB, and their page faults a fifth of its time. A record's bytes are
+    compared with the topic's; only bytes that differ are decoded (both) and compared field by
+    field, as far as a replay can know them (``comparable``).
 
     ``produced`` None: nothing to compare with (a dry run, the benchmark): the ids only."""
 
     def __init__(self, produced: dict[str, Produced] | None, codec: Codec | None = None) -> None:
         self.produced, self.codec = produced, codec or Codec()
-        self.made: set[str] = set()
+        self.made_ids: set[str] = set()
         self.found: list[tuple[str, Difference]] = []  # (event id, difference)
 
-    def __setitem__(self, event_id: str, output: tuple[str, dict]) -> None:  # as Rebuilt.outputs is written
-        self.made.add(event_id)
-        topic, record = output
-        if self.produced is None or record_type(record) in ARRIVAL_ORDER_RECORDS:
+    def made(self, topic: str, head: Head, ours: bytes) -> None:
+        """A record the replay made (its head, its bytes), compared with the processor's."""
+        event_id = head.event_id
+        self.made_ids.add(event_id)
+        if self.produced is None or head.type in ARRIVAL_ORDER_RECORDS:
             return
         stored = self.produced.get(event_id)
         if stored is None or stored.type in ARRIVAL_ORDER_RECORDS:
             missing = f"{event_id} on {topic}: the rebuild produces it, the topic does not have it"
-            self.found.append((event_id, Difference(record["order_id"], "output missing", missing)))
+            self.found.append((event_id, Difference(head.order_id, "output missing", missing)))
             return
-        schema = catalog.topic(topic).value_schema
-        ours = self.codec.encode(schema, record)
         if ours == stored.value and topic == stored.topic:
             return
-        mine = comparable((topic, self.codec.decode(ours, schema).record))
+        mine = comparable((topic, self.codec.decode(ours, catalog.topic(topic).value_schema).record))
         theirs = comparable((stored.topic, self.codec.decode(stored.value, catalog.topic(stored.topic).value_schema).record))
         if mine != theirs:
             fields = "; ".join(f"{path}: rebuild {a} / topic {b}" for path, a, b in differing_fields(
                 {"topic": mine[0], **mine[1]}, {"topic": theirs[0], **theirs[1]}))
-            self.found.append((event_id, Difference(record["order_id"], "output differs", f"{event_id} on {topic} ({fields})")))
+            self.found.append((event_id, Difference(head.order_id, "output differs", f"{event_id} on {topic} ({fields})")))
 
     def __len__(self) -> int:
-        return len(self.made)
+        return len(self.made_ids)
 
     def differences(self, orders: set[str]) -> list[Difference]:
         """By event id: the records found missing or different as they were made, and the processor's
@@ -425,7 +478,7 @@ class ComparedOutputs:
         extra = [(event_id, Difference(stored.order_id, "output extra",
                                        f"{event_id} on {stored.topic}: in the topic, the rebuild does not produce it"))
                  for event_id, stored in (self.produced or {}).items()
-                 if event_id not in self.made and stored.order_id in orders and stored.type not in ARRIVAL_ORDER_RECORDS]
+                 if event_id not in self.made_ids and stored.order_id in orders and stored.type not in ARRIVAL_ORDER_RECORDS]
         return [difference for _, difference in sorted([*self.found, *extra], key=lambda found: found[0])]
 
 

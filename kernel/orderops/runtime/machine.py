@@ -1,50 +1,76 @@
-"""A state-machine processor's work on one record, on the batch path: decode, load the order's
-state, apply the event (or a timer tick: expire), publish, encode, keep the new state and the
-order's next deadline. The processor supplies only its pure functions (``MachineProcessor``,
-which ``orderops replay rebuild`` runs offline the same way)."""
+"""A state-machine processor's work on one record: decode, load the order's state, apply the event
+(or a timer tick: expire), publish, encode, keep the new state and the order's next deadline. The
+processor supplies only its pure functions (``MachineProcessor``).
+
+The same ``MachineRecords.apply`` runs live, on the batch path (records from the consumer, its
+``Batch`` written to Kafka, its context the ``Service``), and offline in ``orderops replay
+rebuild`` (records from a topic reader, an ``OfflineBatch`` keeping states and records in memory,
+an offline context): live = replay."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 from orderops.model.envelope import cause_of
 from orderops.model.workflow import CAUSE_HEADER, Outcome
 from orderops.runtime.metrics import DUPLICATES, tally_outcome
 
 if TYPE_CHECKING:
+    from orderops.model.catalog import Topic
+    from orderops.model.envelope import Envelope
     from orderops.model.processor import MachineProcessor
     from orderops.runtime.batch import Batch, StateTable
-    from orderops.service import Service
+
+# What became of a record (``MachineRecords.apply``'s answer; the live path does not ask).
+PASSED_OVER, NO_STATE, DUPLICATE, APPLIED, DEAD_LETTERED = "passed over", "no state", "duplicate", "applied", \
+    "dead-lettered"
+
+
+class RecordContext(Protocol):
+    """What ``MachineRecords`` asks of its surroundings: the ``Service`` live, a replay's context offline."""
+
+    name: str
+    clock: Any
+
+    def read(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+             headers: Any) -> Envelope: ...
+
+    def encode(self, topic: Topic, record: dict) -> bytes: ...
+
+    def schedule_in(self, batch: Batch, key: str, due: datetime | None, partition: int) -> None: ...
+
+    def dead_letter_in(self, batch: Batch, record: Any, error: BaseException) -> None: ...
 
 
 class MachineRecords:
     """The ``RecordHandler`` of order-state, fulfillment and returns."""
 
-    def __init__(self, service: Service, processor: MachineProcessor, table: StateTable,
+    def __init__(self, service: RecordContext, processor: MachineProcessor, table: StateTable,
                  observe: Callable[[Outcome], None] | None = None) -> None:
         self.service, self.processor, self.table = service, processor, table
         self.observe = observe
         self.timers = processor.timers.name
 
-    def apply(self, batch: Batch, record: Any) -> None:
+    def apply(self, batch: Batch, record: Any) -> str:
         service, processor = self.service, self.processor
         try:
             envelope = service.read(record.topic, record.partition, record.offset, record.key, record.value,
                                     record.headers)
             if processor.skips(record.topic, envelope.short_type):
-                return
+                return PASSED_OVER
             key = envelope.order_id
             state = batch.load(self.table, key, processor.load, record.partition)
             if record.topic == self.timers:
                 if state is None:
-                    return
+                    return NO_STATE
                 outcome = processor.expire(state, envelope.payload["fired_at"], self.timers)
             else:
                 outcome = processor.apply(state, envelope, record.topic, service.clock.now())
             if outcome.duplicate:
                 DUPLICATES.labels(service.name).inc()
-                return
+                return DUPLICATE
             causes = {r.cause.event_id: r.cause_topic for r in outcome.records}
             raw_key = key.encode()
             for topic, output in processor.publish(outcome):
@@ -56,8 +82,10 @@ class MachineRecords:
             tally_outcome(batch.tally, outcome.records)
             if self.observe is not None:
                 batch.then(lambda: self.observe(outcome))
+            return APPLIED
         except Exception as exc:  # one bad record never stops the processor: it is dead-lettered
             self.dead_letter(batch, record, exc)
+            return DEAD_LETTERED
 
     def dead_letter(self, batch: Batch, record: Any, error: BaseException) -> None:
         self.service.dead_letter_in(batch, record, error)
