@@ -85,6 +85,9 @@ class ServiceSettings:
     # applied in parts, in its write order): bounds the wait of a revocation (the part in hand
     # finishes first) and what a crash reads again.
     batch_max_records: int
+    # How often the batch path commits its input offsets (at most; and at every revocation): a
+    # commit is a broker round trip, and every batch's was most of a quiet processor's wait.
+    commit_interval_seconds: float
     gc_threshold: int  # allocations between the cyclic garbage collector's runs (orderops.service.collect_garbage_seldom)
 
     @property
@@ -121,5 +124,6 @@ class ServiceSettings:
             fetch_min_bytes=int(env.get("ORDEROPS_FETCH_MIN_BYTES", str(64 * 1024))),
             fetch_max_wait_ms=int(env.get("ORDEROPS_FETCH_MAX_WAIT_MS", "50")),
             batch_max_records=int(env.get("ORDEROPS_BATCH_MAX_RECORDS", "1000")),
+            commit_interval_seconds=float(env.get("ORDEROPS_COMMIT_INTERVAL_SECONDS", "1")),
             gc_threshold=int(env.get("ORDEROPS_GC_THRESHOLD", "100000")),
         )

@@ -16,7 +16,9 @@
    changelog records, one per changed key; the producer's one wait for every record of the batch
    (a record refused for good dead-letters its cause, and that is waited for too); the state
    stores, one write batch per table with the changelog offsets Faust's recovery resumes from;
-   the follow-ups (metrics); the input offsets.
+   the follow-ups (metrics); the input offsets, at most every ``commit_interval`` seconds (and at a
+   revocation): a commit is a broker round trip, and a crash between commits only reads again
+   what is written already (and finds it applied).
 
 Nothing is committed before the outputs and the state it covers are acknowledged, and the state
 store is written only after its changelog records are: a crash anywhere reads the batch's records
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -219,11 +222,15 @@ class BatchRunner:
     def __init__(self, name: str, topics: frozenset[str], handler: RecordHandler, producer: BatchProducer,
                  counted: Callable[[dict[str, int]], None] = lambda counts: None, cached: int = 10_000,
                  max_records: int = 1000, ready: Callable[[], Awaitable[None]] | None = None,
-                 concurrency: int = 1) -> None:
+                 concurrency: int = 1, commit_interval: float = 0.0) -> None:
         """``ready``: awaited before each batch is applied (the processor's global views loaded);
-        ``concurrency``: keys whose effects run at once."""
+        ``concurrency``: keys whose effects run at once; ``commit_interval``: seconds between
+        commits of the input offsets (0: after every batch)."""
         self.name, self.topics, self.handler, self.producer = name, topics, handler, producer
         self.concurrency = concurrency
+        self.commit_interval = commit_interval
+        self._uncommitted: dict[TP, int] = {}  # next offsets written (records, state) and not committed yet
+        self._committed_at = time.monotonic()
         self._ready = ready
         self.max_records = max_records
         self.cache = StateCache(cached)
@@ -244,10 +251,12 @@ class BatchRunner:
         finally:
             self._idle.set()
 
-    async def revoked(self) -> None:
-        """Partitions are taken away: the batch in hand finishes (and commits) first; the records
-        that wait are forgotten (they are read again from the commits by whoever gets them)."""
+    async def revoked(self, engine: Engine) -> None:
+        """Partitions are taken away: the batch in hand finishes first, and what is written is
+        committed; the records that wait are forgotten (they are read again from the commits by
+        whoever gets them)."""
         await self._idle.wait()
+        await self._commit_offsets(engine)
         self.cache.clear()
         self._held = {}
         self._idle_since.clear()
@@ -257,6 +266,8 @@ class BatchRunner:
         before the next begins; a rebalance that begins meanwhile stops it after the part in hand
         (Faust then sends every partition back to its commit)."""
         if not records and not self._held:
+            if self._uncommitted and self._commit_due():
+                await self._commit_offsets(engine)
             return
         resume: dict[TP, int] = {}
         try:
@@ -325,9 +336,22 @@ class BatchRunner:
         next_offsets: dict[TP, int] = {}
         for tp, record in applied:
             next_offsets[tp] = max(next_offsets.get(tp, 0), record.offset + 1)
-        await engine.commit(next_offsets)
+        self._uncommitted.update(next_offsets)
+        if self._commit_due():
+            await self._commit_offsets(engine)
         return next_offsets
 
+    def _commit_due(self) -> bool:
+        return time.monotonic() - self._committed_at >= self.commit_interval
+
+    async def _commit_offsets(self, engine: Engine) -> None:
+        """Commit the offsets of what is written: its records and state are acknowledged, so a
+        crash before the next commit only reads them again (and finds them applied)."""
+        offsets, self._uncommitted = self._uncommitted, {}
+        self._committed_at = time.monotonic()
+        if offsets and not await engine.commit(offsets):
+            log.info("%s: the commit of %d partitions' offsets did not go through (a rebalance?): what they "
+                     "cover is read again and found applied.", self.name, len(offsets))
     async def _write(self, batch: Batch) -> None:
         """The batch's records and state, acknowledged and stored; its follow-ups run."""
         for (topic, _), (build, cause) in batch.latest.items():
@@ -369,7 +393,10 @@ class BatchRunner:
         self._counted(batch.counted)
 
     async def _read_again(self, started: Mapping[TP, int], engine: Engine) -> None:
-        """A batch that could not finish: its partitions are read again from where it began."""
+        """A batch that could not finish: its partitions are read again from where it began (what
+        the parts before it wrote is committed first)."""
+        with contextlib.suppress(Exception):
+            await self._commit_offsets(engine)
         self._held = {}
         self.cache.clear()
         for tp, offset in started.items():

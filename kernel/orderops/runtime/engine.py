@@ -299,10 +299,11 @@ class Engine:
 
 
 def run_batches(app: faust.App, processor: str, handler: BatchHandler, channel: faust.TopicT,
-                on_revoked: Callable[[], Awaitable[None]], fetch: FetchPolicy = FetchPolicy()) -> None:
+                on_revoked: Callable[[Engine], Awaitable[None]], fetch: FetchPolicy = FetchPolicy()) -> None:
     """Make ``app`` fetch with ``BatchConsumer`` and hand ``channel``'s records to ``handler``.
     Call before the app starts. ``on_revoked`` runs when partitions are taken away, before Faust
-    lets them go: the batch in hand finishes and commits, what waits is forgotten."""
+    lets them go (with the engine, to commit what is written): the batch in hand finishes and
+    commits, what waits is forgotten."""
     transport = BatchTransport(app.conf.broker_consumer, app)
     transport.Consumer = type("BatchConsumer", (BatchConsumer,), {"handler": handler, "fetch_policy": fetch})
     transport.Producer = type("RdKafkaProducer", (RdKafkaProducer,), {"processor": processor})
@@ -311,7 +312,7 @@ def run_batches(app: faust.App, processor: str, handler: BatchHandler, channel: 
     app.topics.add(channel)  # subscribed; no agent reads it: the consumer hands its records over
 
     async def revoked(*args: Any, **kwargs: Any) -> None:
-        await on_revoked()
+        await on_revoked(Engine(app.consumer))
 
     app.on_partitions_revoked.connect(revoked)
 
