@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,13 +25,25 @@ SIGNATURE_HEADER = "X-Orderops-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
+# Anything shaped like an e-mail address: what a mail server's answer echoes of the recipient.
+ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:]+@[^\s<>()\[\]\"',;:]+")
+
+
+def without_addresses(text: str) -> str:
+    """``text`` with every e-mail address replaced: a send's error goes to the log, to the delivery
+    record's ``reason`` on notifications.deliveries and to a dead letter's ``error`` header, none of
+    which may carry a customer's address (the server's answer to RCPT names it)."""
+    return ADDRESS.sub("<address>", text)
+
+
 class SendError(Exception):
     """A send that failed. ``permanent``: retrying cannot help. ``in_doubt``: the message had left
     (the far end stopped answering after the request was sent), so it may have arrived: the next
-    attempt is announced IN_DOUBT, and receivers drop it by its idempotency key / Message-ID."""
+    attempt is announced IN_DOUBT, and receivers drop it by its idempotency key / Message-ID. Its
+    message never holds an e-mail address (``without_addresses``), whatever the far end said."""
 
     def __init__(self, message: str, *, permanent: bool, in_doubt: bool = False) -> None:
-        super().__init__(message)
+        super().__init__(without_addresses(message))
         self.permanent, self.in_doubt = permanent, in_doubt
 
 
@@ -177,7 +190,7 @@ class EmailChannel:
                 if utf8 and not client.supports_extension("smtputf8"):
                     client.close()
                     raise SendError(f"SMTP server {self.host}:{self.port} does not offer SMTPUTF8, which the "
-                                    f"address {to!r} needs", permanent=True)
+                                    "recipient's address (not ASCII) needs", permanent=True)
                 await self._command(client, client.rcpt(to, encoding=encoding), to)
                 return client
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
@@ -194,7 +207,7 @@ class EmailChannel:
         except BaseException as exc:
             client.close()
             if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
-                raise SendError(f"SMTP server refused {to}: {exc}", permanent=True) from exc
+                raise SendError(f"SMTP server refused the recipient: {exc.code} {exc.message}", permanent=True) from None
             if isinstance(exc, aiosmtplib.SMTPResponseException):
                 raise SendError(f"SMTP {exc.code}: {exc.message}", permanent=500 <= exc.code < 600) from exc
             raise

@@ -13,6 +13,7 @@ import signal
 import time
 from collections import Counter, defaultdict
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
@@ -253,3 +254,48 @@ async def test_orders_are_delivered_at_once_and_each_orders_messages_one_after_a
     assert server.most_at_once_per_order[twice] == 1, "an order's messages one after another"
     ours = [(order_id, answer) for order_id, answer in server.answers if order_id in (twice, *once)]  # the topic
     assert sorted(ours) == sorted([(twice, "250 OK")] * 2 + [(o, "250 OK") for o in once])  # holds other tests' too
+
+
+class RefusesEveryRecipient:
+    """A mail server that answers RCPT as real ones do: 550, naming the address it refuses."""
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown in virtual mailbox table"
+
+
+async def test_a_refused_recipients_address_reaches_no_log_record_or_dead_letter_header(catalog_topics, run_id, tmp_path):
+    """The server's refusal names the customer's address: it must not reach the notifier's log, the
+    delivery record's reason on notifications.deliveries, a dead letter's headers, or /metrics."""
+    bootstrap = catalog_topics
+    smtp = Controller(RefusesEveryRecipient(), hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    env = {"KAFKA_BOOTSTRAP": bootstrap, "ORDEROPS_INSTANCE": f"r{run_id}", "ORDEROPS_DATA_DIR": str(tmp_path / "state"),
+           "WEB_PORT": str(free_port()), "ORDEROPS_SMTP_PORT": str(smtp.port), "ORDEROPS_NOTIFIER_CHANNELS": "email"}
+    notifier = ServiceProcess(["-m", "notifier"], env, tmp_path / "notifier.log", int(env["WEB_PORT"]))
+    order_id = f"refused-{run_id}"
+    address = f"{order_id}@example.com".encode()
+    try:
+        notifier.start()
+        await notifier.wait_ready()
+        requests_for(order_id, "shipment_dispatched").publish(producer(bootstrap))
+        view = await poll_json(notifier, f"/orders/{order_id}/notifications",
+                               lambda v: [d["state"] for d in v["deliveries"]] == ["failed"])
+        assert "550" in view["deliveries"][0]["last_error"]
+        [delivered] = read_topic(bootstrap, NOTIFICATIONS_DELIVERIES.name, keep=lambda m: m.key() == order_id.encode(),
+                                 until=lambda got: len(got) >= 1)
+        [record] = decode_all([delivered], NOTIFICATIONS_DELIVERIES)
+        assert record.payload["outcome"] == "FAILED" and "550" in record.payload["reason"]
+        assert address not in record.payload["reason"].encode() and b"@" not in record.payload["reason"].encode()
+        [dlq] = read_topic(bootstrap, DEAD_LETTER_TOPICS[NOTIFIER].name, keep=lambda m: m.key() == order_id.encode(),
+                           until=lambda got: len(got) >= 1)
+        headers = dict(dlq.headers())
+        assert b"550" in headers[deadletter.ERROR], headers
+        assert not [name for name, value in headers.items() if address in value], "no header names the address"
+        assert address in dlq.value(), "the dead letter's value is the request itself, which carries it"
+        async with aiohttp.ClientSession() as session, session.get(f"{notifier.url}/metrics") as response:
+            assert response.status == 200 and address not in await response.read()
+    finally:
+        notifier.stop(signal.SIGTERM)
+        smtp.stop()
+    log = (tmp_path / "notifier.log").read_bytes()
+    assert b"550" in log and address not in log, "the refusal is logged, without the address"
