@@ -92,6 +92,22 @@ def verify(secrets: bytes | Sequence[bytes], header: str | None, body: bytes, no
         raise SignatureError("signature does not match the body")
 
 
+def verified_delivery_id(secrets: bytes | Sequence[bytes], header: str | None, body: bytes, now: float,
+                         tolerance: float = 300) -> str:
+    """What a receiver de-duplicates on: the ``delivery_id`` inside the signed body, once the
+    signature and its timestamp are verified (``verify``). Not the ``Idempotency-Key`` header,
+    which the signature does not cover: a request captured within the tolerance and replayed under
+    a new key is still this delivery. A body without one is a ValueError."""
+    verify(secrets, header, body, now, tolerance)
+    try:
+        delivery_id = json.loads(body)["delivery_id"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError("the signed body has no delivery_id") from exc
+    if not isinstance(delivery_id, str) or not delivery_id:
+        raise ValueError("the signed body has no delivery_id")
+    return delivery_id
+
+
 def message_id(delivery_id: str, domain: str) -> str:
     """Deterministic: a re-sent email carries the same Message-ID, so mail systems can drop it."""
     return f"<{hashlib.sha256(delivery_id.encode()).hexdigest()[:40]}@{domain}>"

@@ -5,8 +5,10 @@ they receive as files so a person can read what customers would have been told.
     webhook  http://127.0.0.1:$ORDEROPS_SINK_PORT (6180)/hooks/notifications
              -> .run/sinks/webhooks/<n>-<idempotency key>.json ; GET / lists everything received
 
-The webhook receiver does what a real one must: it verifies the HMAC signature and its timestamp
-(401 otherwise) and drops a repeated Idempotency-Key (200, not stored twice).
+The webhook receiver does what a real one must (docs/webhooks.md): it verifies the HMAC signature
+and its timestamp (401 otherwise), and drops a delivery whose signed ``delivery_id`` it has (200,
+not stored twice). The ``Idempotency-Key`` header is not signed: one that differs from the signed
+id is refused (400), so a captured request replayed under a new key is still the same delivery.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-from notifier.channels import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, SignatureError, verify
+from notifier.channels import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, SignatureError, verified_delivery_id
 from orderops.ops.settings import default_run_dir
 
 
@@ -52,17 +54,20 @@ def webhook_app(secrets: Callable[[], list[bytes]], folder: Path) -> web.Applica
     async def receive(request: web.Request) -> web.Response:
         body = await request.read()
         try:
-            verify(secrets(), request.headers.get(SIGNATURE_HEADER), body, time.time())
+            delivery_id = verified_delivery_id(secrets(), request.headers.get(SIGNATURE_HEADER), body, time.time())
         except SignatureError as exc:
             return web.json_response({"error": str(exc)}, status=401)
-        key = request.headers.get(IDEMPOTENCY_HEADER)
-        if not key:
-            return web.json_response({"error": f"missing {IDEMPOTENCY_HEADER}"}, status=400)
-        if _safe(key) in seen:
-            return web.json_response({"status": "duplicate ignored", "idempotency_key": key})
-        seen.add(_safe(key))
-        (folder / f"{time.time_ns()}-{_safe(key)}.json").write_bytes(body)
-        return web.json_response({"status": "stored", "idempotency_key": key})
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        header = request.headers.get(IDEMPOTENCY_HEADER)
+        if header is not None and header != delivery_id:
+            return web.json_response({"error": f"{IDEMPOTENCY_HEADER} {header!r} is not the signed delivery id "
+                                               f"{delivery_id!r}"}, status=400)
+        if _safe(delivery_id) in seen:
+            return web.json_response({"status": "duplicate ignored", "delivery_id": delivery_id})
+        seen.add(_safe(delivery_id))
+        (folder / f"{time.time_ns()}-{_safe(delivery_id)}.json").write_bytes(body)
+        return web.json_response({"status": "stored", "delivery_id": delivery_id})
 
     async def index(request: web.Request) -> web.Response:
         received = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]

@@ -191,3 +191,39 @@ async def test_an_address_that_is_not_ascii_goes_with_smtputf8_and_a_server_with
         server.stop()
     assert refused.value.permanent and not refused.value.in_doubt and "SMTPUTF8" in str(refused.value)
     assert len(received) == 1
+
+
+async def test_the_sink_keys_a_delivery_by_its_signed_id_not_by_the_unsigned_header(tmp_path):
+    """A signed webhook captured within the signature's tolerance and replayed under a new
+    Idempotency-Key is the same delivery: the make-run sink stores it once (found: it stored it twice)."""
+    import json
+    import time
+
+    import aiohttp
+    from aiohttp import web
+
+    from notifier.channels import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, sign
+    from notifier.sinks import webhook_app
+
+    runner = web.AppRunner(webhook_app(lambda: [b"k"], tmp_path / "webhooks"))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    body = json.dumps({"delivery_id": "n-1/webhook", "subject": "s"}).encode()
+
+    async def post(key: str | None, signed_at: float) -> tuple[int, dict]:
+        headers = {SIGNATURE_HEADER: sign([b"k"], body, int(signed_at)), **({IDEMPOTENCY_HEADER: key} if key else {})}
+        async with aiohttp.ClientSession() as session, session.post(
+                f"http://127.0.0.1:{port}/hooks/notifications", data=body, headers=headers) as response:
+            return response.status, await response.json()
+
+    try:
+        now = time.time()
+        assert await post("n-1/webhook", now) == (200, {"status": "stored", "delivery_id": "n-1/webhook"})
+        assert (await post(None, now))[1]["status"] == "duplicate ignored"
+        status, answer = await post("replayed-under-a-new-key", now)
+        assert status == 400 and "not the signed delivery id" in answer["error"]
+        assert (await post("n-1/webhook", now - 301))[0] == 401, "a stale signature is refused"
+        assert len(list((tmp_path / "webhooks").glob("*.json"))) == 1
+    finally:
+        await runner.cleanup()
