@@ -51,6 +51,7 @@ from orderops.runtime.producer import BatchProducer, batch_producer_config
 from orderops.runtime.store import install as install_store_memory
 from orderops.runtime.store import shared as shared_store_memory
 
+NOT_AUTHENTICATED = "not authenticated: send 'Authorization: Bearer <token>' (tokens: orderops users add)"
 DEAD_LETTERS_REMEMBERED = 100_000  # (origin, reason) a worker will not dead-letter twice
 log = logging.getLogger("orderops.service")
 
@@ -120,6 +121,7 @@ class Service:
         self._table_names: list[str] = []
         self._input_names = frozenset(t.name for t in catalog.inputs_of(name))
         self.users = Users(self.settings.support_users_file)
+        self._told_problem: str | None = None
         if self.users.problem:
             log.warning("%s: %s. Every API call but /healthz and /metrics answers 401; add users with "
                         "`orderops users add <user id> <role>`.", name, self.users.problem)
@@ -362,16 +364,17 @@ class Service:
 
     def requires(self, role: str):
         """Decorate a view method: only a user with ``role`` (or a higher one) gets in. No or an
-        unknown token: 401; a known user without the role: 403. The user is ``signed_in(request)``."""
-        users = self.users
+        unknown token: 401, saying only how to sign in (what is wrong with the users file, and where
+        it is, goes to the log); a known user without the role: 403. The user is ``signed_in(request)``."""
+        users, service = self.users, self
 
         def decorate(handler):
             @functools.wraps(handler)
             async def guarded(view, request, *args, **kwargs):
                 user = users.authenticate(bearer_token(request.headers.get("Authorization")))
                 if user is None:
-                    why = users.problem or "sign in: send 'Authorization: Bearer <token>' (tokens: orderops users add)"
-                    return view.json({"error": f"not authenticated: {why}"}, status=401,
+                    service._tell_users_problem()
+                    return view.json({"error": NOT_AUTHENTICATED}, status=401,
                                      headers={"WWW-Authenticate": 'Bearer realm="orderops"'})
                 if not user.may(role):
                     return view.json({"error": f"{user.user_id} is {user.role}; this needs the {role} role"}, status=403)
@@ -381,6 +384,15 @@ class Service:
             return guarded
 
         return decorate
+
+    def _tell_users_problem(self) -> None:
+        """A refusal because nobody can sign in (no users file, or a broken one) is logged, once per
+        problem: the caller is told only to sign in."""
+        problem = self.users.problem
+        if problem and problem != self._told_problem:
+            self._told_problem = problem
+            log.warning("%s: a request was refused: %s. Fix the users file or add users with "
+                        "`orderops users add <user id> <role>`.", self.name, problem)
 
     def order_page(self, path: str, table: faust.TableT, describe: Callable[[dict], dict]) -> None:
         """``GET path`` (with ``{order_id}``): the order's state as ``describe`` renders it, answered

@@ -81,3 +81,13 @@ def test_every_state_machine_rejects_a_meaningless_event_before_its_handlers(mac
 
     valid = machine.apply(outcome.state, order_placed(), STOREFRONT_ORDERS.name, now, timedelta(hours=1))
     assert replace(valid.state, seen=nothing.seen) != nothing and not valid.of(Rejected)  # the real order is placed
+
+
+def test_only_http_and_https_links_with_a_host_are_kept():
+    from orderops.model.contract import web_link
+
+    assert web_link("https://track.example/JD1") == "https://track.example/JD1"
+    assert web_link(" http://track.example/x ") == "http://track.example/x"
+    for unsafe in ("javascript:alert(1)", "JavaScript:alert(1)", "data:text/html,<script>", "//evil.example/x",
+                   "https:///nohost", "vbscript:x", "", None, "track.example/JD1"):
+        assert web_link(unsafe) == "", unsafe

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from orderops.model import catalog
 from orderops.model.envelope import Envelope
@@ -144,3 +145,13 @@ def violation(event: Envelope, began: datetime | None) -> Violation | None:
         if found is not None:
             return found
     return None
+
+
+def web_link(url: str | None) -> str:
+    """``url`` if it is a link a customer or an agent may be sent to (http or https, with a host),
+    else "": a tracking URL comes from upstream and reaches an ``href`` in the console and the
+    customer's messages, where ``javascript:`` or ``data:`` would run or mislead."""
+    if not url:
+        return ""
+    parts = urlsplit(url.strip())
+    return url.strip() if parts.scheme.lower() in ("http", "https") and parts.netloc else ""

@@ -14,6 +14,7 @@ from typing import Any
 
 from fulfillment.machines import BUCKETS, SHIPMENT, SHIPMENT_TRIGGERS, SHIPPED_STATES, TRACKING_TRIGGERS, UNIT_MOVES
 from orderops.model import workflow
+from orderops.model.contract import web_link
 from orderops.model.envelope import Envelope, StoredAsJson, from_json
 from orderops.model.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Step, evolve
 
@@ -456,7 +457,7 @@ def _shipment_event(step: FulfillmentStep) -> None:
     changes: dict[str, Any] = {}
     if kind == "ShipmentDispatched":
         changes = {"carrier": payload["carrier"], "tracking_number": payload["tracking_number"],
-                   "tracking_url": payload.get("tracking_url", ""), "estimated_delivery": payload.get("estimated_delivery")}
+                   "tracking_url": web_link(payload.get("tracking_url")), "estimated_delivery": payload.get("estimated_delivery")}
     reason = {"DeliveryFailed": f"delivery failed: {payload.get('reason', '')}"}.get(kind, kind)
     updated = step.shipment_trigger(shipment, trigger, reason, **changes)
     unit_event = {"ShipmentDispatched": "ShipmentDispatched", "ShipmentDelivered": "ShipmentDelivered",

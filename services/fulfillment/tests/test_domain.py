@@ -250,3 +250,12 @@ def test_a_delay_or_a_delivery_changes_what_a_line_waits_for_and_is_published():
     assert said[0].waiting_for == "2 on the way in parcel P1 (delayed)" and said[0].parcels == ("P1",)
     _, records = run(delivered("P1"), state=state)
     assert of(records, StatusSnapshot)[-1].status == "partially_delivered"
+
+
+def test_a_tracking_link_that_is_not_http_is_not_kept_nor_sent_to_the_customer():
+    unsafe = dispatched("P1", "JD0001")
+    unsafe = replace(unsafe, payload={**unsafe.payload, "tracking_url": "javascript:alert(1)"})
+    state, records = run(placed(), created("P1", ("l1", 2), ("l3", 3)), unsafe)
+    [shipment] = state.shipments
+    assert shipment.tracking_url == "" and shipment.tracking_number == "JD0001"
+    assert all("javascript" not in repr(n) for n in of(records, Notify))

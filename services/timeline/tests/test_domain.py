@@ -288,3 +288,11 @@ def test_an_agent_action_that_overtook_its_escalation_is_applied_when_it_opens()
     assert view["escalations"][escalation_id]["state"] == "acknowledged"
     assert sorted(repr(e) for out in early for e in out.escalations) == \
         sorted(repr(e) for out in in_order for e in out.escalations)
+
+
+def test_a_tracking_link_that_is_not_http_never_reaches_the_view():
+    story = split_order_story()
+    events = [(topic, replace(e, payload={**e.payload, "tracking_url": "javascript:alert(document.cookie)"})
+               if e.short_type == "ShipmentDispatched" else e) for topic, e in story.events]
+    view, _ = feed(events)
+    assert view["shipments"]["P1"]["tracking_url"] == "" and view["shipments"]["P1"]["tracking_number"] == "JD1"

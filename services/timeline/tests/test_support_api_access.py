@@ -72,3 +72,24 @@ async def test_processor_read_apis_need_a_token_too(catalog_topics, tmp_path, ru
         assert (await process.get_json("/healthz", token=""))[0] == 200, "health stays open for the orchestrator"
     finally:
         process.stop(signal.SIGKILL)
+
+
+async def test_a_401_says_how_to_sign_in_and_only_the_log_says_what_is_wrong_with_the_users_file(
+        catalog_topics, tmp_path, run_id):
+    """No users file: nobody can sign in. The caller is told to sign in, not where the file is nor
+    what is wrong with it (found: the 401 named the file's path); the log says both."""
+    from orderops_tools.testing import start_processors
+
+    missing = tmp_path / "secret-place" / "support-users"
+    process = start_processors(catalog_topics, tmp_path, {"ORDEROPS_INSTANCE": f"nouser{run_id}",
+                                                          "ORDEROPS_SUPPORT_USERS_FILE": str(missing)},
+                               names=("fulfillment",))["fulfillment"]
+    try:
+        await process.wait_ready(timeout=120)
+        status, answer = await process.call("GET", "/orders/x/fulfillment", token="some-token")
+        assert status == 401 and "Authorization: Bearer" in answer["error"]
+        assert "secret-place" not in answer["error"] and "users file" not in answer["error"], answer
+    finally:
+        process.stop(signal.SIGKILL)
+    log = (tmp_path / "fulfillment.log").read_text()
+    assert str(missing) in log and "cannot be read" in log

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from orderops.model.contract import web_link
 from orderops.model.envelope import Envelope
 
 # Timeline entries an order keeps for the API (the topic keeps all). They are kept apart from the
@@ -248,7 +249,7 @@ def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
     elif kind == "ShipmentDispatched":
         shipment = view["shipments"].setdefault(p["shipment_id"], {"delayed": False})
         shipment.update(carrier=p["carrier"], tracking_number=p["tracking_number"],
-                        tracking_url=p.get("tracking_url", ""), last_update_at=at)
+                        tracking_url=web_link(p.get("tracking_url")), last_update_at=at)
         if SHIPMENT_PROGRESS.get(shipment.get("state"), 0) < SHIPMENT_PROGRESS["dispatched"]:
             shipment["state"] = "dispatched"
     elif kind == "PaymentAuthorized" and p.get("expires_at"):
