@@ -14,7 +14,7 @@ Settings (environment, defaults for a local run):
                                       many SMTP connections at most
   ORDEROPS_NOTIFIER_SEND_TIMEOUT_SECONDS  5
   ORDEROPS_NOTIFIER_MAX_ATTEMPTS      10
-  ORDEROPS_NOTIFIER_BACKOFF_SECONDS   2 (doubling per attempt, full jitter, capped by _BACKOFF_MAX_SECONDS 300)
+  ORDEROPS_NOTIFIER_BACKOFF_SECONDS   2 (doubling per attempt, equal jitter, capped by _BACKOFF_MAX_SECONDS 300)
   ORDEROPS_NOTIFIER_BREAKER_FAILURES  5   consecutive failures that open a channel's circuit
   ORDEROPS_NOTIFIER_BREAKER_SECONDS   30  how long it stays open
   ORDEROPS_NOTIFIER_COALESCE_SECONDS  0   merge same-type requests of an order within this window (0: off)

@@ -279,12 +279,16 @@ class WebhookChannel:
 
 class CircuitBreaker:
     """Per channel: after ``threshold`` consecutive failures the channel is not tried for
-    ``cooldown`` seconds (deliveries wait, their attempts are not spent); then one trial decides."""
+    ``cooldown`` seconds (deliveries wait, their attempts are not spent); then one trial decides:
+    half open, ``allows`` lets one send through, and the others wait until it succeeded (closed)
+    or failed (open again). A trial that tells nothing for ``cooldown`` (its send was cancelled)
+    is taken as lost, and another may go."""
 
     def __init__(self, threshold: int, cooldown: float, clock=time.monotonic) -> None:
         self.threshold, self.cooldown, self.clock = threshold, cooldown, clock
         self.failures = 0
         self.open_until: float | None = None
+        self.trial_since: float | None = None  # half open: when the one trial went
 
     @property
     def state(self) -> str:
@@ -293,15 +297,26 @@ class CircuitBreaker:
         return "open" if self.clock() < self.open_until else "half_open"
 
     def allows(self) -> bool:
-        return self.state != "open"
+        """Whether a send may go now; half open, the first asks is the trial."""
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "open":
+            return False
+        now = self.clock()
+        if self.trial_since is not None and now - self.trial_since < self.cooldown:
+            return False
+        self.trial_since = now
+        return True
 
     def retry_in(self) -> float:
         return max(0.0, (self.open_until or 0.0) - self.clock())
 
     def succeeded(self) -> None:
-        self.failures, self.open_until = 0, None
+        self.failures, self.open_until, self.trial_since = 0, None, None
 
     def failed(self) -> None:
         self.failures += 1
         if self.failures >= self.threshold or self.state == "half_open":
             self.open_until = self.clock() + self.cooldown
+        self.trial_since = None

@@ -109,7 +109,7 @@ class Dispatcher:
             failed = move(move(delivery, "attempt"), "gave_up", due_at=None, last_error=str(exc))
             return ledger.put(failed), None, [Publication(failed, "FAILED", None, str(exc))]
         breaker = self.breakers[delivery.channel]
-        if not breaker.allows():
+        if breaker.state == "open":
             return ledger.put(self._deferred(delivery, in_doubt, now)), None, []
         attempting = move(delivery, "attempt", attempts=delivery.attempts + 1,
                           in_doubt=delivery.in_doubt + in_doubt, doubtful=False)
@@ -117,7 +117,8 @@ class Dispatcher:
         return ledger.put(attempting), Attempt(delivery, attempting, rendered, in_doubt), published
 
     async def send(self, attempt: Attempt) -> Sent:
-        """The second half's I/O: the message to the far end, unless its circuit opened meanwhile."""
+        """The second half's I/O: the message to the far end, unless its circuit opened meanwhile
+        (or, half open, another send is its one trial)."""
         delivery = attempt.delivery
         breaker = self.breakers[delivery.channel]
         if not breaker.allows():

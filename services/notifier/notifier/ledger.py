@@ -119,7 +119,8 @@ class RetryPolicy:
     cap: timedelta = timedelta(minutes=5)
 
     def next_attempt(self, delivery: Delivery, now: datetime) -> datetime:
-        """Exponential backoff with full jitter, seeded by the delivery so a replay waits alike."""
+        """Exponential backoff with equal jitter (half the delay fixed, half drawn at random: never
+        a retry at once), seeded by the delivery so a replay waits alike."""
         ceiling = min(self.cap, self.base * (2 ** max(delivery.attempts - 1, 0)))
         jitter = random.Random(f"{delivery.delivery_id}:{delivery.attempts}").uniform(0.5, 1.0)
         return now + ceiling * jitter

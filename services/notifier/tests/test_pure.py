@@ -340,3 +340,31 @@ def test_circuit_breaker_opens_after_consecutive_failures_and_half_opens_after_c
     now[0] = 25
     breaker.succeeded()
     assert breaker.state == "closed"
+
+
+def test_a_half_open_circuit_lets_one_trial_through_and_the_others_wait_for_its_outcome():
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=1, cooldown=10, clock=lambda: now[0])
+    breaker.failed()
+    now[0] = 10.5
+    assert breaker.state == "half_open"
+    assert [breaker.allows() for _ in range(4)] == [True, False, False, False], "one trial, not every caller"
+    breaker.succeeded()
+    assert breaker.state == "closed" and all(breaker.allows() for _ in range(3))
+    breaker.failed()
+    now[0] = 21
+    assert breaker.allows() and not breaker.allows()
+    breaker.failed()
+    assert breaker.state == "open" and not breaker.allows()
+    now[0] = 31.5
+    assert breaker.allows(), "half open again after the cooldown"
+    now[0] = 42
+    assert breaker.allows(), "a trial that told nothing for the cooldown is taken as lost"
+
+
+def test_backoff_keeps_half_the_delay_and_draws_the_other_half():
+    policy = RetryPolicy(max_attempts=8, base=timedelta(seconds=4), cap=timedelta(seconds=30))
+    for attempts in range(1, 8):
+        ceiling = min(30.0, 4 * 2 ** (attempts - 1))
+        wait = (policy.next_attempt(Delivery(f"d-{attempts}", "email", "t", (), attempts=attempts), T0) - T0).total_seconds()
+        assert ceiling / 2 <= wait <= ceiling
