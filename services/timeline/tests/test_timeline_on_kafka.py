@@ -5,9 +5,11 @@ a replay of the same topics into fresh state producing identical timeline and es
 from __future__ import annotations
 
 import random
+import re
 import signal
 from collections import defaultdict
 
+import aiohttp
 import pytest
 from orderops_tools.testing import ServiceProcess, decode_all, free_port, poll_json, producer, read_topic
 from story import split_order_story
@@ -121,6 +123,11 @@ async def test_view_api_and_replay(catalog_topics, run_id, tmp_path, support_use
         view = await poll_json(first, f"/orders/{order_id}", lambda v: "vip" in v["tags"] and len(v["contacts"]) == 3
                                and v["escalations"][escalation["escalation_id"]]["state"] == "resolved")
         assert view["tags"]["vip"]["by"] == "ann"
+        # A tag an agent typed is a view's fact, not a metric label: the contact after it counts as "other".
+        async with aiohttp.ClientSession() as session, session.get(f"{first.url}/metrics") as response:
+            metrics = await response.text()
+        assert 'tag="vip"' not in metrics
+        assert re.search(r'orderops_support_contacts_by_tag_total\{repeat="(true|false)",tag="other"\} [1-9]', metrics)
         # support.order-views may skip a view superseded within one batch, never the newest: its last
         # record of the order is the view after the last action (three contacts, the tag, one resolved).
         newest = lambda got: bool(got) and decode_all(got[-1:], SUPPORT_ORDER_VIEWS)[0].payload["contacts"] == 3  # noqa: E731

@@ -23,8 +23,18 @@ entries = service.table("entries", default=None, help="Timeline entries per orde
 
 RULES = Rules.load(Path(os.environ.get("ORDEROPS_TIMELINE_RULES", Path(__file__).parent / "rules.yaml")))
 
-# Root-cause tags known up front (those the rules apply); agents may add others.
+# Root-cause tags known up front (those the rules apply); agents may add others, which the metrics
+# count as "other": a label value per word an agent types would grow the series without bound.
 KNOWN_TAGS = sorted({t for r in RULES.escalations for t in r.tags} | {t.tag for t in RULES.tags} | {"untagged"})
+OTHER_TAG = "other"
+
+
+def tag_label(tag: str) -> str:
+    """The ``tag`` label of a root-cause tag: itself if the rules know it, else ``other``."""
+    return tag if tag in KNOWN_TAG_SET else OTHER_TAG
+
+
+KNOWN_TAG_SET = frozenset(KNOWN_TAGS)
 
 ACCURACY = Counter("orderops_notification_accuracy_total",
                    "Delivered notifications whose item-level claims matched the fulfillment truth at send time",
@@ -38,7 +48,7 @@ CONTACTS_BY_TAG = Counter("orderops_support_contacts_by_tag_total",
 ESCALATIONS = Counter("orderops_escalations_total", "Escalations opened and resolved", ["rule", "event"])
 initialise(ACCURACY, [("accurate", "ok")])
 initialise(CONTACTS, [("true",), ("false",)])
-initialise(CONTACTS_BY_TAG, [(repeat, tag) for repeat in ("true", "false") for tag in KNOWN_TAGS])
+initialise(CONTACTS_BY_TAG, [(repeat, tag) for repeat in ("true", "false") for tag in (*KNOWN_TAGS, OTHER_TAG)])
 initialise(ESCALATIONS, [(rule.rule_id, kind) for rule in RULES.escalations
                          for kind in ("EscalationOpened", "EscalationResolved")])
 LATENCY = Histogram(

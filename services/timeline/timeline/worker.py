@@ -22,6 +22,7 @@ from timeline.app import (
     entries,
     open_escalations,
     service,
+    tag_label,
     views,
 )
 from timeline.records import changes_view, publishable, view_record
@@ -92,7 +93,7 @@ def _written(order_id: str, view: dict, out: domain.Outputs, record: Any) -> Non
     for repeat, tags in out.contacts:
         CONTACTS.labels(str(repeat).lower()).inc()
         for tag in tags or ("untagged",):
-            CONTACTS_BY_TAG.labels(str(repeat).lower(), tag).inc()
+            CONTACTS_BY_TAG.labels(str(repeat).lower(), tag_label(tag)).inc()
     for escalation_id, kind, _ in out.escalations:
         ESCALATIONS.labels(view["escalations"][escalation_id]["rule"], kind).inc()
 
