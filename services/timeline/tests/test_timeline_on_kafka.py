@@ -113,6 +113,14 @@ async def test_view_api_and_replay(catalog_topics, run_id, tmp_path, support_use
         assert (await call(first, "POST", "/returns/r-1/approve-exception", {"order_id": order_id, "reason": "x"},
                            token=agent))[0] == 403
 
+        # An Idempotency-Key makes a retried action the same event, for that order and action only.
+        key = {"Idempotency-Key": f"k-{run_id}"}
+        tagged = [(await first.call("POST", f"/orders/{order_id}/tags", {"tag": "loyal"}, token=agent, headers=key))[1]
+                  for _ in range(2)]
+        noted = (await first.call("POST", f"/orders/{order_id}/contacts", {"channel": "CHAT", "reason": "again"},
+                                  token=agent, headers=key))[1]
+        assert tagged[0]["event_id"] == tagged[1]["event_id"] != noted["event_id"], (tagged, noted)
+
         # Writes become events on support.actions with the signed-in user, and come back into the view.
         assert (await call(first, "POST", f"/orders/{order_id}/tags", {"tag": "vip"}, token=agent))[0] == 202
         assert (await call(first, "POST", f"{escalation_path}/ack", {"note": "calling back"}, token=agent))[0] == 202
@@ -120,7 +128,7 @@ async def test_view_api_and_replay(catalog_topics, run_id, tmp_path, support_use
                            token=lead))[0] == 202
         assert (await call(first, "POST", f"/orders/{order_id}/contacts", {"channel": "CHAT", "reason": "thanks"},
                            token=admin))[0] == 202
-        view = await poll_json(first, f"/orders/{order_id}", lambda v: "vip" in v["tags"] and len(v["contacts"]) == 3
+        view = await poll_json(first, f"/orders/{order_id}", lambda v: "vip" in v["tags"] and len(v["contacts"]) == 4
                                and v["escalations"][escalation["escalation_id"]]["state"] == "resolved")
         assert view["tags"]["vip"]["by"] == "ann"
         # A tag an agent typed is a view's fact, not a metric label: the contact after it counts as "other".
@@ -129,8 +137,8 @@ async def test_view_api_and_replay(catalog_topics, run_id, tmp_path, support_use
         assert 'tag="vip"' not in metrics
         assert re.search(r'orderops_support_contacts_by_tag_total\{repeat="(true|false)",tag="other"\} [1-9]', metrics)
         # support.order-views may skip a view superseded within one batch, never the newest: its last
-        # record of the order is the view after the last action (three contacts, the tag, one resolved).
-        newest = lambda got: bool(got) and decode_all(got[-1:], SUPPORT_ORDER_VIEWS)[0].payload["contacts"] == 3  # noqa: E731
+        # record of the order is the view after the last action (four contacts, the tag, one resolved).
+        newest = lambda got: bool(got) and decode_all(got[-1:], SUPPORT_ORDER_VIEWS)[0].payload["contacts"] == 4  # noqa: E731
         published = decode_all(read_topic(bootstrap, SUPPORT_ORDER_VIEWS.name, until=newest,
                                           keep=lambda m: m.key() == order_id.encode()), SUPPORT_ORDER_VIEWS)
         still_open = sorted(k for k, e in view["escalations"].items() if e["state"] != "resolved")
@@ -138,10 +146,12 @@ async def test_view_api_and_replay(catalog_topics, run_id, tmp_path, support_use
         assert published[-1].payload["open_escalations"] == still_open
         assert published[-1].payload["order_state"] == view["order"]["state"]
         actions = decode_all(read_topic(bootstrap, SUPPORT_ACTIONS.name, keep=lambda m: m.key() == order_id.encode(),
-                                        until=lambda got: len(got) >= 4), SUPPORT_ACTIONS)
+                                        until=lambda got: len(got) >= 7), SUPPORT_ACTIONS)
         assert [(a.short_type, a.payload["actor"]["user_id"]) for a in actions] == [
+            ("TagApplied", "ann"), ("TagApplied", "ann"), ("ContactLogged", "ann"),  # the retried tag: one event id
             ("TagApplied", "ann"), ("EscalationAcknowledged", "ann"), ("EscalationResolvedByAgent", "lee"),
             ("ContactLogged", "root")]
+        assert actions[0].event_id == actions[1].event_id != actions[2].event_id
         # The same story with its events shuffled across topics ends in the same view.
         shuffled_id = f"tls-{run_id}"
         publish(bootstrap, shuffled_id, shuffle_seed=int(run_id, 16))

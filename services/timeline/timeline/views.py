@@ -85,11 +85,12 @@ async def _body(request: web.Request) -> dict:
 
 async def _act(request: web.Request, order_id: str, type_name: str, payload: dict) -> dict:
     """Write one support action by the signed-in user; ``Idempotency-Key`` makes a retried request
-    the same event."""
+    the same event. The key is scoped to the order and the action: the same key sent with another
+    action or for another order is another event (a console reusing a key must not lose an action)."""
     key = request.headers.get("Idempotency-Key")
     if key is not None and not re.fullmatch(r"[A-Za-z0-9._:-]{1,100}", key):
         raise BadRequest("Idempotency-Key must be 1-100 of letters, digits, . _ : -")
-    event_id = f"console:{key}" if key else f"console:{uuid.uuid4()}"
+    event_id = f"console:{order_id}:{type_name}:{key}" if key else f"console:{uuid.uuid4()}"
     envelope = Envelope(event_id, order_id, datetime.now(UTC), service.name, f"orderops.support.{type_name}",
                         {"actor": signed_in(request).as_actor(), **payload})
     await service.emit_all(order_id, [(SUPPORT_ACTIONS, envelope.to_record())])
