@@ -97,6 +97,11 @@ def test_a_processor_gets_exactly_what_its_acls_give(secure_broker):
     with pytest.raises(KafkaException) as refused:
         futures[f"{catalog.ORDER_STATE}-probe-changelog"].result(30)
     assert refused.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    # Its own internal topics: created, read and written, never deleted (ALL on the prefix allowed it).
+    gone = admin.delete_topics([f"{catalog.FULFILLMENT}-probe-changelog"], operation_timeout=30)
+    with pytest.raises(KafkaException) as kept:
+        gone[f"{catalog.FULFILLMENT}-probe-changelog"].result(30)
+    assert kept.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
 
 
 def _first_answer(config: dict, topic: str):

@@ -128,6 +128,12 @@ def _writes(topic: catalog.Topic) -> set[Grant]:
     return {Grant("topic", topic.name, "literal", "WRITE"), Grant("topic", topic.name, "literal", "DESCRIBE")}
 
 
+# What a processor does with its own internal topics: create them (before Faust starts, and Faust
+# declares them too), check their settings, read them (table recovery, standbys) and write them.
+# Not delete, nor alter their settings, nor change their ACLs: ALL would give that too.
+INTERNAL_TOPIC_OPERATIONS = ("CREATE", "DESCRIBE", "DESCRIBE_CONFIGS", "READ", "WRITE")
+
+
 def grants(principal: str) -> list[Grant]:
     """Exactly what ``principal`` needs: its inputs, its outputs, its consumer group, and for a
     processor its timer, dead-letter and changelog topics (Faust's ``<app id>-…``)."""
@@ -143,7 +149,8 @@ def grants(principal: str) -> list[Grant]:
         # Its consumer group and its own internal topics (changelogs, Faust's leader topic) are
         # named after its app id, <processor> or <processor>-<instance>.
         found |= {Grant("group", principal, "prefixed", "READ"),
-                  Grant("topic", catalog.changelog_prefix(principal), "prefixed", "ALL")}
+                  *(Grant("topic", catalog.changelog_prefix(principal), "prefixed", operation)
+                    for operation in INTERNAL_TOPIC_OPERATIONS)}
     elif principal == catalog.ON_CALL:
         # `orderops replay` reads any processor's inputs, outputs and changelogs, with groups of its own.
         found |= {Grant("topic", "*", "literal", "READ"), Grant("topic", "*", "literal", "DESCRIBE"),
