@@ -296,3 +296,40 @@ def test_a_tracking_link_that_is_not_http_never_reaches_the_view():
                if e.short_type == "ShipmentDispatched" else e) for topic, e in story.events]
     view, _ = feed(events)
     assert view["shipments"]["P1"]["tracking_url"] == "" and view["shipments"]["P1"]["tracking_number"] == "JD1"
+
+
+def test_the_support_index_answers_the_console_as_a_scan_of_the_views_would():
+    from timeline.domain import SupportIndex
+
+    at = T0
+
+    def view(order_id, customer_id, email, escalations, placed):
+        return {"order_id": order_id, "customer": {"customer_id": customer_id, "email": email}, "placed_at": placed,
+                "order": {"state": "confirmed"}, "fulfillment": {"status": "unfulfilled"},
+                "escalations": {f"{order_id}:{rule}": {"rule": rule, "state": state, "opened_at": opened}
+                                for rule, state, opened in escalations}}
+
+    views = {
+        "o1": view("o1", "c-1", "Ada@Example.com", [("repeat-contact", "open", at), ("refund-sla", "resolved", at)], at),
+        "o2": view("o2", "c-1", "ada@example.com", [("repeat-contact", "acknowledged", at + timedelta(hours=1))],
+                   at + timedelta(days=1)),
+        "o3": view("o3", "c-2", "bob@example.com", [], at),
+    }
+    index = SupportIndex()
+    index.rebuild(views.items())
+
+    def scanned(state, rule):
+        return sorted((eid, o) for o, v in views.items() for eid, e in v["escalations"].items()
+                      if (state == "all" or e["state"] == state or (state == "open" and e["state"] != "resolved"))
+                      and rule in (None, e["rule"]))
+
+    for state in ("open", "acknowledged", "resolved", "all"):
+        for rule in (None, "repeat-contact", "refund-sla"):
+            assert sorted((e["escalation_id"], e["order_id"]) for e in index.escalations(state, rule)) == scanned(state, rule)
+    assert [o["order_id"] for o in index.orders_of(" ADA@example.com ")] == ["o2", "o1"], "newest first, any case"
+    assert [o["order_id"] for o in index.orders_of("c-1")] == ["o2", "o1"]
+    assert index.orders_of("c-9") == [] and index.orders_of("") == []
+    index.update("o1", view("o1", "c-3", "cy@example.com", [], at))  # the order's customer changed
+    assert [o["order_id"] for o in index.orders_of("c-1")] == ["o2"] and index.orders_of("c-3")[0]["order_id"] == "o1"
+    counts = index.counts(at + timedelta(hours=2), RULES)
+    assert counts[("repeat-contact", "under-4h")] == 1 and sum(counts.values()) == 1, "o2's acknowledged one"

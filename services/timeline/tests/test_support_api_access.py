@@ -93,3 +93,20 @@ async def test_a_401_says_how_to_sign_in_and_only_the_log_says_what_is_wrong_wit
         process.stop(signal.SIGKILL)
     log = (tmp_path / "fulfillment.log").read_text()
     assert str(missing) in log and "cannot be read" in log
+
+
+async def test_searches_and_the_queue_answer_429_past_a_users_limit_and_other_users_go_on(
+        catalog_topics, tmp_path, run_id, support_users):
+    process = start(catalog_topics, f"limit{run_id}", tmp_path, ORDEROPS_SUPPORT_QUERIES_PER_MINUTE="3")
+    try:
+        await process.wait_ready(timeout=120)
+        ann, lee = support_users.tokens["ann"], support_users.tokens["lee"]
+        answers = [(await process.call("GET", path, token=ann))[0]
+                   for path in ("/escalations", "/orders?customer=ada@example.com", "/escalations", "/escalations")]
+        assert answers == [200, 200, 200, 429], answers
+        status, body = await process.call("GET", "/escalations", token=ann)
+        assert status == 429 and "times a minute" in body["error"]
+        assert (await process.call("GET", "/escalations", token=lee))[0] == 200, "the limit is per user"
+        assert (await process.call("GET", f"/orders/{ORDER}", token=ann))[0] in (200, 404), "an order's view is not limited"
+    finally:
+        process.stop(signal.SIGKILL)

@@ -46,9 +46,9 @@ def publish(bootstrap: str, order_id: str, shuffle_seed: int | None = None) -> i
     return len(story.events)
 
 
-def start(bootstrap: str, instance: str, tmp_path) -> ServiceProcess:
+def start(bootstrap: str, instance: str, tmp_path, **settings: str) -> ServiceProcess:
     env = {"KAFKA_BOOTSTRAP": bootstrap, "ORDEROPS_INSTANCE": instance, "WEB_PORT": str(free_port()),
-           "ORDEROPS_DATA_DIR": str(tmp_path / instance), "ORDEROPS_CLOCK": "event"}
+           "ORDEROPS_DATA_DIR": str(tmp_path / instance), "ORDEROPS_CLOCK": "event", **settings}
     return ServiceProcess(["-m", "timeline"], env, tmp_path / f"{instance}.log", int(env["WEB_PORT"])).start()
 
 

@@ -11,7 +11,7 @@ from orderops.model.catalog import TIMELINE, WEB_PORTS
 from orderops.model.envelope import from_json
 from orderops.runtime.metrics import GaugeAtScrape, initialise
 from orderops.service import Service
-from timeline.domain import OpenEscalations, Rules
+from timeline.domain import Rules, SupportIndex
 
 service = Service(TIMELINE, default_web_port=WEB_PORTS[TIMELINE])
 app = service.app
@@ -59,14 +59,14 @@ LATENCY = Histogram(
 # Zeros on record before the first event: a series born with its first burst already counted shows no rate.
 initialise(LATENCY, [("upstream",), ("processor",)])
 
-open_escalations = OpenEscalations()
+support_index = SupportIndex()  # orders by customer, escalations: the console's queries without a scan
 
 
 @views.on_recover
 async def _index_recovered_views() -> None:
-    open_escalations.rebuild((order_id, from_json(stored)) for order_id, stored in views.items() if stored)
+    support_index.rebuild((order_id, from_json(stored)) for order_id, stored in views.items() if stored)
 
 
 service.metrics_registry.register(GaugeAtScrape(
     "orderops_escalations_open", "Escalations not resolved, by rule and by how long they have been open",
-    ("rule", "age"), lambda: open_escalations.counts(service.clock.now(), RULES)))
+    ("rule", "age"), lambda: support_index.counts(service.clock.now(), RULES)))

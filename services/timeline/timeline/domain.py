@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -481,33 +481,79 @@ def age_bucket(age: timedelta) -> str:
     return next(label for bound, label in AGE_BUCKETS if bound is None or age < bound)
 
 
-class OpenEscalations:
-    """The open escalations of the orders a worker holds, kept beside the views so that counting
-    them by rule and age never scans the table. Rebuilt from the table after each recovery."""
+@dataclass(frozen=True)
+class IndexedOrder:
+    """What the support queries need of one order's view."""
+
+    customer_keys: frozenset[str]  # its customer's id and e-mail, lower case
+    summary: dict  # the order as a customer search lists it
+    escalations: dict  # escalation id -> the escalation, as the view holds it
+
+
+class SupportIndex:
+    """The orders a worker holds, indexed for the console's queries: orders by customer, the
+    escalation queue, open escalations by rule and age. Kept beside the views (updated as each is
+    written), so that no query scans the table; rebuilt from the table after each recovery."""
 
     def __init__(self) -> None:
-        self._by_order: dict[str, tuple[tuple[str, datetime], ...]] = {}
+        self._orders: dict[str, IndexedOrder] = {}
+        self._by_customer: dict[str, set[str]] = {}
 
     def update(self, order_id: str, view: dict) -> None:
-        still_open = tuple((e["rule"], e["opened_at"]) for e in view["escalations"].values() if e["state"] != "resolved")
-        if still_open:
-            self._by_order[order_id] = still_open
-        else:
-            self._by_order.pop(order_id, None)
+        self._forget(order_id)
+        customer = view.get("customer") or {}
+        keys = frozenset(k for k in (str(customer.get("customer_id") or "").lower(),
+                                     str(customer.get("email") or "").lower()) if k)
+        escalations = dict(view.get("escalations") or {})
+        summary = {"order_id": order_id, "placed_at": view.get("placed_at"),
+                   "order_state": (view.get("order") or {}).get("state"),
+                   "fulfillment_status": (view.get("fulfillment") or {}).get("status"),
+                   "open_escalations": sum(e["state"] != "resolved" for e in escalations.values())}
+        self._orders[order_id] = IndexedOrder(keys, summary, escalations)
+        for key in keys:
+            self._by_customer.setdefault(key, set()).add(order_id)
+
+    def _forget(self, order_id: str) -> None:
+        known = self._orders.pop(order_id, None)
+        if known is not None:
+            for key in known.customer_keys:
+                orders = self._by_customer.get(key)
+                if orders is not None:
+                    orders.discard(order_id)
+                    if not orders:
+                        del self._by_customer[key]
 
     def rebuild(self, views: Any) -> None:
         """From ``(order id, view)`` pairs: the views this worker holds after a rebalance."""
-        self._by_order.clear()
+        self._orders.clear()
+        self._by_customer.clear()
         for order_id, view in views:
             self.update(order_id, view)
+
+    def orders_of(self, customer: str) -> list[dict]:
+        """The orders of a customer (by id or e-mail, any case), newest first."""
+        found = [self._orders[o].summary for o in self._by_customer.get(customer.strip().lower(), ())]
+        return sorted(found, key=lambda o: o["placed_at"] or datetime.min.replace(tzinfo=UTC), reverse=True)
+
+    def escalations(self, state: str, rule: str | None) -> list[dict]:
+        """The queue: escalations in ``state`` ("open": not resolved; "all"), of ``rule`` if given,
+        oldest first."""
+        queue = []
+        for order_id, order in self._orders.items():
+            for escalation_id, e in order.escalations.items():
+                matches = state == "all" or e["state"] == state or (state == "open" and e["state"] != "resolved")
+                if matches and rule in (None, e["rule"]):
+                    queue.append({"escalation_id": escalation_id, "order_id": order_id, **e})
+        return sorted(queue, key=lambda e: e["opened_at"])
 
     def counts(self, now: datetime, rules: Rules) -> dict[tuple[str, str], int]:
         """Open escalations by (rule, age bucket); every rule and bucket present, zero or not."""
         counts = {(rule.rule_id, label): 0 for rule in rules.escalations for _, label in AGE_BUCKETS}
-        for escalations in self._by_order.values():
-            for rule_id, opened_at in escalations:
-                key = (rule_id, age_bucket(now - opened_at))
-                counts[key] = counts.get(key, 0) + 1
+        for order in self._orders.values():
+            for e in order.escalations.values():
+                if e["state"] != "resolved":
+                    key = (e["rule"], age_bucket(now - e["opened_at"]))
+                    counts[key] = counts.get(key, 0) + 1
         return counts
 
 

@@ -13,7 +13,9 @@ import base64
 import functools
 import hashlib
 import json
+import os
 import re
+import time
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,10 +28,34 @@ from orderops.http.app import SECURITY_HEADERS, signed_in
 from orderops.model.catalog import SUPPORT_ACTIONS
 from orderops.model.envelope import Envelope, from_json
 from timeline import api
-from timeline.app import RULES, app, entries, service, views
+from timeline.app import RULES, app, entries, service, support_index, views
 from timeline.domain import entry_key, kept_entries
 
 STATIC = Path(__file__).parent / "static"
+
+
+class PerUserLimit:
+    """At most ``per_minute`` calls a minute per user (a token bucket refilled continuously): each
+    open console tab polls the queue, and a script could poll far faster. Over it: 429."""
+
+    def __init__(self, per_minute: float) -> None:
+        self.per_minute = per_minute
+        self._buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, when counted)
+
+    def take(self, user_id: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        tokens, then = self._buckets.get(user_id, (self.per_minute, now))
+        tokens = min(self.per_minute, tokens + (now - then) * self.per_minute / 60)
+        if tokens < 1:
+            self._buckets[user_id] = (tokens, now)
+            raise BadRequest(f"{user_id} asked more than {self.per_minute:g} times a minute: wait "
+                             f"{(1 - tokens) * 60 / self.per_minute:.0f} s", 429)
+        self._buckets[user_id] = (tokens - 1, now)
+
+
+# Searches and the escalation queue, per user (ORDEROPS_SUPPORT_QUERIES_PER_MINUTE, default 60: a
+# console tab polls every 15 s, so that is fifteen tabs and the searches between).
+searches = PerUserLimit(float(os.environ.get("ORDEROPS_SUPPORT_QUERIES_PER_MINUTE", "60")))
 
 
 class BadRequest(Exception):
@@ -154,15 +180,8 @@ class Orders(web.View):
         wanted = request.query.get("customer", "").strip().lower()
         if not wanted:
             raise BadRequest("give ?customer=<customer id or e-mail>")
-        found = []
-        for order_id, stored in list(views.items()):
-            customer = (stored or {}).get("customer") or {}
-            if wanted in (str(customer.get("customer_id", "")).lower(), str(customer.get("email", "")).lower()):
-                view = from_json(stored)
-                found.append({"order_id": order_id, "placed_at": view["placed_at"], "order_state": view["order"]["state"],
-                              "fulfillment_status": view["fulfillment"]["status"],
-                              "open_escalations": sum(e["state"] != "resolved" for e in view["escalations"].values())})
-        found.sort(key=lambda o: o["placed_at"] or datetime.min.replace(tzinfo=UTC), reverse=True)
+        searches.take(signed_in(request).user_id)
+        found = support_index.orders_of(wanted)
         return 200, {"customer": wanted, "orders": _plain(found)}
 
 
@@ -176,13 +195,8 @@ class Escalations(web.View):
         rule = request.query.get("rule")
         if rule and rule not in {r.rule_id for r in RULES.escalations}:
             raise BadRequest(f"unknown rule {rule!r}; rules: {', '.join(r.rule_id for r in RULES.escalations)}")
-        queue = []
-        for order_id, stored in list(views.items()):
-            for escalation_id, e in (stored or {}).get("escalations", {}).items():
-                matches = state == "all" or e["state"] == state or (state == "open" and e["state"] != "resolved")
-                if matches and rule in (None, e["rule"]):
-                    queue.append({"escalation_id": escalation_id, "order_id": order_id, **from_json(e)})
-        queue.sort(key=lambda e: e["opened_at"])
+        searches.take(signed_in(request).user_id)
+        queue = support_index.escalations(state, rule)
         return 200, {"state": state, "rule": rule, "escalations": _plain(queue)}
 
 

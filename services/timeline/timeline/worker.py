@@ -20,8 +20,8 @@ from timeline.app import (
     LATENCY,
     RULES,
     entries,
-    open_escalations,
     service,
+    support_index,
     tag_label,
     views,
 )
@@ -83,8 +83,8 @@ def _view(view: dict, envelope: Any, now: datetime) -> tuple[bytes, bytes]:
 
 
 def _written(order_id: str, view: dict, out: domain.Outputs, record: Any) -> None:
-    """Once the view is written: the index of open escalations, the metrics."""
-    open_escalations.update(order_id, view)
+    """Once the view is written: the support index, the metrics."""
+    support_index.update(order_id, view)
     if record is not None:
         origin = "upstream" if record.topic in UPSTREAM_TOPICS else "processor"
         LATENCY.labels(origin).observe(max(0.0, time.time() - record.timestamp / 1000))
