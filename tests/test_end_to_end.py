@@ -11,19 +11,16 @@ each processor concluded, and what the customer was told, in order.
 from __future__ import annotations
 
 import asyncio
-import email
 import os
 import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
-from email import policy as email_policy
 
 import pytest
-from aiosmtpd.controller import Controller
 from orderops_tools.provider import RefundDesk
 from orderops_tools.scenario import Story, address, card, customer, line, money
-from orderops_tools.testing import ServiceProcess, free_port, poll_json, producer
+from orderops_tools.testing import Mailbox, ServiceProcess, free_port, poll_json, producer
 
 from orderops.model.catalog import (
     PAYMENTS_EVENTS,
@@ -38,24 +35,13 @@ PLACED = datetime(2026, 11, 2, 9, tzinfo=UTC)
 ETA, SLIPPED = datetime(2026, 11, 12, tzinfo=UTC), datetime(2026, 11, 16, tzinfo=UTC)
 
 
-class Mailbox:
-    def __init__(self) -> None:
-        self.messages: list[email.message.EmailMessage] = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append(email.message_from_bytes(envelope.content, policy=email_policy.default))
-        return "250 OK"
-
-
 async def test_an_order_from_checkout_to_refund(catalog_topics, run_id, tmp_path):
     bootstrap = catalog_topics
     published = subprocess.run([sys.executable, "-m", "orderops.ops.cli", "policies", "publish"], capture_output=True,
                                text=True, env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap})
     assert published.returncode == 0, published.stderr  # as `make run` does
-    mailbox = Mailbox()
-    smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
-    smtp.start()
-    common = {"KAFKA_BOOTSTRAP": bootstrap, "ORDEROPS_INSTANCE": f"e2e{run_id}", "ORDEROPS_SMTP_PORT": str(smtp.port),
+    mailbox = Mailbox().start()
+    common = {"KAFKA_BOOTSTRAP": bootstrap, "ORDEROPS_INSTANCE": f"e2e{run_id}", "ORDEROPS_SMTP_PORT": str(mailbox.port),
               "ORDEROPS_NOTIFIER_CHANNELS": "email", "ORDEROPS_SESSION_TIMEOUT_SECONDS": "6"}
     processes = {name: ServiceProcess(["-m", name], {**common, "WEB_PORT": str(free_port()),
                                                      "ORDEROPS_DATA_DIR": str(tmp_path / name)},
@@ -149,4 +135,4 @@ async def test_an_order_from_checkout_to_refund(catalog_topics, run_id, tmp_path
         provider.stop()
         for process in processes.values():
             process.stop(signal.SIGTERM)
-        smtp.stop()
+        mailbox.stop()

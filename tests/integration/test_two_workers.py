@@ -13,23 +13,13 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from aiosmtpd.controller import Controller
 from orderops_tools.simulator import Config, play
-from orderops_tools.testing import PrivateBroker, ServiceProcess, free_port, orderops_cli, poll_json
+from orderops_tools.testing import Mailbox, PrivateBroker, ServiceProcess, free_port, orderops_cli, poll_json
 
 from orderops.model.catalog import PROCESSORS, order_partitions
 
 pytestmark = pytest.mark.broker
 START = datetime(2026, 10, 1, 8, tzinfo=UTC)
-
-
-class Mailbox:
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append(envelope.content.decode(errors="replace"))
-        return "250 OK"
 
 
 
@@ -39,12 +29,10 @@ async def test_two_workers_of_each_processor_give_the_single_worker_results(run_
     bootstrap, instance = broker.start(), f"two{run_id}"
     assert order_partitions() == 8
     assert orderops_cli(bootstrap, "policies", "publish").returncode == 0
-    mailbox = Mailbox()
-    smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
-    smtp.start()
+    mailbox = Mailbox().start()
     workers: dict[str, list[ServiceProcess]] = {p: [] for p in PROCESSORS}
     common = {"KAFKA_BOOTSTRAP": bootstrap, "ORDEROPS_INSTANCE": instance, "ORDEROPS_SESSION_TIMEOUT_SECONDS": "6",
-              "ORDEROPS_SMTP_PORT": str(smtp.port), "ORDEROPS_NOTIFIER_CHANNELS": "email"}
+              "ORDEROPS_SMTP_PORT": str(mailbox.port), "ORDEROPS_NOTIFIER_CHANNELS": "email"}
     try:
         for processor in PROCESSORS:
             for n in (1, 2):
@@ -94,11 +82,11 @@ async def test_two_workers_of_each_processor_give_the_single_worker_results(run_
             _, ledger = await workers["notifier"][0].get_json(f"/orders/{order_id}/notifications")
             if isinstance(ledger, dict):
                 sent += sum(d["state"] == "sent" for d in ledger.get("deliveries", []))
-        mine = [m for m in mailbox.messages if f"sim-{config.seed}-" in m]
+        mine = [m for m in mailbox.messages if f"sim-{config.seed}-" in m.as_string()]
         assert sent > 0 and len(mine) == sent, (sent, len(mine))
     finally:
         for ws in workers.values():
             for w in ws:
                 w.stop()
-        smtp.stop()
+        mailbox.stop()
         broker.stop()

@@ -13,6 +13,7 @@ import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from orderops.model import contract
@@ -425,3 +426,27 @@ def audit(record: Record) -> tuple[str, dict] | None:
 def envelope(record: Record, event_id: str, source: str, type_name: str, payload: dict) -> dict:
     """An output record: the cause's order and event time, its own derived id."""
     return as_record(event_id, record.cause.order_id, record.cause.occurred_at, source, type_name, payload)
+
+
+@dataclass(frozen=True)
+class CustomerNotice:
+    """A message to the customer an order-level machine asks for (order-state, returns): its type,
+    the facts its template reads, and the amounts it names (instrument, channel, amount, currency)."""
+
+    type: str
+    facts: dict[str, str]
+    amounts: tuple[tuple[str, str, Decimal, str], ...] = ()
+
+
+def notification_request(record: Record, notice: CustomerNotice, customer: dict, order_id: str, source: str) -> dict:
+    """The ``NotificationRequested`` record of ``notice``, derived from ``record``'s cause (its id:
+    ``<cause id>:notify:<type>``, so a cause read again asks for the same message)."""
+    notification_id = f"{record.cause.event_id}:notify:{notice.type}"
+    payload = {
+        "notification_id": notification_id, "type": notice.type, "customer": customer,
+        "cause_event_id": record.cause.event_id, "lines": [],
+        "amounts": [{"instrument_id": i, "channel": channel, "amount": {"amount": amount, "currency": currency}}
+                    for i, channel, amount, currency in notice.amounts],
+        "shipment_id": None, "tracking_url": None, "facts": {"order_id": order_id, **notice.facts},
+    }
+    return envelope(record, notification_id, source, "orderops.notifications.NotificationRequested", payload)

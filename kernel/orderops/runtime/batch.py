@@ -99,9 +99,9 @@ class StateChange:
 
 
 class StateCache:
-    """The values (as the processor uses them: immutable) of the keys the last batches wrote, the
-    most recent ``size`` of them: an order's next event, a batch or two later, does not read and
-    parse its state again. Forgotten at a revocation: a partition may come back after another
+    """The values (as the processor uses them: immutable) of the keys the last batches wrote or
+    read, the most recent ``size`` of them: an order's next event, a batch or two later, does not
+    read and parse its state again. Forgotten at a revocation: a partition may come back after another
     worker changed it."""
 
     def __init__(self, size: int) -> None:
@@ -120,6 +120,13 @@ class StateCache:
             values[where] = change.loaded
             values.move_to_end(where)
         while len(values) > self.size:
+            values.popitem(last=False)
+
+    def remember(self, table: str, key: str, value: Any) -> None:
+        """A value read from the store (what it holds: the batches before wrote it)."""
+        values = self._values
+        values[(table, key)] = value
+        if len(values) > self.size:
             values.popitem(last=False)
 
     def clear(self) -> None:
@@ -156,7 +163,9 @@ class Batch:
         if cached is not _MISSING:
             return cached
         stored = read_stored(table, codecs.dumps(table.key_serializer, key), partition)
-        return None if stored is None else load(codecs.loads(table.value_serializer, stored))
+        value = None if stored is None else load(codecs.loads(table.value_serializer, stored))
+        self.cache.remember(table.name, key, value)  # an order's deadline, read at each of its events, often stays
+        return value
 
     def put(self, table: StateTable, key: str, stored: bytes | None, loaded: Any, partition: int,
             remember: bool = True, at_once: bool = False) -> None:
@@ -301,7 +310,7 @@ class BatchRunner:
         ordered = {tp: batch for tp, batch in records.items() if batch and in_write_order(tp.topic)}
         waiting: dict[TP, int] = {}
         if ordered:
-            states = engine.partition_states()
+            states = engine.partition_states({tp.partition for tp in ordered})
 
             def lag(tp: TP) -> int | None:
                 state = states.get(tp)

@@ -282,8 +282,9 @@ class Engine:
         """False once a rebalance (or the worker's stop) began: what is not applied yet waits."""
         return self.consumer.flow_active and not self.consumer.should_stop
 
-    def partition_states(self) -> dict[TP, PartitionState]:
-        """aiokafka's state of every assigned partition; empty while there is none."""
+    def partition_states(self, numbers: set[int] | None = None) -> dict[TP, PartitionState]:
+        """aiokafka's state of every assigned partition (of the partition ``numbers`` only, if
+        given: a batch's tasks); empty while there is none."""
         try:
             subscription = self.consumer._thread._ensure_consumer()._subscription.subscription
             assignment = subscription.assignment if subscription is not None else None
@@ -293,6 +294,8 @@ class Engine:
             return {}
         states = {}
         for tp in assignment.tps:
+            if numbers is not None and tp.partition not in numbers:
+                continue
             state = assignment.state_value(tp)
             states[TP(tp.topic, tp.partition)] = PartitionState(state._position, state.highwater, state.paused)
         return states

@@ -24,7 +24,7 @@ ORDER_MACHINE = "fulfillment"  # the derived order-level status, published as it
 # -- state ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Line:
+class LineUnits:
     line_id: str
     name: str
     ordered: int
@@ -67,13 +67,13 @@ class FulfillmentState(StoredAsJson):
     order_id: str
     placed: bool = False
     customer: dict | None = None
-    lines: tuple[Line, ...] = ()
+    lines: tuple[LineUnits, ...] = ()
     shipments: tuple[Shipment, ...] = ()
     seen: frozenset[str] = frozenset()
     parked: tuple[Parked, ...] = ()
     history: tuple[HistoryEntry, ...] = ()
 
-    def line(self, line_id: str) -> Line | None:
+    def line(self, line_id: str) -> LineUnits | None:
         for x in self.lines:
             if x.line_id == line_id:
                 return x
@@ -85,7 +85,7 @@ class FulfillmentState(StoredAsJson):
                 return s
         return None
 
-    def with_line(self, updated: Line) -> FulfillmentState:
+    def with_line(self, updated: LineUnits) -> FulfillmentState:
         return evolve(self, lines=tuple(updated if x.line_id == updated.line_id else x for x in self.lines))
 
     def with_shipment(self, updated: Shipment) -> FulfillmentState:
@@ -116,14 +116,14 @@ class FulfillmentState(StoredAsJson):
         plain = from_json({k: v for k, v in data.items() if k != "parked"})
         return cls(
             order_id=plain["order_id"], placed=plain["placed"], customer=plain["customer"],
-            lines=tuple(Line(**x) for x in plain["lines"]),
+            lines=tuple(LineUnits(**x) for x in plain["lines"]),
             shipments=tuple(Shipment(**{**s, "lines": tuple(tuple(x) for x in s["lines"])}) for s in plain["shipments"]),
             seen=frozenset(plain["seen"]), parked=tuple(Parked.from_json(p) for p in data["parked"]),
             history=tuple(HistoryEntry(**h) for h in plain["history"]),
         )
 
 
-def derived_status(lines: tuple[Line, ...]) -> str:
+def derived_status(lines: tuple[LineUnits, ...]) -> str:
     ordered = sum(x.ordered for x in lines)
     active = ordered - sum(x.cancelled for x in lines)
     delivered = sum(x.delivered for x in lines)
@@ -143,7 +143,7 @@ def derived_status(lines: tuple[Line, ...]) -> str:
 
 # -- invariants -----------------------------------------------------------------------------------
 
-def quantities_add_up(x: Line) -> bool:
+def quantities_add_up(x: LineUnits) -> bool:
     return all(getattr(x, b) >= 0 for b in BUCKETS) and sum(getattr(x, b) for b in BUCKETS) == x.ordered
 
 
@@ -179,7 +179,7 @@ class LineClaim:
 
 
 @dataclass(frozen=True)
-class Notify:
+class ShipmentNotice:
     type: str
     lines: tuple[LineClaim, ...]
     summary: str
@@ -210,7 +210,7 @@ class LineStatus:
     """What a status snapshot says of one line: its quantities, the parcels holding any of it (in
     the parcels' order) and what its undelivered units wait for."""
 
-    line: Line
+    line: LineUnits
     parcels: tuple[str, ...]
     waiting_for: str
 
@@ -241,13 +241,13 @@ def _day(moment: datetime | None) -> str:
     return f"{moment:%a %d %b}" if moment else "a date we do not know yet"
 
 
-def waiting_for(state: FulfillmentState, x: Line, besides: str | None = None) -> str:
+def waiting_for(state: FulfillmentState, x: LineUnits, besides: str | None = None) -> str:
     """What the line's undelivered units wait for, in words (empty when nothing); ``besides``
     leaves out the parcel a message is about."""
     return _waiting_for(x, parcel_contents(state), besides)
 
 
-def _waiting_for(x: Line, held: list[tuple[Shipment, dict[str, int]]], besides: str | None = None) -> str:
+def _waiting_for(x: LineUnits, held: list[tuple[Shipment, dict[str, int]]], besides: str | None = None) -> str:
     parts = []
     if x.backordered:
         parts.append(f"{x.backordered} backordered until {_day(x.backorder_eta)}")
@@ -309,7 +309,7 @@ def sentence(state: FulfillmentState, notice_type: str, shipment: Shipment | Non
 class FulfillmentStep(Step):
     state: FulfillmentState
 
-    def move_units(self, event_type: str, line_id: str, quantity: int) -> Line:
+    def move_units(self, event_type: str, line_id: str, quantity: int) -> LineUnits:
         sources, target, code = UNIT_MOVES[event_type]
         line = self.state.line(line_id)
         if line is None:
@@ -364,7 +364,7 @@ class FulfillmentStep(Step):
 
     def notify(self, notice_type: str, shipment: Shipment | None = None, lines: tuple[str, ...] = (),
                **facts: str) -> None:
-        self.emit(Notify(notice_type, claims(self.state, shipment),
+        self.emit(ShipmentNotice(notice_type, claims(self.state, shipment),
                          sentence(self.state, notice_type, shipment, lines), shipment, tuple(facts.items())))
 
 
@@ -388,7 +388,7 @@ def _order_placed(step: FulfillmentStep) -> None:
         raise Reject(ORDER_MACHINE, step.state.order_id, step.state.status, "duplicate_order",
                      "an order with this id was already placed (with another event id)")
     payload = step.event.payload
-    lines = tuple(Line(x["line_id"], x["name"], x["quantity"], x["quantity"]) for x in payload["lines"])
+    lines = tuple(LineUnits(x["line_id"], x["name"], x["quantity"], x["quantity"]) for x in payload["lines"])
     step.state = evolve(step.state, placed=True, customer=payload["customer"], lines=lines)
 
 

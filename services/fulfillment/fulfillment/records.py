@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fulfillment.domain import FulfillmentState, LineClaim, LineStatus, Notify, StatusSnapshot
+from fulfillment.domain import FulfillmentState, LineClaim, LineStatus, ShipmentNotice, StatusSnapshot
 from orderops.model import workflow
 from orderops.model.catalog import FULFILLMENT_STATE_CHANGES, FULFILLMENT_STATUS, NOTIFICATIONS_REQUESTS, Topic
 from orderops.model.workflow import Outcome, Record, Transitioned
@@ -15,7 +15,7 @@ SOURCE = "fulfillment"
 def publishable(outcome: Outcome) -> Iterator[tuple[Topic, dict]]:
     for record, event_id in workflow.with_ids(outcome, SOURCE):
         what = record.what
-        if isinstance(what, Notify):
+        if isinstance(what, ShipmentNotice):
             yield NOTIFICATIONS_REQUESTS, _notification(record, what, outcome.state)
         elif isinstance(what, StatusSnapshot):
             yield FULFILLMENT_STATUS, workflow.envelope(
@@ -44,7 +44,7 @@ def _claim(claim: LineClaim) -> dict:
     return dict(vars(claim))
 
 
-def _notification(record: Record, notify: Notify, state: FulfillmentState) -> dict:
+def _notification(record: Record, notify: ShipmentNotice, state: FulfillmentState) -> dict:
     notification_id = f"{record.cause.event_id}:notify:{notify.type}"
     shipment = notify.shipment
     facts = {"order_id": state.order_id, "summary": notify.summary, "status": state.status, **dict(notify.facts)}

@@ -28,7 +28,7 @@ from events import (
 )
 
 from fulfillment import domain
-from fulfillment.domain import FulfillmentState, Notify, StatusSnapshot
+from fulfillment.domain import FulfillmentState, ShipmentNotice, StatusSnapshot
 from fulfillment.machines import SHIPMENT, SHIPMENT_TRIGGERS, TRACKING_TRIGGERS, unit_moves_markdown
 from orderops.model.workflow import ParkedRecord, Rejected, Transitioned
 
@@ -62,7 +62,7 @@ def test_split_order_with_a_backorder_that_slips_then_ships():
         created("P1", ("l1", 2), ("l3", 3)), dispatched("P1", "JD0001"),
     )
     assert state.status == "partially_shipped" and state.backordered
-    notices = of(records, Notify)
+    notices = of(records, ShipmentNotice)
     assert [n.type for n in notices] == ["line_backordered", "shipment_dispatched"]
     backorder, dispatch = notices
     assert backorder.summary == "Teapot: 1 backordered until Thu 03 Dec."
@@ -74,7 +74,7 @@ def test_split_order_with_a_backorder_that_slips_then_ships():
 
     slipped = ETA + timedelta(days=5)
     state, records = run(eta_changed("l2", slipped), state=state)
-    [notice] = of(records, Notify)
+    [notice] = of(records, ShipmentNotice)
     assert notice.type == "backorder_eta_changed" and dict(notice.facts)["slipped"] == "true"
     assert notice.summary == "Teapot is now expected Tue 08 Dec."
 
@@ -82,7 +82,7 @@ def test_split_order_with_a_backorder_that_slips_then_ships():
                          state=state)
     assert state.status == "delivered" and not state.backordered
     assert line(state, "l2").backorder_eta is None and line(state, "l2").delivered == 1
-    second = next(n for n in of(records, Notify) if n.type == "shipment_dispatched")
+    second = next(n for n in of(records, ShipmentNotice) if n.type == "shipment_dispatched")
     assert second.summary == ("1 of 6 items shipped in parcel P2 (DHL JD0002): 1 × Teapot. Still to come — "
                               "Blue mug: 2 on the way in parcel P1; Tea towel: 3 on the way in parcel P1.")
     statuses = [t.to_state for t in of(records, Transitioned) if t.machine == "fulfillment"]
@@ -101,7 +101,7 @@ def test_status_is_derived_from_the_lines_and_published_with_them():
 def test_warehouse_cancellation_is_told_to_the_customer_and_counted():
     state, records = run(placed(), warehouse_cancelled("l3", 2))
     assert line(state, "l3").cancelled == 2 and line(state, "l3").unfulfilled == 1
-    [notice] = of(records, Notify)
+    [notice] = of(records, ShipmentNotice)
     assert notice.type == "line_cancelled" and notice.summary == "Tea towel: 2 of 3 cancelled by our warehouse."
     assert {c.line_id: c.quantity_cancelled for c in notice.lines}["l3"] == 2
 
@@ -116,13 +116,13 @@ def test_failed_delivery_returned_to_sender_puts_units_back():
                          returned_to_sender("P1"))
     assert state.shipment("P1").status == "returned_to_sender"
     assert line(state, "l1").unfulfilled == 2 and line(state, "l1").shipped == 0
-    assert [n.type for n in of(records, Notify)] == ["shipment_dispatched", "delivery_failed"]
+    assert [n.type for n in of(records, ShipmentNotice)] == ["shipment_dispatched", "delivery_failed"]
 
 
 def test_delay_notifies_once_per_parcel():
     state, records = run(placed(), created("P1", ("l1", 2)), dispatched("P1"), tracking("P1", "DELAYED"),
                          tracking("P1", "DELAYED"))
-    assert [n.type for n in of(records, Notify)].count("shipment_delayed") == 1
+    assert [n.type for n in of(records, ShipmentNotice)].count("shipment_delayed") == 1
     assert state.shipment("P1").delayed
 
 
@@ -258,4 +258,4 @@ def test_a_tracking_link_that_is_not_http_is_not_kept_nor_sent_to_the_customer()
     state, records = run(placed(), created("P1", ("l1", 2), ("l3", 3)), unsafe)
     [shipment] = state.shipments
     assert shipment.tracking_url == "" and shipment.tracking_number == "JD0001"
-    assert all("javascript" not in repr(n) for n in of(records, Notify))
+    assert all("javascript" not in repr(n) for n in of(records, ShipmentNotice))

@@ -26,7 +26,7 @@ from order_state.machines import (
 )
 from orderops.model import workflow
 from orderops.model.envelope import Envelope, StoredAsJson, from_json
-from orderops.model.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Step, Transitioned, evolve
+from orderops.model.workflow import CustomerNotice, HistoryEntry, Outcome, Park, Parked, Reject, Step, Transitioned, evolve
 
 ZERO = Decimal(0)
 
@@ -34,7 +34,7 @@ ZERO = Decimal(0)
 # -- state ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Instrument:
+class PaymentInstrument:
     instrument_id: str
     channel: str
     currency: str
@@ -55,7 +55,7 @@ class Instrument:
 
 
 @dataclass(frozen=True)
-class Line:
+class OrderedLine:
     line_id: str
     name: str
     quantity: int
@@ -71,25 +71,25 @@ class OrderState(StoredAsJson):
     held_from: str | None = None
     hold_reason: str = ""
     customer: dict | None = None
-    lines: tuple[Line, ...] = ()
-    instruments: tuple[Instrument, ...] = ()
+    lines: tuple[OrderedLine, ...] = ()
+    instruments: tuple[PaymentInstrument, ...] = ()
     fulfillment_status: str = "unfulfilled"
     completed_at: datetime | None = None
     seen: frozenset[str] = frozenset()
     parked: tuple[Parked, ...] = ()
     history: tuple[HistoryEntry, ...] = ()
 
-    def instrument(self, instrument_id: str) -> Instrument | None:
+    def instrument(self, instrument_id: str) -> PaymentInstrument | None:
         return next((i for i in self.instruments if i.instrument_id == instrument_id), None)
 
-    def line(self, line_id: str) -> Line | None:
+    def line(self, line_id: str) -> OrderedLine | None:
         return next((x for x in self.lines if x.line_id == line_id), None)
 
-    def with_instrument(self, updated: Instrument) -> OrderState:
+    def with_instrument(self, updated: PaymentInstrument) -> OrderState:
         return evolve(self, instruments=tuple(updated if i.instrument_id == updated.instrument_id else i
                                                for i in self.instruments))
 
-    def with_line(self, updated: Line) -> OrderState:
+    def with_line(self, updated: OrderedLine) -> OrderState:
         return evolve(self, lines=tuple(updated if x.line_id == updated.line_id else x for x in self.lines))
 
     def json_value(self) -> dict[str, Any]:
@@ -108,32 +108,25 @@ class OrderState(StoredAsJson):
         return cls(
             order_id=plain["order_id"], status=plain["status"], held_from=plain["held_from"],
             hold_reason=plain["hold_reason"], customer=plain["customer"],
-            lines=tuple(Line(**x) for x in plain["lines"]),
-            instruments=tuple(Instrument(**i) for i in plain["instruments"]),
+            lines=tuple(OrderedLine(**x) for x in plain["lines"]),
+            instruments=tuple(PaymentInstrument(**i) for i in plain["instruments"]),
             fulfillment_status=plain["fulfillment_status"], completed_at=plain["completed_at"],
             seen=frozenset(plain["seen"]), parked=tuple(Parked.from_json(p) for p in data["parked"]),
             history=tuple(HistoryEntry(**h) for h in plain["history"]),
         )
 
 
-@dataclass(frozen=True)
-class Notify:
-    type: str
-    facts: dict[str, str]
-    amounts: tuple[tuple[str, str, Decimal, str], ...] = ()  # (instrument_id, channel, amount, currency)
-
-
 # -- invariants -----------------------------------------------------------------------------------
 
-def refunded_within_captured(i: Instrument) -> bool:
+def refunded_within_captured(i: PaymentInstrument) -> bool:
     return ZERO <= i.refunded <= i.captured
 
 
-def captured_within_authorized(i: Instrument) -> bool:
+def captured_within_authorized(i: PaymentInstrument) -> bool:
     return ZERO <= i.captured <= i.authorized or i.channel in NO_AUTHORIZATION_CHANNELS
 
 
-def cancelled_within_ordered(x: Line) -> bool:
+def cancelled_within_ordered(x: OrderedLine) -> bool:
     return 0 <= x.cancelled <= x.quantity
 
 
@@ -196,12 +189,12 @@ class OrderStep(Step):
 
     def _notify_order_change(self, before: str, after: str) -> None:
         if after == "confirmed" and before == "pending_payment":
-            self.emit(Notify("order_confirmed", {"lines": str(len(self.state.lines))}))
+            self.emit(CustomerNotice("order_confirmed", {"lines": str(len(self.state.lines))}))
         elif after == "cancelled":
             refunds = tuple((i.instrument_id, i.channel, i.refundable, i.currency)
                             for i in self.state.instruments if i.refundable > ZERO)
             released = [i.instrument_id for i in self.state.instruments if i.authorized > i.captured]
-            self.emit(Notify("order_cancelled", {"released_authorizations": ",".join(released)}, refunds))
+            self.emit(CustomerNotice("order_cancelled", {"released_authorizations": ",".join(released)}, refunds))
 
 
 # -- entry points ---------------------------------------------------------------------------------
@@ -250,9 +243,9 @@ def _order_placed(step: OrderStep) -> None:
     if step.state.status != ORDER.initial:
         raise Reject(ORDER.name, step.state.order_id, step.state.status, "duplicate_order",
                      "an order with this id was already placed (with another event id)")
-    lines = tuple(Line(x["line_id"], x["name"], x["quantity"], x["unit_price"]["amount"], x["unit_price"]["currency"])
+    lines = tuple(OrderedLine(x["line_id"], x["name"], x["quantity"], x["unit_price"]["amount"], x["unit_price"]["currency"])
                   for x in payload["lines"])
-    instruments = tuple(Instrument(i["instrument_id"], i["channel"], i["amount"]["currency"], i["amount"]["amount"])
+    instruments = tuple(PaymentInstrument(i["instrument_id"], i["channel"], i["amount"]["currency"], i["amount"]["amount"])
                         for i in payload["instruments"])
     step.state = evolve(step.state, customer=payload["customer"], lines=lines, instruments=instruments)
     step.require_order_trigger("placed", "order placed")
@@ -320,13 +313,13 @@ def _payment(step: OrderStep) -> None:
     # Payment records are kept even without a state change: they are the amount ledger.
     step.move(PAYMENT.name, instrument_id, instrument.status, target, reason, detail=updated, always=True)
     if trigger == "auth_failed":
-        step.emit(Notify("payment_failed", {"instrument_id": instrument_id, "reason": payload["reason"],
+        step.emit(CustomerNotice("payment_failed", {"instrument_id": instrument_id, "reason": payload["reason"],
                                             "customer_action": payload.get("customer_action") or
                                             "please update your payment method"}))
     step.reconcile_payment(reason)
 
 
-def _amounts_after(i: Instrument, trigger: str, amount: Decimal) -> Instrument:
+def _amounts_after(i: PaymentInstrument, trigger: str, amount: Decimal) -> PaymentInstrument:
     """The amounts after a payment trigger; raises when a guard says it cannot happen."""
     if trigger == "authorized":
         return evolve(i, authorized=i.captured + amount)
@@ -351,7 +344,7 @@ def _amounts_after(i: Instrument, trigger: str, amount: Decimal) -> Instrument:
     return i
 
 
-def _status_by_amount(i: Instrument) -> str:
+def _status_by_amount(i: PaymentInstrument) -> str:
     if i.refunded > ZERO:
         return "refunded" if i.refunded == i.captured else "partially_refunded"
     if i.captured > ZERO:
@@ -374,5 +367,16 @@ HANDLERS = {
     **{name: _payment for name in PAYMENT_TRIGGERS},
 }
 
-__all__ = ["HANDLERS", "Instrument", "Line", "Notify", "OrderState", "Outcome", "Transitioned", "apply", "expire",
-           "next_deadline", "violated_invariants"]
+__all__ = [
+    "HANDLERS",
+    "CustomerNotice",
+    "OrderState",
+    "OrderedLine",
+    "Outcome",
+    "PaymentInstrument",
+    "Transitioned",
+    "apply",
+    "expire",
+    "next_deadline",
+    "violated_invariants",
+]

@@ -9,17 +9,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from decimal import Decimal
 
-from order_state.domain import Notify, OrderState
+from order_state.domain import OrderState
 from orderops.model import workflow
 from orderops.model.catalog import NOTIFICATIONS_REQUESTS, ORDERS_STATE_CHANGES, Topic
-from orderops.model.workflow import Outcome, Record, Transitioned
+from orderops.model.workflow import CustomerNotice, Outcome, Record, Transitioned
 
 SOURCE = "order-state"
 
 
 def publishable(outcome: Outcome) -> Iterator[tuple[Topic, dict]]:
     for record, event_id in workflow.with_ids(outcome, SOURCE):
-        if isinstance(record.what, Notify):
+        if isinstance(record.what, CustomerNotice):
             yield NOTIFICATIONS_REQUESTS, _notification(record, record.what, outcome.state)
         elif isinstance(record.what, Transitioned):
             yield ORDERS_STATE_CHANGES, workflow.envelope(record, event_id, SOURCE, *_transition(record))
@@ -39,16 +39,8 @@ def _transition(record: Record) -> tuple[str, dict]:
     }
 
 
-def _notification(record: Record, notify: Notify, state: OrderState) -> dict:
-    notification_id = f"{record.cause.event_id}:notify:{notify.type}"
-    payload = {
-        "notification_id": notification_id, "type": notify.type, "customer": state.customer,
-        "cause_event_id": record.cause.event_id, "lines": [],
-        "amounts": [{"instrument_id": i, "channel": channel, "amount": _money(amount, currency)}
-                    for i, channel, amount, currency in notify.amounts],
-        "shipment_id": None, "tracking_url": None, "facts": {"order_id": state.order_id, **notify.facts},
-    }
-    return workflow.envelope(record, notification_id, SOURCE, "orderops.notifications.NotificationRequested", payload)
+def _notification(record: Record, notice: CustomerNotice, state: OrderState) -> dict:
+    return workflow.notification_request(record, notice, state.customer, state.order_id, SOURCE)
 
 
 def _money(amount: Decimal, currency: str) -> dict:

@@ -25,10 +25,10 @@ from stories import (
 )
 
 from order_state import domain
-from order_state.domain import Instrument, Notify, OrderState
+from order_state.domain import OrderState, PaymentInstrument
 from order_state.machines import BY_AMOUNT, ORDER, PAYMENT, RESUME
 from orderops.model.catalog import STOREFRONT_ORDERS
-from orderops.model.workflow import ANY, ParkedRecord, Rejected, Transitioned
+from orderops.model.workflow import ANY, CustomerNotice, ParkedRecord, Rejected, Transitioned
 
 NOW = T0 + timedelta(hours=1)
 PARK_FOR = timedelta(hours=24)
@@ -124,7 +124,7 @@ def test_happy_path_place_authorize_capture_ship_deliver():
     order_moves = [(t.from_state, t.to_state) for t in kinds(records, Transitioned) if t.machine == "order"]
     assert order_moves == [("new", "pending_payment"), ("pending_payment", "confirmed"),
                            ("confirmed", "in_fulfillment"), ("in_fulfillment", "completed")]
-    assert [n.type for n in kinds(records, Notify)] == ["order_confirmed"]
+    assert [n.type for n in kinds(records, CustomerNotice)] == ["order_confirmed"]
     payment = [t for t in kinds(records, Transitioned) if t.machine == "payment"]
     assert payment[-1].to_state == "captured" and payment[-1].detail.captured == Decimal(100)
 
@@ -132,7 +132,7 @@ def test_happy_path_place_authorize_capture_ship_deliver():
 def test_cash_on_delivery_is_confirmed_when_placed():
     state, records = run(placed(instruments=(("cod-1", "CASH_ON_DELIVERY", 100),)))
     assert state.status == "confirmed"
-    assert [n.type for n in kinds(records, Notify)] == ["order_confirmed"]
+    assert [n.type for n in kinds(records, CustomerNotice)] == ["order_confirmed"]
 
 
 def test_two_instruments_confirm_only_when_both_are_authorized():
@@ -146,19 +146,19 @@ def test_two_instruments_confirm_only_when_both_are_authorized():
 def test_failed_authorization_holds_the_order_tells_the_customer_and_a_new_one_releases_it():
     state, records = run(placed(), auth_failed())
     assert state.status == "on_hold" and "insufficient funds" in state.hold_reason
-    [notice] = kinds(records, Notify)
+    [notice] = kinds(records, CustomerNotice)
     assert notice.type == "payment_failed" and notice.facts["customer_action"] == "use another card"
     state, records = run(authorized(100, n=2), state=state)
     assert state.status == "confirmed" and state.held_from is None
     moves = [(t.from_state, t.to_state) for t in kinds(records, Transitioned) if t.machine == "order"]
     assert moves == [("on_hold", "pending_payment"), ("pending_payment", "confirmed")]
-    assert [n.type for n in kinds(records, Notify)] == ["order_confirmed"]
+    assert [n.type for n in kinds(records, CustomerNotice)] == ["order_confirmed"]
 
 
 def test_a_released_hold_during_fulfillment_does_not_confirm_again():
     state, _ = run(placed(), authorized(100), fulfillment("shipped", n=2), auth_expired(n=3))
     state, records = run(authorized(100, n=4), state=state)
-    assert state.status == "in_fulfillment" and kinds(records, Notify) == []
+    assert state.status == "in_fulfillment" and kinds(records, CustomerNotice) == []
 
 
 def test_expired_authorization_during_fulfillment_holds_and_reauthorization_resumes_where_it_was():
@@ -173,7 +173,7 @@ def test_cancellation_tells_what_will_be_refunded_per_instrument():
     state, records = run(placed(instruments=two), authorized(30, "gift-1"), authorized(70, "card-1", n=2),
                          captured(30, "gift-1", n=3), cancelled(n=4))
     assert state.status == "cancelled"
-    [notice] = [n for n in kinds(records, Notify) if n.type == "order_cancelled"]
+    [notice] = [n for n in kinds(records, CustomerNotice) if n.type == "order_cancelled"]
     assert notice.amounts == (("gift-1", "GIFT_CARD", Decimal(30), "EUR"),)
     assert notice.facts["released_authorizations"] == "card-1"
 
@@ -295,7 +295,7 @@ def test_state_survives_its_json_form_exactly():
 
 
 def test_instrument_amount_invariants_are_named_checks():
-    bad = Instrument("i", "CARD", "EUR", Decimal(10), "captured", Decimal(10), Decimal(20), Decimal(30))
+    bad = PaymentInstrument("i", "CARD", "EUR", Decimal(10), "captured", Decimal(10), Decimal(20), Decimal(30))
     state = replace(OrderState(ORDER_ID), instruments=(bad,))
     assert domain.violated_invariants(state) == ["refunded_within_captured(i)", "captured_within_authorized(i)"]
 
@@ -324,7 +324,7 @@ def test_a_snapshot_derived_from_a_cancellation_waits_for_the_cancellation():
     assert [p.parked.waiting_for for p in kinds(read, ParkedRecord)] == [
         f"its cause {cancel.event_id} on {STOREFRONT_ORDERS.name}"]
     assert kinds(read, Rejected) == kinds(written, Rejected) == []
-    assert [n.type for n in kinds(read, Notify)] == [n.type for n in kinds(written, Notify)]
+    assert [n.type for n in kinds(read, CustomerNotice)] == [n.type for n in kinds(written, CustomerNotice)]
 
 
 def test_a_snapshot_whose_cause_this_processor_does_not_read_applies_at_once():

@@ -14,7 +14,7 @@ from typing import Any
 
 from orderops.model import workflow
 from orderops.model.envelope import Envelope, StoredAsJson, from_json
-from orderops.model.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Rejected, Step, evolve
+from orderops.model.workflow import CustomerNotice, HistoryEntry, Outcome, Park, Parked, Reject, Rejected, Step, evolve
 from returns.machines import CLOSE_AFTER_DAYS, DEFECT_REASONS, GRACE_DAYS, REFUND, RETURN
 from returns.policy import Policy, in_force
 
@@ -30,7 +30,7 @@ def cents(amount: Decimal) -> Decimal:
 # -- state ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Line:
+class ReturnableLine:
     line_id: str
     name: str
     category: str
@@ -45,7 +45,7 @@ class Line:
 
 
 @dataclass(frozen=True)
-class Instrument:
+class RefundableInstrument:
     instrument_id: str
     channel: str
     currency: str
@@ -104,18 +104,18 @@ class ReturnsState(StoredAsJson):
     order_id: str
     placed_at: datetime | None = None
     customer: dict | None = None
-    lines: tuple[Line, ...] = ()
-    instruments: tuple[Instrument, ...] = ()
+    lines: tuple[ReturnableLine, ...] = ()
+    instruments: tuple[RefundableInstrument, ...] = ()
     returns: tuple[Return, ...] = ()
     refunds: tuple[Refund, ...] = ()
     seen: frozenset[str] = frozenset()
     parked: tuple[Parked, ...] = ()
     history: tuple[HistoryEntry, ...] = ()
 
-    def line(self, line_id: str) -> Line | None:
+    def line(self, line_id: str) -> ReturnableLine | None:
         return next((x for x in self.lines if x.line_id == line_id), None)
 
-    def instrument(self, instrument_id: str) -> Instrument | None:
+    def instrument(self, instrument_id: str) -> RefundableInstrument | None:
         return next((i for i in self.instruments if i.instrument_id == instrument_id), None)
 
     def return_(self, return_id: str) -> Return | None:
@@ -140,7 +140,7 @@ class ReturnsState(StoredAsJson):
         return sum((r.amount for r in self.refunds if r.instrument_id == instrument_id
                     and r.status in OPEN_REFUNDS | {"succeeded"}), ZERO)
 
-    def refundable(self, instrument: Instrument) -> Decimal:
+    def refundable(self, instrument: RefundableInstrument) -> Decimal:
         return instrument.captured - instrument.refunded_elsewhere - self.committed(instrument.instrument_id)
 
     def json_value(self) -> dict[str, Any]:
@@ -158,7 +158,8 @@ class ReturnsState(StoredAsJson):
         d = from_json({k: v for k, v in data.items() if k != "parked"})
         return cls(
             order_id=d["order_id"], placed_at=d["placed_at"], customer=d["customer"],
-            lines=tuple(Line(**x) for x in d["lines"]), instruments=tuple(Instrument(**i) for i in d["instruments"]),
+            lines=tuple(ReturnableLine(**x) for x in d["lines"]),
+            instruments=tuple(RefundableInstrument(**i) for i in d["instruments"]),
             returns=tuple(Return(**{**r, "lines": tuple(ReturnLine(**x) for x in r["lines"]),
                                     "trace": tuple(r["trace"])}) for r in d["returns"]),
             refunds=tuple(Refund(**{**r, "keys": tuple(r["keys"])}) for r in d["refunds"]),
@@ -182,13 +183,6 @@ class Decided:
 class RefundCommand:
     refund: Refund
     key: str
-
-
-@dataclass(frozen=True)
-class Notify:
-    type: str
-    facts: dict[str, str]
-    amounts: tuple[tuple[str, str, Decimal, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -342,7 +336,7 @@ class ReturnsStep(Step):
             amount = available
         if amount <= ZERO:
             return []
-        parts: list[tuple[Instrument, Decimal]] = []
+        parts: list[tuple[RefundableInstrument, Decimal]] = []
         for instrument, balance in balances:
             parts.append((instrument, min(balance, cents(amount * balance / available))))
         shortfall = amount - sum((p for _, p in parts), ZERO)
@@ -363,7 +357,7 @@ class ReturnsStep(Step):
                             self.event.occurred_at, policy.ref)
             issued.append(self.command(refund, f"refund requested: {part} {instrument.currency} by {method.lower()}"))
         if issued:
-            self.emit(Notify("refund_issued", {"cause": cause, **_methods(issued)},
+            self.emit(CustomerNotice("refund_issued", {"cause": cause, **_methods(issued)},
                              tuple((r.instrument_id, r.channel, r.amount, r.currency) for r in issued)))
         return issued
 
@@ -386,9 +380,9 @@ def _placed(step: ReturnsStep) -> None:
                      "an order with this id was already placed (with another event id)")
     step.state = evolve(
         step.state, placed_at=step.event.occurred_at, customer=payload["customer"],
-        lines=tuple(Line(x["line_id"], x["name"], x["category"], x["quantity"], x["unit_price"]["amount"],
+        lines=tuple(ReturnableLine(x["line_id"], x["name"], x["category"], x["quantity"], x["unit_price"]["amount"],
                          x["unit_price"]["currency"], x.get("final_sale", False)) for x in payload["lines"]),
-        instruments=tuple(Instrument(i["instrument_id"], i["channel"], i["amount"]["currency"], i["amount"]["amount"])
+        instruments=tuple(RefundableInstrument(i["instrument_id"], i["channel"], i["amount"]["currency"], i["amount"]["amount"])
                           for i in payload["instruments"]))
 
 
@@ -415,7 +409,7 @@ def _captured(step: ReturnsStep) -> None:
         _refund_cancelled_units(step)
 
 
-def _require_currency(instrument: Instrument, amount: dict) -> None:
+def _require_currency(instrument: RefundableInstrument, amount: dict) -> None:
     """Money taken or given back on an instrument is in the instrument's currency: refunds are
     computed from these sums."""
     if amount["currency"] != instrument.currency:
@@ -437,7 +431,7 @@ def _fulfillment(step: ReturnsStep) -> None:
         _refund_cancelled_units(step)
 
 
-def _as_said(line: Line, snapshot: dict | None) -> Line:
+def _as_said(line: ReturnableLine, snapshot: dict | None) -> ReturnableLine:
     """The line as fulfillment's snapshot says it is now (delivered and cancelled units)."""
     if snapshot is None:
         return line
@@ -482,7 +476,7 @@ def _return_requested(step: ReturnsStep) -> None:
     trigger = {"AUTHORIZED": "authorize", "REJECTED": "reject", "NEEDS_REVIEW": "review"}[decision]
     step.return_trigger(ret, trigger, f"{decision.lower().replace('_', ' ')} under {policy.ref}: {reason}")
     notice = {"AUTHORIZED": "return_authorized", "REJECTED": "return_rejected", "NEEDS_REVIEW": "return_needs_review"}
-    step.emit(Notify(notice[decision], {"return_id": ret.return_id, "reason": reason, "policy": policy.ref}))
+    step.emit(CustomerNotice(notice[decision], {"return_id": ret.return_id, "reason": reason, "policy": policy.ref}))
 
 
 def _return_or_park(step: ReturnsStep) -> Return:
@@ -507,7 +501,7 @@ def _exception_approved(step: ReturnsStep) -> None:
                         f"policy exception approved by {actor['user_id']} ({actor['role']}): {payload['reason']}")
     step.emit(Decided(ret.return_id, "AUTHORIZED", ret.policy, ret.trace,
                       f"policy exception approved by {actor['user_id']}: {payload['reason']}"))
-    step.emit(Notify("return_authorized", {"return_id": ret.return_id, "reason": payload["reason"],
+    step.emit(CustomerNotice("return_authorized", {"return_id": ret.return_id, "reason": payload["reason"],
                                            "policy": ret.policy}))
 
 
@@ -529,7 +523,7 @@ def _received(step: ReturnsStep) -> None:
     ret = evolve(ret, lines=tuple(lines))
     step.state = step.state.put(return_=ret)
     step.return_trigger(ret, "receive", "return parcel received")
-    step.emit(Notify("return_received", {"return_id": ret.return_id}))
+    step.emit(CustomerNotice("return_received", {"return_id": ret.return_id}))
 
 
 def _inspected(step: ReturnsStep) -> None:
@@ -621,7 +615,7 @@ def _settle(step: ReturnsStep, refund: Refund) -> None:
     if any(r.status in OPEN_REFUNDS for r in mine):
         return
     succeeded = [r for r in mine if r.status == "succeeded"]
-    step.emit(Notify("refund_completed", {"cause": refund.cause, **_methods(succeeded)},
+    step.emit(CustomerNotice("refund_completed", {"cause": refund.cause, **_methods(succeeded)},
                      tuple((r.instrument_id, r.channel, r.amount, r.currency) for r in succeeded)))
     if ret is None or ret.status != "refund_pending":
         return

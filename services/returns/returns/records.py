@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 from orderops.model import workflow
 from orderops.model.catalog import NOTIFICATIONS_REQUESTS, PAYMENTS_REFUND_REQUESTS, RETURNS_STATE_CHANGES, Topic
-from orderops.model.workflow import Outcome, Record, Transitioned
-from returns.domain import Decided, Measure, Notify, RefundCommand, ReturnsState
+from orderops.model.workflow import CustomerNotice, Outcome, Record, Transitioned
+from returns.domain import Decided, Measure, RefundCommand, ReturnsState
 
 SOURCE = "returns"
 NS = "orderops.returns."
@@ -18,7 +18,7 @@ def publishable(outcome: Outcome) -> Iterator[tuple[Topic, dict]]:
         what = record.what
         if isinstance(what, Measure):
             continue  # a metric, not a record
-        if isinstance(what, Notify):
+        if isinstance(what, CustomerNotice):
             yield NOTIFICATIONS_REQUESTS, _notification(record, what, outcome.state)
         elif isinstance(what, RefundCommand):
             command = _refund_requested(what)
@@ -47,13 +47,5 @@ def _refund_requested(command: RefundCommand) -> dict:
             "attempt": r.attempt}
 
 
-def _notification(record: Record, notify: Notify, state: ReturnsState) -> dict:
-    notification_id = f"{record.cause.event_id}:notify:{notify.type}"
-    payload = {
-        "notification_id": notification_id, "type": notify.type, "customer": state.customer,
-        "cause_event_id": record.cause.event_id, "lines": [],
-        "amounts": [{"instrument_id": i, "channel": channel, "amount": {"amount": amount, "currency": currency}}
-                    for i, channel, amount, currency in notify.amounts],
-        "shipment_id": None, "tracking_url": None, "facts": {"order_id": state.order_id, **notify.facts},
-    }
-    return workflow.envelope(record, notification_id, SOURCE, "orderops.notifications.NotificationRequested", payload)
+def _notification(record: Record, notice: CustomerNotice, state: ReturnsState) -> dict:
+    return workflow.notification_request(record, notice, state.customer, state.order_id, SOURCE)

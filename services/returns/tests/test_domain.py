@@ -28,9 +28,9 @@ from builders import (
 
 from orderops.model.catalog import STOREFRONT_ORDERS
 from orderops.model.envelope import Envelope
-from orderops.model.workflow import ParkedRecord, Rejected
+from orderops.model.workflow import CustomerNotice, ParkedRecord, Rejected
 from returns import domain
-from returns.domain import Decided, Notify, Policies, RefundCommand, ReturnsState
+from returns.domain import Decided, Policies, RefundCommand, ReturnsState
 from returns.machines import REFUND, RETURN
 from returns.policy import PolicyFileError, check_publishable, load_policy
 
@@ -154,12 +154,12 @@ def test_full_return_of_one_line_paid_by_gift_card_and_card_is_split_and_routed(
     split = {c.refund.instrument_id: (c.refund.amount, c.refund.method) for c in commands}
     assert split == {"gift-1": (Decimal("5.19"), "STORE_CREDIT"), "card-1": (Decimal("14.81"), "ORIGINAL_INSTRUMENT")}
     assert state.return_("r-1").status == "refund_pending"
-    assert [n.type for n in of(records, Notify)] == ["return_authorized", "return_received", "refund_issued"]
+    assert [n.type for n in of(records, CustomerNotice)] == ["return_authorized", "return_received", "refund_issued"]
     for command in commands:
         state, records = run(refund_result(command.key, command.refund.instrument_id, command.refund.amount,
                                            at + days(4)), state=state)
     assert state.return_("r-1").status == "refunded"
-    assert [n.type for n in of(records, Notify)] == ["refund_completed"]
+    assert [n.type for n in of(records, CustomerNotice)] == ["refund_completed"]
 
 
 def test_damaged_item_is_refunded_at_the_policy_share_and_without_fee_when_the_reason_is_exempt():
