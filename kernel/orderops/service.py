@@ -98,9 +98,9 @@ class Service:
 
     def __init__(self, name: str, *, default_web_port: int, settings: ServiceSettings | None = None,
                  default_linger_ms: float = DEFAULT_LINGER_MS) -> None:
-        """``default_linger_ms``: ``ORDEROPS_PRODUCER_LINGER_MS`` unless set. A processor whose every
-        event waits for its own records' acks in series (the notifier) takes 0: each wait would be
-        the linger longer."""
+        """``default_linger_ms``: ``ORDEROPS_PRODUCER_LINGER_MS`` unless set. A processor whose
+        batches wait for acks before and after effects outside Kafka (the notifier) takes 0: each
+        wait would be the linger longer."""
         self.name = name
         self.settings = settings or ServiceSettings.from_env(name, default_web_port, default_linger_ms)
         self.codec = Codec()
@@ -125,14 +125,14 @@ class Service:
         if self.users.problem:
             log.warning("%s: %s. Every API call but /healthz and /metrics answers 401; add users with "
                         "`orderops users add <user id> <role>`.", name, self.users.problem)
-        self._batches: BatchRunner | None = None  # the batch path, once state_machine_batches set it up
+        self._batches: BatchRunner | None = None  # the batch path, once batches() set it up
         self._dead_lettered: dict[tuple, None] = {}  # the last messages dead-lettered, oldest first
         self._mount_pages()
 
     # -- topics ---------------------------------------------------------------------------------
 
     def topic(self, *topics: Topic) -> faust.TopicT:
-        """A Faust channel over catalog topics, carrying raw bytes (decoding is ours, see decode)."""
+        """A Faust channel over catalog topics, carrying raw bytes (decoding is ours, see read)."""
         names = tuple(t.name for t in topics)
         if names not in self._channels:
             self._channels[names] = self.app.topic(
@@ -293,9 +293,9 @@ class Service:
     def enable_timers(self, sweep: bool = True) -> faust.TopicT:
         """Deadlines per order, and a sweep that turns due ones into ``TimerFired`` events.
 
-        Returns the channel of this processor's timer topic: its agent must read it (alongside
-        its inputs) and apply each tick as of ``fired_at``. Call ``schedule`` while handling an
-        event to set or clear an order's next deadline.
+        Returns the channel of this processor's timer topic: its batch path must read it (alongside
+        its inputs) and apply each tick as of ``fired_at``. Call ``schedule_in`` while applying a
+        record to set or clear an order's next deadline.
         """
         timers = catalog.TIMER_TOPICS[self.name]
         self._deadlines = self.table("deadlines", default=None)

@@ -183,9 +183,9 @@ DEAD_LETTER_TOPICS = {p: dead_letter_topic(p) for p in PROCESSORS}
 def timer_topic(processor: str) -> Topic:
     """``<processor>.timers``: the processor's own timer ticks, keyed by order id.
 
-    Faust lets a table change only while an agent handles an event, so a deadline (a parked
-    event's, an escalation's age) becomes an event: a periodic sweep writes a tick here and the
-    processor's agent applies it like any other input, on the order's own partition.
+    A deadline (a parked event's, an escalation's age) becomes an event: a periodic sweep writes a
+    tick here and the processor's batch path applies it like any other input, on the order's own
+    partition, in write order, once (and a rebuild replays it).
     """
     return Topic(
         f"{processor}.timers", "orderops.common.TimerEvent", ORDER_KEY, (processor,), (processor,),
