@@ -127,7 +127,10 @@ class Dispatcher:
             await self.channels[delivery.channel].send(delivery.delivery_id, self._recipient(delivery),
                                                        attempt.rendered, self.document(delivery))
         except SendError as exc:
-            breaker.failed()
+            if exc.permanent:  # the far end answered (a refused recipient, a 4xx): the channel works
+                breaker.succeeded()
+            else:
+                breaker.failed()
             return Sent(error=exc)
         breaker.succeeded()
         return Sent()

@@ -368,3 +368,19 @@ def test_backoff_keeps_half_the_delay_and_draws_the_other_half():
         ceiling = min(30.0, 4 * 2 ** (attempts - 1))
         wait = (policy.next_attempt(Delivery(f"d-{attempts}", "email", "t", (), attempts=attempts), T0) - T0).total_seconds()
         assert ceiling / 2 <= wait <= ceiling
+
+
+async def test_refused_recipients_do_not_open_the_circuit_for_everyone_else():
+    """A server that refuses one address answered: the channel works. Counted as failures, a few
+    bad addresses (found: other orders' refused recipients) held every other message back."""
+    refusals = [SendError("SMTP server refused the recipient: 550", permanent=True) for _ in range(6)]
+    channel = Recorded(*refusals)
+    breaker = CircuitBreaker(threshold=5, cooldown=30)
+    notifier = Dispatcher({"webhook": channel}, {"webhook": breaker}, TEMPLATES, Preferences(), RetryPolicy(),
+                          timedelta(0))
+    for n in range(7):
+        ledger, (delivery,), _ = notifier.accept(Ledger(f"o-{n}"), envelope(request(f"n-{n}")), ("t", 0, n), T0)
+        begun, attempt, _ = notifier.begin(ledger, delivery, T0)
+        done, _ = notifier.finish(begun, attempt, await notifier.send(attempt), T0)
+    assert breaker.state == "closed" and done.delivery("n-6/webhook").status == "sent"
+    assert len(channel.sent) == 7
