@@ -165,7 +165,7 @@ SHARED_PARTS = frozenset({"entries", "truths"})
 
 
 def _copied(view: dict) -> dict:
-    """A copy of a view to change, the given one left as it was (the agent's cache holds it)."""
+    """A copy of a view to change, the given one left as it was (the batch path's cache holds it)."""
     return {k: v if k in SHARED_PARTS else _copied_value(v) for k, v in view.items()}
 
 
@@ -500,18 +500,23 @@ class SupportIndex:
         self._by_customer: dict[str, set[str]] = {}
 
     def update(self, order_id: str, view: dict) -> None:
-        self._forget(order_id)
+        """Called at every view write: the customer's keys are indexed again only if they changed,
+        and the view's escalations are kept as they are (a written view is never changed:
+        ``apply`` works on a copy)."""
         customer = view.get("customer") or {}
         keys = frozenset(k for k in (str(customer.get("customer_id") or "").lower(),
                                      str(customer.get("email") or "").lower()) if k)
-        escalations = dict(view.get("escalations") or {})
+        known = self._orders.get(order_id)
+        if known is None or known.customer_keys != keys:
+            self._forget(order_id)
+            for key in keys:
+                self._by_customer.setdefault(key, set()).add(order_id)
+        escalations = view.get("escalations") or {}
         summary = {"order_id": order_id, "placed_at": view.get("placed_at"),
                    "order_state": (view.get("order") or {}).get("state"),
                    "fulfillment_status": (view.get("fulfillment") or {}).get("status"),
                    "open_escalations": sum(e["state"] != "resolved" for e in escalations.values())}
         self._orders[order_id] = IndexedOrder(keys, summary, escalations)
-        for key in keys:
-            self._by_customer.setdefault(key, set()).add(order_id)
 
     def _forget(self, order_id: str) -> None:
         known = self._orders.pop(order_id, None)
