@@ -316,9 +316,10 @@ class Service:
 
     # -- global views ---------------------------------------------------------------------------
 
-    def global_view(self, topic: Topic, convert: Callable[[dict], Any]) -> GlobalView:
-        """All of a compacted topic on every worker (see orderops.runtime.globalview); /healthz waits for it."""
-        view = GlobalView(self.settings.kafka.bootstrap.split(",")[0], topic, self.codec, convert)
+    def global_view(self, topic: Topic, convert: Callable[[dict], Any], remedy: str = "") -> GlobalView:
+        """All of a compacted topic on every worker (see orderops.runtime.globalview); /healthz waits for it
+        and lists the records it could not read. ``remedy``: the command that removes such a record."""
+        view = GlobalView(self.settings.kafka.bootstrap.split(",")[0], topic, self.codec, convert, remedy)
         self._global_views.append(view)
         self.app.task(view.run)
         return view
@@ -421,7 +422,8 @@ class Service:
         ready = bool(assigned) and recovered and not app.rebalancing and views_caught_up
         return {"service": self.name, "ready": ready, "recovered": recovered, "rebalancing": app.rebalancing,
                 "assigned_partitions": len(assigned),
-                "global_views": {v.topic.name: {"caught_up": v.caught_up.is_set(), "entries": len(v.items)}
+                "global_views": {v.topic.name: {"caught_up": v.caught_up.is_set(), "entries": len(v.items),
+                                                "unreadable": [bad.describe() for bad in v.unreadable.values()]}
                                  for v in self._global_views}}
 
     def store_memory(self) -> dict[tuple[str, str], float]:

@@ -2,6 +2,7 @@
 
     orderops topics create      create every catalog topic (idempotent), report differences (--align: fix settings)
     orderops topics list        the catalog: name, partitions, key, schema, writers
+    orderops topics drop-unreadable T   tombstone each key of compacted topic T whose latest record does not decode
     orderops broker wait        block until a broker answers a metadata request
     orderops schemas freeze     record current writer schemas under schemas/fingerprints/
     orderops schemas check      every current writer schema is frozen; every schema parses
@@ -52,6 +53,26 @@ def _topics_list(args: argparse.Namespace) -> int:
     for t in catalog.ALL_TOPICS:
         print(f"{t.name:28} {t.partitions:>3}p {'compact' if t.compacted else 'delete ':7} "
               f"{t.value_schema or '(raw bytes)':50} writers={','.join(t.writers)}")
+    return 0
+
+
+def _topics_drop_unreadable(args: argparse.Namespace) -> int:
+    from orderops.ops.settings import KafkaSettings
+    from orderops.runtime.globalview import BrokerUnavailable, drop_unreadable
+
+    topic = next((t for t in catalog.ALL_TOPICS if t.name == args.topic and t.compacted), None)
+    if topic is None:
+        print(f"topics: {args.topic} is not a compacted topic of the catalog (see orderops topics list)",
+              file=sys.stderr)
+        return 2
+    try:
+        dropped = drop_unreadable(KafkaSettings.from_env().bootstrap, topic)
+    except BrokerUnavailable as exc:
+        print(f"topics: {exc}", file=sys.stderr)
+        return 1
+    for bad in dropped:
+        print(f"removed {bad.describe()}")
+    print(f"topics: {len(dropped)} unreadable record(s) of {topic.name} removed")
     return 0
 
 
@@ -186,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="set existing topics' settings (not partition counts) to the catalog's")
     create.set_defaults(run=_topics_create)
     topics.add_parser("list", help="print the catalog").set_defaults(run=_topics_list)
+    drop = topics.add_parser("drop-unreadable", help="tombstone every key of a compacted topic whose latest record "
+                             "does not decode (reported by the processors and tools that read it)")
+    drop.add_argument("topic", help="a compacted topic of the catalog")
+    drop.set_defaults(run=_topics_drop_unreadable)
 
     broker = groups.add_parser("broker", help="the Kafka broker").add_subparsers(dest="command", required=True)
     wait = broker.add_parser("wait", help="wait until the broker answers a metadata request")

@@ -91,6 +91,8 @@ def test_every_template_renders_with_the_facts_its_producer_sends():
            for t in ("return_authorized", "return_rejected", "return_needs_review", "return_received")},
         **{t: {"cause": "return r-1", "methods": "12.50 EUR back to your original payment method"}
            for t in ("refund_issued", "refund_completed")},
+        "refund_not_possible": {"cause": "return r-1", "not_refunded": "60.00 EUR of 60.00 EUR, because only 0 EUR "
+                                "was captured and not yet refunded: the rest of the authorization was voided"},
     }
     for path in sorted((TEMPLATES.directory / "en").glob("*.txt")):
         payload = request(notice_type=path.stem)
@@ -99,6 +101,17 @@ def test_every_template_renders_with_the_facts_its_producer_sends():
                                "amount": {"amount": Decimal("12.5"), "currency": "EUR"}}]
         rendered = TEMPLATES.render(path.stem, "en", context(entries(payload)))
         assert rendered.subject and rendered.body.strip(), path.stem
+
+
+def test_a_refund_that_cannot_be_paid_in_full_says_what_is_not_refunded_and_why():
+    payload = request(notice_type="refund_issued")
+    payload["facts"].update({"cause": "return r-1", "methods": "50.00 EUR back to your original payment method",
+                             "not_refunded": "10.00 EUR of 60.00 EUR, because only 50.00 EUR was captured and not yet "
+                                             "refunded: the rest of the authorization was voided"})
+    body = TEMPLATES.render("refund_issued", "en", context(entries(payload))).body
+    assert "Not refunded: 10.00 EUR of 60.00 EUR" in body and "voided" in body
+    payload["facts"].pop("not_refunded")
+    assert "Not refunded" not in TEMPLATES.render("refund_issued", "en", context(entries(payload))).body
 
 
 # -- the ledger -----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from order_state.machines import (
     RESUME,
     SECURED_PAYMENT_STATES,
 )
-from orderops.model import workflow
+from orderops.model import money, workflow
 from orderops.model.envelope import Envelope, StoredAsJson, from_json
 from orderops.model.workflow import CustomerNotice, HistoryEntry, Outcome, Park, Parked, Reject, Step, Transitioned, evolve
 
@@ -44,6 +44,7 @@ class PaymentInstrument:
     captured: Decimal = ZERO
     refunded: Decimal = ZERO
     charged_back: Decimal = ZERO
+    operations: tuple[str, ...] = ()  # the provider operations counted in these amounts (money.operation_key)
 
     @property
     def secured(self) -> bool:
@@ -51,7 +52,11 @@ class PaymentInstrument:
 
     @property
     def refundable(self) -> Decimal:
-        return self.captured - self.refunded
+        return money.refundable(self.captured, self.refunded)
+
+    @property
+    def still_capturable(self) -> Decimal:
+        return max(self.authorized - self.captured, ZERO)  # a void or an expiry sets authorized to captured
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,8 @@ class OrderState(StoredAsJson):
             order_id=plain["order_id"], status=plain["status"], held_from=plain["held_from"],
             hold_reason=plain["hold_reason"], customer=plain["customer"],
             lines=tuple(OrderedLine(**x) for x in plain["lines"]),
-            instruments=tuple(PaymentInstrument(**i) for i in plain["instruments"]),
+            instruments=tuple(PaymentInstrument(**{**i, "operations": tuple(i.get("operations", ()))})
+                              for i in plain["instruments"]),
             fulfillment_status=plain["fulfillment_status"], completed_at=plain["completed_at"],
             seen=frozenset(plain["seen"]), parked=tuple(Parked.from_json(p) for p in data["parked"]),
             history=tuple(HistoryEntry(**h) for h in plain["history"]),
@@ -303,8 +309,15 @@ def _payment(step: OrderStep) -> None:
     if amount is not None and amount["currency"] != instrument.currency:
         raise Reject(PAYMENT.name, instrument_id, instrument.status, "currency_mismatch",
                      f"{amount['currency']} on an instrument paid in {instrument.currency}")
+    operation = money.operation_key(event.short_type, payload)
+    if money.counted(instrument.operations, operation):
+        raise Reject(PAYMENT.name, instrument_id, instrument.status, "duplicate_provider_outcome",
+                     f"{event.short_type} for {operation}, already counted (delivered again under event id "
+                     f"{event.event_id}): the books keep the first")
     target = PAYMENT.require(instrument.status, trigger, instrument_id)
     updated = _amounts_after(instrument, trigger, amount["amount"] if amount else ZERO)
+    if operation is not None:
+        updated = evolve(updated, operations=(*updated.operations, operation))
     if target == BY_AMOUNT:
         target = _status_by_amount(updated)
     updated = evolve(updated, status=target)
@@ -322,20 +335,18 @@ def _payment(step: OrderStep) -> None:
 def _amounts_after(i: PaymentInstrument, trigger: str, amount: Decimal) -> PaymentInstrument:
     """The amounts after a payment trigger; raises when a guard says it cannot happen."""
     if trigger == "authorized":
-        return evolve(i, authorized=i.captured + amount)
+        return evolve(i, authorized=money.authorized_after(i.captured, amount))
     if trigger == "captured":
-        if i.captured + amount > i.authorized:
-            raise Reject(PAYMENT.name, i.instrument_id, i.status, "capture_exceeds_authorization",
-                         f"capture of {amount} {i.currency} exceeds the {i.authorized - i.captured} {i.currency} "
-                         "still authorized")
+        refused = money.capture_verdict(amount, i.captured, i.authorized - i.captured, i.currency)
+        if refused:
+            raise Reject(PAYMENT.name, i.instrument_id, i.status, "capture_exceeds_authorization", refused)
         return evolve(i, captured=i.captured + amount)
     if trigger == "refunded":
-        if amount > i.refundable:
-            if amount <= i.authorized - i.refunded and i.status == "partially_captured":
-                raise Park(PAYMENT.name, i.instrument_id, i.status, "further captures covering the refund")
-            raise Reject(PAYMENT.name, i.instrument_id, i.status, "refund_exceeds_captured",
-                         f"refund of {amount} {i.currency} exceeds the {i.refundable} {i.currency} captured and "
-                         "not yet refunded")
+        verdict = money.refund_verdict(amount, i.captured, i.refunded, i.still_capturable, i.currency)
+        if verdict.outcome == money.WAIT:
+            raise Park(PAYMENT.name, i.instrument_id, i.status, verdict.reason)
+        if verdict.outcome == money.EXCEEDS:
+            raise Reject(PAYMENT.name, i.instrument_id, i.status, "refund_exceeds_captured", verdict.reason)
         return evolve(i, refunded=i.refunded + amount)
     if trigger in ("voided", "auth_expired"):
         return evolve(i, authorized=i.captured) if i.captured > ZERO else i
@@ -346,7 +357,9 @@ def _amounts_after(i: PaymentInstrument, trigger: str, amount: Decimal) -> Payme
 
 def _status_by_amount(i: PaymentInstrument) -> str:
     if i.refunded > ZERO:
-        return "refunded" if i.refunded == i.captured else "partially_refunded"
+        # Refunded in full only once nothing more can be captured: a terminal state must not
+        # refuse a capture the authorization still holds.
+        return "refunded" if i.refunded == i.captured and i.captured >= i.authorized else "partially_refunded"
     if i.captured > ZERO:
         return "captured" if i.captured == i.authorized else "partially_captured"
     return "authorized"

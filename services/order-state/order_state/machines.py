@@ -86,6 +86,8 @@ PAYMENT = Machine(
         ("partially_refunded",  "refunded",        BY_AMOUNT),
         ("partially_refunded",  "refund_failed",   "partially_refunded"),
         ("partially_refunded",  "charged_back",    "charged_back"),
+        ("partially_refunded",  "auth_expired",    BY_AMOUNT),  # the uncaptured rest lapses
+        ("partially_refunded",  "voided",          BY_AMOUNT),  # the uncaptured rest is released
     ),
     parks=(
         # state                 trigger            waits for

@@ -85,6 +85,7 @@ BY_AMOUNT_RESULT = {  # what BY_AMOUNT rows resolve to, with the amounts above a
     ("partially_captured", "auth_expired"): "captured", ("partially_captured", "voided"): "captured",
     ("partially_captured", "refunded"): "partially_refunded", ("captured", "refunded"): "partially_refunded",
     ("partially_refunded", "captured"): "partially_refunded", ("partially_refunded", "refunded"): "partially_refunded",
+    ("partially_refunded", "auth_expired"): "partially_refunded", ("partially_refunded", "voided"): "partially_refunded",
 }
 
 
@@ -332,3 +333,17 @@ def test_a_snapshot_whose_cause_this_processor_does_not_read_applies_at_once():
                               source="fulfillment")  # no cause_topic: the reader does not read the cause's topic
     state, records = run(placed(), authorized(), warehouse_cause)
     assert state.status == "cancelled" and not kinds(records, ParkedRecord)
+
+
+def test_a_provider_outcome_repeated_under_a_new_event_id_counts_once():
+    again = refunded(30, n=3, event_id="connector-redelivery-of-r-3")
+    capture_again = captured(100, n=2, event_id="connector-redelivery-of-cap-2")
+    state, records = run(placed(), authorized(100), captured(100), capture_again, refunded(30, n=3), again)
+    card = state.instrument("card-1")
+    assert (card.captured, card.refunded) == (100, 30)
+    duplicates = [r for r in kinds(records, Rejected) if r.reason_code == "duplicate_provider_outcome"]
+    assert len(duplicates) == 2 and "refund:r-3" in duplicates[1].reason
+    ledger = [t for t in kinds(records, Transitioned) if t.machine == "payment"]
+    assert len(ledger) == 3, "the amount ledger has one entry per operation, none for a repeat"
+    stored = OrderState.from_json(orjson.loads(orjson.dumps(state.to_json())))
+    assert stored.instrument("card-1").operations == ("capture:cap-2", "refund:r-3")

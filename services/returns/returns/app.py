@@ -17,7 +17,8 @@ app = service.app
 # order id -> ReturnsState.to_json(): the order as returns sees it, its returns and refunds.
 orders = service.table("orders", default=None, help="Returns and refunds per order")
 # policy_id@version -> Policy, every version, on every worker.
-policies = service.global_view(RETURNS_POLICIES, lambda record: _measured(Policy.from_record(record)))
+policies = service.global_view(RETURNS_POLICIES, lambda record: _measured(Policy.from_record(record)),
+                               remedy="orderops policies drop-unreadable")
 
 POLICY_ID = policy_id()
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from orderops.model import workflow
+from orderops.model import money, workflow
 from orderops.model.envelope import Envelope, StoredAsJson, from_json
 from orderops.model.workflow import CustomerNotice, HistoryEntry, Outcome, Park, Parked, Reject, Rejected, Step, evolve
 from returns.machines import CLOSE_AFTER_DAYS, DEFECT_REASONS, GRACE_DAYS, REFUND, RETURN
@@ -20,6 +20,7 @@ from returns.policy import Policy, in_force
 
 ZERO = Decimal(0)
 CENT = Decimal("0.01")
+CAPTURES_AWAITED = "captures covering the refund"
 OPEN_REFUNDS = frozenset({"requested", "failed"})
 
 
@@ -50,9 +51,20 @@ class RefundableInstrument:
     channel: str
     currency: str
     allocated: Decimal = ZERO  # what the order put on it: more captures may come up to this
+    authorized: Decimal = ZERO  # what the provider's authorization holds, once one was read
     captured: Decimal = ZERO
     first_captured_at: datetime | None = None
     refunded_elsewhere: Decimal = ZERO  # refunds this processor did not ask for
+    operations: tuple[str, ...] = ()  # provider operations counted here (money.operation_key)
+    lapsed: str = ""  # why the uncaptured rest of the allocation will never be captured, once it will not
+
+    @property
+    def still_capturable(self) -> Decimal:
+        """What may still be captured: order-state's rule (``money``), with the order's allocation
+        standing in for an authorization not read yet."""
+        if self.lapsed:
+            return ZERO
+        return max((self.authorized if self.authorized > ZERO else self.allocated) - self.captured, ZERO)
 
 
 @dataclass(frozen=True)
@@ -141,7 +153,14 @@ class ReturnsState(StoredAsJson):
                     and r.status in OPEN_REFUNDS | {"succeeded"}), ZERO)
 
     def refundable(self, instrument: RefundableInstrument) -> Decimal:
-        return instrument.captured - instrument.refunded_elsewhere - self.committed(instrument.instrument_id)
+        """What this processor may still ask to refund: in-flight requests count as taken."""
+        return money.refundable(instrument.captured, instrument.refunded_elsewhere
+                                + self.committed(instrument.instrument_id))
+
+    def refunded(self, instrument: RefundableInstrument) -> Decimal:
+        """What the provider confirmed refunded on the instrument (the amount order-state books)."""
+        return instrument.refunded_elsewhere + sum((r.amount for r in self.refunds if r.instrument_id ==
+                                                    instrument.instrument_id and r.status == "succeeded"), ZERO)
 
     def json_value(self) -> dict[str, Any]:
         return {
@@ -159,7 +178,8 @@ class ReturnsState(StoredAsJson):
         return cls(
             order_id=d["order_id"], placed_at=d["placed_at"], customer=d["customer"],
             lines=tuple(ReturnableLine(**x) for x in d["lines"]),
-            instruments=tuple(RefundableInstrument(**i) for i in d["instruments"]),
+            instruments=tuple(RefundableInstrument(**{**i, "operations": tuple(i.get("operations", ()))})
+                              for i in d["instruments"]),
             returns=tuple(Return(**{**r, "lines": tuple(ReturnLine(**x) for x in r["lines"]),
                                     "trace": tuple(r["trace"])}) for r in d["returns"]),
             refunds=tuple(Refund(**{**r, "keys": tuple(r["keys"])}) for r in d["refunds"]),
@@ -325,16 +345,22 @@ class ReturnsStep(Step):
         balances = [(i, state.refundable(i)) for i in state.instruments if state.refundable(i) > ZERO]
         available = sum((b for _, b in balances), ZERO)
         amount = cents(amount)
+        not_refunded = ""
         if amount > available:
-            if any(i.captured < i.allocated for i in state.instruments):
-                # Captures arrive on another topic: this may have overtaken one. Wait, never cut.
-                raise Park(REFUND.name, refund_id, REFUND.initial, "captures covering the refund")
-            if amount - available > ZERO:
-                self.emit(Rejected(REFUND.name, refund_id, REFUND.initial, "refund_exceeds_captured",
-                                   f"{amount - available} {state.instruments[0].currency} of {amount} cannot be "
-                                   f"refunded: only {available} is captured and not yet refunded"))
+            if any(i.still_capturable > ZERO for i in state.instruments):
+                # The rest of an authorization may still be captured (a capture may have overtaken
+                # nothing yet): wait for it, never cut; when it lapses, what was captured is refunded.
+                raise Park(REFUND.name, refund_id, REFUND.initial, CAPTURES_AWAITED)
+            currency = state.instruments[0].currency
+            lapsed = "; ".join(sorted({i.lapsed for i in state.instruments if i.lapsed}))
+            why = f"only {available} {currency} was captured and not yet refunded" + (f": {lapsed}" if lapsed else "")
+            not_refunded = f"{amount - available} {currency} of {amount} {currency}, because {why}"
+            self.emit(Rejected(REFUND.name, refund_id, REFUND.initial, "refund_exceeds_captured",
+                               f"{amount - available} {currency} of {amount} cannot be refunded: {why}"))
             amount = available
         if amount <= ZERO:
+            if not_refunded:
+                self.emit(CustomerNotice("refund_not_possible", {"cause": cause, "not_refunded": not_refunded}))
             return []
         parts: list[tuple[RefundableInstrument, Decimal]] = []
         for instrument, balance in balances:
@@ -357,8 +383,9 @@ class ReturnsStep(Step):
                             self.event.occurred_at, policy.ref)
             issued.append(self.command(refund, f"refund requested: {part} {instrument.currency} by {method.lower()}"))
         if issued:
-            self.emit(CustomerNotice("refund_issued", {"cause": cause, **_methods(issued)},
-                             tuple((r.instrument_id, r.channel, r.amount, r.currency) for r in issued)))
+            facts = {"cause": cause, **_methods(issued), **({"not_refunded": not_refunded} if not_refunded else {})}
+            self.emit(CustomerNotice("refund_issued", facts,
+                                     tuple((r.instrument_id, r.channel, r.amount, r.currency) for r in issued)))
         return issued
 
     def command(self, refund: Refund, reason: str) -> Refund:
@@ -399,14 +426,54 @@ def _captured(step: ReturnsStep) -> None:
         raise Reject("refund", payload["instrument_id"], "unknown", "unknown_instrument",
                      f"the order has no payment instrument {payload['instrument_id']}")
     _require_currency(instrument, payload["amount"])
+    operation = _once(step, instrument)
+    refused = money.capture_verdict(payload["amount"]["amount"], instrument.captured, instrument.still_capturable,
+                                    instrument.currency)
+    if refused:
+        raise Reject(REFUND.name, instrument.instrument_id, "capturing", "capture_exceeds_authorization", refused)
     step.state = step.state.put(instrument=evolve(
         instrument, captured=instrument.captured + payload["amount"]["amount"],
-        first_captured_at=instrument.first_captured_at or step.event.occurred_at))
+        first_captured_at=instrument.first_captured_at or step.event.occurred_at,
+        operations=(*instrument.operations, operation)))
     # A line cancelled before the money was taken is refunded once the whole order is captured,
     # by the capture: not by whichever warehouse snapshot happens to come next (a race between
     # two topics, so a replay would attribute the refund to another event), nor never, if none does.
     if all(i.captured >= i.allocated for i in step.state.instruments):
         _refund_cancelled_units(step)
+
+
+def _once(step: ReturnsStep, instrument: RefundableInstrument) -> str:
+    """The provider operation this outcome reports, which must not have been counted already."""
+    operation = money.operation_key(step.event.short_type, step.event.payload)
+    if money.counted(instrument.operations, operation):
+        raise Reject(REFUND.name, instrument.instrument_id, "counted", "duplicate_provider_outcome",
+                     f"{step.event.short_type} for {operation}, already counted (delivered again under event id "
+                     f"{step.event.event_id}): the books keep the first")
+    return operation
+
+
+def _authorized(step: ReturnsStep) -> None:
+    """An authorization, or a re-authorization after one lapsed: it holds more to capture."""
+    _require_order(step)
+    payload = step.event.payload
+    instrument = step.state.instrument(payload["instrument_id"])
+    if instrument is None:
+        return
+    _require_currency(instrument, payload["amount"])
+    step.state = step.state.put(instrument=evolve(
+        instrument, authorized=money.authorized_after(instrument.captured, payload["amount"]["amount"]), lapsed=""))
+
+
+def _authorization_lapsed(step: ReturnsStep) -> None:
+    """A void or an expiry: what was not captured on the instrument never will be, so a refund
+    waiting for it goes on with what was captured."""
+    _require_order(step)
+    instrument = step.state.instrument(step.event.payload["instrument_id"])
+    if instrument is None or instrument.lapsed:
+        return
+    why = {"PaymentVoided": "the rest of the authorization was voided",
+           "AuthorizationExpired": "the rest of the authorization expired"}[step.event.short_type]
+    step.state = step.state.put(instrument=evolve(instrument, lapsed=why))
 
 
 def _require_currency(instrument: RefundableInstrument, amount: dict) -> None:
@@ -561,19 +628,21 @@ def _refund_result(step: ReturnsStep) -> None:
     _require_order(step)
     payload, kind = step.event.payload, step.event.short_type
     refund = step.state.refund_by_key(payload["refund_id"])
+    if refund is None and requested_here(step.state.order_id, payload["refund_id"]):
+        # An answer to a request of ours that this state does not hold (yet): its cause is parked
+        # or being read again after a restart. It is matched to the request once that is re-made
+        # (the same key), never counted as a refund made elsewhere.
+        raise Park(REFUND.name, payload["refund_id"], "unknown", "the refund request it answers")
     if refund is None:
         if kind != "RefundSucceeded":
             raise Reject(REFUND.name, payload["refund_id"], "unknown", "unknown_refund",
                          f"{kind} for {payload['refund_id']}, a refund this processor never asked for")
-        # A refund made elsewhere (by support, in the provider's console): it still uses up the capture.
-        instrument = step.state.instrument(payload["instrument_id"])
-        if instrument is None:
-            raise Reject(REFUND.name, payload["refund_id"], "unknown", "unknown_instrument",
-                         f"the order has no payment instrument {payload['instrument_id']}")
-        _require_currency(instrument, payload["amount"])
-        step.state = step.state.put(instrument=evolve(
-            instrument, refunded_elsewhere=instrument.refunded_elsewhere + payload["amount"]["amount"]))
+        _refunded_elsewhere(step)
         return
+    if kind == "RefundSucceeded" and refund.status == "succeeded" and payload["refund_id"] == refund.keys[-1]:
+        raise Reject(REFUND.name, refund.refund_id, refund.status, "duplicate_provider_outcome",
+                     f"RefundSucceeded for {payload['refund_id']}, already counted (delivered again under event id "
+                     f"{step.event.event_id})")
     if payload["refund_id"] != refund.keys[-1] or refund.status != "requested":
         raise Reject(REFUND.name, refund.refund_id, refund.status, "stale_refund_result",
                      f"{kind} for attempt key {payload['refund_id']} arrived after the refund moved on")
@@ -604,6 +673,35 @@ def _refund_result(step: ReturnsStep) -> None:
     if refund.return_id:
         ret = step.state.return_(refund.return_id)
         step.return_trigger(ret, "refund_gave_up", f"refund {refund.refund_id} failed for good: support must act")
+
+
+def requested_here(order_id: str, key: str) -> bool:
+    """Whether an idempotency key is one this processor derives for its own refund requests
+    (``<order id>:<cause>:...#<attempt>``, see ``ReturnsStep.command``)."""
+    head, _, attempt = key.rpartition("#")
+    return attempt.isdigit() and head.startswith(f"{order_id}:") and (":return:" in head or ":cancel:" in head)
+
+
+def _refunded_elsewhere(step: ReturnsStep) -> None:
+    """A refund made elsewhere (by support, in the provider's console): it still uses up the
+    capture, by the rule order-state books refunds by (``money.refund_verdict``)."""
+    payload = step.event.payload
+    instrument = step.state.instrument(payload["instrument_id"])
+    if instrument is None:
+        raise Reject(REFUND.name, payload["refund_id"], "unknown", "unknown_instrument",
+                     f"the order has no payment instrument {payload['instrument_id']}")
+    _require_currency(instrument, payload["amount"])
+    operation = _once(step, instrument)
+    amount = payload["amount"]["amount"]
+    verdict = money.refund_verdict(amount, instrument.captured, step.state.refunded(instrument),
+                                   instrument.still_capturable, instrument.currency)
+    if verdict.outcome == money.WAIT:
+        raise Park(REFUND.name, payload["refund_id"], "unknown", verdict.reason)
+    if verdict.outcome == money.EXCEEDS:
+        raise Reject(REFUND.name, payload["refund_id"], "unknown", "refund_exceeds_captured", verdict.reason)
+    step.state = step.state.put(instrument=evolve(
+        instrument, refunded_elsewhere=instrument.refunded_elsewhere + amount,
+        operations=(*instrument.operations, operation)))
 
 
 def _settle(step: ReturnsStep, refund: Refund) -> None:
@@ -638,6 +736,9 @@ def _methods(refunds: list[Refund]) -> dict[str, str]:
 HANDLERS = {
     "OrderPlaced": _placed,
     "PaymentCaptured": _captured,
+    "PaymentAuthorized": _authorized,
+    "PaymentVoided": _authorization_lapsed,
+    "AuthorizationExpired": _authorization_lapsed,
     "FulfillmentStatusChanged": _fulfillment,
     "ReturnRequested": _return_requested,
     "PolicyExceptionApproved": _exception_approved,
@@ -658,7 +759,9 @@ def apply(state: ReturnsState | None, event: Envelope, topic: str, now: datetime
 
 def expire(state: ReturnsState, now: datetime, park_for: timedelta, policies: Policies, timer_topic: str) -> Outcome:
     """On a timer tick: retry what waits for a policy, reject what waited too long, close returns
-    refunded more than CLOSE_AFTER_DAYS ago."""
+    refunded more than CLOSE_AFTER_DAYS ago. A refund that waited its whole deadline for captures
+    goes on with what was captured: the rest of the authorization is taken as lapsed."""
+    state = _lapse_uncaptured(state, now)
     retried = workflow.retry_parked(state, now, park_for, HANDLERS, ReturnsStep, policies)
     expired = workflow.expire_parked(retried.state, now, lambda s, machine, entity: (
         s.return_(entity).status if machine == RETURN.name and s.return_(entity) else "unknown"))
@@ -672,6 +775,15 @@ def expire(state: ReturnsState, now: datetime, park_for: timedelta, policies: Po
             step.return_trigger(ret, "close", f"refunded more than {CLOSE_AFTER_DAYS} days ago")
             state, records = step.state, records + step.records
     return Outcome(state, tuple(records))
+
+
+def _lapse_uncaptured(state: ReturnsState, now: datetime) -> ReturnsState:
+    due = [p.deadline for p in state.parked if p.waiting_for == CAPTURES_AWAITED and p.deadline <= now]
+    if not due:
+        return state
+    why = f"the rest of the authorization was not captured by {min(due).isoformat()}"
+    return evolve(state, instruments=tuple(evolve(i, lapsed=why) if i.still_capturable > ZERO else i
+                                           for i in state.instruments))
 
 
 POLICY_RETRY = timedelta(seconds=30)

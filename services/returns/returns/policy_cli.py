@@ -3,6 +3,7 @@
     orderops policies check   [FILE ...]   validate (default: policies/*.yaml of the repository)
     orderops policies publish [FILE ...]   validate, check immutability, publish what is new
     orderops policies list                 what returns.policies holds
+    orderops policies drop-unreadable      tombstone each version whose latest record cannot be read
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _load(files: list[str]) -> list[Policy]:
 def _published(bootstrap: str) -> dict[str, Policy]:
     from returns.processor import published_policies
 
-    return published_policies(bootstrap)
+    return published_policies(bootstrap, told=lambda text: print(f"policies: {text}", file=sys.stderr))
 
 
 def check(args: argparse.Namespace) -> int:
@@ -82,6 +83,16 @@ def list_published(args: argparse.Namespace) -> int:
     return 0
 
 
+def drop_unreadable_versions(args: argparse.Namespace) -> int:
+    from orderops.runtime.globalview import drop_unreadable
+
+    dropped = drop_unreadable(KafkaSettings.from_env().bootstrap, RETURNS_POLICIES, convert=Policy.from_record)
+    for bad in dropped:
+        print(f"removed {bad.describe()}")
+    print(f"policies: {len(dropped)} unreadable record(s) removed")
+    return 0
+
+
 def what_if(args: argparse.Namespace) -> int:
     """Judge the return requests of a time range by a draft policy and by the published ones, from
     returns' input topics, and print every decision and refund amount that would change."""
@@ -120,7 +131,10 @@ def register(groups) -> None:
         command = commands.add_parser(name, help=text)
         command.add_argument("files", nargs="*", help="policy files (default: policies/*.yaml)")
         command.set_defaults(run=_guarded(run))
-    commands.add_parser("list", help="what returns.policies holds").set_defaults(run=list_published)
+    commands.add_parser("list", help="what returns.policies holds").set_defaults(run=_guarded(list_published))
+    commands.add_parser("drop-unreadable", help="tombstone each key of returns.policies whose latest record cannot be "
+                        "read (a good version may then be published under it)").set_defaults(
+        run=_guarded(drop_unreadable_versions))
     add_what_if(commands)
 
 

@@ -4,6 +4,7 @@ and the policy what-if (policies read from returns.policies, or a draft)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,6 +18,7 @@ from returns.policy import Policy
 from returns.records import publishable
 
 INPUTS = order_inputs(RETURNS)
+log = logging.getLogger("returns.processor")
 
 
 def policy_id() -> str:
@@ -24,10 +26,16 @@ def policy_id() -> str:
     return os.environ.get("ORDEROPS_RETURN_POLICY", "standard")
 
 
-def published_policies(bootstrap: str) -> dict[str, Policy]:
-    from orderops.runtime.globalview import read_all
+def published_policies(bootstrap: str, told: Callable[[str], None] | None = None) -> dict[str, Policy]:
+    """The policies on returns.policies; each record that cannot be read is left out and told
+    (default: logged), as the live processor's view does."""
+    from orderops.runtime.globalview import read_compacted
 
-    return {key: Policy.from_record(record) for key, record in read_all(bootstrap, RETURNS_POLICIES).items()}
+    found = read_compacted(bootstrap, RETURNS_POLICIES, convert=Policy.from_record)
+    for bad in found.unreadable.values():
+        (told or log.warning)(f"{bad.describe()}; left out. Publish a good version under the key, or remove it: "
+                              "orderops policies drop-unreadable")
+    return found.entries
 
 
 def definition(settings: ServiceSettings, bootstrap: str | None = None,

@@ -21,7 +21,8 @@ _n = count(1)
 
 def ev(type_name: str, payload: dict, at: datetime, order_id: str = "o-1") -> Envelope:
     namespace = {"OrderPlaced": "storefront", "ReturnRequested": "storefront", "PaymentCaptured": "payments",
-                 "RefundSucceeded": "payments", "RefundFailed": "payments", "ReturnReceived": "warehouse",
+                 "RefundSucceeded": "payments", "RefundFailed": "payments", "PaymentVoided": "payments",
+                 "AuthorizationExpired": "payments", "ReturnReceived": "warehouse",
                  "InspectionCompleted": "warehouse", "FulfillmentStatusChanged": "fulfillment",
                  "PolicyExceptionApproved": "support"}[type_name]
     return Envelope(f"{order_id}:{type_name}:{next(_n)}", order_id, at, namespace, f"orderops.{namespace}.{type_name}",
@@ -46,8 +47,13 @@ def placed(at=PLACED_V1, instruments=(("card-1", "CARD", "135.00"),), lines=LINE
         "shipping_address": {}, "total": money("135.00"), "promised_delivery_by": None}, at)
 
 
-def captured(instrument: str, amount, at: datetime) -> Envelope:
-    return ev("PaymentCaptured", {"instrument_id": instrument, "amount": money(amount), "capture_id": "cap"}, at)
+def captured(instrument: str, amount, at: datetime, capture_id: str | None = None) -> Envelope:
+    return ev("PaymentCaptured", {"instrument_id": instrument, "amount": money(amount),
+                                  "capture_id": capture_id or f"cap-{next(_n)}"}, at)
+
+
+def voided(instrument: str, amount, at: datetime) -> Envelope:
+    return ev("PaymentVoided", {"instrument_id": instrument, "amount": money(amount)}, at)
 
 
 def fulfilled(at: datetime, delivered=None, cancelled=None, lines=LINES) -> Envelope:

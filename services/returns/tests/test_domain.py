@@ -24,6 +24,7 @@ from builders import (
     received,
     refund_result,
     requested,
+    voided,
 )
 
 from orderops.model.catalog import STOREFRONT_ORDERS
@@ -228,7 +229,7 @@ def test_a_duplicate_refund_success_changes_nothing_and_a_stale_one_is_rejected(
     state, _ = run(success, state=state)
     assert domain.apply(state, success, "input", NOW, PARK_FOR, POLICIES).duplicate
     _, records = run(refund_result(command.key, "card-1", "10.00", at), state=state)  # same key, new event id
-    assert of(records, Rejected)[0].reason_code == "stale_refund_result"
+    assert of(records, Rejected)[0].reason_code == "duplicate_provider_outcome"
 
 
 def test_needs_review_then_exception_approved_by_a_lead():
@@ -387,3 +388,94 @@ def test_a_snapshot_that_changes_nothing_returns_keeps_leaves_the_lines_as_they_
                          "input", NOW, PARK_FOR, POLICIES)
     assert [(x.line_id, x.delivered, x.cancelled) for x in later.state.lines][:2] == [("l1", 1, 0), ("l2", 0, 1)]
     assert later.state.line("l1").delivered_at == PLACED_V1 + days(4)
+
+
+# -- money through odd sequences ------------------------------------------------------------------
+
+ONE_LINE = (("l1", "Headphones", "electronics", 1, "60.00"),)
+
+
+def partly_captured(captured_amount="50.00"):
+    """A 60.00 order on one card of which only ``captured_amount`` was captured, delivered, returned
+    whole and inspected as expected."""
+    state, _ = run(placed(instruments=(("card-1", "CARD", "60.00"),), lines=ONE_LINE),
+                   captured("card-1", captured_amount, PLACED_V1 + timedelta(hours=1)),
+                   fulfilled(PLACED_V1 + days(3), lines=ONE_LINE))
+    at = PLACED_V1 + days(5)
+    return run(requested("r-1", at, ("l1", 1, "DAMAGED")), received("r-1", at, ("l1", 1)),
+               inspected("r-1", at, ("l1", 1, "AS_EXPECTED")), state=state)
+
+
+def test_a_voided_rest_of_a_partial_capture_lets_what_was_captured_be_refunded_and_says_why_not_the_rest():
+    state, records = partly_captured()
+    assert of(records, RefundCommand) == [] and of(records, ParkedRecord)[0].parked.waiting_for == \
+        domain.CAPTURES_AWAITED
+    state, records = run(voided("card-1", "10.00", PLACED_V1 + days(6)), state=state)
+    assert [c.refund.amount for c in of(records, RefundCommand)] == [Decimal("50.00")]
+    [rejected] = of(records, Rejected)
+    assert rejected.reason_code == "refund_exceeds_captured" and "voided" in rejected.reason
+    [notice] = [n for n in of(records, CustomerNotice) if n.type == "refund_issued"]
+    assert notice.facts["not_refunded"].startswith("10.00 EUR of 60.00 EUR") and "voided" in notice.facts["not_refunded"]
+    assert state.return_("r-1").status == "refund_pending" and state.parked == ()
+
+
+def test_a_rest_never_captured_lapses_at_the_deadline_and_what_was_captured_is_refunded():
+    state, _ = partly_captured()
+    deadline = state.parked[0].deadline
+    early = domain.expire(state, deadline - timedelta(minutes=1), PARK_FOR, POLICIES, "timers")
+    assert early.of(RefundCommand) == [] and early.state.parked, "before the deadline it still waits"
+    outcome = domain.expire(state, deadline, PARK_FOR, POLICIES, "timers")
+    assert [c.refund.amount for c in outcome.of(RefundCommand)] == [Decimal("50.00")]
+    assert "not captured by" in outcome.of(Rejected)[0].reason
+    assert outcome.state.parked == () and outcome.state.instrument("card-1").lapsed
+
+
+def test_nothing_captured_at_all_tells_the_customer_nothing_can_be_refunded():
+    state, _ = partly_captured("0.01")
+    state, records = run(voided("card-1", "59.99", PLACED_V1 + days(6)), state=state)
+    [command] = of(records, RefundCommand)
+    assert command.refund.amount == Decimal("0.01")
+    state, _ = run(refund_result(command.key, "card-1", "0.01", PLACED_V1 + days(7)), state=state)
+    assert state.refundable(state.instrument("card-1")) == 0
+
+
+def test_a_provider_outcome_repeated_under_a_new_event_id_counts_once():
+    capture = captured("card-1", "35.00", PLACED_V1 + days(1), capture_id="cap-rest")
+    state, _ = run(placed(), captured("card-1", "100.00", PLACED_V1), capture, replace(capture, event_id="again"),
+                   fulfilled(PLACED_V1 + days(3)))
+    elsewhere = refund_result("console-refund-7", "card-1", "30.00", PLACED_V1 + days(5))
+    state, records = run(elsewhere, replace(elsewhere, event_id="connector-redelivery"), state=state)
+    card = state.instrument("card-1")
+    assert (card.refunded_elsewhere, card.captured) == (Decimal("30.00"), Decimal("135.00"))
+    assert [r.reason_code for r in of(records, Rejected)] == ["duplicate_provider_outcome"]
+    assert ReturnsState.from_json(orjson.loads(orjson.dumps(state.to_json()))).instrument("card-1").operations == \
+        card.operations
+
+
+def test_a_refund_made_elsewhere_above_what_is_captured_is_refused_as_order_state_refuses_it():
+    state = delivered_order()
+    state, records = run(refund_result("console-refund-8", "card-1", "145.00", PLACED_V1 + days(5)), state=state)
+    [rejected] = of(records, Rejected)
+    assert rejected.reason_code == "refund_exceeds_captured"
+    assert state.refundable(state.instrument("card-1")) == Decimal("135.00")
+
+
+def test_an_answer_to_our_own_request_that_this_state_does_not_hold_waits_for_the_request():
+    """After a crash the request's cause may be read again after the provider's answer: the answer
+    is matched to the request once it is made again, never booked as a refund made elsewhere."""
+    state = delivered_order()
+    at = PLACED_V1 + days(5)
+    ahead, _ = run(requested("r-1", at, ("l2", 1, "DAMAGED")), received("r-1", at, ("l2", 1)),
+                   inspected("r-1", at, ("l2", 1, "AS_EXPECTED")), state=state)
+    [command] = [r for r in ahead.refunds]
+    answer = refund_result(command.keys[0], "card-1", command.amount, at + days(1))
+    # the same order before the inspection was applied: the answer comes first
+    state, records = run(requested("r-1", at, ("l2", 1, "DAMAGED")), received("r-1", at, ("l2", 1)), answer,
+                         replace(answer, event_id="redelivered"), state=state)
+    assert state.instrument("card-1").refunded_elsewhere == 0
+    assert [p.waiting_for for p in state.parked] == ["the refund request it answers"] * 2
+    state, records = run(inspected("r-1", at, ("l2", 1, "AS_EXPECTED")), state=state)
+    assert [r.status for r in state.refunds] == ["succeeded"] and state.parked == ()
+    assert [n.type for n in of(records, CustomerNotice)].count("refund_completed") == 1
+    assert [r.reason_code for r in of(records, Rejected)] == ["duplicate_provider_outcome"]
+    assert state.instrument("card-1").refunded_elsewhere == 0
