@@ -115,6 +115,7 @@ class Refund:
 class ReturnsState(StoredAsJson):
     order_id: str
     placed_at: datetime | None = None
+    policy: str = ""  # the policy version in force when the order was placed: every decision is by it
     customer: dict | None = None
     lines: tuple[ReturnableLine, ...] = ()
     instruments: tuple[RefundableInstrument, ...] = ()
@@ -164,7 +165,7 @@ class ReturnsState(StoredAsJson):
 
     def json_value(self) -> dict[str, Any]:
         return {
-            "order_id": self.order_id, "placed_at": self.placed_at, "customer": self.customer,
+            "order_id": self.order_id, "placed_at": self.placed_at, "policy": self.policy, "customer": self.customer,
             "lines": [vars(x) for x in self.lines], "instruments": [vars(i) for i in self.instruments],
             "returns": [{**vars(r), "lines": [vars(x) for x in r.lines], "trace": list(r.trace)} for r in self.returns],
             "refunds": [{**vars(r), "keys": list(r.keys)} for r in self.refunds],
@@ -176,7 +177,7 @@ class ReturnsState(StoredAsJson):
     def from_json(cls, data: dict[str, Any]) -> ReturnsState:
         d = from_json({k: v for k, v in data.items() if k != "parked"})
         return cls(
-            order_id=d["order_id"], placed_at=d["placed_at"], customer=d["customer"],
+            order_id=d["order_id"], placed_at=d["placed_at"], policy=d.get("policy", ""), customer=d["customer"],
             lines=tuple(ReturnableLine(**x) for x in d["lines"]),
             instruments=tuple(RefundableInstrument(**{**i, "operations": tuple(i.get("operations", ()))})
                               for i in d["instruments"]),
@@ -256,6 +257,11 @@ def evaluate(policy: Policy, state: ReturnsState, request: dict, requested_at: d
         trace.append({"rule": name, "inputs": {k: str(v) for k, v in inputs.items()}, "outcome": outcome,
                       "detail": detail})
 
+    placed = state.placed_at.isoformat() if state.placed_at else ""
+    rule("policy_version", "pass", f"judged by {policy.ref}, in force when the order was placed ({placed})"
+         + (f"; {policy.ref} was published backdated" if policy.backdated else ""),
+         version=policy.ref, effective_from=policy.effective_from.isoformat(), placed_at=placed,
+         backdated=str(policy.backdated).lower())
     for asked in request["lines"]:
         line = state.line(asked["line_id"])
         name = line.name if line else asked["line_id"]
@@ -316,11 +322,20 @@ class ReturnsStep(Step):
     context: Policies
 
     def policy(self) -> Policy:
+        """The version the order is judged by: the one in force when it was placed, recorded with
+        the order then (or at its first decision, if none was published yet), so that a version
+        published later, even one dated back, never changes the rules for it."""
+        if self.state.policy:
+            policy = self.context.by_ref.get(self.state.policy) if self.context else None
+            if policy is None:
+                raise Park(RETURN.name, self.state.order_id, "unknown", f"policy {self.state.policy} to be read")
+            return policy
         policy = self.context.for_order(self.state.placed_at) if self.context else None
         if policy is None:
             raise Park(RETURN.name, self.state.order_id, "unknown",
                        f"a {self.context.policy_id if self.context else ''} return policy in force at "
                        f"{self.state.placed_at.isoformat()} to be published")
+        self.state = evolve(self.state, policy=policy.ref)
         return policy
 
     def return_trigger(self, ret: Return, trigger: str, reason: str) -> Return:
@@ -405,8 +420,10 @@ def _placed(step: ReturnsStep) -> None:
     if step.state.placed_at is not None:
         raise Reject(RETURN.name, step.state.order_id, "placed", "duplicate_order",
                      "an order with this id was already placed (with another event id)")
+    in_force = step.context.for_order(step.event.occurred_at) if step.context else None
     step.state = evolve(
         step.state, placed_at=step.event.occurred_at, customer=payload["customer"],
+        policy=in_force.ref if in_force else "",
         lines=tuple(ReturnableLine(x["line_id"], x["name"], x["category"], x["quantity"], x["unit_price"]["amount"],
                          x["unit_price"]["currency"], x.get("final_sale", False)) for x in payload["lines"]),
         instruments=tuple(RefundableInstrument(i["instrument_id"], i["channel"], i["amount"]["currency"], i["amount"]["amount"])

@@ -56,6 +56,7 @@ class Policy:
     store_credit_after_capture_days: int
     max_refund_attempts: int
     published_at: datetime | None = field(default=None, compare=False)
+    backdated: bool = field(default=False, compare=False)  # see check_publishable
 
     @property
     def ref(self) -> str:
@@ -84,11 +85,35 @@ class Policy:
             "refund_routes": [{"channel": c, "method": r.method, "alternative": r.alternative, "sla_hours": r.sla_hours}
                               for c, r in sorted(self.refund_routes.items())],
             "store_credit_after_capture_days": self.store_credit_after_capture_days,
-            "max_refund_attempts": self.max_refund_attempts,
+            "max_refund_attempts": self.max_refund_attempts, "backdated": self.backdated,
         }
 
     @classmethod
     def from_record(cls, r: dict) -> Policy:
+        """The version a record on returns.policies holds; ``PolicyRecordError`` if it is one no
+        decision could be taken by (a record written past ``orderops policies publish``)."""
+        policy = cls._from_fields(r)
+        problems = policy.record_problems()
+        if problems:
+            raise PolicyRecordError(f"{policy.ref}: " + "; ".join(problems))
+        return policy
+
+    def record_problems(self) -> list[str]:
+        problems = []
+        if self.version < 1:
+            problems.append(f"version {self.version} is not positive")
+        if not 0 <= self.restocking_fee_percent <= 100:
+            problems.append(f"restocking_fee_percent {self.restocking_fee_percent} is not within 0..100")
+        if self.max_refund_attempts < 1:
+            problems.append(f"max_refund_attempts {self.max_refund_attempts} is not positive")
+        problems += [f"inspection share {o} = {p} % is not within 0..100" for o, p in self.inspection_shares.items()
+                     if not 0 <= p <= 100]
+        problems += [f"condition {c.rule_id}: unknown predicate {c.when!r} (known: {', '.join(PREDICATES)})"
+                     for c in self.condition_rules if c.when not in PREDICATES]
+        return problems
+
+    @classmethod
+    def _from_fields(cls, r: dict) -> Policy:
         return cls(
             r["policy_id"], r["version"], r["effective_from"], r["description"], r["default_window_days"],
             {w["category"]: w["days"] for w in r["category_windows"]}, tuple(r["final_sale_categories"]),
@@ -97,7 +122,7 @@ class Policy:
             r["restocking_fee_percent"], tuple(r["restocking_fee_exempt_reasons"]), r["max_returns_per_customer_90d"],
             {s["outcome"]: s["share_percent"] for s in r["inspection_shares"]},
             {x["channel"]: Route(x["method"], x["sla_hours"], x["alternative"]) for x in r["refund_routes"]},
-            r["store_credit_after_capture_days"], r["max_refund_attempts"], r["published_at"])
+            r["store_credit_after_capture_days"], r["max_refund_attempts"], r["published_at"], r.get("backdated", False))
 
 
 def in_force(policies: dict[str, Policy], policy_id: str, at: datetime) -> Policy | None:
@@ -107,6 +132,10 @@ def in_force(policies: dict[str, Policy], policy_id: str, at: datetime) -> Polic
 
 
 # -- files ----------------------------------------------------------------------------------------
+
+class PolicyRecordError(ValueError):
+    """A record on returns.policies that decodes but holds no usable policy."""
+
 
 class PolicyFileError(Exception):
     """A policy file that cannot be published, with the file, line and reason."""
@@ -242,9 +271,16 @@ def load_policy(path: Path) -> Policy:
     )
 
 
-def check_publishable(new: Policy, published: dict[str, Policy]) -> str | None:
+def check_publishable(new: Policy, published: dict[str, Policy], before: dict[str, Policy] | None = None,
+                      now: datetime | None = None) -> str | None:
     """Why ``new`` cannot be published next to ``published``, or None (also None when it is there
-    already, unchanged: publishing is idempotent)."""
+    already, unchanged: publishing is idempotent).
+
+    ``before``: what the topic held before this publishing began, and ``now`` its moment. A version
+    whose ``effective_from`` is before ``now`` would take over a time an earlier version of the
+    policy already governed; it is refused unless it is marked ``backdated`` (``--backdate``),
+    which it then carries on the topic and into every decision by it. Orders keep the version in
+    force when they were placed either way (returns records it with the order)."""
     existing = published.get(new.ref)
     if existing is not None:
         return None if existing == new else (
@@ -258,4 +294,9 @@ def check_publishable(new: Policy, published: dict[str, Policy]) -> str | None:
     if latest and new.effective_from <= latest.effective_from:
         return (f"{new.ref} takes effect {new.effective_from.isoformat()}, not after {latest.ref} "
                 f"({latest.effective_from.isoformat()}): a version may not rewrite the past")
+    governed = [p for p in (before or {}).values() if p.policy_id == new.policy_id and p.version < new.version]
+    if now is not None and governed and new.effective_from < now and not new.backdated:
+        return (f"{new.ref} takes effect {new.effective_from.isoformat()}, before now ({now.isoformat()}), when "
+                f"{max(governed, key=lambda p: p.version).ref} already governed: date it from now on, or publish it "
+                "with --backdate (the version records it and every decision by it says so)")
     return None

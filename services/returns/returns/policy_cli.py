@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from orderops.codec.avro import Codec
@@ -51,9 +52,14 @@ def publish(args: argparse.Namespace) -> int:
     policies = _load(args.files)
     bootstrap = KafkaSettings.from_env().bootstrap
     published = _published(bootstrap)
+    before, now = dict(published), datetime.now(UTC)
     problems, new = [], []
     for policy in sorted(policies, key=lambda p: (p.policy_id, p.version)):
-        problem = check_publishable(policy, published)
+        problem = check_publishable(policy, published, before, now)
+        if problem and args.backdate:
+            marked = dataclasses.replace(policy, backdated=True)
+            if check_publishable(marked, published, before, now) is None:
+                policy, problem = marked, None
         if problem:
             problems.append(problem)
         elif policy.ref not in published:
@@ -71,7 +77,8 @@ def publish(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     for policy in new:
-        print(f"published {policy.ref}  effective {policy.effective_from.isoformat()}")
+        marked = "  (backdated)" if policy.backdated else ""
+        print(f"published {policy.ref}  effective {policy.effective_from.isoformat()}{marked}")
     print(f"policies: {len(new)} published, {len(policies) - len(new)} already published unchanged")
     return 0
 
@@ -79,7 +86,8 @@ def publish(args: argparse.Namespace) -> int:
 def list_published(args: argparse.Namespace) -> int:
     for ref, policy in sorted(_published(KafkaSettings.from_env().bootstrap).items()):
         print(f"{ref:16} effective {policy.effective_from.isoformat()}  published "
-              f"{policy.published_at.isoformat() if policy.published_at else '?'}  {policy.description}")
+              f"{policy.published_at.isoformat() if policy.published_at else '?'}"
+              f"{'  (backdated)' if policy.backdated else ''}  {policy.description}")
     return 0
 
 
@@ -130,6 +138,10 @@ def register(groups) -> None:
     for name, run, text in (("check", check, "validate policy files"), ("publish", publish, "publish what is new")):
         command = commands.add_parser(name, help=text)
         command.add_argument("files", nargs="*", help="policy files (default: policies/*.yaml)")
+        if name == "publish":
+            command.add_argument("--backdate", action="store_true",
+                                 help="allow a version whose effective_from is in the past; it records that it was "
+                                      "backdated and every decision by it shows it")
         command.set_defaults(run=_guarded(run))
     commands.add_parser("list", help="what returns.policies holds").set_defaults(run=_guarded(list_published))
     commands.add_parser("drop-unreadable", help="tombstone each key of returns.policies whose latest record cannot be "

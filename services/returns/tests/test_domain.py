@@ -33,7 +33,7 @@ from orderops.model.workflow import CustomerNotice, ParkedRecord, Rejected
 from returns import domain
 from returns.domain import Decided, Policies, RefundCommand, ReturnsState
 from returns.machines import REFUND, RETURN
-from returns.policy import PolicyFileError, check_publishable, load_policy
+from returns.policy import Policy, PolicyFileError, check_publishable, load_policy
 
 NOW = PLACED_V2 + days(30)
 PARK_FOR = timedelta(hours=24)
@@ -100,7 +100,7 @@ def test_policy_decisions(line, reason, at_days, decision, deciding_rule):
 def test_trace_records_every_rule_with_its_inputs():
     decided = decide(("l2", 1, "NO_LONGER_NEEDED"), at_days=12)
     assert [t["rule"] for t in decided.trace] == [
-        "quantity_returnable", "final_sale", "return_window", "condition:hygiene-opened",
+        "policy_version", "quantity_returnable", "final_sale", "return_window", "condition:hygiene-opened",
         "condition:high-value-electronics", "restocking_fee", "customer_limit"]
     window = rule(decided, "return_window")
     assert window["inputs"] == {"days_since_delivery": "12", "window_days": "30",
@@ -334,6 +334,40 @@ def test_published_versions_are_immutable_and_never_rewrite_the_past():
     backdated = replace(v2, effective_from=v1.effective_from)
     assert "rewrite the past" in check_publishable(backdated, {v1.ref: v1})
     assert "versions only go up" in check_publishable(v1, {v2.ref: v2})
+
+
+def test_a_version_dated_before_its_publishing_is_refused_unless_marked_backdated():
+    v1, v2 = POLICIES.by_ref["standard@1"], POLICIES.by_ref["standard@2"]
+    now = v2.effective_from + days(6)
+    refused = check_publishable(v2, {v1.ref: v1}, before={v1.ref: v1}, now=now)
+    assert refused and "--backdate" in refused and "standard@1 already governed" in refused
+    assert check_publishable(replace(v2, backdated=True), {v1.ref: v1}, before={v1.ref: v1}, now=now) is None
+    assert check_publishable(v2, {v1.ref: v1}, before={v1.ref: v1}, now=v2.effective_from - days(1)) is None, \
+        "dated from now on: fine"
+    assert check_publishable(v2, {v1.ref: v1}, before={}, now=now) is None, \
+        "published together with the first version: no order was judged by another version yet"
+    assert Policy.from_record(replace(v2, backdated=True).to_record()).backdated
+
+
+def test_an_order_keeps_the_version_in_force_when_it_was_placed_whatever_is_published_later():
+    """A version published later, dated back before the order, does not judge it; the decision
+    names the version and whether it was backdated."""
+    only_v1 = Policies({"standard@1": POLICIES.by_ref["standard@1"]})
+    state, _ = run(placed(at=PLACED_V2 + days(1)), captured("card-1", "135.00", PLACED_V2 + days(1)),
+                   fulfilled(PLACED_V2 + days(3)), policies=only_v1)
+    assert state.policy == "standard@1"
+    backdated_v2 = replace(POLICIES.by_ref["standard@2"], backdated=True)
+    later = Policies({"standard@1": POLICIES.by_ref["standard@1"], "standard@2": backdated_v2})
+    _, records = run(requested("r-1", PLACED_V2 + days(5), ("l2", 1, "DAMAGED")), state=state, policies=later)
+    [decided] = of(records, Decided)
+    assert decided.policy == "standard@1"
+    assert decided.trace[0]["rule"] == "policy_version" and decided.trace[0]["inputs"]["version"] == "standard@1"
+    # an order placed once v2 is read is judged by it, and the decision says it was backdated
+    fresh, _ = run(placed(at=PLACED_V2 + days(1)), captured("card-1", "135.00", PLACED_V2 + days(1)),
+                   fulfilled(PLACED_V2 + days(3)), policies=later)
+    _, records = run(requested("r-1", PLACED_V2 + days(5), ("l2", 1, "DAMAGED")), state=fresh, policies=later)
+    [decided] = of(records, Decided)
+    assert decided.policy == "standard@2" and "published backdated" in decided.trace[0]["detail"]
 
 
 def test_a_return_waiting_for_its_policy_is_retried_soon_not_at_its_deadline():
