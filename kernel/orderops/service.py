@@ -182,7 +182,8 @@ class Service:
                         "on that topic. Upstream systems must send a provider token and the last four digits, never "
                         "the number: tell the owners of %s.", topic, partition, offset,
                         envelope.event_id, ", ".join(masked), topic)
-        self.clock.observe(envelope.occurred_at)
+        if catalog.topic(topic).moves_event_clock:
+            self.clock.observe(envelope.occurred_at)
         return envelope
 
     async def emit(self, topic: Topic, key: str, record: dict, headers: list[tuple[str, bytes]] | None = None):

@@ -57,6 +57,9 @@ class Topic:
     compacted: bool = False
     retention_ms: int = 30 * DAY_MS
     partitions_override: int | None = field(default=None, compare=False)
+    # Records of what people did (agents' actions), stamped by their writer from the clock it runs
+    # by: in event-time mode they never move a reader's event clock (see orderops.model.clock).
+    moves_event_clock: bool = True
 
     @property
     def partitions(self) -> int:
@@ -113,6 +116,7 @@ SUPPORT_CONTACTS = Topic(
 SUPPORT_ACTIONS = Topic(
     "support.actions", "orderops.support.SupportActionEvent", ORDER_KEY, (TIMELINE,), (RETURNS, TIMELINE),
     "What agents do in the console (written by the timeline's support API), each with the acting user.",
+    moves_event_clock=False,
 )
 RETURNS_POLICIES = Topic(
     "returns.policies", "orderops.returns.ReturnPolicy", "policy_id@version (UTF-8)", (POLICY_ADMIN,), (RETURNS,),

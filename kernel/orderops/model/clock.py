@@ -1,5 +1,10 @@
 """Clocks. Live processing ages things by the wall clock; replays and tests by event time, so a
-replay of the same events reaches the same decisions whenever it runs."""
+replay of the same events reaches the same decisions whenever it runs.
+
+Agents' actions follow the same clock: live they carry the wall time; in event-time mode the
+timeline stamps them just after the order's latest event (``timeline.views.action_time``), and no
+processor's event clock is moved by them (``Topic.moves_event_clock``): an action stamped with
+another clock's time would give parked events of every other order deadlines on that clock."""
 
 from __future__ import annotations
 

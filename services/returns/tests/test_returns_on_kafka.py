@@ -148,3 +148,38 @@ async def test_return_refund_story(catalog_topics, run_id, tmp_path):
     finally:
         provider.stop()
         process.stop(signal.SIGKILL)
+
+
+async def test_an_agents_action_does_not_move_the_event_clock(catalog_topics, run_id, tmp_path):
+    """In event-time mode an action on support.actions, however it is stamped, moves no processor's
+    clock: the deadline of an event of another order parked after it is on the orders' own time."""
+    from orderops.model.catalog import SUPPORT_ACTIONS
+
+    bootstrap = catalog_topics
+    env = {"KAFKA_BOOTSTRAP": bootstrap, "ORDEROPS_INSTANCE": f"c{run_id}", "ORDEROPS_DATA_DIR": str(tmp_path / "c"),
+           "WEB_PORT": str(free_port()), "ORDEROPS_CLOCK": "event", "ORDEROPS_PARK_DEADLINE_SECONDS": "86400"}
+    process = ServiceProcess(["-m", "returns"], env, tmp_path / "clock.log", int(env["WEB_PORT"])).start()
+    acted_on, waiting = f"act-{run_id}", f"wait-{run_id}"
+    kafka = producer(bootstrap)
+    try:
+        await process.wait_ready()
+        story = Story(acted_on, start=PLACED)
+        story.on(STOREFRONT_ORDERS).OrderPlaced(
+            customer=customer(), lines=[line("l1", "Teapot", 1, "40.00")],
+            instruments=[instrument("card-1", "CARD", "40.00", "visa")], shipping_address=address(), total=money("40.00"))
+        story.publish(kafka)
+        far = Story(acted_on, start=datetime(2031, 1, 1, tzinfo=UTC))  # a tool writing the wall time of another day
+        far.on(SUPPORT_ACTIONS).PolicyExceptionApproved(actor={"user_id": "lee", "role": "lead"}, return_id="r-9",
+                                                        reason="goodwill")
+        far.publish(kafka)
+        await poll_json(process, f"/orders/{acted_on}/returns", lambda v: len(v["parked"]) == 1, timeout=60)
+
+        early = Story(waiting, start=PLACED + timedelta(hours=1))
+        early.on(STOREFRONT_RETURNS).ReturnRequested(
+            return_id="r-1", customer_id="cust-1", lines=[{"line_id": "l1", "quantity": 1, "reason": "DAMAGED"}])
+        early.publish(kafka)
+        view = await poll_json(process, f"/orders/{waiting}/returns", lambda v: len(v["parked"]) == 1, timeout=60)
+        deadline = datetime.fromisoformat(view["parked"][0]["deadline"])
+        assert deadline <= PLACED + timedelta(hours=1, days=1), f"the deadline followed the action's clock: {deadline}"
+    finally:
+        process.stop(signal.SIGKILL)

@@ -8,6 +8,7 @@ import random
 import re
 import signal
 from collections import defaultdict
+from datetime import timedelta
 
 import aiohttp
 import pytest
@@ -152,6 +153,11 @@ async def test_view_api_and_replay(catalog_topics, run_id, tmp_path, support_use
             ("TagApplied", "ann"), ("EscalationAcknowledged", "ann"), ("EscalationResolvedByAgent", "lee"),
             ("ContactLogged", "root")]
         assert actions[0].event_id == actions[1].event_id != actions[2].event_id
+        # In event-time mode an action is stamped on the order's clock (just after its latest event),
+        # not the wall clock: it sorts after the contacts it answers and ages the order no further.
+        story_end = max(event.occurred_at for _, event in split_order_story().events)
+        assert all(story_end < a.occurred_at <= story_end + timedelta(seconds=1) for a in actions), \
+            [a.occurred_at for a in actions]
         # The same story with its events shuffled across topics ends in the same view.
         shuffled_id = f"tls-{run_id}"
         publish(bootstrap, shuffled_id, shuffle_seed=int(run_id, 16))

@@ -17,7 +17,7 @@ import os
 import re
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -117,10 +117,24 @@ async def _act(request: web.Request, order_id: str, type_name: str, payload: dic
     if key is not None and not re.fullmatch(r"[A-Za-z0-9._:-]{1,100}", key):
         raise BadRequest("Idempotency-Key must be 1-100 of letters, digits, . _ : -")
     event_id = f"console:{order_id}:{type_name}:{key}" if key else f"console:{uuid.uuid4()}"
-    envelope = Envelope(event_id, order_id, datetime.now(UTC), service.name, f"orderops.support.{type_name}",
+    envelope = Envelope(event_id, order_id, action_time(order_id), service.name, f"orderops.support.{type_name}",
                         {"actor": signed_in(request).as_actor(), **payload})
     await service.emit_all(order_id, [(SUPPORT_ACTIONS, envelope.to_record())])
     return {"accepted": True, "event_id": event_id, "type": type_name, "order_id": order_id}
+
+
+def action_time(order_id: str) -> datetime:
+    """When an agent's action happened, on the clock the processors run by (docs/operations.md,
+    "Clocks"). Live: the wall clock. In event-time mode: one millisecond after the order's latest
+    event as this worker holds it — the agent acted on what its view showed, so the action sorts
+    after it and ages the order no further — else the timeline's event clock. Never the wall clock
+    there: the real time is far from simulated or replayed time, and an action stamped with it
+    sorted before the contact it answered."""
+    if service.settings.clock == "wall":
+        return datetime.now(UTC)
+    stored = views.get(order_id)
+    last = from_json(stored)["last_event_at"] if stored is not None else None
+    return last + timedelta(milliseconds=1) if last is not None else service.clock.now()
 
 
 def endpoint(method: str, path: str, routed: bool = False):
