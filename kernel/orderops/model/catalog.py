@@ -221,6 +221,14 @@ DATA_TOPICS: tuple[Topic, ...] = (
 ALL_TOPICS: tuple[Topic, ...] = (DATA_TOPICS + tuple(TIMER_TOPICS.values()) + tuple(DEAD_LETTER_TOPICS.values())
                                   + tuple(REDRIVE_TOPICS.values()))
 BY_NAME = {t.name: t for t in ALL_TOPICS}
+# Records appended in the same millisecond (one producer flush: an order and its authorization)
+# are met in this order, live and in replays: the catalog's, in which an order is placed before
+# anything is paid, shipped or returned for it, and upstream facts come before what is derived.
+WRITE_RANK = {t.name: n for n, t in enumerate(ALL_TOPICS)}
+
+
+def write_rank(name: str) -> int:
+    return WRITE_RANK.get(name, len(WRITE_RANK))
 
 # Only on the benchmark's own broker (make bench), never created by `orderops topics create`.
 BENCH_PASSTHROUGH = Topic(

@@ -125,12 +125,19 @@ class Machine:
 
 @dataclass(frozen=True)
 class Parked(StoredAsJson):
+    """An event that waits. Its ``EventParked`` audit record is written only once it really waits
+    (``announce``): when the order's next input leaves it waiting, or ``ANNOUNCE_AFTER`` after it
+    parked (a timer tick). Written together, an authorization is often appended a millisecond
+    before its order; recorded at once, every such pair left a false "waits for the order"."""
+
     event: Envelope
     topic: str
     machine: str
     entity_id: str
     waiting_for: str
     deadline: datetime
+    current_state: str = ""  # the machine's state when the event parked, as its audit record says
+    announce_at: datetime | None = None  # when its audit record is due; None: written
 
     def json_value(self) -> dict:
         return {**vars(self), "event": self.event.json_value()}
@@ -194,6 +201,7 @@ class Outcome:
     state: Any
     records: tuple[Record, ...] = ()
     duplicate: bool = False
+    waiting: Parked | None = None  # the event itself parked
 
     def of(self, kind: type) -> list:
         return [r.what for r in self.records if isinstance(r.what, kind)]
@@ -263,8 +271,27 @@ def apply(state: Any, event: Envelope, topic: str, now: datetime, park_for: time
     # of the cancellation, read first after a restart, stayed parked for a day).
     awaited = bool(state.parked) and any(p.machine == CAUSE and p.entity_id == event.event_id for p in state.parked)
     if awaited or _moved(state, outcome):
-        return _drain_parked(outcome, now, park_for, handlers, step_class, context)
-    return outcome
+        outcome = _drain_parked(outcome, now, park_for, handlers, step_class, context)
+    return announce(outcome, lambda parked: parked.event.event_id != event.event_id)
+
+
+ANNOUNCE_AFTER = timedelta(seconds=1)
+
+
+def announce(outcome: Outcome, due: Callable[[Parked], bool]) -> Outcome:
+    """Write the audit record of every parked event not yet recorded that ``due`` says really waits.
+    The record is the one its park would have written then (its cause, its id, the state it
+    parked in), whenever it is written: live and replay write the same bytes."""
+    state = outcome.state
+    pending = [p for p in state.parked if p.announce_at is not None and due(p)]
+    if not pending:
+        return outcome
+    records, written = list(outcome.records), {}
+    for parked in pending:
+        written[id(parked)] = evolve(parked, announce_at=None)
+        records.append(Record(parked.event, parked.topic, ParkedRecord(written[id(parked)], parked.current_state)))
+    state = evolve(state, parked=tuple(written.get(id(p), p) for p in state.parked))
+    return Outcome(state, tuple(records), outcome.duplicate, outcome.waiting)
 
 
 def _moved(state: Any, outcome: Outcome) -> bool:
@@ -275,11 +302,7 @@ def _moved(state: Any, outcome: Outcome) -> bool:
     them all anyway made a backlog quadratic: an order's warehouse events, read before its
     ``OrderPlaced``, were each tried again at every later one (three futile tries per
     fulfillment message)."""
-    if outcome.state is state:
-        return False
-    parked_itself = (len(outcome.records) == 1 and isinstance(outcome.records[0].what, ParkedRecord)
-                     and outcome.state.parked[:-1] == state.parked)
-    return not parked_itself
+    return outcome.state is not state and outcome.waiting is None
 
 
 CAUSE_HEADER = "orderops-cause-topic"
@@ -315,9 +338,9 @@ def _apply_once(state: Any, event: Envelope, topic: str, now: datetime, park_for
         handler(step)
         step.finished(state)
     except Park as park:
-        parked = Parked(event, topic, park.machine, park.entity_id, park.waiting_for, now + park_for)
-        step = step_class(evolve(state, parked=(*state.parked, parked)), event, topic, context)
-        step.emit(ParkedRecord(parked, park.current))
+        parked = Parked(event, topic, park.machine, park.entity_id, park.waiting_for, now + park_for, park.current,
+                        now + ANNOUNCE_AFTER)
+        return Outcome(evolve(state, parked=(*state.parked, parked)), waiting=parked)
     except Reject as reject:
         step = step_class(state, event, topic, context)
         step.emit(reject.rejected)
@@ -334,23 +357,23 @@ def _drain_parked(outcome: Outcome, now: datetime, park_for: timedelta, handlers
         for parked in state.parked:
             remaining = evolve(state, parked=tuple(p for p in state.parked if p is not parked))
             retry = _apply_once(remaining, parked.event, parked.topic, now, park_for, handlers, step_class, context)
-            still_waiting = retry.of(ParkedRecord)
-            if not still_waiting:
+            if retry.waiting is None:
                 state, progressed = retry.state, True
                 records.extend(retry.records)
                 break
             # Still early, maybe for another reason now: say what (and whose state) it waits for
-            # today, and keep its original deadline.
-            now_parked = still_waiting[0].parked
-            updated = evolve(now_parked, deadline=parked.deadline)
+            # today, and keep its original deadline and whether its audit record was written.
+            updated = evolve(retry.waiting, deadline=parked.deadline, announce_at=parked.announce_at)
             if updated != parked:
                 state = evolve(state, parked=tuple(updated if p is parked else p for p in state.parked))
     return Outcome(state, tuple(records))
 
 
 def expire_parked(state: Any, now: datetime, current_state: Callable[[Any, str, str], str]) -> Outcome:
-    """Reject every parked event whose deadline has passed, with an audit record."""
-    records, keep = [], []
+    """On a timer tick: record what has waited ``ANNOUNCE_AFTER`` (``announce``); reject every
+    parked event whose deadline has passed, with an audit record."""
+    announced = announce(Outcome(state), lambda p: p.announce_at <= now < p.deadline)
+    state, records, keep = announced.state, list(announced.records), []
     for parked in state.parked:
         if parked.deadline <= now:
             records.append(Record(parked.event, parked.topic, Rejected(
@@ -375,7 +398,8 @@ def describe_history_and_parked(state: Any) -> dict:
 
 
 def earliest_park_deadline(state: Any) -> datetime | None:
-    return min((p.deadline for p in state.parked), default=None)
+    """The next moment a parked event needs a timer tick: its audit record due, or its deadline."""
+    return min((p.announce_at or p.deadline for p in state.parked), default=None)
 
 
 # -- audit records of the contract ----------------------------------------------------------------

@@ -62,7 +62,7 @@ class Rebuilt:
 
 def write_order(messages: Iterable[Message]) -> list[Message]:
     """The order a live processor met them in (``ordering.write_order``): partitions merged by broker
-    timestamp, ties by topic, partition and offset, each partition's records in offset order even
+    timestamp, ties by the catalog's rank, topic, partition and offset, each partition's records in offset order even
     where its timestamps go back (producer-set times on a topic created before the catalog asked
     for the broker's)."""
     partitions: dict[tuple[str, int], list[Message]] = {}
@@ -332,8 +332,8 @@ def _replay(processor: MachineProcessor, messages: Iterable[Message], clock: str
     return rebuilt
 
 
-def _written(message: Message) -> tuple[int, str, int, int]:
-    return message.timestamp_ms, message.topic, message.partition, message.offset
+def _written(message: Message) -> tuple[int, int, str, int, int]:
+    return message.timestamp_ms, catalog.write_rank(message.topic), message.topic, message.partition, message.offset
 
 
 # -- comparing with what the processor produced ---------------------------------------------------

@@ -34,10 +34,13 @@ def in_write_order(topic: str) -> bool:
 
 
 def write_order(records: Mapping[Any, list]) -> list[tuple[Any, Any]]:
-    """A fetched batch merged by broker timestamp; a partition's records keep their offset order
-    (``heapq.merge`` takes from each list's head only, whatever the producer-set timestamps)."""
-    streams = [[(r.timestamp, tp.topic, tp.partition, r.offset, tp, r) for r in batch] for tp, batch in records.items()]
-    return [(tp, r) for *_, tp, r in heapq.merge(*streams, key=lambda item: item[:4])]
+    """A fetched batch merged by broker timestamp, ties by the catalog's rank (``catalog.write_rank``:
+    an order placed in the same millisecond as its authorization is met first, and nothing parks
+    for it); a partition's records keep their offset order (``heapq.merge`` takes from each list's
+    head only, whatever the producer-set timestamps)."""
+    streams = [[(r.timestamp, catalog.write_rank(tp.topic), tp.topic, tp.partition, r.offset, tp, r) for r in batch]
+               for tp, batch in records.items()]
+    return [(tp, r) for *_, tp, r in heapq.merge(*streams, key=lambda item: item[:5])]
 
 
 def held_back(records: Mapping[Any, list], task_partitions: Callable[[int], Iterable[Any]],

@@ -30,7 +30,7 @@ from events import (
 from fulfillment import domain
 from fulfillment.domain import FulfillmentState, ShipmentNotice, StatusSnapshot
 from fulfillment.machines import SHIPMENT, SHIPMENT_TRIGGERS, TRACKING_TRIGGERS, unit_moves_markdown
-from orderops.model.workflow import ParkedRecord, Rejected, Transitioned
+from orderops.model.workflow import Rejected, Transitioned
 
 NOW = T0 + timedelta(hours=1)
 PARK_FOR = timedelta(hours=24)
@@ -149,15 +149,15 @@ def test_cancelling_the_order_cancels_packed_parcels_but_not_after_dispatch():
 
 
 def test_delivered_before_dispatched_is_parked_and_applied_in_order():
-    state, records = run(placed(), created("P1", ("l1", 2)), delivered("P1"))
-    assert of(records, ParkedRecord)[0].parked.waiting_for == "the parcel to be dispatched"
+    state, _ = run(placed(), created("P1", ("l1", 2)), delivered("P1"))
+    assert state.parked[0].waiting_for == "the parcel to be dispatched"
     state, _ = run(dispatched("P1"), state=state)
     assert state.shipment("P1").status == "delivered" and line(state, "l1").delivered == 2
 
 
 def test_warehouse_events_before_the_order_are_parked():
-    state, records = run(created("P1", ("l1", 2)))
-    assert of(records, ParkedRecord)[0].parked.waiting_for == "the order to be placed"
+    state, _ = run(created("P1", ("l1", 2)))
+    assert state.parked[0].waiting_for == "the order to be placed"
     state, _ = run(placed(), state=state)
     assert line(state, "l1").in_shipment == 2 and state.parked == ()
 
@@ -207,7 +207,7 @@ def test_shipment_table(status, trigger):
     elif trigger == "cancel":
         assert after == status  # the order cancellation is refused once a parcel left
     elif SHIPMENT.waits_for(status, trigger):
-        assert outcome.of(ParkedRecord)[0].parked.waiting_for == SHIPMENT.waits_for(status, trigger)
+        assert outcome.waiting.waiting_for == SHIPMENT.waits_for(status, trigger)
     else:
         assert after == status and outcome.of(Rejected)[0].reason_code == "invalid_transition"
     assert domain.violated_invariants(outcome.state) == []

@@ -27,6 +27,7 @@ from stories import (
 from order_state import domain
 from order_state.domain import OrderState, PaymentInstrument
 from order_state.machines import BY_AMOUNT, ORDER, PAYMENT, RESUME
+from orderops.model import workflow
 from orderops.model.catalog import STOREFRONT_ORDERS
 from orderops.model.workflow import ANY, CustomerNotice, ParkedRecord, Rejected, Transitioned
 
@@ -105,11 +106,10 @@ def test_payment_table(status, trigger):
     if target is not None:
         expected = BY_AMOUNT_RESULT[(status, trigger)] if target == BY_AMOUNT else target
         assert after == expected
-        assert not kinds(outcome.records, Rejected) and not kinds(outcome.records, ParkedRecord)
+        assert not kinds(outcome.records, Rejected) and outcome.waiting is None
     elif PAYMENT.waits_for(status, trigger):
         assert after == status
-        [parked] = kinds(outcome.records, ParkedRecord)
-        assert parked.parked.waiting_for == PAYMENT.waits_for(status, trigger)
+        assert outcome.waiting.waiting_for == PAYMENT.waits_for(status, trigger)
     else:
         assert after == status
         [rejected] = kinds(outcome.records, Rejected)
@@ -210,9 +210,9 @@ def test_refund_larger_than_captured_is_rejected_and_state_unchanged():
 
 
 def test_refund_waiting_for_further_captures_is_parked_then_applied():
-    state, records = run(placed(), authorized(100), captured(40), refunded(60, n=3))
-    assert kinds(records, ParkedRecord)[0].parked.waiting_for == "further captures covering the refund"
-    state, records = run(captured(60, n=4), state=state)
+    state, _ = run(placed(), authorized(100), captured(40), refunded(60, n=3))
+    assert state.parked[0].waiting_for == "further captures covering the refund"
+    state, _ = run(captured(60, n=4), state=state)
     assert state.instrument("card-1").refunded == 60 and state.parked == ()
 
 
@@ -238,8 +238,8 @@ def test_chargeback_is_terminal():
 
 def test_capture_before_authorization_is_parked_then_applied_when_it_arrives():
     state, records = run(placed(), captured(100))
-    [parked] = kinds(records, ParkedRecord)
-    assert parked.parked.waiting_for == "the authorization" and parked.parked.deadline == NOW + PARK_FOR
+    [parked] = state.parked
+    assert parked.waiting_for == "the authorization" and parked.deadline == NOW + PARK_FOR
     state, records = run(authorized(100), state=state)
     assert state.instrument("card-1").status == "captured" and state.parked == ()
     assert [t.to_state for t in kinds(records, Transitioned) if t.machine == "payment"] == ["authorized", "captured"]
@@ -247,7 +247,9 @@ def test_capture_before_authorization_is_parked_then_applied_when_it_arrives():
 
 def test_payment_before_the_order_is_parked_until_the_order_is_placed():
     state, records = run(authorized(100), captured(100))
-    assert len(kinds(records, ParkedRecord)) == 2 and state.status == "new"
+    assert len(state.parked) == 2 and state.status == "new"
+    assert [p.parked.event.short_type for p in kinds(records, ParkedRecord)] == ["PaymentAuthorized"], \
+        "the authorization really waits (the capture after it left it waiting): recorded; the capture not yet"
     state, records = run(placed(), state=state)
     assert state.status == "confirmed" and state.instrument("card-1").status == "captured"
 
@@ -257,6 +259,9 @@ def test_a_parked_event_says_what_it_waits_for_now_and_keeps_its_deadline():
     assert state.parked[0].waiting_for == "the order to be placed"
     state, records = run(placed(), state=state, now=NOW + timedelta(hours=2))
     assert state.parked[0].waiting_for == "the authorization" and state.parked[0].deadline == NOW + PARK_FOR
+    assert [p.parked.waiting_for for p in kinds(records, ParkedRecord)] == ["the authorization"], \
+        "recorded once the next input left it waiting, as what it waits for then"
+    state, records = run(line_cancelled(), state=state, now=NOW + timedelta(hours=3))
     assert kinds(records, ParkedRecord) == [], "re-parking is not a second audit record"
 
 
@@ -268,6 +273,7 @@ def test_a_duplicate_changes_nothing_and_emits_nothing():
 
 def test_parked_event_past_its_deadline_is_rejected_with_an_audit_record():
     state, _ = run(placed(), captured(100))
+    state = domain.expire(state, NOW + workflow.ANNOUNCE_AFTER, timedelta(days=90), "timers").state
     assert domain.next_deadline(state, timedelta(days=90)) == NOW + PARK_FOR
     early = domain.expire(state, NOW + PARK_FOR - timedelta(seconds=1), timedelta(days=90), "timers")
     assert early.records == () and len(early.state.parked) == 1
@@ -322,8 +328,8 @@ def test_a_snapshot_derived_from_a_cancellation_waits_for_the_cancellation():
     overtaken, read = run(placed(), authorized(), snapshot, cancel)
     assert overtaken.status == in_write_order.status == "cancelled"
     assert overtaken.history == in_write_order.history
-    assert [p.parked.waiting_for for p in kinds(read, ParkedRecord)] == [
-        f"its cause {cancel.event_id} on {STOREFRONT_ORDERS.name}"]
+    assert kinds(read, ParkedRecord) == [] and overtaken.parked == (), \
+        "it waited only until the next input, its cause: nothing to record"
     assert kinds(read, Rejected) == kinds(written, Rejected) == []
     assert [n.type for n in kinds(read, CustomerNotice)] == [n.type for n in kinds(written, CustomerNotice)]
 
@@ -347,3 +353,25 @@ def test_a_provider_outcome_repeated_under_a_new_event_id_counts_once():
     assert len(ledger) == 3, "the amount ledger has one entry per operation, none for a repeat"
     stored = OrderState.from_json(orjson.loads(orjson.dumps(state.to_json())))
     assert stored.instrument("card-1").operations == ("capture:cap-2", "refund:r-3")
+
+
+# -- a park is recorded only when the event really waits ------------------------------------------
+
+def test_a_park_is_recorded_only_when_the_event_really_waits():
+    """Resolved by the order's next input: never recorded. Left waiting by it: recorded then, once.
+    Alone: recorded at the timer tick ANNOUNCE_AFTER later. The record is the one its park would
+    have written (its cause, its deadline, the state it parked in), whenever it is written."""
+    _, records = run(authorized(100), placed())
+    assert kinds(records, ParkedRecord) == []
+
+    state, _ = run(placed(), captured(100))
+    assert domain.next_deadline(state, timedelta(days=90)) == NOW + workflow.ANNOUNCE_AFTER
+    early = domain.expire(state, NOW, timedelta(days=90), "timers")
+    assert early.records == ()
+    due = domain.expire(state, NOW + workflow.ANNOUNCE_AFTER, timedelta(days=90), "timers")
+    [recorded] = kinds(due.records, ParkedRecord)
+    assert (recorded.parked.waiting_for, recorded.current_state, recorded.parked.deadline) == (
+        "the authorization", "pending", NOW + PARK_FOR)
+    assert recorded.parked.event.short_type == "PaymentCaptured"
+    assert domain.expire(due.state, NOW + timedelta(hours=1), timedelta(days=90), "timers").records == ()
+    assert domain.next_deadline(due.state, timedelta(days=90)) == NOW + PARK_FOR

@@ -176,3 +176,39 @@ async def _text(process: ServiceProcess, path: str) -> str:
 
     async with aiohttp.ClientSession() as session, session.get(f"{process.url}{path}") as resp:
         return await resp.text()
+
+
+async def test_an_order_written_with_its_authorization_in_one_flush_parks_nothing(catalog_topics, run_id, tmp_path):
+    """OrderPlaced and PaymentAuthorized produced together are appended in the same millisecond on
+    two topics: the order is met first, so nothing is recorded as waiting for it."""
+    bootstrap = catalog_topics
+    env = {"KAFKA_BOOTSTRAP": bootstrap, "ORDEROPS_INSTANCE": f"f{run_id}", "ORDEROPS_DATA_DIR": str(tmp_path / "f"),
+           "WEB_PORT": str(free_port())}
+    orders = [f"flush-{run_id}-{n}" for n in range(60)]
+    kafka = producer(bootstrap)
+    for order_id in orders:
+        story = Story(order_id)
+        story.on(STOREFRONT_ORDERS).OrderPlaced(
+            customer=customer(), lines=[line("l1", "Blue mug", 1, "30.00")], instruments=[card("card-1", "30.00")],
+            shipping_address=address(), total=money("30.00"))
+        story.on(PAYMENTS_EVENTS).PaymentAuthorized(instrument_id="card-1", amount=money("30.00"),
+                                                    authorization_id="auth-1")
+        for topic, key, value in story.encoded():
+            kafka.produce(topic.name, key=key, value=value)
+    assert kafka.flush(30) == 0
+    process = start(env, tmp_path)
+    try:
+        await process.wait_ready()
+        wanted = set(orders)
+
+        def all_confirmed(got) -> bool:
+            return {e.order_id for e in decoded(got, ORDERS_STATE_CHANGES) if e.short_type == "StateTransition"
+                    and e.payload["to_state"] == "confirmed"} >= wanted
+
+        written = decoded(read_topic(bootstrap, ORDERS_STATE_CHANGES.name, keep=lambda m: m.key().decode() in wanted,
+                                     until=all_confirmed, timeout=120), ORDERS_STATE_CHANGES)
+        assert {e.order_id for e in written} == wanted, "every order compared"
+        parked = [e for e in written if e.short_type == "EventParked"]
+        assert parked == [], f"{len(parked)} of {len(orders)} orders recorded a park for an order placed with them"
+    finally:
+        process.stop(signal.SIGKILL)

@@ -27,9 +27,10 @@ from builders import (
     voided,
 )
 
+from orderops.model import workflow
 from orderops.model.catalog import STOREFRONT_ORDERS
 from orderops.model.envelope import Envelope
-from orderops.model.workflow import CustomerNotice, ParkedRecord, Rejected
+from orderops.model.workflow import CustomerNotice, Rejected
 from returns import domain
 from returns.domain import Decided, Policies, RefundCommand, ReturnsState
 from returns.machines import REFUND, RETURN
@@ -128,9 +129,9 @@ def test_the_same_request_under_two_versions_decides_differently():
 def test_a_request_waits_for_the_policy_in_force_and_proceeds_when_it_is_published():
     only_v2 = Policies({k: v for k, v in POLICIES.by_ref.items() if k.endswith("@2")})
     state, _ = run(placed(), captured("card-1", "135.00", PLACED_V1), fulfilled(PLACED_V1 + days(3)), policies=only_v2)
-    state, records = run(requested("r-1", PLACED_V1 + days(5), ("l2", 1, "NO_LONGER_NEEDED")), state=state,
+    state, _ = run(requested("r-1", PLACED_V1 + days(5), ("l2", 1, "NO_LONGER_NEEDED")), state=state,
                          policies=only_v2)
-    assert "return policy in force" in of(records, ParkedRecord)[0].parked.waiting_for
+    assert "return policy in force" in state.parked[0].waiting_for
     outcome = domain.expire(state, NOW, PARK_FOR, POLICIES, "timers")
     assert of(outcome.records, Decided)[0].policy == "standard@1"
 
@@ -138,7 +139,7 @@ def test_a_request_waits_for_the_policy_in_force_and_proceeds_when_it_is_publish
 def test_return_before_delivery_waits_for_the_delivery():
     state, records = run(placed(), captured("card-1", "135.00", PLACED_V1),
                          requested("r-1", PLACED_V1 + days(1), ("l2", 1, "DAMAGED")))
-    assert of(records, ParkedRecord)[0].parked.waiting_for == "delivery of Mug"
+    assert state.parked[0].waiting_for == "delivery of Mug"
     state, records = run(fulfilled(PLACED_V1 + days(3)), state=state)
     assert of(records, Decided)[0].decision == "AUTHORIZED"
 
@@ -237,7 +238,7 @@ def test_needs_review_then_exception_approved_by_a_lead():
     state, records = run(requested("r-1", PLACED_V1 + days(36), ("l2", 1, "NO_LONGER_NEEDED")), state=state)
     assert state.return_("r-1").status == "needs_review"
     state, records = run(received("r-1", PLACED_V1 + days(37), ("l2", 1)), state=state)
-    assert of(records, ParkedRecord)[0].parked.waiting_for == "a lead's decision on the exception"
+    assert state.parked[0].waiting_for == "a lead's decision on the exception"
     state, records = run(exception_approved("r-1", PLACED_V1 + days(38)), state=state)
     assert state.return_("r-1").status == "received", "the parked receipt is applied once authorized"
     assert state.return_("r-1").trace[-1]["inputs"] == {"approved_by": "lee", "role": "lead"}
@@ -274,8 +275,7 @@ def test_a_refund_that_overtook_its_capture_waits_for_it_instead_of_being_cut():
     at = PLACED_V1 + days(6)
     state, records = run(requested("r-1", at, ("l1", 1, "WRONG_ITEM")), received("r-1", at, ("l1", 1)),
                          inspected("r-1", at, ("l1", 1, "AS_EXPECTED")), state=state)
-    assert of(records, RefundCommand) == [] and of(records, ParkedRecord)[0].parked.waiting_for == \
-        "captures covering the refund"
+    assert of(records, RefundCommand) == [] and state.parked[0].waiting_for == "captures covering the refund"
     state, records = run(captured("card-1", "100.00", at), state=state)
     assert sum(c.refund.amount for c in of(records, RefundCommand)) == Decimal("80.00")
 
@@ -374,6 +374,8 @@ def test_a_return_waiting_for_its_policy_is_retried_soon_not_at_its_deadline():
     only_v2 = Policies({k: v for k, v in POLICIES.by_ref.items() if k.endswith("@2")})
     state, _ = run(placed(), captured("card-1", "135.00", PLACED_V1), fulfilled(PLACED_V1 + days(3)), policies=only_v2)
     state, _ = run(requested("r-1", PLACED_V1 + days(5), ("l2", 1, "NO_LONGER_NEEDED")), state=state, policies=only_v2)
+    assert domain.next_deadline(state, PARK_FOR) == NOW + workflow.ANNOUNCE_AFTER, "first its audit record is due"
+    state = domain.expire(state, NOW + workflow.ANNOUNCE_AFTER, PARK_FOR, only_v2, "timers").state
     assert domain.next_deadline(state, PARK_FOR) == NOW + timedelta(seconds=30)
 
 
@@ -394,8 +396,8 @@ def test_a_snapshot_read_before_the_cancellation_it_comes_from_waits_for_it_and_
     cancel = Envelope("o-1:cancel", "o-1", at, "storefront", "orderops.storefront.OrderCancelled", {"reason": "customer"})
     snapshot = replace(fulfilled(at, delivered={}, cancelled={"l2": 2}), event_id="o-1:cancel:fulfillment:snapshot:0",
                        source="fulfillment", cause_topic=STOREFRONT_ORDERS.name)
-    state, records = run(placed(), captured("card-1", "135.00", PLACED_V1 + timedelta(hours=1)), snapshot)
-    assert of(records, ParkedRecord) and state.line("l2").cancelled == 0
+    state, _ = run(placed(), captured("card-1", "135.00", PLACED_V1 + timedelta(hours=1)), snapshot)
+    assert state.parked and state.line("l2").cancelled == 0
     state, _ = run(cancel, state=state)
     assert not state.parked and state.line("l2").cancelled == 2
 
@@ -442,8 +444,7 @@ def partly_captured(captured_amount="50.00"):
 
 def test_a_voided_rest_of_a_partial_capture_lets_what_was_captured_be_refunded_and_says_why_not_the_rest():
     state, records = partly_captured()
-    assert of(records, RefundCommand) == [] and of(records, ParkedRecord)[0].parked.waiting_for == \
-        domain.CAPTURES_AWAITED
+    assert of(records, RefundCommand) == [] and state.parked[0].waiting_for == domain.CAPTURES_AWAITED
     state, records = run(voided("card-1", "10.00", PLACED_V1 + days(6)), state=state)
     assert [c.refund.amount for c in of(records, RefundCommand)] == [Decimal("50.00")]
     [rejected] = of(records, Rejected)
