@@ -17,8 +17,11 @@ Then the accounting check:
 - every order is in the support view;
 - no notification reached the mailbox twice (by its delivery id), outside recorded in-doubt
   attempts; every delivery the notifier recorded as sent is in the mailbox;
-- no refund idempotency key was commanded with two different contents, the provider answered
-  each once, and no refund exceeds what was captured on its instrument (returns' invariants);
+- refunds were commanded; no idempotency key was commanded with two different contents; the
+  provider answered each key at most once; no refund exceeds what was captured on its instrument
+  (returns' invariants); and per order and instrument, the captured and refunded amounts of
+  order-state, returns and the provider's outcomes agree (`orderops check books`), over at least
+  half the orders, with refunds among them;
 - nothing was dead-lettered (there is no bad input in this run).
 
 `make test-faults` runs it with 200 orders (FAULT_ORDERS, FAULT_RATE, FAULT_KILLS and
@@ -41,7 +44,9 @@ from collections import Counter, defaultdict
 from datetime import UTC, datetime
 
 import pytest
-from orderops_tools.simulator import Config, play
+from orderops_tools.books import compare as compare_books
+from orderops_tools.provider import RefundDesk
+from orderops_tools.simulator import SCENARIOS, Config, play
 from orderops_tools.testing import (
     Mailbox,
     PrivateBroker,
@@ -95,6 +100,7 @@ async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(
     processes: dict[str, ServiceProcess] = {}
     extra: list[ServiceProcess] = []
     faults: list[str] = []
+    provider: RefundDesk | None = None
     progress = Progress()  # the simulator's progress lines: where it was if it stalls
     try:
         assert orderops_cli(bootstrap, "policies", "publish").returncode == 0
@@ -105,9 +111,18 @@ async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(
 
         # An order's events 1 s apart (as upstream systems write them): the faults land in live traffic.
         seed = int(run_id, 16) % 10**6
-        config = Config(seed=seed, orders=ORDERS, rate=RATE, compression=10**9, start=START, order_gap=1.0)
+        # Half the orders returned, so that every run's money checks have refunds to compare.
+        config = Config(seed=seed, orders=ORDERS, rate=RATE, compression=10**9, start=START, order_gap=1.0,
+                        shares={**SCENARIOS, "return": 0.5})
         summary: Counter = Counter()
-        player = threading.Thread(target=lambda: summary.update(play(config, bootstrap, out=progress)), daemon=True)
+        # The provider answers every refund command for the whole test (the simulator's own stops when
+        # its traffic does, before the last returns are inspected), some with a retryable failure.
+        failing = random.Random(f"{seed}:provider")
+        provider = RefundDesk(bootstrap, fails=lambda command: failing.random() < 0.15,
+                              name=f"{catalog.PAYMENT_PROVIDER}-faults")
+        provider.start()
+        player = threading.Thread(target=lambda: summary.update(play(config, bootstrap, out=progress,
+                                                                     answer_refunds=False)), daemon=True)
         player.start()
         schedule = random.Random(seed)
 
@@ -160,6 +175,28 @@ async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(
         assert not [k for k in summary if k.startswith("failed:") or k == "answers_not_delivered"], \
             (summary, progress.getvalue()[-1000:])
         print(f"{sent} upstream events; faults: {'; '.join(faults)}")
+        codec = Codec()
+
+        def refund_keys() -> tuple[set[str], dict[str, set[str]]]:
+            """The idempotency keys commanded, and each one's answers (event ids) on payments.events."""
+            commanded = {codec.decode(m.value(), catalog.PAYMENTS_REFUND_REQUESTS.value_schema).record["payload"][1][
+                "refund_id"] for m in read(bootstrap, catalog.PAYMENTS_REFUND_REQUESTS)}
+            answered: dict[str, set[str]] = defaultdict(set)
+            for m in read(bootstrap, catalog.PAYMENTS_EVENTS):
+                record = codec.decode(m.value(), catalog.PAYMENTS_EVENTS.value_schema).record
+                if record["payload"][0].endswith(("RefundSucceeded", "RefundFailed")):
+                    answered[record["payload"][1]["refund_id"]].add(record["event_id"])
+            return commanded, answered
+
+        # Every refund answered, and the retries the failures cause answered too, before anything is compared.
+        settled, commanded, answered = 0, set(), {}
+        for _ in range(120):
+            commanded, answered = refund_keys()
+            settled = settled + 1 if commanded and commanded == set(answered) else 0
+            if settled == 3:
+                break
+            await asyncio.sleep(2)
+        assert settled == 3, f"refund commands not answered: {sorted(commanded - set(answered))[:5]}"
 
         # The state machines: exactly what one clean replay of their inputs gives.
         deadline = time.monotonic() + 300
@@ -180,7 +217,6 @@ async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(
 
         # Every delivery once: none twice outside in-doubt attempts the notifier recorded as such, and
         # every one it recorded as sent (after the mail server came back) in the mailbox.
-        codec = Codec()
 
         def deliveries() -> list[dict]:
             return [codec.decode(m.value(), catalog.NOTIFICATIONS_DELIVERIES.value_schema).record["payload"][1]
@@ -216,13 +252,24 @@ async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(
         assert sent_ids and sent_ids <= set(received), sorted(sent_ids - set(received))[:5]
         assert sum(mailbox.delivery_ids.values()) > ORDERS and sum(webhooks.delivery_ids.values()) > ORDERS
 
-        # Refunds: one content per idempotency key, never more than captured (returns' invariants).
+        # Refunds: one content per idempotency key, each answered by the provider once, never more than
+        # captured (returns' invariants), and the books of order-state, returns and the provider agree.
         commands = read(bootstrap, catalog.PAYMENTS_REFUND_REQUESTS)
         contents = defaultdict(set)
         for m in commands:
             payload = codec.decode(m.value(), catalog.PAYMENTS_REFUND_REQUESTS.value_schema).record["payload"][1]
             contents[payload["refund_id"]].add(repr(sorted(payload.items())))
+        assert contents, "no refund was commanded: the refund checks would compare nothing"
         assert all(len(c) == 1 for c in contents.values()), {k: c for k, c in contents.items() if len(c) > 1}
+        _, answers = refund_keys()
+        assert set(answers) == set(contents), sorted(set(answers) ^ set(contents))[:5]
+        assert all(len(a) == 1 for a in answers.values()), {k: a for k, a in answers.items() if len(a) > 1}
+        assert provider.answers["refunds_succeeded"] > 0, provider.answers
+        books = compare_books(bootstrap)
+        assert books.orders >= ORDERS // 2 and books.refunds > 0, books
+        assert not books.disagreements, [d.describe() for d in books.disagreements[:10]]
+        print(f"money: {len(contents)} refund keys commanded, {len(answers)} answered once each; books of "
+              f"{books.orders} orders ({books.instruments} instruments, {books.refunds} refunded) agree")
         invariants = subprocess.run([sys.executable, "-c", INVARIANTS], capture_output=True, text=True, timeout=300,
                                     env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap})
         assert invariants.returncode == 0 and invariants.stdout.strip() == "ok", invariants.stdout + invariants.stderr
@@ -235,6 +282,8 @@ async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(
         print(f"faults so far: {'; '.join(faults)}\nthe simulator's last lines:\n{progress.getvalue()[-800:]}")
         raise
     finally:
+        if provider is not None:
+            provider.stop()
         for process in [*processes.values(), *extra]:
             process.stop(signal.SIGKILL)
         mailbox.stop()
@@ -249,9 +298,10 @@ from orderops_tools.replay import latest_by_key
 from returns.domain import ReturnsState, violated_invariants
 broken = {}
 from orderops.model.catalog import RETURNS
-for order_id, stored in latest_by_key(os.environ["KAFKA_BOOTSTRAP"], f"{RETURNS}-orders-changelog").items():
+states = latest_by_key(os.environ["KAFKA_BOOTSTRAP"], f"{RETURNS}-orders-changelog")
+for order_id, stored in states.items():
     problems = violated_invariants(ReturnsState.from_json(stored))
     if problems:
         broken[order_id] = problems
-print("ok" if not broken else broken)
+print("no returns state to check" if not states else "ok" if not broken else broken)
 """

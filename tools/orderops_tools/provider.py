@@ -3,6 +3,9 @@
 It reads ``payments.refund-requests``, answers each refund id (the idempotency key) once on
 ``payments.events`` with RefundSucceeded or RefundFailed (retryable), ``delay`` after the
 command's event time — the way a real provider answers a command it has already seen: not again.
+``answer_twice`` delivers an answer twice under its event id (a redelivery); ``again_as_new_event``
+delivers it again under another event id (a connector or a retried webhook in front of the
+provider). ``refunded`` is the provider's own book: what it refunded, per idempotency key.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
+from decimal import Decimal
 
 from orderops.codec.avro import Codec
 from orderops.model.catalog import PAYMENT_PROVIDER, PAYMENTS_EVENTS, PAYMENTS_REFUND_REQUESTS
@@ -24,13 +28,16 @@ Decision = Callable[[Envelope], bool]
 
 class RefundDesk(threading.Thread):
     def __init__(self, bootstrap: str, *, fails: Decision = lambda command: False,
-                 answer_twice: Decision = lambda command: False, order_ids: set[str] | None = None,
+                 answer_twice: Decision = lambda command: False,
+                 again_as_new_event: Decision = lambda command: False, order_ids: set[str] | None = None,
                  delay: timedelta = timedelta(hours=2), from_start: bool = True, name: str = PAYMENT_PROVIDER) -> None:
         super().__init__(daemon=True, name=f"refund-desk-{name}")
         self.bootstrap, self.fails, self.answer_twice = bootstrap, fails, answer_twice
+        self.again_as_new_event = again_as_new_event
         self.order_ids, self.delay, self.from_start, self.group = order_ids, delay, from_start, f"{name}-{uuid.uuid4().hex}"
         self.commands: list[Envelope] = []  # every command read, repeats included
         self.answers: Counter = Counter()  # refunds_succeeded / refunds_failed / answers_not_delivered
+        self.refunded: dict[str, tuple[str, Decimal]] = {}  # idempotency key -> (instrument, amount) refunded
         self._stop_event = threading.Event()
 
     def stop(self, timeout: float = 15) -> None:
@@ -69,9 +76,15 @@ class RefundDesk(threading.Thread):
                                   "orderops.payments.RefundFailed" if fails else "orderops.payments.RefundSucceeded",
                                   {**payload, "reason": "issuer declined", "retryable": True} if fails else payload)
                 value = codec.encode(PAYMENTS_EVENTS.value_schema, answer.to_record())
-                for _ in range(2 if self.answer_twice(command) else 1):
-                    producer.produce(PAYMENTS_EVENTS.name, key=command.order_id.encode(), value=value)
+                copies = [value] * (2 if self.answer_twice(command) else 1)
+                if self.again_as_new_event(command):
+                    again = Envelope(f"{answer.event_id}:again", *list(vars(answer).values())[1:])
+                    copies.append(codec.encode(PAYMENTS_EVENTS.value_schema, again.to_record()))
+                for copy in copies:
+                    producer.produce(PAYMENTS_EVENTS.name, key=command.order_id.encode(), value=copy)
                 self.answers["refunds_failed" if fails else "refunds_succeeded"] += 1
+                if not fails:
+                    self.refunded[key] = (command.payload["instrument_id"], command.payload["amount"]["amount"])
         finally:
             if lost := producer.flush(45) + producer.lost:  # longer than a send's timeout: a stuck producer's go again
                 self.answers["answers_not_delivered"] += lost

@@ -354,12 +354,14 @@ def canonical(state: dict) -> dict:
     """A stored state as far as a replay can know it: the history entries of one event time in a
     fixed order (events written within the same moment on different topics reach the processor in
     an order no log records; both orders lead to the same state — the domain's property tests prove
-    that — but list the history differently), and parked events without their deadline."""
+    that — but list the history differently), and parked events without their deadline and when
+    their audit record is due (whether it was written yet is an arrival-order fact, as the record is)."""
     state = plain(state)
     for parked in state.get("parked") or ():
         # Counted from when the worker parked it, on its own clock: no log holds that moment.
         if isinstance(parked, dict):
             parked.pop("deadline", None)
+            parked.pop("announce_at", None)
     if isinstance(state.get("history"), list):
         state["history"] = sorted(state["history"], key=lambda e: (json.dumps(e.get("at"), sort_keys=True),
                                                                    json.dumps(e, sort_keys=True)))

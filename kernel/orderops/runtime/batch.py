@@ -12,16 +12,17 @@
    is written first (step 4 without the offsets), so what the effects will do is durable before
    the far end hears of it; then the effects run, up to ``concurrency`` keys at once, each key's
    in sequence, and what they leave (state, records) is a second batch;
-4. **commit** (``BatchRunner._commit``, the one place the order of writes is decided):
-   changelog records, one per changed key; the producer's one wait for every record of the batch
-   (a record refused for good dead-letters its cause, and that is waited for too); the state
-   stores, one write batch per table with the changelog offsets Faust's recovery resumes from;
+4. **commit** (``BatchRunner._commit``, the one place the order of writes is decided): the
+   producer's wait for the batch's outputs (a record refused for good dead-letters its cause, and
+   that is waited for too); then the changelog records, one per changed key, and a wait for them;
+   the state stores, one write batch per table with the changelog offsets Faust's recovery resumes from;
    the follow-ups (metrics); the input offsets, at most every ``commit_interval`` seconds (and at a
    revocation): a commit is a broker round trip, and a crash between commits only reads again
    what is written already (and finds it applied).
 
-Nothing is committed before the outputs and the state it covers are acknowledged, and the state
-store is written only after its changelog records are: a crash anywhere reads the batch's records
+Nothing is committed before the outputs and the state it covers are acknowledged, no changelog
+record is sent before the outputs of the events it counts as applied are acknowledged, and the
+state store is written only after its changelog records are: a crash anywhere reads the batch's records
 again, they produce the same records with the same ids (readers drop the copies), and a record
 already applied is recognised by its event id. At-least-once with idempotent outputs.
 """
@@ -373,20 +374,16 @@ class BatchRunner:
             LATEST_RECORDS.labels(self.name, topic, "sent").inc()
         for topic, n in batch.superseded.items():
             LATEST_RECORDS.labels(self.name, topic, "superseded").inc(n)
+        # The outputs first, the changelog after them: a state whose changelog record is durable
+        # counts its events as applied (their ids are in it), so whoever restores it never makes
+        # their outputs again. Sent together, a SIGKILL once left the changelog acknowledged and a
+        # parcel's dispatch records lost, for good (the fault suite's rebuild found them missing).
+        offsets = await self._acknowledged(batch)
         changelog = []
         for change in batch.changes.values():
             number, topic, key_bytes = change.sent or batch._send_changelog(change)
             changelog.append((number, change, TP(topic, change.partition), key_bytes))
-        delivery = await self.producer.delivered()
-        offsets = delivery.offsets
-        while delivery.refused:  # refused for good: the record that caused it is dead-lettered
-            for number, error in delivery.refused:
-                cause = batch.causes.get(number)
-                if cause is None:
-                    raise error  # a changelog record or a dead letter itself: the store cannot be kept
-                self.handler.dead_letter(batch, cause, error)
-            delivery = await self.producer.delivered()
-            offsets.update(delivery.offsets)
+        offsets.update(await self._acknowledged(batch))
         by_table: dict[str, list[Stored]] = {}
         tables: dict[str, StateTable] = {}
         for number, change, tp, key_bytes in changelog:
@@ -400,6 +397,21 @@ class BatchRunner:
             follow_up()
         count_tally(self.name, batch.tally)
         self._counted(batch.counted)
+
+    async def _acknowledged(self, batch: Batch) -> dict[int, int]:
+        """Wait for every record handed over; a record refused for good dead-letters its cause (and
+        the dead letter is waited for too). Each acknowledged record's offset, by its number."""
+        delivery = await self.producer.delivered()
+        offsets = delivery.offsets
+        while delivery.refused:
+            for number, error in delivery.refused:
+                cause = batch.causes.get(number)
+                if cause is None:
+                    raise error  # a changelog record or a dead letter itself: the store cannot be kept
+                self.handler.dead_letter(batch, cause, error)
+            delivery = await self.producer.delivered()
+            offsets.update(delivery.offsets)
+        return offsets
 
     async def _read_again(self, started: Mapping[TP, int], engine: Engine) -> None:
         """A batch that could not finish: its partitions are read again from where it began (what

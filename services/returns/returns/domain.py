@@ -368,10 +368,11 @@ class ReturnsStep(Step):
                 raise Park(REFUND.name, refund_id, REFUND.initial, CAPTURES_AWAITED)
             currency = state.instruments[0].currency
             lapsed = "; ".join(sorted({i.lapsed for i in state.instruments if i.lapsed}))
-            why = f"only {available} {currency} was captured and not yet refunded" + (f": {lapsed}" if lapsed else "")
-            not_refunded = f"{amount - available} {currency} of {amount} {currency}, because {why}"
+            why = f"only {cents(available)} {currency} was captured and not yet refunded" + (
+                f": {lapsed}" if lapsed else "")
+            not_refunded = f"{cents(amount - available)} {currency} of {amount} {currency}, because {why}"
             self.emit(Rejected(REFUND.name, refund_id, REFUND.initial, "refund_exceeds_captured",
-                               f"{amount - available} {currency} of {amount} cannot be refunded: {why}"))
+                               f"{cents(amount - available)} {currency} of {amount} cannot be refunded: {why}"))
             amount = available
         if amount <= ZERO:
             if not_refunded:
@@ -438,10 +439,7 @@ def _require_order(step: ReturnsStep) -> None:
 def _captured(step: ReturnsStep) -> None:
     _require_order(step)
     payload = step.event.payload
-    instrument = step.state.instrument(payload["instrument_id"])
-    if instrument is None:
-        raise Reject("refund", payload["instrument_id"], "unknown", "unknown_instrument",
-                     f"the order has no payment instrument {payload['instrument_id']}")
+    instrument = _instrument(step)
     _require_currency(instrument, payload["amount"])
     operation = _once(step, instrument)
     refused = money.capture_verdict(payload["amount"]["amount"], instrument.captured, instrument.still_capturable,
@@ -473,9 +471,7 @@ def _authorized(step: ReturnsStep) -> None:
     """An authorization, or a re-authorization after one lapsed: it holds more to capture."""
     _require_order(step)
     payload = step.event.payload
-    instrument = step.state.instrument(payload["instrument_id"])
-    if instrument is None:
-        return
+    instrument = _instrument(step)
     _require_currency(instrument, payload["amount"])
     step.state = step.state.put(instrument=evolve(
         instrument, authorized=money.authorized_after(instrument.captured, payload["amount"]["amount"]), lapsed=""))
@@ -485,12 +481,23 @@ def _authorization_lapsed(step: ReturnsStep) -> None:
     """A void or an expiry: what was not captured on the instrument never will be, so a refund
     waiting for it goes on with what was captured."""
     _require_order(step)
-    instrument = step.state.instrument(step.event.payload["instrument_id"])
-    if instrument is None or instrument.lapsed:
+    instrument = _instrument(step)
+    if "amount" in step.event.payload:
+        _require_currency(instrument, step.event.payload["amount"])
+    if instrument.lapsed:
         return
     why = {"PaymentVoided": "the rest of the authorization was voided",
            "AuthorizationExpired": "the rest of the authorization expired"}[step.event.short_type]
     step.state = step.state.put(instrument=evolve(instrument, lapsed=why))
+
+
+def _instrument(step: ReturnsStep) -> RefundableInstrument:
+    instrument_id = step.event.payload["instrument_id"]
+    instrument = step.state.instrument(instrument_id)
+    if instrument is None:
+        raise Reject("refund", instrument_id, "unknown", "unknown_instrument",
+                     f"the order has no payment instrument {instrument_id}")
+    return instrument
 
 
 def _require_currency(instrument: RefundableInstrument, amount: dict) -> None:

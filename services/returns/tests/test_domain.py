@@ -17,6 +17,7 @@ from builders import (
     POLICY_DIR,
     captured,
     days,
+    ev,
     exception_approved,
     fulfilled,
     inspected,
@@ -514,3 +515,13 @@ def test_an_answer_to_our_own_request_that_this_state_does_not_hold_waits_for_th
     assert [n.type for n in of(records, CustomerNotice)].count("refund_completed") == 1
     assert [r.reason_code for r in of(records, Rejected)] == ["duplicate_provider_outcome"]
     assert state.instrument("card-1").refunded_elsewhere == 0
+
+
+def test_a_payment_event_for_an_unknown_instrument_or_in_another_currency_is_rejected():
+    state = delivered_order()
+    at = PLACED_V1 + days(5)
+    foreign = ev("PaymentVoided", {"instrument_id": "card-1", "amount": {"amount": Decimal("1.00"), "currency": "JPY"}},
+                 at)
+    unknown = ev("AuthorizationExpired", {"instrument_id": "card-9", "authorization_id": "a"}, at)
+    _, records = run(foreign, unknown, state=state)
+    assert [r.reason_code for r in of(records, Rejected)] == ["currency_mismatch", "unknown_instrument"]

@@ -1,0 +1,152 @@
+"""``orderops check books``: do the processors' books agree with each other and with the provider?
+
+Per order and payment instrument, three accounts of the same money:
+
+- the provider's, from its outcomes on ``payments.events``: each capture id and each succeeded
+  refund id once (``orderops.model.money.operation_key``), however often it was delivered;
+- order-state's books (its table, read from its changelog): captured and refunded;
+- returns' (its table): captured, and refunded here or elsewhere.
+
+Every difference is a disagreement, named with the order, the instrument, the amount and the three
+figures. The check counts what it compared and fails when that is nothing: a check of no orders
+proves nothing. It reads the tables as their changelogs hold them, so run it once the processors
+have caught up (an order still in flight can differ for a moment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from orderops.codec.avro import Codec, DecodeError
+from orderops.model import catalog, money
+from orderops.model.envelope import Envelope
+from orderops.ops.settings import KafkaSettings
+from orderops.replay.topicreader import read
+from orderops_tools.replay import group_of, latest_by_key
+
+AMOUNTS = ("captured", "refunded")
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    order_id: str
+    instrument_id: str
+    amount: str  # captured or refunded
+    provider: Decimal | None
+    order_state: Decimal | None
+    returns: Decimal | None
+
+    def describe(self) -> str:
+        def shown(value: Decimal | None) -> str:
+            return "—" if value is None else f"{value:.2f}"
+
+        return (f"{self.order_id} {self.instrument_id} {self.amount}: provider {shown(self.provider)}, order-state "
+                f"{shown(self.order_state)}, returns {shown(self.returns)}")
+
+
+@dataclass
+class Books:
+    orders: int = 0
+    instruments: int = 0
+    refunds: int = 0  # provider refunds compared
+    disagreements: list[Disagreement] = field(default_factory=list)
+
+
+def provider_books(bootstrap: str, codec: Codec | None = None) -> dict[tuple[str, str], dict[str, Decimal]]:
+    """(order, instrument) -> captured and refunded, each provider operation counted once."""
+    codec = codec or Codec()
+    counted: set[tuple[str, str, str]] = set()
+    books: dict[tuple[str, str], dict[str, Decimal]] = defaultdict(lambda: dict.fromkeys(AMOUNTS, Decimal(0)))
+    for message in read(bootstrap, catalog.PAYMENTS_EVENTS):
+        try:
+            event = Envelope.from_record(codec.decode(message.value(), catalog.PAYMENTS_EVENTS.value_schema).record)
+        except DecodeError:
+            continue  # dead-lettered by every reader: no money moved for anyone
+        operation = money.operation_key(event.short_type, event.payload)
+        if operation is None or (event.order_id, event.payload["instrument_id"], operation) in counted:
+            continue
+        counted.add((event.order_id, event.payload["instrument_id"], operation))
+        amount = "captured" if event.short_type == "PaymentCaptured" else "refunded"
+        books[(event.order_id, event.payload["instrument_id"])][amount] += event.payload["amount"]["amount"]
+    return books
+
+
+class MissingTable(Exception):
+    """A processor's table is not on the broker: what to check is in the message."""
+
+
+def existing_topics(bootstrap: str) -> set[str]:
+    from confluent_kafka.admin import AdminClient
+
+    from orderops.ops.security import client_config
+
+    return set(AdminClient(client_config(bootstrap)).list_topics(timeout=30).topics)
+
+
+def compare(bootstrap: str, instance: str | None = None) -> Books:
+    from order_state.domain import OrderState
+    from returns.domain import ReturnsState
+
+    names = [f"{group_of(processor, instance)}-orders-changelog" for processor in (catalog.ORDER_STATE, catalog.RETURNS)]
+    missing = [name for name in names if name not in existing_topics(bootstrap)]
+    if missing:
+        raise MissingTable(f"no {' or '.join(missing)} on the broker: has the processor run (with this "
+                           f"--instance)? Nothing compared")
+    provider = provider_books(bootstrap)
+    kept, decided = (latest_by_key(bootstrap, name) for name in names)
+    found = Books(refunds=sum(1 for book in provider.values() if book["refunded"]))
+    for order_id in sorted(set(kept) | set(decided)):
+        books = OrderState.from_json(kept[order_id]) if order_id in kept else None
+        seen = ReturnsState.from_json(decided[order_id]) if order_id in decided else None
+        if books is None or seen is None or books.status == "new" or seen.placed_at is None:
+            continue  # an order one of them has not been placed in (yet): nothing to compare
+        found.orders += 1
+        for instrument in books.instruments:
+            other = seen.instrument(instrument.instrument_id)
+            found.instruments += 1
+            figures = {
+                "captured": (instrument.captured, other.captured if other else None),
+                "refunded": (instrument.refunded, seen.refunded(other) if other else None),
+            }
+            truth = provider.get((order_id, instrument.instrument_id))
+            for amount, (order_state, returns) in figures.items():
+                said = truth[amount] if truth else Decimal(0)
+                if not (said == order_state == returns):
+                    found.disagreements.append(Disagreement(order_id, instrument.instrument_id, amount, said,
+                                                            order_state, returns))
+    return found
+
+
+def _check_books(args: argparse.Namespace) -> int:
+    try:
+        books = compare(KafkaSettings.from_env().bootstrap, args.instance)
+    except MissingTable as exc:
+        print(f"books: {exc}", file=sys.stderr)
+        return 1
+    for disagreement in books.disagreements:
+        print(f"disagree {disagreement.describe()}")
+    summary = {"orders": books.orders, "instruments": books.instruments, "provider_refunds": books.refunds,
+               "disagreements": len(books.disagreements)}
+    print(json.dumps(summary) if args.json else
+          f"books: {books.orders} orders, {books.instruments} instruments, {books.refunds} refunded by the provider "
+          f"compared; {len(books.disagreements)} disagreement(s)")
+    if books.orders == 0:
+        print("books: no order was compared (are the processors running and caught up?)", file=sys.stderr)
+        return 1
+    return 1 if books.disagreements else 0
+
+
+def register(groups) -> None:
+    commands = groups.add_parser("check", help="cross-checks of the processors' state").add_subparsers(
+        dest="command", required=True)
+    books = commands.add_parser("books", help="order-state's and returns' captured and refunded amounts against "
+                                "each other and the provider's outcomes, per order and instrument",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    books.add_argument("--instance", help="the ORDEROPS_INSTANCE of the processors, if any")
+    books.add_argument("--json", action="store_true", help="the summary as one JSON line")
+    books.set_defaults(run=_check_books)
