@@ -82,6 +82,9 @@ async def test_payment_story_with_faults(catalog_topics, run_id, tmp_path):
         assert view["order"]["state"] == "confirmed" and payment(view)["captured"] == "100.0000"
         # Whichever topic was read first, once the order is placed the capture waits for its authorization.
         await order_when(process, b, lambda v: v["parked"] and v["parked"][0]["waiting_for"] == "the authorization")
+        # It really waits: its audit record is written at the order's timer tick a second later.
+        read_topic(bootstrap, ORDERS_STATE_CHANGES.name, keep=lambda m: m.key() == b.encode(),
+                   until=lambda got: "EventParked" in types(got), timeout=30)
 
         # Mid-story crash: SIGKILL, local RocksDB deleted; the restart recovers from the changelog.
         process.stop(signal.SIGKILL)
