@@ -3,6 +3,8 @@
 It reads ``payments.refund-requests``, answers each refund id (the idempotency key) once on
 ``payments.events`` with RefundSucceeded or RefundFailed (retryable), ``delay`` after the
 command's event time — the way a real provider answers a command it has already seen: not again.
+``fails_then_succeeds`` answers a command first with a retryable failure and then, ``delay`` later
+again, with a success (a provider that reported a timeout as a failure: the refund went through).
 ``answer_twice`` delivers an answer twice under its event id (a redelivery); ``again_as_new_event``
 delivers it again under another event id (a connector or a retried webhook in front of the
 provider). ``refunded`` is the provider's own book: what it refunded, per idempotency key.
@@ -29,11 +31,12 @@ Decision = Callable[[Envelope], bool]
 class RefundDesk(threading.Thread):
     def __init__(self, bootstrap: str, *, fails: Decision = lambda command: False,
                  answer_twice: Decision = lambda command: False,
+                 fails_then_succeeds: Decision = lambda command: False,
                  again_as_new_event: Decision = lambda command: False, order_ids: set[str] | None = None,
                  delay: timedelta = timedelta(hours=2), from_start: bool = True, name: str = PAYMENT_PROVIDER) -> None:
         super().__init__(daemon=True, name=f"refund-desk-{name}")
         self.bootstrap, self.fails, self.answer_twice = bootstrap, fails, answer_twice
-        self.again_as_new_event = again_as_new_event
+        self.again_as_new_event, self.fails_then_succeeds = again_as_new_event, fails_then_succeeds
         self.order_ids, self.delay, self.from_start, self.group = order_ids, delay, from_start, f"{name}-{uuid.uuid4().hex}"
         self.commands: list[Envelope] = []  # every command read, repeats included
         self.answers: Counter = Counter()  # refunds_succeeded / refunds_failed / answers_not_delivered
@@ -80,6 +83,12 @@ class RefundDesk(threading.Thread):
                 if self.again_as_new_event(command):
                     again = Envelope(f"{answer.event_id}:again", *list(vars(answer).values())[1:])
                     copies.append(codec.encode(PAYMENTS_EVENTS.value_schema, again.to_record()))
+                if fails and self.fails_then_succeeds(command):
+                    late = Envelope(f"provider:{key}:late", command.order_id, command.occurred_at + 2 * self.delay,
+                                    "payment-provider", "orderops.payments.RefundSucceeded", payload)
+                    copies.append(codec.encode(PAYMENTS_EVENTS.value_schema, late.to_record()))
+                    fails = False  # in the provider's book it succeeded
+                    self.answers["refunds_failed_then_succeeded"] += 1
                 for copy in copies:
                     producer.produce(PAYMENTS_EVENTS.name, key=command.order_id.encode(), value=copy)
                 self.answers["refunds_failed" if fails else "refunds_succeeded"] += 1

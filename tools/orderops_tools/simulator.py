@@ -31,6 +31,7 @@ from orderops.model.catalog import (
     WAREHOUSE_RETURNS,
     Topic,
 )
+from orderops.model.envelope import Envelope
 from orderops_tools.provider import RefundDesk
 from orderops_tools.scenario import Story, address, customer, instrument, line, money
 
@@ -46,7 +47,8 @@ PRODUCTS = (
 SCENARIOS = {  # default share of each scenario (they combine: an order can be split and returned)
     "split_shipment": 0.35, "backorder": 0.25, "eta_slip": 0.4, "carrier_delay": 0.1, "delivery_failed": 0.04,
     "auth_failure": 0.05, "auth_expiry": 0.03, "cancellation": 0.05, "warehouse_cancel": 0.03, "return": 0.2,
-    "late_return": 0.2, "refund_failure": 0.08, "support_contact": 0.1, "repeat_contact": 0.3,
+    "late_return": 0.2, "refund_failure": 0.08, "refund_failed_then_succeeded": 0.05, "support_contact": 0.1,
+    "repeat_contact": 0.3,
 }
 
 
@@ -293,8 +295,14 @@ def play(config: Config, bootstrap: str, out=sys.stderr, answer_refunds: bool = 
     sent: Counter = Counter()
     provider = None
     if answer_refunds:
-        rng = random.Random(f"{config.seed}:provider")
-        provider = RefundDesk(bootstrap, fails=lambda command: rng.random() < config.shares.get("refund_failure", 0.0),
+        rng, drawn = random.Random(f"{config.seed}:provider"), {}
+        failing, late = config.shares.get("refund_failure", 0.0), config.shares.get("refund_failed_then_succeeded", 0.0)
+
+        def draw(command: Envelope) -> float:  # one draw per idempotency key decides its answer
+            return drawn.setdefault(command.payload["refund_id"], rng.random())
+
+        provider = RefundDesk(bootstrap, fails=lambda command: draw(command) < failing + late,
+                              fails_then_succeeds=lambda command: draw(command) < late,
                               from_start=False, name=f"{PAYMENT_PROVIDER}-simulated")
         provider.start()
     failed: Counter = Counter()

@@ -22,6 +22,7 @@ ZERO = Decimal(0)
 CENT = Decimal("0.01")
 CAPTURES_AWAITED = "captures covering the refund"
 OPEN_REFUNDS = frozenset({"requested", "failed"})
+PAID = frozenset({"succeeded", "overpaid"})
 
 
 def cents(amount: Decimal) -> Decimal:
@@ -105,6 +106,14 @@ class Refund:
     policy: str
     status: str = REFUND.initial
     keys: tuple[str, ...] = ()
+    paid_by: str = ""  # the attempt key whose success paid it
+    surplus: Decimal = ZERO  # what further successes of it refunded again (overpaid)
+    replaces: str = ""  # the refund this one replaced (a store-credit fallback)
+
+    @property
+    def paid(self) -> Decimal:
+        """What the provider refunded for it."""
+        return self.amount + self.surplus if self.status in PAID else ZERO
 
     @property
     def attempt(self) -> int:
@@ -150,8 +159,18 @@ class ReturnsState(StoredAsJson):
 
     def committed(self, instrument_id: str) -> Decimal:
         """Refunds on an instrument that succeeded or may still succeed."""
-        return sum((r.amount for r in self.refunds if r.instrument_id == instrument_id
-                    and r.status in OPEN_REFUNDS | {"succeeded"}), ZERO)
+        return sum((r.paid or (r.amount if r.status in OPEN_REFUNDS else ZERO) for r in self.refunds
+                    if r.instrument_id == instrument_id), ZERO)
+
+    def partner(self, refund: Refund) -> Refund | None:
+        """The refund ``refund`` replaced, or the one that replaced it (a store-credit fallback)."""
+        if refund.replaces:
+            return next((r for r in self.refunds if r.refund_id == refund.replaces), None)
+        return next((r for r in self.refunds if r.replaces == refund.refund_id), None)
+
+    def settled_by_partner(self, refund: Refund) -> bool:
+        partner = self.partner(refund)
+        return partner is not None and partner.status in PAID
 
     def refundable(self, instrument: RefundableInstrument) -> Decimal:
         """What this processor may still ask to refund: in-flight requests count as taken."""
@@ -160,8 +179,8 @@ class ReturnsState(StoredAsJson):
 
     def refunded(self, instrument: RefundableInstrument) -> Decimal:
         """What the provider confirmed refunded on the instrument (the amount order-state books)."""
-        return instrument.refunded_elsewhere + sum((r.amount for r in self.refunds if r.instrument_id ==
-                                                    instrument.instrument_id and r.status == "succeeded"), ZERO)
+        return instrument.refunded_elsewhere + sum((r.paid for r in self.refunds if r.instrument_id ==
+                                                    instrument.instrument_id), ZERO)
 
     def json_value(self) -> dict[str, Any]:
         return {
@@ -663,24 +682,15 @@ def _refund_result(step: ReturnsStep) -> None:
                          f"{kind} for {payload['refund_id']}, a refund this processor never asked for")
         _refunded_elsewhere(step)
         return
-    if kind == "RefundSucceeded" and refund.status == "succeeded" and payload["refund_id"] == refund.keys[-1]:
-        raise Reject(REFUND.name, refund.refund_id, refund.status, "duplicate_provider_outcome",
-                     f"RefundSucceeded for {payload['refund_id']}, already counted (delivered again under event id "
-                     f"{step.event.event_id})")
+    if kind == "RefundSucceeded":
+        _refund_succeeded(step, refund, payload["refund_id"])
+        return
     if payload["refund_id"] != refund.keys[-1] or refund.status != "requested":
         raise Reject(REFUND.name, refund.refund_id, refund.status, "stale_refund_result",
                      f"{kind} for attempt key {payload['refund_id']} arrived after the refund moved on")
-    if kind == "RefundSucceeded":
-        refund = step.refund_trigger(refund, "succeed", "the provider confirmed the refund")
-        seconds = (step.event.occurred_at - refund.requested_at).total_seconds()
-        policy = step.context.by_ref.get(refund.policy) if step.context else None
-        route = policy.refund_routes.get(refund.channel) if policy else None
-        within_sla = "unknown" if route is None else str(seconds <= route.sla_hours * 3600).lower()
-        step.emit(Measure("refund_completion_seconds", seconds, {"channel": refund.channel, "policy": refund.policy,
-                                                                 "within_sla": within_sla}))
-        _settle(step, refund)
-        return
     refund = step.refund_trigger(refund, "fail", f"the provider refused: {payload['reason']}")
+    if step.state.settled_by_partner(refund):
+        return  # the refund it replaced was paid late: nothing to try again
     policy = step.context.by_ref.get(refund.policy) if step.context else None
     attempts = policy.max_refund_attempts if policy else 3
     if payload.get("retryable", True) and refund.attempt < attempts:
@@ -690,13 +700,51 @@ def _refund_result(step: ReturnsStep) -> None:
         step.refund_trigger(refund, "fall_back", "replaced by store credit")
         fallback = Refund(f"{refund.refund_id}:store-credit", refund.cause, refund.return_id, refund.instrument_id,
                           refund.channel, "STORE_CREDIT", refund.amount, refund.currency,
-                          f"{refund.reason}; fallback after: {payload['reason']}", step.event.occurred_at, refund.policy)
+                          f"{refund.reason}; fallback after: {payload['reason']}", step.event.occurred_at, refund.policy,
+                          replaces=refund.refund_id)
         step.command(fallback, "store-credit fallback requested")
         return
     step.refund_trigger(refund, "give_up", f"store credit failed too: {payload['reason']}")
     if refund.return_id:
         ret = step.state.return_(refund.return_id)
         step.return_trigger(ret, "refund_gave_up", f"refund {refund.refund_id} failed for good: support must act")
+
+
+def _refund_succeeded(step: ReturnsStep, refund: Refund, key: str) -> None:
+    """A success for any attempt of a refund completes it, however late: the customer is told once
+    and the metric counts once. The money of a second success (another attempt of the refund, or of
+    the refund it replaced or that replaced it) was refunded twice: it is booked, the refund becomes
+    ``overpaid``, and the timeline escalates it for reversal with the provider. There is no command
+    to withdraw an attempt once sent: a provider's attempts are operations of their own."""
+    state, amount = step.state, step.event.payload["amount"]["amount"]
+    if key == refund.paid_by:
+        raise Reject(REFUND.name, refund.refund_id, refund.status, "duplicate_provider_outcome",
+                     f"RefundSucceeded for {key}, already counted (delivered again under event id "
+                     f"{step.event.event_id})")
+    if refund.status in PAID or state.settled_by_partner(refund):
+        instrument = state.instrument(refund.instrument_id)
+        verdict = money.refund_verdict(amount, instrument.captured, state.refunded(instrument), ZERO,
+                                       instrument.currency)
+        if verdict.outcome != money.FITS:  # as order-state books it: beyond the capture, refused
+            raise Reject(REFUND.name, refund.refund_id, refund.status, "refund_exceeds_captured", verdict.reason)
+        why = (f"attempt {key} succeeded too: {amount} {refund.currency} of {refund.cause} refunded twice; ask the "
+               "provider to reverse it")
+        if refund.status in PAID:
+            step.refund_trigger(refund, "succeed_again", why, surplus=refund.surplus + amount)
+        else:
+            refund = step.refund_trigger(refund, "succeed", f"attempt {key} succeeded", paid_by=key)
+            step.refund_trigger(refund, "succeed_again", why)
+        return
+    late = key != refund.keys[-1] or refund.status != "requested"
+    refund = step.refund_trigger(refund, "succeed", "the provider confirmed the refund" + (
+        f" (attempt {key}, after a later one was sent)" if late else ""), paid_by=key)
+    seconds = (step.event.occurred_at - refund.requested_at).total_seconds()
+    policy = step.context.by_ref.get(refund.policy) if step.context else None
+    route = policy.refund_routes.get(refund.channel) if policy else None
+    within_sla = "unknown" if route is None else str(seconds <= route.sla_hours * 3600).lower()
+    step.emit(Measure("refund_completion_seconds", seconds, {"channel": refund.channel, "policy": refund.policy,
+                                                             "within_sla": within_sla}))
+    _settle(step, refund)
 
 
 def requested_here(order_id: str, key: str) -> bool:
@@ -734,12 +782,12 @@ def _settle(step: ReturnsStep, refund: Refund) -> None:
     state = step.state
     ret = state.return_(refund.return_id) if refund.return_id else None
     mine = [r for r in state.refunds if r.return_id == (ret.return_id if ret else None) and r.cause == refund.cause]
-    if any(r.status in OPEN_REFUNDS for r in mine):
+    if any(r.status in OPEN_REFUNDS and not state.settled_by_partner(r) for r in mine):
         return
-    succeeded = [r for r in mine if r.status == "succeeded"]
+    succeeded = [r for r in mine if r.status in PAID]
     step.emit(CustomerNotice("refund_completed", {"cause": refund.cause, **_methods(succeeded)},
                      tuple((r.instrument_id, r.channel, r.amount, r.currency) for r in succeeded)))
-    if ret is None or ret.status != "refund_pending":
+    if ret is None or ret.status not in ("refund_pending", "refund_failed"):
         return
     complete = all(x.inspected == x.quantity for x in ret.lines)
     step.return_trigger(ret, "refunds_settled" if complete else "part_settled",

@@ -9,7 +9,8 @@ RETURN = Machine(
     initial="new",
     terminal=frozenset({"rejected", "closed"}),
     reversible={"needs_review": "a lead approves a policy exception",
-                "partially_refunded": "the rest of the parcel arriving"},
+                "partially_refunded": "the rest of the parcel arriving",
+                "refund_failed": "an attempt the provider confirms late"},
     rows=(
         # state                 trigger               next state
         ("new",                 "request",            "requested"),
@@ -26,6 +27,8 @@ RETURN = Machine(
         ("refund_pending",      "refunds_settled",    "refunded"),
         ("refund_pending",      "part_settled",       "partially_refunded"),
         ("refund_pending",      "refund_gave_up",     "refund_failed"),
+        ("refund_failed",       "refunds_settled",    "refunded"),            # an attempt succeeded late
+        ("refund_failed",       "part_settled",       "partially_refunded"),
         ("partially_refunded",  "receive",            "received"),
         ("refunded",            "close",              "closed"),
         ("partially_refunded",  "close",              "closed"),
@@ -42,16 +45,25 @@ RETURN = Machine(
 REFUND = Machine(
     name="refund",
     initial="new",
-    terminal=frozenset({"succeeded", "fell_back", "gave_up"}),
-    reversible={"failed": "a retry (a new attempt key) or the store-credit fallback"},
+    # A provider may confirm any attempt late, even one this processor gave up on or replaced: no
+    # state is closed to a success (the money moved), so none is terminal.
+    terminal=frozenset(),
+    reversible={"failed": "a retry (a new attempt key) or the store-credit fallback",
+                "fell_back": "the replaced attempt succeeding late",
+                "gave_up": "an attempt succeeding late",
+                "succeeded": "another attempt of it succeeding too (overpaid)"},
     rows=(
-        # state        trigger       next state
-        ("new",        "request",    "requested"),
-        ("requested",  "succeed",    "succeeded"),
-        ("requested",  "fail",       "failed"),
-        ("failed",     "retry",      "requested"),
-        ("failed",     "fall_back",  "fell_back"),   # replaced by a store-credit refund
-        ("failed",     "give_up",    "gave_up"),     # nothing else to try: support must act
+        # state        trigger          next state
+        ("new",        "request",       "requested"),
+        ("requested",  "succeed",       "succeeded"),   # the current attempt, or an earlier one late
+        ("requested",  "fail",          "failed"),
+        ("failed",     "retry",         "requested"),
+        ("failed",     "fall_back",     "fell_back"),   # replaced by a store-credit refund
+        ("failed",     "give_up",       "gave_up"),     # nothing else to try: support must act
+        ("fell_back",  "succeed",       "succeeded"),   # a replaced attempt succeeded late
+        ("gave_up",    "succeed",       "succeeded"),   # an attempt succeeded after all
+        ("succeeded",  "succeed_again", "overpaid"),    # a second attempt succeeded too: escalated
+        ("overpaid",   "succeed_again", "overpaid"),
     ),
     parks=(),
 )

@@ -525,3 +525,58 @@ def test_a_payment_event_for_an_unknown_instrument_or_in_another_currency_is_rej
     unknown = ev("AuthorizationExpired", {"instrument_id": "card-9", "authorization_id": "a"}, at)
     _, records = run(foreign, unknown, state=state)
     assert [r.reason_code for r in of(records, Rejected)] == ["currency_mismatch", "unknown_instrument"]
+
+
+# -- a success for any attempt completes the refund -----------------------------------------------
+
+def refund_of_ten():
+    state = delivered_order()
+    at = PLACED_V1 + days(6)
+    state, records = run(requested("r-1", at, ("l2", 1, "WRONG_ITEM")), received("r-1", at, ("l2", 1)),
+                         inspected("r-1", at, ("l2", 1, "AS_EXPECTED")), state=state)
+    [command] = of(records, RefundCommand)
+    return state, command, at
+
+
+def test_an_attempt_that_failed_and_then_succeeded_late_completes_the_refund_once():
+    state, first, at = refund_of_ten()
+    state, records = run(refund_result(first.key, "card-1", "10.00", at, ok=False), state=state)
+    [second] = of(records, RefundCommand)
+    state, records = run(refund_result(first.key, "card-1", "10.00", at + days(1 / 24)), state=state)
+    [refund] = state.refunds
+    assert (refund.status, refund.paid_by) == ("succeeded", first.key)
+    assert state.return_("r-1").status == "refunded"
+    assert [n.type for n in of(records, CustomerNotice)] == ["refund_completed"]
+    assert [m.name for m in of(records, domain.Measure)] == ["refund_completion_seconds", "return_cycle_seconds"]
+    assert state.refundable(state.instrument("card-1")) == Decimal("125.00")
+    # the open attempt failing later changes nothing and is not retried
+    after_failure, records = run(refund_result(second.key, "card-1", "10.00", at + days(1), ok=False), state=state)
+    assert of(records, RefundCommand) == [] and after_failure.refunds == state.refunds
+    # the open attempt succeeding too: refunded twice, booked, escalated; the customer is not told again
+    state, records = run(refund_result(second.key, "card-1", "10.00", at + days(1)), state=state)
+    [refund] = state.refunds
+    assert (refund.status, refund.surplus) == ("overpaid", Decimal("10.00"))
+    assert of(records, CustomerNotice) == [] and of(records, domain.Measure) == []
+    assert state.refunded(state.instrument("card-1")) == Decimal("20.00")
+    assert state.refundable(state.instrument("card-1")) == Decimal("115.00")
+    assert domain.violated_invariants(state) == []
+
+
+def test_a_replaced_refund_that_succeeds_late_settles_the_return_and_its_fallback_is_not_needed():
+    state, command, at = refund_of_ten()
+    keys = [command.key]
+    for _ in range(2):
+        state, records = run(refund_result(keys[-1], "card-1", "10.00", at, ok=False), state=state)
+        keys.append(of(records, RefundCommand)[0].key)
+    state, records = run(refund_result(keys[-1], "card-1", "10.00", at, ok=False), state=state)
+    [fallback] = of(records, RefundCommand)
+    state, records = run(refund_result(keys[0], "card-1", "10.00", at + days(1)), state=state)
+    original = state.refunds[0]
+    assert (original.status, original.paid_by) == ("succeeded", keys[0])
+    assert [n.type for n in of(records, CustomerNotice)] == ["refund_completed"]
+    assert state.return_("r-1").status == "refunded"
+    failed, records = run(refund_result(fallback.key, "card-1", "10.00", at + days(2), ok=False), state=state)
+    assert of(records, RefundCommand) == [] and failed.return_("r-1").status == "refunded"
+    state, records = run(refund_result(fallback.key, "card-1", "10.00", at + days(2)), state=state)
+    assert state.refunds[1].status == "overpaid" and of(records, CustomerNotice) == []
+    assert state.refunded(state.instrument("card-1")) == Decimal("20.00")

@@ -244,20 +244,21 @@ def start_returns(bootstrap: str, tmp_path, name: str, **settings: str) -> Servi
     return ServiceProcess(["-m", "returns"], env, tmp_path / f"{name}.log", int(env["WEB_PORT"])).start()
 
 
-def returned_whole(story: Story, authorized: str, captured: str) -> Story:
-    """A one-line order of 60.00 on a card, ``captured`` of it captured, delivered, returned whole and
-    inspected as expected."""
+def returned_whole(story: Story, authorized: str, captured: str, lamps: int = 1) -> Story:
+    """An order of ``lamps`` lamps at 60.00 on a card, ``captured`` of it captured, delivered, one lamp
+    returned and inspected as expected."""
+    total = f"{60 * lamps}.00"
     story.on(STOREFRONT_ORDERS).OrderPlaced(
-        customer=customer(), lines=[line("l1", "Lamp", 1, "60.00")], instruments=[instrument("card-1", "CARD", "60.00")],
-        shipping_address=address(), total=money("60.00"))
+        customer=customer(), lines=[line("l1", "Lamp", lamps, "60.00")],
+        instruments=[instrument("card-1", "CARD", total)], shipping_address=address(), total=money(total))
     story.after(minutes=1).on(PAYMENTS_EVENTS).PaymentAuthorized(instrument_id="card-1", amount=money(authorized),
                                                                  authorization_id="a-1")
     story.after(hours=1).on(PAYMENTS_EVENTS).PaymentCaptured(instrument_id="card-1", amount=money(captured),
                                                             capture_id="c-1")
     delivered = story.after(days=2).clock
     story.on(FULFILLMENT_STATUS).FulfillmentStatusChanged(status="delivered", backordered=False, lines=[
-        {"line_id": "l1", "ordered": 1, "unfulfilled": 0, "backordered": 0, "in_shipment": 0, "shipped": 0,
-         "delivered": 1, "cancelled": 0, "returned": 0, "shipment_ids": ["P1"], "backorder_eta": None,
+        {"line_id": "l1", "ordered": lamps, "unfulfilled": 0, "backordered": 0, "in_shipment": 0, "shipped": 0,
+         "delivered": lamps, "cancelled": 0, "returned": 0, "shipment_ids": ["P1"], "backorder_eta": None,
          "delivered_at": delivered, "waiting_for": ""}])
     story.after(days=2).on(STOREFRONT_RETURNS).ReturnRequested(
         return_id="r-1", customer_id="cust-1", lines=[{"line_id": "l1", "quantity": 1, "reason": "DAMAGED"}])
@@ -334,4 +335,33 @@ async def test_an_order_is_judged_by_the_policy_version_in_force_when_it_was_pla
         assert decided[early]["trace"][0]["rule"] == "policy_version"
         assert "published backdated" in decided[late]["trace"][0]["detail"]
     finally:
+        process.stop(signal.SIGKILL)
+
+
+async def test_a_refund_that_failed_and_then_succeeded_late_completes_once_and_a_second_success_escalates(
+        catalog_topics, run_id, tmp_path):
+    bootstrap = catalog_topics
+    assert orderops_cli(bootstrap, "policies", "publish").returncode == 0
+    order = f"late-{run_id}"
+    process = start_returns(bootstrap, tmp_path, f"l{run_id}")
+    first_attempt = lambda command: command.payload["refund_id"].endswith("#1")  # noqa: E731
+    provider = RefundDesk(bootstrap, fails=first_attempt, fails_then_succeeds=first_attempt, order_ids={order},
+                          delay=timedelta(hours=1))
+    kafka = producer(bootstrap)
+    try:
+        await process.wait_ready()
+        provider.start()
+        returned_whole(Story(order, start=PLACED), authorized="120.00", captured="120.00", lamps=2).publish(kafka)
+        view = await poll_json(process, f"/orders/{order}/returns",
+                               lambda v: [r["state"] for r in v["refunds"]] == ["overpaid"], timeout=90)
+        [refund] = view["refunds"]
+        assert [key[-2:] for key in refund["attempts"]] == ["#1", "#2"] and view["returns"][0]["state"] == "refunded"
+        paid = sum((amount for _, amount in provider.refunded.values()), Decimal(0))
+        assert len(provider.refunded) == 2 and paid == Decimal("120.00")
+        assert [Decimal(i["refundable"]) for i in view["instruments"]] == [Decimal("120.00") - paid]
+        notices = [Envelope.from_record(CODEC.decode(m.value(), NOTIFICATIONS_REQUESTS.value_schema).record)
+                   for m in read(bootstrap, NOTIFICATIONS_REQUESTS) if m.key() == order.encode()]
+        assert [n.payload["type"] for n in notices].count("refund_completed") == 1
+    finally:
+        provider.stop()
         process.stop(signal.SIGKILL)

@@ -333,3 +333,16 @@ def test_the_support_index_answers_the_console_as_a_scan_of_the_views_would():
     assert [o["order_id"] for o in index.orders_of("c-1")] == ["o2"] and index.orders_of("c-3")[0]["order_id"] == "o1"
     counts = index.counts(at + timedelta(hours=2), RULES)
     assert counts[("repeat-contact", "under-4h")] == 1 and sum(counts.values()) == 1, "o2's acknowledged one"
+
+
+def test_a_refund_paid_twice_escalates_for_reversal():
+    from orderops.model.catalog import RETURNS_STATE_CHANGES
+
+    f = split_order_story()
+    f.after(days=9).transition(RETURNS_STATE_CHANGES, "refund", "o-1:return:r-1:0:card-1", "requested", "succeeded")
+    f.after(hours=1).transition(RETURNS_STATE_CHANGES, "refund", "o-1:return:r-1:0:card-1", "succeeded", "overpaid",
+                                "attempt #2 succeeded too: 10.00 EUR refunded twice; ask the provider to reverse it")
+    view, outputs = feed(f.events)
+    opened = [view["escalations"][e[0]] for out in outputs for e in out.escalations if e[1] == "EscalationOpened"]
+    assert "refund-overpaid" in [e["rule"] for e in opened]
+    assert "refund-overpaid" in view["tags"]

@@ -380,6 +380,12 @@ def _refund_failed(view, rule, now):
             yield refund_id, None, f"refund {refund_id} failed for good"
 
 
+def _refund_overpaid(view, rule, now):
+    for refund_id, r in view["refunds"].items():
+        if r.get("state") == "overpaid":
+            yield refund_id, None, f"refund {refund_id} was paid twice: ask the provider to reverse the surplus"
+
+
 def _backorder_past_eta(view, rule, now):
     for line_id, x in view["lines"].items():
         if x.get("backordered") and x.get("backorder_eta"):
@@ -431,7 +437,7 @@ def _policy_exception_approved(view, rule, now):
 
 CONDITIONS = {
     "return_awaiting_inspection": _return_awaiting_inspection, "refund_past_sla": _refund_past_sla,
-    "refund_failed": _refund_failed, "backorder_past_eta": _backorder_past_eta,
+    "refund_failed": _refund_failed, "refund_overpaid": _refund_overpaid, "backorder_past_eta": _backorder_past_eta,
     "eta_slipped_without_notice": _eta_slipped_without_notice, "shipment_silent": _shipment_silent,
     "delivery_failed": _delivery_failed, "auth_expiring_unshipped": _auth_expiring_unshipped,
     "repeat_contact": _repeat_contact, "policy_exception_approved": _policy_exception_approved,
