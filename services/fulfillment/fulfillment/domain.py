@@ -16,7 +16,7 @@ from fulfillment.machines import BUCKETS, SHIPMENT, SHIPMENT_TRIGGERS, SHIPPED_S
 from orderops.model import workflow
 from orderops.model.contract import web_link
 from orderops.model.envelope import Envelope, StoredAsJson, from_json
-from orderops.model.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Step, evolve
+from orderops.model.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Rejected, Step, evolve
 
 ORDER_MACHINE = "fulfillment"  # the derived order-level status, published as its own "machine"
 
@@ -301,6 +301,13 @@ def sentence(state: FulfillmentState, notice_type: str, shipment: Shipment | Non
         return "; ".join(f"{x.name} is now expected {_day(x.backorder_eta)}" for x in named) + "."
     if notice_type == "line_cancelled":
         return "; ".join(f"{x.name}: {x.cancelled} of {x.ordered} cancelled by our warehouse" for x in named) + "."
+    on_its_way = "; ".join(f"{x.shipped + x.delivered} × {x.name}" for x in state.lines if x.shipped or x.delivered)
+    if notice_type == "order_partly_cancelled":
+        return (f"Cancelled as you asked: {'; '.join(f'{x.cancelled} × {x.name}' for x in named)}. Part of your order "
+                f"had already left our warehouse and still arrives: {on_its_way}.")
+    if notice_type == "cancellation_refused":
+        return (f"Part of your order had already left our warehouse, so it cannot be cancelled: {on_its_way}. "
+                "Please return what you do not want once it arrives.")
     raise ValueError(f"no sentence for {notice_type}")
 
 
@@ -393,18 +400,31 @@ def _order_placed(step: FulfillmentStep) -> None:
 
 
 def _order_cancelled(step: FulfillmentStep) -> None:
+    """A cancellation cancels what has not left the warehouse; what has still arrives. Fulfillment
+    alone knows what has left, so it decides for every machine: order-state follows its status
+    snapshot, returns refunds the cancelled units that were paid. ``cancel_after_dispatch`` (the
+    shop's policy, ``ORDEROPS_CANCEL_AFTER_DISPATCH``) may refuse instead once anything left."""
     _placed_or_park(step)
     state = step.state
-    if any(x.shipped or x.delivered for x in state.lines):
-        raise Reject(ORDER_MACHINE, state.order_id, state.status, "invalid_transition",
-                     "part of the order has left the warehouse: cancel the remaining lines, or start a return")
+    left = [x for x in state.lines if x.shipped or x.delivered]
+    if left and step.context == REFUSE_AFTER_DISPATCH:
+        # A refusal the customer hears of: the audit record and the message, nothing else changes.
+        step.emit(Rejected(ORDER_MACHINE, state.order_id, state.status, "cancel_after_dispatch_refused",
+                           "part of the order has left the warehouse and the shop's policy refuses a cancellation "
+                           "then (the customer is told to return it when it arrives)"))
+        step.notify("cancellation_refused", lines=tuple(x.line_id for x in left))
+        return
     for shipment in state.shipments:
         if shipment.status == "created":
             step.shipment_trigger(shipment, "cancel", "order cancelled before dispatch")
+    cancelled = []
     for x in step.state.lines:
         open_units = x.unfulfilled + x.backordered + x.in_shipment
         if open_units:
             step.move_units("OrderCancelled", x.line_id, open_units)
+            cancelled.append(x.line_id)
+    if left and cancelled:
+        step.notify("order_partly_cancelled", lines=tuple(cancelled))
 
 
 def _line_cancelled(step: FulfillmentStep) -> None:
@@ -509,9 +529,14 @@ HANDLERS = {
 
 # -- entry points ---------------------------------------------------------------------------------
 
-def apply(state: FulfillmentState | None, event: Envelope, topic: str, now: datetime, park_for: timedelta) -> Outcome:
+CANCEL_REST_AFTER_DISPATCH, REFUSE_AFTER_DISPATCH = "cancel-rest", "refuse"
+
+
+def apply(state: FulfillmentState | None, event: Envelope, topic: str, now: datetime, park_for: timedelta,
+          cancel_after_dispatch: str = CANCEL_REST_AFTER_DISPATCH) -> Outcome:
+    """``cancel_after_dispatch``: what an order cancellation does once part of it has left."""
     state = state or FulfillmentState(order_id=event.order_id)
-    return workflow.apply(state, event, topic, now, park_for, HANDLERS, FulfillmentStep)
+    return workflow.apply(state, event, topic, now, park_for, HANDLERS, FulfillmentStep, cancel_after_dispatch)
 
 
 def expire(state: FulfillmentState, now: datetime) -> Outcome:

@@ -141,11 +141,26 @@ def test_shipping_a_cancelled_line_is_rejected():
     assert rejected.reason_code == "ships_more_than_open" and "1 cancelled" in rejected.reason
 
 
-def test_cancelling_the_order_cancels_packed_parcels_but_not_after_dispatch():
+def test_cancelling_the_order_cancels_packed_parcels_and_after_dispatch_what_has_not_left():
     state, records = run(placed(), created("P1", ("l1", 2)), order_cancelled())
     assert state.status == "cancelled" and state.shipment("P1").status == "cancelled"
-    state, records = run(placed(), created("P1", ("l1", 2)), dispatched("P1"), order_cancelled())
-    assert of(records, Rejected)[0].reason_code == "invalid_transition" and state.status == "partially_shipped"
+    state, records = run(placed(), created("P1", ("l1", 2)), created("P2", ("l2", 1)), dispatched("P1"),
+                         order_cancelled())
+    assert of(records, Rejected) == [] and state.shipment("P2").status == "cancelled"
+    assert [(x.line_id, x.shipped, x.cancelled) for x in state.lines] == [("l1", 2, 0), ("l2", 0, 1), ("l3", 0, 3)]
+    assert state.status == "shipped", "what is left of the order has all left"
+    [notice] = [n for n in of(records, ShipmentNotice) if n.type == "order_partly_cancelled"]
+    assert notice.summary == ("Cancelled as you asked: 1 × Teapot; 3 × Tea towel. Part of your order had already "
+                              "left our warehouse and still arrives: 2 × Blue mug.")
+
+
+def test_a_shop_that_refuses_a_cancellation_after_dispatch_refuses_all_of_it_and_says_so():
+    refused = domain.apply(run(placed(), created("P1", ("l1", 2)), dispatched("P1"))[0], order_cancelled(), "input",
+                           NOW, PARK_FOR, domain.REFUSE_AFTER_DISPATCH)
+    assert [r.reason_code for r in of(refused.records, Rejected)] == ["cancel_after_dispatch_refused"]
+    assert all(x.cancelled == 0 for x in refused.state.lines)
+    [notice] = [n for n in of(refused.records, ShipmentNotice) if n.type == "cancellation_refused"]
+    assert "cannot be cancelled: 2 × Blue mug" in notice.summary
 
 
 def test_delivered_before_dispatched_is_parked_and_applied_in_order():

@@ -146,7 +146,6 @@ def violated_invariants(state: OrderState) -> list[str]:
 # -- the order machine's steps --------------------------------------------------------------------
 
 _ORDER_ADVICE = {
-    ("in_fulfillment", "cancel"): " (part of it has shipped: cancel the remaining lines, or start a return)",
     ("completed", "cancel"): " (it was delivered: start a return instead)",
 }
 
@@ -259,8 +258,18 @@ def _order_placed(step: OrderStep) -> None:
 
 
 def _order_cancelled(step: OrderStep) -> None:
-    payload = step.event.payload
-    step.require_order_trigger("cancel", f"cancelled by {payload['requested_by']}: {payload['reason']}")
+    """The customer's or the shop's cancellation is a request: what it cancels depends on what has
+    left the warehouse, which only fulfillment knows when it reads it (order-state's own view of
+    fulfillment may be a snapshot behind). The order follows fulfillment's status snapshot caused by
+    this request: cancelled if nothing had left, else in fulfillment with the rest cancelled."""
+    state, payload = step.state, step.event.payload
+    if state.status == ORDER.initial:
+        raise Park(ORDER.name, state.order_id, state.status, ORDER.waits_for(state.status, "cancel") or "")
+    if state.status in ORDER.terminal or state.status == "completed":
+        ORDER.require(state.status, "cancel", state.order_id, _ORDER_ADVICE.get((state.status, "cancel"), ""))
+    step.move(ORDER.name, state.order_id, state.status, state.status,
+              f"cancellation requested by {payload['requested_by']}: {payload['reason']}; fulfillment cancels what "
+              "has not left the warehouse", always=True)
 
 
 def _line_cancelled(step: OrderStep) -> None:
