@@ -43,7 +43,8 @@ def test_round_trip_keeps_every_field_and_type():
     decoded = CODEC.decode(data, schema)
     assert decoded.writer == schema
     back = Envelope.from_record(decoded.record)
-    assert back.payload == {**envelope.payload, "promised_delivery_by": None}, "defaults filled in"
+    assert back.payload == {**envelope.payload, "promised_delivery_by": None, "discounts": [], "shipping": None}, \
+        "defaults filled in"
     assert (back.event_id, back.order_id, back.source, back.type) == (
         envelope.event_id, envelope.order_id, envelope.source, envelope.type)
     assert back.occurred_at == WHEN

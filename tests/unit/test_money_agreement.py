@@ -80,3 +80,32 @@ def test_the_verdict_is_one_rule():
     assert money.refund_verdict(Decimal(31), Decimal(50), Decimal(20), Decimal(10), "EUR").outcome == money.WAIT
     refused = money.refund_verdict(Decimal(41), Decimal(50), Decimal(20), Decimal(10), "EUR")
     assert refused.outcome == money.EXCEEDS and "30 EUR captured and not yet refunded" in refused.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 100_000), st.lists(st.integers(0, 50_000), min_size=1, max_size=8))
+def test_a_split_to_the_cent_adds_up_exactly_and_follows_the_weights(cents, weights):
+    amount = Decimal(cents) / 100
+    shares = money.split_to_cents(amount, [Decimal(w) for w in weights])
+    assert sum(shares, Decimal(0)) == amount and all(s >= 0 and s == s.quantize(Decimal("0.01")) for s in shares)
+    total = sum(weights)
+    if total:
+        assert all(abs(s - amount * w / total) < Decimal("0.01") for s, w in zip(shares, weights, strict=True))
+
+
+def test_an_order_whose_total_does_not_add_up_is_rejected_by_every_machine_with_an_audit_record():
+    from fulfillment import domain as fulfillment
+    from orderops.model.catalog import STOREFRONT_ORDERS
+    from orderops.model.workflow import Rejected
+
+    placed = _placed()
+    placed.payload["discounts"] = [{"code": "WELCOME10", "amount": _money("10.00")}]  # the total still says 100.00
+    outcomes = [order_state.apply(None, placed, STOREFRONT_ORDERS.name, T0, PARK_FOR),
+                returns.apply(None, placed, STOREFRONT_ORDERS.name, T0, PARK_FOR, Policies({})),
+                fulfillment.apply(None, placed, STOREFRONT_ORDERS.name, T0, PARK_FOR)]
+    for outcome in outcomes:
+        [rejected] = outcome.of(Rejected)
+        assert rejected.reason_code == "order_total_mismatch" and "= 90.00" in rejected.reason
+    placed.payload["total"] = _money("95.00")
+    placed.payload["shipping"] = _money("5.00")
+    assert order_state.apply(None, placed, STOREFRONT_ORDERS.name, T0, PARK_FOR).of(Rejected) == []

@@ -40,9 +40,15 @@ def address(name: str = "Ada Lovelace", city: str = "London", country: str = "GB
 
 
 def line(line_id: str, name: str, quantity: int, unit_price: str, category: str = "home", sku: str | None = None,
-         final_sale: bool = False, currency: str = "EUR") -> dict:
+         final_sale: bool = False, currency: str = "EUR", discounts: tuple[tuple[str, str], ...] = ()) -> dict:
+    """An order line; ``discounts``: (code, amount) on the line, all its units together."""
     return {"line_id": line_id, "sku": sku or f"sku-{line_id}", "name": name, "category": category,
-            "quantity": quantity, "unit_price": money(unit_price, currency), "final_sale": final_sale}
+            "quantity": quantity, "unit_price": money(unit_price, currency), "final_sale": final_sale,
+            "discounts": [discount(code, amount, currency) for code, amount in discounts]}
+
+
+def discount(code: str, amount: str, currency: str = "EUR") -> dict:
+    return {"code": code, "amount": money(amount, currency)}
 
 
 def instrument(instrument_id: str, channel: str, amount: str, provider: str = "", currency: str = "EUR") -> dict:

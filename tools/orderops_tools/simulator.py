@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from orderops.model import money as money_of
 from orderops.model.catalog import (
     PAYMENT_PROVIDER,
     PAYMENTS_EVENTS,
@@ -33,7 +34,7 @@ from orderops.model.catalog import (
 )
 from orderops.model.envelope import Envelope
 from orderops_tools.provider import RefundDesk
-from orderops_tools.scenario import Story, address, customer, instrument, line, money
+from orderops_tools.scenario import Story, address, customer, discount, instrument, line, money
 
 UPSTREAM = (STOREFRONT_ORDERS, STOREFRONT_RETURNS, PAYMENTS_EVENTS, WAREHOUSE_FULFILLMENT, WAREHOUSE_RETURNS,
             SUPPORT_CONTACTS)
@@ -44,9 +45,12 @@ PRODUCTS = (
     ("Face cream", "beauty", "28.00"), ("Side table", "furniture", "129.00"), ("Gift card", "gift-cards", "25.00"),
     ("Clearance vase", "clearance", "15.00"),
 )
+CENT = Decimal("0.01")
+SHIPPING, FREE_SHIPPING_FROM = Decimal("4.95"), Decimal(50)  # what the simulated shop charges for shipping
 SCENARIOS = {  # default share of each scenario (they combine: an order can be split and returned)
     "split_shipment": 0.35, "backorder": 0.25, "eta_slip": 0.4, "carrier_delay": 0.1, "delivery_failed": 0.04,
-    "auth_failure": 0.05, "auth_expiry": 0.03, "cancellation": 0.05, "warehouse_cancel": 0.03, "return": 0.2,
+    "auth_failure": 0.05, "auth_expiry": 0.03, "cancellation": 0.05, "cancel_after_dispatch": 0.03,
+    "warehouse_cancel": 0.03, "discount": 0.3, "return": 0.2,
     "late_return": 0.2, "refund_failure": 0.08, "refund_failed_then_succeeded": 0.05, "support_contact": 0.1,
     "repeat_contact": 0.3,
 }
@@ -96,7 +100,17 @@ def order_story(config: Config, n: int, origin: datetime) -> Story:
     picks = rng.sample(PRODUCTS, rng.randint(1, 6))
     lines = [line(f"l{k + 1}", name, rng.randint(1, 3), price, category, final_sale=category == "clearance")
              for k, (name, category, price) in enumerate(picks)]
-    total = sum(Decimal(x["unit_price"]["amount"]) * x["quantity"] for x in lines)
+    discounts: list[dict] = []
+    if chance("discount"):  # 10 % off lines of two or more, then 10 % off the order
+        for x in lines:
+            if x["quantity"] >= 2:
+                x["discounts"] = [discount("BUNDLE", str((x["unit_price"]["amount"] * x["quantity"] / 10).quantize(CENT)))]
+        subtotal = sum((money_of.discounted(x) for x in lines), Decimal(0))
+        discounts = [discount("WELCOME10", str((subtotal / 10).quantize(CENT)))]
+    subtotal = sum((money_of.discounted(x) for x in lines), Decimal(0)) - sum(
+        (d["amount"]["amount"] for d in discounts), Decimal(0))
+    shipping = SHIPPING if subtotal < FREE_SHIPPING_FROM else Decimal(0)
+    total = subtotal + shipping
     mix = rng.choices(["card", "gift+card", "cod", "bnpl"], weights=[50, 20, 15, 15])[0]
     if mix == "gift+card":
         gift = min(Decimal(25), total / 2).quantize(Decimal("0.01"))
@@ -110,7 +124,8 @@ def order_story(config: Config, n: int, origin: datetime) -> Story:
     story.on(STOREFRONT_ORDERS).OrderPlaced(
         customer=customer(f"cust-{who}", f"customer{who}@example.com", f"Customer {who}"), lines=lines,
         instruments=instruments, shipping_address=address(), total=money(str(total)),
-        promised_delivery_by=story.clock + timedelta(days=5))
+        promised_delivery_by=story.clock + timedelta(days=5), discounts=discounts,
+        shipping=money(str(shipping)) if shipping else None)
     payments = story.on(PAYMENTS_EVENTS)
     card_like = [i for i in instruments if i["channel"] != "CASH_ON_DELIVERY"]
     story.after(minutes=rng.randint(1, 5))
@@ -161,6 +176,11 @@ def order_story(config: Config, n: int, origin: datetime) -> Story:
                 story.on(PAYMENTS_EVENTS).PaymentCaptured(instrument_id=i["instrument_id"], amount=i["amount"],
                                                          capture_id=f"cap-{order_id}-{i['instrument_id']}")
             captured = True
+        if p < len(parcels) and chance("cancel_after_dispatch"):
+            # The first parcel is on its way: what has not left is cancelled, its paid part refunded.
+            story.after(hours=1).on(STOREFRONT_ORDERS).OrderCancelled(reason="changed my mind", requested_by="customer")
+            backordered = None
+            break
     if backordered is not None:
         if chance("eta_slip"):
             story.after(days=3).on(WAREHOUSE_FULFILLMENT).BackorderEtaChanged(

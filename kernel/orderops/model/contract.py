@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
-from orderops.model import catalog
+from orderops.model import catalog, money
 from orderops.model.envelope import Envelope
 
 MAX_TEXT_CHARS = 2_000  # any string field: names, addresses, reasons, tracking references
@@ -99,9 +99,9 @@ def quantities_in_range(event: Envelope, payload: Payload, began: datetime | Non
 
 
 def amounts_in_range(event: Envelope, payload: Payload, began: datetime | None) -> Violation | None:
-    for at, money in payload.amounts:
-        if isinstance(money["amount"], Decimal) and not 0 <= money["amount"] <= MAX_AMOUNT:
-            return "amount_out_of_range", f"{path(at)} is {money['amount']} {money['currency']} (0 to {MAX_AMOUNT})"
+    for at, amount in payload.amounts:
+        if isinstance(amount["amount"], Decimal) and not 0 <= amount["amount"] <= MAX_AMOUNT:
+            return "amount_out_of_range", f"{path(at)} is {amount['amount']} {amount['currency']} (0 to {MAX_AMOUNT})"
     return None
 
 
@@ -126,8 +126,18 @@ def occurred_within_the_order(event: Envelope, payload: Payload, began: datetime
     return None
 
 
+def order_total_adds_up(event: Envelope, payload: Payload, began: datetime | None) -> Violation | None:
+    """An order's total is its lines less their discounts, less the order's discounts, plus
+    shipping (``money.total_problem``): refunds are computed from these figures."""
+    if event.short_type != "OrderPlaced":
+        return None
+    problem = money.total_problem(event.payload)
+    return None if problem is None else ("order_total_mismatch", problem)
+
+
 CHECKS: tuple[Callable[[Envelope, Payload, datetime | None], Violation | None], ...] = (
-    text_within_limits, quantities_in_range, amounts_in_range, one_currency, occurred_within_the_order)
+    text_within_limits, quantities_in_range, amounts_in_range, one_currency, occurred_within_the_order,
+    order_total_adds_up)
 
 
 @functools.cache

@@ -78,3 +78,93 @@ def capture_verdict(amount: Decimal, captured: Decimal, still_capturable: Decima
 def authorized_after(captured: Decimal, amount: Decimal) -> Decimal:
     """An authorization (or a re-authorization) holds ``amount`` beyond what was captured."""
     return captured + amount
+
+
+# -- prices net of discounts ----------------------------------------------------------------------
+
+CENT = Decimal("0.01")
+
+
+def split_to_cents(amount: Decimal, weights: list[Decimal]) -> list[Decimal]:
+    """``amount`` (in cents) split in proportion to ``weights``, each share in cents, the shares
+    adding up to ``amount`` exactly (largest remainder: every share rounded down, the cents left
+    over to the largest remainders, ties to the first)."""
+    total = sum(weights, Decimal(0))
+    if not weights:
+        return []
+    if total <= 0:
+        return [amount if n == 0 else Decimal(0) for n in range(len(weights))]
+    exact = [amount * w / total for w in weights]
+    shares = [(e // CENT) * CENT for e in exact]
+    left = int(((amount - sum(shares, Decimal(0))) / CENT).to_integral_value())
+    for n in sorted(range(len(weights)), key=lambda k: (-(exact[k] - shares[k]), k))[:left]:
+        shares[n] += CENT
+    return shares
+
+
+@dataclass(frozen=True)
+class LinePrice:
+    """What a line of an order costs the customer: its units at their price, less its own
+    discounts and its share of the order's discounts."""
+
+    line_id: str
+    quantity: int
+    unit_price: Decimal
+    line_discounts: Decimal = ZERO
+    order_discount_share: Decimal = ZERO
+
+    @property
+    def gross(self) -> Decimal:
+        return self.unit_price * self.quantity
+
+    @property
+    def net(self) -> Decimal:
+        return self.gross - self.line_discounts - self.order_discount_share
+
+    def units(self, first: int, count: int) -> Decimal:
+        """What units ``first`` to ``first + count - 1`` of the line cost: the net split to the cent
+        over its units, so that every unit refunded, in any number of refunds, adds up to the net."""
+        return sum(split_to_cents(self.net, [Decimal(1)] * self.quantity)[first:first + count], ZERO)
+
+    def explain(self, name: str, currency: str) -> str:
+        said = f"{name}: {self.quantity} × {self.unit_price:.2f} = {self.gross:.2f} {currency}"
+        if self.line_discounts:
+            said += f", less {self.line_discounts:.2f} of its discounts"
+        if self.order_discount_share:
+            said += f", less {self.order_discount_share:.2f} of the order's discounts"
+        return said + f": {self.net:.2f} {currency} paid for it"
+
+
+def discounted(line: dict) -> Decimal:
+    """A line of ``OrderPlaced`` at its price less its own discounts."""
+    return line["unit_price"]["amount"] * line["quantity"] - sum((d["amount"]["amount"] for d in line.get("discounts") or ()),
+                                                                ZERO)
+
+
+def line_prices(placed: dict) -> list[LinePrice]:
+    """Every line of an ``OrderPlaced`` payload priced net of its discounts and its share of the
+    order's (in proportion to the lines' discounted prices, to the cent, by largest remainder)."""
+    lines = placed["lines"]
+    order_discounts = sum((d["amount"]["amount"] for d in placed.get("discounts") or ()), ZERO)
+    shares = split_to_cents(order_discounts, [max(discounted(x), ZERO) for x in lines])
+    return [LinePrice(x["line_id"], x["quantity"], x["unit_price"]["amount"],
+                      sum((d["amount"]["amount"] for d in x.get("discounts") or ()), ZERO), share)
+            for x, share in zip(lines, shares, strict=True)]
+
+
+def total_problem(placed: dict) -> str | None:
+    """Why an ``OrderPlaced``'s total is not its lines less their discounts, less the order's
+    discounts, plus shipping; or None."""
+    for line in placed["lines"]:
+        if discounted(line) < 0:
+            return f"line {line['line_id']}: its discounts exceed its price"
+    lines = sum((discounted(x) for x in placed["lines"]), ZERO)
+    order_discounts = sum((d["amount"]["amount"] for d in placed.get("discounts") or ()), ZERO)
+    if order_discounts > lines:
+        return f"the order's discounts ({order_discounts:.2f}) exceed its lines ({lines:.2f})"
+    shipping = (placed.get("shipping") or {}).get("amount", ZERO)
+    expected = lines - order_discounts + shipping
+    if expected != placed["total"]["amount"]:
+        return (f"total {placed['total']['amount']:.2f} is not the lines {lines:.2f} (less their discounts) less the "
+                f"order's discounts {order_discounts:.2f} plus shipping {shipping:.2f} = {expected:.2f}")
+    return None

@@ -44,6 +44,13 @@ class ReturnableLine:
     delivered_at: datetime | None = None
     cancelled: int = 0
     cancel_refunded: int = 0  # cancelled units already refunded (or being refunded)
+    line_discounts: Decimal = ZERO  # the line's own discounts, all its units together
+    order_discount_share: Decimal = ZERO  # its share of the order's discounts (money.line_prices)
+
+    @property
+    def price(self) -> money.LinePrice:
+        return money.LinePrice(self.line_id, self.quantity, self.unit_price, self.line_discounts,
+                               self.order_discount_share)
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,13 @@ class ReturnsState(StoredAsJson):
 
     def line(self, line_id: str) -> ReturnableLine | None:
         return next((x for x in self.lines if x.line_id == line_id), None)
+
+    def units_refunded(self, line_id: str) -> int:
+        """How many units of a line were refunded (or are being): inspected in a return, or
+        cancelled; the next unit refunded is priced after them (``LinePrice.units``)."""
+        line = self.line(line_id)
+        return sum(x.inspected for r in self.returns for x in r.lines if x.line_id == line_id) + (
+            line.cancel_refunded if line else 0)
 
     def instrument(self, instrument_id: str) -> RefundableInstrument | None:
         return next((i for i in self.instruments if i.instrument_id == instrument_id), None)
@@ -287,6 +301,11 @@ def evaluate(policy: Policy, state: ReturnsState, request: dict, requested_at: d
         if line is None:
             rule("line_exists", "fail", f"the order has no line {asked['line_id']}", line_id=asked["line_id"])
             continue
+        price = line.price
+        rule("net_price", "pass", price.explain(name, line.currency) + (
+            f"; {asked['quantity']} of them {price.units(state.units_refunded(line.line_id), asked['quantity']):.2f}"
+            f" {line.currency}"), unit_price=price.unit_price, quantity=price.quantity,
+             line_discounts=price.line_discounts, order_discount_share=price.order_discount_share, net=price.net)
         others = sum(x.quantity for r in state.returns if r.status != "rejected" and r.return_id != request["return_id"]
                      for x in r.lines if x.line_id == line.line_id)
         returnable = line.delivered - others
@@ -441,11 +460,14 @@ def _placed(step: ReturnsStep) -> None:
         raise Reject(RETURN.name, step.state.order_id, "placed", "duplicate_order",
                      "an order with this id was already placed (with another event id)")
     in_force = step.context.for_order(step.event.occurred_at) if step.context else None
+    prices = money.line_prices(payload)
     step.state = evolve(
         step.state, placed_at=step.event.occurred_at, customer=payload["customer"],
         policy=in_force.ref if in_force else "",
         lines=tuple(ReturnableLine(x["line_id"], x["name"], x["category"], x["quantity"], x["unit_price"]["amount"],
-                         x["unit_price"]["currency"], x.get("final_sale", False)) for x in payload["lines"]),
+                                   x["unit_price"]["currency"], x.get("final_sale", False),
+                                   line_discounts=price.line_discounts, order_discount_share=price.order_discount_share)
+                    for x, price in zip(payload["lines"], prices, strict=True)),
         instruments=tuple(RefundableInstrument(i["instrument_id"], i["channel"], i["amount"]["currency"], i["amount"]["amount"])
                           for i in payload["instruments"]))
 
@@ -558,10 +580,11 @@ def _refund_cancelled_units(step: ReturnsStep) -> None:
         if newly <= 0:
             continue
         policy = step.policy()
+        amount = line.price.units(step.state.units_refunded(line.line_id), newly)
         step.state = step.state.put(line=evolve(line, cancel_refunded=line.cancelled))
         step.issue_refunds(f"{step.state.order_id}:cancel:{line.line_id}:{line.cancelled}",
-                           f"cancelled line {line.line_id}", None, line.unit_price * newly,
-                           f"{newly} × {line.name} cancelled", policy)
+                           f"cancelled line {line.line_id}", None, amount,
+                           f"{newly} × {line.name} cancelled ({amount:.2f} {line.currency} paid for them)", policy)
 
 
 def _return_requested(step: ReturnsStep) -> None:
@@ -650,11 +673,14 @@ def _inspected(step: ReturnsStep) -> None:
             raise Reject(RETURN.name, ret.return_id, ret.status, "inspected_more_than_received",
                          f"inspection of {result['quantity']} × line {result['line_id']} exceeds what was received")
         returned, order_line = lines[index], step.state.line(result["line_id"])
+        # Priced after the units of the line refunded before, those of this inspection included.
+        first = step.state.units_refunded(order_line.line_id) + sum(
+            x.inspected - y.inspected for x, y in zip(lines, ret.lines, strict=True) if x.line_id == order_line.line_id)
         lines[index] = evolve(returned, inspected=returned.inspected + result["quantity"])
         share = policy.share(result["outcome"])
         fee = ZERO if returned.reason in policy.restocking_fee_exempt_reasons or result["outcome"] != "AS_EXPECTED" \
             else Decimal(policy.restocking_fee_percent) / 100
-        amount += order_line.unit_price * result["quantity"] * share * (1 - fee)
+        amount += order_line.price.units(first, result["quantity"]) * share * (1 - fee)
     ret = evolve(ret, lines=tuple(lines))
     step.state = step.state.put(return_=ret)
     ret = step.return_trigger(ret, "inspect", "inspection completed")

@@ -102,7 +102,7 @@ def test_policy_decisions(line, reason, at_days, decision, deciding_rule):
 def test_trace_records_every_rule_with_its_inputs():
     decided = decide(("l2", 1, "NO_LONGER_NEEDED"), at_days=12)
     assert [t["rule"] for t in decided.trace] == [
-        "policy_version", "quantity_returnable", "final_sale", "return_window", "condition:hygiene-opened",
+        "policy_version", "net_price", "quantity_returnable", "final_sale", "return_window", "condition:hygiene-opened",
         "condition:high-value-electronics", "restocking_fee", "customer_limit"]
     window = rule(decided, "return_window")
     assert window["inputs"] == {"days_since_delivery": "12", "window_days": "30",
@@ -580,3 +580,34 @@ def test_a_replaced_refund_that_succeeds_late_settles_the_return_and_its_fallbac
     state, records = run(refund_result(fallback.key, "card-1", "10.00", at + days(2)), state=state)
     assert state.refunds[1].status == "overpaid" and of(records, CustomerNotice) == []
     assert state.refunded(state.instrument("card-1")) == Decimal("20.00")
+
+
+# -- discounts ------------------------------------------------------------------------------------
+
+def test_a_returned_or_cancelled_line_is_refunded_at_what_was_paid_for_it_net_of_discounts():
+    """Three mugs at 10.00 with 3.00 off the line, a 20.00 teapot, 10.00 off the order: the order's
+    discount is shared 5.74 / 4.26 (in proportion to 27.00 and 20.00; the cent left over to the
+    larger remainder) and a mug costs what is left of its line, split to the cent over its units:
+    7.09, 7.09, 7.08."""
+    lines = (("l1", "Mug", "home", 3, "10.00"), ("l2", "Teapot", "home", 1, "20.00"))
+    order = placed(instruments=(("card-1", "CARD", "37.00"),), lines=lines)
+    order.payload["lines"][0]["discounts"] = [{"code": "MUGS3", "amount": {"amount": Decimal("3.00"), "currency": "EUR"}}]
+    order.payload["discounts"] = [{"code": "WELCOME10", "amount": {"amount": Decimal("10.00"), "currency": "EUR"}}]
+    order.payload["total"] = {"amount": Decimal("37.00"), "currency": "EUR"}
+    state, _ = run(order, captured("card-1", "37.00", PLACED_V1), fulfilled(PLACED_V1 + days(2), lines=lines))
+    mug = state.line("l1")
+    assert (mug.line_discounts, mug.order_discount_share, mug.price.net) == (Decimal("3.00"), Decimal("5.74"),
+                                                                            Decimal("21.26"))
+    at = PLACED_V1 + days(4)
+    state, records = run(requested("r-1", at, ("l1", 2, "DAMAGED")), received("r-1", at, ("l1", 2)),
+                         inspected("r-1", at, ("l1", 2, "AS_EXPECTED")), state=state)
+    [decided] = of(records, Decided)
+    [net] = [t for t in decided.trace if t["rule"] == "net_price"]
+    assert "less 3.00 of its discounts, less 5.74 of the order's discounts: 21.26 EUR" in net["detail"]
+    assert [c.refund.amount for c in of(records, RefundCommand)] == [Decimal("14.18")]
+    # the last mug, cancelled: what is left of the line, to the cent
+    state, records = run(fulfilled(PLACED_V1 + days(5), delivered={"l1": 2, "l2": 1}, cancelled={"l1": 1},
+                                   lines=lines), state=state)
+    assert [c.refund.amount for c in of(records, RefundCommand)] == [Decimal("7.08")]
+    teapot = state.line("l2").price
+    assert mug.price.net + teapot.net == Decimal("37.00")
