@@ -18,6 +18,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from orderops_tools.books import compare as compare_books
 from orderops_tools.provider import RefundDesk
 from orderops_tools.scenario import Story, address, card, customer, line, money
 from orderops_tools.testing import Mailbox, ServiceProcess, free_port, poll_json, producer
@@ -98,6 +99,9 @@ async def test_an_order_from_checkout_to_refund(catalog_topics, run_id, tmp_path
                                      and v["order"]["state"] == "completed")
         assert [h["to"] for h in order_view["history"] if h["machine"] == "order"] == [
             "pending_payment", "confirmed", "in_fulfillment", "completed"]
+        # The books agree: order-state's, returns' and the provider's captured and refunded amounts.
+        books = compare_books(bootstrap, f"e2e{run_id}", {order_id})
+        assert (books.orders, books.refunds, books.disagreements) == (1, 1, []), books
 
         fulfillment_view = await poll_json(processes["fulfillment"], f"/orders/{order_id}/fulfillment",
                                            lambda v: v["status"] == "delivered")

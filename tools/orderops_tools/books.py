@@ -68,6 +68,8 @@ def provider_books(bootstrap: str, codec: Codec | None = None) -> dict[tuple[str
         except DecodeError:
             continue  # dead-lettered by every reader: no money moved for anyone
         operation = money.operation_key(event.short_type, event.payload)
+        if message.key() != event.order_id.encode():
+            continue  # keyed by another order: every reader dead-letters it, no book holds it
         if operation is None or (event.order_id, event.payload["instrument_id"], operation) in counted:
             continue
         counted.add((event.order_id, event.payload["instrument_id"], operation))
@@ -88,7 +90,8 @@ def existing_topics(bootstrap: str) -> set[str]:
     return set(AdminClient(client_config(bootstrap)).list_topics(timeout=30).topics)
 
 
-def compare(bootstrap: str, instance: str | None = None) -> Books:
+def compare(bootstrap: str, instance: str | None = None, orders: set[str] | None = None) -> Books:
+    """``orders``: only these (default: every order both processors hold)."""
     from order_state.domain import OrderState
     from returns.domain import ReturnsState
 
@@ -99,8 +102,9 @@ def compare(bootstrap: str, instance: str | None = None) -> Books:
                            f"--instance)? Nothing compared")
     provider = provider_books(bootstrap)
     kept, decided = (latest_by_key(bootstrap, name) for name in names)
-    found = Books(refunds=sum(1 for book in provider.values() if book["refunded"]))
-    for order_id in sorted(set(kept) | set(decided)):
+    found = Books(refunds=sum(1 for (order_id, _), book in provider.items() if book["refunded"]
+                              and (orders is None or order_id in orders)))
+    for order_id in sorted((set(kept) | set(decided)) & (orders if orders is not None else set(kept) | set(decided))):
         books = OrderState.from_json(kept[order_id]) if order_id in kept else None
         seen = ReturnsState.from_json(decided[order_id]) if order_id in decided else None
         if books is None or seen is None or books.status == "new" or seen.placed_at is None:
@@ -124,7 +128,7 @@ def compare(bootstrap: str, instance: str | None = None) -> Books:
 
 def _check_books(args: argparse.Namespace) -> int:
     try:
-        books = compare(KafkaSettings.from_env().bootstrap, args.instance)
+        books = compare(KafkaSettings.from_env().bootstrap, args.instance, set(args.order) if args.order else None)
     except MissingTable as exc:
         print(f"books: {exc}", file=sys.stderr)
         return 1
@@ -148,5 +152,6 @@ def register(groups) -> None:
                                 "each other and the provider's outcomes, per order and instrument",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     books.add_argument("--instance", help="the ORDEROPS_INSTANCE of the processors, if any")
+    books.add_argument("--order", action="append", help="only this order (repeatable)")
     books.add_argument("--json", action="store_true", help="the summary as one JSON line")
     books.set_defaults(run=_check_books)
