@@ -75,6 +75,7 @@ run: topics
 	@echo "  timeline     http://127.0.0.1:6105/orders/<order id>   /timeline   log: .run/logs/timeline.log"
 	@echo "  messages     emails as files in .run/sinks/mail/, webhooks in .run/sinks/webhooks/ (list: http://127.0.0.1:6180/)"
 	@echo "  prometheus   http://127.0.0.1:$${ORDEROPS_PROMETHEUS_PORT:-9090}/   rules and alerts: deploy/prometheus/rules/ (try orderops:notification_accuracy:ratio_1h)"
+	@echo "  books        http://127.0.0.1:$${ORDEROPS_BOOKS_PORT:-6106}/metrics   order-state, returns and the provider's books compared (alert OrderopsBooksDisagree)   log: .run/logs/books.log"
 	@echo "  simulator    feeding orders (about five simulated days a minute, at most 40 events/s)   log: .run/logs/simulator.log"
 	@echo "  topics       $(BIN)/orderops topics list"
 	@echo "  status       make status        stop: make stop"

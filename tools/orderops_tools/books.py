@@ -1,5 +1,9 @@
 """``orderops check books``: do the processors' books agree with each other and with the provider?
 
+    orderops check books [--order ID] [--json]      once: every disagreement, then the counts
+    python -m orderops_tools.books [--port P]        every ORDEROPS_BOOKS_INTERVAL_SECONDS, as
+                                                     Prometheus gauges (``make run`` starts it)
+
 Per order and payment instrument, three accounts of the same money:
 
 - the provider's, from its outcomes on ``payments.events``: each capture id and each succeeded
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -30,6 +35,7 @@ from orderops.replay.topicreader import read
 from orderops_tools.replay import group_of, latest_by_key
 
 AMOUNTS = ("captured", "refunded")
+BOOKS_PORT = 6106
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,50 @@ def compare(bootstrap: str, instance: str | None = None, orders: set[str] | None
     return found
 
 
+def standing(now: list[Disagreement], before: list[Disagreement]) -> list[Disagreement]:
+    """The disagreements found again by the next check, figures unchanged: an order in flight
+    differs for a moment (a refund order-state has read and returns not yet); one that stays is
+    real."""
+    seen = set(before)
+    return [d for d in now if d in seen]
+
+
+def serve(port: int, interval: float, instance: str | None = None) -> None:
+    """Check the books every ``interval`` seconds and serve the figures on ``port`` (/metrics):
+    ``orderops_books_orders_compared``, ``orderops_books_disagreements`` (standing ones),
+    ``orderops_books_last_check_timestamp_seconds``, ``orderops_books_check_failures_total``."""
+    import logging
+    import time
+
+    from prometheus_client import Counter, Gauge, start_http_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s books: %(message)s")
+    log = logging.getLogger("orderops_tools.books")
+    compared = Gauge("orderops_books_orders_compared", "Orders whose books the last check compared")
+    disagreeing = Gauge("orderops_books_disagreements", "Disagreements between order-state's, returns' and the "
+                        "provider's captured and refunded amounts found by two checks in a row")
+    checked_at = Gauge("orderops_books_last_check_timestamp_seconds", "When the books were last checked")
+    failures = Counter("orderops_books_check_failures_total", "Checks of the books that could not run")
+    start_http_server(port, addr=os.environ.get("ORDEROPS_BOOKS_ADDRESS", "127.0.0.1"))
+    bootstrap, before = KafkaSettings.from_env().bootstrap, []
+    while True:
+        try:
+            books = compare(bootstrap, instance)
+        except Exception as exc:  # the broker away, a table not created yet: tried again next time
+            failures.inc()
+            log.warning("could not check the books (%s: %s); trying again in %.0f s", type(exc).__name__, exc, interval)
+        else:
+            kept = standing(books.disagreements, before)
+            for disagreement in kept:
+                log.error("disagree %s: compare `orderops replay inspect payments.events --order %s` with the "
+                          "processors' views", disagreement.describe(), disagreement.order_id)
+            before = books.disagreements
+            compared.set(books.orders)
+            disagreeing.set(len(kept))
+            checked_at.set(time.time())
+        time.sleep(interval)
+
+
 def _check_books(args: argparse.Namespace) -> int:
     try:
         books = compare(KafkaSettings.from_env().bootstrap, args.instance, set(args.order) if args.order else None)
@@ -155,3 +205,18 @@ def register(groups) -> None:
     books.add_argument("--order", action="append", help="only this order (repeatable)")
     books.add_argument("--json", action="store_true", help="the summary as one JSON line")
     books.set_defaults(run=_check_books)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m orderops_tools.books", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("ORDEROPS_BOOKS_PORT", str(BOOKS_PORT))))
+    parser.add_argument("--interval", type=float,
+                        default=float(os.environ.get("ORDEROPS_BOOKS_INTERVAL_SECONDS", "300")))
+    parser.add_argument("--instance", default=os.environ.get("ORDEROPS_INSTANCE") or None)
+    args = parser.parse_args()
+    serve(args.port, args.interval, args.instance)
+
+
+if __name__ == "__main__":
+    main()

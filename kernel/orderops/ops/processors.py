@@ -53,9 +53,12 @@ class Processor:
 NO_WEB = -1
 # Local stand-ins a processor talks to in `make run`, started before the processors.
 COMPANIONS = (Processor("notifier-sinks", "notifier.sinks", int(os.environ.get("ORDEROPS_SINK_PORT", "6180"))),)
-# Watchers, started after the processors: Prometheus scraping them (when installed).
+# Watchers, started after the processors: Prometheus scraping them (when installed), the books check.
+BOOKS_PORT = int(os.environ.get("ORDEROPS_BOOKS_PORT", "6106"))
 WATCHERS = (Processor("prometheus", "orderops.ops.monitoring", int(os.environ.get("ORDEROPS_PROMETHEUS_PORT", "9090")),
-                      health_path="/-/ready", needs_program="prometheus"),)
+                      health_path="/-/ready", needs_program="prometheus"),
+            # order-state's, returns' and the provider's books compared every few minutes, for Prometheus
+            Processor("books", "orderops_tools.books", BOOKS_PORT, ("--port", str(BOOKS_PORT)), health_path="/metrics"))
 # The upstream systems' stand-in, started after the processors (ORDEROPS_SIMULATE_ARGS overrides its arguments).
 # About five simulated days a minute, at most 40 events/s: within a minute of `make run` the
 # console has split shipments, backorders, returns and escalations to look at.

@@ -29,9 +29,10 @@ SLIPPED = datetime(2026, 12, 8, tzinfo=UTC)
 
 
 def placed(story: Story, *lines) -> None:
+    total = str(sum(x["unit_price"]["amount"] * x["quantity"] for x in lines))  # what the order's lines add up to
     story.on(STOREFRONT_ORDERS).OrderPlaced(
-        customer=customer(), lines=list(lines), instruments=[card("card-1", "100.00")], shipping_address=address(),
-        total=money("100.00"))
+        customer=customer(), lines=list(lines), instruments=[card("card-1", total)], shipping_address=address(),
+        total=money(total))
 
 
 def send(kafka, story: Story, start: int = 0) -> int:
