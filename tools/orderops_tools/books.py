@@ -106,8 +106,10 @@ def compare(bootstrap: str, instance: str | None = None, orders: set[str] | None
     if missing:
         raise MissingTable(f"no {' or '.join(missing)} on the broker: has the processor run (with this "
                            f"--instance)? Nothing compared")
-    provider = provider_books(bootstrap)
+    # The tables first, then the provider's outcomes: an outcome a processor has applied is then in
+    # the provider's book too, and an order in flight differs only by what a processor has not read yet.
     kept, decided = (latest_by_key(bootstrap, name) for name in names)
+    provider = provider_books(bootstrap)
     found = Books(refunds=sum(1 for (order_id, _), book in provider.items() if book["refunded"]
                               and (orders is None or order_id in orders)))
     for order_id in sorted((set(kept) | set(decided)) & (orders if orders is not None else set(kept) | set(decided))):
