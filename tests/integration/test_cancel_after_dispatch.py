@@ -83,6 +83,27 @@ async def test_a_cancellation_after_dispatch_cancels_the_rest_in_every_machine(c
         notices = told(read_topic(bootstrap, NOTIFICATIONS_REQUESTS.name, keep=lambda m: m.key() == order.encode(),
                                   until=lambda got: {"order_partly_cancelled", "refund_issued"} <= set(told(got))))
         assert "order_cancelled" not in notices
+
+        # A line cancelled after it left: fulfillment refuses it, and order-state's lines follow fulfillment.
+        shipped = Story(f"{order}-line", start=PLACED)
+        shipped.on(STOREFRONT_ORDERS).OrderPlaced(
+            customer=customer(), lines=[line("l1", "Lamp", 1, "60.00")], instruments=[card("card-1", "60.00")],
+            shipping_address=address(), total=money("60.00"))
+        shipped.after(minutes=1).on(PAYMENTS_EVENTS).PaymentAuthorized(instrument_id="card-1", amount=money("60.00"),
+                                                                       authorization_id="a-1")
+        shipped.after(hours=1).on(WAREHOUSE_FULFILLMENT).ShipmentCreated(
+            shipment_id="P1", warehouse="ams-1", lines=[{"line_id": "l1", "quantity": 1}])
+        shipped.after(hours=1).on(WAREHOUSE_FULFILLMENT).ShipmentDispatched(
+            shipment_id="P1", carrier="DHL", tracking_number="JD2", tracking_url="https://track.example/JD2")
+        shipped.publish(kafka)
+        await poll_json(processes[FULFILLMENT], f"/orders/{order}-line/fulfillment", lambda v: v["status"] == "shipped")
+        request = Story(f"{order}-line", start=shipped.clock)
+        request.after(minutes=5).add(STOREFRONT_ORDERS, "LineCancelled",
+                                     {"line_id": "l1", "quantity": 1, "reason": "too late"})
+        request.publish(kafka)
+        view = await poll_json(processes[ORDER_STATE], f"/orders/{order}-line", lambda v: any(
+            "cancellation of 1 × Lamp requested" in h["reason"] for h in v["history"]))
+        assert view["order"]["state"] == "in_fulfillment" and view["lines"][0]["cancelled"] == 0
     finally:
         for process in processes.values():
             process.stop(signal.SIGKILL)

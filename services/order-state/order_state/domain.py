@@ -273,6 +273,8 @@ def _order_cancelled(step: OrderStep) -> None:
 
 
 def _line_cancelled(step: OrderStep) -> None:
+    """A request, as an order cancellation is: fulfillment cancels the units that have not left
+    (it alone knows which), and the lines' cancelled units follow its status snapshot."""
     state, payload = step.state, step.event.payload
     if state.status == ORDER.initial:
         raise Park(ORDER.name, state.order_id, state.status, ORDER.waits_for(state.status, "cancel") or "")
@@ -287,15 +289,19 @@ def _line_cancelled(step: OrderStep) -> None:
     if quantity <= 0 or line.cancelled + quantity > line.quantity:
         raise Reject(ORDER.name, state.order_id, state.status, "cancel_exceeds_line",
                      f"cannot cancel {quantity} of line {line.line_id}: {line.quantity - line.cancelled} left")
-    step.state = state.with_line(evolve(line, cancelled=line.cancelled + quantity))
-    if all(x.cancelled == x.quantity for x in step.state.lines):
-        step.order_trigger("cancel", "every line was cancelled")
+    step.move(ORDER.name, state.order_id, state.status, state.status,
+              f"cancellation of {quantity} × {line.name} requested: {payload['reason']}; fulfillment cancels what "
+              "has not left the warehouse", always=True)
 
 
 def _fulfillment_status(step: OrderStep) -> None:
     status = step.event.payload["status"]
     if status != step.state.fulfillment_status:  # else the state stays the same value: nothing parked is retried
         step.state = evolve(step.state, fulfillment_status=status)
+    for said in step.event.payload["lines"]:  # cancelled units as fulfillment decided them
+        line = step.state.line(said["line_id"])
+        if line is not None and line.cancelled != said["cancelled"]:
+            step.state = step.state.with_line(evolve(line, cancelled=min(said["cancelled"], line.quantity)))
     trigger = FULFILLMENT_TRIGGERS.get(status)
     if trigger is not None:
         step.require_order_trigger(trigger, f"fulfillment is {status.replace('_', ' ')}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from orderops.model.workflow import ANY, Machine
 
+# An order is cancelled by fulfillment's verdict (fulfillment_cancelled): a cancellation request
+# (OrderCancelled, LineCancelled) is recorded and fulfillment decides what it cancels.
 RESUME = "(state before the hold)"  # on_hold is reversible: releasing it returns where it came from
 BY_AMOUNT = "(by amounts)"  # the payment state follows from authorized/captured/refunded amounts
 
@@ -24,15 +26,12 @@ ORDER = Machine(
         ("new",              "placed",                 "pending_payment"),
         ("pending_payment",  "payment_secured",        "confirmed"),
         ("pending_payment",  "payment_problem",        "on_hold"),
-        ("pending_payment",  "cancel",                 "cancelled"),
         ("pending_payment",  "fulfillment_cancelled",  "cancelled"),
         ("confirmed",        "payment_problem",        "on_hold"),
         ("confirmed",        "fulfillment_started",    "in_fulfillment"),
         ("confirmed",        "fulfillment_done",       "completed"),
-        ("confirmed",        "cancel",                 "cancelled"),
         ("confirmed",        "fulfillment_cancelled",  "cancelled"),
         ("on_hold",          "payment_secured",        RESUME),
-        ("on_hold",          "cancel",                 "cancelled"),
         ("on_hold",          "fulfillment_cancelled",  "cancelled"),
         ("in_fulfillment",   "fulfillment_started",    "in_fulfillment"),
         ("in_fulfillment",   "payment_problem",        "on_hold"),

@@ -18,6 +18,7 @@ from stories import (
     cancelled,
     captured,
     chargeback,
+    event,
     fulfillment,
     line_cancelled,
     placed,
@@ -200,9 +201,15 @@ def test_capture_on_a_cancelled_order_is_rejected():
     assert state.instrument("card-1").captured == 0
 
 
-def test_cancelling_every_line_cancels_the_order_and_over_cancelling_is_rejected():
-    state, records = run(placed(), line_cancelled("l1", 2, n=1), line_cancelled("l2", 1, n=2))
-    assert state.status == "cancelled"
+def test_line_cancellations_follow_fulfillment_and_over_cancelling_is_rejected():
+    """A line cancellation is a request: the units fulfillment cancelled (those that had not left)
+    are what the order's lines say, and the order is cancelled when fulfillment cancelled all."""
+    state, records = run(placed(), authorized(100), line_cancelled("l1", 2, n=2), line_cancelled("l2", 1, n=3))
+    assert [x.cancelled for x in state.lines] == [0, 0] and state.status == "confirmed"
+    snapshot = event("FulfillmentStatusChanged", {"status": "cancelled", "backordered": False, "lines": [
+        {"line_id": "l1", "cancelled": 2}, {"line_id": "l2", "cancelled": 1}]}, 4)
+    state, _ = run(snapshot, state=state)
+    assert [x.cancelled for x in state.lines] == [2, 1] and state.status == "cancelled"
     state, records = run(placed(), line_cancelled("l1", 3, n=1))
     assert kinds(records, Rejected)[0].reason_code == "cancel_exceeds_line"
     assert state.line("l1").cancelled == 0
