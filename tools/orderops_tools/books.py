@@ -102,7 +102,8 @@ def compare(bootstrap: str, instance: str | None = None, orders: set[str] | None
     from returns.domain import ReturnsState
 
     names = [f"{group_of(processor, instance)}-orders-changelog" for processor in (catalog.ORDER_STATE, catalog.RETURNS)]
-    missing = [name for name in names if name not in existing_topics(bootstrap)]
+    existing = existing_topics(bootstrap)
+    missing = [name for name in names if name not in existing]
     if missing:
         raise MissingTable(f"no {' or '.join(missing)} on the broker: has the processor run (with this "
                            f"--instance)? Nothing compared")

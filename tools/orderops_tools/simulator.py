@@ -107,8 +107,7 @@ def order_story(config: Config, n: int, origin: datetime) -> Story:
                 x["discounts"] = [discount("BUNDLE", str((x["unit_price"]["amount"] * x["quantity"] / 10).quantize(CENT)))]
         subtotal = sum((money_of.discounted(x) for x in lines), Decimal(0))
         discounts = [discount("WELCOME10", str((subtotal / 10).quantize(CENT)))]
-    subtotal = sum((money_of.discounted(x) for x in lines), Decimal(0)) - sum(
-        (d["amount"]["amount"] for d in discounts), Decimal(0))
+    subtotal = sum((money_of.discounted(x) for x in lines), Decimal(0)) - money_of.discounts({"discounts": discounts})
     shipping = SHIPPING if subtotal < FREE_SHIPPING_FROM else Decimal(0)
     total = subtotal + shipping
     mix = rng.choices(["card", "gift+card", "cod", "bnpl"], weights=[50, 20, 15, 15])[0]

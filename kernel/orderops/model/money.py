@@ -135,20 +135,22 @@ class LinePrice:
         return said + f": {self.net:.2f} {currency} paid for it"
 
 
+def discounts(item: dict) -> Decimal:
+    """What the discounts of an ``OrderPlaced`` payload, or of one of its lines, take off."""
+    return sum((d["amount"]["amount"] for d in item.get("discounts") or ()), ZERO)
+
+
 def discounted(line: dict) -> Decimal:
     """A line of ``OrderPlaced`` at its price less its own discounts."""
-    return line["unit_price"]["amount"] * line["quantity"] - sum((d["amount"]["amount"] for d in line.get("discounts") or ()),
-                                                                ZERO)
+    return line["unit_price"]["amount"] * line["quantity"] - discounts(line)
 
 
 def line_prices(placed: dict) -> list[LinePrice]:
     """Every line of an ``OrderPlaced`` payload priced net of its discounts and its share of the
     order's (in proportion to the lines' discounted prices, to the cent, by largest remainder)."""
     lines = placed["lines"]
-    order_discounts = sum((d["amount"]["amount"] for d in placed.get("discounts") or ()), ZERO)
-    shares = split_to_cents(order_discounts, [max(discounted(x), ZERO) for x in lines])
-    return [LinePrice(x["line_id"], x["quantity"], x["unit_price"]["amount"],
-                      sum((d["amount"]["amount"] for d in x.get("discounts") or ()), ZERO), share)
+    shares = split_to_cents(discounts(placed), [max(discounted(x), ZERO) for x in lines])
+    return [LinePrice(x["line_id"], x["quantity"], x["unit_price"]["amount"], discounts(x), share)
             for x, share in zip(lines, shares, strict=True)]
 
 
@@ -159,7 +161,7 @@ def total_problem(placed: dict) -> str | None:
         if discounted(line) < 0:
             return f"line {line['line_id']}: its discounts exceed its price"
     lines = sum((discounted(x) for x in placed["lines"]), ZERO)
-    order_discounts = sum((d["amount"]["amount"] for d in placed.get("discounts") or ()), ZERO)
+    order_discounts = discounts(placed)
     if order_discounts > lines:
         return f"the order's discounts ({order_discounts:.2f}) exceed its lines ({lines:.2f})"
     shipping = (placed.get("shipping") or {}).get("amount", ZERO)
