@@ -71,7 +71,7 @@ async def test_a_cancellation_after_dispatch_cancels_the_rest_in_every_machine(c
                                lambda v: v["order"]["state"] == "completed", timeout=60)
         assert kept["payments"][0]["captured"] == "100.0000"
         refunds = await poll_json(processes[RETURNS], f"/orders/{order}/returns", lambda v: bool(v["refunds"]))
-        assert [(Decimal(r["amount"]), r["cause"]) for r in refunds["refunds"]] == [(Decimal("40.00"), "cancelled line l2")]
+        assert [(Decimal(r["amount"]), r["cause"]) for r in refunds["refunds"]] == [(Decimal("40.00"), "cancelled 1 × Vase")]
 
         audit = decode_all(read_topic(bootstrap, ORDERS_STATE_CHANGES.name, keep=lambda m: m.key() == order.encode(),
                                       until=lambda got: len(got) >= 5), ORDERS_STATE_CHANGES)

@@ -63,6 +63,15 @@ def test_records_missing_from_the_topic_or_only_there_are_named_for_the_rebuilt_
     assert differences([made], on_the_topic(made)) == [] and len(ComparedOutputs(None)) == 0
 
 
+def test_two_records_made_under_one_id_are_a_difference_even_when_the_topic_has_one_of_them():
+    """A notification's id is its cause's and its type's: two messages of one type for one cause
+    share it, and whoever dedupes by id (the notifier, the timeline) keeps one of them."""
+    first, second = rejected("unknown_line", "l9", "e1:r:0"), rejected("unknown_line", "l8", "e1:r:0")
+    found = differences([first, second], on_the_topic(first))
+    assert [(d.what, d.order_id, d.detail.split(" ")[0]) for d in found] == [("output made twice", "o1", "e1:r:0")]
+    assert differences([first], on_the_topic(first)) == []
+
+
 def test_states_are_compared_by_their_bytes_then_as_far_as_a_replay_can_know_them():
     at = datetime(2026, 12, 1, 12, tzinfo=UTC)
     paid, packed = {"at": at, "event": "PaymentCaptured"}, {"at": at, "event": "ShipmentPacked"}

@@ -58,6 +58,7 @@ class Rebuilt:
     duplicates: int = 0
     timer_ticks: int = 0
     dead_letters: list[tuple[Message, str]] = field(default_factory=list)  # what live would dead-letter, and why
+    made_twice: list[str] = field(default_factory=list)  # ids of records made twice (a bug: readers keep one)
 
 
 def write_order(messages: Iterable[Message]) -> list[Message]:
@@ -288,6 +289,8 @@ class OfflineBatch:
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any, cause: Any) -> None:
         if self.keep_records:  # a dict of them: the records themselves, decoded again
             record = self.codec.decode(value, catalog.topic(topic).value_schema).record
+            if record["event_id"] in self.rebuilt.outputs and record_type(record) not in ARRIVAL_ORDER_RECORDS:
+                self.rebuilt.made_twice.append(record["event_id"])
             self.rebuilt.outputs[record["event_id"]] = (topic, record)
         else:
             self.rebuilt.outputs.made(topic, value)
@@ -461,9 +464,15 @@ class ComparedOutputs:
             return
         head = self.codec.head(ours)
         event_id = head.event_id
-        self.made_ids.add(event_id)
         if head.type in ARRIVAL_ORDER_RECORDS:
+            self.made_ids.add(event_id)
             return
+        if event_id in self.made_ids:  # a cause is applied once: two records of it under one id are a bug
+            self.found.append((event_id, Difference(head.order_id, "output made twice", (
+                f"{event_id} on {topic}: the rebuild makes two records with this id (a reader that dedupes "
+                "by id keeps one of them)"))))
+            return
+        self.made_ids.add(event_id)
         stored = self.produced.get(event_id)
         if stored is None or stored.type in ARRIVAL_ORDER_RECORDS:
             missing = f"{event_id} on {topic}: the rebuild produces it, the topic does not have it"

@@ -101,7 +101,7 @@ class Return:
 @dataclass(frozen=True)
 class Refund:
     refund_id: str  # stable id of the refund; each attempt's idempotency key is in ``keys``
-    cause: str  # "return <id>" or "cancelled line <id>"
+    cause: str  # "return <id>", or "cancelled <units × name, ...>"
     return_id: str | None
     instrument_id: str
     channel: str
@@ -574,17 +574,21 @@ def _as_said(line: ReturnableLine, snapshot: dict | None) -> ReturnableLine:
 
 
 def _refund_cancelled_units(step: ReturnsStep) -> None:
-    """Refund every cancelled unit not refunded yet, once (the refund id counts the cancelled units)."""
-    for line in step.state.lines:
-        newly = line.cancelled - line.cancel_refunded
-        if newly <= 0:
-            continue
-        policy = step.policy()
-        amount = line.price.units(step.state.units_refunded(line.line_id), newly)
+    """Refund every cancelled unit not refunded yet, once: all the lines one event cancelled in one
+    refund, so the customer gets one message for it (a notification's id is its cause's and its
+    type's). The refund id counts each line's cancelled units."""
+    newly = [(line, line.cancelled - line.cancel_refunded) for line in step.state.lines
+             if line.cancelled > line.cancel_refunded]
+    if not newly:
+        return
+    policy = step.policy()
+    amount = sum((line.price.units(step.state.units_refunded(line.line_id), count) for line, count in newly), ZERO)
+    for line, _ in newly:
         step.state = step.state.put(line=evolve(line, cancel_refunded=line.cancelled))
-        step.issue_refunds(f"{step.state.order_id}:cancel:{line.line_id}:{line.cancelled}",
-                           f"cancelled line {line.line_id}", None, amount,
-                           f"{newly} × {line.name} cancelled ({amount:.2f} {line.currency} paid for them)", policy)
+    items = ", ".join(f"{count} × {line.name}" for line, count in newly)
+    step.issue_refunds(f"{step.state.order_id}:cancel:" + "+".join(f"{line.line_id}:{line.cancelled}" for line, _ in newly),
+                       f"cancelled {items}", None, amount,
+                       f"{items} cancelled ({amount:.2f} {newly[0][0].currency} paid for them)", policy)
 
 
 def _return_requested(step: ReturnsStep) -> None:

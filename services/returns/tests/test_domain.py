@@ -250,9 +250,23 @@ def test_cancelled_line_that_was_captured_is_refunded_once():
     state, _ = run(placed(), captured("card-1", "135.00", PLACED_V1))
     state, records = run(fulfilled(PLACED_V1 + days(1), delivered={}, cancelled={"l2": 2}), state=state)
     [command] = of(records, RefundCommand)
-    assert command.refund.amount == Decimal("20.00") and command.refund.cause == "cancelled line l2"
+    assert command.refund.amount == Decimal("20.00") and command.refund.cause == "cancelled 2 × Mug"
+    assert command.refund.refund_id == "o-1:cancel:l2:2:card-1"
     _, records = run(fulfilled(PLACED_V1 + days(2), delivered={"l1": 1}, cancelled={"l2": 2}), state=state)
     assert of(records, RefundCommand) == [], "the same cancellation is refunded once"
+
+
+def test_lines_cancelled_by_one_event_are_refunded_together_and_told_in_one_message():
+    """A notification's id is its cause's and its type's: two refund_issued notices for one event
+    would share one id, and the notifier would send the customer only one of them."""
+    state, _ = run(placed(), captured("card-1", "135.00", PLACED_V1))
+    _, records = run(fulfilled(PLACED_V1 + days(1), delivered={"l1": 1}, cancelled={"l2": 2, "l4": 1}), state=state)
+    [command] = of(records, RefundCommand)
+    assert command.refund.amount == Decimal("40.00")
+    assert command.refund.refund_id == "o-1:cancel:l2:2+l4:1:card-1"
+    [notice] = [n for n in of(records, CustomerNotice) if n.type == "refund_issued"]
+    assert notice.facts["cause"] == "cancelled 2 × Mug, 1 × Lipstick"
+    assert [amount for *_, amount, _ in notice.amounts] == [Decimal("40.00")]
 
 
 def test_a_line_cancelled_before_the_capture_is_refunded_by_the_capture_whatever_arrives_between():
