@@ -41,6 +41,11 @@ $(STAMP): requirements.lock requirements-dev.txt kernel/pyproject.toml $(SERVICE
 
 venv: $(STAMP)
 
+# KAFKA_BROKERS=3 make run: a cluster of three nodes (deploy/kafka/kafka.sh); every client starts from
+# all three, and the catalog's topics and the processors' changelogs get three replicas, two in sync.
+CLUSTER := $(if $(filter 3,$(KAFKA_BROKERS)),KAFKA_BOOTSTRAP=$$(deploy/kafka/kafka.sh bootstrap) \
+	ORDEROPS_REPLICATION_FACTOR=3 ORDEROPS_MIN_INSYNC_REPLICAS=2)
+
 kafka-up: venv
 	@if [ -n "$$KAFKA_BOOTSTRAP" ]; then echo "KAFKA_BOOTSTRAP=$$KAFKA_BOOTSTRAP is set: using that broker"; \
 	 else deploy/kafka/kafka.sh up; fi
@@ -52,22 +57,22 @@ kafka-status:
 	@deploy/kafka/kafka.sh status
 
 topics: kafka-up
-	@$(call as_principal,admin) $(BIN)/orderops topics create --align
+	@$(call as_principal,admin) $(CLUSTER) $(BIN)/orderops topics create --align
 	@if [ "$(SECURE)" = 1 ]; then $(call as_principal,admin) $(BIN)/orderops security setup; fi
 
 # The simulator compresses time (days per minute): processors follow event time, so orders age
 # into escalations as the simulated days pass. ORDEROPS_CLOCK=wall for a live feed.
 run: topics
 	@$(MAKE) --no-print-directory prometheus || echo "(continuing without Prometheus: the processors still export /metrics)"
-	@$(call as_principal,policy-admin) $(BIN)/orderops policies publish
+	@$(call as_principal,policy-admin) $(CLUSTER) $(BIN)/orderops policies publish
 	@$(BIN)/orderops users dev
 	@$(call as_principal,admin) $(if $(filter 1,$(SECURE)),ORDEROPS_DATA_DIR=$(RUN_DIR)/state-secure) \
-	  ORDEROPS_CLOCK=$${ORDEROPS_CLOCK:-event} $(BIN)/orderops processors start
+	  $(CLUSTER) ORDEROPS_CLOCK=$${ORDEROPS_CLOCK:-event} $(BIN)/orderops processors start
 	@echo
 	@echo "orderops is up: the broker, every topic, the return policies, all five processors, Prometheus and the simulator."
 	@echo "  CONSOLE      http://127.0.0.1:6105/   support console (API: /openapi.json; escalations appear as simulated days pass)"
 	@echo "               sign in as ann (agent), lee (lead) or root (admin): tokens in .run/secrets/support-users.tokens"
-	@echo "  broker       $${KAFKA_BOOTSTRAP:-127.0.0.1:$${KAFKA_PORT:-9092}}   logs: .run/kafka$(if $(filter 1,$(SECURE)),-secure)/logs/$(if $(filter 1,$(SECURE)),   SECURE: SASL_SSL + ACLs; credentials in $(KAFKA_SECRETS))"
+	@echo "  broker       $${KAFKA_BOOTSTRAP:-$$(deploy/kafka/kafka.sh bootstrap)}   logs: .run/kafka$(if $(filter 1,$(SECURE)),-secure)/logs/$(if $(filter 1,$(SECURE)),   SECURE: SASL_SSL + ACLs; credentials in $(KAFKA_SECRETS))"
 	@echo "  order-state  http://127.0.0.1:6101/orders/<order id>   /healthz   /metrics   log: .run/logs/order-state.log"
 	@echo "  fulfillment  http://127.0.0.1:6102/orders/<order id>/fulfillment   log: .run/logs/fulfillment.log"
 	@echo "  returns      http://127.0.0.1:6103/orders/<order id>/returns   policies: $(BIN)/orderops policies list"
@@ -97,8 +102,9 @@ status:
 TEST_ENV := KAFKA_PORT=$${KAFKA_TEST_PORT:-19092} KAFKA_CONTROLLER_PORT=$${KAFKA_TEST_CONTROLLER_PORT:-19093} \
 	ORDEROPS_RUN_DIR=$(CURDIR)/.run/test
 
+# The cluster's fault test (three brokers of its own, about 2.5 minutes) runs in make test-faults.
 test: venv browser prometheus
-	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest -m "not cluster" $(PYTEST_ARGS)
 
 # The support console is tested in a real headless browser: Debian's chromium (Playwright drives it).
 browser:
@@ -114,10 +120,14 @@ prometheus:
 	  { echo "could not install prometheus (apt-get as root is needed); install it and retry" >&2; exit 1; }; }
 
 # The fault tests run in `make test` at a size that fits the suite; here bigger.
+# Each fault test that passes records its figures; once all passed, they are written to docs/reliability-results.md.
+FAULT_SIZES := FAULT_ORDERS=$${FAULT_ORDERS:-200} FAULT_RATE=$${FAULT_RATE:-60} FAULT_KILLS=$${FAULT_KILLS:-2} \
+	FAULT_OUTAGE_SECONDS=$${FAULT_OUTAGE_SECONDS:-60} HOSTILE_MESSAGES=$${HOSTILE_MESSAGES:-10000} \
+	HOSTILE_EVENTS=$${HOSTILE_EVENTS:-10000}
 test-faults: venv
-	$(TEST_ENV) FAULT_ORDERS=$${FAULT_ORDERS:-200} FAULT_RATE=$${FAULT_RATE:-60} FAULT_KILLS=$${FAULT_KILLS:-2} \
-	  FAULT_OUTAGE_SECONDS=$${FAULT_OUTAGE_SECONDS:-60} HOSTILE_MESSAGES=$${HOSTILE_MESSAGES:-10000} \
-	  HOSTILE_EVENTS=$${HOSTILE_EVENTS:-10000} $(BIN)/pytest -m faults --timeout 3600 $(PYTEST_ARGS)
+	@mkdir -p .run && rm -f .run/fault-results.jsonl
+	$(TEST_ENV) $(FAULT_SIZES) FAULT_RESULTS=$(CURDIR)/.run/fault-results.jsonl $(BIN)/pytest -m faults --timeout 3600 $(PYTEST_ARGS)
+	$(FAULT_SIZES) $(BIN)/python -m orderops_tools.faultreport .run/fault-results.jsonl
 
 # Figures, not tests: a broker of its own, baselines measured in the same run (docs/benchmarks.md).
 # BENCH_EVENTS, BENCH_RATES, BENCH_RATE_SECONDS, BENCH_WARMUP_SECONDS, BENCH_SOAK_SECONDS, BENCH_SOAK_RATE, BENCH_REPLAY_EVENTS size it (tools/orderops_tools/bench.py).

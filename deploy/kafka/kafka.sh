@@ -3,7 +3,11 @@
 #   kafka.sh up       resolve the classpath, format storage once, start, wait until it answers
 #   kafka.sh down     SIGTERM, wait for a clean exit
 #   kafka.sh status   running or not, and where
+#   kafka.sh bootstrap  the addresses clients start from (every node of a cluster)
 # Environment (defaults): KAFKA_PORT=9092, KAFKA_CONTROLLER_PORT=9093,
+#   KAFKA_BROKERS=1; 3: a cluster of three nodes (each broker+controller; node n listens on KAFKA_PORT
+#     and KAFKA_CONTROLLER_PORT plus 10×(n−1), data in <run dir>/kafka-cluster/node-n; internal topics
+#     with three replicas, two in sync); KAFKA_NODE=n acts on that node only (restarting one).
 #   ORDEROPS_RUN_DIR=<repo>/.run, ORDEROPS_PYTHON=<repo>/.venv/bin/python,
 #   KAFKA_HEAP_OPTS="-Xms256m -Xmx1g", KAFKA_START_TIMEOUT=120 (seconds).
 #   KAFKA_CLASSPATH_FILE=<run dir>/kafka/classpath.txt (the resolved jars; shared by brokers of one checkout).
@@ -14,21 +18,50 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-port=${KAFKA_PORT:-9092}
-controller_port=${KAFKA_CONTROLLER_PORT:-9093}
+base_port=${KAFKA_PORT:-9092}
+base_controller_port=${KAFKA_CONTROLLER_PORT:-9093}
 run_root=${ORDEROPS_RUN_DIR:-$repo/.run}
 secure=${SECURE:-}
 [ "$secure" = 0 ] && secure=
-run_dir=$run_root/kafka${secure:+-secure}
+brokers=${KAFKA_BROKERS:-1}
 secrets_dir=${ORDEROPS_KAFKA_SECRETS_DIR:-$run_root/secrets/kafka}
 python=${ORDEROPS_PYTHON:-$repo/.venv/bin/python}
 heap=${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}
 start_timeout=${KAFKA_START_TIMEOUT:-120}
-pid_file=$run_dir/kafka.pid
-log_dir=$run_dir/logs
 classpath_file=${KAFKA_CLASSPATH_FILE:-$run_root/kafka/classpath.txt}
 
 die() { echo "kafka: $*" >&2; exit 1; }
+
+case "$brokers" in
+  1) ;;
+  3) [ -z "$secure" ] || die "KAFKA_BROKERS=3 with SECURE=1 is not supported: the secure broker runs alone." ;;
+  *) die "KAFKA_BROKERS=$brokers: 1 (one broker) or 3 (a cluster of three) are supported." ;;
+esac
+
+node_port() { echo $((base_port + 10 * ($1 - 1))); }
+node_controller_port() { echo $((base_controller_port + 10 * ($1 - 1))); }
+
+use_node() {
+  # The variables of node $1: its ports and folders (one broker: node 1, where it always was).
+  node=$1
+  port=$(node_port "$node")
+  controller_port=$(node_controller_port "$node")
+  if [ "$brokers" = 1 ]; then
+    run_dir=$run_root/kafka${secure:+-secure}
+  else
+    run_dir=$run_root/kafka-cluster/node-$node
+  fi
+  pid_file=$run_dir/kafka.pid
+  log_dir=$run_dir/logs
+}
+
+bootstrap_servers() {
+  local n list=""
+  for n in $(seq 1 "$brokers"); do list="$list${list:+,}127.0.0.1:$(node_port "$n")"; done
+  echo "$list"
+}
+
+use_node 1
 
 require_tools() {
   command -v java >/dev/null 2>&1 || die "java not found. Install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless) and retry."
@@ -84,9 +117,18 @@ make_secrets() {
 }
 
 render_config() {
-  local template=("$here/server.properties.in")
+  local template=("$here/server.properties.in") quorum replicas=1 in_sync=1 n
   [ -n "$secure" ] && template+=("$here/server-secure.properties.in")
+  if [ "$brokers" = 1 ]; then
+    quorum="controller.quorum.bootstrap.servers=127.0.0.1:$controller_port"
+  else
+    local voters=""
+    for n in $(seq 1 "$brokers"); do voters="$voters${voters:+,}$n@127.0.0.1:$(node_controller_port "$n")"; done
+    quorum="controller.quorum.voters=$voters"
+    replicas=3; in_sync=2
+  fi
   cat "${template[@]}" | sed -e "s#@RUN_DIR@#$run_dir#g" -e "s#@PORT@#$port#g" -e "s#@CONTROLLER_PORT@#$controller_port#g" \
+    -e "s#@NODE_ID@#$node#g" -e "s#@QUORUM@#$quorum#g" -e "s#@REPLICAS@#$replicas#g" -e "s#@IN_SYNC@#$in_sync#g" \
     -e "s#@SECRETS@#$secrets_dir#g" -e "s#@ADMIN_PASSWORD@#${secure:+$(cat "$secrets_dir/admin.password" 2>/dev/null)}#g" \
     > "$run_dir/server.properties"
   chmod 600 "$run_dir/server.properties"  # in secure mode it holds the admin password
@@ -103,9 +145,12 @@ client_env() {
 format_storage() {
   [ -f "$run_dir/data/meta.properties" ] && return 0
   local cp; cp=$(cat "$classpath_file")
-  [ -s "$run_dir/cluster.id" ] || java -cp "$cp" kafka.tools.StorageTool random-uuid > "$run_dir/cluster.id"
+  # One id for the cluster's nodes; one broker keeps it beside its data, as it always did.
+  local id_file=$run_dir/cluster.id quorum_mode=--standalone
+  if [ "$brokers" != 1 ]; then id_file=$run_root/kafka-cluster/cluster.id; quorum_mode=; fi
+  [ -s "$id_file" ] || java -cp "$cp" kafka.tools.StorageTool random-uuid > "$id_file"
   java -Dlog4j2.configurationFile="$here/log4j2.yaml" -Dkafka.logs.dir="$log_dir" -cp "$cp" \
-    kafka.tools.StorageTool format --standalone -t "$(cat "$run_dir/cluster.id")" \
+    kafka.tools.StorageTool format $quorum_mode -t "$(cat "$id_file")" \
     -c "$run_dir/server.properties" --ignore-formatted \
     ${secure:+--add-scram "SCRAM-SHA-512=[name=admin,password=$(cat "$secrets_dir/admin.password")]"} >/dev/null \
     || die "formatting storage in $run_dir/data failed; delete that folder and retry."
@@ -132,17 +177,17 @@ wait_until_answering() {
   fi
 }
 
-up() {
-  require_tools
+start_node() {
+  # Start node $1 (use_node) unless it runs; its pid, or nothing if it ran already.
+  use_node "$1"
   mkdir -p "$run_dir" "$log_dir" "$(dirname "$classpath_file")"
   if pid=$(running_pid); then
-    echo "kafka: already running (pid $pid) at 127.0.0.1:$port"
+    echo "kafka: already running (pid $pid) at 127.0.0.1:$port" >&2
     return 0
   fi
   for p in "$port" "$controller_port"; do
     port_taken "$p" && die "port $p on 127.0.0.1 is taken by another process (not this project's broker: no live pid in $pid_file). Stop it, or set KAFKA_BOOTSTRAP to use that broker, or choose KAFKA_PORT/KAFKA_CONTROLLER_PORT."
   done
-  resolve_classpath
   [ -n "$secure" ] && make_secrets
   render_config
   format_storage
@@ -151,13 +196,41 @@ up() {
   setsid nohup java $heap -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$here/log4j2.yaml" -Dkafka.logs.dir="$log_dir" \
     -cp "$cp" kafka.Kafka "$run_dir/server.properties" > "$log_dir/stdout.log" 2>&1 < /dev/null &
-  local pid=$!
-  echo "$pid" > "$pid_file"
-  wait_until_answering "$pid"
-  echo "kafka: up (pid $pid) at 127.0.0.1:$port${secure:+ (secure: SASL_SSL, ACLs; secrets in $secrets_dir)}; logs in $log_dir"
+  echo "$!" > "$pid_file"
+  echo "$!"
+}
+
+nodes() {
+  # The nodes a command acts on: KAFKA_NODE, or all of them.
+  if [ -n "${KAFKA_NODE:-}" ]; then echo "$KAFKA_NODE"; else seq 1 "$brokers"; fi
+}
+
+up() {
+  require_tools
+  mkdir -p "$(dirname "$classpath_file")"
+  resolve_classpath
+  local n pid started=()
+  # A cluster's controllers elect a leader only once a majority runs: start them all, then wait.
+  for n in $(nodes); do
+    pid=$(start_node "$n") || exit 1
+    started+=("$n:$pid")
+  done
+  local entry
+  for entry in "${started[@]}"; do
+    use_node "${entry%%:*}"; pid=${entry#*:}
+    [ -n "$pid" ] || continue
+    wait_until_answering "$pid"
+    echo "kafka: up (pid $pid) at 127.0.0.1:$port${secure:+ (secure: SASL_SSL, ACLs; secrets in $secrets_dir)}; logs in $log_dir"
+  done
+  [ "$brokers" = 1 ] || echo "kafka: cluster of $brokers at $(bootstrap_servers) (KAFKA_BOOTSTRAP)"
 }
 
 down() {
+  local n
+  for n in $(nodes); do use_node "$n"; down_node; done
+}
+
+down_node() {
   local pid
   if ! pid=$(running_pid); then
     # Stopping also finds the broker of the other mode (make stop after SECURE=1 make run).
@@ -179,16 +252,22 @@ down() {
 }
 
 status() {
-  if pid=$(running_pid); then
-    echo "kafka: running (pid $pid) at 127.0.0.1:$port; data $run_dir/data; logs $log_dir"
-  else
-    echo "kafka: not running"; return 3
-  fi
+  local n down=0
+  for n in $(nodes); do
+    use_node "$n"
+    if pid=$(running_pid); then
+      echo "kafka: running (pid $pid) at 127.0.0.1:$port; data $run_dir/data; logs $log_dir"
+    else
+      echo "kafka: not running${KAFKA_NODE:+ (node $n)}$([ "$brokers" = 1 ] || echo " (node $n)")"; down=1
+    fi
+  done
+  [ "$down" = 0 ] || return 3
 }
 
 case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  bootstrap) bootstrap_servers ;;
+  *) echo "usage: $0 up|down|status|bootstrap" >&2; exit 2 ;;
 esac

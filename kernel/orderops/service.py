@@ -320,7 +320,7 @@ class Service:
     def global_view(self, topic: Topic, convert: Callable[[dict], Any], remedy: str = "") -> GlobalView:
         """All of a compacted topic on every worker (see orderops.runtime.globalview); /healthz waits for it
         and lists the records it could not read. ``remedy``: the command that removes such a record."""
-        view = GlobalView(self.settings.kafka.bootstrap.split(",")[0], topic, self.codec, convert, remedy)
+        view = GlobalView(self.settings.kafka.bootstrap, topic, self.codec, convert, remedy)
         self._global_views.append(view)
         self.app.task(view.run)
         return view
@@ -553,6 +553,8 @@ def _faust_app(settings: ServiceSettings) -> faust.App:
         # anything was tried again; librdkafka's client is now replaced and the records sent again.
         producer_request_timeout=settings.producer_message_timeout_seconds,
         broker_session_timeout=settings.session_timeout_seconds,
+        # How long a consumer's request to a broker that stopped answering (frozen, cut off) waits.
+        broker_request_timeout=settings.request_timeout_seconds,
         # A worker that joined its group while a restarted broker still answered metadata without
         # the topics was assigned nothing, and stayed so until the next metadata refresh (aiokafka's
         # default: 5 minutes): found by the broker-kill test. A refresh that shows them rejoins.

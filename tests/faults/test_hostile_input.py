@@ -10,6 +10,10 @@
   or parked and rejected when its deadline passed), or, for returns, a return decided REJECTED
   with the reason; a machine with nothing to do for that type stays silent. None applies one.
 
+- a poison record on each compacted topic read whole (the return policies, every redrive ledger),
+  written while the system runs: the returns view tells it on /healthz and goes on, each redrive
+  tells it and runs, and `drop-unreadable` removes it.
+
 No processor crashes or stalls; the valid traffic's results are what a clean replay gives. The
 support API answers hostile requests with a 4xx, never a 5xx.
 
@@ -31,8 +35,17 @@ from decimal import Decimal
 
 import aiohttp
 import pytest
+from orderops_tools import faultreport
 from orderops_tools.simulator import Config, play
-from orderops_tools.testing import Mailbox, PrivateBroker, ServiceProcess, orderops_cli, producer, start_processors
+from orderops_tools.testing import (
+    Mailbox,
+    PrivateBroker,
+    ServiceProcess,
+    orderops_cli,
+    producer,
+    rebuilt_identically,
+    start_processors,
+)
 
 from fulfillment import domain as fulfillment_domain
 from order_state import domain as order_state_domain
@@ -179,6 +192,13 @@ async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is
                 await asyncio.sleep(0.05)
         kafka.flush(60)
 
+        # A poison record on each compacted topic a processor or a tool reads whole, while the system runs.
+        poisoned = {catalog.RETURNS_POLICIES.name: f"poison-{run_id}@1",
+                    **{t.name: f"poison-{run_id}" for t in catalog.REDRIVE_TOPICS.values()}}
+        for topic_name, key in poisoned.items():
+            kafka.produce(topic_name, key=key.encode(), value=b"\xc3\x01" + rng.randbytes(20))
+        assert not kafka.flush(30)
+
         # Schema-valid but meaningless events, each made from a valid one; most about the run's real orders.
         judged = {t for m in ("order-state", "fulfillment", "returns") for t in catalog.inputs_of(m)}
         originals = [(s.topic, Envelope.from_record(codec.decode(s.value, s.topic.value_schema).record))
@@ -215,6 +235,7 @@ async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is
         assert {kind for kind, _, _ in hostile_events.values()} == set(MEANINGLESS_KINDS)
 
         # Every hostile message in the dead letters of each processor that reads its topic, once.
+        dead_lettered: dict[str, int] = {}
         for name in catalog.PROCESSORS:
             mine = {k: v for k, v in sent.items() if catalog.topic(k[0]) in catalog.inputs_of(name)}
             found: dict[tuple[str, int, int], list[str]] = {}
@@ -235,8 +256,24 @@ async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is
                 f"{name}: dead-lettered twice or with another reason: " \
                 f"{[(k, found[k], v) for k, v in mine.items() if found[k] != [v]][:3]}"
             assert not set(found) - set(mine), f"{name}: dead letters that were not hostile: {set(found) - set(mine)}"
+            dead_lettered[name] = len(mine)
             status, health = await processes[name].get_json("/healthz")
             assert status == 200 and processes[name].process.poll() is None, (name, health)
+
+        # The poisoned compacted topics: the returns view tells the bad policy and goes on; each tool
+        # that reads a redrive ledger runs and tells it; both are removable.
+        status, health = await processes["returns"].get_json("/healthz")
+        told = health["global_views"][catalog.RETURNS_POLICIES.name]["unreadable"]
+        assert status == 200 and health["ready"] and [f"(key {poisoned[catalog.RETURNS_POLICIES.name]})" in t
+                                                      for t in told] == [True], health
+        for name in catalog.PROCESSORS:
+            ledger = catalog.REDRIVE_TOPICS[name].name
+            ran = orderops_cli(bootstrap, "replay", "redrive", name, "--dry-run")
+            assert ran.returncode == 0 and f"(key {poisoned[ledger]})" in ran.stderr, ran.stdout + ran.stderr
+            dropped = orderops_cli(bootstrap, "topics", "drop-unreadable", ledger)
+            assert dropped.returncode == 0 and "1 unreadable record(s)" in dropped.stdout, dropped.stdout + dropped.stderr
+        dropped = orderops_cli(bootstrap, "policies", "drop-unreadable")
+        assert dropped.returncode == 0 and poisoned[catalog.RETURNS_POLICIES.name] in dropped.stdout, dropped.stdout
 
         # Every meaningless event accounted for by each state machine that reads its topic; none applied.
         machines = {"order-state": order_state_domain.HANDLERS, "fulfillment": fulfillment_domain.HANDLERS,
@@ -281,6 +318,7 @@ async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is
         print("meaningless events, by machine, kind and outcome:", dict(sorted(outcomes.items())))
 
         # The valid traffic: what a clean replay of the inputs gives (which also skips the hostile bytes).
+        rebuilt: dict[str, str] = {}
         for processor in ("order-state", "fulfillment", "returns"):
             result = orderops_cli(bootstrap, "replay", "rebuild", processor, "--clock", "wall", env=deadlines)
             for _ in range(40):
@@ -288,7 +326,9 @@ async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is
                     break
                 await asyncio.sleep(3)
                 result = orderops_cli(bootstrap, "replay", "rebuild", processor, "--clock", "wall", env=deadlines)
-            assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+            orders_compared, records_compared = rebuilt_identically(result)
+            assert orders_compared > 0 and records_compared > 0, result.stdout
+            rebuilt[processor] = f"{orders_compared:,} orders' state and {records_compared:,} records identical"
 
         # The support API: hostile requests get a 4xx, never a 5xx.
         timeline = processes["timeline"]
@@ -316,6 +356,7 @@ async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is
                      ("GET", f"/orders/{order_id}", None, None, {"Authorization": "Bearer " + "t" * 4000}),
                      ("GET", f"/orders/{order_id}", None, None, {"Authorization": "Basic YW5uOmFubg=="}),
                      ("POST", f"/orders/{order_id}/tags", {"tag": "x"}, None, {"Authorization": "Bearer"})]
+        answered: Counter = Counter()
         async with aiohttp.ClientSession() as session:
             for method, path, body, raw, headers in [(*r, signed_in) for r in requests] + anonymous:
                 async with session.request(method, f"{timeline.url}{path}", json=body if raw is None else None,
@@ -323,6 +364,20 @@ async def test_hostile_messages_are_each_dead_lettered_once_and_valid_traffic_is
                     assert 400 <= response.status < 500, (method, path[:80], response.status, await response.text())
                     assert "Traceback" not in await response.text()
                     assert response.headers.get("X-Content-Type-Options") == "nosniff"
+                    answered[response.status] += 1
+        verdicts: Counter = Counter()
+        for (_, _, outcome), count in outcomes.items():
+            verdicts[outcome] += count
+        faultreport.record("hostile input among valid traffic (tests/faults/test_hostile_input.py)", {
+            "orders of valid traffic": config.orders,
+            "undecodable messages, by kind": dict(sorted(kinds.items())),
+            "dead-lettered once each, with the error class expected, by processor": dead_lettered,
+            "meaningless events, by kind": dict(sorted(Counter(k for k, _, _ in hostile_events.values()).items())),
+            "machine verdicts on them, by outcome": dict(sorted(verdicts.items())),
+            "meaningless events applied": sum(c for (_, _, outcome), c in outcomes.items() if outcome.startswith("APPLIED")),
+            "poison records on compacted topics, each told and removed": len(poisoned),
+            "valid traffic against one clean replay": rebuilt,
+            "hostile HTTP requests, by answer": {str(k): v for k, v in sorted(answered.items())}})
     finally:
         for process in processes.values():
             process.stop(signal.SIGKILL)

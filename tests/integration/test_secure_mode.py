@@ -22,7 +22,15 @@ from datetime import UTC, datetime
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from orderops_tools.testing import Mailbox, PrivateBroker, environment, orderops_cli, poll_json, start_processors
+from orderops_tools.testing import (
+    Mailbox,
+    PrivateBroker,
+    environment,
+    orderops_cli,
+    poll_json,
+    rebuilt_identically,
+    start_processors,
+)
 
 from orderops.model import catalog
 from orderops.ops.security import client_config
@@ -154,6 +162,7 @@ async def test_the_whole_flow_runs_with_each_part_as_its_own_principal(secure_br
                     break
                 await asyncio.sleep(3)
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+            assert rebuilt_identically(result)[0] > 0, result.stdout
         await _until(lambda: len(mailbox.messages) > 0, 60)
         with environment(secure_broker.client_env()):
             dead = {t.name: [m.key() for m in read(bootstrap, t) if m.key() != b"acl-probe"]  # the ACL test's probes

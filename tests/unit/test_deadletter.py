@@ -1,7 +1,9 @@
 from datetime import UTC, datetime
 
+import pytest
+
 from orderops.codec.avro import NotSingleObjectEncoded
-from orderops.model.catalog import STOREFRONT_ORDERS
+from orderops.model.catalog import DEAD_LETTER_TOPICS, ORDER_STATE, STOREFRONT_ORDERS
 from orderops.runtime import deadletter
 
 
@@ -26,3 +28,13 @@ def test_processing_errors_are_classed_and_long_messages_cut():
                                                   error=ValueError("x" * 10_000), service="s"))
     assert headers["error-class"] == b"processing-error"
     assert len(headers["error"]) == deadletter.MAX_ERROR_BYTES
+
+
+def test_a_redrive_ledger_entry_reads_back_and_nothing_else_passes_for_one():
+    dlq, origin = DEAD_LETTER_TOPICS[ORDER_STATE].name, STOREFRONT_ORDERS.name
+    key, value = deadletter.redrive_entry(dlq, 2, 41, origin, datetime(2026, 12, 1, tzinfo=UTC))
+    assert key == b"2:41" and deadletter.read_redrive_entry("2:41", value)["origin"] == origin
+    for bad_key, bad_value in (("2:41", b"\xc3\x01"), ("2:41", b"[]"), ("2:41", b'{"dlq": "x"}'), ("9:9", value),
+                               ("2:41", value.replace(dlq.encode(), origin.encode()))):
+        with pytest.raises(ValueError):
+            deadletter.read_redrive_entry(bad_key, bad_value)

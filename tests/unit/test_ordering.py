@@ -48,6 +48,22 @@ def test_records_wait_for_a_partition_of_their_task_that_still_has_older_ones_on
     assert held_back({other_task: [record(other_task, 0, 9000)]}, {5: [other_task]}.get, {ORDERS: 0, PAYMENTS: 5}.get) == {}
 
 
+def test_a_caught_up_partition_is_caught_up_as_of_the_fetch_that_said_so():
+    """A partition left out of the later fetches (its records were still buffered) reads lag 0 from
+    its last fetch; a record written to it since is stamped after that fetch, and may be older than
+    a newer fetch's records of another partition: those wait until it is fetched again."""
+    batch = {ORDERS: [record(ORDERS, 7, 1000), record(ORDERS, 8, 3000)]}
+    task = {3: [ORDERS, PAYMENTS]}.get
+    caught_up = {ORDERS: 0, PAYMENTS: 0}.get
+    assert held_back(batch, task, caught_up, {ORDERS: 3500, PAYMENTS: 2000}.get) == {ORDERS: 8}
+    assert held_back(batch, task, caught_up, {ORDERS: 3500, PAYMENTS: 3000}.get) == {}  # fetched since 3000
+    assert held_back(batch, task, caught_up, {ORDERS: 3500, PAYMENTS: None}.get) == {}  # not known: no bound
+    # The usual case: every partition of the broker in one fetch, the records fetched before it was read.
+    assert held_back(batch, task, caught_up, {ORDERS: 3001, PAYMENTS: 3001}.get) == {}
+    assert held_within(batch, {3: [ORDERS, PAYMENTS]}, caught_up, {}, limit=5.0, now=1.0,
+                       polled_at={ORDERS: 3500, PAYMENTS: 2000}.get) == {ORDERS: 8}
+
+
 def test_only_order_scoped_logs_are_merged_by_time():
     assert in_write_order(ORDERS.topic) and in_write_order(PAYMENTS.topic) and in_write_order(TIMER_TOPICS[FULFILLMENT].name)
     assert not in_write_order(RETURNS_POLICIES.name)  # compacted

@@ -10,7 +10,7 @@ import pytest
 from orderops.codec.avro import Codec, SchemaMismatch
 from orderops.model.catalog import ORDERS_STATE_CHANGES, STOREFRONT_ORDERS, WAREHOUSE_FULFILLMENT
 from orderops.model.envelope import to_json_bytes
-from orderops.replay.rebuild import ComparedOutputs, Message, Produced, compare_states, write_order
+from orderops.replay.rebuild import ComparedOutputs, Message, Produced, compare_states, produced_by_share, write_order
 
 CODEC = Codec()
 
@@ -70,6 +70,28 @@ def test_two_records_made_under_one_id_are_a_difference_even_when_the_topic_has_
     found = differences([first, second], on_the_topic(first))
     assert [(d.what, d.order_id, d.detail.split(" ")[0]) for d in found] == [("output made twice", "o1", "e1:r:0")]
     assert differences([first], on_the_topic(first)) == []
+
+
+def written(*outputs: tuple[str, dict]) -> dict[str, Produced]:
+    """What the processor wrote, every copy, as the rebuild reads the topic."""
+    return produced_by_share([(topic, CODEC.encode(ORDERS_STATE_CHANGES.value_schema, record)) for topic, record in outputs],
+                             CODEC, "order-state", 1)[0]
+
+
+def test_the_topic_is_compared_as_written_a_copy_that_says_something_else_is_a_difference():
+    first, other = rejected("unknown_line", "l9", "e1:r:0"), rejected("unknown_line", "l8", "e1:r:0")
+    again = written(first, first, first)
+    compared = ComparedOutputs(again, CODEC)
+    compared.made(first[0], CODEC.encode(ORDERS_STATE_CHANGES.value_schema, first[1]))
+    assert compared.differences({"o1"}) == [] and compared.compared == 1
+    assert compared.written({"o1"}) == (2, 0), "copies written again byte for byte are counted, not hidden"
+    (found,) = differences([first], written(first, other))
+    assert (found.what, found.order_id) == ("output written twice, differently", "o1")
+    assert 'payload[1].reason: later copy "l8" / first "l9"' in found.detail
+    # A deadline's reason names the worker's clock: copies that differ only there say the same.
+    at_deadline = rejected("park_deadline_passed", "waited until 12:00:00.120", "e2:r:0")
+    later = rejected("park_deadline_passed", "waited until 12:00:00.450", "e2:r:0")
+    assert differences([at_deadline], written(at_deadline, later)) == []
 
 
 def test_states_are_compared_by_their_bytes_then_as_far_as_a_replay_can_know_them():

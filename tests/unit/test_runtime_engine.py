@@ -43,6 +43,7 @@ def test_every_private_name_the_engine_uses_exists():
     assert callable(subscription_state.Assignment.state_value)
     partition_init = inspect.getsource(subscription_state.TopicPartitionState.__init__)
     assert "self._position = None" in partition_init and "self.highwater = None" in partition_init
+    assert "self.timestamp = None" in partition_init  # when the high watermark was last read (the fetcher sets it)
     assert isinstance(subscription_state.TopicPartitionState.paused, property)
     thread = faust_aiokafka.AIOKafkaConsumerThread
     for name in ("_ensure_consumer", "on_thread_stop", "call_thread", "cast_thread", "on_start"):

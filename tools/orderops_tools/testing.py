@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -261,7 +261,7 @@ class PrivateBroker:
         shared = Path(os.environ.get("ORDEROPS_RUN_DIR", default_run_dir())) / "kafka" / "classpath.txt"
         self.env = {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(self.controller_port),
                     "ORDEROPS_RUN_DIR": str(run_dir), "KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m",
-                    "SECURE": "1" if secure else ""}
+                    "SECURE": "1" if secure else "", "KAFKA_BROKERS": "1"}
         if shared.is_file():
             self.env["KAFKA_CLASSPATH_FILE"] = str(shared)
         self.secrets = Path(os.environ.get("ORDEROPS_KAFKA_SECRETS_DIR", run_dir / "secrets" / "kafka"))
@@ -302,6 +302,104 @@ class PrivateBroker:
         self._script("down")
 
 
+class PrivateCluster:
+    """Three KRaft nodes of one test's own (deploy/kafka/kafka.sh with KAFKA_BROKERS=3: each a broker
+    and a controller; node n on the base ports plus 10×(n−1), data under ``run_dir``), with every
+    catalog topic at three replicas, two in sync; nodes are killed, frozen and started one by one."""
+
+    NODES = (1, 2, 3)
+    REPLICAS, IN_SYNC = 3, 2
+
+    def __init__(self, run_dir: Path) -> None:
+        from orderops.ops.settings import default_run_dir
+
+        self.run_dir = run_dir
+        self.port, self.controller_port = self._free_bases()
+        shared = Path(os.environ.get("ORDEROPS_RUN_DIR", default_run_dir())) / "kafka" / "classpath.txt"
+        self.env = {**os.environ, "KAFKA_BROKERS": "3", "KAFKA_PORT": str(self.port),
+                    "KAFKA_CONTROLLER_PORT": str(self.controller_port), "ORDEROPS_RUN_DIR": str(run_dir),
+                    "KAFKA_HEAP_OPTS": "-Xms128m -Xmx384m", "SECURE": ""}
+        if shared.is_file():
+            self.env["KAFKA_CLASSPATH_FILE"] = str(shared)
+
+    @staticmethod
+    def _free_bases() -> tuple[int, int]:
+        """Two base ports whose three nodes' ports (base, +10, +20) are all free."""
+        for _ in range(100):
+            port, controller = free_port(), free_port()
+            wanted = [p + 10 * k for p in (port, controller) for k in range(3)]
+            if len(set(wanted)) == 6 and all(_free(p) for p in wanted) and max(wanted) < 65536:
+                return port, controller
+        raise RuntimeError("no six free ports for a cluster")
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{self.port + 10 * (n - 1)}" for n in self.NODES)
+
+    def client_env(self) -> dict[str, str]:
+        """What a processor of this cluster needs: every node to start from, three replicas, two in sync."""
+        return {"KAFKA_BOOTSTRAP": self.bootstrap, "ORDEROPS_REPLICATION_FACTOR": str(self.REPLICAS),
+                "ORDEROPS_MIN_INSYNC_REPLICAS": str(self.IN_SYNC)}
+
+    def _script(self, command: str, node: int | None = None) -> None:
+        from orderops.ops.brokers import KAFKA_SCRIPT
+
+        env = {**self.env, **({"KAFKA_NODE": str(node)} if node else {})}
+        subprocess.run([str(KAFKA_SCRIPT), command], env=env, check=True, stdout=subprocess.DEVNULL)
+
+    def pid(self, node: int) -> int:
+        return int((self.run_dir / "kafka-cluster" / f"node-{node}" / "kafka.pid").read_text())
+
+    def start(self) -> str:
+        from orderops.ops.admin import create_topics
+        from orderops.ops.settings import KafkaSettings
+
+        self._script("up")
+        create_topics(settings=KafkaSettings(self.bootstrap, self.REPLICAS, self.IN_SYNC))
+        return self.bootstrap
+
+    def start_node(self, node: int) -> None:
+        self._script("up", node)
+
+    def kill(self, node: int) -> None:
+        """SIGKILL the node and wait until it is gone."""
+        pid = self.pid(node)
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+    def freeze(self, node: int, frozen: bool) -> None:
+        """SIGSTOP (a node that stops answering with its connections open, as in a long GC pause or a
+        cut network) or SIGCONT it."""
+        os.kill(self.pid(node), signal.SIGSTOP if frozen else signal.SIGCONT)
+
+    def leader(self, topic: str, partition: int) -> int:
+        from confluent_kafka.admin import AdminClient
+
+        metadata = AdminClient(client_config(self.bootstrap)).list_topics(topic, timeout=30)
+        return metadata.topics[topic].partitions[partition].leader
+
+    def stop(self) -> None:
+        """Every node SIGKILLed: the cluster is the test's alone, and a controlled shutdown of the last
+        two nodes waits for a quorum that is leaving."""
+        for node in self.NODES:
+            with suppress(OSError, ValueError):  # not running, or no pid file yet
+                self.kill(node)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 @contextmanager
 def environment(variables: dict[str, str]) -> Iterator[None]:
     """Within the block, ``os.environ`` has ``variables`` (for clients made in this process)."""
@@ -322,6 +420,16 @@ def orderops_cli(bootstrap: str, *args: str, timeout: float = 300, env: dict[str
     """Run ``orderops <args>`` against this broker, as an operator would (``env``: e.g. a principal's)."""
     return subprocess.run([sys.executable, "-m", "orderops.ops.cli", *args], capture_output=True, text=True,
                           env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap, **(env or {})}, timeout=timeout)
+
+
+def rebuilt_identically(result: subprocess.CompletedProcess) -> tuple[int, int]:
+    """The orders and records an ``orderops replay rebuild`` found identical, which a check requires
+    to be more than none (exit 0 alone also follows a rebuild of orders that wrote nothing)."""
+    import re
+
+    found = re.search(r"rebuild: identical: the state of ([\d,]+) orders and ([\d,]+) records match", result.stdout)
+    assert result.returncode == 0 and found, result.stdout + result.stderr[-2000:]
+    return int(found[1].replace(",", "")), int(found[2].replace(",", ""))
 
 
 def start_processors(bootstrap: str, workdir: Path, env: dict[str, str] | None = None,

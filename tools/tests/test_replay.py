@@ -101,3 +101,24 @@ def test_redrive_sends_each_dead_letter_back_once(catalog_topics, run_id):
     assert deadletter.ERROR not in headers_back and headers_back["redriven-from"].startswith(dlq.name.encode())
     ledger = read_topic(catalog_topics, REDRIVE_TOPICS[ORDER_STATE].name, until=lambda got: len(got) >= 1)
     assert any(json.loads(m.value())["origin"] == STOREFRONT_ORDERS.name for m in ledger)
+
+
+def test_a_poison_record_on_the_redrive_ledger_is_told_and_left_out_and_can_be_removed(catalog_topics, run_id):
+    """One bad record on a compacted topic never stops a tool, and never marks a dead letter as sent
+    back: a value that is no ledger entry, and an entry under another dead letter's key."""
+    ledger = REDRIVE_TOPICS[ORDER_STATE]
+    forged = json.dumps({"dlq": DEAD_LETTER_TOPICS[ORDER_STATE].name, "partition": 0, "offset": 1, "origin": "x",
+                         "at": "2026-12-01T00:00:00+00:00"}).encode()
+    poison = {f"poison-{run_id}".encode(): b"\xc3\x01 not json", f"0:9{int(run_id, 16) % 10**6}".encode(): forged}
+    kafka = producer(catalog_topics)
+    for key, value in poison.items():
+        kafka.produce(ledger.name, key=key, value=value)
+    kafka.flush(10)
+    ran = orderops_cli(catalog_topics, "replay", "redrive", ORDER_STATE, "--order", f"none-{run_id}", "--dry-run")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    for key in poison:
+        assert f"(key {key.decode()})" in ran.stderr and "orderops topics drop-unreadable" in ran.stderr, ran.stderr
+    dropped = orderops_cli(catalog_topics, "topics", "drop-unreadable", ledger.name)
+    assert dropped.returncode == 0 and all(f"(key {key.decode()})" in dropped.stdout for key in poison), dropped.stdout
+    again = orderops_cli(catalog_topics, "replay", "redrive", ORDER_STATE, "--order", f"none-{run_id}", "--dry-run")
+    assert again.returncode == 0 and "poison" not in again.stderr and "not a redrive record" not in again.stderr, again.stderr

@@ -65,8 +65,11 @@ def _topics_drop_unreadable(args: argparse.Namespace) -> int:
         print(f"topics: {args.topic} is not a compacted topic of the catalog (see orderops topics list)",
               file=sys.stderr)
         return 2
+    from orderops.runtime.deadletter import read_redrive_entry
+
+    ledger = topic in catalog.REDRIVE_TOPICS.values()  # JSON of the redrive tool, not Avro
     try:
-        dropped = drop_unreadable(KafkaSettings.from_env().bootstrap, topic)
+        dropped = drop_unreadable(KafkaSettings.from_env().bootstrap, topic, reader=read_redrive_entry if ledger else None)
     except BrokerUnavailable as exc:
         print(f"topics: {exc}", file=sys.stderr)
         return 1

@@ -67,6 +67,7 @@ class ServiceSettings:
     clock: str
     instance: str
     session_timeout_seconds: float
+    request_timeout_seconds: float
     support_users_file: Path  # who may call the HTTP APIs (orderops.http.auth); absent: nobody may
     http_max_body_bytes: int
     state_cache_orders: int  # keys whose parsed state the batch path keeps between batches
@@ -114,6 +115,7 @@ class ServiceSettings:
             clock=env.get("ORDEROPS_CLOCK", "wall"),
             instance=env.get("ORDEROPS_INSTANCE", ""),
             session_timeout_seconds=float(env.get("ORDEROPS_SESSION_TIMEOUT_SECONDS", "30")),
+            request_timeout_seconds=float(env.get("ORDEROPS_REQUEST_TIMEOUT_SECONDS", "90")),
             support_users_file=Path(env.get("ORDEROPS_SUPPORT_USERS_FILE", run_dir / "secrets" / "support-users")),
             http_max_body_bytes=int(env.get("ORDEROPS_HTTP_MAX_BODY_BYTES", str(64 * 1024))),
             state_cache_orders=int(env.get("ORDEROPS_STATE_CACHE_ORDERS", "10000")),

@@ -432,12 +432,15 @@ def record_type(record: dict) -> str:
 
 class Produced(NamedTuple):
     """A record a processor wrote, as a rebuild keeps it to compare: its bytes, and what of its
-    head the comparison needs (``Codec.head``), not the decoded record (millions of them)."""
+    head the comparison needs (``Codec.head``), not the decoded record (millions of them); how
+    many times it was written under its id, and the first later copy that said something else."""
 
     topic: str
     order_id: str
     type: str
     value: bytes
+    copies: int = 1
+    other: tuple[str, bytes] | None = None  # (topic, value) of a copy that differs from the first
 
 
 class ComparedOutputs:
@@ -454,6 +457,8 @@ class ComparedOutputs:
         self.produced, self.codec = produced, codec or Codec()
         self.made_ids: set[str] = set()
         self.count = 0  # records made, each time one is
+        self.compared = 0  # records made and compared with the topic's
+        self.parked_made = 0  # EventParked records made (not compared: see ARRIVAL_ORDER_RECORDS)
         self.found: list[tuple[str, Difference]] = []  # (event id, difference)
 
     def made(self, topic: str, ours: bytes) -> None:
@@ -466,6 +471,7 @@ class ComparedOutputs:
         event_id = head.event_id
         if head.type in ARRIVAL_ORDER_RECORDS:
             self.made_ids.add(event_id)
+            self.parked_made += 1
             return
         if event_id in self.made_ids:  # a cause is applied once: two records of it under one id are a bug
             self.found.append((event_id, Difference(head.order_id, "output made twice", (
@@ -478,26 +484,56 @@ class ComparedOutputs:
             missing = f"{event_id} on {topic}: the rebuild produces it, the topic does not have it"
             self.found.append((event_id, Difference(head.order_id, "output missing", missing)))
             return
+        self.compared += 1
         if ours == stored.value and topic == stored.topic:
             return
-        mine = comparable((topic, self.codec.decode(ours, catalog.topic(topic).value_schema).record))
-        theirs = comparable((stored.topic, self.codec.decode(stored.value, catalog.topic(stored.topic).value_schema).record))
-        if mine != theirs:
-            fields = "; ".join(f"{path}: rebuild {a} / topic {b}" for path, a, b in differing_fields(
-                {"topic": mine[0], **mine[1]}, {"topic": theirs[0], **theirs[1]}))
+        fields = differing(self.codec, (topic, ours), (stored.topic, stored.value))
+        if fields:
             self.found.append((event_id, Difference(head.order_id, "output differs", f"{event_id} on {topic} ({fields})")))
 
     def __len__(self) -> int:
         return self.count
 
     def differences(self, orders: set[str]) -> list[Difference]:
-        """By event id: the records found missing or different as they were made, and the processor's
-        records for ``orders`` (the rebuilt ones) the replay did not make (arrival-order records left out)."""
-        extra = [(event_id, Difference(stored.order_id, "output extra",
-                                       f"{event_id} on {stored.topic}: in the topic, the rebuild does not produce it"))
-                 for event_id, stored in (self.produced or {}).items()
-                 if event_id not in self.made_ids and stored.order_id in orders and stored.type not in ARRIVAL_ORDER_RECORDS]
-        return [difference for _, difference in sorted([*self.found, *extra], key=lambda found: found[0])]
+        """By event id: the records found missing or different as they were made; the processor's
+        records for ``orders`` (the rebuilt ones) the replay did not make (arrival-order records left
+        out); and those it wrote twice under one id saying different things (a reader that dedupes by
+        id keeps whichever it met first)."""
+        found = list(self.found)
+        for event_id, stored in (self.produced or {}).items():
+            if stored.order_id not in orders or stored.type in ARRIVAL_ORDER_RECORDS:
+                continue
+            if event_id not in self.made_ids:
+                extra = f"{event_id} on {stored.topic}: in the topic, the rebuild does not produce it"
+                found.append((event_id, Difference(stored.order_id, "output extra", extra)))
+            if stored.other is not None:
+                fields = differing(self.codec, stored.other, (stored.topic, stored.value), ("later copy", "first"))
+                found.append((event_id, Difference(stored.order_id, "output written twice, differently",
+                                                   f"{event_id} on {stored.topic} ({fields})")))
+        return [difference for _, difference in sorted(found, key=lambda each: each[0])]
+
+    def written(self, orders: set[str]) -> tuple[int, int]:
+        """Of the processor's records for ``orders``: the copies written again byte for byte (at least
+        once: a worker that crashed after sending and before committing sends the same again,
+        and readers drop it by id), and the EventParked records, which are not compared."""
+        again = parked = 0
+        for stored in (self.produced or {}).values():
+            if stored.order_id in orders:
+                again += stored.copies - 1
+                parked += stored.type in ARRIVAL_ORDER_RECORDS
+        return again, parked
+
+
+def differing(codec: Codec, ours: tuple[str, bytes], theirs: tuple[str, bytes],
+              names: tuple[str, str] = ("rebuild", "topic")) -> str:
+    """The fields in which two encoded records (topic, value) differ, as far as a replay can know
+    them (``comparable``), each with both values named by ``names``; empty when they do not."""
+    mine = comparable((ours[0], codec.decode(ours[1], catalog.topic(ours[0]).value_schema).record))
+    other = comparable((theirs[0], codec.decode(theirs[1], catalog.topic(theirs[0]).value_schema).record))
+    if mine == other:
+        return ""
+    return "; ".join(f"{path}: {names[0]} {a} / {names[1]} {b}" for path, a, b in differing_fields(
+        {"topic": mine[0], **mine[1]}, {"topic": other[0], **other[1]}))
 
 
 def produced_by_share(records: Iterable[tuple[str, bytes]], codec: Codec, source: str,
@@ -511,6 +547,15 @@ def produced_by_share(records: Iterable[tuple[str, bytes]], codec: Codec, source
             head = codec.head(value)
         except DecodeError:
             continue
-        if head.source == source:
-            split[share_of(head.order_id.encode(), shares)][head.event_id] = Produced(topic, head.order_id, head.type, value)
+        if head.source != source:
+            continue
+        share = split[share_of(head.order_id.encode(), shares)]
+        first = share.get(head.event_id)
+        if first is None:
+            share[head.event_id] = Produced(topic, head.order_id, head.type, value)
+        elif (topic, value) == (first.topic, first.value) or first.other is not None \
+                or head.type in ARRIVAL_ORDER_RECORDS or not differing(codec, (topic, value), (first.topic, first.value)):
+            share[head.event_id] = first._replace(copies=first.copies + 1)
+        else:
+            share[head.event_id] = first._replace(copies=first.copies + 1, other=(topic, value))
     return split

@@ -317,7 +317,12 @@ class BatchRunner:
                 state = states.get(tp)
                 return None if state is None else lag_of(state.position, state.highwater, state.paused)
 
-            waiting = held_within(ordered, tasks_of(states), lag, self._idle_since, TASK_IDLE_LIMIT)
+            def polled_at(tp: TP) -> int | None:
+                state = states.get(tp)
+                return None if state is None else state.polled_at
+
+            waiting = held_within(ordered, tasks_of(states), lag, self._idle_since, TASK_IDLE_LIMIT,
+                                  polled_at=polled_at)
         ready = []
         for tp, record in merged:
             if record.offset >= waiting.get(tp, record.offset + 1):

@@ -8,6 +8,7 @@ added so an on-call engineer can find the cause and re-drive the message:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -55,3 +56,26 @@ def dead_letter_headers(
         (SERVICE, service.encode()),
         (FAILED_AT, moment.isoformat(timespec="milliseconds").encode()),
     ]
+
+
+# -- the redrive ledger (``<processor>.redrives``, compacted): which dead letters were sent back ---
+
+def redrive_entry(dlq: str, partition: int, offset: int, origin: str, at: datetime) -> tuple[bytes, bytes]:
+    """The ledger's key and value for a dead letter re-driven to ``origin``: keyed by its place in
+    the dead-letter topic, so each is sent back once."""
+    return f"{partition}:{offset}".encode(), json.dumps(
+        {"dlq": dlq, "partition": partition, "offset": offset, "origin": origin, "at": at.isoformat()}).encode()
+
+
+def read_redrive_entry(key: str, value: bytes) -> dict:
+    """A ledger record as ``redrive_entry`` writes it, or ``ValueError``: bytes from anywhere else
+    (by hand, by a bug) must not mark a dead letter as sent back."""
+    try:
+        entry = json.loads(value)
+        named = f"{entry['partition']}:{entry['offset']}"
+        dlq = entry["dlq"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"not a redrive record ({type(exc).__name__})") from None
+    if named != key or not isinstance(dlq, str) or not dlq.endswith(".dlq"):
+        raise ValueError(f"a redrive record of {dlq}[{named}] under key {key}")
+    return entry

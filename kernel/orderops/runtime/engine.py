@@ -34,7 +34,8 @@ pinned versions (``PINNED``):
   keep Faust's idea of the commits current (lag, the seek after a rebalance);
 - ``mode.Service._stopped``: whether the consumer or the fetcher stops;
 - aiokafka's ``AIOKafkaConsumer._subscription.subscription.assignment.state_value(tp)``: a
-  partition's position, high watermark and pause, for the hold-back rule's lag;
+  partition's position, high watermark, pause and ``timestamp`` (when the high watermark was last
+  read), for the hold-back rule;
 - ``faust.stores.rocksdb.Store._db_for_partition(partition)``: a key read in its partition's
   database only.
 """
@@ -42,6 +43,7 @@ pinned versions (``PINNED``):
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
@@ -206,6 +208,7 @@ class PartitionState(NamedTuple):
     position: int | None
     highwater: int | None
     paused: bool
+    polled_at: int | None = None  # ms, this machine's clock: when the high watermark was last read
 
 
 class BatchConsumer(faust_aiokafka.Consumer):
@@ -249,9 +252,19 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 return
             raise
         except Exception as exc:
-            log.exception("the batch loop stopped: %r. The worker restarts its fetcher; what was not committed is "
-                          "read again.", exc)
+            log.critical("the batch loop stopped, and the worker with it: %r. %s", exc, stopped_advice(exc),
+                         exc_info=True)
             raise
+
+
+def stopped_advice(exc: BaseException) -> str:
+    """What the operator does when the batch loop stopped on ``exc``: nothing it had not committed is
+    lost (its records are read again after a restart), so the cause is what needs them."""
+    if "No space left on device" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC:
+        return ("The disk under the processor's state (ORDEROPS_DATA_DIR) is full. Free space there or give it more, "
+                "then start the worker again: what it had not committed is read again, and its tables are restored "
+                "from their changelogs where the local copy is behind.")
+    return "Start the worker again once the cause is fixed: what it had not committed is read again."
 
 
 class BatchTransport(faust_aiokafka.Transport):
@@ -297,7 +310,8 @@ class Engine:
             if numbers is not None and tp.partition not in numbers:
                 continue
             state = assignment.state_value(tp)
-            states[TP(tp.topic, tp.partition)] = PartitionState(state._position, state.highwater, state.paused)
+            states[TP(tp.topic, tp.partition)] = PartitionState(state._position, state.highwater, state.paused,
+                                                                state.timestamp)
         return states
 
 

@@ -14,6 +14,7 @@ A later good record for the key, or a tombstone, ends it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -81,13 +82,13 @@ def read_all(bootstrap: str, topic: Topic, codec: Codec | None = None, timeout: 
 
 
 def drop_unreadable(bootstrap: str, topic: Topic, convert: Callable[[dict], Any] = lambda record: record,
-                    codec: Codec | None = None) -> list[Unreadable]:
+                    codec: Codec | None = None, reader: Reader | None = None) -> list[Unreadable]:
     """Write a tombstone for every key whose latest record cannot be read; returns what it removed."""
     from confluent_kafka import Producer
 
     from orderops.ops.settings import PRODUCER_DEFAULTS
 
-    found = read_compacted(bootstrap, topic, codec, convert)
+    found = read_compacted(bootstrap, topic, codec, convert, reader=reader)
     if not found.unreadable:
         return []
     producer = Producer(client_config(bootstrap, **PRODUCER_DEFAULTS))
@@ -99,10 +100,15 @@ def drop_unreadable(bootstrap: str, topic: Topic, convert: Callable[[dict], Any]
     return list(found.unreadable.values())
 
 
+# Reads a compacted topic's record (key, value) that is no Avro of the catalog (a ledger's JSON), or raises.
+Reader = Callable[[str, bytes], Any]
+
+
 def read_compacted(bootstrap: str, topic: Topic, codec: Codec | None = None,
-                   convert: Callable[[dict], Any] = lambda record: record, timeout: float = 30) -> Compacted:
-    """Every key's latest record on a compacted topic, converted; and the keys whose latest record
-    cannot be read."""
+                   convert: Callable[[dict], Any] = lambda record: record, timeout: float = 30,
+                   reader: Reader | None = None) -> Compacted:
+    """Every key's latest record on a compacted topic, converted (or read by ``reader``); and the
+    keys whose latest record cannot be read."""
     from orderops.ops.admin import QuietLogger
 
     codec = codec or Codec()
@@ -133,7 +139,8 @@ def read_compacted(bootstrap: str, topic: Topic, codec: Codec | None = None,
             if message.error():
                 continue
             key = (message.key() or b"").decode(errors="replace")
-            latest.apply(topic.name, message.partition(), message.offset(), key, message.value(), read)
+            latest.apply(topic.name, message.partition(), message.offset(), key, message.value(),
+                         read if reader is None else functools.partial(reader, key))
             if message.offset() + 1 >= ends[message.partition()]:
                 pending.discard(message.partition())
         return latest

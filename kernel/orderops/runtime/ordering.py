@@ -44,7 +44,8 @@ def write_order(records: Mapping[Any, list]) -> list[tuple[Any, Any]]:
 
 
 def held_back(records: Mapping[Any, list], task_partitions: Callable[[int], Iterable[Any]],
-              lag: Callable[[Any], int | None]) -> dict[Any, int]:
+              lag: Callable[[Any], int | None], polled_at: Callable[[Any], int | None] = lambda tp: None
+              ) -> dict[Any, int]:
     """Per partition, the offset from which this batch's records wait for the rest of their task.
 
     A task is one partition number: the order-scoped topics are co-partitioned, so an order's events
@@ -52,20 +53,30 @@ def held_back(records: Mapping[Any, list], task_partitions: Callable[[int], Iter
     when another partition of the task still has records on the broker that this batch does not
     hold (its lag is positive), any of them may be older than this batch's records, which then wait
     (Kafka Streams' rule, ``max.task.idle.ms``). A partition that the batch holds records of and
-    has more bounds the task at its last record's time; a caught-up one (lag 0) bounds nothing.
-    ``records``: the batch, each partition's in offset order; ``task_partitions``: the ordered
-    partitions of a task assigned here; ``lag``: records on the broker beyond what was fetched (0 or
-    None: nothing to wait for)."""
+    has more bounds the task at its last record's time. A caught-up one (lag 0) is caught up as of
+    the fetch that said so, ``polled_at`` (ms, this machine's clock): a record written after that
+    fetch is stamped later (``LogAppendTime``), so that moment bounds the task. Without it, a
+    partition left out of the later fetches (its records were still buffered) would let a newer
+    record of another partition go ahead of one written to it since. ``records``: the batch, each
+    partition's in offset order; ``task_partitions``: the ordered partitions of a task assigned
+    here; ``lag``: records on the broker beyond what was fetched (None: paused, nothing to wait
+    for); ``polled_at``: when each partition's high watermark was last read (None: not known, and
+    then a caught-up partition bounds nothing)."""
     held: dict[Any, int] = {}
     tasks = {tp.partition for tp in records}
     for task in tasks:
         horizon = None  # the time up to which every partition of the task is known; None: unbounded
         for tp in task_partitions(task):
             behind = lag(tp)
-            if not behind:
+            if behind is None:
                 continue
-            batch = records.get(tp)
-            bound = batch[-1].timestamp if batch else -1
+            if behind == 0:
+                bound = polled_at(tp)
+                if bound is None:
+                    continue
+            else:
+                batch = records.get(tp)
+                bound = batch[-1].timestamp if batch else -1
             horizon = bound if horizon is None else min(horizon, bound)
         if horizon is None:
             continue
@@ -105,19 +116,20 @@ def tasks_of(partitions: Iterable[Any]) -> dict[int, list]:
 
 
 def held_within(records: Mapping[Any, list], assigned: Mapping[int, list], lag: Callable[[Any], int | None],
-                idle_since: dict[int, float], limit: float, now: float | None = None) -> dict[Any, int]:
+                idle_since: dict[int, float], limit: float, now: float | None = None,
+                polled_at: Callable[[Any], int | None] = lambda tp: None) -> dict[Any, int]:
     """``held_back`` with a limit: a task that waited ``limit`` seconds for a lagging partition goes
     on without it (the partition may be paused, or its fetches failing), and says so. ``assigned``:
     each task's partitions here; ``idle_since``: since when each task's records wait (kept by the
     caller between batches)."""
-    held = held_back(records, lambda task: assigned.get(task, ()), lag)
+    held = held_back(records, lambda task: assigned.get(task, ()), lag, polled_at)
     now = time.monotonic() if now is None else now
     for task in {tp.partition for tp in records}:
         if not any(tp.partition == task for tp in held):
             idle_since.pop(task, None)
         elif now - idle_since.setdefault(task, now) > limit:
-            log.info("partition %d: went on without waiting for %s (lagging for %.0f s)", task,
-                     ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned.get(task, ()) if lag(tp)),
+            log.info("partition %d: went on without waiting for %s (lagging, or not fetched since, for %.0f s)",
+                     task, ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned.get(task, ()) if lag(tp) is not None),
                      now - idle_since.pop(task))
             held = {tp: offset for tp, offset in held.items() if tp.partition != task}
     return held

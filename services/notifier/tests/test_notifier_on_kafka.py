@@ -1,8 +1,9 @@
 """The notifier as a real process, with a real SMTP server and a real HTTP receiver that verifies
 signatures: a split-shipment message arrives once and reads right; a receiver that fails twice
 gets three attempts and one delivery; a dead receiver ends in FAILED + DLQ while email flows; a
-SIGKILL after sending and before the ledger recorded it is re-sent with the same key and recorded
-in doubt; replaying the whole requests topic sends nothing."""
+mail server down for longer than the retry budget ends in FAILED + DLQ and sends nothing late; a
+SIGKILL after sending and before the ledger recorded it (a webhook, an email) is re-sent with the
+same key or Message-ID and recorded in doubt; replaying the whole requests topic sends nothing."""
 
 from __future__ import annotations
 
@@ -32,11 +33,20 @@ SECRET = "test-webhook-secret"
 
 
 class RecordingMailbox:
+    """An SMTP server keeping every message; the first for ``kill_for``'s order it keeps, then kills
+    the notifier (``on_kill``) before answering: the mail has arrived, the notifier never hears it."""
+
     def __init__(self) -> None:
         self.messages: list[bytes] = []
+        self.kill_for: str | None = None
+        self.on_kill = None
 
     async def handle_DATA(self, server, session, envelope):
         self.messages.append(envelope.content)
+        if self.kill_for and self.kill_for.encode() in envelope.content:
+            self.kill_for = None
+            self.on_kill()
+            await asyncio.sleep(5)
         return "250 OK"
 
     def for_order(self, order_id: str) -> list[bytes]:
@@ -116,8 +126,8 @@ async def test_delivered_once_through_failures_crashes_and_replays(catalog_topic
            "ORDEROPS_WEBHOOK_SECRET": SECRET, "ORDEROPS_NOTIFIER_MAX_ATTEMPTS": "3",
            "ORDEROPS_NOTIFIER_BACKOFF_SECONDS": "0.2", "ORDEROPS_NOTIFIER_BREAKER_FAILURES": "50"}
     notifier = ServiceProcess(["-m", "notifier"], env, tmp_path / "notifier.log", int(env["WEB_PORT"]))
-    receiver.on_kill = lambda: os.kill(notifier.process.pid, signal.SIGKILL)
-    happy, flaky, dead, crash = (f"{name}-{run_id}" for name in ("happy", "flaky", "dead", "crash"))
+    receiver.on_kill = mailbox.on_kill = lambda: os.kill(notifier.process.pid, signal.SIGKILL)
+    happy, flaky, dead, crash, crash_mail = (f"{name}-{run_id}" for name in ("happy", "flaky", "dead", "crash", "mailcrash"))
     receiver.behaviour.update({flaky: "fail-twice", dead: "always-fail", crash: "kill-once"})
     kafka = producer(bootstrap)
     try:
@@ -156,16 +166,21 @@ async def test_delivered_once_through_failures_crashes_and_replays(catalog_topic
         [original] = decode_all([dlq], NOTIFICATIONS_REQUESTS)
         assert original.payload["notification_id"].startswith(dead), "the full request is in the dead letter"
 
+        async def killed_mid_send(order_id: str, by: str) -> dict:
+            """The order's request sent while the far end (``by``) kills the notifier once it has the
+            message; the notifier started again; its deliveries once all are sent."""
+            requests_for(order_id, "shipment_dispatched").publish(kafka)
+            deadline = time.monotonic() + 60
+            while notifier.process.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert notifier.process.poll() is not None, f"the {by} should have killed the notifier"
+            notifier.start()
+            await notifier.wait_ready()
+            return await poll_json(notifier, f"/orders/{order_id}/notifications", lambda v: len(v["deliveries"]) == 2
+                                   and all(d["state"] == "sent" for d in v["deliveries"]))
+
         # SIGKILL after the far end accepted and before the ledger recorded it.
-        requests_for(crash, "shipment_dispatched").publish(kafka)
-        deadline = time.monotonic() + 60
-        while notifier.process.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-        assert notifier.process.poll() is not None, "the receiver should have killed the notifier"
-        notifier.start()
-        await notifier.wait_ready()
-        view = await poll_json(notifier, f"/orders/{crash}/notifications",
-                               lambda v: all(d["state"] == "sent" for d in v["deliveries"]) and len(v["deliveries"]) == 2)
+        view = await killed_mid_send(crash, "webhook receiver")
         webhook = next(d for d in view["deliveries"] if d["channel"] == "webhook")
         assert webhook["in_doubt_attempts"] == 1
         [(key, bodies)] = receiver.for_order(crash).items()
@@ -174,6 +189,37 @@ async def test_delivered_once_through_failures_crashes_and_replays(catalog_topic
             bootstrap, NOTIFICATIONS_DELIVERIES.name, keep=lambda m: m.key() == crash.encode(),
             until=lambda got: len(got) >= 3), NOTIFICATIONS_DELIVERIES) if d.payload["channel"] == "webhook"]
         assert "IN_DOUBT" in outcomes and outcomes[-1] == "SENT"
+
+        # The same for an email: the mail server has it when the notifier is SIGKILLed.
+        mailbox.kill_for = crash_mail
+        view = await killed_mid_send(crash_mail, "mail server")
+        email = next(d for d in view["deliveries"] if d["channel"] == "email")
+        assert email["in_doubt_attempts"] == 1
+        copies = mailbox.for_order(crash_mail)
+        ids = {line for m in copies for line in m.decode().splitlines() if line.lower().startswith("message-id:")}
+        assert len(copies) == 2 and len(ids) == 1, ("re-sent once, with the same Message-ID", ids)
+        # The webhook was marked attempting with the email, in the same batch: sent or not before the
+        # kill, it is re-sent in doubt, and arrives once or twice, never more.
+        webhook = next(d for d in view["deliveries"] if d["channel"] == "webhook")
+        assert 1 <= sum(map(len, receiver.for_order(crash_mail).values())) <= 1 + webhook["in_doubt_attempts"] <= 2
+
+        # The mail server down for longer than the retry budget (3 attempts): the email fails for good
+        # with a dead letter, the webhook goes; once the server is back, the customer gets nothing late.
+        mail_down = f"maildown-{run_id}"
+        smtp.stop()
+        requests_for(mail_down, "shipment_dispatched").publish(kafka)
+        view = await poll_json(notifier, f"/orders/{mail_down}/notifications",
+                               lambda v: {d["channel"]: d["state"] for d in v["deliveries"]} == {"email": "failed",
+                                                                                                "webhook": "sent"})
+        email = next(d for d in view["deliveries"] if d["channel"] == "email")
+        assert email["attempts"] == 3 and email["in_doubt_attempts"] == 0, email
+        [dlq] = read_topic(bootstrap, DEAD_LETTER_TOPICS[NOTIFIER].name, keep=lambda m: m.key() == mail_down.encode(),
+                           until=lambda got: len(got) >= 1)
+        assert dict(dlq.headers())[deadletter.ERROR_CLASS] == b"delivery-failed"
+        smtp = Controller(mailbox, hostname="127.0.0.1", port=smtp.port)  # back (a stopped one cannot start again)
+        smtp.start()
+        await asyncio.sleep(3)  # timer ticks every 0.5 s: a delivery still due would go now
+        assert mailbox.for_order(mail_down) == [] and len(receiver.for_order(mail_down)) == 1
 
         # Replay: rewind the notifier's consumer group to the start of the requests topic.
         sent_before = (len(mailbox.messages), sum(receiver.calls.values()))
