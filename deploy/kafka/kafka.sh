@@ -226,8 +226,30 @@ up() {
 }
 
 down() {
-  local n
-  for n in $(nodes); do use_node "$n"; down_node; done
+  if [ "$brokers" = 1 ]; then
+    down_node
+    # `make stop` without KAFKA_BROKERS=3 after `KAFKA_BROKERS=3 make run` stops the cluster too.
+    if compgen -G "$run_root/kafka-cluster/node-*/kafka.pid" >/dev/null; then brokers=3; down_cluster; fi
+  else
+    down_cluster
+  fi
+}
+
+down_cluster() {
+  # All nodes at once: stopped one by one, the last ones wait for a quorum that is leaving.
+  local n pid pids=()
+  for n in $(nodes); do
+    use_node "$n"
+    if pid=$(running_pid); then kill -TERM "$pid"; pids+=("$n:$pid"); else rm -f "$pid_file"; fi
+  done
+  local entry
+  for entry in "${pids[@]}"; do
+    use_node "${entry%%:*}"; pid=${entry#*:}
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -0 "$pid" 2>/dev/null && { echo "kafka: node $node (pid $pid) ignored SIGTERM for 60s; sending SIGKILL" >&2; kill -KILL "$pid" 2>/dev/null || true; }
+    rm -f "$pid_file"; echo "kafka: stopped node $node (pid $pid)"
+  done
+  [ "${#pids[@]}" -gt 0 ] || echo "kafka: not running"
 }
 
 down_node() {
