@@ -121,14 +121,15 @@ prometheus:
 	  { echo "could not install prometheus (apt-get as root is needed); install it and retry" >&2; exit 1; }; }
 
 # The fault tests run in `make test` at a size that fits the suite; here bigger.
-# Each fault test that passes records its figures; once all passed, they are written to docs/reliability-results.md.
+# Each fault test records its figures (or, failing, what stopped it); they are written to docs/reliability-results.md.
 FAULT_SIZES := FAULT_ORDERS=$${FAULT_ORDERS:-200} FAULT_RATE=$${FAULT_RATE:-60} FAULT_KILLS=$${FAULT_KILLS:-2} \
 	FAULT_OUTAGE_SECONDS=$${FAULT_OUTAGE_SECONDS:-60} HOSTILE_MESSAGES=$${HOSTILE_MESSAGES:-10000} \
 	HOSTILE_EVENTS=$${HOSTILE_EVENTS:-10000}
 test-faults: venv
 	@mkdir -p .run && rm -f .run/fault-results.jsonl
-	$(TEST_ENV) $(FAULT_SIZES) FAULT_RESULTS=$(CURDIR)/.run/fault-results.jsonl $(BIN)/pytest -m faults --timeout 3600 $(PYTEST_ARGS)
-	$(FAULT_SIZES) $(BIN)/python -m orderops_tools.faultreport .run/fault-results.jsonl
+	$(TEST_ENV) $(FAULT_SIZES) FAULT_RESULTS=$(CURDIR)/.run/fault-results.jsonl $(BIN)/pytest -m faults --timeout 3600 \
+	  $(PYTEST_ARGS); status=$$?; $(FAULT_SIZES) $(BIN)/python -m orderops_tools.faultreport .run/fault-results.jsonl; \
+	  exit $$status
 
 # Figures, not tests: a broker of its own, baselines measured in the same run (docs/benchmarks.md).
 # BENCH_EVENTS, BENCH_RATES, BENCH_RATE_SECONDS, BENCH_WARMUP_SECONDS, BENCH_SOAK_SECONDS, BENCH_SOAK_RATE, BENCH_REPLAY_EVENTS size it (tools/orderops_tools/bench.py).

@@ -19,6 +19,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from orderops_tools import faultreport
 from orderops_tools.simulator import Config, play
 from orderops_tools.testing import PrivateBroker, orderops_cli, rebuilt_identically, start_processors
 
@@ -96,6 +97,10 @@ async def test_a_full_state_disk_loses_nothing_once_space_returns(run_id, tmp_pa
         assert orders == ORDERS and records > ORDERS, result.stdout
         print(f"disk full: order-state {'stopped' if stopped else 'went on'}; after space returned, {orders} orders "
               f"and {records} records identical to a clean replay")
+        faultreport.record("a full disk under order-state's state directory (tests/faults/test_disk_full.py)", {
+            "state directory": f"a {DISK_MB} MB tmpfs, filled before the traffic", "orders": ORDERS,
+            "what order-state did": "stopped with the CRITICAL line that says the disk is full" if stopped else "went on",
+            "after space returned, against one clean replay": f"{orders} orders' state and {records} records identical"})
     finally:
         for process in processes.values():
             process.stop()

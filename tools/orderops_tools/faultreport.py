@@ -3,8 +3,8 @@ compared (``record``, to the file FAULT_RESULTS names), and ``make test-faults``
 docs/reliability-results.md (``python -m orderops_tools.faultreport``), as ``make bench`` writes
 docs/benchmarks.md: no figure about reliability is typed by hand.
 
-A test records only once every assertion held, so the document shows passing runs; a run in which
-a test failed writes nothing (make stops before the report).
+A test records its figures only once every assertion held; one that failed is recorded by
+tests/faults/conftest.py with the first line of what stopped it, and the document names it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ def record(test: str, figures: Mapping[str, Any]) -> None:
         results.write(json.dumps(line, sort_keys=True, default=str) + "\n")
 
 
+def record_failure(test: str, why: str) -> None:
+    """A fault test that did not pass: named in the document with the first line of why."""
+    record(test, {"did not pass": why.strip().splitlines()[0][:300] if why.strip() else "(no message)"})
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, Mapping):
         return "; ".join(f"{k}: {_cell(v)}" for k, v in value.items()) or "—"
@@ -51,7 +56,14 @@ def render(results: list[dict], machine: Mapping[str, str], sizes: Mapping[str, 
              f"faust-streaming {machine['faust-streaming']} · aiokafka {machine['aiokafka']} · "
              f"confluent-kafka {machine['confluent-kafka']}",
              "", "**Sizes:** " + " · ".join(f"`{k}`={v}" for k, v in sizes.items()), ""]
+    failed = [r for r in results if "did not pass" in r["figures"]]
+    if failed:
+        lines += ["## Did not pass", "", "A failing test records no figures; what stopped it, from the run's output:", ""]
+        lines += [f"- `{r['test']}` ({r['at']}): {r['figures']['did not pass']}" for r in failed]
+        lines.append("")
     for result in results:
+        if result in failed:
+            continue
         lines += [f"## {result['test']}", "", f"Passed at {result['at']}.", "", "| figure | value |", "|---|---|"]
         lines += [f"| {name} | {_cell(value)} |" for name, value in result["figures"].items()]
         lines.append("")
@@ -71,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"faultreport: cannot read {args.results}: {exc}", file=sys.stderr)
         return 1
     if not results:
-        print(f"faultreport: {args.results} holds no passing fault test: nothing written", file=sys.stderr)
+        print(f"faultreport: {args.results} holds no fault test: nothing written", file=sys.stderr)
         return 1
     sizes = {name: os.environ[name] for name in ("FAULT_ORDERS", "FAULT_RATE", "FAULT_KILLS", "FAULT_OUTAGE_SECONDS",
                                                  "HOSTILE_MESSAGES", "HOSTILE_EVENTS") if name in os.environ}
