@@ -44,8 +44,9 @@ venv: $(STAMP)
 
 # KAFKA_BROKERS=3 make run: a cluster of three nodes (deploy/kafka/kafka.sh); every client starts from
 # all three, and the catalog's topics and the processors' changelogs get three replicas, two in sync.
+# The processors' state of the cluster's topics is kept apart from the single broker's (as the secure one's).
 CLUSTER := $(if $(filter 3,$(KAFKA_BROKERS)),KAFKA_BOOTSTRAP=$$(deploy/kafka/kafka.sh bootstrap) \
-	ORDEROPS_REPLICATION_FACTOR=3 ORDEROPS_MIN_INSYNC_REPLICAS=2)
+	ORDEROPS_REPLICATION_FACTOR=3 ORDEROPS_MIN_INSYNC_REPLICAS=2 ORDEROPS_DATA_DIR=$(RUN_DIR)/state-cluster)
 
 kafka-up: venv
 	@if [ -n "$$KAFKA_BOOTSTRAP" ]; then echo "KAFKA_BOOTSTRAP=$$KAFKA_BOOTSTRAP is set: using that broker"; \
