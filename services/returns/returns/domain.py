@@ -883,7 +883,9 @@ def _lapse_uncaptured(state: ReturnsState, now: datetime) -> ReturnsState:
     due = [p.deadline for p in state.parked if p.waiting_for == CAPTURES_AWAITED and p.deadline <= now]
     if not due:
         return state
-    why = f"the rest of the authorization was not captured by {min(due).isoformat()}"
+    # No time in the words: a park's deadline counts from when the worker parked the event, on its own
+    # clock, so a replay would word it otherwise (its moment is in the rejection at the deadline).
+    why = "the rest of the authorization was not captured while the refund waited for it"
     return evolve(state, instruments=tuple(evolve(i, lapsed=why) if i.still_capturable > ZERO else i
                                            for i in state.instruments))
 

@@ -476,7 +476,7 @@ def test_a_rest_never_captured_lapses_at_the_deadline_and_what_was_captured_is_r
     assert early.of(RefundCommand) == [] and early.state.parked, "before the deadline it still waits"
     outcome = domain.expire(state, deadline, PARK_FOR, POLICIES, "timers")
     assert [c.refund.amount for c in outcome.of(RefundCommand)] == [Decimal("50.00")]
-    assert "not captured by" in outcome.of(Rejected)[0].reason
+    assert "not captured while the refund waited for it" in outcome.of(Rejected)[0].reason
     assert outcome.state.parked == () and outcome.state.instrument("card-1").lapsed
 
 
