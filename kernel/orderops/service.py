@@ -252,7 +252,8 @@ class Service:
         producer = BatchProducer(batch_producer_config(self.settings), self.name, self._producer_retired)
         self._batches = BatchRunner(self.name, frozenset(names), handler, producer, self._count_processed,
                                     self.settings.state_cache_orders, self.settings.batch_max_records,
-                                    self._global_views_loaded, concurrency, self.settings.commit_interval_seconds)
+                                    self._global_views_loaded, concurrency, self.settings.commit_interval_seconds,
+                                    self.settings.task_idle_limit_seconds)
         run_batches(self.app, self.name, self._batches, channel, self._batches.revoked,
                     FetchPolicy(self.settings.fetch_min_bytes, self.settings.fetch_max_wait_ms))
         return self._batches

@@ -291,8 +291,10 @@ async def run_and_account(title: str, run_id: str, broker: PrivateBroker | Priva
                 if result.returncode == 0 or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(3)  # still catching up after the faults
-            assert result.returncode == 0, "\n".join(faults) + "\n" + result.stdout + result.stderr[-2000:] + \
-                "\nthe simulator's last lines:\n" + progress.getvalue()[-600:]
+            assert result.returncode == 0, (
+                f"{processor}'s live state and records are not what one clean replay gives:\n{result.stdout}"
+                f"{result.stderr[-2000:]}\nfaults: {'; '.join(faults)}\nthe simulator's last lines:\n"
+                f"{progress.getvalue()[-600:]}")
             orders_compared, records_compared = rebuilt_identically(result)
             assert orders_compared >= ORDERS // 2 and records_compared > orders_compared, result.stdout
             rebuilt[processor] = f"{orders_compared:,} orders' state and {records_compared:,} records identical"

@@ -4,11 +4,22 @@ the broker wait for the next fetch."""
 
 from __future__ import annotations
 
+import logging
+
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
 from orderops.model.catalog import FULFILLMENT, PAYMENTS_EVENTS, RETURNS_POLICIES, STOREFRONT_ORDERS, TIMER_TOPICS
-from orderops.runtime.ordering import UNKNOWN_LAG, held_back, held_within, in_write_order, lag_of, with_held, write_order
+from orderops.runtime.ordering import (
+    UNKNOWN_LAG,
+    held_back,
+    held_within,
+    holding,
+    in_write_order,
+    lag_of,
+    with_held,
+    write_order,
+)
 
 ORDERS, PAYMENTS = TP(STOREFRONT_ORDERS.name, 3), TP(PAYMENTS_EVENTS.name, 3)
 
@@ -70,12 +81,37 @@ def test_only_order_scoped_logs_are_merged_by_time():
     assert not in_write_order("fulfillment-orders-changelog")
 
 
-def test_a_task_that_waited_too_long_for_a_lagging_partition_goes_on_without_it():
+def test_a_task_that_waited_too_long_for_a_lagging_partition_goes_on_without_it(caplog):
     batch = {ORDERS: [record(ORDERS, 7, 1000)]}
     assigned, lag, idle = {3: [ORDERS, PAYMENTS]}, {ORDERS: 0, PAYMENTS: 5}.get, {}
-    assert held_within(batch, assigned, lag, idle, limit=5.0, now=100.0) == {ORDERS: 7}
-    assert held_within(batch, assigned, lag, idle, limit=5.0, now=104.0) == {ORDERS: 7}
-    assert held_within(batch, assigned, lag, idle, limit=5.0, now=106.0) == {} and idle == {}
+    assert held_within(batch, assigned, lag, idle, limit=30.0, now=100.0) == {ORDERS: 7}
+    assert held_within(batch, assigned, lag, idle, limit=30.0, now=129.0) == {ORDERS: 7}
+    with caplog.at_level(logging.WARNING, logger="orderops.runtime.ordering"):
+        assert held_within(batch, assigned, lag, idle, limit=30.0, now=131.0) == {} and idle == {}
+    said = caplog.records[-1]
+    assert said.levelno == logging.WARNING and "waited 31 s" in said.getMessage()
+    assert f"{PAYMENTS.topic}[3] (5 record(s) not fetched)" in said.getMessage() and "out of write order" in said.getMessage()
+
+
+def test_a_task_that_applies_some_records_while_it_holds_the_newest_is_not_stuck():
+    """While records flow, a task's partitions are caught up as of different fetches: each batch
+    applies the records older than all of them and holds the newest. That is progress, however long
+    it goes on; the limit counts only a wait in which nothing of the task was applied."""
+    assigned, caught_up, idle = {3: [ORDERS, PAYMENTS]}, {ORDERS: 0, PAYMENTS: 0}.get, {}
+    for second in range(100):
+        at = 1000 * second
+        batch = {ORDERS: [record(ORDERS, 2 * second, at), record(ORDERS, 2 * second + 1, at + 900)]}
+        fetched = {ORDERS: at + 950, PAYMENTS: at + 500}.get  # PAYMENTS answered before the second record came
+        assert held_within(batch, assigned, caught_up, idle, limit=30.0, now=float(second),
+                           polled_at=fetched) == {ORDERS: 2 * second + 1}
+    assert idle == {3: 99.0}
+
+
+def test_the_partitions_named_as_holding_a_task_back():
+    lag, fetched = {ORDERS: 0, PAYMENTS: 0}.get, {ORDERS: 99_500, PAYMENTS: 80_000}.get
+    assert holding([ORDERS, PAYMENTS], lag, fetched, now_ms=100_000) == [f"{PAYMENTS.topic}[3] (last fetched 20 s ago)"]
+    assert holding([ORDERS, PAYMENTS], {ORDERS: None, PAYMENTS: 2}.get, fetched, now_ms=100_000) == [
+        f"{PAYMENTS.topic}[3] (2 record(s) not fetched)"]  # a paused partition holds nothing back
 
 
 def test_a_partition_not_fetched_yet_counts_as_lagging_and_a_paused_one_is_not_waited_for():

@@ -33,9 +33,11 @@ def record(test: str, figures: Mapping[str, Any]) -> None:
         results.write(json.dumps(line, sort_keys=True, default=str) + "\n")
 
 
-def record_failure(test: str, why: str) -> None:
-    """A fault test that did not pass: named in the document with the first line of why."""
-    record(test, {"did not pass": why.strip().splitlines()[0][:300] if why.strip() else "(no message)"})
+def record_failure(test: str, why: str, run_id: str | None = None) -> None:
+    """A fault test that did not pass: named in the document with the first line of why, and the
+    run id that draws its schedule and traffic again (``ORDEROPS_TEST_RUN_ID``)."""
+    first = why.strip().splitlines()[0][:300] if why.strip() else "(no message)"
+    record(test, {"did not pass": first + (f" (again: ORDEROPS_TEST_RUN_ID={run_id})" if run_id else "")})
 
 
 def _cell(value: Any) -> str:

@@ -28,12 +28,14 @@ def test_figures_are_recorded_only_when_asked_and_rendered_with_the_machine(tmp_
 def test_a_test_that_did_not_pass_is_named_with_what_stopped_it(tmp_path, monkeypatch):
     results = tmp_path / "results.jsonl"
     monkeypatch.setenv(faultreport.RESULTS, str(results))
-    faultreport.record_failure("tests/faults/test_x.py::test_y", "AssertionError: refund commands not answered\nmore")
+    faultreport.record_failure("tests/faults/test_x.py::test_y", "AssertionError: refund commands not answered\nmore",
+                               run_id="000e4009")
     out = tmp_path / "results.md"
     assert faultreport.main([str(results), "--out", str(out)]) == 0
     text = out.read_text()
     assert "## Did not pass" in text and "`tests/faults/test_x.py::test_y`" in text
     assert "AssertionError: refund commands not answered" in text and "more" not in text
+    assert "ORDEROPS_TEST_RUN_ID=000e4009" in text
 
 
 def test_no_test_writes_nothing(tmp_path):

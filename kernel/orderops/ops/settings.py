@@ -89,6 +89,9 @@ class ServiceSettings:
     # How often the batch path commits its input offsets (at most; and at every revocation): a
     # commit is a broker round trip, and every batch's was most of a quiet processor's wait.
     commit_interval_seconds: float
+    # How long a task's records wait for a partition of the task whose fetches fail before they go
+    # on without it (out of write order): longer than a leader's failover.
+    task_idle_limit_seconds: float
     gc_threshold: int  # allocations between the cyclic garbage collector's runs (orderops.service.collect_garbage_seldom)
 
     @property
@@ -127,5 +130,6 @@ class ServiceSettings:
             fetch_max_wait_ms=int(env.get("ORDEROPS_FETCH_MAX_WAIT_MS", "50")),
             batch_max_records=int(env.get("ORDEROPS_BATCH_MAX_RECORDS", "1000")),
             commit_interval_seconds=float(env.get("ORDEROPS_COMMIT_INTERVAL_SECONDS", "1")),
+            task_idle_limit_seconds=float(env.get("ORDEROPS_TASK_IDLE_LIMIT_SECONDS", "30")),
             gc_threshold=int(env.get("ORDEROPS_GC_THRESHOLD", "100000")),
         )

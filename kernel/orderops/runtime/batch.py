@@ -48,7 +48,10 @@ from orderops.runtime.ordering import held_within, in_write_order, lag_of, tasks
 from orderops.runtime.producer import BatchProducer
 
 log = logging.getLogger("orderops.runtime.batch")
-TASK_IDLE_LIMIT = 5.0  # seconds a task waits for a lagging partition before it goes on without it
+# Seconds a task waits for a partition whose fetches fail before it goes on without it: longer than
+# a leader's failover (the broker's session timeout, 9 s by default, then the clients' metadata
+# refresh), so that a node's loss does not reorder an order's events.
+TASK_IDLE_LIMIT = 30.0
 
 
 class StateTable(Protocol):
@@ -232,11 +235,13 @@ class BatchRunner:
     def __init__(self, name: str, topics: frozenset[str], handler: RecordHandler, producer: BatchProducer,
                  counted: Callable[[dict[str, int]], None] = lambda counts: None, cached: int = 10_000,
                  max_records: int = 1000, ready: Callable[[], Awaitable[None]] | None = None,
-                 concurrency: int = 1, commit_interval: float = 0.0) -> None:
+                 concurrency: int = 1, commit_interval: float = 0.0, idle_limit: float = TASK_IDLE_LIMIT) -> None:
         """``ready``: awaited before each batch is applied (the processor's global views loaded);
         ``concurrency``: keys whose effects run at once; ``commit_interval``: seconds between
-        commits of the input offsets (0: after every batch)."""
+        commits of the input offsets (0: after every batch); ``idle_limit``: seconds a task's
+        records wait for a partition whose fetches fail (``ordering.held_within``)."""
         self.name, self.topics, self.handler, self.producer = name, topics, handler, producer
+        self.idle_limit = idle_limit
         self.concurrency = concurrency
         self.commit_interval = commit_interval
         self._uncommitted: dict[TP, int] = {}  # next offsets written (records, state) and not committed yet
@@ -321,7 +326,7 @@ class BatchRunner:
                 state = states.get(tp)
                 return None if state is None else state.polled_at
 
-            waiting = held_within(ordered, tasks_of(states), lag, self._idle_since, TASK_IDLE_LIMIT,
+            waiting = held_within(ordered, tasks_of(states), lag, self._idle_since, self.idle_limit,
                                   polled_at=polled_at)
         ready = []
         for tp, record in merged:

@@ -118,21 +118,45 @@ def tasks_of(partitions: Iterable[Any]) -> dict[int, list]:
 def held_within(records: Mapping[Any, list], assigned: Mapping[int, list], lag: Callable[[Any], int | None],
                 idle_since: dict[int, float], limit: float, now: float | None = None,
                 polled_at: Callable[[Any], int | None] = lambda tp: None) -> dict[Any, int]:
-    """``held_back`` with a limit: a task that waited ``limit`` seconds for a lagging partition goes
-    on without it (the partition may be paused, or its fetches failing), and says so. ``assigned``:
-    each task's partitions here; ``idle_since``: since when each task's records wait (kept by the
-    caller between batches)."""
+    """``held_back`` with a limit: a task whose records have all waited ``limit`` seconds for a
+    partition goes on without it, and says so at WARNING: the partition's fetches keep failing (its
+    leader is away for longer than a failover takes), and waiting longer would stop the task's
+    orders. What that partition holds and is older is then applied after newer records of the
+    task: out of write order. A task that applies some of its records and holds the newest is not
+    stuck (its partitions are fetched at different moments while records flow): its wait starts
+    again. ``assigned``: each task's partitions here; ``idle_since``: since when each task's
+    records all wait (kept by the caller between batches)."""
     held = held_back(records, lambda task: assigned.get(task, ()), lag, polled_at)
     now = time.monotonic() if now is None else now
     for task in {tp.partition for tp in records}:
         if not any(tp.partition == task for tp in held):
             idle_since.pop(task, None)
+        elif any(batch and batch[0].offset < held.get(tp, batch[0].offset + 1)
+                 for tp, batch in records.items() if tp.partition == task):
+            idle_since[task] = now  # some of its records go on now: the task moves
         elif now - idle_since.setdefault(task, now) > limit:
-            log.info("partition %d: went on without waiting for %s (lagging, or not fetched since, for %.0f s)",
-                     task, ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned.get(task, ()) if lag(tp) is not None),
-                     now - idle_since.pop(task))
+            waited = now - idle_since.pop(task)
+            log.warning("partition %d: its records waited %.0f s for %s, and are applied now; what those partitions "
+                        "hold that is older comes after them, out of write order. Their fetches fail or stall: check "
+                        "the broker that leads them (ORDEROPS_TASK_IDLE_LIMIT_SECONDS sets the wait).", task, waited,
+                        ", ".join(holding(assigned.get(task, ()), lag, polled_at)) or "a partition not fetched yet")
             held = {tp: offset for tp, offset in held.items() if tp.partition != task}
     return held
+
+
+def holding(partitions: Iterable[Any], lag: Callable[[Any], int | None], polled_at: Callable[[Any], int | None],
+            now_ms: int | None = None) -> list[str]:
+    """The partitions of a task that hold it back, for the operator: those with records on the
+    broker not fetched yet, and those caught up as of a fetch more than a second ago."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    named = []
+    for tp in partitions:
+        behind, fetched = lag(tp), polled_at(tp)
+        if behind:
+            named.append(f"{tp.topic}[{tp.partition}] ({behind} record(s) not fetched)")
+        elif behind == 0 and fetched is not None and now_ms - fetched > 1000:
+            named.append(f"{tp.topic}[{tp.partition}] (last fetched {(now_ms - fetched) / 1000:.0f} s ago)")
+    return named
 
 
 UNKNOWN_LAG = 1  # a partition not fetched yet counts as lagging: it may hold older records
