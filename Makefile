@@ -23,7 +23,7 @@ help:
 	@echo "make status        what runs and whether it is ready"
 	@echo "make test          environment, broker (if none), then the whole suite against it"
 	@echo "make test-unit     the tests that need no broker"
-	@echo "make test-faults   the fault tests at a bigger size (FAULT_ORDERS=200, HOSTILE_MESSAGES and HOSTILE_EVENTS=10000), a cluster's among them; writes docs/reliability-results.md"
+	@echo "make test-faults   the fault tests at a bigger size (FAULT_ORDERS=200, HOSTILE_MESSAGES and HOSTILE_EVENTS=10000), a cluster's and a broker-restart test of librdkafka's producer among them; writes docs/reliability-results.md"
 	@echo "KAFKA_BROKERS=3    with make run or kafka-up: a cluster of three brokers instead of one"
 	@echo "make bench         benchmark every processor and the pipeline (own broker); writes docs/benchmarks.md"
 	@echo "make kafka-up | kafka-down | kafka-status   the embedded Kafka 4.4 broker"
@@ -104,9 +104,10 @@ status:
 TEST_ENV := KAFKA_PORT=$${KAFKA_TEST_PORT:-19092} KAFKA_CONTROLLER_PORT=$${KAFKA_TEST_CONTROLLER_PORT:-19093} \
 	ORDEROPS_RUN_DIR=$(CURDIR)/.run/test
 
-# The cluster's fault test (three brokers of its own, about 2.5 minutes) runs in make test-faults.
+# The cluster's fault test (three brokers of its own, about 4 minutes) and the broker-restart test of
+# librdkafka's producer (`long`, about 2 minutes) run in make test-faults only.
 test: venv browser prometheus
-	$(TEST_ENV) $(BIN)/pytest -m "not cluster" $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest -m "not cluster and not long" $(PYTEST_ARGS)
 
 # The support console is tested in a real headless browser: Debian's chromium (Playwright drives it).
 browser:

@@ -104,17 +104,6 @@ class Progress(io.StringIO):
         return super().write(text)
 
 
-def kill_broker(broker: PrivateBroker) -> None:
-    pid = int(broker.pid_file.read_text())
-    os.kill(pid, signal.SIGKILL)
-    while True:
-        try:
-            os.kill(pid, 0)
-            time.sleep(0.2)
-        except ProcessLookupError:
-            return
-
-
 @dataclass
 class Run:
     """What a fault schedule acts on, and what it did (``faults``, in order)."""
@@ -156,7 +145,7 @@ async def test_killed_processors_and_a_killed_broker_lose_and_duplicate_nothing(
             tmp_path / "fulfillment-2.log", port).start())
         run.faults.append("a second fulfillment worker started")
         await run.pause()
-        kill_broker(broker)  # the broker dies under load; processors must reconnect by themselves
+        broker.kill()  # the broker dies under load; processors must reconnect by themselves
         # Down for longer than the processors' message timeout: what their producers held when it
         # died times out in librdkafka, and must be sent again (resend.Relay), never dropped.
         await asyncio.sleep(BROKER_DOWN)

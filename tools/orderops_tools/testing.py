@@ -301,6 +301,17 @@ class PrivateBroker:
     def stop(self) -> None:
         self._script("down")
 
+    def kill(self) -> None:
+        """SIGKILL the broker, and return once it is gone."""
+        pid = int(self.pid_file.read_text())
+        os.kill(pid, signal.SIGKILL)
+        while True:
+            try:
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            except ProcessLookupError:
+                return
+
 
 class PrivateCluster:
     """Three KRaft nodes of one test's own (deploy/kafka/kafka.sh with KAFKA_BROKERS=3: each a broker
