@@ -110,3 +110,17 @@ def split_order_story() -> Feed:
     f.after(days=1).add(SUPPORT_CONTACTS, "ContactOpened", contact_id="k2", customer_id="c-1", channel="PHONE",
                         reason="still no teapot")
     return f
+
+
+def eta_slipped(days: int, at_days: int = 3, n: int = 200, cancelled: int = 0, order_id: str = "o-1") -> Feed:
+    """The fulfillment snapshot, ``at_days`` after T0, in which the teapot the split order's message
+    promised by ETA is now due ``days`` later (or, with ``cancelled``, cancelled)."""
+    f = Feed(order_id)
+    f.at, f.n = T0 + timedelta(days=at_days), n
+    teapot = {**line_snapshot("l2", 1, backordered=1 - cancelled, eta=None if cancelled else ETA + timedelta(days=days)),
+              "cancelled": cancelled}
+    if cancelled:
+        teapot["unfulfilled"] = 0
+    f.add(FULFILLMENT_STATUS, "FulfillmentStatusChanged", status="partially_shipped", backordered=not cancelled,
+          lines=[line_snapshot("l1", 2, shipped=2), teapot])
+    return f

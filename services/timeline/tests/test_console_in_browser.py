@@ -1,6 +1,7 @@
 """The support console in a real headless browser (Debian's chromium, driven by Playwright):
 search an order, see its timeline and a backordered line's ETA, add a tag and resolve an
-escalation — and the effect shows up on support.actions with the acting user."""
+escalation — and the effect shows up on support.actions with the acting user; a message whose
+promise later truth broke is flagged on the page."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import pytest
 from orderops_tools.testing import decode_all, poll_json, read_topic
 from playwright.async_api import async_playwright
+from story import eta_slipped
 from test_timeline_on_kafka import publish, start
 
 from orderops.model.catalog import SUPPORT_ACTIONS
@@ -70,6 +72,16 @@ async def test_an_agent_works_an_order_in_the_console(catalog_topics, run_id, tm
             repeat = "#escalations [data-resolve*='repeat-contact']"
             await page.click(repeat)
             await page.wait_for_selector(repeat, state="detached", timeout=20000)
+            # The teapot's ETA slips after the message promised it: the message is flagged.
+            publish(bootstrap, order_id, story=eta_slipped(days=4, order_id=order_id))
+            await poll_json(timeline, f"/orders/{order_id}", lambda v: any(n.get("broken") for n in v["notifications"]),
+                            timeout=60)
+            await page.fill("#q", order_id)
+            await page.click("#search button")
+            promise = page.locator("#order .promise")
+            await promise.wait_for()
+            assert await promise.inner_text() == ("promise broken 2026-11-05: promised Teapot by 12 Nov; now expected "
+                                                  "16 Nov · not corrected")
             # The console's script ran under its content security policy without a violation.
             assert not [e for e in script_errors if "Content Security Policy" in e], script_errors
             await page.click("#signout")

@@ -7,11 +7,12 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from story import ETA, T0, line_snapshot, split_order_story
+from story import ETA, T0, eta_slipped, line_snapshot, split_order_story
 
 from orderops.model.catalog import (
     FULFILLMENT_STATE_CHANGES,
     FULFILLMENT_STATUS,
+    NOTIFICATIONS_DELIVERIES,
     SUPPORT_ACTIONS,
     SUPPORT_CONTACTS,
     TIMELINE,
@@ -160,6 +161,65 @@ def test_an_eta_slip_without_a_notice_escalates_after_the_grace_period():
     assert not [e for e in out.escalations if ":eta-slipped-silently:" in e[0]]
     view, out = tick(view, T0 + timedelta(days=3, hours=12))
     assert [e[1] for e in out.escalations if ":eta-slipped-silently:" in e[0]] == ["EscalationOpened"]
+
+
+def test_a_promised_eta_that_slips_breaks_the_message_and_escalates_until_a_message_corrects_it():
+    """The story's message promised the teapot by 12 Nov and was accurate when decided; three days
+    later the ETA moves to 16 Nov. The message is flagged (which claim, which line, since when), the
+    flag is counted once, and with no message to the customer within the grace period an escalation
+    opens; the message that tells the new ETA corrects it and the escalation resolves."""
+    view, _ = feed(split_order_story().events)
+    slip = eta_slipped(days=4)
+    view, outputs = feed(slip.events, view=view)
+    [note] = view["notifications"]
+    assert note["accurate"] is True and note["broken"] == {
+        "claim": "eta", "line_id": "l2", "detail": "promised Teapot by 12 Nov; now expected 16 Nov",
+        "at": slip.at, "corrected_at": None}
+    assert [a for out in outputs for a in out.accuracy] == [("broken", "eta")]
+
+    view, out = tick(view, slip.at + timedelta(hours=11, minutes=59))
+    assert not [e for e in out.escalations if ":promise-broken:" in e[0]]
+    view, out = tick(view, slip.at + timedelta(hours=12))
+    [(escalation_id, kind, _)] = [e for e in out.escalations if ":promise-broken:" in e[0]]
+    assert kind == "EscalationOpened" and "no message told the customer since" in view["escalations"][escalation_id]["reason"]
+    view, outputs = feed(eta_slipped(days=6, at_days=4, n=300).events, view=view)  # slips again: still one flag
+    assert not [a for out in outputs for a in out.accuracy] and view["notifications"][0]["broken"]["at"] == slip.at
+
+    from story import Feed
+
+    f = Feed()
+    f.at, f.n = T0 + timedelta(days=4, hours=1), 400
+    new_eta = {"line_id": "l2", "name": "Teapot", "quantity_in_this_shipment": 0, "quantity_shipped": 0,
+               "quantity_delivered": 0, "quantity_backordered": 1, "quantity_cancelled": 0,
+               "eta": ETA + timedelta(days=6), "shipment_id": None}
+    f.add(NOTIFICATIONS_DELIVERIES, "NotificationDelivered", delivery_id="n2/email", notification_ids=["n2"],
+          type="backorder_eta_changed", channel="email", outcome="SENT", attempts=1, subject="New date for your teapot",
+          body="now 18 Nov", lines=[new_eta], amounts=[], reason="")
+    view, outputs = feed(f.events, view=view)
+    assert view["notifications"][0]["broken"]["corrected_at"] == f.at
+    assert [e[1] for out in outputs for e in out.escalations if e[0] == escalation_id] == ["EscalationResolved"]
+
+
+def test_a_line_cancelled_after_a_message_said_it_would_follow_breaks_that_promise():
+    view, _ = feed(split_order_story().events)
+    view, outputs = feed(eta_slipped(0, cancelled=1).events, view=view)
+    broken = view["notifications"][0]["broken"]
+    assert (broken["claim"], broken["detail"]) == ("cancelled", "said 1 × Teapot would follow; 1 cancelled since")
+    assert [a for out in outputs for a in out.accuracy] == [("broken", "cancelled")]
+
+
+def test_a_broken_promise_is_found_whatever_order_the_topics_arrive_in():
+    """The snapshot that breaks the promise may be read before the message's request and delivery
+    (other topics): the verdict and its counts are the same."""
+    events = split_order_story().events + eta_slipped(days=4).events
+    kinds = [e.short_type for _, e in events]
+    request, delivery = kinds.index("NotificationRequested"), kinds.index("NotificationDelivered")
+    late = [events[request], events[delivery]]
+    early = [e for i, e in enumerate(events) if i not in (request, delivery)]
+    for order in (events, early + late, early + late[::-1]):
+        view, outputs = feed(order)
+        assert [a for out in outputs for a in out.accuracy] == [("accurate", "ok"), ("broken", "eta")]
+        assert view["notifications"][0]["broken"]["at"] == T0 + timedelta(days=3)
 
 
 def test_agents_acknowledge_and_resolve_and_a_resolved_escalation_stays_resolved():

@@ -13,7 +13,7 @@ from datetime import timedelta
 import aiohttp
 import pytest
 from orderops_tools.testing import ServiceProcess, decode_all, free_port, poll_json, producer, read_topic
-from story import split_order_story
+from story import Feed, split_order_story
 
 from orderops.codec.avro import Codec
 from orderops.model.catalog import SUPPORT_ACTIONS, SUPPORT_ESCALATIONS, SUPPORT_ORDER_VIEWS, SUPPORT_TIMELINE
@@ -25,10 +25,10 @@ ENTRYLESS = 3
 CODEC = Codec()
 
 
-def publish(bootstrap: str, order_id: str, shuffle_seed: int | None = None) -> int:
-    """The story for ``order_id``; with a seed, its topics interleaved at random (each topic's own
-    events stay in order, as one writer writes them)."""
-    story = split_order_story()
+def publish(bootstrap: str, order_id: str, shuffle_seed: int | None = None, story: Feed | None = None) -> int:
+    """The story (the split order's unless given) for ``order_id``; with a seed, its topics
+    interleaved at random (each topic's own events stay in order, as one writer writes them)."""
+    story = story or split_order_story()
     kafka = producer(bootstrap)
     pairs = list(zip(story.topics, story.events, strict=True))
     if shuffle_seed is not None:

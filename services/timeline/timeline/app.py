@@ -37,8 +37,8 @@ def tag_label(tag: str) -> str:
 KNOWN_TAG_SET = frozenset(KNOWN_TAGS)
 
 ACCURACY = Counter("orderops_notification_accuracy_total",
-                   "Delivered notifications whose item-level claims matched the fulfillment truth at send time",
-                   ["result", "reason"])
+                   "Delivered notifications judged against the fulfillment truth: accurate or inaccurate when decided, "
+                   "broken when later truth broke a promise they made", ["result", "reason"])
 CONTACTS = Counter("orderops_support_contacts_total", "Support contacts, and whether they repeated one within 7 days",
                    ["repeat"])
 # A contact counts once per root-cause tag its order carries (so these do not add up to the contacts).

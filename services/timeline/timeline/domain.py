@@ -107,7 +107,9 @@ def new_view(order_id: str) -> dict[str, Any]:
 class Outputs:
     entries: list[dict] = field(default_factory=list)  # new timeline entries, each with its "seq" (entry_key)
     escalations: list[tuple[str, str, dict]] = field(default_factory=list)  # (escalation id, type, payload)
-    accuracy: list[tuple[str, str]] = field(default_factory=list)  # (accurate|inaccurate, reason class)
+    # (accurate|inaccurate, reason class) when a message is judged; (broken, claim) when later truth
+    # breaks a promise it made
+    accuracy: list[tuple[str, str]] = field(default_factory=list)
     contacts: list[tuple[bool, tuple[str, ...]]] = field(default_factory=list)  # (repeat?, tags)
     duplicate: bool = False
 
@@ -227,6 +229,7 @@ def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
         truth = {"at": at, "lines": {x["line_id"]: {k: x[k] for k in TRUTH_FIELDS if k in x} for x in p["lines"]}}
         view["truths"] = sorted(view["truths"] + [truth], key=lambda t: t["at"])[-MAX_TRUTHS:]
         _judge_notifications(view, out)
+        _recheck_promises(view, out)
         for x in p["lines"]:
             line = view["lines"].setdefault(x["line_id"], {})
             previous_eta = line.get("backorder_eta")
@@ -265,12 +268,14 @@ def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
     elif kind == "NotificationRequested":
         view.setdefault("decided", {})[p["notification_id"]] = at
         _judge_notifications(view, out)
+        _recheck_promises(view, out)
     elif kind == "NotificationDelivered":
         view["notifications"].append({"type": p["type"], "channel": p["channel"], "outcome": p["outcome"],
                                       "subject": p["subject"], "body": p["body"], "at": at, "accurate": None,
                                       "accuracy": "", "delivery_id": p["delivery_id"], "claims": p["lines"],
                                       "notification_ids": list(p["notification_ids"])})
         _judge_notifications(view, out)
+        _recheck_promises(view, out)
         if p["type"] == "backorder_eta_changed" and p["outcome"] == "SENT":
             for slip in view["eta_slips"].values():
                 slip["notified"] = True
@@ -336,6 +341,58 @@ def _judge_notifications(view: dict, out: Outputs) -> None:
         note["accurate"], note["accuracy"], note["decided_at"] = accurate, reason, decided_at
 
 
+def _recheck_promises(view: dict, out: Outputs) -> None:
+    """A message judged accurate also promised what was still to come: that its backordered units
+    would follow (not be cancelled) and, with an ETA, by then. Each later fulfillment snapshot
+    is checked against those promises; the first that contradicts one marks the message's promise
+    broken (which claim, which line, since when) and counts it once. A message sent later that
+    speaks of the line corrects it (``_mark_corrections``). Snapshots are taken in event-time order,
+    so the verdict is the same whatever order the topics arrive in."""
+    for note in view["notifications"]:
+        if note.get("accurate") is not True or note.get("broken") or note.get("decided_at") is None:
+            continue
+        promised = [c for c in note["claims"] if c["quantity_backordered"]]
+        if not promised:
+            continue
+        for truth in view["truths"]:
+            if truth["at"] <= note["decided_at"]:
+                continue
+            broken = next((b for c in promised if (b := _broken_promise(c, truth["lines"].get(c["line_id"])))), None)
+            if broken is not None:
+                note["broken"] = {**broken, "at": truth["at"], "corrected_at": None}
+                out.accuracy.append(("broken", broken["claim"]))
+                break
+    _mark_corrections(view)
+
+
+def _broken_promise(claim: dict, line: dict | None) -> dict | None:
+    """What of ``claim``'s promise ``line`` (a later snapshot of it) contradicts, if anything."""
+    if line is None:
+        return None
+    name = claim.get("name") or claim["line_id"]
+    if line.get("cancelled", 0) > claim["quantity_cancelled"]:
+        return {"claim": "cancelled", "line_id": claim["line_id"],
+                "detail": f"said {claim['quantity_backordered']} × {name} would follow; "
+                          f"{line['cancelled'] - claim['quantity_cancelled']} cancelled since"}
+    eta, now_eta = claim.get("eta"), line.get("backorder_eta")
+    if eta and now_eta and line.get("backordered") and now_eta > eta:
+        return {"claim": "eta", "line_id": claim["line_id"],
+                "detail": f"promised {name} by {eta:%d %b}; now expected {now_eta:%d %b}"}
+    return None
+
+
+def _mark_corrections(view: dict) -> None:
+    """A broken promise is corrected by the first message sent at or after the break that speaks of
+    the line again (a new ETA, the cancellation, the shipment)."""
+    for note in view["notifications"]:
+        broken = note.get("broken")
+        if not broken or broken["corrected_at"] is not None:
+            continue
+        later = [n["at"] for n in view["notifications"] if n is not note and n["outcome"] == "SENT" and n["at"] >= broken["at"]
+                 and any(c["line_id"] == broken["line_id"] for c in n["claims"])]
+        broken["corrected_at"] = min(later, default=None)
+
+
 def _accuracy(lines: dict, claims: list[dict]) -> tuple[bool, str]:
     """Do the message's item-level claims match these line quantities?"""
     for claim in claims:
@@ -384,6 +441,15 @@ def _refund_overpaid(view, rule, now):
     for refund_id, r in view["refunds"].items():
         if r.get("state") == "overpaid":
             yield refund_id, None, f"refund {refund_id} was paid twice: ask the provider to reverse the surplus"
+
+
+def _promise_broken_uncorrected(view, rule, now):
+    for note in view["notifications"]:
+        broken = note.get("broken")
+        if broken and broken["corrected_at"] is None:
+            yield f"{note['delivery_id']}:{broken['line_id']}", broken["at"] + _hours(rule.params, "grace_hours"), \
+                f"the {note['type'].replace('_', ' ')} message of {note['at']:%d %b %H:%M} {broken['detail']}, " \
+                "and no message told the customer since"
 
 
 def _backorder_past_eta(view, rule, now):
@@ -438,7 +504,8 @@ def _policy_exception_approved(view, rule, now):
 CONDITIONS = {
     "return_awaiting_inspection": _return_awaiting_inspection, "refund_past_sla": _refund_past_sla,
     "refund_failed": _refund_failed, "refund_overpaid": _refund_overpaid, "backorder_past_eta": _backorder_past_eta,
-    "eta_slipped_without_notice": _eta_slipped_without_notice, "shipment_silent": _shipment_silent,
+    "eta_slipped_without_notice": _eta_slipped_without_notice,
+    "promise_broken_uncorrected": _promise_broken_uncorrected, "shipment_silent": _shipment_silent,
     "delivery_failed": _delivery_failed, "auth_expiring_unshipped": _auth_expiring_unshipped,
     "repeat_contact": _repeat_contact, "policy_exception_approved": _policy_exception_approved,
 }
