@@ -13,6 +13,7 @@ from orderops.model.catalog import (
     FULFILLMENT_STATE_CHANGES,
     FULFILLMENT_STATUS,
     NOTIFICATIONS_DELIVERIES,
+    RETURNS_STATE_CHANGES,
     SUPPORT_ACTIONS,
     SUPPORT_CONTACTS,
     TIMELINE,
@@ -48,8 +49,13 @@ def tick(view, now):
 def test_every_event_becomes_one_entry_with_a_human_summary():
     view, outputs = feed(split_order_story().events)
     entries = [e for out in outputs for e in out.entries]
-    assert len(entries) == len(split_order_story().events) - 3, \
+    opened = [e for e in entries if e["type"] == "EscalationOpened"]
+    assert len(entries) - len(opened) == len(split_order_story().events) - 3, \
         "status snapshots and notification requests are facts for the view, not entries"
+    # The rule-made escalation (the second contact repeats the first) is on the timeline as well.
+    assert [e["summary"] for e in opened] == [
+        "escalation opened: A second support contact within 7 days with no state change in between (k2)"]
+    assert opened[0]["domain"] == "escalation" and opened[0]["entry_id"] == "o-1:repeat-contact:k2:EscalationOpened:1:entry"
     summaries = [e["summary"] for e in entries]
     assert "order placed: 2 line(s), 60.00 EUR" in summaries
     assert "1 of line l2 backordered until 12 Nov" in summaries
@@ -220,6 +226,38 @@ def test_a_broken_promise_is_found_whatever_order_the_topics_arrive_in():
         view, outputs = feed(order)
         assert [a for out in outputs for a in out.accuracy] == [("accurate", "ok"), ("broken", "eta")]
         assert view["notifications"][0]["broken"]["at"] == T0 + timedelta(days=3)
+
+
+def test_a_return_left_in_review_beyond_its_sla_escalates_and_the_leads_approval_clears_it():
+    """The policy sent the return to a lead; a day later nobody has looked at it. The escalation
+    opens on a timer tick (no later event of the order needed) and is on the timeline; the lead's
+    approval moves the return on, and the escalation closes by itself."""
+    from story import Feed
+
+    view, _ = feed(split_order_story().events)
+    f = Feed()
+    f.at, f.n = T0 + timedelta(days=3), 500
+    f.add(RETURNS_STATE_CHANGES, "ReturnAuthorizationDecided", return_id="r1", decision="NEEDS_REVIEW",
+          policy="standard/v2", trace=[], reason="outside the 30-day window by 2 days")
+    f.transition(RETURNS_STATE_CHANGES, "return", "r1", "requested", "needs_review")
+    view, _ = feed(f.events, view=view)
+    assert domain.next_deadline(view, f.at, RULES) <= f.at + timedelta(hours=24)
+    view, out = tick(view, f.at + timedelta(hours=23))
+    assert not [e for e in out.escalations if ":return-needs-review:" in e[0]]
+    view, out = tick(view, f.at + timedelta(hours=24))
+    [(escalation_id, kind, _)] = [e for e in out.escalations if ":return-needs-review:" in e[0]]
+    assert kind == "EscalationOpened" and "outside the 30-day window" in view["escalations"][escalation_id]["reason"]
+    assert [e["type"] for e in out.entries] == ["EscalationOpened"]
+
+    g = Feed()
+    g.at, g.n = f.at + timedelta(hours=30), 600
+    g.add(SUPPORT_ACTIONS, "PolicyExceptionApproved", actor={"user_id": "lee", "role": "lead"}, return_id="r1",
+          reason="loyal customer")
+    g.transition(RETURNS_STATE_CHANGES, "return", "r1", "needs_review", "authorized")
+    view, outputs = feed(g.events, view=view)
+    closed = [e for out in outputs for e in out.entries if e["type"] == "EscalationResolved"]
+    assert [e["summary"] for e in closed] == ["escalation closed, its condition cleared: return-needs-review:r1"]
+    assert view["escalations"][escalation_id]["state"] == "resolved"
 
 
 def test_agents_acknowledge_and_resolve_and_a_resolved_escalation_stays_resolved():

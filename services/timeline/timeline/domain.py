@@ -137,7 +137,27 @@ def apply(view: dict | None, event: Envelope, topic: str, now: datetime, rules: 
         if view["last_event_at"] is None or event.occurred_at > view["last_event_at"]:
             view["last_event_at"] = event.occurred_at
     _escalate(view, event, now, rules, out)
+    _escalation_entries(view, event, topic, out)
     return view, out
+
+
+def _escalation_entries(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
+    """An escalation a rule opened or resolved is on the order's timeline too (what agents did to
+    one is there already: their actions are events). The entry says what the published escalation
+    record says (rule, subject, when), which every replay agrees on."""
+    for escalation_id, kind, payload in out.escalations:
+        if kind == "EscalationOpened":
+            summary = f"escalation opened: {payload['reason']}"
+        elif kind == "EscalationResolved" and payload.get("by") == "rule":
+            summary = f"escalation closed, its condition cleared: {escalation_id.split(':', 1)[1]}"
+        else:
+            continue
+        seq = view.get("entry_count", 0)
+        opened = view["escalations"][escalation_id]["times_opened"]
+        out.entries.append({"entry_id": f"{escalation_id}:{kind}:{opened}:entry", "domain": "escalation", "type": kind,
+                            "summary": summary, "cause_event_id": event.event_id, "cause_topic": topic,
+                            "occurred_at": payload["at"], "seq": seq})
+        view["entry_count"] = seq + 1
 
 
 def entry_key(order_id: str, seq: int) -> str:
@@ -259,7 +279,7 @@ def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
         view["payments"].setdefault(p["instrument_id"], {})["expires_at"] = p["expires_at"]
     elif kind == "ReturnAuthorizationDecided":
         view["returns"].setdefault(p["return_id"], {}).update(decision=p["decision"], policy=p["policy"],
-                                                              trace=p["trace"], reason=p["reason"])
+                                                              trace=p["trace"], reason=p["reason"], decided_at=at)
     elif kind == "RefundRequested" and topic.endswith("state-changes"):
         refund_id = p["refund_id"].rsplit("#", 1)[0]
         view["refunds"].setdefault(refund_id, {}).update(
@@ -424,6 +444,14 @@ def _return_awaiting_inspection(view, rule, now):
             yield return_id, due, f"return {return_id} received {r['received_at']:%d %b %H:%M} and not inspected"
 
 
+def _return_needs_review(view, rule, now):
+    for return_id, r in view["returns"].items():
+        waiting = r.get("state") in (None, "requested", "needs_review") and not r.get("exception_by")
+        if r.get("decision") == "NEEDS_REVIEW" and waiting and r.get("decided_at"):
+            yield return_id, r["decided_at"] + _hours(rule.params, "after_hours"), \
+                f"return {return_id} has waited for a lead's review since {r['decided_at']:%d %b %H:%M}: {r.get('reason', '')}"
+
+
 def _refund_past_sla(view, rule, now):
     for refund_id, r in view["refunds"].items():
         if r.get("state") in NON_TERMINAL_REFUNDS and r.get("requested_at"):
@@ -502,7 +530,8 @@ def _policy_exception_approved(view, rule, now):
 
 
 CONDITIONS = {
-    "return_awaiting_inspection": _return_awaiting_inspection, "refund_past_sla": _refund_past_sla,
+    "return_awaiting_inspection": _return_awaiting_inspection, "return_needs_review": _return_needs_review,
+    "refund_past_sla": _refund_past_sla,
     "refund_failed": _refund_failed, "refund_overpaid": _refund_overpaid, "backorder_past_eta": _backorder_past_eta,
     "eta_slipped_without_notice": _eta_slipped_without_notice,
     "promise_broken_uncorrected": _promise_broken_uncorrected, "shipment_silent": _shipment_silent,
