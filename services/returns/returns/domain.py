@@ -16,7 +16,7 @@ from orderops.model import money, workflow
 from orderops.model.envelope import Envelope, StoredAsJson, from_json
 from orderops.model.workflow import CustomerNotice, HistoryEntry, Outcome, Park, Parked, Reject, Rejected, Step, evolve
 from returns.machines import CLOSE_AFTER_DAYS, DEFECT_REASONS, GRACE_DAYS, REFUND, RETURN
-from returns.policy import Policy, in_force
+from returns.policy import Policy, Route, in_force
 
 ZERO = Decimal(0)
 CENT = Decimal("0.01")
@@ -237,6 +237,7 @@ class Decided:
 class RefundCommand:
     refund: Refund
     key: str
+    sla_hours: int | None = None  # what the refund's policy version gives its channel to complete it
 
 
 @dataclass(frozen=True)
@@ -448,7 +449,8 @@ class ReturnsStep(Step):
             refund = self.refund_trigger(refund, "request", reason, keys=(key,))
         else:
             refund = self.refund_trigger(refund, "retry", reason, keys=(*refund.keys, key))
-        self.emit(RefundCommand(refund, key))
+        route = refund_route(self, refund)
+        self.emit(RefundCommand(refund, key, route.sla_hours if route else None))
         return refund
 
 
@@ -769,12 +771,18 @@ def _refund_succeeded(step: ReturnsStep, refund: Refund, key: str) -> None:
     refund = step.refund_trigger(refund, "succeed", "the provider confirmed the refund" + (
         f" (attempt {key}, after a later one was sent)" if late else ""), paid_by=key)
     seconds = (step.event.occurred_at - refund.requested_at).total_seconds()
-    policy = step.context.by_ref.get(refund.policy) if step.context else None
-    route = policy.refund_routes.get(refund.channel) if policy else None
+    route = refund_route(step, refund)
     within_sla = "unknown" if route is None else str(seconds <= route.sla_hours * 3600).lower()
     step.emit(Measure("refund_completion_seconds", seconds, {"channel": refund.channel, "policy": refund.policy,
                                                              "within_sla": within_sla}))
     _settle(step, refund)
+
+
+def refund_route(step: ReturnsStep, refund: Refund) -> Route | None:
+    """The route the refund's policy version gives its channel (method, alternative, SLA), if that
+    version is known here: one place for the SLA the metric and the refund command carry."""
+    policy = step.context.by_ref.get(refund.policy) if step.context else None
+    return policy.refund_routes.get(refund.channel) if policy else None
 
 
 def requested_here(order_id: str, key: str) -> bool:

@@ -44,7 +44,7 @@ def _refund_requested(command: RefundCommand) -> dict:
     r = command.refund
     return {"refund_id": command.key, "return_id": r.return_id, "instrument_id": r.instrument_id, "channel": r.channel,
             "method": r.method, "amount": {"amount": r.amount, "currency": r.currency}, "reason": r.reason,
-            "attempt": r.attempt}
+            "attempt": r.attempt, "sla_hours": command.sla_hours}
 
 
 def _notification(record: Record, notice: CustomerNotice, state: ReturnsState) -> dict:

@@ -156,6 +156,8 @@ def test_full_return_of_one_line_paid_by_gift_card_and_card_is_split_and_routed(
     commands = of(records, RefundCommand)
     split = {c.refund.instrument_id: (c.refund.amount, c.refund.method) for c in commands}
     assert split == {"gift-1": (Decimal("5.19"), "STORE_CREDIT"), "card-1": (Decimal("14.81"), "ORIGINAL_INSTRUMENT")}
+    # Each command carries the SLA its policy version gives the channel: the one place it is set.
+    assert {c.refund.instrument_id: c.sla_hours for c in commands} == {"gift-1": 24, "card-1": 72}
     assert state.return_("r-1").status == "refund_pending"
     assert [n.type for n in of(records, CustomerNotice)] == ["return_authorized", "return_received", "refund_issued"]
     for command in commands:

@@ -260,6 +260,27 @@ def test_a_return_left_in_review_beyond_its_sla_escalates_and_the_leads_approval
     assert view["escalations"][escalation_id]["state"] == "resolved"
 
 
+def test_a_refund_is_judged_by_the_sla_its_command_carries():
+    """The SLA comes from the refund's return policy version, as returns' command carries it: a
+    gift-card refund (24 h there) is past it a day after it was asked for; one whose command names
+    no SLA (its policy version was unknown) is not judged."""
+    from story import Feed, money
+
+    view, _ = feed(split_order_story().events)
+    f = Feed()
+    f.at, f.n = T0 + timedelta(days=3), 700
+    for refund_id, sla in (("o-1:return:r1:gift-1", 24), ("o-1:return:r1:card-1", None)):
+        f.add(RETURNS_STATE_CHANGES, "RefundRequested", refund_id=f"{refund_id}#1", return_id="r1",
+              instrument_id=refund_id.rsplit(":", 1)[1], channel="GIFT_CARD", method="STORE_CREDIT", amount=money("5.00"),
+              reason="return r1", attempt=1, sla_hours=sla)
+        f.transition(RETURNS_STATE_CHANGES, "refund", refund_id, "none", "requested")
+    view, _ = feed(f.events, view=view)
+    view, out = tick(view, f.at + timedelta(hours=23, minutes=59))
+    assert not [e for e in out.escalations if ":refund-past-sla:" in e[0]]
+    view, out = tick(view, f.at + timedelta(hours=24))
+    assert [e[0] for e in out.escalations if ":refund-past-sla:" in e[0]] == ["o-1:refund-past-sla:o-1:return:r1:gift-1"]
+
+
 def test_agents_acknowledge_and_resolve_and_a_resolved_escalation_stays_resolved():
     from story import Feed
 

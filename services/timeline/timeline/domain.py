@@ -284,7 +284,7 @@ def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
         refund_id = p["refund_id"].rsplit("#", 1)[0]
         view["refunds"].setdefault(refund_id, {}).update(
             channel=p["channel"], method=p["method"], amount=p["amount"]["amount"], return_id=p["return_id"],
-            requested_at=view["refunds"].get(refund_id, {}).get("requested_at") or at)
+            requested_at=view["refunds"].get(refund_id, {}).get("requested_at") or at, sla_hours=p.get("sla_hours"))
     elif kind == "NotificationRequested":
         view.setdefault("decided", {})[p["notification_id"]] = at
         _judge_notifications(view, out)
@@ -454,8 +454,9 @@ def _return_needs_review(view, rule, now):
 
 def _refund_past_sla(view, rule, now):
     for refund_id, r in view["refunds"].items():
-        if r.get("state") in NON_TERMINAL_REFUNDS and r.get("requested_at"):
-            sla = timedelta(hours=rule.params["sla_hours"].get(r.get("channel"), 72))
+        # The SLA is the refund's policy version's, as the command carries it (none: not judged).
+        if r.get("state") in NON_TERMINAL_REFUNDS and r.get("requested_at") and r.get("sla_hours") is not None:
+            sla = timedelta(hours=r["sla_hours"])
             yield refund_id, r["requested_at"] + sla, f"refund {refund_id} ({r.get('channel')}) past its {sla} SLA"
 
 
