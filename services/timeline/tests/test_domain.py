@@ -55,7 +55,7 @@ def test_every_event_becomes_one_entry_with_a_human_summary():
     # The rule-made escalation (the second contact repeats the first) is on the timeline as well.
     assert [e["summary"] for e in opened] == [
         "escalation opened: A second support contact within 7 days with no state change in between (k2)"]
-    assert opened[0]["domain"] == "escalation" and opened[0]["entry_id"] == "o-1:repeat-contact:k2:EscalationOpened:1:entry"
+    assert opened[0]["domain"] == "escalation" and opened[0]["entry_id"] == "o-1:repeat-contact:k2:opened:1:entry"
     summaries = [e["summary"] for e in entries]
     assert "order placed: 2 line(s), 60.00 EUR" in summaries
     assert "1 of line l2 backordered until 12 Nov" in summaries

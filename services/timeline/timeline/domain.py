@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from orderops.model.catalog import SUPPORT_ESCALATIONS
 from orderops.model.contract import web_link
 from orderops.model.envelope import Envelope
 
@@ -137,25 +138,27 @@ def apply(view: dict | None, event: Envelope, topic: str, now: datetime, rules: 
         if view["last_event_at"] is None or event.occurred_at > view["last_event_at"]:
             view["last_event_at"] = event.occurred_at
     _escalate(view, event, now, rules, out)
-    _escalation_entries(view, event, topic, out)
+    _escalation_entries(view, out)
     return view, out
 
 
-def _escalation_entries(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
+def _escalation_entries(view: dict, out: Outputs) -> None:
     """An escalation a rule opened or resolved is on the order's timeline too (what agents did to
     one is there already: their actions are events). The entry says what the published escalation
     record says (rule, subject, when), which every replay agrees on."""
     for escalation_id, kind, payload in out.escalations:
         if kind == "EscalationOpened":
-            summary = f"escalation opened: {payload['reason']}"
+            summary, step = f"escalation opened: {payload['reason']}", "opened"
         elif kind == "EscalationResolved" and payload.get("by") == "rule":
-            summary = f"escalation closed, its condition cleared: {escalation_id.split(':', 1)[1]}"
+            summary, step = f"escalation closed, its condition cleared: {escalation_id.split(':', 1)[1]}", "resolved"
         else:
             continue
         seq = view.get("entry_count", 0)
-        opened = view["escalations"][escalation_id]["times_opened"]
-        out.entries.append({"entry_id": f"{escalation_id}:{kind}:{opened}:entry", "domain": "escalation", "type": kind,
-                            "summary": summary, "cause_event_id": event.event_id, "cause_topic": topic,
+        # Its cause is the escalation's own record (records.publishable names it so), whichever
+        # event or timer tick found the rule due.
+        record_id = f"{escalation_id}:{step}:{view['escalations'][escalation_id]['times_opened']}"
+        out.entries.append({"entry_id": f"{record_id}:entry", "domain": "escalation", "type": kind, "summary": summary,
+                            "cause_event_id": record_id, "cause_topic": SUPPORT_ESCALATIONS.name,
                             "occurred_at": payload["at"], "seq": seq})
         view["entry_count"] = seq + 1
 
