@@ -21,7 +21,7 @@ import pytest
 from orderops_tools.books import compare as compare_books
 from orderops_tools.provider import RefundDesk
 from orderops_tools.scenario import Story, address, card, customer, line, money
-from orderops_tools.testing import Mailbox, ServiceProcess, free_port, poll_json, producer
+from orderops_tools.testing import Mailbox, ServiceProcess, free_port, poll_json, producer, text_of
 
 from orderops.model.catalog import (
     PAYMENTS_EVENTS,
@@ -111,7 +111,7 @@ async def test_an_order_from_checkout_to_refund(catalog_topics, run_id, tmp_path
         # -- what the customer was told, in order --------------------------------------------------
         await poll_json(processes["notifier"], f"/orders/{order_id}/notifications",
                         lambda v: sum(d["state"] == "sent" for d in v["deliveries"]) >= 11, timeout=60)
-        subjects = [m["Subject"] for m in mailbox.messages if order_id in m.get_content()
+        subjects = [m["Subject"] for m in mailbox.messages if order_id in text_of(m)
                     or order_id in m["Subject"]]
         told_by_fulfillment = [
             f"Part of your order {order_id} is backordered",
@@ -130,10 +130,10 @@ async def test_an_order_from_checkout_to_refund(catalog_topics, run_id, tmp_path
         assert sorted(subjects) == sorted([f"Your order {order_id} is confirmed", *told_by_fulfillment,
                                            *told_by_returns])
         mine = [m for m in mailbox.messages if order_id in m["Subject"]]
-        first_parcel = next(m for m in mine if m["Subject"].startswith("A parcel")).get_content()
-        assert "2 of 3 items shipped in parcel P1 (DHL JD0001): 2 × Blue mug." in first_parcel
+        first_parcel = text_of(next(m for m in mine if m["Subject"].startswith("A parcel")))
+        assert "Parcel P1 (DHL JD0001) is on its way with 2 of your 3 items: 2 × Blue mug." in first_parcel
         assert "Still to come — Teapot: 1 backordered until Thu 12 Nov." in first_parcel
-        refund_mail = next(m for m in mine if m["Subject"].startswith("Refund completed")).get_content()
+        refund_mail = text_of(next(m for m in mine if m["Subject"].startswith("Refund completed")))
         assert "11.25 EUR back to your original payment method" in refund_mail
     finally:
         provider.stop()

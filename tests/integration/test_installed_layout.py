@@ -66,6 +66,7 @@ record = story.events[0].envelope.to_record()
 assert codec.decode(codec.encode(schema, record), schema).record["event_id"] == "o-1:0001:OrderPlaced"
 from notifier.rendering import Templates
 assert sorted(p.name for p in (files("notifier") / "templates").iterdir()) == ["de", "en"]
+assert (files("notifier") / "templates" / "en" / "layout" / "message.html").is_file()
 from timeline.domain import Rules
 assert Rules.load(files("timeline") / "rules.yaml").escalations
 assert (files("timeline") / "static" / "console.html").is_file()

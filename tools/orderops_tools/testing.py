@@ -53,6 +53,12 @@ def read_topic(bootstrap: str, topic: str, until: Callable[[list[Message]], bool
         consumer.close()
 
 
+def text_of(message: Any) -> str:
+    """The plain text part of an e-mail the ``Mailbox`` received (the part a customer's reader shows
+    when it shows no HTML)."""
+    return message.get_body(preferencelist=("plain",)).get_content()
+
+
 class Mailbox:
     """A real SMTP server on a free port, as the customers' mailbox: every message it received,
     and how often each notifier delivery id came. ``with Mailbox() as mailbox: ... mailbox.port``."""

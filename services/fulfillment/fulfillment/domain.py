@@ -286,7 +286,8 @@ def sentence(state: FulfillmentState, notice_type: str, shipment: Shipment | Non
         count = sum(q for _, q in inside)
         tracking = f" ({shipment.carrier} {shipment.tracking_number})" if shipment.tracking_number else ""
         head = {
-            "shipment_dispatched": f"{count} of {active} items shipped in parcel {shipment.shipment_id}{tracking}: {items}.",
+            "shipment_dispatched": f"Parcel {shipment.shipment_id}{tracking} is on its way with {count} of your "
+                                   f"{active} items: {items}.",
             "shipment_delivered": f"Parcel {shipment.shipment_id} was delivered: {items}.",
             "shipment_delayed": f"Parcel {shipment.shipment_id}{tracking} is delayed: {items}.",
             "delivery_failed": f"We could not deliver parcel {shipment.shipment_id}{tracking}: {items}.",

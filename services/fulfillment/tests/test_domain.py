@@ -66,7 +66,7 @@ def test_split_order_with_a_backorder_that_slips_then_ships():
     assert [n.type for n in notices] == ["line_backordered", "shipment_dispatched"]
     backorder, dispatch = notices
     assert backorder.summary == "Teapot: 1 backordered until Thu 03 Dec."
-    assert dispatch.summary == ("5 of 6 items shipped in parcel P1 (DHL JD0001): 2 × Blue mug, 3 × Tea towel. "
+    assert dispatch.summary == ("Parcel P1 (DHL JD0001) is on its way with 5 of your 6 items: 2 × Blue mug, 3 × Tea towel. "
                                 "Still to come — Teapot: 1 backordered until Thu 03 Dec.")
     claims = {c.line_id: c for c in dispatch.lines}
     assert (claims["l1"].quantity_in_this_shipment, claims["l1"].shipment_id) == (2, "P1")
@@ -83,7 +83,7 @@ def test_split_order_with_a_backorder_that_slips_then_ships():
     assert state.status == "delivered" and not state.backordered
     assert line(state, "l2").backorder_eta is None and line(state, "l2").delivered == 1
     second = next(n for n in of(records, ShipmentNotice) if n.type == "shipment_dispatched")
-    assert second.summary == ("1 of 6 items shipped in parcel P2 (DHL JD0002): 1 × Teapot. Still to come — "
+    assert second.summary == ("Parcel P2 (DHL JD0002) is on its way with 1 of your 6 items: 1 × Teapot. Still to come — "
                               "Blue mug: 2 on the way in parcel P1; Tea towel: 3 on the way in parcel P1.")
     statuses = [t.to_state for t in of(records, Transitioned) if t.machine == "fulfillment"]
     assert statuses == ["shipped", "partially_delivered", "delivered"]

@@ -102,12 +102,12 @@ async def test_split_shipments_backorders_and_failures(catalog_topics, run_id, t
         said = [(p["type"], p["facts"]["summary"]) for p in told.values()]
         assert said == [
             ("line_backordered", "Teapot: 1 backordered until Thu 03 Dec."),
-            ("shipment_dispatched", "5 of 6 items shipped in parcel P1 (DHL JD0001): 2 × Blue mug, 3 × Tea towel. "
+            ("shipment_dispatched", "Parcel P1 (DHL JD0001) is on its way with 5 of your 6 items: 2 × Blue mug, 3 × Tea towel. "
                                     "Still to come — Teapot: 1 backordered until Thu 03 Dec."),
             ("backorder_eta_changed", "Teapot is now expected Tue 08 Dec."),
             ("shipment_delivered", "Parcel P1 was delivered: 2 × Blue mug, 3 × Tea towel. "
                                    "Still to come — Teapot: 1 backordered until Tue 08 Dec."),
-            ("shipment_dispatched", "1 of 6 items shipped in parcel P2 (DHL JD0002): 1 × Teapot."),
+            ("shipment_dispatched", "Parcel P2 (DHL JD0002) is on its way with 1 of your 6 items: 1 × Teapot."),
             ("shipment_delivered", "Parcel P2 was delivered: 1 × Teapot."),
         ]
         dispatch = next(p for p in told.values() if p["type"] == "shipment_dispatched")

@@ -21,6 +21,8 @@ Settings (environment, defaults for a local run):
   ORDEROPS_NOTIFIER_TEMPLATES         the package's templates/ folder
   ORDEROPS_NOTIFIER_PREFERENCES       YAML file of customers' opt-outs and quiet hours (optional)
   ORDEROPS_NOTIFIER_LOCALE            en  fallback locale
+  ORDEROPS_SHOP_NAME                  orderops demo shop   who the messages come from (heading and sign-off)
+  ORDEROPS_SHOP_SIGNATURE             the sign-off's last line (default: the locale's "The <shop name> team")
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import yaml
 from notifier.channels import CircuitBreaker, EmailChannel, WebhookChannel
 from notifier.delivering import Dispatcher
 from notifier.ledger import Preferences, RetryPolicy
-from notifier.rendering import Templates
+from notifier.rendering import Shop, Templates
 from orderops.model.catalog import NOTIFIER, WEB_PORTS
 from orderops.ops.settings import default_run_dir
 from orderops.service import Service
@@ -98,7 +100,8 @@ dispatcher = Dispatcher(
     breakers={name: CircuitBreaker(int(env.get("ORDEROPS_NOTIFIER_BREAKER_FAILURES", "5")),
                                    float(env.get("ORDEROPS_NOTIFIER_BREAKER_SECONDS", "30"))) for name in names},
     templates=Templates(Path(env.get("ORDEROPS_NOTIFIER_TEMPLATES", Path(__file__).parent / "templates")),
-                        env.get("ORDEROPS_NOTIFIER_LOCALE", "en")),
+                        env.get("ORDEROPS_NOTIFIER_LOCALE", "en"),
+                        Shop(env.get("ORDEROPS_SHOP_NAME", "orderops demo shop"), env.get("ORDEROPS_SHOP_SIGNATURE", ""))),
     preferences=load_preferences(),
     retry=RetryPolicy(int(env.get("ORDEROPS_NOTIFIER_MAX_ATTEMPTS", "10")),
                       timedelta(seconds=float(env.get("ORDEROPS_NOTIFIER_BACKOFF_SECONDS", "2"))),

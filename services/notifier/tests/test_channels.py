@@ -13,7 +13,7 @@ from email import policy as email_policy
 
 import pytest
 from aiosmtpd.controller import Controller
-from orderops_tools.testing import Mailbox, WebhookSink, free_port
+from orderops_tools.testing import Mailbox, WebhookSink, free_port, text_of
 
 from notifier.channels import (
     WEBHOOK_KEEPALIVE_SECONDS,
@@ -99,7 +99,7 @@ def test_an_email_says_what_the_template_rendered_and_refuses_a_header_a_request
     assert message["Subject"] == rendered.subject and message["To"] == "ann@example.com"
     assert message["Content-Language"] == "de"  # EmailMessage.set_content used to drop it
     assert message["Message-ID"] == message_id("n-1/email", "shop.example") and message["X-Orderops-Delivery-Id"] == "n-1/email"
-    assert message.get_content().replace("\r\n", "\n") == rendered.body
+    assert text_of(message).replace("\r\n", "\n") == rendered.body
     assert raw.isascii() and b"\r\n\r\n" in raw  # 7-bit and CRLF: what any SMTP server takes
     with pytest.raises(SendError) as refused:
         compose_email("orders@shop.example", "ann@example.com\r\nBcc: eve@example.com", rendered, "n-1/email")
@@ -178,7 +178,7 @@ async def test_an_address_that_is_not_ascii_goes_with_smtputf8_and_a_server_with
         await channel.close()
         server.stop()
     assert received[0]["To"] == "jürgen@example.com" and received[0]["Subject"] == "Grüße"
-    assert received[0]["Content-Language"] == "de" and received[0].get_content().strip() == "Hallo Jürgen"
+    assert received[0]["Content-Language"] == "de" and text_of(received[0]).strip() == "Hallo Jürgen"
 
     server = Controller(Keeps(), hostname="127.0.0.1", port=port, enable_SMTPUTF8=False)
     server.start()

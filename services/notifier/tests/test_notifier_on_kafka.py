@@ -103,7 +103,7 @@ def requests_for(order_id: str, *types: str) -> Story:
                     "quantity_delivered": 0, "quantity_backordered": 1, "quantity_cancelled": 0, "eta": None,
                     "shipment_id": None}],
             amounts=[], shipment_id="P1", tracking_url="https://track.example/JD0001",
-            facts={"order_id": order_id, "summary": "2 of 3 items shipped in parcel P1 (DHL JD0001): 2 × Blue mug. "
+            facts={"order_id": order_id, "summary": "Parcel P1 (DHL JD0001) is on its way with 2 of your 3 items: 2 × Blue mug. "
                                                     "Still to come — Teapot: 1 backordered until Thu 03 Dec."})
     return story
 

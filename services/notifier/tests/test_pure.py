@@ -26,7 +26,8 @@ def claim(line_id, name, in_parcel=0, shipped=0, backordered=0, eta=None, shipme
             "shipment_id": shipment}
 
 
-def request(notification_id="n-1", notice_type="shipment_dispatched", locale="en", summary="2 of 3 items shipped.",
+def request(notification_id="n-1", notice_type="shipment_dispatched", locale="en",
+            summary="Parcel P1 is on its way with 2 of your 3 items: 2 × Blue mug.",
             shipment="P1", lines=None, customer_id="c-1", **facts) -> dict:
     return {"notification_id": notification_id, "type": notice_type, "cause_event_id": "e-1",
             "customer": {"customer_id": customer_id, "email": "ada@example.com", "name": "Ada", "locale": locale,
@@ -44,7 +45,7 @@ def entries(*payloads):
 # -- rendering ------------------------------------------------------------------------------------
 
 def test_split_shipment_message_says_what_is_in_the_parcel_and_what_is_to_come():
-    summary = ("2 of 3 items shipped in parcel P1 (DHL JD0001): 2 × Blue mug. "
+    summary = ("Parcel P1 (DHL JD0001) is on its way with 2 of your 3 items: 2 × Blue mug. "
                "Still to come — Teapot: 1 backordered until Thu 03 Dec.")
     rendered = TEMPLATES.render("shipment_dispatched", "en", context(entries(request(summary=summary))))
     assert rendered.subject == "A parcel of your order o-1 is on the way"
