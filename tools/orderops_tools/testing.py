@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,11 +22,29 @@ from confluent_kafka import Consumer, Message, Producer
 from orderops.ops.security import client_config
 from orderops.ops.settings import PRODUCER_DEFAULTS
 
+# Ports for the suite's servers, below Linux's ephemeral range (32768-60999 by default): a port the
+# kernel picks for a bind to 0 comes from that range, and an outgoing connection (the suite's Kafka
+# clients open many) could take it before the server that was handed it binds it ("address already
+# in use"). Drawn at random (not from the seeded ``random``: two suites at once would draw alike).
+SERVER_PORTS = range(20000, 32000)
+_handed: set[int] = set()
+_draw = random.SystemRandom()
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on, handed out once per process."""
+    for _ in range(500):
+        port = _draw.randrange(SERVER_PORTS.start, SERVER_PORTS.stop)
+        if port in _handed:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed.add(port)
+        return port
+    raise RuntimeError(f"no free port between {SERVER_PORTS.start} and {SERVER_PORTS.stop}")
 
 
 def producer(bootstrap: str) -> Producer:

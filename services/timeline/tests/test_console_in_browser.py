@@ -55,8 +55,13 @@ async def test_an_agent_works_an_order_in_the_console(catalog_topics, run_id, tm
             await page.fill("#q", order_id)
             await page.click("#search button")
             await page.wait_for_selector("#order-state")
-            assert await page.inner_text("#order-state") == "confirmed"
-            assert await page.inner_text("#fulfillment-state") == "partially_shipped"
+            assert await page.inner_text("#order-state") == "Confirmed"
+            assert await page.inner_text("#fulfillment-state") == "Partly shipped"
+            assert await page.inner_text("#summary") == "2 of 3 items on the way; the Teapot is backordered until 12 Nov"
+            await page.screenshot(path=tmp_path / "console-order.png", full_page=True)
+            # The queue: each escalation with its age against how soon the rule wants an answer.
+            queued = page.locator("#queue li", has_text=order_id).filter(has_text="repeat-contact")
+            assert "answer within 4 h" in await queued.inner_text() and "open " in await queued.inner_text()
             teapot = page.locator("#lines tr", has_text="Teapot")
             assert "ETA 2026-11-12" in await teapot.inner_text()
             timeline_text = await page.inner_text("#timeline")
@@ -82,6 +87,18 @@ async def test_an_agent_works_an_order_in_the_console(catalog_topics, run_id, tm
             await promise.wait_for()
             assert await promise.inner_text() == ("promise broken 2026-11-05: promised Teapot by 12 Nov; now expected "
                                                   "16 Nov · not corrected")
+            # A search that finds a customer's orders takes the order off the screen: never another
+            # customer's order left beside the results.
+            await page.fill("#q", "ada@example.com")
+            await page.click("#search button")
+            await page.wait_for_selector("#pick")
+            assert await page.locator("#order-state").count() == 0
+            assert order_id in await page.inner_text("#orders")
+            await page.screenshot(path=tmp_path / "console-customer.png", full_page=True)
+            await page.click(f"#orders a[data-order='{order_id}']")
+            await page.wait_for_selector("#order-state")
+            for shot in ("console-order.png", "console-customer.png"):
+                assert (tmp_path / shot).stat().st_size > 10_000, shot
             # The console's script ran under its content security policy without a violation.
             assert not [e for e in script_errors if "Content Security Policy" in e], script_errors
             await page.click("#signout")

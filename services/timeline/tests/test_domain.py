@@ -281,6 +281,25 @@ def test_a_refund_is_judged_by_the_sla_its_command_carries():
     assert [e[0] for e in out.escalations if ":refund-past-sla:" in e[0]] == ["o-1:refund-past-sla:o-1:return:r1:gift-1"]
 
 
+def test_the_summary_says_what_the_order_as_a_whole_waits_for():
+    view, _ = feed(split_order_story().events)
+    assert domain.order_summary(view) == "2 of 3 items on the way; the Teapot is backordered until 12 Nov"
+    from story import Feed, money
+
+    f = Feed()
+    f.at, f.n = T0 + timedelta(days=3), 800
+    f.add(FULFILLMENT_STATUS, "FulfillmentStatusChanged", status="partially_shipped", backordered=True,
+          lines=[line_snapshot("l1", 2, delivered=2), line_snapshot("l2", 1, backordered=1, eta=ETA)])
+    f.add(RETURNS_STATE_CHANGES, "RefundRequested", refund_id="o-1:return:r1:card-1#1", return_id="r1",
+          instrument_id="card-1", channel="CARD", method="ORIGINAL_INSTRUMENT", amount=money("40.00"),
+          reason="return r1", attempt=1, sla_hours=72)
+    f.transition(RETURNS_STATE_CHANGES, "refund", "o-1:return:r1:card-1", "none", "requested")
+    view, _ = feed(f.events, view=view)
+    assert domain.order_summary(view) == ("2 of 3 items delivered; the Teapot is backordered until 12 Nov; "
+                                          "the refund of 40.00 EUR is with the card provider since 05 Nov")
+    assert domain.order_summary(domain.new_view("o-2")) == "nothing is waiting"
+
+
 def test_agents_acknowledge_and_resolve_and_a_resolved_escalation_stays_resolved():
     from story import Feed
 

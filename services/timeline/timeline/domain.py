@@ -668,6 +668,50 @@ class SupportIndex:
         return counts
 
 
+# -- what the order waits for --------------------------------------------------------------------
+
+ORDER_WAITS = {"pending_payment": "waiting for the payment", "on_hold": "on hold", "cancelled": "cancelled"}
+RETURN_WAITS = {"requested": "waits for its decision", "needs_review": "waits for a lead's review",
+                "authorized": "is on its way back to us", "received": "waits for inspection"}
+
+
+def order_summary(view: dict) -> str:
+    """One line for the agent: what the order as a whole is waiting for, from the view alone
+    ("2 of 5 items delivered; the Teapot is backordered until 11 Dec; the refund of 40.00 EUR is with
+    the card provider since 03 Dec")."""
+    lines = view["lines"].values()
+    active = sum(x.get("ordered", 0) - x.get("cancelled", 0) for x in lines)
+    delivered = sum(x.get("delivered", 0) for x in lines)
+    on_the_way = sum(x.get("shipped", 0) for x in lines)
+    state = view["order"]["state"]
+    parts = []
+    if state in ORDER_WAITS:
+        reason = view["order"].get("hold_reason")
+        parts.append(ORDER_WAITS[state] + (f" ({reason})" if state == "on_hold" and reason else ""))
+    if active and state != "cancelled":
+        if delivered == active:
+            parts.append(f"all {active} item{'s' if active != 1 else ''} delivered")
+        else:
+            said = [f"{delivered} of {active} items delivered"] if delivered else []
+            said += [f"{on_the_way} on the way" if said else f"{on_the_way} of {active} items on the way"] \
+                if on_the_way else []
+            parts.append(", ".join(said) or f"{active} item{'s' if active != 1 else ''} not shipped yet")
+    for x in lines:
+        if x.get("backordered"):
+            eta = x.get("backorder_eta")
+            parts.append(f"the {x.get('name', 'item')} is backordered " + (f"until {eta:%d %b}" if eta else "without a date"))
+    for return_id, r in view["returns"].items():
+        if r.get("state") in RETURN_WAITS:
+            parts.append(f"return {return_id} {RETURN_WAITS[r['state']]}")
+    for r in view["refunds"].values():
+        if r.get("state") in NON_TERMINAL_REFUNDS and r.get("requested_at"):
+            who = (r.get("channel") or "payment").lower().replace("_", " ")
+            currency = (view.get("total") or {}).get("currency", "")
+            parts.append(f"the refund of {r.get('amount', 0):.2f} {currency}".rstrip()
+                         + f" is with the {who} provider since {r['requested_at']:%d %b}")
+    return "; ".join(parts) or "nothing is waiting"
+
+
 def next_deadline(view: dict, now: datetime, rules: Rules) -> datetime | None:
     dues = [due for rule in rules.escalations for _, due, _ in CONDITIONS[rule.kind](view, rule, now)
             if due is not None and due > now]

@@ -29,7 +29,7 @@ from orderops.model.catalog import SUPPORT_ACTIONS
 from orderops.model.envelope import Envelope, from_json
 from timeline import api
 from timeline.app import RULES, app, entries, service, support_index, views
-from timeline.domain import entry_key, kept_entries
+from timeline.domain import entry_key, kept_entries, order_summary
 
 STATIC = Path(__file__).parent / "static"
 
@@ -76,9 +76,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# How soon an agent should take up an escalation of each rule (its ``respond_hours`` in rules.yaml):
+# the queue shows each one's age against it. The clock is the processor's (event time when replaying).
+DEFAULT_RESPOND_HOURS = 24.0
+RESPOND_WITHIN = {r.rule_id: float(r.params.get("respond_hours", DEFAULT_RESPOND_HOURS)) for r in RULES.escalations}
+
+
 def describe(view: dict) -> dict:
+    """The view as the API serves it, with ``summary``: what the order as a whole waits for."""
     hidden = ("seen", "entries", "entry_count", "eta_slips", "truths", "pending_actions", "decided")
-    return _plain({k: v for k, v in view.items() if k not in hidden})
+    return _plain({**{k: v for k, v in view.items() if k not in hidden}, "summary": order_summary(view)})
 
 
 def timeline_of(view: dict, domain: str | None = None) -> list[dict]:
@@ -210,7 +217,10 @@ class Escalations(web.View):
         if rule and rule not in {r.rule_id for r in RULES.escalations}:
             raise BadRequest(f"unknown rule {rule!r}; rules: {', '.join(r.rule_id for r in RULES.escalations)}")
         searches.take(signed_in(request).user_id)
-        queue = support_index.escalations(state, rule)
+        now = service.clock.now()
+        queue = [{**e, "age_hours": round((now - e["opened_at"]).total_seconds() / 3600, 2),
+                  "respond_within_hours": RESPOND_WITHIN.get(e["rule"], DEFAULT_RESPOND_HOURS)}
+                 for e in support_index.escalations(state, rule)]
         return 200, {"state": state, "rule": rule, "escalations": _plain(queue)}
 
 
