@@ -24,7 +24,7 @@ DELIVERY = Machine(
     rows=(
         # state         trigger           next state
         ("received",    "suppress",       "suppressed"),
-        ("received",    "hold",           "held"),        # settling (earlier causes may come), or coalescing
+        ("received",    "hold",           "held"),        # coalescing: wait for more of the same kind
         ("received",    "attempt",        "attempting"),
         ("held",        "merge",          "held"),
         ("held",        "attempt",        "attempting"),
