@@ -62,9 +62,6 @@ class Dispatcher:
     preferences: Preferences
     retry: RetryPolicy
     coalesce: timedelta
-    # How long a new delivery is held for requests of earlier causes to come (from a processor that
-    # got to its event later): then they go out in the order their causes happened (Ledger.due).
-    settle: timedelta = timedelta(0)
 
     def accept(self, ledger: Ledger, request: Envelope, origin: tuple[str, int, int], now: datetime) -> tuple[
             Ledger, list[Delivery], list[tuple[Delivery, str]]]:
@@ -88,13 +85,12 @@ class Dispatcher:
                 suppressed.append((delivery, reason))
                 continue
             held = next((d for d in ledger.deliveries if d.status == "held" and d.channel == channel
-                         and d.type == payload["type"]), None) if self.coalesce > timedelta(0) else None
-            window = max(self.coalesce, self.settle)
+                         and d.type == payload["type"]), None)
             if held is not None:
                 ledger = ledger.put(move(held, "merge", requests=(*held.requests, entry)))
-            elif window > timedelta(0):
+            elif self.coalesce > timedelta(0):
                 ledger = ledger.put(move(Delivery(f"{payload['notification_id']}/{channel}", channel,
-                                                  payload["type"], (entry,)), "hold", due_at=now + window))
+                                                  payload["type"], (entry,)), "hold", due_at=now + self.coalesce))
             else:
                 delivery = Delivery(f"{payload['notification_id']}/{channel}", channel, payload["type"], (entry,))
                 ledger = ledger.put(delivery)

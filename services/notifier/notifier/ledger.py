@@ -80,19 +80,10 @@ class Ledger:
         return replace(self, deliveries=(*others, updated))
 
     def due(self, now: datetime) -> list[Delivery]:
-        """Deliveries to attempt now, in the order their causes happened: windows closed, retries
-        due, and any found mid-attempt or not yet attempted (a crash between a request's first and
-        second delivery leaves one received). A held delivery whose window closed still waits while
-        one of an earlier cause on its channel is held: requests from several processors reach the
-        notifier in the order the processors got to them, and a customer is told in the order
-        things happened ("confirmed" before "backordered")."""
-        held = [d for d in self.deliveries if d.status == "held"]
-        ready = [d for d in self.deliveries if d.status in UNFINISHED or
-                 (d.status == "retrying" and d.due_at is not None and d.due_at <= now)]
-        ready += [d for d in held if d.due_at is not None and d.due_at <= now and not any(
-            earlier.channel == d.channel and earlier.due_at is not None and earlier.due_at > now
-            and caused_at(earlier) < caused_at(d) for earlier in held)]
-        return sorted(ready, key=caused_at)
+        """Deliveries to attempt now: windows closed, retries due, and any found mid-attempt or not
+        yet attempted (a crash between a request's first and second delivery leaves one received)."""
+        return [d for d in self.deliveries if d.status in UNFINISHED or
+                (d.status in ("held", "retrying") and d.due_at is not None and d.due_at <= now)]
 
     def next_deadline(self) -> datetime | None:
         pending = [d.due_at for d in self.deliveries if d.status in ("held", "retrying") and d.due_at]
@@ -111,12 +102,6 @@ class Ledger:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Ledger:
         return cls(data["order_id"], tuple(_delivery(from_json(d)) for d in data["deliveries"]))
-
-
-def caused_at(delivery: Delivery) -> tuple[datetime, int]:
-    """When the earliest cause of a delivery's requests happened (its request's event time), and
-    the request's offset to break a tie."""
-    return min((r["event"]["occurred_at"], r["origin"][2]) for r in delivery.requests)
 
 
 def _delivery(fields: dict[str, Any]) -> Delivery:

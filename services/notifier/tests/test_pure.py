@@ -283,29 +283,6 @@ def test_coalescing_holds_then_merges_same_type_requests_of_the_order():
     assert {x.delivery_id for x in ledger.due(T0 + timedelta(seconds=60))} == {"n-1/email", "n-1/webhook"}
 
 
-def test_messages_asked_by_several_processors_go_out_in_the_order_their_causes_happened():
-    """Fulfillment got to the backorder (10:05) before order-state got to the payment that
-    confirms the order (10:00): the backorder's request came first. Each is held to settle; the
-    backorder's window closes first but waits while the confirmation of an earlier cause is held,
-    then both go, the confirmation first. Two of one type are not merged (coalescing is off)."""
-    d = Dispatcher({"email": None}, {}, TEMPLATES, Preferences(), RetryPolicy(), timedelta(0),
-                   settle=timedelta(seconds=2))
-    backordered = envelope(request("n-2", notice_type="line_backordered"), at=T0 + timedelta(minutes=5))
-    confirmed = envelope(request("n-1", notice_type="order_confirmed"), at=T0)
-    now = datetime(2026, 11, 2, 12, tzinfo=UTC)
-    ledger, due, _ = d.accept(Ledger("o-1"), backordered, ("t", 0, 7), now)
-    assert due == [] and ledger.next_deadline() == now + timedelta(seconds=2)
-    ledger, due, _ = d.accept(ledger, confirmed, ("t", 0, 8), now + timedelta(seconds=1))
-    assert due == [] and ledger.due(now + timedelta(seconds=2)) == []  # the backorder waits for the confirmation
-    assert [x.delivery_id for x in ledger.due(now + timedelta(seconds=3))] == ["n-1/email", "n-2/email"]
-    ledger, due, _ = d.accept(ledger, envelope(request("n-3", notice_type="line_backordered"),
-                                               at=T0 + timedelta(minutes=6)), ("t", 0, 9), now)
-    assert len(ledger.deliveries) == 3, "settling merges nothing"
-    # Nothing earlier held: a message goes when its own window closes.
-    alone, _, _ = d.accept(Ledger("o-2"), backordered, ("t", 0, 10), now)
-    assert [x.delivery_id for x in alone.due(now + timedelta(seconds=2))] == ["n-2/email"]
-
-
 def test_ledger_survives_its_json_form():
     ledger, _, _ = dispatcher().accept(Ledger("o-1"), envelope(request()), ("t", 0, 1), T0)
     assert Ledger.from_json(ledger.to_json()) == ledger
