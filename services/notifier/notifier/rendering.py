@@ -71,31 +71,33 @@ class Templates:
                                        trim_blocks=True, lstrip_blocks=True)
         self.html.filters["linked"] = linked
 
-    def _find(self, env: jinja2.Environment, locale: str, name: str) -> tuple[jinja2.Template, str, list[str]]:
+    def _find(self, env: jinja2.Environment, locale: str, name: str) -> tuple[jinja2.Template, str]:
+        """The template ``name`` of ``locale``, else of its language, else of the default locale; and
+        the locale it was found for."""
         tried = []
         for candidate in dict.fromkeys([locale, locale.split("-")[0], self.default_locale]):
             path = f"{candidate}/{name}"
             tried.append(path)
             try:
-                return env.get_template(path), candidate, tried
+                return env.get_template(path), candidate
             except jinja2.TemplateNotFound:
                 continue
         raise RenderError(f"no template {name} (looked for {', '.join(tried)} in {self.directory})")
 
     def render(self, notice_type: str, locale: str, context: dict) -> Rendered:
         try:
-            template, found, _ = self._find(self.env, locale, f"{notice_type}.txt")
+            template, found = self._find(self.env, locale, f"{notice_type}.txt")
         except RenderError as missing:
             raise RenderError(f"no template for notification type {notice_type!r}: {missing}") from None
-        name = f"{found}/{notice_type}.txt"
+        name = template.name or notice_type
         text = self._run(name, lambda: template.render(**context, shop=self.shop))
         head, _, body = text.partition("\n\n")
         if not head.startswith("Subject: "):
             raise RenderError(f"template {name} must start with 'Subject: ' and a blank line")
         subject, body = head.removeprefix("Subject: ").strip(), body.strip()
         laid = {"subject": subject, "body": body, "shop": self.shop, "locale": found}
-        plain, _, _ = self._find(self.env, found, "layout/message.txt")
-        html, _, _ = self._find(self.html, found, "layout/message.html")
+        plain, _ = self._find(self.env, found, "layout/message.txt")
+        html, _ = self._find(self.html, found, "layout/message.html")
         return Rendered(subject, self._run(plain.name or "", lambda: plain.render(**laid)).strip() + "\n", found,
                         self._run(html.name or "", lambda: html.render(**laid, paragraphs=paragraphs(body))))
 
