@@ -3,7 +3,9 @@
 The simulator plays a seeded day of orders; two workers of each processor share the partitions.
 Then: each state machine's table and records are what a single, offline replay of the same inputs
 gives (`orderops replay rebuild`); every order's support view is answered the same by either
-timeline worker (Faust forwards the read to the owner); each notification reached the mailbox once.
+timeline worker (Faust forwards the read to the owner); a customer search and the escalation queue
+give either worker the whole answer (each asks the other for its partitions' orders); each
+notification reached the mailbox once.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ async def test_two_workers_of_each_processor_give_the_single_worker_results(run_
     mailbox = Mailbox().start()
     workers: dict[str, list[ServiceProcess]] = {p: [] for p in PROCESSORS}
     common = {"KAFKA_BOOTSTRAP": bootstrap, "ORDEROPS_INSTANCE": instance, "ORDEROPS_SESSION_TIMEOUT_SECONDS": "6",
-              "ORDEROPS_SMTP_PORT": str(mailbox.port), "ORDEROPS_NOTIFIER_CHANNELS": "email"}
+              "ORDEROPS_SMTP_PORT": str(mailbox.port), "ORDEROPS_NOTIFIER_CHANNELS": "email",
+              "ORDEROPS_SUPPORT_QUERIES_PER_MINUTE": "10000"}
     try:
         for processor in PROCESSORS:
             for n in (1, 2):
@@ -83,6 +86,10 @@ async def test_two_workers_of_each_processor_give_the_single_worker_results(run_
             compared += 1
         assert compared == len(orders) > 0
 
+        # Queries over many orders: either worker answers from both workers' partitions, so both give
+        # the one answer a single worker holding every order gives (each worker holds only some).
+        await _same_queries_from_either_worker(workers["timeline"], orders)
+
         # The notifier: every sent delivery reached the mailbox once.
         await asyncio.sleep(3)
         sent = 0
@@ -98,3 +105,47 @@ async def test_two_workers_of_each_processor_give_the_single_worker_results(run_
                 w.stop()
         mailbox.stop()
         broker.stop()
+
+
+async def _same_queries_from_either_worker(timeline: list[ServiceProcess], orders: list[str]) -> None:
+    """Customer search and the escalation queue, asked of each timeline worker, give every order's
+    answer (what the order views say), complete, and the same from both."""
+    first, second = timeline
+    by_customer: dict[str, set[str]] = {}
+    for order_id in orders:
+        _, view = await first.get_json(f"/orders/{order_id}")
+        by_customer.setdefault(view["customer"]["customer_id"].lower(), set()).add(order_id)
+    searched = 0
+    for customer, expected in by_customer.items():
+        answers = []
+        for worker in timeline:
+            status, found = await worker.get_json(f"/orders?customer={customer}")
+            assert status == 200 and found["complete"] is True, (worker.url, found)
+            assert {o["order_id"] for o in found["orders"]} == expected, (customer, worker.url, found, expected)
+            answers.append(found)
+        assert answers[0] == answers[1], answers
+        searched += 1
+    assert searched == len(by_customer) > 0
+
+    # Escalations on a third of the orders, on both workers' partitions: a second contact with no
+    # change between opens repeat-contact. Then the queue, asked of either worker, lists each once.
+    escalated = set(orders[::3])
+    for n, order_id in enumerate(sorted(escalated)):
+        for contact in (1, 2):
+            status, _ = await timeline[n % 2].call("POST", f"/orders/{order_id}/contacts",
+                                                   {"reason": f"where is my order ({contact})",
+                                                    "contact_id": f"{order_id}-c{contact}"})
+            assert status == 202
+    queued: list[list[dict]] = []
+    for _ in range(60):
+        queued = []
+        for worker in timeline:
+            status, queue = await worker.get_json("/escalations?state=open&rule=repeat-contact")
+            assert status == 200 and queue["complete"] is True, queue
+            queued.append(queue["escalations"])
+        if all({e["order_id"] for e in q} == escalated for q in queued):
+            break
+        await asyncio.sleep(1)
+    assert [sorted(e["escalation_id"] for e in q) for q in queued] == \
+           [sorted(e["escalation_id"] for e in queued[0])] * 2
+    assert {e["order_id"] for e in queued[0]} == escalated and len(queued[0]) == len(escalated) > 0, queued

@@ -39,6 +39,7 @@ class Endpoint:
 
 
 LIMITED = "the signed-in user asked more than ORDEROPS_SUPPORT_QUERIES_PER_MINUTE times a minute"
+INCOMPLETE = "complete is false when a worker did not answer in time, and its orders are missing"
 ACCEPTED = {"202": "accepted: written to support.actions with the signed-in user as its actor"}
 ENDPOINTS = [
     Endpoint("get", "/session", "Who the token belongs to (the console's sign-in)", "agent",
@@ -51,11 +52,12 @@ ENDPOINTS = [
              responses={"200": "entries", "404": "unknown order"}),
     Endpoint("get", "/orders", "Find orders by customer id or e-mail", "agent",
              query={"customer": (text(320), True)},
-             responses={"200": "the customer's orders, newest first", "429": LIMITED}),
+             responses={"200": "the customer's orders, newest first, from every timeline worker; " + INCOMPLETE,
+                        "429": LIMITED}),
     Endpoint("get", "/escalations", "The escalation work queue, oldest first", "agent",
              query={"state": ({"type": "string", "enum": ESCALATION_STATES, "default": "open"}, False),
                     "rule": ({"type": "string"}, False)},
-             responses={"200": "escalations", "429": LIMITED}),
+             responses={"200": "escalations, from every timeline worker; " + INCOMPLETE, "429": LIMITED}),
     Endpoint("post", "/orders/{order_id}/contacts", "Log a customer contact", "agent",
              _body(["reason"], channel={"type": "string", "enum": CHANNELS}, reason=text(2000),
                    note={"type": "string", "maxLength": 2000},

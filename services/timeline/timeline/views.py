@@ -1,10 +1,11 @@
 """The support API (JSON; described in /openapi.json, built from timeline.api) and the console (/).
 
 Every endpoint needs a signed-in user with the role timeline.api gives it (bearer tokens:
-orderops.http.auth), and every body is validated against its schema before anything is done. Reads are
-answered by the worker that owns the order. Every write becomes an event on support.actions
-carrying the signed-in user as its actor — never a direct state edit — and the view changes when
-the timeline processes it, like any other event.
+orderops.http.auth), and every body is validated against its schema before anything is done. A read
+of one order is answered by the worker that owns it; a query over many orders (a customer's orders,
+the escalation queue) by every worker, each from its own partitions (orderops.http.peers). Every
+write becomes an event on support.actions carrying the signed-in user as its actor — never a direct
+state edit — and the view changes when the timeline processes it, like any other event.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any
 from faust import web
 
 from orderops.http.app import SECURITY_HEADERS, signed_in
+from orderops.http.peers import asked_by_peer, gather
 from orderops.model.catalog import SUPPORT_ACTIONS
 from orderops.model.envelope import Envelope, from_json
 from timeline import api
@@ -144,9 +147,11 @@ def action_time(order_id: str) -> datetime:
     return last + timedelta(milliseconds=1) if last is not None else service.clock.now()
 
 
-def endpoint(method: str, path: str, routed: bool = False):
+def endpoint(method: str, path: str, routed: bool = False, combine: Callable[[list[dict]], dict] | None = None):
     """The view method for one endpoint of timeline.api: its role, its body's schema, 4xx for the
-    caller's mistakes. ``routed``: answered by the worker owning the order."""
+    caller's mistakes. ``routed``: answered by the worker owning the order. ``combine``: a query
+    over many orders, answered from every worker's partitions (orderops.http.peers); ``combine``
+    makes one answer of theirs, and ``complete`` says whether every worker answered."""
     spec = api.BY_ROUTE[(method, path)]
 
     def decorate(handler):
@@ -160,6 +165,12 @@ def endpoint(method: str, path: str, routed: bool = False):
                         raise BadRequest(problem)
                     kwargs["body"] = body
                 status, answer = await handler(self, request, **kwargs)
+                if combine is not None and status == 200 and not asked_by_peer(request):
+                    found = await gather(app, request, answer)
+                    if found.refused is not None:
+                        status, answer = found.refused
+                    else:
+                        answer = {**combine(found.answers), "complete": not found.unanswered}
                 return self.json(answer, status=status)
             except BadRequest as exc:
                 return self.json({"error": str(exc)}, status=exc.status)
@@ -194,9 +205,22 @@ class OrderTimeline(web.View):
         return 200, {"order_id": order_id, "entries": timeline_of(_view(order_id), domain)}
 
 
+def _customer_orders(answers: list[dict]) -> dict:
+    """Every worker's orders of the customer, once each, newest first."""
+    found = {o["order_id"]: o for answer in answers for o in answer["orders"]}
+    newest_first = sorted(found.values(), key=lambda o: (o["placed_at"] or "", o["order_id"]), reverse=True)
+    return {**answers[0], "orders": newest_first}
+
+
+def _queue(answers: list[dict]) -> dict:
+    """Every worker's escalations, once each, oldest first."""
+    found = {e["escalation_id"]: e for answer in answers for e in answer["escalations"]}
+    return {**answers[0], "escalations": sorted(found.values(), key=lambda e: (e["opened_at"], e["escalation_id"]))}
+
+
 @app.page("/orders")
 class Orders(web.View):
-    @endpoint("get", "/orders")
+    @endpoint("get", "/orders", combine=_customer_orders)
     async def get(self, request: web.Request):
         wanted = request.query.get("customer", "").strip().lower()
         if not wanted:
@@ -208,7 +232,7 @@ class Orders(web.View):
 
 @app.page("/escalations")
 class Escalations(web.View):
-    @endpoint("get", "/escalations")
+    @endpoint("get", "/escalations", combine=_queue)
     async def get(self, request: web.Request):
         state = request.query.get("state", "open")
         if state not in api.ESCALATION_STATES:
