@@ -43,7 +43,8 @@ async def test_an_order_from_checkout_to_refund(catalog_topics, run_id, tmp_path
     assert published.returncode == 0, published.stderr  # as `make run` does
     mailbox = Mailbox().start()
     common = {"KAFKA_BOOTSTRAP": bootstrap, "ORDEROPS_INSTANCE": f"e2e{run_id}", "ORDEROPS_SMTP_PORT": str(mailbox.port),
-              "ORDEROPS_NOTIFIER_CHANNELS": "email", "ORDEROPS_SESSION_TIMEOUT_SECONDS": "6"}
+              "ORDEROPS_NOTIFIER_CHANNELS": "email", "ORDEROPS_SESSION_TIMEOUT_SECONDS": "6",
+              "ORDEROPS_NOTIFIER_SETTLE_SECONDS": "5"}  # a loaded machine's processors may lag each other
     processes = {name: ServiceProcess(["-m", name], {**common, "WEB_PORT": str(free_port()),
                                                      "ORDEROPS_DATA_DIR": str(tmp_path / name)},
                                       tmp_path / f"{name}.log", 0)
@@ -123,12 +124,10 @@ async def test_an_order_from_checkout_to_refund(catalog_topics, run_id, tmp_path
         ]
         told_by_returns = ["Your return r-1 is approved", "We received your return r-1",
                            f"Your refund for order {order_id} is on its way", f"Refund completed for order {order_id}"]
-        # Each processor's messages arrive in the order they happened; between processors, the
-        # notifier delivers in the order their requests reached it (see docs: notifier).
-        assert [s for s in subjects if s in told_by_fulfillment] == told_by_fulfillment
-        assert [s for s in subjects if s in told_by_returns] == told_by_returns
-        assert sorted(subjects) == sorted([f"Your order {order_id} is confirmed", *told_by_fulfillment,
-                                           *told_by_returns])
+        # In the order things happened, whichever processor asked and whenever its request came:
+        # the story is published at once, and fulfillment's backorder request may reach the
+        # notifier before order-state's confirmation (ORDEROPS_NOTIFIER_SETTLE_SECONDS holds each).
+        assert subjects == [f"Your order {order_id} is confirmed", *told_by_fulfillment, *told_by_returns]
         mine = [m for m in mailbox.messages if order_id in m["Subject"]]
         first_parcel = text_of(next(m for m in mine if m["Subject"].startswith("A parcel")))
         assert "Parcel P1 (DHL JD0001) is on its way with 2 of your 3 items: 2 × Blue mug." in first_parcel

@@ -97,12 +97,14 @@ class Service:
     """One processor: its Faust app, codec, dead-letter topic, health check and metrics."""
 
     def __init__(self, name: str, *, default_web_port: int, settings: ServiceSettings | None = None,
-                 default_linger_ms: float = DEFAULT_LINGER_MS) -> None:
+                 default_linger_ms: float = DEFAULT_LINGER_MS, default_timer_interval_seconds: float = 10.0) -> None:
         """``default_linger_ms``: ``ORDEROPS_PRODUCER_LINGER_MS`` unless set. A processor whose
         batches wait for acks before and after effects outside Kafka (the notifier) takes 0: each
-        wait would be the linger longer."""
+        wait would be the linger longer. ``default_timer_interval_seconds``:
+        ``ORDEROPS_TIMER_INTERVAL_SECONDS`` unless set (how often due deadlines are swept)."""
         self.name = name
-        self.settings = settings or ServiceSettings.from_env(name, default_web_port, default_linger_ms)
+        self.settings = settings or ServiceSettings.from_env(name, default_web_port, default_linger_ms,
+                                                             default_timer_interval_seconds)
         self.codec = Codec()
         self.app = _faust_app(self.settings)
         self.metrics_registry = CollectorRegistry()

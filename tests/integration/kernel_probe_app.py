@@ -36,6 +36,9 @@ class JoinOrdersAndPayments:
         except Exception as exc:  # one bad record never stops the processor: it is dead-lettered
             self.dead_letter(batch, record, exc)
 
+    def finish(self, batch: Batch) -> None:
+        pass
+
     def dead_letter(self, batch: Batch, record: Any, error: BaseException) -> None:
         service.dead_letter_in(batch, record, error)
 

@@ -100,7 +100,8 @@ class ServiceSettings:
         return f"{self.service}-{self.instance}" if self.instance else self.service
 
     @classmethod
-    def from_env(cls, service: str, default_web_port: int, default_linger_ms: float = DEFAULT_LINGER_MS) -> ServiceSettings:
+    def from_env(cls, service: str, default_web_port: int, default_linger_ms: float = DEFAULT_LINGER_MS,
+                 default_timer_interval_seconds: float = 10.0) -> ServiceSettings:
         env = os.environ
         run_dir = Path(env.get("ORDEROPS_RUN_DIR", default_run_dir()))
         return cls(
@@ -114,7 +115,7 @@ class ServiceSettings:
             log_level=env.get("LOG_LEVEL", "info"),
             standby_replicas=int(env.get("ORDEROPS_STANDBY_REPLICAS", "0")),
             park_deadline_seconds=float(env.get("ORDEROPS_PARK_DEADLINE_SECONDS", str(24 * 3600))),
-            timer_interval_seconds=float(env.get("ORDEROPS_TIMER_INTERVAL_SECONDS", "10")),
+            timer_interval_seconds=float(env.get("ORDEROPS_TIMER_INTERVAL_SECONDS", str(default_timer_interval_seconds))),
             clock=env.get("ORDEROPS_CLOCK", "wall"),
             instance=env.get("ORDEROPS_INSTANCE", ""),
             session_timeout_seconds=float(env.get("ORDEROPS_SESSION_TIMEOUT_SECONDS", "30")),

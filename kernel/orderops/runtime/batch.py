@@ -225,6 +225,10 @@ class RecordHandler(Protocol):
 
     def apply(self, batch: Batch, record: Any) -> None: ...
 
+    def finish(self, batch: Batch) -> None:
+        """Once every record of the batch is applied, before it is written: work on the batch as a
+        whole (the notifier begins each order's due deliveries in cause order)."""
+
     def dead_letter(self, batch: Batch, record: Any, error: BaseException) -> None: ...
 
 
@@ -297,6 +301,7 @@ class BatchRunner:
                 for tp, record in part:
                     batch.counted[tp.topic] = batch.counted.get(tp.topic, 0) + 1
                     self.handler.apply(batch, record)
+                self.handler.finish(batch)
                 if batch.effects:
                     await self._write(batch)
                     batch = await self._run_effects(batch.effects)

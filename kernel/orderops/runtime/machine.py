@@ -87,5 +87,8 @@ class MachineRecords:
             self.dead_letter(batch, record, exc)
             return DEAD_LETTERED
 
+    def finish(self, batch: Batch) -> None:
+        pass  # each record's work is done in apply
+
     def dead_letter(self, batch: Batch, record: Any, error: BaseException) -> None:
         self.service.dead_letter_in(batch, record, error)

@@ -18,6 +18,9 @@ Settings (environment, defaults for a local run):
   ORDEROPS_NOTIFIER_BREAKER_FAILURES  5   consecutive failures that open a channel's circuit
   ORDEROPS_NOTIFIER_BREAKER_SECONDS   30  how long it stays open
   ORDEROPS_NOTIFIER_COALESCE_SECONDS  0   merge same-type requests of an order within this window (0: off)
+  ORDEROPS_NOTIFIER_SETTLE_SECONDS    2   a request read within this long of being written waits until then for
+                                      requests of earlier causes from other processors; an order's messages
+                                      go in the order their causes happened (0: in the order requests came)
   ORDEROPS_NOTIFIER_TEMPLATES         the package's templates/ folder
   ORDEROPS_NOTIFIER_PREFERENCES       YAML file of customers' opt-outs and quiet hours (optional)
   ORDEROPS_NOTIFIER_LOCALE            en  fallback locale
@@ -44,7 +47,10 @@ from orderops.service import Service
 
 # No linger: a batch waits for the broker before its sends (the attempts on record) and after them
 # (the outcomes), and the sends wait for the first: a linger would be added to every message's latency.
-service = Service(NOTIFIER, default_web_port=WEB_PORTS[NOTIFIER], default_linger_ms=0)
+# Deadlines swept every second: a message held to settle (ORDEROPS_NOTIFIER_SETTLE_SECONDS) goes out
+# soon after its window closes. The sweep reads only orders with a delivery waiting or retrying.
+service = Service(NOTIFIER, default_web_port=WEB_PORTS[NOTIFIER], default_linger_ms=0,
+                  default_timer_interval_seconds=1.0)
 app = service.app
 env = os.environ
 
@@ -107,6 +113,7 @@ dispatcher = Dispatcher(
                       timedelta(seconds=float(env.get("ORDEROPS_NOTIFIER_BACKOFF_SECONDS", "2"))),
                       timedelta(seconds=float(env.get("ORDEROPS_NOTIFIER_BACKOFF_MAX_SECONDS", "300")))),
     coalesce=timedelta(seconds=float(env.get("ORDEROPS_NOTIFIER_COALESCE_SECONDS", "0"))),
+    settle=timedelta(seconds=float(env.get("ORDEROPS_NOTIFIER_SETTLE_SECONDS", "2"))),
 )
 
 

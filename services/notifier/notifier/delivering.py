@@ -62,12 +62,19 @@ class Dispatcher:
     preferences: Preferences
     retry: RetryPolicy
     coalesce: timedelta
+    # How long after a request was written one of an earlier cause may still come from a processor
+    # that got to its event later (Ledger.due sends an order's messages in cause order).
+    settle: timedelta = timedelta(0)
 
-    def accept(self, ledger: Ledger, request: Envelope, origin: tuple[str, int, int], now: datetime) -> tuple[
+    def accept(self, ledger: Ledger, request: Envelope, origin: tuple[str, int, int], now: datetime,
+               written_at: datetime | None = None, wall: datetime | None = None) -> tuple[
             Ledger, list[Delivery], list[tuple[Delivery, str]]]:
-        """A new request: one delivery per channel. Returns the ledger, the deliveries to attempt now,
-        and the suppressed ones with the reason (to be published). A request already in the
-        ledger is a redelivery: only a delivery a crash left unfinished is attempted again."""
+        """A new request: one delivery per channel. Returns the ledger, the deliveries ready to
+        attempt (``Ledger.due`` says when and in what order), and the suppressed ones with the
+        reason (to be published). A request already in the ledger is a redelivery: only a delivery
+        a crash left unfinished is attempted again. ``written_at``: the request's Kafka timestamp;
+        a request read within ``settle`` of it (on the ``wall`` clock) waits for earlier causes;
+        one read later (a backlog) does not, since whatever came before it was written by then."""
         payload = request.payload
         known = ledger.holding(payload["notification_id"])
         if known:
@@ -76,6 +83,9 @@ class Dispatcher:
                  "event": {"event_id": request.event_id, "occurred_at": request.occurred_at,
                            "source": request.source, "type": request.type}}
         to_attempt, suppressed = [], []
+        settles_at = None
+        if written_at is not None and self.settle > timedelta(0) and written_at + self.settle > (wall or now):
+            settles_at = written_at + self.settle
         for channel in self.channels:
             reason = self.preferences.suppression(payload["customer"]["customer_id"], channel, request.occurred_at)
             if reason:
@@ -90,9 +100,11 @@ class Dispatcher:
                 ledger = ledger.put(move(held, "merge", requests=(*held.requests, entry)))
             elif self.coalesce > timedelta(0):
                 ledger = ledger.put(move(Delivery(f"{payload['notification_id']}/{channel}", channel,
-                                                  payload["type"], (entry,)), "hold", due_at=now + self.coalesce))
+                                                  payload["type"], (entry,), settles_at=settles_at), "hold",
+                                         due_at=now + self.coalesce))
             else:
-                delivery = Delivery(f"{payload['notification_id']}/{channel}", channel, payload["type"], (entry,))
+                delivery = Delivery(f"{payload['notification_id']}/{channel}", channel, payload["type"], (entry,),
+                                    settles_at=settles_at)
                 ledger = ledger.put(delivery)
                 to_attempt.append(delivery)
         return ledger, to_attempt, suppressed

@@ -58,6 +58,9 @@ class Delivery:
     doubtful: bool = False
     due_at: datetime | None = None  # end of the coalescing window, or the next retry
     last_error: str = ""
+    # Until then (wall clock) a request of an earlier cause may still come from another processor:
+    # the request's Kafka timestamp plus the settle window. None: nothing to wait for.
+    settles_at: datetime | None = None
 
     @property
     def notification_ids(self) -> tuple[str, ...]:
@@ -79,15 +82,33 @@ class Ledger:
         others = tuple(d for d in self.deliveries if d.delivery_id != updated.delivery_id)
         return replace(self, deliveries=(*others, updated))
 
-    def due(self, now: datetime) -> list[Delivery]:
-        """Deliveries to attempt now: windows closed, retries due, and any found mid-attempt or not
-        yet attempted (a crash between a request's first and second delivery leaves one received)."""
-        return [d for d in self.deliveries if d.status in UNFINISHED or
-                (d.status in ("held", "retrying") and d.due_at is not None and d.due_at <= now)]
+    def due(self, now: datetime, wall: datetime | None = None) -> list[Delivery]:
+        """Deliveries to attempt now, in the order their causes happened: windows closed, retries
+        due, and any found mid-attempt or not yet attempted (a crash between a request's first and
+        second delivery leaves one received).
+
+        Several processors ask for an order's messages, each when it gets to its event, so the
+        requests reach the notifier in the order the processors got to them, not the order things
+        happened. A delivery not yet begun waits while its window is open (``settles_at`` on the
+        ``wall`` clock, or coalescing), and any message waits while one of an earlier cause on its
+        channel waits: "confirmed" goes before "backordered" whichever request came first."""
+        wall = now if wall is None else wall
+        waiting = [d for d in self.deliveries if _window_open(d, now, wall)]
+        ready = [d for d in self.deliveries if d.status in UNFINISHED or
+                 (d.status in ("held", "retrying") and d.due_at is not None and d.due_at <= now)]
+        ready = [d for d in ready if d.status == "attempting" or not any(
+            w.channel == d.channel and caused_at(w) <= caused_at(d) for w in waiting)]
+        return sorted(ready, key=caused_at)
 
     def next_deadline(self) -> datetime | None:
+        """The next retry or coalescing window's end (on the processor's clock)."""
         pending = [d.due_at for d in self.deliveries if d.status in ("held", "retrying") and d.due_at]
         return min(pending, default=None)
+
+    def settling_until(self) -> datetime | None:
+        """When the first settle window of a delivery not yet begun closes (wall clock), if one is open."""
+        settling = [d.settles_at for d in self.deliveries if d.status in ("received", "held") and d.settles_at]
+        return min(settling, default=None)
 
     def to_json(self) -> dict[str, Any]:
         return to_json(self._fields())
@@ -102,6 +123,20 @@ class Ledger:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Ledger:
         return cls(data["order_id"], tuple(_delivery(from_json(d)) for d in data["deliveries"]))
+
+
+def _window_open(delivery: Delivery, now: datetime, wall: datetime) -> bool:
+    """Not begun, and waiting for requests of earlier causes (settling) or more of its kind (coalescing)."""
+    if delivery.status not in ("received", "held"):
+        return False
+    settling = delivery.settles_at is not None and delivery.settles_at > wall
+    return settling or (delivery.status == "held" and delivery.due_at is not None and delivery.due_at > now)
+
+
+def caused_at(delivery: Delivery) -> tuple[datetime, int]:
+    """When the earliest cause of a delivery's requests happened (its request's event time), and
+    the request's offset to break a tie (an order's requests share one partition)."""
+    return min((r["event"]["occurred_at"], r["origin"][2]) for r in delivery.requests)
 
 
 def _delivery(fields: dict[str, Any]) -> Delivery:

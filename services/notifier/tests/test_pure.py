@@ -283,6 +283,41 @@ def test_coalescing_holds_then_merges_same_type_requests_of_the_order():
     assert {x.delivery_id for x in ledger.due(T0 + timedelta(seconds=60))} == {"n-1/email", "n-1/webhook"}
 
 
+def test_messages_asked_by_several_processors_go_out_in_the_order_their_causes_happened():
+    """Fulfillment got to the backorder (cause 09:05) before order-state got to the payment that
+    confirms the order (cause 09:00): the backorder's request was written first. Read at once, each
+    waits until 2 s after it was written; the backorder's window closes first, but it waits while
+    the confirmation, of an earlier cause, waits; then both go, the confirmation first."""
+    d = dispatcher()
+    d.settle = timedelta(seconds=2)
+    wall = datetime(2026, 12, 7, 12, tzinfo=UTC)
+    backordered = envelope(request("n-2", notice_type="line_backordered"), at=T0 + timedelta(minutes=5))
+    confirmed = envelope(request("n-1", notice_type="order_confirmed"), at=T0)
+    ledger, _, _ = d.accept(Ledger("o-1"), backordered, ("t", 0, 7), T0, wall, wall)
+    assert ledger.due(T0, wall) == [] and ledger.settling_until() == wall + timedelta(seconds=2)
+    later = wall + timedelta(seconds=1)
+    ledger, _, _ = d.accept(ledger, confirmed, ("t", 0, 8), T0, later, later)
+    assert ledger.due(T0, wall + timedelta(seconds=2)) == []  # the backorder waits for the confirmation
+    assert [x.delivery_id for x in ledger.due(T0, wall + timedelta(seconds=3))] == \
+           ["n-1/email", "n-1/webhook", "n-2/email", "n-2/webhook"]
+    assert Ledger.from_json(ledger.to_json()) == ledger
+
+
+def test_a_backlog_is_sent_at_once_in_the_order_its_causes_happened():
+    """Requests read long after they were written wait for nothing (whatever an earlier cause made
+    was written by then): the order's due deliveries, all read in one batch, go in cause order."""
+    d = dispatcher()
+    d.settle = timedelta(seconds=2)
+    wall = datetime(2026, 12, 7, 12, tzinfo=UTC)
+    written = wall - timedelta(minutes=10)
+    ledger, _, _ = d.accept(Ledger("o-1"), envelope(request("n-2", notice_type="line_backordered"),
+                                                    at=T0 + timedelta(minutes=5)), ("t", 0, 7), T0, written, wall)
+    ledger, _, _ = d.accept(ledger, envelope(request("n-1", notice_type="order_confirmed"), at=T0), ("t", 0, 8), T0,
+                            written, wall)
+    assert ledger.settling_until() is None
+    assert [x.delivery_id for x in ledger.due(T0, wall)] == ["n-1/email", "n-1/webhook", "n-2/email", "n-2/webhook"]
+
+
 def test_ledger_survives_its_json_form():
     ledger, _, _ = dispatcher().accept(Ledger("o-1"), envelope(request()), ("t", 0, 1), T0)
     assert Ledger.from_json(ledger.to_json()) == ledger
