@@ -50,6 +50,7 @@ from orderops.runtime.metrics import (
 from orderops.runtime.producer import BatchProducer, batch_producer_config
 from orderops.runtime.store import install as install_store_memory
 from orderops.runtime.store import shared as shared_store_memory
+from orderops.runtime.timers import CLOCK_PREFIX, PartitionClocks
 
 NOT_AUTHENTICATED = "not authenticated: send 'Authorization: Bearer <token>' (tokens: orderops users add)"
 DEAD_LETTERS_REMEMBERED = 100_000  # (origin, reason) a worker will not dead-letter twice
@@ -119,6 +120,7 @@ class Service:
         self._channels: dict[tuple[str, ...], faust.TopicT] = {}
         self.clock = clock_from_env(self.settings.clock)
         self._deadlines: faust.TableT | None = None
+        self.partition_clocks: PartitionClocks | None = None  # enable_timers(partition_clocks=True)
         self._global_views: list[GlobalView] = []
         self._table_names: list[str] = []
         self._input_names = frozenset(t.name for t in catalog.inputs_of(name))
@@ -265,6 +267,12 @@ class Service:
         wanted = due.isoformat() if due is not None else None
         if batch.load(self._deadlines, key, _as_stored, partition) != wanted:
             batch.put(self._deadlines, key, None if wanted is None else self.table_value(wanted), wanted, partition)
+            if self.partition_clocks is not None:
+                self.partition_clocks.schedule(key, due, partition)
+
+    async def _partition_clocks_recovered(self) -> None:
+        if self.partition_clocks is not None:
+            self.partition_clocks.forget()
 
     def dead_letter_in(self, batch: Batch, record: Any, error: BaseException) -> None:
         """Dead-letter a fetched record as part of a batch: sent with the batch's records."""
@@ -294,21 +302,28 @@ class Service:
 
     # -- timers -------------------------------------------------------------------------------
 
-    def enable_timers(self, sweep: bool = True) -> faust.TopicT:
+    def enable_timers(self, sweep: bool = True, partition_clocks: bool = False) -> faust.TopicT:
         """Deadlines per order, and a sweep that turns due ones into ``TimerFired`` events.
 
         Returns the channel of this processor's timer topic: its batch path must read it (alongside
         its inputs) and apply each tick as of ``fired_at``. Call ``schedule_in`` while applying a
-        record to set or clear an order's next deadline.
+        record to set or clear an order's next deadline. ``partition_clocks``: deadlines also come
+        due on their partition's event clock, inline (``self.partition_clocks``,
+        orderops.runtime.timers), instead of by a sweep.
         """
         timers = catalog.TIMER_TOPICS[self.name]
         self._deadlines = self.table("deadlines", default=None)
         deadlines = self._deadlines
+        if partition_clocks:
+            partitions = catalog.order_partitions()
+            self.partition_clocks = PartitionClocks(deadlines, self.table_value,
+                                                    lambda key: key_partition(key.encode(), partitions))
+            deadlines.on_recover(self._partition_clocks_recovered)
 
         async def sweep_deadlines() -> None:
             now = self.clock.now()
             for order_id, due in list(deadlines.items()):
-                if due is not None and datetime.fromisoformat(due) <= now:
+                if due is not None and not order_id.startswith(CLOCK_PREFIX) and datetime.fromisoformat(due) <= now:
                     await self.emit(timers, order_id, Envelope(
                         event_id=f"{self.name}:timer:{order_id}:{due}:{now.isoformat()}", order_id=order_id,
                         occurred_at=now, source=self.name, type="orderops.common.TimerFired",

@@ -12,12 +12,28 @@ from datetime import timedelta
 
 import aiohttp
 import pytest
-from orderops_tools.testing import ServiceProcess, decode_all, free_port, poll_json, producer, read_topic
-from story import Feed, split_order_story
+from orderops_tools.testing import (
+    PrivateBroker,
+    ServiceProcess,
+    decode_all,
+    free_port,
+    poll_json,
+    producer,
+    read_topic,
+)
+from story import ETA, Feed, split_order_story
 
 from orderops.codec.avro import Codec
-from orderops.model.catalog import SUPPORT_ACTIONS, SUPPORT_ESCALATIONS, SUPPORT_ORDER_VIEWS, SUPPORT_TIMELINE
+from orderops.model.catalog import (
+    SUPPORT_ACTIONS,
+    SUPPORT_ESCALATIONS,
+    SUPPORT_ORDER_VIEWS,
+    SUPPORT_TIMELINE,
+    order_partitions,
+)
 from orderops.model.envelope import Envelope
+from orderops.ops.admin import create_topics
+from orderops.ops.settings import KafkaSettings, key_partition
 
 pytestmark = pytest.mark.broker
 # Status snapshots and the notification request are facts for the view, not timeline entries.
@@ -71,9 +87,29 @@ def _twice(messages, topic) -> bool:
     return bool(counts) and all(n == 2 for n in counts.values())
 
 
-async def test_view_api_and_replay(catalog_topics, run_id, tmp_path, support_users):
-    bootstrap = catalog_topics
+@pytest.fixture
+def own_topics(tmp_path):
+    """A broker of this test's own, with every catalog topic: on event time an order is judged on
+    its partition's clock, which the suite's broker moves with every other test's events."""
+    broker = PrivateBroker(tmp_path / "broker")
+    bootstrap = broker.start()
+    try:
+        create_topics(settings=KafkaSettings(bootstrap, 1))
+        yield bootstrap
+    finally:
+        broker.stop()
+
+
+def order_on(prefix: str, partition: int, same: bool) -> str:
+    """An order id ``prefix``-n on ``partition`` (``same``) or on another one."""
+    return next(f"{prefix}-{n}" for n in range(1000)
+                if (key_partition(f"{prefix}-{n}".encode(), order_partitions()) == partition) == same)
+
+
+async def test_view_api_and_replay(own_topics, run_id, tmp_path, support_users):
+    bootstrap = own_topics
     order_id = f"tl-{run_id}"
+    partition = key_partition(order_id.encode(), order_partitions())
     first = start(bootstrap, f"a{run_id}", tmp_path)
     second = None
     try:
@@ -160,8 +196,9 @@ async def test_view_api_and_replay(catalog_topics, run_id, tmp_path, support_use
         story_end = max(event.occurred_at for _, event in split_order_story().events)
         assert all(story_end < a.occurred_at <= story_end + timedelta(seconds=1) for a in actions), \
             [a.occurred_at for a in actions]
-        # The same story with its events shuffled across topics ends in the same view.
-        shuffled_id = f"tls-{run_id}"
+        # The same story with its events shuffled across topics ends in the same view (on a partition
+        # of its own: there, the clock is its own events').
+        shuffled_id = order_on(f"tls-{run_id}", partition, same=False)
         publish(bootstrap, shuffled_id, shuffle_seed=int(run_id, 16))
         original = await poll_json(first, f"/orders/{order_id}", lambda v: True)
         compared = ("order", "payments", "fulfillment", "lines", "shipments")
@@ -172,6 +209,35 @@ async def test_view_api_and_replay(catalog_topics, run_id, tmp_path, support_use
         assert [e["rule"] for e in shuffled["escalations"].values()] == ["repeat-contact"]
         status, spec = await call(first, "GET", "/openapi.json")
         assert status == 200 and "/escalations/{escalation_id}/resolve" in spec["paths"]
+
+        # Time passes without a later event of the order: another order's event on its partition,
+        # a day after the teapot's ETA, moves the partition's event clock past it, and the order
+        # still backordered escalates there and then, as of the ETA.
+        _, view = await call(first, "GET", f"/orders/{order_id}")
+        assert view["lines"]["l2"]["backordered"] == 1 and "backorder-overdue" not in \
+            {e["rule"] for e in view["escalations"].values()}
+        placed = split_order_story()
+        first_topic, (_, first_event) = placed.topics[0], placed.events[0]
+        later = Feed()
+        later.topics, later.events = [first_topic], [(first_topic.name, Envelope(
+            first_event.event_id, first_event.order_id, ETA + timedelta(days=1), first_event.source,
+            first_event.type, first_event.payload))]
+        publish(bootstrap, order_on(f"tlc-{run_id}", partition, same=True), story=later)
+        overdue = await poll_json(first, f"/orders/{order_id}", lambda v: any(
+            e["rule"] == "backorder-overdue" for e in v["escalations"].values()), timeout=60)
+        [(overdue_id, escalation)] = [(k, e) for k, e in overdue["escalations"].items()
+                                      if e["rule"] == "backorder-overdue"]
+        assert escalation["state"] == "open" and escalation["opened_at"] == ETA.isoformat(), escalation
+        assert overdue["last_event_at"] == view["last_event_at"], "no event of the order came"
+        _, entries = await call(first, "GET", f"/orders/{order_id}/timeline?domain=escalation")
+        assert "escalation opened: A backordered line is past its ETA (l2)" in \
+            [e["summary"] for e in entries["entries"]], entries
+        assert overdue_id == f"{order_id}:backorder-overdue:l2"
+        # The newest view on support.order-views is now the one with it open.
+        overdue_open = lambda got: bool(got) and overdue_id in decode_all(got[-1:], SUPPORT_ORDER_VIEWS)[0].payload[  # noqa: E731
+            "open_escalations"]
+        published = decode_all(read_topic(bootstrap, SUPPORT_ORDER_VIEWS.name, until=overdue_open,
+                                          keep=lambda m: m.key() == order_id.encode()), SUPPORT_ORDER_VIEWS)
 
         # Replay: a fresh timeline reads the same topics from the start; its records are the same.
         second = start(bootstrap, f"b{run_id}", tmp_path)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from datetime import datetime
 from typing import Any
 
 from orderops.model import catalog
-from orderops.model.envelope import from_json, to_json_bytes
+from orderops.model.envelope import Envelope, from_json, to_json_bytes
 from orderops.runtime.batch import Batch
 from orderops.runtime.metrics import DUPLICATES
 from timeline import domain
@@ -27,14 +28,17 @@ from timeline.app import (
 )
 from timeline.records import changes_view, publishable, view_record
 
-# Live, aging follows the wall clock and a sweep brings due orders back. Replaying
-# (ORDEROPS_CLOCK=event), an order ages with its own latest event time and nothing sweeps: the same
-# events then give the same escalations, whatever else the replay reads and in whatever interleaving.
+# Live, aging follows the wall clock and a sweep brings due orders back. On event time
+# (ORDEROPS_CLOCK=event: replays, `make run`'s simulated days), it follows the order's partition's
+# event clock, and an order whose deadline that clock passes is judged there and then, inline
+# (orderops.runtime.timers): the same records give the same escalations, live or replayed,
+# whatever else the worker reads, and no later event of the order is needed.
 LIVE = service.settings.clock == "wall"
-service.enable_timers(sweep=LIVE)
+service.enable_timers(sweep=LIVE, partition_clocks=not LIVE)
 TIMERS = catalog.TIMER_TOPICS[service.name]
 UPSTREAM_TOPICS = {t.name for t in catalog.inputs_of(service.name) if not set(t.writers) & set(catalog.PROCESSORS)}
 VIEWS_TOPIC = catalog.SUPPORT_ORDER_VIEWS
+log = logging.getLogger("orderops.timeline")
 
 
 class TimelineRecords:
@@ -45,34 +49,49 @@ class TimelineRecords:
         try:
             envelope = service.read(record.topic, record.partition, record.offset, record.key, record.value,
                                     record.headers)
-            order_id = envelope.order_id
-            # domain.apply works on a copy: the view it is given (kept by the batch) stays as it was.
-            before = batch.load(views, order_id, from_json, record.partition)
             ticked = record.topic == TIMERS.name
-            if ticked:
-                now = envelope.payload["fired_at"]
-            elif LIVE:
-                now = service.clock.now()
+            if LIVE:
+                now = envelope.payload["fired_at"] if ticked else service.clock.now()
             else:
-                last = before["last_event_at"] if before else None
-                now = max(envelope.occurred_at, last) if last else envelope.occurred_at
-            view, out = domain.apply(before, envelope, record.topic, now, RULES)
-            if out.duplicate:
-                DUPLICATES.labels(service.name).inc()
-                return
-            key = order_id.encode()
-            for topic, output in publishable(view, out, envelope):
-                batch.send(topic.name, key, service.encode(topic, output), None, record)
-            if changes_view(out):
-                batch.send_latest(VIEWS_TOPIC.name, order_id, functools.partial(_view, view, envelope, now), record)
-            batch.put(views, order_id, to_json_bytes(view), view, record.partition)
-            for entry_key, entry in domain.entry_writes(order_id, out.entries):
-                batch.put(entries, entry_key, None if entry is None else to_json_bytes(entry), entry, record.partition,
-                          remember=False)
-            service.schedule_in(batch, order_id, domain.next_deadline(view, now, RULES), record.partition)
-            batch.then(functools.partial(_written, order_id, view, out, None if ticked else record))
+                moves = not ticked and catalog.topic(record.topic).moves_event_clock
+                now = service.partition_clocks.advance(batch, record.partition,
+                                                       envelope.occurred_at if moves else None) or envelope.occurred_at
+            self._judge(batch, envelope, record, now, ticked)
         except Exception as exc:  # one bad record never stops the processor: it is dead-lettered
             self.dead_letter(batch, record, exc)
+            return
+        if not LIVE:
+            for order_id, due in service.partition_clocks.due(batch, record.partition, now):
+                tick = Envelope(f"{service.name}:clock:{order_id}:{due.isoformat()}", order_id, now, service.name,
+                                "orderops.common.TimerFired", {"due_at": due, "fired_at": now})
+                try:
+                    self._judge(batch, tick, record, now, True)
+                except Exception:  # the record that moved the clock was applied: it is not dead-lettered
+                    log.exception("%s: order %s came due at %s on partition %d's event clock (%s, moved by %s "
+                                  "offset %d) and could not be judged; it is judged again at its next event",
+                                  service.name, order_id, due.isoformat(), record.partition, now.isoformat(),
+                                  record.topic, record.offset)
+
+    def _judge(self, batch: Batch, envelope: Any, record: Any, now: datetime, ticked: bool) -> None:
+        """The order's view after ``envelope`` (an event, or a tick) at ``now``, and what it publishes."""
+        order_id = envelope.order_id
+        # domain.apply works on a copy: the view it is given (kept by the batch) stays as it was.
+        before = batch.load(views, order_id, from_json, record.partition)
+        view, out = domain.apply(before, envelope, TIMERS.name if ticked else record.topic, now, RULES)
+        if out.duplicate:
+            DUPLICATES.labels(service.name).inc()
+            return
+        key = order_id.encode()
+        for topic, output in publishable(view, out, envelope):
+            batch.send(topic.name, key, service.encode(topic, output), None, record)
+        if changes_view(out):
+            batch.send_latest(VIEWS_TOPIC.name, order_id, functools.partial(_view, view, envelope, now), record)
+        batch.put(views, order_id, to_json_bytes(view), view, record.partition)
+        for entry_key, entry in domain.entry_writes(order_id, out.entries):
+            batch.put(entries, entry_key, None if entry is None else to_json_bytes(entry), entry, record.partition,
+                      remember=False)
+        service.schedule_in(batch, order_id, domain.next_deadline(view, now, RULES), record.partition)
+        batch.then(functools.partial(_written, order_id, view, out, None if ticked else record))
 
     def finish(self, batch: Batch) -> None:
         pass  # each record's work is done in apply
