@@ -72,6 +72,13 @@ async def test_an_agent_works_an_order_in_the_console(catalog_topics, run_id, tm
             await page.fill("#newtag", "vip")
             await page.click("#tagform button")
             await page.wait_for_selector("#tags .tag:has-text('vip')", timeout=20000)
+            # A tag an agent applied can be taken off again (DELETE /orders/{id}/tags/{tag}: TagRemoved).
+            await page.fill("#newtag", "wrong-guess")
+            await page.click("#tagform button")
+            await page.wait_for_selector("#tags .tag:has-text('wrong-guess')", timeout=20000)
+            await page.click("[data-untag='wrong-guess']")
+            await page.wait_for_selector("#tags .tag:has-text('wrong-guess')", state="detached", timeout=20000)
+            assert "vip" in await page.inner_text("#tags")
             # Acting stamps the order with today's time, so more escalations may come due: resolve the
             # repeat-contact one and wait for its button to go.
             repeat = "#escalations [data-resolve*='repeat-contact']"
@@ -107,9 +114,10 @@ async def test_an_agent_works_an_order_in_the_console(catalog_topics, run_id, tm
             await browser.close()
 
         actions = decode_all(read_topic(bootstrap, SUPPORT_ACTIONS.name, keep=lambda m: m.key() == order_id.encode(),
-                                        until=lambda got: len(got) >= 2), SUPPORT_ACTIONS)
-        assert [(a.short_type, a.payload["actor"]["user_id"]) for a in actions] == [
-            ("TagApplied", "lee"), ("EscalationResolvedByAgent", "lee")]
-        assert actions[1].payload["note"] == "called the customer back"
+                                        until=lambda got: len(got) >= 4), SUPPORT_ACTIONS)
+        assert [(a.short_type, a.payload["actor"]["user_id"], a.payload.get("tag")) for a in actions] == [
+            ("TagApplied", "lee", "vip"), ("TagApplied", "lee", "wrong-guess"), ("TagRemoved", "lee", "wrong-guess"),
+            ("EscalationResolvedByAgent", "lee", None)]
+        assert actions[3].payload["note"] == "called the customer back"
     finally:
         timeline.stop(signal.SIGKILL)

@@ -17,6 +17,8 @@ DOMAINS = ["order", "payment", "fulfillment", "shipment", "return", "refund", "n
 CHANNELS = ["EMAIL", "PHONE", "CHAT", "SOCIAL", "OTHER"]
 ESCALATION_STATES = ["open", "acknowledged", "assigned", "resolved", "all"]
 ID = {"type": "string", "minLength": 1, "maxLength": 200}
+TAG = {"type": "string", "pattern": r"^[A-Za-z0-9]+(-[A-Za-z0-9]+)*$", "maxLength": 60}
+PATH_PARAMETERS = {"tag": TAG}  # every other path parameter is an ID
 
 
 def text(limit: int) -> dict:
@@ -63,8 +65,9 @@ ENDPOINTS = [
                    note={"type": "string", "maxLength": 2000},
                    contact_id={"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,100}$"}), responses=ACCEPTED),
     Endpoint("post", "/orders/{order_id}/tags", "Tag the order with a root cause", "agent",
-             _body(["tag"], tag={"type": "string", "pattern": r"^[A-Za-z0-9]+(-[A-Za-z0-9]+)*$", "maxLength": 60}),
-             responses=ACCEPTED),
+             _body(["tag"], tag=TAG), responses=ACCEPTED),
+    Endpoint("delete", "/orders/{order_id}/tags/{tag}", "Remove a root-cause tag from the order (a rule may apply "
+             "it again at a later matching event)", "agent", responses=ACCEPTED),
     Endpoint("post", "/escalations/{escalation_id}/ack", "Acknowledge an escalation", "agent",
              _body([], note={"type": "string", "maxLength": 2000}), responses={**ACCEPTED, "404": "not an escalation id"}),
     Endpoint("post", "/escalations/{escalation_id}/assign", "Assign an escalation", "agent",
@@ -90,7 +93,7 @@ def problems(method: str, path: str, body: Any) -> str | None:
 def openapi() -> dict:
     paths: dict[str, dict] = {}
     for e in ENDPOINTS:
-        parameters = [{"name": name, "in": "path", "required": True, "schema": ID}
+        parameters = [{"name": name, "in": "path", "required": True, "schema": PATH_PARAMETERS.get(name, ID)}
                       for name in _path_names(e.path)]
         parameters += [{"name": name, "in": "query", "required": required, "schema": schema}
                        for name, (schema, required) in e.query.items()]

@@ -265,6 +265,17 @@ class Tags(web.View):
                                                                  "target_id": order_id})
 
 
+@app.page("/orders/{order_id}/tags/{tag}")
+class Tag(web.View):
+    @endpoint("delete", "/orders/{order_id}/tags/{tag}")
+    async def delete(self, request: web.Request, order_id: str, tag: str):
+        tag = tag.lower()
+        if not re.fullmatch(api.TAG["pattern"], tag) or len(tag) > api.TAG["maxLength"]:
+            raise BadRequest(f"{tag[:60]!r} is not a tag: words of letters and digits joined by -, at most 60")
+        return 202, await _act(request, order_id, "TagRemoved", {"tag": tag, "target_kind": "order",
+                                                                "target_id": order_id})
+
+
 def _order_of(escalation_id: str) -> str:
     for rule in RULES.escalations:
         marker = f":{rule.rule_id}:"
