@@ -228,6 +228,48 @@ def test_a_broken_promise_is_found_whatever_order_the_topics_arrive_in():
         assert view["notifications"][0]["broken"]["at"] == T0 + timedelta(days=3)
 
 
+def test_a_message_that_said_a_refund_was_on_its_way_is_broken_when_that_refund_fails_for_good():
+    """The customer was told 40.00 was on its way to card-1; two days later that refund gave up. The
+    message is flagged (claim refund, the instrument, since when), counted once, and with no message
+    about money on the card within the grace period refund-promise-broken opens (promise-broken,
+    for items, does not); the message that tells the customer what happens now corrects it."""
+    from story import Feed, money
+
+    view, _ = feed(split_order_story().events)
+    f = Feed()
+    f.at, f.n = T0 + timedelta(days=5), 800
+    f.add(RETURNS_STATE_CHANGES, "RefundRequested", refund_id="o-1:return:r1:card-1#1", return_id="r1",
+          instrument_id="card-1", channel="CARD", method="ORIGINAL_PAYMENT", amount=money("40.00"), reason="return r1",
+          attempt=1, sla_hours=120)
+    f.transition(RETURNS_STATE_CHANGES, "refund", "o-1:return:r1:card-1", "none", "requested")
+    claim = {"instrument_id": "card-1", "channel": "CARD", "amount": money("40.00")}
+    f.add(NOTIFICATIONS_DELIVERIES, "NotificationDelivered", delivery_id="n9/email", notification_ids=["n9"],
+          type="refund_issued", channel="email", outcome="SENT", attempts=1, subject="Your refund is on its way",
+          body="40.00 to your card", lines=[], amounts=[claim], reason="")
+    view, outputs = feed(f.events, view=view)
+    assert "broken" not in view["notifications"][-1]
+    failed = Feed()
+    failed.at, failed.n = T0 + timedelta(days=7), 900
+    failed.transition(RETURNS_STATE_CHANGES, "refund", "o-1:return:r1:card-1", "requested", "gave_up")
+    view, outputs = feed(failed.events, view=view)
+    note = view["notifications"][-1]
+    assert note["broken"] == {"claim": "refund", "instrument_id": "card-1", "at": failed.at, "corrected_at": None,
+                              "detail": "said 40.00 EUR was on its way to card card-1; that refund failed for good"}
+    assert [a for out in outputs for a in out.accuracy] == [("broken", "refund")]
+    view, out = tick(view, failed.at + timedelta(hours=12))
+    opened = [e[0] for e in out.escalations if e[1] == "EscalationOpened"]
+    assert "o-1:refund-promise-broken:n9/email:card-1" in opened and not [e for e in opened if ":promise-broken:" in e]
+    assert view["tags"]["refund-delay"]["by"] in ("refund-failed", "refund-promise-broken")
+    told = Feed()
+    told.at, told.n = failed.at + timedelta(hours=13), 950
+    told.add(NOTIFICATIONS_DELIVERIES, "NotificationDelivered", delivery_id="n10/email", notification_ids=["n10"],
+             type="refund_not_possible", channel="email", outcome="SENT", attempts=1, subject="About your refund",
+             body="we could not refund your card", lines=[], amounts=[claim], reason="")
+    view, outputs = feed(told.events, view=view)
+    assert view["notifications"][-2]["broken"]["corrected_at"] == told.at
+    assert view["escalations"]["o-1:refund-promise-broken:n9/email:card-1"]["state"] == "resolved"
+
+
 def test_a_return_left_in_review_beyond_its_sla_escalates_and_the_leads_approval_clears_it():
     """The policy sent the return to a lead; a day later nobody has looked at it. The escalation
     opens on a timer tick (no later event of the order needed) and is on the timeline; the lead's

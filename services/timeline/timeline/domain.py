@@ -243,7 +243,8 @@ def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
             if t["to_state"] == "received":
                 view["returns"][entity]["received_at"] = at
         elif machine == "refund":
-            view["refunds"].setdefault(entity, {})["state"] = t["to_state"]
+            view["refunds"].setdefault(entity, {}).update(state=t["to_state"], changed_at=at)
+            _recheck_promises(view, out)
         if t["from_state"] != t["to_state"]:
             view["last_change_at"] = at
     elif kind == "FulfillmentStatusChanged":
@@ -287,6 +288,7 @@ def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
         refund_id = p["refund_id"].rsplit("#", 1)[0]
         view["refunds"].setdefault(refund_id, {}).update(
             channel=p["channel"], method=p["method"], amount=p["amount"]["amount"], return_id=p["return_id"],
+            instrument_id=p["instrument_id"],
             requested_at=view["refunds"].get(refund_id, {}).get("requested_at") or at, sla_hours=p.get("sla_hours"))
     elif kind == "NotificationRequested":
         view.setdefault("decided", {})[p["notification_id"]] = at
@@ -296,7 +298,7 @@ def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
         view["notifications"].append({"type": p["type"], "channel": p["channel"], "outcome": p["outcome"],
                                       "subject": p["subject"], "body": p["body"], "at": at, "accurate": None,
                                       "accuracy": "", "delivery_id": p["delivery_id"], "claims": p["lines"],
-                                      "notification_ids": list(p["notification_ids"])})
+                                      "amounts": p.get("amounts", []), "notification_ids": list(p["notification_ids"])})
         _judge_notifications(view, out)
         _recheck_promises(view, out)
         if p["type"] == "backorder_eta_changed" and p["outcome"] == "SENT":
@@ -368,10 +370,18 @@ def _recheck_promises(view: dict, out: Outputs) -> None:
     """A message judged accurate also promised what was still to come: that its backordered units
     would follow (not be cancelled) and, with an ETA, by then. Each later fulfillment snapshot
     is checked against those promises; the first that contradicts one marks the message's promise
-    broken (which claim, which line, since when) and counts it once. A message sent later that
-    speaks of the line corrects it (``_mark_corrections``). Snapshots are taken in event-time order,
-    so the verdict is the same whatever order the topics arrive in."""
+    broken (which claim, which line, since when) and counts it once. A message that said money is
+    on its way to an instrument (a refund) promised it would arrive: the refund to that instrument
+    failing for good breaks it. A message sent later that speaks of the line, or of money on the
+    instrument, corrects it (``_mark_corrections``). Snapshots are taken in event-time order, so the
+    verdict is the same whatever order the topics arrive in."""
     for note in view["notifications"]:
+        if not note.get("broken") and note["outcome"] == "SENT" and note.get("amounts") \
+                and note["type"] in MONEY_PROMISES:
+            broken = next((b for claim in note["amounts"] if (b := _broken_refund(claim, note, view["refunds"]))), None)
+            if broken is not None:
+                note["broken"] = {**broken, "corrected_at": None}
+                out.accuracy.append(("broken", broken["claim"]))
         if note.get("accurate") is not True or note.get("broken") or note.get("decided_at") is None:
             continue
         promised = [c for c in note["claims"] if c["quantity_backordered"]]
@@ -404,15 +414,40 @@ def _broken_promise(claim: dict, line: dict | None) -> dict | None:
     return None
 
 
+# Messages that promise money to come, by the instrument it goes to: a refund of that instrument
+# failing for good breaks the promise.
+MONEY_PROMISES = frozenset({"refund_issued"})
+
+
+def _broken_refund(claim: dict, note: dict, refunds: dict) -> dict | None:
+    """The refund ``claim`` (money on one instrument, said in ``note``) spoke of, if it failed for
+    good since: one of that instrument and amount, asked for by the time the message went."""
+    for refund in refunds.values():
+        if refund.get("instrument_id") == claim["instrument_id"] and refund.get("amount") == claim["amount"]["amount"] \
+                and refund.get("requested_at") and refund["requested_at"] <= note["at"] and refund.get("state") == "gave_up":
+            amount = f"{claim['amount']['amount']:.2f} {claim['amount']['currency']}"
+            return {"claim": "refund", "instrument_id": claim["instrument_id"], "at": refund["changed_at"],
+                    "detail": f"said {amount} was on its way to {claim['channel'].lower().replace('_', ' ')} "
+                              f"{claim['instrument_id']}; that refund failed for good"}
+    return None
+
+
+def _spoken_of(note: dict, broken: dict) -> bool:
+    """Whether a message speaks of what a broken promise was about: its line, or money on its instrument."""
+    if "line_id" in broken:
+        return any(c["line_id"] == broken["line_id"] for c in note["claims"])
+    return any(a["instrument_id"] == broken.get("instrument_id") for a in note.get("amounts", ()))
+
+
 def _mark_corrections(view: dict) -> None:
     """A broken promise is corrected by the first message sent at or after the break that speaks of
-    the line again (a new ETA, the cancellation, the shipment)."""
+    the line again (a new ETA, the cancellation, the shipment), or of money on the instrument."""
     for note in view["notifications"]:
         broken = note.get("broken")
         if not broken or broken["corrected_at"] is not None:
             continue
         later = [n["at"] for n in view["notifications"] if n is not note and n["outcome"] == "SENT" and n["at"] >= broken["at"]
-                 and any(c["line_id"] == broken["line_id"] for c in n["claims"])]
+                 and _spoken_of(n, broken)]
         broken["corrected_at"] = min(later, default=None)
 
 
@@ -476,10 +511,12 @@ def _refund_overpaid(view, rule, now):
 
 
 def _promise_broken_uncorrected(view, rule, now):
+    claims = rule.params.get("claims")  # of which claims the rule takes broken promises (all if not given)
     for note in view["notifications"]:
         broken = note.get("broken")
-        if broken and broken["corrected_at"] is None:
-            yield f"{note['delivery_id']}:{broken['line_id']}", broken["at"] + _hours(rule.params, "grace_hours"), \
+        if broken and broken["corrected_at"] is None and (claims is None or broken["claim"] in claims):
+            subject = broken.get("line_id") or broken.get("instrument_id")
+            yield f"{note['delivery_id']}:{subject}", broken["at"] + _hours(rule.params, "grace_hours"), \
                 f"the {note['type'].replace('_', ' ')} message of {note['at']:%d %b %H:%M} {broken['detail']}, " \
                 "and no message told the customer since"
 
