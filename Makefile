@@ -31,12 +31,15 @@ help:
 	@echo "make lint          ruff"
 	@echo "make clean         stop the broker, delete .venv and .run (broker data, state, logs)"
 
+# PYTHONWARNINGS: setuptools warns, once per package, that a folder named like the package may
+# shadow it; each service's package is that folder, installed editable on purpose.
 $(STAMP): requirements.lock requirements-dev.txt kernel/pyproject.toml $(SERVICES)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
 	  { echo "orderops needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) --version 2>&1). Set PYTHON=python3.11 (or newer)." >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -r requirements-dev.txt \
+	PYTHONWARNINGS="ignore:Editable installation:UserWarning" \
+	  $(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -r requirements-dev.txt \
 	  -e kernel $(foreach s,$(SERVICES),-e $(dir $(s)))
 	@touch $@
 
@@ -113,14 +116,14 @@ test: venv browser prometheus
 browser:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the console test"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || \
-	  { echo "could not install chromium (apt-get as root is needed); install it and retry" >&2; exit 1; }; }
+	  { echo "could not install chromium: apt-get needs root. Ask an administrator for apt-get install chromium, or put a chromium on PATH, and retry" >&2; exit 1; }; }
 
 # Prometheus (Debian's package: prometheus and promtool) for the rule tests, the real-scrape test and `make run`.
 prometheus:
 	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing Debian's prometheus (the server and promtool)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null || \
-	  { echo "could not install prometheus (apt-get as root is needed); install it and retry" >&2; exit 1; }; }
+	  { echo "could not install prometheus: apt-get needs root. Ask an administrator for apt-get install prometheus, or put prometheus and promtool on PATH, and retry" >&2; exit 1; }; }
 
 # The fault tests run in `make test` at a size that fits the suite; here bigger.
 # Each fault test records its figures (or, failing, what stopped it); they are written to docs/reliability-results.md.

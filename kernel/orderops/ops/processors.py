@@ -126,7 +126,8 @@ def start(timeout: float = 120) -> list[str]:
     lines = []
     for p in installed():
         if running_pid(p):
-            lines.append(f"{p.name:12} already running (pid {running_pid(p)})  {p.url}")
+            where = f"log: {_log_file(p)}" if p.port == NO_WEB else p.url
+            lines.append(f"{p.name:12} already running (pid {running_pid(p)})  {where}")
             continue
         _pid_file(p).parent.mkdir(parents=True, exist_ok=True)
         _log_file(p).parent.mkdir(parents=True, exist_ok=True)
