@@ -33,6 +33,7 @@ from orderops.model.catalog import Topic
 from orderops.model.clock import clock_from_env
 from orderops.model.processor import MachineProcessor
 from orderops.model.workflow import Outcome
+from orderops.ops.logs import logging_config
 from orderops.ops.security import KafkaSecurity
 from orderops.ops.settings import DEFAULT_LINGER_MS, ServiceSettings, key_partition
 from orderops.runtime.batch import Batch, BatchRunner, RecordHandler
@@ -504,7 +505,9 @@ class Service:
                             "network).", self.name, bootstrap)
         self.prepare_topics()
         collect_garbage_seldom(self.settings.gc_threshold)
-        worker = faust.Worker(self.app, loglevel=self.settings.log_level)
+        logs = logging_config(self.name, self.settings.log_level, self.settings.log_format)
+        # quiet: Faust's start-up banner is not a log line; in JSON, every line must be one.
+        worker = faust.Worker(self.app, loglevel=self.settings.log_level, logging_config=logs, quiet=logs is not None)
         # Faust's terminal spinner lowers the root logger to DEBUG so that every log call spins it:
         # every aiokafka debug line then became a LogRecord (6% of a processor's CPU).
         worker.spinner = None

@@ -61,6 +61,7 @@ class ServiceSettings:
     web_bind: str  # the address it listens on
     web_port: int
     log_level: str
+    log_format: str  # text (Faust's lines) or json (orderops.ops.logs)
     standby_replicas: int
     park_deadline_seconds: float
     timer_interval_seconds: float
@@ -113,6 +114,7 @@ class ServiceSettings:
             web_bind=env.get("ORDEROPS_WEB_BIND", env.get("ORDEROPS_WEB_HOST", "127.0.0.1")),
             web_port=int(env.get("WEB_PORT", default_web_port)),
             log_level=env.get("LOG_LEVEL", "info"),
+            log_format=env.get("ORDEROPS_LOG_FORMAT", "text"),
             standby_replicas=int(env.get("ORDEROPS_STANDBY_REPLICAS", "0")),
             park_deadline_seconds=float(env.get("ORDEROPS_PARK_DEADLINE_SECONDS", str(24 * 3600))),
             timer_interval_seconds=float(env.get("ORDEROPS_TIMER_INTERVAL_SECONDS", str(default_timer_interval_seconds))),

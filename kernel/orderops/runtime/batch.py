@@ -35,6 +35,7 @@ import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -48,6 +49,9 @@ from orderops.runtime.ordering import held_within, in_write_order, lag_of, tasks
 from orderops.runtime.producer import BatchProducer
 
 log = logging.getLogger("orderops.runtime.batch")
+# The input record being applied, (topic, partition, offset, key): what a line logged meanwhile is of
+# (orderops.ops.logs puts it into each JSON line).
+APPLYING: ContextVar[tuple[str, int, int, bytes | None] | None] = ContextVar("orderops_applying", default=None)
 # Seconds a task waits for a partition whose fetches fail before it goes on without it: longer than
 # a leader's failover (the broker's session timeout, 9 s by default, then the clients' metadata
 # refresh), so that a node's loss does not reorder an order's events.
@@ -300,7 +304,11 @@ class BatchRunner:
                 batch = Batch(self.producer, self.cache)
                 for tp, record in part:
                     batch.counted[tp.topic] = batch.counted.get(tp.topic, 0) + 1
-                    self.handler.apply(batch, record)
+                    applying = APPLYING.set((tp.topic, tp.partition, record.offset, record.key))
+                    try:
+                        self.handler.apply(batch, record)
+                    finally:
+                        APPLYING.reset(applying)
                 self.handler.finish(batch)
                 if batch.effects:
                     await self._write(batch)
