@@ -122,6 +122,7 @@ class Service:
         self.clock = clock_from_env(self.settings.clock)
         self._deadlines: faust.TableT | None = None
         self.partition_clocks: PartitionClocks | None = None  # enable_timers(partition_clocks=True)
+        self._read_pages: dict[str, str] = {}  # order_page's path -> its summary (the /openapi.json)
         self._global_views: list[GlobalView] = []
         self._table_names: list[str] = []
         self._input_names = frozenset(t.name for t in catalog.inputs_of(name))
@@ -415,10 +416,14 @@ class Service:
             log.warning("%s: a request was refused: %s. Fix the users file or add users with "
                         "`orderops users add <user id> <role>`.", self.name, problem)
 
-    def order_page(self, path: str, table: faust.TableT, describe: Callable[[dict], dict]) -> None:
+    def order_page(self, path: str, table: faust.TableT, describe: Callable[[dict], dict], summary: str) -> None:
         """``GET path`` (with ``{order_id}``): the order's state as ``describe`` renders it, answered
-        by the worker that owns the order (see ``routed_by_order``); 404 when unknown."""
+        by the worker that owns the order (see ``routed_by_order``); 404 when unknown. ``summary``:
+        what it answers, for the processor's ``/openapi.json``."""
         service = self
+        if not self._read_pages:
+            self._serve_openapi()
+        self._read_pages[path] = summary
 
         class OrderPage(faust.web.View):
             @self.requires("agent")
@@ -430,6 +435,32 @@ class Service:
                 return self.json(describe(stored))
 
         self.app.page(path, name=f"{self.name}{path}")(OrderPage)
+
+    def openapi(self) -> dict[str, Any]:
+        """The processor's read API, as OpenAPI 3 (the timeline describes its own, richer API)."""
+        paths = {path: {"get": {
+            "summary": f"{summary} (agent or above)",
+            "parameters": [{"name": "order_id", "in": "path", "required": True,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
+            "responses": {"200": {"description": summary}, "401": {"description": "no token, or one nobody holds"},
+                          "403": {"description": "the signed-in user's role is below agent"},
+                          "404": {"description": f"an order {self.name} has not seen"}},
+            "security": [{"bearer": []}]}} for path, summary in self._read_pages.items()}
+        return {"openapi": "3.0.3",
+                "info": {"title": f"orderops {self.name} read API", "version": "1",
+                         "description": f"What {self.name} holds of an order, answered by the worker that owns it. "
+                                        "/healthz and /metrics answer without a token."},
+                "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+                "paths": paths}
+
+    def _serve_openapi(self) -> None:
+        service = self
+
+        class OpenApi(faust.web.View):
+            async def get(self, request: faust.web.Request) -> faust.web.Response:
+                return self.json(service.openapi())
+
+        self.app.page("/openapi.json", name=f"{self.name}/openapi.json")(OpenApi)
 
     # -- health and metrics ---------------------------------------------------------------------
 

@@ -28,4 +28,5 @@ def describe(stored: dict) -> dict:
     }
 
 
-service.order_page("/orders/{order_id}/fulfillment", orders, describe)
+service.order_page("/orders/{order_id}/fulfillment", orders, describe,
+                   "The order's lines, shipments and what each line waits for")

@@ -15,4 +15,5 @@ def describe(stored: dict) -> dict:
         for d in ledger.deliveries]}
 
 
-service.order_page("/orders/{order_id}/notifications", ledgers, describe)
+service.order_page("/orders/{order_id}/notifications", ledgers, describe,
+                   "The order's notification deliveries and their outcomes")

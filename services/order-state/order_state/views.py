@@ -29,4 +29,5 @@ def describe(stored: dict) -> dict:
     }
 
 
-service.order_page("/orders/{order_id}", orders, describe)
+service.order_page("/orders/{order_id}", orders, describe,
+                   "The order's state, payments and history")

@@ -24,4 +24,5 @@ def describe(stored: dict) -> dict:
     }
 
 
-service.order_page("/orders/{order_id}/returns", orders, describe)
+service.order_page("/orders/{order_id}/returns", orders, describe,
+                   "The order's returns (decisions with their rule traces) and refunds")

@@ -70,6 +70,9 @@ async def test_processor_read_apis_need_a_token_too(catalog_topics, tmp_path, ru
         assert (await process.call("GET", "/orders/x/fulfillment", token=""))[0] == 401
         assert (await process.call("GET", "/orders/x/fulfillment"))[0] == 404
         assert (await process.get_json("/healthz", token=""))[0] == 200, "health stays open for the orchestrator"
+        status, spec = await process.get_json("/openapi.json", token="")
+        operation = spec["paths"]["/orders/{order_id}/fulfillment"]["get"]
+        assert status == 200 and operation["security"] == [{"bearer": []}] and "404" in operation["responses"]
     finally:
         process.stop(signal.SIGKILL)
 
