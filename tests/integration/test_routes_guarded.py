@@ -29,7 +29,7 @@ pytestmark = pytest.mark.broker
 # holds no data (it asks for a token before it calls the API).
 OPEN = {"/healthz", "/metrics", "/openapi.json", "/"}
 PROCESSOR_ORDER_PAGE = re.compile(r"^/orders/\{order_id\}(/[a-z-]+)?$")  # each processor's read API: agents
-SAMPLE = {"order_id": "routes-o-1", "escalation_id": "routes-o-1:repeat-contact:c-1", "return_id": "r-1"}
+SAMPLE = {"order_id": "routes-o-1", "escalation_id": "routes-o-1:repeat-contact:c-1", "return_id": "r-1", "tag": "vip"}
 
 LIST_ROUTES = """
 import importlib, json, sys
