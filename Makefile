@@ -71,6 +71,7 @@ run: topics
 	@$(MAKE) --no-print-directory prometheus || echo "(continuing without Prometheus: the processors still export /metrics)"
 	@$(call as_principal,policy-admin) $(CLUSTER) $(BIN)/orderops policies publish
 	@$(BIN)/orderops users dev
+	@$(BIN)/orderops ingest principals dev
 	@$(call as_principal,admin) $(if $(filter 1,$(SECURE)),ORDEROPS_DATA_DIR=$(RUN_DIR)/state-secure) \
 	  $(CLUSTER) ORDEROPS_CLOCK=$${ORDEROPS_CLOCK:-event} $(BIN)/orderops processors start
 	@echo
@@ -83,6 +84,7 @@ run: topics
 	@echo "  returns      http://127.0.0.1:6103/orders/<order id>/returns   policies: $(BIN)/orderops policies list"
 	@echo "  notifier     http://127.0.0.1:6104/orders/<order id>/notifications   log: .run/logs/notifier.log"
 	@echo "  timeline     http://127.0.0.1:6105/orders/<order id>   /timeline   log: .run/logs/timeline.log"
+	@echo "  ingest       POST http://127.0.0.1:$${ORDEROPS_INGEST_PORT:-6107}/topics/<topic>/events   upstream events as JSON (docs/producing.md); tokens in .run/secrets/ingest-principals.tokens"
 	@echo "  messages     emails as files in .run/sinks/mail/, webhooks in .run/sinks/webhooks/ (list: http://127.0.0.1:6180/)"
 	@echo "  prometheus   http://127.0.0.1:$${ORDEROPS_PROMETHEUS_PORT:-9090}/   rules and alerts: deploy/prometheus/rules/ (try orderops:notification_accuracy:ratio_1h)"
 	@echo "  books        http://127.0.0.1:$${ORDEROPS_BOOKS_PORT:-6106}/metrics   order-state, returns and the provider's books compared (alert OrderopsBooksDisagree)   log: .run/logs/books.log"

@@ -86,7 +86,9 @@ port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 resolve_classpath() {
   if [ ! -s "$classpath_file" ] || [ "$here/pom.xml" -nt "$classpath_file" ]; then
     echo "kafka: resolving the broker classpath from Maven Central (first run downloads ~60 MB into ~/.m2)"
+    # Maven 3.8 writes colour resets even in batch mode with -q: they are taken out of its output.
     mvn -B -q -Dstyle.color=never -f "$here/pom.xml" dependency:build-classpath -Dmdep.outputFile="$classpath_file" \
+      2>&1 | sed 's/\x1b\[[0-9;]*m//g' \
       || die "Maven could not resolve org.apache.kafka:kafka_2.13 (see the output above): check that Maven Central is reachable."
   fi
 }

@@ -52,8 +52,9 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def parse(text: str, source: str = "users file") -> dict[str, tuple[str, str]]:
-    """``{user id: (role, digest)}``; refuses anything else with the line and the reason."""
+def parse(text: str, source: str = "users file", roles: tuple[str, ...] = ROLES) -> dict[str, tuple[str, str]]:
+    """``{user id: (role, digest)}``; refuses anything else with the line and the reason. ``roles``:
+    what the second field may be (the ingest's principals name the upstream system instead)."""
     users: dict[str, tuple[str, str]] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -65,8 +66,8 @@ def parse(text: str, source: str = "users file") -> dict[str, tuple[str, str]]:
         user_id, role, token_digest = parts
         if not _USER_ID.match(user_id):
             raise UsersFileError(f"{source}:{number}: user id {user_id!r} is not 1-64 of letters, digits, . _ @ -")
-        if role not in ROLES:
-            raise UsersFileError(f"{source}:{number}: role {role!r} is not one of {', '.join(ROLES)}")
+        if role not in roles:
+            raise UsersFileError(f"{source}:{number}: role {role!r} is not one of {', '.join(roles)}")
         if not _DIGEST.match(token_digest):
             raise UsersFileError(f"{source}:{number}: the token must be given as sha256:<64 hex digits>, "
                                  "never in clear (orderops users add writes it)")
@@ -79,8 +80,9 @@ def parse(text: str, source: str = "users file") -> dict[str, tuple[str, str]]:
 class Users:
     """The users of one worker, from the users file, re-read when the file changes."""
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
+    def __init__(self, path: Path | None, roles: tuple[str, ...] = ROLES,
+                 setting: str = "ORDEROPS_SUPPORT_USERS_FILE") -> None:
+        self.path, self.roles, self.setting = path, roles, setting
         self._stamp: tuple[int, int] | None = None
         self._users: dict[str, tuple[str, str]] = {}
         self.problem: str | None = None
@@ -88,7 +90,7 @@ class Users:
 
     def refresh(self) -> None:
         if self.path is None:
-            self._users, self.problem = {}, "no users file is configured (ORDEROPS_SUPPORT_USERS_FILE)"
+            self._users, self.problem = {}, f"no users file is configured ({self.setting})"
             return
         try:
             stat = self.path.stat()
@@ -100,7 +102,7 @@ class Users:
         if stamp == self._stamp:
             return
         try:
-            self._users, self.problem = parse(self.path.read_text(), str(self.path)), None
+            self._users, self.problem = parse(self.path.read_text(), str(self.path), self.roles), None
         except (OSError, UnicodeDecodeError, UsersFileError) as exc:
             # Keep nobody rather than a half-read file: a broken file locks everyone out, loudly.
             self._users, self.problem = {}, f"{exc}: nobody can sign in until it is fixed"
@@ -129,30 +131,34 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def add_user(path: Path, user_id: str, role: str, token: str | None = None) -> str:
+SUPPORT_USERS_HEADER = "# orderops support users: <user id> <role> sha256(token). Written by `orderops users`."
+
+
+def add_user(path: Path, user_id: str, role: str, token: str | None = None, roles: tuple[str, ...] = ROLES,
+             header: str = SUPPORT_USERS_HEADER) -> str:
     """Add the user, or give an existing one a new role and token; returns the token (shown once)."""
     if not _USER_ID.match(user_id):
         raise UsersFileError(f"user id {user_id!r} is not 1-64 of letters, digits, . _ @ -")
-    if role not in ROLES:
-        raise UsersFileError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    if role not in roles:
+        raise UsersFileError(f"role {role!r} is not one of {', '.join(roles)}")
     token = token or new_token()
-    users = parse(path.read_text(), str(path)) if path.exists() else {}
+    users = parse(path.read_text(), str(path), roles) if path.exists() else {}
     users[user_id] = (role, digest(token))
-    _write(path, users)
+    _write(path, users, header)
     return token
 
 
-def remove_user(path: Path, user_id: str) -> bool:
-    users = parse(path.read_text(), str(path)) if path.exists() else {}
+def remove_user(path: Path, user_id: str, roles: tuple[str, ...] = ROLES, header: str = SUPPORT_USERS_HEADER) -> bool:
+    users = parse(path.read_text(), str(path), roles) if path.exists() else {}
     if users.pop(user_id, None) is None:
         return False
-    _write(path, users)
+    _write(path, users, header)
     return True
 
 
-def _write(path: Path, users: dict[str, tuple[str, str]]) -> None:
+def _write(path: Path, users: dict[str, tuple[str, str]], header: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lines = ["# orderops support users: <user id> <role> sha256(token). Written by `orderops users`."]
+    lines = [header]
     lines += [f"{user_id} {role} {token_digest}" for user_id, (role, token_digest) in sorted(users.items())]
     temporary = path.with_name(path.name + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -22,6 +22,7 @@ PROCESSORS = (ORDER_STATE, FULFILLMENT, RETURNS, NOTIFIER, TIMELINE)
 STATE_MACHINES = (ORDER_STATE, FULFILLMENT, RETURNS)
 # Default web port of each processor (/healthz, /metrics, its HTTP API); WEB_PORT overrides.
 WEB_PORTS = {ORDER_STATE: 6101, FULFILLMENT: 6102, RETURNS: 6103, NOTIFIER: 6104, TIMELINE: 6105}
+INGEST_PORT = 6107  # `orderops ingest`: upstream events over HTTP
 
 # Upstream systems (the simulator stands in for them in `make run` and tests).
 STOREFRONT = "storefront"
@@ -225,6 +226,12 @@ BY_NAME = {t.name: t for t in ALL_TOPICS}
 # are met in this order, live and in replays: the catalog's, in which an order is placed before
 # anything is paid, shipped or returned for it, and upstream facts come before what is derived.
 WRITE_RANK = {t.name: n for n, t in enumerate(ALL_TOPICS)}
+
+# The upstream systems whose events `orderops ingest` takes over HTTP, and the topics it writes for
+# them: each system's own order-scoped event topics.
+INGESTED_SYSTEMS = (STOREFRONT, WAREHOUSE, PAYMENT_PROVIDER, SUPPORT_DESK)
+INGESTED_TOPICS = tuple(t for t in ALL_TOPICS
+                        if set(t.writers) & set(INGESTED_SYSTEMS) and t.order_scoped and t.value_schema)
 
 
 def write_rank(name: str) -> int:

@@ -14,6 +14,9 @@
     orderops users remove U     take a user's access away (workers re-read the file: no restart)
     orderops users list         who has access, with which role (never the tokens)
     orderops users dev          for make run: ann (agent), lee (lead), root (admin) if there are no users yet
+    orderops ingest             serve upstream events over HTTP (POST /topics/<topic>/events)
+    orderops ingest principals add P SYSTEM   a principal sending SYSTEM's events; prints its token once
+    orderops ingest principals remove|list|dev
     orderops security setup     secure mode: every principal's SCRAM credential and ACLs, from the catalog (as admin)
     orderops security acls      print every principal's ACLs as the catalog makes them
 """
@@ -174,6 +177,44 @@ def _users(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ingest(args: argparse.Namespace) -> int:
+    from orderops.http.auth import UsersFileError, add_user, parse, remove_user
+    from orderops.ingest.app import PRINCIPALS_HEADER, SYSTEMS, IngestSettings, main
+
+    if args.command is None:
+        main()
+        return 0
+    path = args.file or IngestSettings.from_env().principals_file
+    try:
+        if args.command == "add":
+            token = add_user(path, args.principal, args.system, roles=SYSTEMS, header=PRINCIPALS_HEADER)
+            print(f"{args.principal} sends {args.system}'s events with this token; it is shown only now:\n{token}")
+        elif args.command == "remove":
+            if not remove_user(path, args.principal, roles=SYSTEMS, header=PRINCIPALS_HEADER):
+                print(f"ingest: {args.principal} is not in {path}", file=sys.stderr)
+                return 1
+            print(f"{args.principal} removed from {path}")
+        elif args.command == "list":
+            found = parse(path.read_text(), str(path), SYSTEMS) if path.exists() else {}
+            print("\n".join(f"{principal:24} {system}" for principal, (system, _) in sorted(found.items()))
+                  or f"no principals in {path}")
+        elif args.command == "dev":
+            tokens_file = path.with_name(path.name + ".tokens")
+            if path.exists() and parse(path.read_text(), str(path), SYSTEMS):
+                print(f"ingest: {path} has principals already (tokens of the development ones: {tokens_file})")
+                return 0
+            tokens = {system: add_user(path, f"{system}-dev", system, roles=SYSTEMS, header=PRINCIPALS_HEADER)
+                      for system in SYSTEMS}
+            fd = os.open(tokens_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write("".join(f"{system}-dev {token}\n" for system, token in tokens.items()))
+            print(f"ingest: development principals {', '.join(f'{s}-dev' for s in SYSTEMS)}; tokens in {tokens_file}")
+    except UsersFileError as exc:
+        print(f"ingest: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _security(args: argparse.Namespace) -> int:
     from orderops.ops import security
     from orderops.ops.settings import KafkaSettings, default_run_dir
@@ -243,6 +284,24 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("role", choices=ROLES)
         sub.add_argument("--file", type=Path, help="the users file (default: $ORDEROPS_SUPPORT_USERS_FILE)")
         sub.set_defaults(run=_users)
+
+    from orderops.ingest.app import SYSTEMS
+
+    ingest = groups.add_parser("ingest", help="upstream events over HTTP: serve (no command), or its principals")
+    ingest.set_defaults(run=_ingest, command=None)
+    principals = ingest.add_subparsers(dest="command").add_parser(
+        "principals", help="who may send events: one principal per token, of one upstream system").add_subparsers(
+        dest="command", required=True)
+    for command, helptext in (("add", "add a principal or give one a new token"), ("remove", "remove a principal"),
+                              ("list", "list principals and their systems"),
+                              ("dev", "a development principal per system, for make run")):
+        sub = principals.add_parser(command, help=helptext)
+        if command in ("add", "remove"):
+            sub.add_argument("principal")
+        if command == "add":
+            sub.add_argument("system", choices=SYSTEMS)
+        sub.add_argument("--file", type=Path, help="the principals file (default: $ORDEROPS_INGEST_PRINCIPALS_FILE)")
+        sub.set_defaults(run=_ingest)
 
     security = groups.add_parser("security", help="Kafka principals and ACLs").add_subparsers(
         dest="command", required=True)

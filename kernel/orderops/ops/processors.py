@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from orderops.model.catalog import PROCESSORS, WEB_PORTS
+from orderops.model.catalog import INGEST_PORT, PROCESSORS, WEB_PORTS
 from orderops.ops.settings import default_run_dir
 
 
@@ -51,8 +51,9 @@ class Processor:
 
 
 NO_WEB = -1
-# Local stand-ins a processor talks to in `make run`, started before the processors.
-COMPANIONS = (Processor("notifier-sinks", "notifier.sinks", int(os.environ.get("ORDEROPS_SINK_PORT", "6180"))),)
+# Local stand-ins a processor talks to in `make run`, and the HTTP ingest, started before the processors.
+INGEST = Processor("ingest", "orderops.ingest", int(os.environ.get("ORDEROPS_INGEST_PORT", str(INGEST_PORT))))
+COMPANIONS = (Processor("notifier-sinks", "notifier.sinks", int(os.environ.get("ORDEROPS_SINK_PORT", "6180"))), INGEST)
 # Watchers, started after the processors: Prometheus scraping them (when installed), the books check.
 BOOKS_PORT = int(os.environ.get("ORDEROPS_BOOKS_PORT", "6106"))
 WATCHERS = (Processor("prometheus", "orderops.ops.monitoring", int(os.environ.get("ORDEROPS_PROMETHEUS_PORT", "9090")),
@@ -108,7 +109,9 @@ def installed() -> list[Processor]:
 
 def _environment(p: Processor) -> dict[str, str]:
     """In secure mode each connects as its own principal (a processor as itself, the simulator as
-    the systems it plays); the companions and watchers get no Kafka credentials at all."""
+    the systems it plays, the ingest as itself); the other companions and the watchers get no Kafka
+    credentials at all."""
+    from orderops.ops.security import INGEST as INGEST_PRINCIPAL
     from orderops.ops.security import SIMULATOR, KafkaSecurity, principal_env, secrets_dir
 
     env = dict(os.environ)
@@ -116,7 +119,8 @@ def _environment(p: Processor) -> dict[str, str]:
         return env
     for key in [k for k in env if k.startswith(("KAFKA_SASL_", "KAFKA_SSL_", "KAFKA_SECURITY_"))]:
         del env[key]
-    principal = p.name if p.name in PROCESSORS else SIMULATOR if p in FEEDERS else None
+    principal = p.name if p.name in PROCESSORS else SIMULATOR if p in FEEDERS else \
+        INGEST_PRINCIPAL if p == INGEST else None
     if principal:
         env.update(principal_env(principal, secrets_dir(run_dir())))
     return env

@@ -29,6 +29,7 @@ from orderops.model import catalog
 ADMIN = "admin"  # the super user: creates topics, users and ACLs; the on-call redrive
 SIMULATOR = "simulator"  # plays the storefront, the warehouse, the payment provider and the support desk
 SIMULATED_SYSTEMS = (catalog.STOREFRONT, catalog.WAREHOUSE, catalog.PAYMENT_PROVIDER, catalog.SUPPORT_DESK)
+INGEST = "ingest"  # `orderops ingest`: writes the upstream systems' events it takes over HTTP, nothing else
 MECHANISM = "SCRAM-SHA-512"
 
 
@@ -139,6 +140,8 @@ def grants(principal: str) -> list[Grant]:
     processor its timer, dead-letter and changelog topics (Faust's ``<app id>-…``)."""
     if principal == SIMULATOR:
         return sorted(set().union(*(set(grants(system)) for system in SIMULATED_SYSTEMS)))
+    if principal == INGEST:
+        return sorted(set().union(*(_writes(topic) for topic in catalog.INGESTED_TOPICS)))
     found: set[Grant] = set()
     for topic in catalog.ALL_TOPICS:
         if principal in topic.readers:
@@ -162,7 +165,7 @@ def grants(principal: str) -> list[Grant]:
 
 def principals() -> tuple[str, ...]:
     systems = tuple(s for s in catalog.UPSTREAM_SYSTEMS if grants(s))
-    return (*catalog.PROCESSORS, *systems, SIMULATOR)
+    return (*catalog.PROCESSORS, *systems, SIMULATOR, INGEST)
 
 
 def password(directory: Path, principal: str) -> str:

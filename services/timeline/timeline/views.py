@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -27,6 +26,7 @@ from typing import Any
 from faust import web
 
 from orderops.http.app import SECURITY_HEADERS, signed_in
+from orderops.http.limits import PerCallerLimit
 from orderops.http.peers import asked_by_peer, gather
 from orderops.model.catalog import SUPPORT_ACTIONS
 from orderops.model.envelope import Envelope, from_json
@@ -37,23 +37,14 @@ from timeline.domain import entry_key, kept_entries, order_summary
 STATIC = Path(__file__).parent / "static"
 
 
-class PerUserLimit:
-    """At most ``per_minute`` calls a minute per user (a token bucket refilled continuously): each
-    open console tab polls the queue, and a script could poll far faster. Over it: 429."""
+class PerUserLimit(PerCallerLimit):
+    """At most ``per_minute`` calls a minute per user: each open console tab polls the queue, and a
+    script could poll far faster. Over it: 429, saying how long to wait."""
 
-    def __init__(self, per_minute: float) -> None:
-        self.per_minute = per_minute
-        self._buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, when counted)
-
-    def take(self, user_id: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        tokens, then = self._buckets.get(user_id, (self.per_minute, now))
-        tokens = min(self.per_minute, tokens + (now - then) * self.per_minute / 60)
-        if tokens < 1:
-            self._buckets[user_id] = (tokens, now)
-            raise BadRequest(f"{user_id} asked more than {self.per_minute:g} times a minute: wait "
-                             f"{(1 - tokens) * 60 / self.per_minute:.0f} s", 429)
-        self._buckets[user_id] = (tokens - 1, now)
+    def take_or_refuse(self, user_id: str) -> None:
+        wait = self.take(user_id)
+        if wait is not None:
+            raise BadRequest(f"{user_id} asked more than {self.per_minute:g} times a minute: wait {wait:.0f} s", 429)
 
 
 # Searches and the escalation queue, per user (ORDEROPS_SUPPORT_QUERIES_PER_MINUTE, default 60: a
@@ -225,7 +216,7 @@ class Orders(web.View):
         wanted = request.query.get("customer", "").strip().lower()
         if not wanted:
             raise BadRequest("give ?customer=<customer id or e-mail>")
-        searches.take(signed_in(request).user_id)
+        searches.take_or_refuse(signed_in(request).user_id)
         found = support_index.orders_of(wanted)
         return 200, {"customer": wanted, "orders": _plain(found)}
 
@@ -240,7 +231,7 @@ class Escalations(web.View):
         rule = request.query.get("rule")
         if rule and rule not in {r.rule_id for r in RULES.escalations}:
             raise BadRequest(f"unknown rule {rule!r}; rules: {', '.join(r.rule_id for r in RULES.escalations)}")
-        searches.take(signed_in(request).user_id)
+        searches.take_or_refuse(signed_in(request).user_id)
         now = service.clock.now()
         queue = [{**e, "age_hours": round((now - e["opened_at"]).total_seconds() / 3600, 2),
                   "respond_within_hours": RESPOND_WITHIN.get(e["rule"], DEFAULT_RESPOND_HOURS)}

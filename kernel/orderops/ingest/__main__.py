@@ -1,0 +1,3 @@
+from orderops.ingest.app import main
+
+main()
