@@ -56,6 +56,24 @@ def catalog_topics(kafka_bootstrap: str) -> str:
     return kafka_bootstrap
 
 
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory) -> str:
+    """A real Schema Registry of the suite's own (Apicurio, started as `make run` starts it:
+    deploy/registry/registry.sh), for the Confluent framing: its API's base URL."""
+    import subprocess
+
+    from orderops_tools.testing import free_port
+
+    script = Path(__file__).parent / "deploy" / "registry" / "registry.sh"
+    env = {**os.environ, "ORDEROPS_REGISTRY_PORT": str(free_port()),
+           "ORDEROPS_RUN_DIR": str(tmp_path_factory.mktemp("registry"))}
+    subprocess.run([str(script), "up"], env=env, check=True, timeout=900)
+    try:
+        yield subprocess.run([str(script), "url"], env=env, check=True, capture_output=True, text=True).stdout.strip()
+    finally:
+        subprocess.run([str(script), "down"], env=env, timeout=120)
+
+
 @pytest.fixture
 def run_id() -> str:
     """A short id that keeps one test's orders, groups and apps apart from every other run's.

@@ -33,11 +33,13 @@ class RefundDesk(threading.Thread):
                  answer_twice: Decision = lambda command: False,
                  fails_then_succeeds: Decision = lambda command: False,
                  again_as_new_event: Decision = lambda command: False, order_ids: set[str] | None = None,
-                 delay: timedelta = timedelta(hours=2), from_start: bool = True, name: str = PAYMENT_PROVIDER) -> None:
+                 delay: timedelta = timedelta(hours=2), from_start: bool = True, name: str = PAYMENT_PROVIDER,
+                 framing: str = "single-object") -> None:
         super().__init__(daemon=True, name=f"refund-desk-{name}")
         self.bootstrap, self.fails, self.answer_twice = bootstrap, fails, answer_twice
         self.again_as_new_event, self.fails_then_succeeds = again_as_new_event, fails_then_succeeds
         self.order_ids, self.delay, self.from_start, self.group = order_ids, delay, from_start, f"{name}-{uuid.uuid4().hex}"
+        self.framing = framing  # of its answers (codec.avro.FRAMINGS)
         self.commands: list[Envelope] = []  # every command read, repeats included
         self.answers: Counter = Counter()  # refunds_succeeded / refunds_failed / answers_not_delivered
         self.refunded: dict[str, tuple[str, Decimal]] = {}  # idempotency key -> (instrument, amount) refunded
@@ -78,15 +80,17 @@ class RefundDesk(threading.Thread):
                                   "payment-provider",
                                   "orderops.payments.RefundFailed" if fails else "orderops.payments.RefundSucceeded",
                                   {**payload, "reason": "issuer declined", "retryable": True} if fails else payload)
-                value = codec.encode(PAYMENTS_EVENTS.value_schema, answer.to_record())
+                value = codec.encode_framed(self.framing, PAYMENTS_EVENTS.name, PAYMENTS_EVENTS.value_schema, answer.to_record())
                 copies = [value] * (2 if self.answer_twice(command) else 1)
                 if self.again_as_new_event(command):
                     again = Envelope(f"{answer.event_id}:again", *list(vars(answer).values())[1:])
-                    copies.append(codec.encode(PAYMENTS_EVENTS.value_schema, again.to_record()))
+                    copies.append(codec.encode_framed(self.framing, PAYMENTS_EVENTS.name, PAYMENTS_EVENTS.value_schema,
+                                                      again.to_record()))
                 if fails and self.fails_then_succeeds(command):
                     late = Envelope(f"provider:{key}:late", command.order_id, command.occurred_at + 2 * self.delay,
                                     "payment-provider", "orderops.payments.RefundSucceeded", payload)
-                    copies.append(codec.encode(PAYMENTS_EVENTS.value_schema, late.to_record()))
+                    copies.append(codec.encode_framed(self.framing, PAYMENTS_EVENTS.name, PAYMENTS_EVENTS.value_schema,
+                                                      late.to_record()))
                     fails = False  # in the provider's book it succeeded
                     self.answers["refunds_failed_then_succeeded"] += 1
                 for copy in copies:

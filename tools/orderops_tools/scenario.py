@@ -96,9 +96,10 @@ class Story:
         self.events.append(StoryEvent(topic, envelope))
         return envelope
 
-    def encoded(self) -> list[tuple[Topic, bytes, bytes]]:
-        """(topic, key, value) for every event, in story order."""
-        return [(e.topic, self.order_id.encode(), self.codec.encode(e.topic.value_schema, e.envelope.to_record()))
+    def encoded(self, framing: str = "single-object") -> list[tuple[Topic, bytes, bytes]]:
+        """(topic, key, value) for every event, in story order, in ``framing`` (codec.avro.FRAMINGS)."""
+        return [(e.topic, self.order_id.encode(),
+                 self.codec.encode_framed(framing, e.topic.name, e.topic.value_schema, e.envelope.to_record()))
                 for e in self.events]
 
     def publish(self, producer: Any) -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from orderops.codec.avro import FRAMINGS
 from orderops.model import money as money_of
 from orderops.model.catalog import (
     PAYMENT_PROVIDER,
@@ -73,6 +74,7 @@ class Config:
     reorder: float = 0.0
     malformed: float = 0.0
     customers: int = 40
+    framing: str = "single-object"  # or "confluent": the schema id from ORDEROPS_SCHEMA_REGISTRY_URL's registry
 
 
 @dataclass(order=True)
@@ -264,7 +266,7 @@ def order_sends(config: Config, n: int, origin: datetime, chaos: Counter) -> lis
     story = order_story(config, n, origin)
     sends: list[Send] = []
     not_before: dict[str, float] = {}
-    for k, ((topic, key, value), event) in enumerate(zip(story.encoded(), story.events, strict=True)):
+    for k, ((topic, key, value), event) in enumerate(zip(story.encoded(config.framing), story.events, strict=True)):
         at = (event.envelope.occurred_at - origin).total_seconds()
         if config.reorder and rng.random() < config.reorder:
             at += rng.uniform(60, 3 * 3600)  # held back up to three simulated hours
@@ -322,7 +324,7 @@ def play(config: Config, bootstrap: str, out=sys.stderr, answer_refunds: bool = 
 
         provider = RefundDesk(bootstrap, fails=lambda command: draw(command) < failing + late,
                               fails_then_succeeds=lambda command: draw(command) < late,
-                              from_start=False, name=f"{PAYMENT_PROVIDER}-simulated")
+                              from_start=False, name=f"{PAYMENT_PROVIDER}-simulated", framing=config.framing)
         provider.start()
     failed: Counter = Counter()
     began, last_report, last_sent, k = time.monotonic(), 0.0, 0.0, 0
@@ -399,6 +401,9 @@ def register(groups) -> None:
     parser.add_argument("--reorder", type=float, default=0.0, help="share of events held back (cross-topic reordering)")
     parser.add_argument("--malformed", type=float, default=0.0, help="share of events followed by a malformed message")
     parser.add_argument("--no-provider", action="store_true", help="do not answer refund commands")
+    parser.add_argument("--framing", choices=FRAMINGS, default="single-object",
+                        help="how values name their writer schema: single-object (C3 01 + fingerprint, the default) "
+                             "or confluent (00 + schema id from ORDEROPS_SCHEMA_REGISTRY_URL's registry)")
     parser.set_defaults(run=_run)
 
 
@@ -415,7 +420,7 @@ def _run(args: argparse.Namespace) -> int:
     config = Config(seed=args.seed, orders=args.orders, rate=args.rate, compression=args.compression,
                     start=datetime.fromisoformat(args.start) if args.start else None, order_interval=args.order_interval,
                     duration=args.duration, shares=shares, duplicates=args.duplicates, reorder=args.reorder,
-                    malformed=args.malformed, order_gap=args.order_gap)
+                    malformed=args.malformed, order_gap=args.order_gap, framing=args.framing)
     summary = play(config, KafkaSettings.from_env().bootstrap, answer_refunds=not args.no_provider)
     print("simulate: summary")
     for key, value in sorted(summary.items()):

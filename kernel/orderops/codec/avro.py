@@ -1,7 +1,14 @@
-"""Avro single-object encoding: ``C3 01`` + CRC-64-AVRO fingerprint (little-endian) + body.
+"""Avro with its writer schema named in every message, in either of two framings.
 
-Every message names its writer schema, so a reader resolves whatever wrote it to the schema the
-reader was built with; that is how schemas evolve without a registry service.
+- Single-object encoding (the Avro specification's): ``C3 01`` + the writer schema's CRC-64-AVRO
+  fingerprint (little-endian) + body. A reader knows the writer schemas it was built with and
+  every released one (``schemas/fingerprints/``); any other is an unknown writer. Schemas evolve
+  without a registry service: readers ship first.
+- Confluent framing: ``00`` + the schema id (4 bytes, big-endian) + body, the schema kept in a
+  Schema Registry (orderops.codec.registry). A reader fetches a writer schema it has not seen
+  from the registry, so an upstream team may add an optional field before every reader ships.
+
+Either way the body is resolved from the writer's schema to the one the reader was built with.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from dataclasses import dataclass
 
 from fastavro import schemaless_reader, schemaless_writer
 
+from orderops.codec.registry import RegistryError, SchemaRegistryClient
 from orderops.codec.schemas import ResolvedSchema, SchemaRegistry
 from orderops.model.envelope import Envelope
 
@@ -25,10 +33,14 @@ __all__ = [
     "NotSingleObjectEncoded",
     "SchemaMismatch",
     "UnknownFingerprint",
+    "WriterSchemaUnavailable",
 ]
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
+CONFLUENT_MAGIC = 0
+CONFLUENT_HEADER_SIZE = 5
+FRAMINGS = ("single-object", "confluent")
 
 
 class DecodeError(Exception):
@@ -47,6 +59,15 @@ class UnknownFingerprint(DecodeError):
 
 class SchemaMismatch(DecodeError):
     reason = "body-does-not-match-schema"
+
+
+class WriterSchemaUnavailable(DecodeError):
+    """A Confluent-framed message whose schema id the registry could not give (unknown id, the
+    registry down, none configured): ``reason`` says which."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class KeyNotOrderId(DecodeError):
@@ -82,8 +103,12 @@ ENVELOPE_HEAD = (("event_id", "string"), ("order_id", "string"), ("occurred_at",
 
 
 class Codec:
-    def __init__(self, registry: SchemaRegistry | None = None) -> None:
+    def __init__(self, registry: SchemaRegistry | None = None,
+                 schema_registry: SchemaRegistryClient | None = None) -> None:
+        """``schema_registry``: the Schema Registry of the Confluent framing (default: the one
+        ``ORDEROPS_SCHEMA_REGISTRY_URL`` names, if any)."""
         self.registry = registry or SchemaRegistry()
+        self.schema_registry = schema_registry if schema_registry is not None else SchemaRegistryClient.from_env()
         self._payload_types: dict[str, str] = {}
         # writer fingerprint -> the payload's branch names and whether it is a union (an index first); None: not an envelope
         self._payload_branches: dict[bytes, tuple[tuple[str, ...], bool] | None] = {}
@@ -99,11 +124,31 @@ class Codec:
             raise EncodeError(f"record does not fit {schema_name}: {exc}") from exc
         return out.getvalue()
 
+    def encode_confluent(self, topic: str, schema_name: str, record: dict) -> bytes:
+        """``record`` in the Confluent framing, its schema registered under the topic's subject."""
+        if self.schema_registry is None:
+            raise EncodeError("the Confluent framing needs a Schema Registry: set ORDEROPS_SCHEMA_REGISTRY_URL")
+        schema = self.registry.get(schema_name)
+        out = io.BytesIO()
+        out.write(bytes([CONFLUENT_MAGIC]))
+        out.write(self.schema_registry.id_of(topic, schema).to_bytes(4, "big"))
+        try:
+            schemaless_writer(out, schema.compiled, record, strict_allow_default=True)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise EncodeError(f"record does not fit {schema_name}: {exc}") from exc
+        return out.getvalue()
+
+    def encode_framed(self, framing: str, topic: str, schema_name: str, record: dict) -> bytes:
+        """``record`` in ``framing`` (one of FRAMINGS)."""
+        if framing == "confluent":
+            return self.encode_confluent(topic, schema_name, record)
+        return self.encode(schema_name, record)
+
     def decode(self, data: bytes | None, reader_name: str) -> Decoded:
-        writer = self.writer_of(data)
+        writer, start = self._writer_and_start(data)
         reader = self.registry.get(reader_name)
         stream = io.BytesIO(data)
-        stream.seek(HEADER_SIZE)
+        stream.seek(start)
         try:
             same = writer.fingerprint == reader.fingerprint
             if same and not writer.has_named_union:
@@ -140,7 +185,7 @@ class Codec:
         without decoding the payload: what a tool indexing millions of records needs of each (the
         rebuild, by event id). The writer schema must begin as every envelope does (``ENVELOPE_HEAD``,
         then ``payload``); anything else, or a body too short, is a DecodeError."""
-        writer = self.writer_of(data)
+        writer, start = self._writer_and_start(data)
         if writer.fingerprint not in self._payload_branches:
             fields = writer.schema.get("fields") or []
             kinds = tuple((f["name"], f["type"] if isinstance(f["type"], str) else f["type"].get("type"))
@@ -155,7 +200,7 @@ class Codec:
             raise SchemaMismatch(f"{writer.name} is not an envelope (event_id, order_id, occurred_at, source, payload)")
         branches, union = layout
         try:
-            event_id, at = _avro_string(data, HEADER_SIZE)
+            event_id, at = _avro_string(data, start)
             order_id, at = _avro_string(data, at)
             _, at = _avro_long(data, at)
             source, at = _avro_string(data, at)
@@ -173,11 +218,18 @@ class Codec:
         return self._payload_types[reader_name]
 
     def writer_of(self, data: bytes | None) -> ResolvedSchema:
+        return self._writer_and_start(data)[0]
+
+    def _writer_and_start(self, data: bytes | None) -> tuple[ResolvedSchema, int]:
+        """The schema that wrote ``data``, and where its body starts."""
         if data is None:
             raise NotSingleObjectEncoded("message has no value (a tombstone or a null)")
+        if len(data) > CONFLUENT_HEADER_SIZE and data[0] == CONFLUENT_MAGIC:
+            return self._registered_writer(int.from_bytes(data[1:CONFLUENT_HEADER_SIZE], "big")), CONFLUENT_HEADER_SIZE
         if len(data) < HEADER_SIZE or data[:2] != MAGIC:
             raise NotSingleObjectEncoded(
-                f"value does not start with the Avro single-object marker C3 01 (starts {data[:4].hex() or 'empty'})"
+                f"value starts with neither the Avro single-object marker C3 01 nor the Confluent framing's 00 "
+                f"(starts {data[:4].hex() or 'empty'})"
             )
         fingerprint = bytes(data[2:HEADER_SIZE])
         writer = self.registry.writer_schemas().get(fingerprint)
@@ -186,7 +238,19 @@ class Codec:
                 f"no known writer schema has fingerprint {fingerprint.hex()}: a writer with a newer contract? "
                 "Update this service's schemas/ (schemas/fingerprints/ holds every released writer schema)"
             )
-        return writer
+        return writer, HEADER_SIZE
+
+    def _registered_writer(self, schema_id: int) -> ResolvedSchema:
+        if self.schema_registry is None:
+            raise WriterSchemaUnavailable(
+                f"value is in the Confluent framing (schema id {schema_id}) but no Schema Registry is configured: "
+                "set ORDEROPS_SCHEMA_REGISTRY_URL and re-drive it", "no-schema-registry")
+        try:
+            found = self.schema_registry.schema(schema_id)
+        except RegistryError as exc:
+            raise WriterSchemaUnavailable(str(exc), exc.reason) from exc
+        # A registered schema that is one of ours is ours (its compiled form and fast path, once).
+        return self.registry.writer_schemas().get(found.fingerprint, found)
 
 
 def _branch_names(union: list | dict | str) -> tuple[str, ...]:

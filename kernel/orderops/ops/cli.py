@@ -6,6 +6,7 @@
     orderops broker wait        block until a broker answers a metadata request
     orderops schemas freeze     record current writer schemas under schemas/fingerprints/
     orderops schemas check      every current writer schema is frozen; every schema parses
+    orderops schemas register   every topic's value schema into the Schema Registry (Confluent framing)
     orderops processors start   start every installed processor, detached; wait until ready
     orderops processors stop    SIGTERM them (SIGKILL after 60 s)
     orderops processors status  which run, which are ready, where
@@ -111,6 +112,27 @@ def _schemas_freeze(args: argparse.Namespace) -> int:
     for path in written:
         print(f"frozen {path.name}")
     print(f"schemas: {len(written)} new writer schema(s) frozen")
+    return 0
+
+
+def _schemas_register(args: argparse.Namespace) -> int:
+    from orderops.codec.registry import RegistryError, SchemaRegistryClient, subject
+    from orderops.codec.schemas import SchemaRegistry
+
+    client = SchemaRegistryClient(args.url) if args.url else SchemaRegistryClient.from_env()
+    if client is None:
+        print("schemas: give --url or set ORDEROPS_SCHEMA_REGISTRY_URL (make run's: "
+              "http://127.0.0.1:6108/apis/ccompat/v7)", file=sys.stderr)
+        return 1
+    registry = SchemaRegistry()
+    try:
+        for topic in catalog.ALL_TOPICS:
+            if topic.value_schema:
+                schema_id = client.id_of(topic.name, registry.get(topic.value_schema))
+                print(f"{subject(topic.name):40} id {schema_id:<6} {topic.value_schema}")
+    except RegistryError as exc:
+        print(f"schemas: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -266,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     schemas = groups.add_parser("schemas", help="the event contract").add_subparsers(dest="command", required=True)
     schemas.add_parser("freeze", help="record current writer schemas").set_defaults(run=_schemas_freeze)
     schemas.add_parser("check", help="check every writer schema is frozen").set_defaults(run=_schemas_check)
+    register = schemas.add_parser("register", help="register every topic's value schema in a Schema Registry "
+                                  "(Confluent-compatible API), under <topic>-value")
+    register.add_argument("--url", help="the API's base URL (default: $ORDEROPS_SCHEMA_REGISTRY_URL)")
+    register.set_defaults(run=_schemas_register)
 
     procs = groups.add_parser("processors", help="the processors on this machine").add_subparsers(
         dest="command", required=True)
