@@ -15,7 +15,7 @@ KAFKA_SECRETS = $(or $(ORDEROPS_KAFKA_SECRETS_DIR),$(RUN_DIR)/secrets/kafka)
 as_principal = $(if $(filter 1,$(SECURE)),KAFKA_SECURITY_PROTOCOL=SASL_SSL KAFKA_SASL_USERNAME=$(1) \
   KAFKA_SASL_PASSWORD_FILE=$(KAFKA_SECRETS)/$(1).password KAFKA_SSL_CA_FILE=$(KAFKA_SECRETS)/ca.pem)
 
-.PHONY: bench test-faults browser prometheus help venv kafka-up kafka-down kafka-status topics run stop status test test-unit lint clean
+.PHONY: bench test-faults browser prometheus help venv kafka-up kafka-down kafka-status registry-up registry-down topics run stop status test test-unit lint clean
 
 help:
 	@echo "make run           broker, topics, every processor, Prometheus, the simulator; prints where to look; Ctrl-C stops"
@@ -58,6 +58,14 @@ kafka-up: venv
 kafka-down:
 	@deploy/kafka/kafka.sh down
 
+# The Schema Registry of the Confluent framing (Apicurio, from Maven Central: deploy/registry/registry.sh).
+REGISTRY_URL := http://127.0.0.1:$${ORDEROPS_REGISTRY_PORT:-6108}/apis/ccompat/v7
+registry-up:
+	@deploy/registry/registry.sh up
+
+registry-down:
+	@deploy/registry/registry.sh down
+
 kafka-status:
 	@deploy/kafka/kafka.sh status
 
@@ -67,13 +75,16 @@ topics: kafka-up
 
 # The simulator compresses time (days per minute): processors follow event time, so orders age
 # into escalations as the simulated days pass. ORDEROPS_CLOCK=wall for a live feed.
-run: topics
+run: topics registry-up
 	@$(MAKE) --no-print-directory prometheus || echo "(continuing without Prometheus: the processors still export /metrics)"
+	@$(BIN)/orderops schemas register --url $(REGISTRY_URL) > $(RUN_DIR)/registry/registered.txt && \
+	  echo "registry: orderops's schemas registered ($(RUN_DIR)/registry/registered.txt)"
 	@$(call as_principal,policy-admin) $(CLUSTER) $(BIN)/orderops policies publish
 	@$(BIN)/orderops users dev
 	@$(BIN)/orderops ingest principals dev
 	@$(call as_principal,admin) $(if $(filter 1,$(SECURE)),ORDEROPS_DATA_DIR=$(RUN_DIR)/state-secure) \
-	  $(CLUSTER) ORDEROPS_CLOCK=$${ORDEROPS_CLOCK:-event} $(BIN)/orderops processors start
+	  $(CLUSTER) ORDEROPS_CLOCK=$${ORDEROPS_CLOCK:-event} ORDEROPS_SCHEMA_REGISTRY_URL=$(REGISTRY_URL) \
+	  $(BIN)/orderops processors start
 	@echo
 	@echo "orderops is up: the broker, every topic, the return policies, all five processors, Prometheus and the simulator."
 	@echo "  CONSOLE      http://127.0.0.1:6105/   support console (API: /openapi.json; escalations appear as simulated days pass)"
@@ -85,6 +96,7 @@ run: topics
 	@echo "  notifier     http://127.0.0.1:6104/orders/<order id>/notifications   log: .run/logs/notifier.log"
 	@echo "  timeline     http://127.0.0.1:6105/orders/<order id>   /timeline   log: .run/logs/timeline.log"
 	@echo "  ingest       POST http://127.0.0.1:$${ORDEROPS_INGEST_PORT:-6107}/topics/<topic>/events   upstream events as JSON (docs/producing.md); tokens in .run/secrets/ingest-principals.tokens"
+	@echo "  registry     $(REGISTRY_URL)   Schema Registry (Apicurio) for the Confluent framing   log: $(RUN_DIR)/registry/registry.log"
 	@echo "  messages     emails as files in .run/sinks/mail/, webhooks in .run/sinks/webhooks/ (list: http://127.0.0.1:6180/)"
 	@echo "  prometheus   http://127.0.0.1:$${ORDEROPS_PROMETHEUS_PORT:-9090}/   rules and alerts: deploy/prometheus/rules/ (try orderops:notification_accuracy:ratio_1h)"
 	@echo "  books        http://127.0.0.1:$${ORDEROPS_BOOKS_PORT:-6106}/metrics   order-state, returns and the provider's books compared (alert OrderopsBooksDisagree)   log: .run/logs/books.log"
@@ -96,10 +108,12 @@ run: topics
 
 stop:
 	-@$(BIN)/orderops processors stop
+	-@deploy/registry/registry.sh down
 	@deploy/kafka/kafka.sh down
 
 status:
 	@deploy/kafka/kafka.sh status || true
+	@deploy/registry/registry.sh status || true
 	@$(BIN)/orderops processors status
 
 # The broker fixture (orderops.ops.brokers) uses KAFKA_BOOTSTRAP, else testcontainers when Docker

@@ -14,6 +14,7 @@ from pathlib import Path
 from orderops.ops.paths import source_root
 
 KAFKA_SCRIPT = (source_root() or Path.cwd()) / "deploy" / "kafka" / "kafka.sh"
+REGISTRY_SCRIPT = (source_root() or Path.cwd()) / "deploy" / "registry" / "registry.sh"
 TESTCONTAINERS_IMAGE = "confluentinc/cp-kafka:8.0.0"  # Kafka 4.0 in KRaft mode
 
 

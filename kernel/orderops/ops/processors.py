@@ -222,7 +222,8 @@ def watch(interval: float = 15.0) -> list[str]:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    print("Ctrl-C stops everything (processors, simulator, Prometheus, broker); state stays in .run/", flush=True)
+    print("Ctrl-C stops everything (processors, simulator, Prometheus, registry, broker); state stays in .run/",
+          flush=True)
     next_at = time.monotonic()
     while not stopping:
         if time.monotonic() >= next_at:
@@ -231,8 +232,9 @@ def watch(interval: float = 15.0) -> list[str]:
         time.sleep(0.2)
     print("\nstopping orderops ...", flush=True)
     print("\n".join(stop()), flush=True)
-    from orderops.ops.brokers import KAFKA_SCRIPT
+    from orderops.ops.brokers import KAFKA_SCRIPT, REGISTRY_SCRIPT
 
+    subprocess.run([str(REGISTRY_SCRIPT), "down"], check=False)
     if not os.environ.get("KAFKA_BOOTSTRAP"):
         subprocess.run([str(KAFKA_SCRIPT), "down"], check=False)
     return []
