@@ -5,17 +5,14 @@ written again; wrong, hostile or unauthorised input gets a precise 4xx and never
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
 from orderops_tools.scenario import address, card, customer, line, money
-from orderops_tools.testing import ServiceProcess, decode_all, free_port, read_topic
+from orderops_tools.testing import IngestProcess, decode_all, read_topic
 
-from orderops.http.auth import add_user
-from orderops.ingest.app import PRINCIPALS_HEADER, SYSTEMS
 from orderops.ingest.jsonevents import event_json
 from orderops.model.catalog import PAYMENTS_EVENTS, REDRIVE_TOPICS, STOREFRONT_ORDERS, TIMELINE
 from orderops.ops.settings import key_partition
@@ -31,36 +28,10 @@ def placed(order_id: str, event_id: str, quantity: int = 2) -> dict:
     return event_json(event_id, order_id, AT, "OrderPlaced", payload)
 
 
-class Ingest:
-    def __init__(self, bootstrap: str, tmp_path, run_id: str) -> None:
-        self.principals = tmp_path / "principals"
-        self.tokens = {name: add_user(self.principals, name, system, roles=SYSTEMS, header=PRINCIPALS_HEADER)
-                       for name, system in (("shop", "storefront"), ("wh", "warehouse"), ("flood", "storefront"))}
-        self.port = free_port()
-        self.env = {"KAFKA_BOOTSTRAP": bootstrap, "ORDEROPS_INGEST_PORT": str(self.port),
-                    "ORDEROPS_INGEST_PRINCIPALS_FILE": str(self.principals),
-                    "ORDEROPS_INGEST_DATA_DIR": str(tmp_path / "ingest"), "ORDEROPS_INGEST_MAX_EVENTS": "5",
-                    "ORDEROPS_INGEST_MAX_BODY_BYTES": "65536", "ORDEROPS_INGEST_REQUESTS_PER_MINUTE": "40"}
-        self.log = tmp_path / "ingest.log"
-        self.process: ServiceProcess | None = None
-
-    def start(self) -> ServiceProcess:
-        self.process = ServiceProcess(["-m", "orderops.ingest"], self.env, self.log, self.port).start()
-        return self.process
-
-    async def post(self, topic: str, body=None, *, who: str | None = "shop", raw: bytes | None = None,
-                   content_type: str = "application/json") -> tuple[int, dict]:
-        headers = {"Content-Type": content_type}
-        if who:
-            headers["Authorization"] = f"Bearer {self.tokens[who]}"
-        async with aiohttp.ClientSession() as session, session.post(
-                f"http://127.0.0.1:{self.port}/topics/{topic}/events", headers=headers,
-                data=raw if raw is not None else json.dumps(body)) as response:
-            return response.status, await response.json(content_type=None)
-
-
 async def test_events_sent_over_http_land_once_and_bad_input_never_does(catalog_topics, run_id, tmp_path):
-    ingest = Ingest(catalog_topics, tmp_path, run_id)
+    ingest = IngestProcess(catalog_topics, tmp_path, {"shop": "storefront", "wh": "warehouse", "flood": "storefront"},
+                           {"ORDEROPS_INGEST_MAX_EVENTS": "5", "ORDEROPS_INGEST_MAX_BODY_BYTES": "65536",
+                            "ORDEROPS_INGEST_REQUESTS_PER_MINUTE": "40"})
     process = ingest.start()
     try:
         await process.wait_ready(timeout=60)
@@ -88,7 +59,7 @@ async def test_events_sent_over_http_land_once_and_bad_input_never_does(catalog_
         assert sum(not a["accepted"][0]["duplicate"] for _, a in together) == 1
 
         # Who may send what.
-        assert (await ingest.post(orders, {"events": events}, who=None))[0] == 401
+        assert (await ingest.post(orders, {"events": events}, who=""))[0] == 401
         status, body = await ingest.post(orders, {"events": events}, who="wh")
         assert status == 403 and "storefront" in body["error"]
         assert (await ingest.post(REDRIVE_TOPICS[TIMELINE].name, {"events": events}))[0] == 404
@@ -146,7 +117,7 @@ async def test_events_sent_over_http_land_once_and_bad_input_never_does(catalog_
         await process.wait_ready(timeout=60)
         status, again = await ingest.post(orders, {"events": events})
         assert status == 202 and all(a["duplicate"] for a in again["accepted"])
-        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{ingest.port}/openapi.json") as r:
+        async with aiohttp.ClientSession() as session, session.get(f"{ingest.url}/openapi.json") as r:
             spec = await r.json()
         assert "/topics/{topic}/events" in spec["paths"] and r.status == 200
     finally:

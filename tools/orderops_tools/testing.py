@@ -239,6 +239,40 @@ class ServiceProcess:
             return "(no log)"
 
 
+class IngestProcess:
+    """`orderops ingest` as a real process, with principals of its own (name -> upstream system)."""
+
+    def __init__(self, bootstrap: str, workdir: Path, principals: dict[str, str],
+                 settings: dict[str, str] | None = None) -> None:
+        from orderops.http.auth import add_user
+        from orderops.ingest.app import PRINCIPALS_HEADER, SYSTEMS
+
+        path = workdir / "ingest-principals"
+        self.tokens = {name: add_user(path, name, system, roles=SYSTEMS, header=PRINCIPALS_HEADER)
+                       for name, system in principals.items()}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {"KAFKA_BOOTSTRAP": bootstrap, "ORDEROPS_INGEST_PORT": str(self.port),
+                    "ORDEROPS_INGEST_PRINCIPALS_FILE": str(path), "ORDEROPS_INGEST_DATA_DIR": str(workdir / "ingest"),
+                    **(settings or {})}
+        self.log = workdir / "ingest.log"
+
+    def start(self) -> ServiceProcess:
+        return ServiceProcess(["-m", "orderops.ingest"], self.env, self.log, self.port).start()
+
+    async def post(self, topic: str, body: Any = None, *, who: str | None = None, raw: bytes | None = None,
+                   content_type: str = "application/json") -> tuple[int, Any]:
+        """POST /topics/<topic>/events as principal ``who`` (default: the first one; None-like "" sends no token)."""
+        import json
+
+        who = next(iter(self.tokens)) if who is None else who
+        headers = {"Content-Type": content_type, **({"Authorization": f"Bearer {self.tokens[who]}"} if who else {})}
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{self.url}/topics/{topic}/events", headers=headers,
+                data=raw if raw is not None else json.dumps(body)) as response:
+            return response.status, await response.json(content_type=None)
+
+
 async def _sleep(seconds: float) -> None:
     import asyncio
 

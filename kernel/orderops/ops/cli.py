@@ -6,6 +6,7 @@
     orderops broker wait        block until a broker answers a metadata request
     orderops schemas freeze     record current writer schemas under schemas/fingerprints/
     orderops schemas check      every current writer schema is frozen; every schema parses
+    orderops schemas show T     topic T's value schema, self-contained, as JSON (what a producer writes with)
     orderops schemas register   every topic's value schema into the Schema Registry (Confluent framing)
     orderops processors start   start every installed processor, detached; wait until ready
     orderops processors stop    SIGTERM them (SIGKILL after 60 s)
@@ -133,6 +134,20 @@ def _schemas_register(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"schemas: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _schemas_show(args: argparse.Namespace) -> int:
+    import json
+
+    from orderops.codec.schemas import SchemaRegistry
+
+    topic = catalog.BY_NAME.get(args.topic)
+    if topic is None or not topic.value_schema:
+        print(f"schemas: {args.topic!r} is not a topic with an Avro value; `orderops topics list` names them",
+              file=sys.stderr)
+        return 1
+    print(json.dumps(SchemaRegistry().get(topic.value_schema).schema, indent=2))
     return 0
 
 
@@ -288,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     schemas = groups.add_parser("schemas", help="the event contract").add_subparsers(dest="command", required=True)
     schemas.add_parser("freeze", help="record current writer schemas").set_defaults(run=_schemas_freeze)
     schemas.add_parser("check", help="check every writer schema is frozen").set_defaults(run=_schemas_check)
+    show = schemas.add_parser("show", help="a topic's value schema, self-contained (every named type inline), as JSON")
+    show.add_argument("topic")
+    show.set_defaults(run=_schemas_show)
     register = schemas.add_parser("register", help="register every topic's value schema in a Schema Registry "
                                   "(Confluent-compatible API), under <topic>-value")
     register.add_argument("--url", help="the API's base URL (default: $ORDEROPS_SCHEMA_REGISTRY_URL)")
