@@ -28,7 +28,7 @@ help:
 	@echo "make bench         benchmark every processor and the pipeline (own broker); writes docs/benchmarks.md"
 	@echo "make kafka-up | kafka-down | kafka-status   the embedded Kafka 4.4 broker"
 	@echo "make topics        create every catalog topic (idempotent)"
-	@echo "make lint          ruff"
+	@echo "make lint          ruff, and mypy (strict) on the kernel and the services' domain modules"
 	@echo "make clean         stop the broker, delete .venv and .run (broker data, state, logs)"
 
 # PYTHONWARNINGS: setuptools warns, once per package, that a folder named like the package may
@@ -125,7 +125,7 @@ TEST_ENV := KAFKA_PORT=$${KAFKA_TEST_PORT:-19092} KAFKA_CONTROLLER_PORT=$${KAFKA
 
 # The cluster's fault test (three brokers of its own, about 4 minutes) and the broker-restart test of
 # librdkafka's producer (`long`, about 2 minutes) run in make test-faults only.
-test: venv browser prometheus
+test: venv lint browser prometheus
 	$(TEST_ENV) $(BIN)/pytest -m "not cluster and not long" $(PYTEST_ARGS)
 
 # The support console is tested in a real headless browser: Debian's chromium (Playwright drives it).
@@ -162,6 +162,7 @@ test-unit: venv
 
 lint: venv
 	$(BIN)/ruff check kernel services tools tests
+	$(BIN)/mypy
 
 clean:
 	-@test -x $(BIN)/orderops && $(BIN)/orderops processors stop

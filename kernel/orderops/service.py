@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -55,6 +55,8 @@ from orderops.runtime.timers import CLOCK_PREFIX, PartitionClocks
 
 NOT_AUTHENTICATED = "not authenticated: send 'Authorization: Bearer <token>' (tokens: orderops users add)"
 DEAD_LETTERS_REMEMBERED = 100_000  # (origin, reason) a worker will not dead-letter twice
+# A web view's method (self, request, **path parameters) -> response, as Faust calls it.
+ViewMethod = Callable[..., Awaitable[Any]]
 log = logging.getLogger("orderops.service")
 
 
@@ -132,7 +134,7 @@ class Service:
             log.warning("%s: %s. Every API call but /healthz and /metrics answers 401; add users with "
                         "`orderops users add <user id> <role>`.", name, self.users.problem)
         self._batches: BatchRunner | None = None  # the batch path, once batches() set it up
-        self._dead_lettered: dict[tuple, None] = {}  # the last messages dead-lettered, oldest first
+        self._dead_lettered: dict[tuple[Any, ...], None] = {}  # the last messages dead-lettered, oldest first
         self._mount_pages()
 
     # -- topics ---------------------------------------------------------------------------------
@@ -192,25 +194,26 @@ class Service:
             self.clock.observe(envelope.occurred_at)
         return envelope
 
-    async def emit(self, topic: Topic, key: str, record: dict, headers: list[tuple[str, bytes]] | None = None):
+    async def emit(self, topic: Topic, key: str, record: dict[str, Any],
+                   headers: list[tuple[str, bytes]] | None = None) -> Any:
         """Encode with the topic's schema and send with Faust's producer, outside the batch path (a
         timer tick, an HTTP action); returns the future of the broker's ack. Only a declared writer
         may write a topic."""
         value = self.encode(topic, record)
         return await self.topic(topic).send(key=key.encode(), value=value, headers=headers)
 
-    def encode(self, topic: Topic, record: dict) -> bytes:
+    def encode(self, topic: Topic, record: dict[str, Any]) -> bytes:
         """A record in ``topic``'s schema. Only a declared writer may write a topic."""
         if self.name not in topic.writers:
             raise ContractViolation(f"{self.name} is not a writer of {topic.name} (writers: {topic.writers})")
-        return self.codec.encode(topic.value_schema, record)
+        return self.codec.encode(topic.value_schema or "", record)
 
     @staticmethod
     def table_value(value: Any) -> bytes:
         """What a table keeps of a value (and its changelog carries)."""
-        return codecs.dumps(TABLE_VALUE_CODEC, value)
+        return bytes(codecs.dumps(TABLE_VALUE_CODEC, value))
 
-    async def emit_all(self, key: str, outputs: Iterable[tuple[Topic, dict]]) -> None:
+    async def emit_all(self, key: str, outputs: Iterable[tuple[Topic, dict[str, Any]]]) -> None:
         """Send every output and wait until the broker acknowledged all of them (an HTTP action)."""
         pending = [await self.emit(topic, key, record) for topic, record in outputs]
         for future in pending:
@@ -267,6 +270,7 @@ class Service:
     def schedule_in(self, batch: Batch, key: str, due: datetime | None, partition: int) -> None:
         """Set (or clear, with None) the key's next deadline, as part of a batch (``enable_timers``)."""
         wanted = due.isoformat() if due is not None else None
+        assert self._deadlines is not None, "enable_timers comes first"
         if batch.load(self._deadlines, key, _as_stored, partition) != wanted:
             batch.put(self._deadlines, key, None if wanted is None else self.table_value(wanted), wanted, partition)
             if self.partition_clocks is not None:
@@ -337,7 +341,7 @@ class Service:
 
     # -- global views ---------------------------------------------------------------------------
 
-    def global_view(self, topic: Topic, convert: Callable[[dict], Any], remedy: str = "") -> GlobalView:
+    def global_view(self, topic: Topic, convert: Callable[[dict[str, Any]], Any], remedy: str = "") -> GlobalView:
         """All of a compacted topic on every worker (see orderops.runtime.globalview); /healthz waits for it
         and lists the records it could not read. ``remedy``: the command that removes such a record."""
         view = GlobalView(self.settings.kafka.bootstrap, topic, self.codec, convert, remedy)
@@ -347,7 +351,7 @@ class Service:
 
     # -- HTTP --------------------------------------------------------------------------------
 
-    def routed_by_order(self, match_info: str = "order_id"):
+    def routed_by_order(self, match_info: str = "order_id") -> Callable[[ViewMethod], ViewMethod]:
         """Decorate a view method so that the worker owning the order answers it (others forward).
 
         Not Faust's ``table_route``: it hashes the table's JSON-serialized key (``"o-1"`` with the
@@ -359,11 +363,11 @@ class Service:
         forward = self.app.topic_route(topic=self.topic(order_scoped), match_info=match_info)
         service = self
 
-        def decorate(handler):
+        def decorate(handler: ViewMethod) -> ViewMethod:
             forwarded = forward(handler)
 
             @functools.wraps(handler)
-            async def routed(view, request, *args, **kwargs):
+            async def routed(view: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
                 # Answered here when this worker holds the order's partition, without asking the
                 # assignor's routing map: after a broker restart that map was found empty on a lone
                 # worker (every read "Service unavailable") while the partitions were its own.
@@ -384,15 +388,15 @@ class Service:
         partition = key_partition(order_id.encode(), topic.partitions)
         return any(tp.topic == topic.name and tp.partition == partition for tp in consumer.assignment())
 
-    def requires(self, role: str):
+    def requires(self, role: str) -> Callable[[ViewMethod], ViewMethod]:
         """Decorate a view method: only a user with ``role`` (or a higher one) gets in. No or an
         unknown token: 401, saying only how to sign in (what is wrong with the users file, and where
         it is, goes to the log); a known user without the role: 403. The user is ``signed_in(request)``."""
         users, service = self.users, self
 
-        def decorate(handler):
+        def decorate(handler: ViewMethod) -> ViewMethod:
             @functools.wraps(handler)
-            async def guarded(view, request, *args, **kwargs):
+            async def guarded(view: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
                 user = users.authenticate(bearer_token(request.headers.get("Authorization")))
                 if user is None:
                     service._tell_users_problem()
@@ -416,7 +420,8 @@ class Service:
             log.warning("%s: a request was refused: %s. Fix the users file or add users with "
                         "`orderops users add <user id> <role>`.", self.name, problem)
 
-    def order_page(self, path: str, table: faust.TableT, describe: Callable[[dict], dict], summary: str) -> None:
+    def order_page(self, path: str, table: faust.TableT, describe: Callable[[dict[str, Any]], dict[str, Any]],
+                   summary: str) -> None:
         """``GET path`` (with ``{order_id}``): the order's state as ``describe`` renders it, answered
         by the worker that owns the order (see ``routed_by_order``); 404 when unknown. ``summary``:
         what it answers, for the processor's ``/openapi.json``."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
@@ -86,7 +87,7 @@ class Decoded:
     """A decoded record and the schema that wrote it."""
 
     writer: str
-    record: dict
+    record: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class Codec:
         # writer fingerprint -> the payload's branch names and whether it is a union (an index first); None: not an envelope
         self._payload_branches: dict[bytes, tuple[tuple[str, ...], bool] | None] = {}
 
-    def encode(self, schema_name: str, record: dict) -> bytes:
+    def encode(self, schema_name: str, record: dict[str, Any]) -> bytes:
         schema = self.registry.get(schema_name)
         out = io.BytesIO()
         out.write(MAGIC)
@@ -124,7 +125,7 @@ class Codec:
             raise EncodeError(f"record does not fit {schema_name}: {exc}") from exc
         return out.getvalue()
 
-    def encode_confluent(self, topic: str, schema_name: str, record: dict) -> bytes:
+    def encode_confluent(self, topic: str, schema_name: str, record: dict[str, Any]) -> bytes:
         """``record`` in the Confluent framing, its schema registered under the topic's subject."""
         if self.schema_registry is None:
             raise EncodeError("the Confluent framing needs a Schema Registry: set ORDEROPS_SCHEMA_REGISTRY_URL")
@@ -138,13 +139,14 @@ class Codec:
             raise EncodeError(f"record does not fit {schema_name}: {exc}") from exc
         return out.getvalue()
 
-    def encode_framed(self, framing: str, topic: str, schema_name: str, record: dict) -> bytes:
+    def encode_framed(self, framing: str, topic: str, schema_name: str, record: dict[str, Any]) -> bytes:
         """``record`` in ``framing`` (one of FRAMINGS)."""
         if framing == "confluent":
             return self.encode_confluent(topic, schema_name, record)
         return self.encode(schema_name, record)
 
     def decode(self, data: bytes | None, reader_name: str) -> Decoded:
+        data = _present(data)
         writer, start = self._writer_and_start(data)
         reader = self.registry.get(reader_name)
         stream = io.BytesIO(data)
@@ -185,6 +187,7 @@ class Codec:
         without decoding the payload: what a tool indexing millions of records needs of each (the
         rebuild, by event id). The writer schema must begin as every envelope does (``ENVELOPE_HEAD``,
         then ``payload``); anything else, or a body too short, is a DecodeError."""
+        data = _present(data)
         writer, start = self._writer_and_start(data)
         if writer.fingerprint not in self._payload_branches:
             fields = writer.schema.get("fields") or []
@@ -253,9 +256,15 @@ class Codec:
         return self.registry.writer_schemas().get(found.fingerprint, found)
 
 
-def _branch_names(union: list | dict | str) -> tuple[str, ...]:
+def _present(data: bytes | None) -> bytes:
+    if data is None:
+        raise NotSingleObjectEncoded("message has no value (a tombstone or a null)")
+    return data
+
+
+def _branch_names(union: Any) -> tuple[str, ...]:
     """The full names of a union's branches (or of the one type that is not a union)."""
-    def full(branch: dict | str) -> str:
+    def full(branch: dict[str, Any] | str) -> str:
         if isinstance(branch, str):
             return branch
         name = branch["name"]

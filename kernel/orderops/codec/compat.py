@@ -25,7 +25,7 @@ def problems(writer: Any, reader: Any) -> list[str]:
     return found
 
 
-class _Names(dict):
+class _Names(dict[str, Any]):
     """Named types seen so far while walking a schema, so references can be followed."""
 
     def resolve(self, node: Any) -> Any:
@@ -52,7 +52,7 @@ class _Names(dict):
                 self._register(node["values"])
 
 
-def _full_name(node: dict) -> str:
+def _full_name(node: dict[str, Any]) -> str:
     name = node["name"]
     return name if "." in name or not node.get("namespace") else f"{node['namespace']}.{name}"
 
@@ -63,10 +63,10 @@ def _kind(node: Any) -> str:
     if isinstance(node, dict):
         kind = node["type"]
         return kind if isinstance(kind, str) and kind in {"record", "error", "enum", "fixed", "array", "map"} else _kind(kind)
-    return node
+    return str(node)
 
 
-def _logical(node: Any) -> tuple | None:
+def _logical(node: Any) -> tuple[Any, ...] | None:
     if isinstance(node, dict) and node.get("logicalType") == "decimal":
         return ("decimal", node.get("precision"), node.get("scale", 0))
     return None
@@ -133,7 +133,7 @@ def _matches(writer: Any, reader: Any) -> bool:
     return wk == rk or rk in PROMOTIONS.get(wk, set())
 
 
-def _aliases(node: dict) -> set[str]:
+def _aliases(node: dict[str, Any]) -> set[str]:
     namespace = node.get("namespace")
     return {a if "." in a or not namespace else f"{namespace}.{a}" for a in node.get("aliases", [])}
 

@@ -59,7 +59,7 @@ def mask_card_numbers(text: str) -> tuple[str, int]:
     allowed between them) replaced by ``····`` and its last four digits; and how many there were."""
     count = 0
 
-    def mask(match: re.Match) -> str:
+    def mask(match: re.Match[str]) -> str:
         nonlocal count
         digits = re.sub(r"[ -]", "", match.group())
         if not luhn_valid(digits):
@@ -109,7 +109,7 @@ def read_event(codec: Any, key: bytes | None, value: bytes | None, topic: Topic,
     cause_topic = next((v.decode() for k, v in pairs if k == CAUSE_HEADER and v), None)
     if cause_topic in inputs:
         envelope = evolve(envelope, cause_topic=cause_topic)
-    if not written_upstream(topic) or not may_hold_card_number(value):
+    if not written_upstream(topic) or value is None or not may_hold_card_number(value):
         return envelope, []  # the walk (a tenth of a replay's time) can find nothing
     payload, found = scrub(envelope.payload)
     return (evolve(envelope, payload=payload) if found else envelope), found

@@ -78,7 +78,7 @@ class SchemaRegistryClient:
             self._by_id.setdefault(self._ids[key], schema)
         return self._ids[key]
 
-    def _call(self, method: str, path: str, body: dict | None, what: str) -> dict[str, Any]:
+    def _call(self, method: str, path: str, body: dict[str, Any] | None, what: str) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.url + path, data=data, method=method,
                                          headers={"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE})

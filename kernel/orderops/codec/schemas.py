@@ -37,10 +37,10 @@ def default_schemas_dir() -> Path:
     raise SchemaError("cannot find the schemas/ folder: set ORDEROPS_SCHEMAS_DIR to its path")
 
 
-def full_name(schema: dict) -> str:
+def full_name(schema: dict[str, Any]) -> str:
     name = schema["name"]
     if "." in name or not schema.get("namespace"):
-        return name
+        return str(name)
     return f"{schema['namespace']}.{name}"
 
 
@@ -55,7 +55,7 @@ class ResolvedSchema:
     """A named type with every reference expanded: usable on its own."""
 
     name: str
-    schema: dict
+    schema: dict[str, Any]
 
     @cached_property
     def parsed(self) -> Any:
@@ -75,7 +75,7 @@ class ResolvedSchema:
 
     @cached_property
     def canonical_form(self) -> str:
-        return to_parsing_canonical_form(self.parsed)
+        return str(to_parsing_canonical_form(self.parsed))
 
     @cached_property
     def fingerprint(self) -> bytes:
@@ -110,7 +110,7 @@ class SchemaRegistry:
 
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = Path(directory) if directory else default_schemas_dir()
-        self.sources: dict[str, dict] = {}
+        self.sources: dict[str, dict[str, Any]] = {}
         for path in sorted(self.directory.glob("*.avsc")):
             try:
                 schema = json.loads(path.read_text())
@@ -179,7 +179,7 @@ class SchemaRegistry:
         return written
 
 
-def _expand(node: Any, sources: dict[str, dict], defined: set[str], context: str) -> Any:
+def _expand(node: Any, sources: dict[str, dict[str, Any]], defined: set[str], context: str) -> Any:
     """Inline named-type references: the first use is expanded, later uses stay by name."""
     if isinstance(node, str):
         if node in PRIMITIVES:
@@ -211,7 +211,7 @@ def _expand(node: Any, sources: dict[str, dict], defined: set[str], context: str
     raise SchemaError(f"{context}: unexpected schema node {node!r}")
 
 
-def _collect_refs(node: Any, found: set[str], sources: dict[str, dict]) -> None:
+def _collect_refs(node: Any, found: set[str], sources: dict[str, dict[str, Any]]) -> None:
     if isinstance(node, str):
         if node not in PRIMITIVES and node not in found and node in sources:
             found.add(node)

@@ -21,6 +21,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROLES = ("agent", "lead", "admin")
 _USER_ID = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
@@ -40,7 +41,7 @@ class User:
         """Whether this user's role includes ``role`` (agent < lead < admin)."""
         return ROLES.index(self.role) >= ROLES.index(role)
 
-    def as_actor(self) -> dict:
+    def as_actor(self) -> dict[str, Any]:
         return {"user_id": self.user_id, "role": self.role}
 
 

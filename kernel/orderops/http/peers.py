@@ -41,7 +41,7 @@ class Gathered:
 
 def asked_by_peer(request: Any) -> bool:
     """Whether another worker of the group sent this query (answer from your own partitions only)."""
-    return request.headers.get(PEER_HEADER) == "1"
+    return bool(request.headers.get(PEER_HEADER) == "1")
 
 
 def peer_urls(app: faust.App) -> list[URL]:

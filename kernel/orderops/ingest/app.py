@@ -87,7 +87,7 @@ class Refused(Exception):
         self.status, self.answer = status, {"error": error, **more}
 
 
-def digest_of(event: dict) -> str:
+def digest_of(event: dict[str, Any]) -> str:
     """The event as sent, whatever the order of its keys: a repeat and a changed event told apart."""
     return hashlib.sha256(json.dumps(event, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -203,7 +203,7 @@ class Ingest:
             raise Refused(400, f"event id {twice[0]} appears twice in one request; nothing was written")
         return records
 
-    async def _write(self, topic: catalog.Topic, events: list[Any], records: list[dict[str, Any]]) -> list[dict]:
+    async def _write(self, topic: catalog.Topic, events: list[Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         digests = [digest_of(e) for e in events]
         for record, digest in zip(records, digests, strict=True):
@@ -211,7 +211,7 @@ class Ingest:
             if known is not None and known.digest != digest:
                 raise Refused(409, f"event id {record['event_id']} was accepted before with other content; an event "
                                    "id names one event: give a changed event a new id. Nothing was written")
-        answers: list[dict | None] = [None] * len(records)
+        answers: list[dict[str, Any] | None] = [None] * len(records)
         sends: list[tuple[int, asyncio.Future[Any]]] = []
         # This request's events on their way: a concurrent request with one of their ids waits for
         # its answer instead of writing it again.
@@ -287,7 +287,7 @@ class Ingest:
             await asyncio.sleep(3600)
 
 
-def _answer(event_id: str, written: Written, duplicate: bool) -> dict:
+def _answer(event_id: str, written: Written, duplicate: bool) -> dict[str, Any]:
     return {"event_id": event_id, "partition": written.partition, "offset": written.offset, "duplicate": duplicate}
 
 

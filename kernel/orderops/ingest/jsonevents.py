@@ -87,11 +87,11 @@ def _kind(value: Any) -> str:
 def _full(node: Any, namespace: str) -> str:
     name = node["name"] if isinstance(node, dict) else node
     if "." in name or not namespace:
-        return name
+        return str(name)
     return f"{namespace}.{name}"
 
 
-def _named_types(schema: Any, namespace: str = "", found: dict[str, dict] | None = None) -> dict[str, dict]:
+def _named_types(schema: Any, namespace: str = "", found: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """Every named type of an expanded schema by full name, wherever it is defined."""
     found = {} if found is None else found
     if isinstance(schema, list):
@@ -115,7 +115,7 @@ def _named_types(schema: Any, namespace: str = "", found: dict[str, dict] | None
 
 
 class _Converter:
-    def __init__(self, names: dict[str, dict]) -> None:
+    def __init__(self, names: dict[str, dict[str, Any]]) -> None:
         self.names = names
 
     def _resolve(self, schema: Any, namespace: str) -> Any:
@@ -164,7 +164,7 @@ class _Converter:
             return data
         return _primitive(kind, value, path)
 
-    def _record(self, schema: dict, value: Any, path: str, namespace: str, depth: int) -> dict[str, Any]:
+    def _record(self, schema: dict[str, Any], value: Any, path: str, namespace: str, depth: int) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise EventProblem(path, f"expected an object ({schema['name']}), got {_kind(value)}")
         fields = {f["name"]: f for f in schema["fields"]}
@@ -183,7 +183,7 @@ class _Converter:
                 raise EventProblem(where, "is missing")
         return record
 
-    def _union(self, branches: list, value: Any, path: str, namespace: str, depth: int) -> Any:
+    def _union(self, branches: list[Any], value: Any, path: str, namespace: str, depth: int) -> Any:
         if value is None:
             if "null" in branches:
                 return None
@@ -201,7 +201,7 @@ class _Converter:
         raise EventProblem(path, f"{name[:60]!r} is not one of the union's types")
 
 
-def _namespace_of(schema: dict, enclosing: str) -> str:
+def _namespace_of(schema: dict[str, Any], enclosing: str) -> str:
     if "_namespace" in schema:
         return str(schema["_namespace"])
     if "." in schema["name"]:
@@ -281,7 +281,7 @@ def _timestamp(value: Any, path: str) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _decimal(value: Any, path: str, schema: dict) -> Decimal:
+def _decimal(value: Any, path: str, schema: dict[str, Any]) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise EventProblem(path, f"expected a decimal as a string (\"12.50\"), got {_kind(value)}")
     try:
@@ -300,7 +300,7 @@ def _decimal(value: Any, path: str, schema: dict) -> Decimal:
     return quantized
 
 
-def event_json(event_id: str, order_id: str, occurred_at: datetime, type_name: str, payload: dict) -> dict[str, Any]:
+def event_json(event_id: str, order_id: str, occurred_at: datetime, type_name: str, payload: dict[str, Any]) -> dict[str, Any]:
     """An event in the JSON form ``envelope_record`` takes: what a webhook sender writes."""
     return {"event_id": event_id, "order_id": order_id, "occurred_at": _plain(occurred_at),
             "type": type_name.rsplit(".", 1)[-1], "payload": _plain(payload)}

@@ -14,7 +14,7 @@ Events the processors derive themselves are not checked: their writers are this 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -50,7 +50,7 @@ class Payload:
 
     texts: list[tuple[Trail, str | int, str]]  # (container, key or index, the string)
     quantities: list[tuple[Trail, int]]  # (the container of a "quantity", its value)
-    amounts: list[tuple[Trail, dict]]  # (the amount's own trail, {"amount": ..., "currency": ...})
+    amounts: list[tuple[Trail, dict[str, Any]]]  # (the amount's own trail, {"amount": ..., "currency": ...})
 
 
 _CONTAINERS = (dict, list, tuple)
@@ -72,7 +72,7 @@ def _visit(item: Any, at: Trail, found: Payload) -> None:
     if isinstance(item, dict):
         if len(item) == 2 and "amount" in item and "currency" in item:
             found.amounts.append((at, item))
-        entries = item.items()
+        entries: Iterable[tuple[Any, Any]] = item.items()
     else:
         entries = enumerate(item)
     for key, nested in entries:

@@ -34,7 +34,7 @@ class Envelope(StoredAsJson):
     occurred_at: datetime
     source: str
     type: str  # full Avro name of the payload, e.g. orderops.payments.PaymentCaptured
-    payload: dict
+    payload: dict[str, Any]
     # For a record another processor derived from an event this processor also reads: that event's
     # topic (from the record's header, see orderops.model.workflow.cause_pending). Not part of the Avro.
     cause_topic: str | None = None
@@ -44,7 +44,7 @@ class Envelope(StoredAsJson):
         return _short_type(self.type)
 
     @classmethod
-    def from_record(cls, record: dict) -> Envelope:
+    def from_record(cls, record: dict[str, Any]) -> Envelope:
         type_name, payload = record["payload"]
         return cls(record["event_id"], record["order_id"], record["occurred_at"], record["source"], type_name, payload)
 
@@ -72,7 +72,7 @@ def _short_type(type_name: str) -> str:
 
 
 def as_record(event_id: str, order_id: str, occurred_at: datetime, source: str, type_name: str,
-              payload: dict) -> dict[str, Any]:
+              payload: dict[str, Any]) -> dict[str, Any]:
     """An envelope as its Avro record (the payload union's value as (type name, payload)); processors
     make one per output without building the Envelope first."""
     return {"event_id": event_id, "order_id": order_id, "occurred_at": occurred_at, "source": source,

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 ZERO = Decimal(0)
 
 FITS, WAIT, EXCEEDS = "fits", "wait", "exceeds"
 
 
-def operation_key(short_type: str, payload: dict) -> str | None:
+def operation_key(short_type: str, payload: dict[str, Any]) -> str | None:
     """The provider operation whose money an outcome on ``payments.events`` moves, or None (a
     failure moves none; a chargeback or a void names no operation: applied once per event id)."""
     if short_type == "PaymentCaptured":
@@ -135,17 +136,18 @@ class LinePrice:
         return said + f": {self.net:.2f} {currency} paid for it"
 
 
-def discounts(item: dict) -> Decimal:
+def discounts(item: dict[str, Any]) -> Decimal:
     """What the discounts of an ``OrderPlaced`` payload, or of one of its lines, take off."""
     return sum((d["amount"]["amount"] for d in item.get("discounts") or ()), ZERO)
 
 
-def discounted(line: dict) -> Decimal:
+def discounted(line: dict[str, Any]) -> Decimal:
     """A line of ``OrderPlaced`` at its price less its own discounts."""
-    return line["unit_price"]["amount"] * line["quantity"] - discounts(line)
+    price: Decimal = line["unit_price"]["amount"]
+    return Decimal(price * line["quantity"] - discounts(line))
 
 
-def line_prices(placed: dict) -> list[LinePrice]:
+def line_prices(placed: dict[str, Any]) -> list[LinePrice]:
     """Every line of an ``OrderPlaced`` payload priced net of its discounts and its share of the
     order's (in proportion to the lines' discounted prices, to the cent, by largest remainder)."""
     lines = placed["lines"]
@@ -154,7 +156,7 @@ def line_prices(placed: dict) -> list[LinePrice]:
             for x, share in zip(lines, shares, strict=True)]
 
 
-def total_problem(placed: dict) -> str | None:
+def total_problem(placed: dict[str, Any]) -> str | None:
     """Why an ``OrderPlaced``'s total is not its lines less their discounts, less the order's
     discounts, plus shipping; or None."""
     for line in placed["lines"]:

@@ -24,10 +24,10 @@ class MachineProcessor:
     name: str
     inputs: tuple[Topic, ...]
     table: str  # the table holding each order's state (its changelog: <app id>-<table>-changelog)
-    load: Callable[[dict], Any]
+    load: Callable[[dict[str, Any]], Any]
     apply: Callable[[Any, Envelope, str, datetime], Outcome]
     expire: Callable[[Any, datetime, str], Outcome]
-    publish: Callable[[Outcome], Iterable[tuple[Topic, dict]]]
+    publish: Callable[[Outcome], Iterable[tuple[Topic, dict[str, Any]]]]
     deadline: Callable[[Any], datetime | None]
     stored_as: Callable[[Any], bytes] = lambda state: state.to_json_bytes()  # what its table keeps of a state
     handles: frozenset[str] | None = None  # the event types (short names) its handlers apply; None: every one

@@ -10,7 +10,7 @@ A processor's state is an immutable dataclass with (at least) ``seen: frozenset[
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -22,14 +22,22 @@ from orderops.model.envelope import Envelope, StoredAsJson, as_record, from_json
 V = TypeVar("V")
 
 
+def known(value: V | None, what: str) -> V:
+    """``value``, which the handler's own checks made sure the state holds: a ``LookupError``
+    naming ``what`` if it does not (a defect, dead-lettered like any handler's error)."""
+    if value is None:
+        raise LookupError(f"{what} is not in the order's state")
+    return value
+
+
 def evolve(value: V, **changes: Any) -> V:
     """``dataclasses.replace`` for the frozen values states are made of, a fifth of its cost: a state
     changes several times per event, and ``replace`` (which calls ``__init__`` anew) was a tenth of
     a fulfillment replay. A class it cannot copy that way (``__post_init__``, slots,
     non-init fields, cached properties) and a name that is not a field go through ``replace``."""
-    names = _copyable_fields(type(value))
+    names = _copyable_fields(type(value))  # type: ignore[arg-type]  # a class is hashable
     if names is None or not changes.keys() <= names:
-        return replace(value, **changes)
+        return replace(value, **changes)  # type: ignore[type-var]  # a dataclass: _copyable_fields said
     copied = object.__new__(type(value))
     attributes = copied.__dict__
     attributes.update(value.__dict__)
@@ -38,10 +46,11 @@ def evolve(value: V, **changes: Any) -> V:
 
 
 @functools.cache
-def _copyable_fields(cls: type) -> frozenset[str] | None:
+def _copyable_fields(cls: Any) -> frozenset[str] | None:
     if not is_dataclass(cls) or hasattr(cls, "__post_init__") or hasattr(cls, "__slots__"):
         return None
-    if any(isinstance(attr, functools.cached_property) for klass in cls.__mro__ for attr in vars(klass).values()):
+    classes = cls.__mro__  # type: ignore[union-attr]  # a class: is_dataclass said
+    if any(isinstance(attr, functools.cached_property) for klass in classes for attr in vars(klass).values()):
         return None
     found = fields(cls)
     if any(not f.init for f in found):
@@ -139,11 +148,11 @@ class Parked(StoredAsJson):
     current_state: str = ""  # the machine's state when the event parked, as its audit record says
     announce_at: datetime | None = None  # when its audit record is due; None: written
 
-    def json_value(self) -> dict:
+    def json_value(self) -> dict[str, Any]:
         return {**vars(self), "event": self.event.json_value()}
 
     @classmethod
-    def from_json(cls, data: dict) -> Parked:
+    def from_json(cls, data: dict[str, Any]) -> Parked:
         return cls(**{**from_json(data), "event": Envelope.from_json(data["event"])})
 
 
@@ -203,7 +212,7 @@ class Outcome:
     duplicate: bool = False
     waiting: Parked | None = None  # the event itself parked
 
-    def of(self, kind: type) -> list:
+    def of(self, kind: type) -> list[Any]:
         return [r.what for r in self.records if isinstance(r.what, kind)]
 
 
@@ -247,11 +256,11 @@ class Step:
         self.state = evolve(self.state, history=(*self.state.history, entry))
 
 
-Handler = Callable[[Step], None]
+Handler = Callable[[Any], None]  # called with a step of the step_class given (a subclass of Step)
 
 
 def apply(state: Any, event: Envelope, topic: str, now: datetime, park_for: timedelta,
-          handlers: dict[str, Handler], step_class: type[Step] = Step, context: Any = None) -> Outcome:
+          handlers: Mapping[str, Handler], step_class: type[Step] = Step, context: Any = None) -> Outcome:
     """Apply one event once: duplicates change nothing; an upstream event that is meaningless in any
     state (``orderops.model.contract``) is rejected before any handler sees it; early events park
     (deadline = ``now`` + ``park_for``); impossible ones are rejected; after a change, parked events
@@ -320,7 +329,7 @@ def cause_pending(state: Any, event: Envelope) -> None:
         raise Park(CAUSE, event.cause_id, "unseen", f"its cause {event.cause_id} on {event.cause_topic}")
 
 
-def retry_parked(state: Any, now: datetime, park_for: timedelta, handlers: dict[str, Handler],
+def retry_parked(state: Any, now: datetime, park_for: timedelta, handlers: Mapping[str, Handler],
                  step_class: type[Step] = Step, context: Any = None) -> Outcome:
     """Try parked events again although no event changed the state (the context did: e.g. a policy
     was published). Run on timer ticks before deadlines are enforced."""
@@ -328,7 +337,7 @@ def retry_parked(state: Any, now: datetime, park_for: timedelta, handlers: dict[
 
 
 def _apply_once(state: Any, event: Envelope, topic: str, now: datetime, park_for: timedelta,
-                handlers: dict[str, Handler], step_class: type[Step], context: Any) -> Outcome:
+                handlers: Mapping[str, Handler], step_class: type[Step], context: Any) -> Outcome:
     handler = handlers.get(event.short_type)
     if handler is None:
         return Outcome(state)  # a fact for other processors: nothing to do here
@@ -347,7 +356,7 @@ def _apply_once(state: Any, event: Envelope, topic: str, now: datetime, park_for
     return Outcome(step.state, tuple(step.records))
 
 
-def _drain_parked(outcome: Outcome, now: datetime, park_for: timedelta, handlers: dict[str, Handler],
+def _drain_parked(outcome: Outcome, now: datetime, park_for: timedelta, handlers: Mapping[str, Handler],
                   step_class: type[Step], context: Any = None) -> Outcome:
     """Re-apply parked events, in arrival order, while any of them can now be applied."""
     state, records = outcome.state, list(outcome.records)
@@ -372,7 +381,7 @@ def _drain_parked(outcome: Outcome, now: datetime, park_for: timedelta, handlers
 def expire_parked(state: Any, now: datetime, current_state: Callable[[Any, str, str], str]) -> Outcome:
     """On a timer tick: record what has waited ``ANNOUNCE_AFTER`` (``announce``); reject every
     parked event whose deadline has passed, with an audit record."""
-    announced = announce(Outcome(state), lambda p: p.announce_at <= now < p.deadline)
+    announced = announce(Outcome(state), lambda p: p.announce_at is not None and p.announce_at <= now < p.deadline)
     state, records, keep = announced.state, list(announced.records), []
     for parked in state.parked:
         if parked.deadline <= now:
@@ -385,7 +394,7 @@ def expire_parked(state: Any, now: datetime, current_state: Callable[[Any, str, 
     return Outcome(evolve(state, parked=tuple(keep)), tuple(records))
 
 
-def describe_history_and_parked(state: Any) -> dict:
+def describe_history_and_parked(state: Any) -> dict[str, Any]:
     """History and parked events as the processors' HTTP views show them."""
     return {
         "parked": [{"event_id": p.event.event_id, "type": p.event.short_type, "topic": p.topic, "machine": p.machine,
@@ -413,25 +422,25 @@ def with_ids(outcome: Outcome, source: str) -> Iterator[tuple[Record, str]]:
     id across all its inputs) dropped one of them as a duplicate."""
     counts: dict[str, int] = {}
     for record in outcome.records:
-        prefix = f"{record.cause.event_id}:{source}:{_kind(type(record.what))}"
+        prefix = f"{record.cause.event_id}:{source}:{_kind(type(record.what))}"  # type: ignore[arg-type]
         n = counts.get(prefix, 0)
         counts[prefix] = n + 1
         yield record, f"{prefix}:{n}"
 
 
 @functools.cache
-def _kind(what: type) -> str:
-    return what.__name__.lower()
+def _kind(what: Any) -> str:
+    return str(what.__name__).lower()
 
 
-def transition_payload(record: Record) -> dict:
+def transition_payload(record: Record) -> dict[str, Any]:
     what, cause = record.what, record.cause
     return {"machine": what.machine, "entity_id": what.entity_id, "from_state": what.from_state,
             "to_state": what.to_state, "cause_event_id": cause.event_id, "cause_type": cause.type,
             "reason": what.reason}
 
 
-def audit(record: Record) -> tuple[str, dict] | None:
+def audit(record: Record) -> tuple[str, dict[str, Any]] | None:
     """The contract record for a park or rejection (``None`` for anything else)."""
     what, cause = record.what, record.cause
     common = {"cause_event_id": cause.event_id, "cause_type": cause.type, "cause_topic": record.cause_topic}
@@ -447,7 +456,7 @@ def audit(record: Record) -> tuple[str, dict] | None:
     return None
 
 
-def envelope(record: Record, event_id: str, source: str, type_name: str, payload: dict) -> dict:
+def envelope(record: Record, event_id: str, source: str, type_name: str, payload: dict[str, Any]) -> dict[str, Any]:
     """An output record: the cause's order and event time, its own derived id."""
     return as_record(event_id, record.cause.order_id, record.cause.occurred_at, source, type_name, payload)
 
@@ -462,7 +471,8 @@ class CustomerNotice:
     amounts: tuple[tuple[str, str, Decimal, str], ...] = ()
 
 
-def notification_request(record: Record, notice: CustomerNotice, customer: dict, order_id: str, source: str) -> dict:
+def notification_request(record: Record, notice: CustomerNotice, customer: dict[str, Any], order_id: str,
+                         source: str) -> dict[str, Any]:
     """The ``NotificationRequested`` record of ``notice``, derived from ``record``'s cause (its id:
     ``<cause id>:notify:<type>``, so a cause read again asks for the same message)."""
     notification_id = f"{record.cause.event_id}:notify:{notice.type}"

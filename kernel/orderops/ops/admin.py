@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
@@ -118,7 +120,7 @@ def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float = 30)
     raise TimeoutError(f"topics without partition leaders after {timeout:.0f}s: {pending}; check the broker's log")
 
 
-def wait_for_broker(bootstrap: str, timeout: float, alive=lambda: True) -> float:
+def wait_for_broker(bootstrap: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> float:
     """Block until the broker answers a metadata request; return the seconds it took."""
     start = time.monotonic()
     admin = AdminClient(client_config(bootstrap, log_level=0, logger=QuietLogger()))
@@ -139,5 +141,5 @@ def wait_for_broker(bootstrap: str, timeout: float, alive=lambda: True) -> float
 class QuietLogger:
     """A logger that swallows librdkafka's connection-refused chatter while a broker starts."""
 
-    def log(self, *args, **kwargs) -> None:
+    def log(self, *args: Any, **kwargs: Any) -> None:
         pass

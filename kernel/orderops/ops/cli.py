@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         entry.load()(groups)
 
     args = parser.parse_args(argv)
-    return args.run(args)
+    return int(args.run(args))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from orderops.model.catalog import INGEST_PORT, PROCESSORS, WEB_PORTS
 from orderops.ops.settings import default_run_dir
@@ -98,7 +99,7 @@ def healthy(p: Processor) -> bool:
         return running_pid(p) is not None
     try:
         with urllib.request.urlopen(f"{p.url}{p.health_path}", timeout=2) as response:
-            return response.status == 200
+            return bool(response.status == 200)
     except OSError:
         return False
 
@@ -216,7 +217,7 @@ def watch(interval: float = 15.0) -> list[str]:
     processor and the broker, as `make stop` does."""
     stopping = []
 
-    def request_stop(signum, frame):
+    def request_stop(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         stopping.append(signum)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import secrets
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,8 @@ class KafkaSecurity:
     ca_file: Path | None = None
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> KafkaSecurity:
-        env = os.environ if env is None else env
+    def from_env(cls, given: Mapping[str, str] | None = None) -> KafkaSecurity:
+        env: Mapping[str, str] = os.environ if given is None else given
         protocol = env.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
         if protocol not in ("PLAINTEXT", "SASL_SSL"):
             raise ValueError(f"KAFKA_SECURITY_PROTOCOL={protocol}: orderops speaks PLAINTEXT or SASL_SSL")

@@ -30,7 +30,7 @@ def key_partition(key: bytes, partitions: int) -> int:
     """The partition every producer here puts ``key`` on (murmur2, as Java, aiokafka and Faust do)."""
     from aiokafka.partitioner import murmur2
 
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ class Message:
 class Rebuilt:
     states: dict[str, Any] = field(default_factory=dict)  # order id -> state
     # event id -> (topic, record) as the replay makes them: a dict, or a ComparedOutputs (the ids only)
-    outputs: dict[str, tuple[str, dict]] | ComparedOutputs = field(default_factory=dict)
+    outputs: dict[str, tuple[str, dict[str, Any]]] | ComparedOutputs = field(default_factory=dict)
     applied: int = 0
     skipped: int = 0  # passed over: see MachineProcessor.skips
     duplicates: int = 0
@@ -74,10 +74,10 @@ def write_order(messages: Iterable[Message]) -> list[Message]:
 
 
 # Makes, for a share of the orders (0 in one pass), what receives each record a replay would write.
-Outputs = Callable[[int], "dict[str, tuple[str, dict]] | ComparedOutputs"]
+Outputs = Callable[[int], "dict[str, tuple[str, dict[str, Any]]] | ComparedOutputs"]
 
 
-def kept(share: int) -> dict[str, tuple[str, dict]]:
+def kept(share: int) -> dict[str, tuple[str, dict[str, Any]]]:
     """Every record the replay would write, kept by event id."""
     return {}
 
@@ -100,7 +100,7 @@ def replay(processor: MachineProcessor, messages: Iterable[Message], clock: str 
 
 R = TypeVar("R")
 PARALLEL_FROM = 20_000  # messages
-_SHARES: tuple | None = None  # what forked workers read: set just before they start
+_SHARES: tuple[Any, ...] | None = None  # what forked workers read: set just before they start
 
 
 def replay_in_shares(processor: MachineProcessor, messages: list[Message], summarize: Callable[[Rebuilt], R],
@@ -192,6 +192,7 @@ def replay_workers() -> int:
 
 
 def _replay_share(share: int, sending: Any) -> None:
+    assert _SHARES is not None, "set by replay_in_shares before it forks"
     processor, shares, codec, keep, summarize, done, outputs = _SHARES
 
     def counted(n: int) -> None:
@@ -261,8 +262,8 @@ class ReplayContext:
             self.clock.observe(envelope.occurred_at)
         return envelope
 
-    def encode(self, topic: Topic, record: dict) -> bytes:
-        return self.codec.encode(topic.value_schema, record)
+    def encode(self, topic: Topic, record: dict[str, Any]) -> bytes:
+        return self.codec.encode(topic.value_schema or "", record)
 
     def schedule_in(self, batch: Any, key: str, due: datetime | None, partition: int) -> None:
         pass
@@ -278,7 +279,7 @@ class OfflineBatch:
 
     def __init__(self, rebuilt: Rebuilt, codec: Codec, keep_records: bool) -> None:
         self.rebuilt, self.codec, self.keep_records = rebuilt, codec, keep_records
-        self.tally: Counter = Counter()
+        self.tally: Counter[str] = Counter()
 
     def load(self, table: Any, key: str, load: Callable[[Any], Any], partition: int) -> Any:
         return self.rebuilt.states.get(key)
@@ -287,13 +288,14 @@ class OfflineBatch:
         self.rebuilt.states[key] = loaded
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any, cause: Any) -> None:
-        if self.keep_records:  # a dict of them: the records themselves, decoded again
-            record = self.codec.decode(value, catalog.topic(topic).value_schema).record
-            if record["event_id"] in self.rebuilt.outputs and record_type(record) not in ARRIVAL_ORDER_RECORDS:
+        outputs = self.rebuilt.outputs
+        if isinstance(outputs, dict):  # keep_records: the records themselves, decoded again
+            record = self.codec.decode(value, catalog.topic(topic).value_schema or "").record
+            if record["event_id"] in outputs and record_type(record) not in ARRIVAL_ORDER_RECORDS:
                 self.rebuilt.made_twice.append(record["event_id"])
-            self.rebuilt.outputs[record["event_id"]] = (topic, record)
-        else:
-            self.rebuilt.outputs.made(topic, value)
+            outputs[record["event_id"]] = (topic, record)
+        elif value is not None:
+            outputs.made(topic, value)
 
     def then(self, follow_up: Callable[[], None]) -> None:
         pass
@@ -306,7 +308,7 @@ class MachineTable(NamedTuple):
 @_collector_paused()
 def _replay(processor: MachineProcessor, messages: Iterable[Message], clock: str, codec: Codec,
             keep: Callable[[str], bool], progress: Callable[[int], None] | None,
-            outputs: dict[str, tuple[str, dict]] | ComparedOutputs) -> Rebuilt:
+            outputs: dict[str, tuple[str, dict[str, Any]]] | ComparedOutputs) -> Rebuilt:
     """Every message through ``MachineRecords.apply``, the live path's own work on a record."""
     rebuilt, replay_clock = Rebuilt(outputs=outputs), ReplayClock(clock)
     context = ReplayContext(processor, codec, replay_clock, rebuilt)
@@ -353,7 +355,7 @@ def plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 
-def canonical(state: dict) -> dict:
+def canonical(state: dict[str, Any]) -> dict[str, Any]:
     """A stored state as far as a replay can know it: the history entries of one event time in a
     fixed order (events written within the same moment on different topics reach the processor in
     an order no log records; both orders lead to the same state — the domain's property tests prove
@@ -382,9 +384,9 @@ def compare_states(rebuilt: dict[str, Any], stored: dict[str, bytes], stored_as:
         if theirs is None:
             yield Difference(order_id, "state", "the processor's table has no state for this order")
         elif ours != theirs:
-            ours, theirs = canonical(orjson.loads(ours)), canonical(orjson.loads(theirs))
-            if ours != theirs:
-                keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+            mine, other = canonical(orjson.loads(ours)), canonical(orjson.loads(theirs))
+            if mine != other:
+                keys = sorted(str(k) for k in set(mine) | set(other) if mine.get(k) != other.get(k))
                 yield Difference(order_id, "state", f"fields differ: {', '.join(keys)}")
 
 
@@ -395,7 +397,7 @@ def compare_states(rebuilt: dict[str, Any], stored: dict[str, bytes], stored_as:
 ARRIVAL_ORDER_RECORDS = ("orderops.common.EventParked",)
 
 
-def comparable(output: tuple[str, dict]) -> Any:
+def comparable(output: tuple[str, dict[str, Any]]) -> Any:
     """A record as a replay can know it: a park's deadline counts from when the worker parked the
     event, on its own clock, so a rejection at that deadline is compared without its reason text
     (which names the deadline); its code, machine and cause are compared."""
@@ -425,7 +427,7 @@ def _short(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def record_type(record: dict) -> str:
+def record_type(record: dict[str, Any]) -> str:
     payload = record.get("payload")
     return payload[0] if isinstance(payload, list | tuple) else ""
 
@@ -528,8 +530,8 @@ def differing(codec: Codec, ours: tuple[str, bytes], theirs: tuple[str, bytes],
               names: tuple[str, str] = ("rebuild", "topic")) -> str:
     """The fields in which two encoded records (topic, value) differ, as far as a replay can know
     them (``comparable``), each with both values named by ``names``; empty when they do not."""
-    mine = comparable((ours[0], codec.decode(ours[1], catalog.topic(ours[0]).value_schema).record))
-    other = comparable((theirs[0], codec.decode(theirs[1], catalog.topic(theirs[0]).value_schema).record))
+    mine = comparable((ours[0], codec.decode(ours[1], catalog.topic(ours[0]).value_schema or "").record))
+    other = comparable((theirs[0], codec.decode(theirs[1], catalog.topic(theirs[0]).value_schema or "").record))
     if mine == other:
         return ""
     return "; ".join(f"{path}: {names[0]} {a} / {names[1]} {b}" for path, a, b in differing_fields(

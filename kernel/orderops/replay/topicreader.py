@@ -56,7 +56,7 @@ def _end_offset(consumer: Consumer, topic: str, partition: int, patience: float 
     deadline = time.monotonic() + patience
     while True:
         try:
-            return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)[1]
+            return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)[1])
         except KafkaException:
             if time.monotonic() > deadline:
                 raise

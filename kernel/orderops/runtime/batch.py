@@ -155,7 +155,7 @@ class Batch:
     causes: dict[int, Any] = field(default_factory=dict)  # producer number -> the input record it came of
     follow_ups: list[Callable[[], None]] = field(default_factory=list)
     counted: dict[str, int] = field(default_factory=dict)  # records applied (or dead-lettered) per topic
-    tally: Counter = field(default_factory=Counter)  # transitions, parks, rejections (metrics.tally_outcome)
+    tally: Counter[tuple[Any, ...]] = field(default_factory=Counter)  # transitions, parks, rejections (metrics.tally_outcome)
     # (topic, key) -> what builds its record, and the input record it came of: only the newest is sent
     latest: dict[tuple[str, str], tuple[Callable[[], tuple[bytes, bytes]], Any]] = field(default_factory=dict)
     superseded: dict[str, int] = field(default_factory=dict)  # latest-only records a newer one replaced, per topic
@@ -227,7 +227,7 @@ class RecordHandler(Protocol):
     """A processor's work on one input record: ``apply`` reads and changes state through the batch,
     sends its outputs through it, and dead-letters the record itself if anything raises."""
 
-    def apply(self, batch: Batch, record: Any) -> None: ...
+    def apply(self, batch: Batch, record: Any) -> object: ...
 
     def finish(self, batch: Batch) -> None:
         """Once every record of the batch is applied, before it is written: work on the batch as a
@@ -258,7 +258,7 @@ class BatchRunner:
         self.max_records = max_records
         self.cache = StateCache(cached)
         self._counted = counted
-        self._held: dict[TP, list] = {}  # records waiting for their task, for the next batch
+        self._held: dict[TP, list[Any]] = {}  # records waiting for their task, for the next batch
         self._idle_since: dict[int, float] = {}
         self._idle = asyncio.Event()
         self._idle.set()
@@ -284,7 +284,7 @@ class BatchRunner:
         self._held = {}
         self._idle_since.clear()
 
-    async def handle(self, records: Mapping[TP, list], engine: Engine) -> None:
+    async def handle(self, records: Mapping[TP, list[Any]], engine: Engine) -> None:
         """Apply a fetched batch, in write order, ``max_records`` at a time, each part committed
         before the next begins; a rebalance that begins meanwhile stops it after the part in hand
         (Faust then sends every partition back to its commit)."""
@@ -318,7 +318,7 @@ class BatchRunner:
             await self._read_again(resume, engine)
             raise
 
-    def _merge(self, records: Mapping[TP, list], engine: Engine) -> tuple[list[tuple[TP, Any]], dict[TP, int]]:
+    def _merge(self, records: Mapping[TP, list[Any]], engine: Engine) -> tuple[list[tuple[TP, Any]], dict[TP, int]]:
         """The records to apply now, in write order, and where each partition's records begin (to
         read them again if the batch cannot finish)."""
         if self._held:

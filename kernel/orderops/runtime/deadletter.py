@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 from orderops.codec.avro import DecodeError
 
@@ -67,7 +68,7 @@ def redrive_entry(dlq: str, partition: int, offset: int, origin: str, at: dateti
         {"dlq": dlq, "partition": partition, "offset": offset, "origin": origin, "at": at.isoformat()}).encode()
 
 
-def read_redrive_entry(key: str, value: bytes) -> dict:
+def read_redrive_entry(key: str, value: bytes) -> dict[str, Any]:
     """A ledger record as ``redrive_entry`` writes it, or ``ValueError``: bytes from anywhere else
     (by hand, by a bug) must not mark a dead letter as sent back."""
     try:
@@ -78,4 +79,4 @@ def read_redrive_entry(key: str, value: bytes) -> dict:
         raise ValueError(f"not a redrive record ({type(exc).__name__})") from None
     if named != key or not isinstance(dlq, str) or not dlq.endswith(".dlq"):
         raise ValueError(f"a redrive record of {dlq}[{named}] under key {key}")
-    return entry
+    return dict(entry)

@@ -75,7 +75,7 @@ class BatchHandler(Protocol):
     def busy(self) -> AbstractContextManager[None]:
         """Held from a fetch's return until its records are handled: a revocation waits for it."""
 
-    async def handle(self, records: Mapping[TP, list], engine: Engine) -> None: ...
+    async def handle(self, records: Mapping[TP, list[Any]], engine: Engine) -> None: ...
 
 
 # Faust's fetch: answered as soon as one byte is there, else after 1.5 s.
@@ -134,10 +134,10 @@ class InLoopConsumer(faust_aiokafka.AIOKafkaConsumerThread):
         await super().on_start()  # creates and starts aiokafka's consumer, and its fetcher
         self.fetch_policy.follow(self._ensure_consumer()._fetcher)
 
-    async def call_thread(self, fun: Callable[..., Awaitable], *args: Any, **kwargs: Any) -> Any:
+    async def call_thread(self, fun: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
         return await maybe_async(fun(*args, **kwargs))
 
-    async def cast_thread(self, fun: Callable[..., Awaitable], *args: Any, **kwargs: Any) -> None:
+    async def cast_thread(self, fun: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> None:
         self.add_future(maybe_async(fun(*args, **kwargs)))
 
     # mode's ServiceThread replaces these to run them in its thread; a service in the loop runs
@@ -146,7 +146,7 @@ class InLoopConsumer(faust_aiokafka.AIOKafkaConsumerThread):
         await ModeService.start(self)
 
     async def maybe_start(self) -> bool:
-        return await ModeService.maybe_start(self)
+        return bool(await ModeService.maybe_start(self))
 
     async def stop(self) -> None:
         await ModeService.stop(self)
@@ -173,7 +173,7 @@ class InLoopConsumer(faust_aiokafka.AIOKafkaConsumerThread):
         ModeService.set_shutdown(self)
 
 
-async def handed_on(consumer: Any, callback: Callable[[Any], Coroutine], message: Any) -> None:
+async def handed_on(consumer: Any, callback: Callable[[Any], Coroutine[Any, Any, Any]], message: Any) -> None:
     """Hand one record of a topic the batch path does not read (a changelog's, while a table
     recovers or a standby follows) to Faust (its conductor callback). Run until it finishes or
     first waits; only one that waits goes on raced against the flow being suspended (a rebalance),
@@ -187,7 +187,7 @@ async def handed_on(consumer: Any, callback: Callable[[Any], Coroutine], message
 
 
 @types.coroutine
-def _rest_of(started: Coroutine, waiting_on: Any) -> Generator[Any, Any, Any]:
+def _rest_of(started: Coroutine[Any, Any, Any], waiting_on: Any) -> Generator[Any, Any, Any]:
     """A coroutine already run up to its first wait (on ``waiting_on``), resumed as a task would."""
     while True:
         try:
@@ -224,6 +224,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     async def _drain_messages(self, fetcher: Any) -> None:
         handler = self.handler
+        assert handler is not None, "run_batches gives every BatchConsumer its handler"
         engine = Engine(self)
         try:
             while not (self._stopped.is_set() or fetcher._stopped.is_set()):
@@ -235,7 +236,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 with handler.busy():
                     if not self.flow_active:
                         continue  # a rebalance began: every partition is sought to its commit after it
-                    mine: dict[TP, list] = {}
+                    mine: dict[TP, list[Any]] = {}
                     for tp, batch in (records or {}).items():
                         if handler.reads(tp.topic):
                             mine[tp] = batch
@@ -285,7 +286,7 @@ class Engine:
         done = await self.consumer._commit(offsets)
         if done:
             self.consumer._committed_offset.update(offsets)
-        return done
+        return bool(done)
 
     async def seek(self, tp: TP, offset: int) -> None:
         """Read ``tp`` again from ``offset`` (a batch that could not finish)."""
@@ -322,8 +323,10 @@ def run_batches(app: faust.App, processor: str, handler: BatchHandler, channel: 
     lets them go (with the engine, to commit what is written): the batch in hand finishes and
     commits, what waits is forgotten."""
     transport = BatchTransport(app.conf.broker_consumer, app)
-    transport.Consumer = type("BatchConsumer", (BatchConsumer,), {"handler": handler, "fetch_policy": fetch})
-    transport.Producer = type("RdKafkaProducer", (RdKafkaProducer,), {"processor": processor})
+    transport.Consumer = type("BatchConsumer", (BatchConsumer,),  # type: ignore[assignment]  # a subclass
+                              {"handler": handler, "fetch_policy": fetch})
+    transport.Producer = type("RdKafkaProducer", (RdKafkaProducer,),  # type: ignore[assignment]  # a subclass
+                              {"processor": processor})
     initialise(PRODUCER_CLIENTS_REPLACED, [(processor, FATAL), (processor, "msg_timed_out")])
     app.transport = transport
     app.topics.add(channel)  # subscribed; no agent reads it: the consumer hands its records over
@@ -342,7 +345,8 @@ def read_stored(table: faust.TableT, key: bytes, partition: int) -> bytes | None
     if by_partition is None:  # the in-memory store (tests): Faust's read
         value = table.get(codecs.loads(table.key_serializer, key))
         return None if value is None else codecs.dumps(table.value_serializer, value)
-    return by_partition(partition).get(key)
+    found: bytes | None = by_partition(partition).get(key)
+    return found
 
 
 def versions_in_use() -> dict[str, str]:

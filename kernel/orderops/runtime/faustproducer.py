@@ -77,13 +77,13 @@ class RdKafkaProducer(Producer):
 
     def __post_init__(self) -> None:
         self._relay: Relay | None = None
-        self._reports: list[tuple[asyncio.Future, int, Any, Any]] = []
+        self._reports: list[tuple[asyncio.Future[Any], int, Any, Any]] = []
         # Each record's number in the order it was handed over; a flush waits for the numbers
         # handed over before it, not for a moment with nothing in flight (a busy processor has none).
         self._next_number = 0
         self._unsettled_in_order: deque[int] = deque()
         self._settled_out_of_order: set[int] = set()
-        self._flushes: deque[tuple[int, asyncio.Future]] = deque()  # (last number it waits for, its future)
+        self._flushes: deque[tuple[int, asyncio.Future[Any]]] = deque()  # (last number it waits for, its future)
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._partitions: dict[str, int] = {}
         self._poll_handle: asyncio.TimerHandle | None = None
@@ -119,8 +119,8 @@ class RdKafkaProducer(Producer):
             self._poll_handle.cancel()
             self._poll_handle = None
         if relay is not None:
-            deadline = self._loop_ref.time() + STOP_FLUSH_SECONDS
-            while len(relay) and self._loop_ref.time() < deadline:
+            deadline = self._running_loop().time() + STOP_FLUSH_SECONDS
+            while len(relay) and self._running_loop().time() < deadline:
                 relay.poll(0)
                 self._settle_reports()
                 await asyncio.sleep(0.01)
@@ -148,9 +148,9 @@ class RdKafkaProducer(Producer):
         if self._poll_handle is not None:
             self._poll_handle.cancel()
         self._polling_idle = idle
-        self._poll_handle = self._loop_ref.call_later(IDLE_POLL_SECONDS if idle else POLL_DELAY_SECONDS, self._poll)
+        self._poll_handle = self._running_loop().call_later(IDLE_POLL_SECONDS if idle else POLL_DELAY_SECONDS, self._poll)
 
-    def _delivered(self, token: tuple[asyncio.Future, int], error: Any, message: Any) -> None:
+    def _delivered(self, token: tuple[asyncio.Future[Any], int], error: Any, message: Any) -> None:
         self._reports.append((*token, error, message))
 
     def _retired(self, records: int, because: str, code: str) -> None:
@@ -193,7 +193,7 @@ class RdKafkaProducer(Producer):
             raise RuntimeError("the producer is not started (or already stopped)")
         if isinstance(headers, Mapping):
             headers = list(headers.items())
-        future = self._loop_ref.create_future()
+        future = self._running_loop().create_future()
         # Numbered before any wait below, so that a send made meanwhile gets a number of its own.
         number = self._next_number
         self._next_number += 1
@@ -232,9 +232,13 @@ class RdKafkaProducer(Producer):
         await self.buffer.flush()
         last = self._next_number - 1
         if self._unsettled_in_order and self._unsettled_in_order[0] <= last:
-            flushed = self._loop_ref.create_future()
+            flushed = self._running_loop().create_future()
             self._flushes.append((last, flushed))
             await flushed
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop_ref is not None, "the producer is started"
+        return self._loop_ref
 
     @property
     def in_flight(self) -> int:
@@ -244,6 +248,7 @@ class RdKafkaProducer(Producer):
     def key_partition(self, topic: str, key: bytes) -> TP:
         partitions = self._partitions.get(topic)
         if partitions is None:
+            assert self._relay is not None, "started"
             metadata = self._relay.client.list_topics(topic, timeout=10)
             partitions = self._partitions[topic] = len(metadata.topics[topic].partitions)
         return TP(topic, key_partition(key, partitions))

@@ -71,7 +71,7 @@ class Compacted:
         return None
 
 
-def read_all(bootstrap: str, topic: Topic, codec: Codec | None = None, timeout: float = 30) -> dict[str, dict]:
+def read_all(bootstrap: str, topic: Topic, codec: Codec | None = None, timeout: float = 30) -> dict[str, dict[str, Any]]:
     """Every key's latest record on a compacted topic (tombstones remove keys); a record that
     cannot be read is logged and left out (``read_compacted`` says which)."""
     found = read_compacted(bootstrap, topic, codec, timeout=timeout)
@@ -81,7 +81,7 @@ def read_all(bootstrap: str, topic: Topic, codec: Codec | None = None, timeout: 
     return found.entries
 
 
-def drop_unreadable(bootstrap: str, topic: Topic, convert: Callable[[dict], Any] = lambda record: record,
+def drop_unreadable(bootstrap: str, topic: Topic, convert: Callable[[dict[str, Any]], Any] = lambda record: record,
                     codec: Codec | None = None, reader: Reader | None = None) -> list[Unreadable]:
     """Write a tombstone for every key whose latest record cannot be read; returns what it removed."""
     from confluent_kafka import Producer
@@ -105,7 +105,7 @@ Reader = Callable[[str, bytes], Any]
 
 
 def read_compacted(bootstrap: str, topic: Topic, codec: Codec | None = None,
-                   convert: Callable[[dict], Any] = lambda record: record, timeout: float = 30,
+                   convert: Callable[[dict[str, Any]], Any] = lambda record: record, timeout: float = 30,
                    reader: Reader | None = None) -> Compacted:
     """Every key's latest record on a compacted topic, converted (or read by ``reader``); and the
     keys whose latest record cannot be read."""
@@ -130,7 +130,7 @@ def read_compacted(bootstrap: str, topic: Topic, codec: Codec | None = None,
         latest = Compacted()
 
         def read(value: bytes) -> Any:
-            return convert(codec.decode(value, topic.value_schema).record)
+            return convert(codec.decode(value, topic.value_schema or "").record)
 
         while pending:
             message = consumer.poll(timeout)
@@ -153,7 +153,7 @@ def _end_offset(consumer: Consumer, topic: str, partition: int, timeout: float) 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return consumer.get_watermark_offsets(CTopicPartition(topic, partition), timeout=timeout)[1]
+            return int(consumer.get_watermark_offsets(CTopicPartition(topic, partition), timeout=timeout)[1])
         except KafkaException as exc:
             error = exc.args[0]
             electing = error.code() in (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
@@ -164,7 +164,7 @@ def _end_offset(consumer: Consumer, topic: str, partition: int, timeout: float) 
 
 
 class GlobalView:
-    def __init__(self, bootstrap: str, topic: Topic, codec: Codec, convert: Callable[[dict], Any],
+    def __init__(self, bootstrap: str, topic: Topic, codec: Codec, convert: Callable[[dict[str, Any]], Any],
                  remedy: str = "") -> None:
         """``remedy``: the command that removes an unreadable record (default: the generic one)."""
         self.bootstrap, self.topic, self.codec, self.convert = bootstrap, topic, codec, convert
@@ -223,4 +223,4 @@ class GlobalView:
                       bad.describe(), self.remedy)
 
     def _read(self, value: bytes) -> Any:
-        return self.convert(self.codec.decode(value, self.topic.value_schema).record)
+        return self.convert(self.codec.decode(value, self.topic.value_schema or "").record)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from orderops.model.catalog import Topic
     from orderops.model.envelope import Envelope
     from orderops.model.processor import MachineProcessor
-    from orderops.runtime.batch import Batch, StateTable
+    from orderops.runtime.batch import Batch
 
 # What became of a record (``MachineRecords.apply``'s answer; the live path does not ask).
 PASSED_OVER, NO_STATE, DUPLICATE, APPLIED, DEAD_LETTERED = "passed over", "no state", "duplicate", "applied", \
@@ -37,7 +37,7 @@ class RecordContext(Protocol):
     def read(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
              headers: Any) -> Envelope: ...
 
-    def encode(self, topic: Topic, record: dict) -> bytes: ...
+    def encode(self, topic: Topic, record: dict[str, Any]) -> bytes: ...
 
     def schedule_in(self, batch: Batch, key: str, due: datetime | None, partition: int) -> None: ...
 
@@ -47,13 +47,14 @@ class RecordContext(Protocol):
 class MachineRecords:
     """The ``RecordHandler`` of order-state, fulfillment and returns."""
 
-    def __init__(self, service: RecordContext, processor: MachineProcessor, table: StateTable,
+    # table: a Faust table, or the replay's MachineTable; batch: a Batch, or the replay's OfflineBatch.
+    def __init__(self, service: RecordContext, processor: MachineProcessor, table: Any,
                  observe: Callable[[Outcome], None] | None = None) -> None:
         self.service, self.processor, self.table = service, processor, table
         self.observe = observe
         self.timers = processor.timers.name
 
-    def apply(self, batch: Batch, record: Any) -> str:
+    def apply(self, batch: Any, record: Any) -> str:
         service, processor = self.service, self.processor
         try:
             envelope = service.read(record.topic, record.partition, record.offset, record.key, record.value,
@@ -81,7 +82,8 @@ class MachineRecords:
             service.schedule_in(batch, key, processor.deadline(outcome.state), record.partition)
             tally_outcome(batch.tally, outcome.records)
             if self.observe is not None:
-                batch.then(lambda: self.observe(outcome))
+                observe = self.observe
+                batch.then(lambda: observe(outcome))
             return APPLIED
         except Exception as exc:  # one bad record never stops the processor: it is dead-lettered
             self.dead_letter(batch, record, exc)

@@ -13,7 +13,8 @@ process that Prometheus does not scrape, and reports its own figures.
 from __future__ import annotations
 
 from collections import Counter as Counter_
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -62,14 +63,14 @@ def initialise(counter: Counter | Histogram, label_sets: Iterable[tuple[str, ...
         counter.labels(*labels)
 
 
-def count_outcome(processor: str, records) -> None:
+def count_outcome(processor: str, records: Any) -> None:
     """Count an outcome's transitions, parks and rejections (see orderops.model.workflow)."""
-    tally: Counter_ = Counter_()
+    tally: Counter_[tuple[Any, ...]] = Counter_()
     tally_outcome(tally, records)
     count_tally(processor, tally)
 
 
-def tally_outcome(tally: Counter_, records) -> None:
+def tally_outcome(tally: Counter_[tuple[Any, ...]], records: Any) -> None:
     """Add an outcome's transitions, parks and rejections to ``tally`` (counted by ``count_tally``:
     a batch counts each series once, not once per record)."""
     from orderops.model.workflow import ParkedRecord, Rejected, Transitioned
@@ -84,7 +85,7 @@ def tally_outcome(tally: Counter_, records) -> None:
             tally[(REJECTED, what.machine, what.reason_code)] += 1
 
 
-def count_tally(processor: str, tally: Counter_) -> None:
+def count_tally(processor: str, tally: Counter_[tuple[Any, ...]]) -> None:
     for (metric, *labels), n in tally.items():
         metric.labels(processor, *labels).inc(n)
 
@@ -94,13 +95,13 @@ class GaugeAtScrape(Collector):
     (consumer positions, open escalations): nothing to keep in step on the hot path."""
 
     def __init__(self, name: str, documentation: str, labels: tuple[str, ...],
-                 values: Callable[[], Mapping[tuple[str, ...], float]]) -> None:
+                 values: Callable[[], Mapping[Any, float]]) -> None:
         self.name, self.documentation, self.label_names, self.values = name, documentation, labels, values
 
-    def describe(self):
+    def describe(self) -> list[GaugeMetricFamily]:
         return [GaugeMetricFamily(self.name, self.documentation, labels=self.label_names)]
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(self.name, self.documentation, labels=self.label_names)
         for labels, value in sorted(self.values().items()):
             family.add_metric(list(labels), value)

@@ -33,7 +33,7 @@ def in_write_order(topic: str) -> bool:
     return found is not None and found.merged_by_time
 
 
-def write_order(records: Mapping[Any, list]) -> list[tuple[Any, Any]]:
+def write_order(records: Mapping[Any, list[Any]]) -> list[tuple[Any, Any]]:
     """A fetched batch merged by broker timestamp, ties by the catalog's rank (``catalog.write_rank``:
     an order placed in the same millisecond as its authorization is met first, and nothing parks
     for it); a partition's records keep their offset order (``heapq.merge`` takes from each list's
@@ -43,7 +43,7 @@ def write_order(records: Mapping[Any, list]) -> list[tuple[Any, Any]]:
     return [(tp, r) for *_, tp, r in heapq.merge(*streams, key=lambda item: item[:5])]
 
 
-def held_back(records: Mapping[Any, list], task_partitions: Callable[[int], Iterable[Any]],
+def held_back(records: Mapping[Any, list[Any]], task_partitions: Callable[[int], Iterable[Any]],
               lag: Callable[[Any], int | None], polled_at: Callable[[Any], int | None] = lambda tp: None
               ) -> dict[Any, int]:
     """Per partition, the offset from which this batch's records wait for the rest of their task.
@@ -88,7 +88,7 @@ def held_back(records: Mapping[Any, list], task_partitions: Callable[[int], Iter
     return held
 
 
-def with_held(held: list, fetched: Iterable[Any]) -> list:
+def with_held(held: list[Any], fetched: Iterable[Any]) -> list[Any]:
     """A partition's held records and its newly fetched ones, once each, in offset order (after a
     seek back, the fetch may hold the held records again)."""
     return sorted({r.offset: r for r in (*held, *fetched)}.values(), key=lambda r: r.offset)
@@ -106,16 +106,16 @@ def lag_of(position: int | None, highwater: int | None, paused: bool) -> int | N
     return max(0, highwater - position)
 
 
-def tasks_of(partitions: Iterable[Any]) -> dict[int, list]:
+def tasks_of(partitions: Iterable[Any]) -> dict[int, list[Any]]:
     """The partitions merged in write order (``in_write_order``) grouped by task (partition number)."""
-    tasks: dict[int, list] = {}
+    tasks: dict[int, list[Any]] = {}
     for tp in partitions:
         if in_write_order(tp.topic):
             tasks.setdefault(tp.partition, []).append(tp)
     return tasks
 
 
-def held_within(records: Mapping[Any, list], assigned: Mapping[int, list], lag: Callable[[Any], int | None],
+def held_within(records: Mapping[Any, list[Any]], assigned: Mapping[int, list[Any]], lag: Callable[[Any], int | None],
                 idle_since: dict[int, float], limit: float, now: float | None = None,
                 polled_at: Callable[[Any], int | None] = lambda tp: None) -> dict[Any, int]:
     """``held_back`` with a limit: a task whose records have all waited ``limit`` seconds for a

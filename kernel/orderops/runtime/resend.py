@@ -142,6 +142,7 @@ class Relay:
                                     FATAL if _is_fatal(error) else error.name().lstrip("_").lower())
 
     def _retire(self) -> None:
+        assert self._retire_because is not None  # _retire is called only once a reason is set
         old, (because, code) = self.client, self._retire_because
         self._generation += 1  # reports of what the old client held are of an older generation now
         self.client, self._retire_because = self._new_client(), None  # before the old one's errors are served

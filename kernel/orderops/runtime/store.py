@@ -72,7 +72,7 @@ class SharedMemoryOptions(RocksDBOptions):
     """Faust's options of a RocksDB database, with the process's shared cache and memtable limit."""
 
     def as_options(self) -> rocksdict.Options:
-        options = super().as_options()
+        options: rocksdict.Options = super().as_options()
         if _shared is not None and self.use_rocksdict:
             _shared.apply(options, self.bloom_filter_size)
         return options
@@ -85,7 +85,7 @@ class SharedMemoryStore(faust_rocksdb.Store):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Faust's __init__ took read_only and driver out of self.options; the rest are its options.
-        self.rocksdb_options = SharedMemoryOptions(**self.options, use_rocksdict=self.use_rocksdict)
+        self.rocksdb_options = SharedMemoryOptions(**(self.options or {}), use_rocksdict=self.use_rocksdict)
 
 
 def install(cache_mb: int, write_buffer_mb: int) -> StoreMemory | None:

@@ -16,7 +16,7 @@ from fulfillment.machines import BUCKETS, SHIPMENT, SHIPMENT_TRIGGERS, SHIPPED_S
 from orderops.model import workflow
 from orderops.model.contract import web_link
 from orderops.model.envelope import Envelope, StoredAsJson, from_json
-from orderops.model.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Rejected, Step, evolve
+from orderops.model.workflow import HistoryEntry, Outcome, Park, Parked, Reject, Rejected, Step, evolve, known
 
 ORDER_MACHINE = "fulfillment"  # the derived order-level status, published as its own "machine"
 
@@ -66,7 +66,7 @@ class Shipment:
 class FulfillmentState(StoredAsJson):
     order_id: str
     placed: bool = False
-    customer: dict | None = None
+    customer: dict[str, Any] | None = None
     lines: tuple[LineUnits, ...] = ()
     shipments: tuple[Shipment, ...] = ()
     seen: frozenset[str] = frozenset()
@@ -295,7 +295,7 @@ def sentence(state: FulfillmentState, notice_type: str, shipment: Shipment | Non
         held = parcel_contents(state)
         rest = [f"{x.name}: {w}" for x in state.lines if (w := _waiting_for(x, held, besides=shipment.shipment_id))]
         return head + (f" Still to come — {'; '.join(rest)}." if rest else "")
-    named = [state.line(line_id) for line_id in lines]
+    named = [known(state.line(line_id), f"line {line_id}") for line_id in lines]
     if notice_type == "line_backordered":
         return "; ".join(f"{x.name}: {x.backordered} backordered until {_day(x.backorder_eta)}" for x in named) + "."
     if notice_type == "backorder_eta_changed":
@@ -461,8 +461,8 @@ def _eta_changed(step: FulfillmentStep) -> None:
 def _shipment_created(step: FulfillmentStep) -> None:
     _placed_or_park(step)
     payload = step.event.payload
-    if step.state.shipment(payload["shipment_id"]) is not None:
-        raise Reject(SHIPMENT.name, payload["shipment_id"], step.state.shipment(payload["shipment_id"]).status,
+    if (existing := step.state.shipment(payload["shipment_id"])) is not None:
+        raise Reject(SHIPMENT.name, payload["shipment_id"], existing.status,
                      "duplicate_shipment", "a shipment with this id already exists (with another event id)")
     lines = tuple((x["line_id"], x["quantity"]) for x in payload["lines"])
     for line_id, quantity in lines:

@@ -49,7 +49,7 @@ class Delivery:
     delivery_id: str  # <first notification id>/<channel>: the idempotency key receivers see
     channel: str
     type: str
-    requests: tuple[dict, ...]  # the requests (JSON form of the payload + origin), merged when coalesced
+    requests: tuple[dict[str, Any], ...]  # the requests (JSON form of the payload + origin), merged when coalesced
     status: str = DELIVERY.initial
     attempts: int = 0
     in_doubt: int = 0
@@ -111,7 +111,7 @@ class Ledger:
         return min(settling, default=None)
 
     def to_json(self) -> dict[str, Any]:
-        return to_json(self._fields())
+        return dict(to_json(self._fields()))
 
     def to_json_bytes(self) -> bytes:
         """The JSON text of ``to_json()``, as the ledger table stores it (one orjson pass)."""
@@ -158,7 +158,8 @@ class RetryPolicy:
         a retry at once), seeded by the delivery so a replay waits alike."""
         ceiling = min(self.cap, self.base * (2 ** max(delivery.attempts - 1, 0)))
         jitter = random.Random(f"{delivery.delivery_id}:{delivery.attempts}").uniform(0.5, 1.0)
-        return now + ceiling * jitter
+        moment: datetime = now + ceiling * jitter
+        return moment
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ class Preferences:
         return None
 
     @classmethod
-    def from_document(cls, document: dict | None) -> Preferences:
+    def from_document(cls, document: dict[str, Any] | None) -> Preferences:
         customers = {}
         for customer_id, spec in ((document or {}).get("customers") or {}).items():
             quiet = spec.get("quiet_hours")

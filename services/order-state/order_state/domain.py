@@ -75,7 +75,7 @@ class OrderState(StoredAsJson):
     status: str = ORDER.initial
     held_from: str | None = None
     hold_reason: str = ""
-    customer: dict | None = None
+    customer: dict[str, Any] | None = None
     lines: tuple[OrderedLine, ...] = ()
     instruments: tuple[PaymentInstrument, ...] = ()
     fulfillment_status: str = "unfulfilled"
@@ -380,7 +380,7 @@ def _status_by_amount(i: PaymentInstrument) -> str:
     return "authorized"
 
 
-def _payment_reason(short_type: str, payload: dict) -> str:
+def _payment_reason(short_type: str, payload: dict[str, Any]) -> str:
     amount = payload.get("amount")
     money = f" {amount['amount']} {amount['currency']}" if amount else ""
     detail = payload.get("reason")

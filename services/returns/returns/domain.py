@@ -14,7 +14,18 @@ from typing import Any
 
 from orderops.model import money, workflow
 from orderops.model.envelope import Envelope, StoredAsJson, from_json
-from orderops.model.workflow import CustomerNotice, HistoryEntry, Outcome, Park, Parked, Reject, Rejected, Step, evolve
+from orderops.model.workflow import (
+    CustomerNotice,
+    HistoryEntry,
+    Outcome,
+    Park,
+    Parked,
+    Reject,
+    Rejected,
+    Step,
+    evolve,
+    known,
+)
 from returns.machines import CLOSE_AFTER_DAYS, DEFECT_REASONS, GRACE_DAYS, REFUND, RETURN
 from returns.policy import Policy, Route, in_force
 
@@ -92,7 +103,7 @@ class Return:
     status: str = RETURN.initial
     decision: str = ""
     policy: str = ""
-    trace: tuple[dict, ...] = ()
+    trace: tuple[dict[str, Any], ...] = ()
 
     def line(self, line_id: str) -> ReturnLine | None:
         return next((x for x in self.lines if x.line_id == line_id), None)
@@ -132,7 +143,7 @@ class ReturnsState(StoredAsJson):
     order_id: str
     placed_at: datetime | None = None
     policy: str = ""  # the policy version in force when the order was placed: every decision is by it
-    customer: dict | None = None
+    customer: dict[str, Any] | None = None
     lines: tuple[ReturnableLine, ...] = ()
     instruments: tuple[RefundableInstrument, ...] = ()
     returns: tuple[Return, ...] = ()
@@ -229,7 +240,7 @@ class Decided:
     return_id: str
     decision: str
     policy: str
-    trace: tuple[dict, ...]
+    trace: tuple[dict[str, Any], ...]
     reason: str
 
 
@@ -282,10 +293,11 @@ def violated_invariants(state: ReturnsState) -> list[str]:
 
 # -- the policy decision --------------------------------------------------------------------------
 
-def evaluate(policy: Policy, state: ReturnsState, request: dict, requested_at: datetime) -> tuple[str, list[dict], str]:
+def evaluate(policy: Policy, state: ReturnsState, request: dict[str, Any],
+             requested_at: datetime) -> tuple[str, list[dict[str, Any]], str]:
     """Every rule, in order, with its inputs and outcome. Any fail rejects; else any review sends
     it to a person; else authorized. Returns (decision, trace, reason in plain words)."""
-    trace: list[dict] = []
+    trace: list[dict[str, Any]] = []
 
     def rule(name: str, outcome: str, detail: str, **inputs: Any) -> None:
         trace.append({"rule": name, "inputs": {k: str(v) for k, v in inputs.items()}, "outcome": outcome,
@@ -369,11 +381,12 @@ class ReturnsStep(Step):
             if policy is None:
                 raise Park(RETURN.name, self.state.order_id, "unknown", f"policy {self.state.policy} to be read")
             return policy
-        policy = self.context.for_order(self.state.placed_at) if self.context else None
+        placed_at = known(self.state.placed_at, "the order's placement")
+        policy = self.context.for_order(placed_at) if self.context else None
         if policy is None:
             raise Park(RETURN.name, self.state.order_id, "unknown",
                        f"a {self.context.policy_id if self.context else ''} return policy in force at "
-                       f"{self.state.placed_at.isoformat()} to be published")
+                       f"{placed_at.isoformat()} to be published")
         self.state = evolve(self.state, policy=policy.ref)
         return policy
 
@@ -502,7 +515,8 @@ def _captured(step: ReturnsStep) -> None:
 
 def _once(step: ReturnsStep, instrument: RefundableInstrument) -> str:
     """The provider operation this outcome reports, which must not have been counted already."""
-    operation = money.operation_key(step.event.short_type, step.event.payload)
+    operation = known(money.operation_key(step.event.short_type, step.event.payload),
+                      f"the provider operation of {step.event.short_type}")
     if money.counted(instrument.operations, operation):
         raise Reject(REFUND.name, instrument.instrument_id, "counted", "duplicate_provider_outcome",
                      f"{step.event.short_type} for {operation}, already counted (delivered again under event id "
@@ -543,7 +557,7 @@ def _instrument(step: ReturnsStep) -> RefundableInstrument:
     return instrument
 
 
-def _require_currency(instrument: RefundableInstrument, amount: dict) -> None:
+def _require_currency(instrument: RefundableInstrument, amount: dict[str, Any]) -> None:
     """Money taken or given back on an instrument is in the instrument's currency: refunds are
     computed from these sums."""
     if amount["currency"] != instrument.currency:
@@ -565,7 +579,7 @@ def _fulfillment(step: ReturnsStep) -> None:
         _refund_cancelled_units(step)
 
 
-def _as_said(line: ReturnableLine, snapshot: dict | None) -> ReturnableLine:
+def _as_said(line: ReturnableLine, snapshot: dict[str, Any] | None) -> ReturnableLine:
     """The line as fulfillment's snapshot says it is now (delivered and cancelled units)."""
     if snapshot is None:
         return line
@@ -596,8 +610,8 @@ def _refund_cancelled_units(step: ReturnsStep) -> None:
 def _return_requested(step: ReturnsStep) -> None:
     _require_order(step)
     payload, event = step.event.payload, step.event
-    if step.state.return_(payload["return_id"]) is not None:
-        raise Reject(RETURN.name, payload["return_id"], step.state.return_(payload["return_id"]).status,
+    if (existing := step.state.return_(payload["return_id"])) is not None:
+        raise Reject(RETURN.name, payload["return_id"], existing.status,
                      "duplicate_return", "a return with this id was already requested (with another event id)")
     for asked in payload["lines"]:
         line = step.state.line(asked["line_id"])
@@ -678,7 +692,7 @@ def _inspected(step: ReturnsStep) -> None:
         if index is None or lines[index].inspected + result["quantity"] > lines[index].received:
             raise Reject(RETURN.name, ret.return_id, ret.status, "inspected_more_than_received",
                          f"inspection of {result['quantity']} × line {result['line_id']} exceeds what was received")
-        returned, order_line = lines[index], step.state.line(result["line_id"])
+        returned, order_line = lines[index], known(step.state.line(result["line_id"]), f"line {result['line_id']}")
         # Priced after the units of the line refunded before, those of this inspection included.
         first = step.state.units_refunded(order_line.line_id) + sum(
             x.inspected - y.inspected for x, y in zip(lines, ret.lines, strict=True) if x.line_id == order_line.line_id)
@@ -738,7 +752,7 @@ def _refund_result(step: ReturnsStep) -> None:
         return
     step.refund_trigger(refund, "give_up", f"store credit failed too: {payload['reason']}")
     if refund.return_id:
-        ret = step.state.return_(refund.return_id)
+        ret = known(step.state.return_(refund.return_id), f"return {refund.return_id}")
         step.return_trigger(ret, "refund_gave_up", f"refund {refund.refund_id} failed for good: support must act")
 
 
@@ -754,7 +768,7 @@ def _refund_succeeded(step: ReturnsStep, refund: Refund, key: str) -> None:
                      f"RefundSucceeded for {key}, already counted (delivered again under event id "
                      f"{step.event.event_id})")
     if refund.status in PAID or state.settled_by_partner(refund):
-        instrument = state.instrument(refund.instrument_id)
+        instrument = known(state.instrument(refund.instrument_id), f"instrument {refund.instrument_id}")
         verdict = money.refund_verdict(amount, instrument.captured, state.refunded(instrument), ZERO,
                                        instrument.currency)
         if verdict.outcome != money.FITS:  # as order-state books it: beyond the capture, refused

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -68,7 +68,7 @@ class Policy:
     def share(self, outcome: str) -> Decimal:
         return Decimal(self.inspection_shares.get(outcome, 0)) / 100
 
-    def to_record(self) -> dict:
+    def to_record(self) -> dict[str, Any]:
         """The Avro record on returns.policies."""
         return {
             "policy_id": self.policy_id, "version": self.version, "effective_from": self.effective_from,
@@ -89,7 +89,7 @@ class Policy:
         }
 
     @classmethod
-    def from_record(cls, r: dict) -> Policy:
+    def from_record(cls, r: dict[str, Any]) -> Policy:
         """The version a record on returns.policies holds; ``PolicyRecordError`` if it is one no
         decision could be taken by (a record written past ``orderops policies publish``)."""
         policy = cls._from_fields(r)
@@ -113,7 +113,7 @@ class Policy:
         return problems
 
     @classmethod
-    def _from_fields(cls, r: dict) -> Policy:
+    def _from_fields(cls, r: dict[str, Any]) -> Policy:
         return cls(
             r["policy_id"], r["version"], r["effective_from"], r["description"], r["default_window_days"],
             {w["category"]: w["days"] for w in r["category_windows"]}, tuple(r["final_sale_categories"]),
@@ -145,15 +145,16 @@ class _Checker:
     def __init__(self, path: Path, text: str) -> None:
         self.path = path
         try:
-            self.root = yaml.compose(text)
+            root = yaml.compose(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark else 1
             raise PolicyFileError(f"{path}:{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
-        if not isinstance(self.root, yaml.MappingNode):
+        if not isinstance(root, yaml.MappingNode):
             raise PolicyFileError(f"{path}:1: a policy file is a mapping of settings")
+        self.root: yaml.MappingNode = root
 
-    def fail(self, node: yaml.Node | None, reason: str) -> None:
+    def fail(self, node: yaml.Node | None, reason: str) -> NoReturn:
         line = node.start_mark.line + 1 if node is not None else 1
         raise PolicyFileError(f"{self.path}:{line}: {reason}")
 
@@ -162,7 +163,8 @@ class _Checker:
             self.fail(node, f"{where} must be a mapping")
         return {k.value: (k, v) for k, v in node.value}
 
-    def field(self, node: yaml.Node, key: str, kind: type, where: str, optional: bool = False, default: Any = None):
+    def field(self, node: yaml.Node, key: str, kind: type, where: str, optional: bool = False,
+              default: Any = None) -> Any:
         entries = self.mapping(node, where)
         if key not in entries:
             if optional:
@@ -170,7 +172,7 @@ class _Checker:
             self.fail(node, f"{where}: missing '{key}'")
         return self.scalar(entries[key][1], kind, f"{where}.{key}" if where != "policy" else key)
 
-    def scalar(self, node: yaml.Node, kind: type, where: str):
+    def scalar(self, node: yaml.Node, kind: type, where: str) -> Any:
         value = yaml.safe_load(yaml.serialize(node))
         if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             self.fail(node, f"{where} must be a whole number ≥ 0, not {value!r}")
@@ -185,7 +187,7 @@ class _Checker:
             self.fail(node, f"{where} must be a list")
         return value
 
-    def one_of(self, node: yaml.Node, value: str, allowed: tuple[str, ...], where: str) -> str:
+    def one_of(self, node: yaml.Node | None, value: str, allowed: tuple[str, ...], where: str) -> str:
         if value not in allowed:
             self.fail(node, f"{where} is {value!r}; allowed: {', '.join(allowed)}")
         return value

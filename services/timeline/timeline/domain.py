@@ -7,7 +7,7 @@ The view is a plain JSON-friendly dict (values restored by orderops.model.envelo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +32,10 @@ NON_TERMINAL_REFUNDS = ("requested", "failed")
 
 
 # -- rules ----------------------------------------------------------------------------------------
+
+View = dict[str, Any]  # an order's unified view (new_view): plain data
+# What a condition finds: (subject, when it comes due or None for at once, the reason in words)
+Conditions = Iterator[tuple[str, datetime | None, str]]
 
 @dataclass(frozen=True)
 class EscalationRule:
@@ -79,13 +83,13 @@ class Rules:
         return cls(tuple(escalations), tuple(TagRule(**t) for t in document.get("tags", [])))
 
 
-def _reach(value: Any, path: str) -> list:
+def _reach(value: Any, path: str) -> list[Any]:
     """``a.b`` or ``list[].field``: every value at that path."""
     values = [value]
     for part in path.split("."):
         many = part.endswith("[]")
         name = part.removesuffix("[]")
-        nxt = []
+        nxt: list[Any] = []
         for v in values:
             if isinstance(v, dict) and name in v:
                 nxt.extend(v[name] if many and isinstance(v[name], list) else [v[name]])
@@ -106,8 +110,8 @@ def new_view(order_id: str) -> dict[str, Any]:
 
 @dataclass
 class Outputs:
-    entries: list[dict] = field(default_factory=list)  # new timeline entries, each with its "seq" (entry_key)
-    escalations: list[tuple[str, str, dict]] = field(default_factory=list)  # (escalation id, type, payload)
+    entries: list[dict[str, Any]] = field(default_factory=list)  # new timeline entries, each with its "seq" (entry_key)
+    escalations: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # (escalation id, type, payload)
     # (accurate|inaccurate, reason class) when a message is judged; (broken, claim) when later truth
     # breaks a promise it made
     accuracy: list[tuple[str, str]] = field(default_factory=list)
@@ -115,7 +119,8 @@ class Outputs:
     duplicate: bool = False
 
 
-def apply(view: dict | None, event: Envelope, topic: str, now: datetime, rules: Rules) -> tuple[dict, Outputs]:
+def apply(view: dict[str, Any] | None, event: Envelope, topic: str, now: datetime,
+          rules: Rules) -> tuple[dict[str, Any], Outputs]:
     view = _copied(view) if view else new_view(event.order_id)
     out = Outputs()
     if event.event_id in view["seen"]:
@@ -142,7 +147,7 @@ def apply(view: dict | None, event: Envelope, topic: str, now: datetime, rules: 
     return view, out
 
 
-def _escalation_entries(view: dict, out: Outputs) -> None:
+def _escalation_entries(view: dict[str, Any], out: Outputs) -> None:
     """An escalation a rule opened or resolved is on the order's timeline too (what agents did to
     one is there already: their actions are events). The entry says what the published escalation
     record says (rule, subject, when), which every replay agrees on."""
@@ -168,7 +173,7 @@ def entry_key(order_id: str, seq: int) -> str:
     return f"{order_id}#{seq}"
 
 
-def entry_writes(order_id: str, new_entries: list[dict]) -> Iterator[tuple[str, dict | None]]:
+def entry_writes(order_id: str, new_entries: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any] | None]]:
     """What the entries table gets for an event's new entries: each under its key, and the one that
     falls out of the order's last ``MAX_ENTRIES`` deleted (None)."""
     for entry in new_entries:
@@ -177,7 +182,7 @@ def entry_writes(order_id: str, new_entries: list[dict]) -> Iterator[tuple[str, 
             yield entry_key(order_id, entry["seq"] - MAX_ENTRIES), None
 
 
-def kept_entries(view: dict) -> range:
+def kept_entries(view: dict[str, Any]) -> range:
     """The seqs of the entries an order keeps: its last ``MAX_ENTRIES``."""
     count = view.get("entry_count", 0)
     return range(max(0, count - MAX_ENTRIES), count)
@@ -189,7 +194,7 @@ def kept_entries(view: dict) -> range:
 SHARED_PARTS = frozenset({"entries", "truths"})
 
 
-def _copied(view: dict) -> dict:
+def _copied(view: dict[str, Any]) -> dict[str, Any]:
     """A copy of a view to change, the given one left as it was (the batch path's cache holds it)."""
     return {k: v if k in SHARED_PARTS else _copied_value(v) for k, v in view.items()}
 
@@ -206,7 +211,7 @@ def _copied_value(value: Any) -> Any:
     return value
 
 
-def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
+def _fold(view: dict[str, Any], event: Envelope, topic: str, out: Outputs) -> None:
     """What the event tells the view."""
     p, kind, at = event.payload, event.short_type, event.occurred_at
     if kind == "OrderPlaced":
@@ -327,7 +332,7 @@ def _fold(view: dict, event: Envelope, topic: str, out: Outputs) -> None:
         view["returns"].setdefault(p["return_id"], {})["exception_by"] = p["actor"]["user_id"]
 
 
-def _agent_action(view: dict, action: dict, out: Outputs) -> None:
+def _agent_action(view: dict[str, Any], action: dict[str, Any], out: Outputs) -> None:
     p, kind, at = action["payload"], action["kind"], action["at"]
     escalation = view["escalations"][p["escalation_id"]]
     user = p["actor"]["user_id"]
@@ -342,7 +347,7 @@ def _agent_action(view: dict, action: dict, out: Outputs) -> None:
             "action": action["event_id"]}))
 
 
-def _judge_notifications(view: dict, out: Outputs) -> None:
+def _judge_notifications(view: dict[str, Any], out: Outputs) -> None:
     """Judge each sent message's item-level claims against the fulfillment truth at the moment the
     message was decided: its request's event time (the cause's), the latest requested if the
     notifier merged several. Event time, not the send time on the notifier's clock: the verdict is
@@ -366,7 +371,7 @@ def _judge_notifications(view: dict, out: Outputs) -> None:
         note["accurate"], note["accuracy"], note["decided_at"] = accurate, reason, decided_at
 
 
-def _recheck_promises(view: dict, out: Outputs) -> None:
+def _recheck_promises(view: dict[str, Any], out: Outputs) -> None:
     """A message judged accurate also promised what was still to come: that its backordered units
     would follow (not be cancelled) and, with an ETA, by then. Each later fulfillment snapshot
     is checked against those promises; the first that contradicts one marks the message's promise
@@ -398,7 +403,7 @@ def _recheck_promises(view: dict, out: Outputs) -> None:
     _mark_corrections(view)
 
 
-def _broken_promise(claim: dict, line: dict | None) -> dict | None:
+def _broken_promise(claim: dict[str, Any], line: dict[str, Any] | None) -> dict[str, Any] | None:
     """What of ``claim``'s promise ``line`` (a later snapshot of it) contradicts, if anything."""
     if line is None:
         return None
@@ -419,7 +424,7 @@ def _broken_promise(claim: dict, line: dict | None) -> dict | None:
 MONEY_PROMISES = frozenset({"refund_issued"})
 
 
-def _broken_refund(claim: dict, note: dict, refunds: dict) -> dict | None:
+def _broken_refund(claim: dict[str, Any], note: dict[str, Any], refunds: dict[str, Any]) -> dict[str, Any] | None:
     """The refund ``claim`` (money on one instrument, said in ``note``) spoke of, if it failed for
     good since: one of that instrument and amount, asked for by the time the message went."""
     for refund in refunds.values():
@@ -432,14 +437,14 @@ def _broken_refund(claim: dict, note: dict, refunds: dict) -> dict | None:
     return None
 
 
-def _spoken_of(note: dict, broken: dict) -> bool:
+def _spoken_of(note: dict[str, Any], broken: dict[str, Any]) -> bool:
     """Whether a message speaks of what a broken promise was about: its line, or money on its instrument."""
     if "line_id" in broken:
         return any(c["line_id"] == broken["line_id"] for c in note["claims"])
     return any(a["instrument_id"] == broken.get("instrument_id") for a in note.get("amounts", ()))
 
 
-def _mark_corrections(view: dict) -> None:
+def _mark_corrections(view: dict[str, Any]) -> None:
     """A broken promise is corrected by the first message sent at or after the break that speaks of
     the line again (a new ETA, the cancellation, the shipment), or of money on the instrument."""
     for note in view["notifications"]:
@@ -451,7 +456,7 @@ def _mark_corrections(view: dict) -> None:
         broken["corrected_at"] = min(later, default=None)
 
 
-def _accuracy(lines: dict, claims: list[dict]) -> tuple[bool, str]:
+def _accuracy(lines: dict[str, Any], claims: list[dict[str, Any]]) -> tuple[bool, str]:
     """Do the message's item-level claims match these line quantities?"""
     for claim in claims:
         truth = lines.get(claim["line_id"])
@@ -471,18 +476,18 @@ def _accuracy(lines: dict, claims: list[dict]) -> tuple[bool, str]:
 
 # -- escalations ----------------------------------------------------------------------------------
 
-def _hours(params: dict, key: str) -> timedelta:
+def _hours(params: dict[str, Any], key: str) -> timedelta:
     return timedelta(hours=float(params[key]))
 
 
-def _return_awaiting_inspection(view, rule, now):
+def _return_awaiting_inspection(view: View, rule: EscalationRule, now: datetime) -> Conditions:
     for return_id, r in view["returns"].items():
         if r.get("state") == "received" and r.get("received_at"):
             due = r["received_at"] + _hours(rule.params, "after_hours")
             yield return_id, due, f"return {return_id} received {r['received_at']:%d %b %H:%M} and not inspected"
 
 
-def _return_needs_review(view, rule, now):
+def _return_needs_review(view: View, rule: EscalationRule, now: datetime) -> Conditions:
     for return_id, r in view["returns"].items():
         waiting = r.get("state") in (None, "requested", "needs_review") and not r.get("exception_by")
         if r.get("decision") == "NEEDS_REVIEW" and waiting and r.get("decided_at"):
@@ -490,7 +495,7 @@ def _return_needs_review(view, rule, now):
                 f"return {return_id} has waited for a lead's review since {r['decided_at']:%d %b %H:%M}: {r.get('reason', '')}"
 
 
-def _refund_past_sla(view, rule, now):
+def _refund_past_sla(view: View, rule: EscalationRule, now: datetime) -> Conditions:
     for refund_id, r in view["refunds"].items():
         # The SLA is the refund's policy version's, as the command carries it (none: not judged).
         if r.get("state") in NON_TERMINAL_REFUNDS and r.get("requested_at") and r.get("sla_hours") is not None:
@@ -498,19 +503,19 @@ def _refund_past_sla(view, rule, now):
             yield refund_id, r["requested_at"] + sla, f"refund {refund_id} ({r.get('channel')}) past its {sla} SLA"
 
 
-def _refund_failed(view, rule, now):
+def _refund_failed(view: View, rule: EscalationRule, now: datetime) -> Conditions:
     for refund_id, r in view["refunds"].items():
         if r.get("state") == "gave_up":
             yield refund_id, None, f"refund {refund_id} failed for good"
 
 
-def _refund_overpaid(view, rule, now):
+def _refund_overpaid(view: View, rule: EscalationRule, now: datetime) -> Conditions:
     for refund_id, r in view["refunds"].items():
         if r.get("state") == "overpaid":
             yield refund_id, None, f"refund {refund_id} was paid twice: ask the provider to reverse the surplus"
 
 
-def _promise_broken_uncorrected(view, rule, now):
+def _promise_broken_uncorrected(view: View, rule: EscalationRule, now: datetime) -> Conditions:
     claims = rule.params.get("claims")  # of which claims the rule takes broken promises (all if not given)
     for note in view["notifications"]:
         broken = note.get("broken")
@@ -521,14 +526,14 @@ def _promise_broken_uncorrected(view, rule, now):
                 "and no message told the customer since"
 
 
-def _backorder_past_eta(view, rule, now):
+def _backorder_past_eta(view: View, rule: EscalationRule, now: datetime) -> Conditions:
     for line_id, x in view["lines"].items():
         if x.get("backordered") and x.get("backorder_eta"):
             yield line_id, x["backorder_eta"], f"{x.get('name', line_id)} still backordered past its ETA " \
                                                f"{x['backorder_eta']:%d %b}"
 
 
-def _eta_slipped_without_notice(view, rule, now):
+def _eta_slipped_without_notice(view: View, rule: EscalationRule, now: datetime) -> Conditions:
     for line_id, slip in view["eta_slips"].items():
         if not slip["notified"]:
             yield line_id, slip["at"] + _hours(rule.params, "grace_hours"), \
@@ -536,20 +541,20 @@ def _eta_slipped_without_notice(view, rule, now):
                 "and the customer was not told"
 
 
-def _shipment_silent(view, rule, now):
+def _shipment_silent(view: View, rule: EscalationRule, now: datetime) -> Conditions:
     for shipment_id, s in view["shipments"].items():
         if s.get("state") in ("dispatched", "in_transit", "out_for_delivery") and s.get("last_update_at"):
             yield shipment_id, s["last_update_at"] + _hours(rule.params, "after_hours"), \
                 f"parcel {shipment_id} had no tracking update since {s['last_update_at']:%d %b %H:%M}"
 
 
-def _delivery_failed(view, rule, now):
+def _delivery_failed(view: View, rule: EscalationRule, now: datetime) -> Conditions:
     for shipment_id, s in view["shipments"].items():
         if s.get("state") == "delivery_failed":
             yield shipment_id, None, f"parcel {shipment_id} could not be delivered"
 
 
-def _auth_expiring_unshipped(view, rule, now):
+def _auth_expiring_unshipped(view: View, rule: EscalationRule, now: datetime) -> Conditions:
     unshipped = any(x.get("unfulfilled", x.get("ordered", 0)) or x.get("backordered") for x in view["lines"].values())
     for instrument_id, pay in view["payments"].items():
         if pay.get("expires_at") and pay.get("state") == "authorized" and not pay.get("captured_upstream") and unshipped:
@@ -557,20 +562,20 @@ def _auth_expiring_unshipped(view, rule, now):
                 f"authorization on {instrument_id} expires {pay['expires_at']:%d %b %H:%M} with lines unshipped"
 
 
-def _repeat_contact(view, rule, now):
+def _repeat_contact(view: View, rule: EscalationRule, now: datetime) -> Conditions:
     for contact in view["contacts"]:
         if contact["repeat"]:
             yield contact["contact_id"], None, f"repeat contact {contact['contact_id']} ({contact['reason']}) with no " \
                                                "change since the previous one"
 
 
-def _policy_exception_approved(view, rule, now):
+def _policy_exception_approved(view: View, rule: EscalationRule, now: datetime) -> Conditions:
     for return_id, r in view["returns"].items():
         if r.get("exception_by"):
             yield return_id, None, f"return {return_id} approved as a policy exception by {r['exception_by']}"
 
 
-CONDITIONS = {
+CONDITIONS: dict[str, Callable[[View, EscalationRule, datetime], Conditions]] = {
     "return_awaiting_inspection": _return_awaiting_inspection, "return_needs_review": _return_needs_review,
     "refund_past_sla": _refund_past_sla,
     "refund_failed": _refund_failed, "refund_overpaid": _refund_overpaid, "backorder_past_eta": _backorder_past_eta,
@@ -581,7 +586,7 @@ CONDITIONS = {
 }
 
 
-def _escalate(view: dict, event: Envelope, now: datetime, rules: Rules, out: Outputs) -> None:
+def _escalate(view: dict[str, Any], event: Envelope, now: datetime, rules: Rules, out: Outputs) -> None:
     """Open escalations whose condition holds and is due; resolve rule-opened ones that cleared."""
     holding: set[str] = set()
     for rule in rules.escalations:
@@ -629,8 +634,8 @@ class IndexedOrder:
     """What the support queries need of one order's view."""
 
     customer_keys: frozenset[str]  # its customer's id and e-mail, lower case
-    summary: dict  # the order as a customer search lists it
-    escalations: dict  # escalation id -> the escalation, as the view holds it
+    summary: dict[str, Any]  # the order as a customer search lists it
+    escalations: dict[str, Any]  # escalation id -> the escalation, as the view holds it
 
 
 class SupportIndex:
@@ -642,7 +647,7 @@ class SupportIndex:
         self._orders: dict[str, IndexedOrder] = {}
         self._by_customer: dict[str, set[str]] = {}
 
-    def update(self, order_id: str, view: dict) -> None:
+    def update(self, order_id: str, view: dict[str, Any]) -> None:
         """Called at every view write: the customer's keys are indexed again only if they changed,
         and the view's escalations are kept as they are (a written view is never changed:
         ``apply`` works on a copy)."""
@@ -678,12 +683,12 @@ class SupportIndex:
         for order_id, view in views:
             self.update(order_id, view)
 
-    def orders_of(self, customer: str) -> list[dict]:
+    def orders_of(self, customer: str) -> list[dict[str, Any]]:
         """The orders of a customer (by id or e-mail, any case), newest first."""
         found = [self._orders[o].summary for o in self._by_customer.get(customer.strip().lower(), ())]
         return sorted(found, key=lambda o: o["placed_at"] or datetime.min.replace(tzinfo=UTC), reverse=True)
 
-    def escalations(self, state: str, rule: str | None) -> list[dict]:
+    def escalations(self, state: str, rule: str | None) -> list[dict[str, Any]]:
         """The queue: escalations in ``state`` ("open": not resolved; "all"), of ``rule`` if given,
         oldest first."""
         queue = []
@@ -712,7 +717,7 @@ RETURN_WAITS = {"requested": "waits for its decision", "needs_review": "waits fo
                 "authorized": "is on its way back to us", "received": "waits for inspection"}
 
 
-def order_summary(view: dict) -> str:
+def order_summary(view: dict[str, Any]) -> str:
     """One line for the agent: what the order as a whole is waiting for, from the view alone
     ("2 of 5 items delivered; the Teapot is backordered until 11 Dec; the refund of 40.00 EUR is with
     the card provider since 03 Dec")."""
@@ -749,7 +754,7 @@ def order_summary(view: dict) -> str:
     return "; ".join(parts) or "nothing is waiting"
 
 
-def next_deadline(view: dict, now: datetime, rules: Rules) -> datetime | None:
+def next_deadline(view: dict[str, Any], now: datetime, rules: Rules) -> datetime | None:
     dues = [due for rule in rules.escalations for _, due, _ in CONDITIONS[rule.kind](view, rule, now)
             if due is not None and due > now]
     return min(dues, default=None)
@@ -757,17 +762,17 @@ def next_deadline(view: dict, now: datetime, rules: Rules) -> datetime | None:
 
 # -- one line per thing that happened -------------------------------------------------------------
 
-def _money(m: dict) -> str:
+def _money(m: dict[str, Any]) -> str:
     return f"{m['amount']:.2f} {m['currency']}"
 
 
-def _transition(p: dict, topic: str) -> tuple[str, str]:
+def _transition(p: dict[str, Any], topic: str) -> tuple[str, str]:
     t = p.get("transition", p)
     text = f"{t['machine']} {t['entity_id']}: {t['from_state']} → {t['to_state']}"
     return t["machine"], text + (f" ({t['reason']})" if t.get("reason") else "")
 
 
-SUMMARIES = {
+SUMMARIES: dict[str, Callable[[dict[str, Any], str], tuple[str, str]]] = {
     "OrderPlaced": lambda p, t: ("order", f"order placed: {len(p['lines'])} line(s), {_money(p['total'])}"),
     "OrderCancelled": lambda p, t: ("order", f"cancellation requested by {p['requested_by']}: {p['reason']}"),
     "LineCancelled": lambda p, t: ("order", f"{p['quantity']} of line {p['line_id']} cancelled: {p['reason']}"),
