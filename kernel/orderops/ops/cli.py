@@ -179,77 +179,58 @@ def _processors(args: argparse.Namespace) -> int:
     return 0
 
 
-def _users(args: argparse.Namespace) -> int:
+def _token_holders(args: argparse.Namespace, path: Path, roles: tuple[str, ...], header: str, noun: str,
+                   dev: dict[str, str]) -> int:
+    """``add``, ``remove``, ``list`` and ``dev`` on a file of token holders (support users, the
+    ingest's principals): ``<holder> <role> sha256(token)`` a line; ``dev``: holder -> role for make run."""
     from orderops.http.auth import UsersFileError, add_user, parse, remove_user
-    from orderops.ops.settings import ServiceSettings
 
-    path = args.file or ServiceSettings.from_env("cli", 0).support_users_file
     try:
         if args.command == "add":
-            token = add_user(path, args.user_id, args.role)
-            print(f"{args.user_id} ({args.role}) can sign in with this token; it is shown only now:\n{token}")
+            token = add_user(path, args.holder, args.role, roles=roles, header=header)
+            print(f"{args.holder} ({args.role}) holds this token; it is shown only now:\n{token}")
         elif args.command == "remove":
-            if not remove_user(path, args.user_id):
-                print(f"users: {args.user_id} is not in {path}", file=sys.stderr)
+            if not remove_user(path, args.holder, roles=roles, header=header):
+                print(f"{noun}: {args.holder} is not in {path}", file=sys.stderr)
                 return 1
-            print(f"{args.user_id} removed from {path}")
+            print(f"{args.holder} removed from {path}")
         elif args.command == "list":
-            users = parse(path.read_text(), str(path)) if path.exists() else {}
-            print("\n".join(f"{user_id:24} {role}" for user_id, (role, _) in sorted(users.items()))
-                  or f"no users in {path}")
+            found = parse(path.read_text(), str(path), roles) if path.exists() else {}
+            print("\n".join(f"{holder:24} {role}" for holder, (role, _) in sorted(found.items()))
+                  or f"no {noun} in {path}")
         elif args.command == "dev":
             tokens_file = path.with_name(path.name + ".tokens")
-            if path.exists() and parse(path.read_text(), str(path)):
-                print(f"users: {path} has users already (tokens of the development users: {tokens_file})")
+            if path.exists() and parse(path.read_text(), str(path), roles):
+                print(f"{noun}: {path} has some already (tokens of the development ones: {tokens_file})")
                 return 0
-            tokens = {user: add_user(path, user, role) for user, role in
-                      (("ann", "agent"), ("lee", "lead"), ("root", "admin"))}
+            tokens = {holder: add_user(path, holder, role, roles=roles, header=header) for holder, role in dev.items()}
             fd = os.open(tokens_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as out:
-                out.write("".join(f"{user} {token}\n" for user, token in tokens.items()))
-            print(f"users: development users ann (agent), lee (lead), root (admin); tokens in {tokens_file}")
+                out.write("".join(f"{holder} {token}\n" for holder, token in tokens.items()))
+            print(f"{noun}: development {', '.join(f'{h} ({r})' for h, r in dev.items())}; tokens in {tokens_file}")
     except UsersFileError as exc:
-        print(f"users: {exc}", file=sys.stderr)
+        print(f"{noun}: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
+def _users(args: argparse.Namespace) -> int:
+    from orderops.http.auth import ROLES, SUPPORT_USERS_HEADER
+    from orderops.ops.settings import ServiceSettings
+
+    path = args.file or ServiceSettings.from_env("cli", 0).support_users_file
+    return _token_holders(args, path, ROLES, SUPPORT_USERS_HEADER, "users",
+                          {"ann": "agent", "lee": "lead", "root": "admin"})
+
+
 def _ingest(args: argparse.Namespace) -> int:
-    from orderops.http.auth import UsersFileError, add_user, parse, remove_user
     from orderops.ingest.app import PRINCIPALS_HEADER, SYSTEMS, IngestSettings, main
 
     if args.command is None:
         main()
         return 0
     path = args.file or IngestSettings.from_env().principals_file
-    try:
-        if args.command == "add":
-            token = add_user(path, args.principal, args.system, roles=SYSTEMS, header=PRINCIPALS_HEADER)
-            print(f"{args.principal} sends {args.system}'s events with this token; it is shown only now:\n{token}")
-        elif args.command == "remove":
-            if not remove_user(path, args.principal, roles=SYSTEMS, header=PRINCIPALS_HEADER):
-                print(f"ingest: {args.principal} is not in {path}", file=sys.stderr)
-                return 1
-            print(f"{args.principal} removed from {path}")
-        elif args.command == "list":
-            found = parse(path.read_text(), str(path), SYSTEMS) if path.exists() else {}
-            print("\n".join(f"{principal:24} {system}" for principal, (system, _) in sorted(found.items()))
-                  or f"no principals in {path}")
-        elif args.command == "dev":
-            tokens_file = path.with_name(path.name + ".tokens")
-            if path.exists() and parse(path.read_text(), str(path), SYSTEMS):
-                print(f"ingest: {path} has principals already (tokens of the development ones: {tokens_file})")
-                return 0
-            tokens = {system: add_user(path, f"{system}-dev", system, roles=SYSTEMS, header=PRINCIPALS_HEADER)
-                      for system in SYSTEMS}
-            fd = os.open(tokens_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write("".join(f"{system}-dev {token}\n" for system, token in tokens.items()))
-            print(f"ingest: development principals {', '.join(f'{s}-dev' for s in SYSTEMS)}; tokens in {tokens_file}")
-    except UsersFileError as exc:
-        print(f"ingest: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return _token_holders(args, path, SYSTEMS, PRINCIPALS_HEADER, "ingest", {f"{s}-dev": s for s in SYSTEMS})
 
 
 def _security(args: argparse.Namespace) -> int:
@@ -323,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                               ("list", "list users and roles"), ("dev", "development users for make run")):
         sub = users.add_parser(command, help=helptext)
         if command in ("add", "remove"):
-            sub.add_argument("user_id")
+            sub.add_argument("holder", metavar="user_id")
         if command == "add":
             sub.add_argument("role", choices=ROLES)
         sub.add_argument("--file", type=Path, help="the users file (default: $ORDEROPS_SUPPORT_USERS_FILE)")
@@ -341,9 +322,9 @@ def main(argv: list[str] | None = None) -> int:
                               ("dev", "a development principal per system, for make run")):
         sub = principals.add_parser(command, help=helptext)
         if command in ("add", "remove"):
-            sub.add_argument("principal")
+            sub.add_argument("holder", metavar="principal")
         if command == "add":
-            sub.add_argument("system", choices=SYSTEMS)
+            sub.add_argument("role", metavar="system", choices=SYSTEMS)
         sub.add_argument("--file", type=Path, help="the principals file (default: $ORDEROPS_INGEST_PRINCIPALS_FILE)")
         sub.set_defaults(run=_ingest)
 
