@@ -77,6 +77,20 @@ def test_every_processor_reads_the_support_users_the_users_job_writes():
         assert SERVICES[processor]["environment"]["ORDEROPS_RUN_DIR"] == users["environment"]["ORDEROPS_RUN_DIR"]
 
 
+def test_the_way_in_runs_as_make_run_runs_it():
+    """The HTTP ingest reads the principals its job writes, and every processor resolves the
+    Confluent framing against the registry service."""
+    ingest, job = SERVICES["ingest"], SERVICES["ingest-principals"]
+    assert ingest["command"] == ["orderops", "ingest"] and job["command"] == ["orderops", "ingest", "principals", "dev"]
+    assert "secrets:/var/lib/orderops/secrets:ro" in ingest["volumes"] and "secrets:/var/lib/orderops/secrets" in job["volumes"]
+    assert ingest["environment"]["ORDEROPS_INGEST_BIND"] == "0.0.0.0" and "6107:6107" in ingest["ports"]
+    assert ingest["depends_on"]["ingest-principals"]["condition"] == "service_completed_successfully"
+    registry_port = SERVICES["registry"]["ports"][0].split(":")[1]
+    for processor in PROCESSORS:
+        url = SERVICES[processor]["environment"]["ORDEROPS_SCHEMA_REGISTRY_URL"]
+        assert url == f"http://registry:{registry_port}/apis/ccompat/v7", (processor, url)
+
+
 def test_the_notifier_reaches_the_sinks():
     notifier, sinks = SERVICES["notifier"]["environment"], SERVICES["notifier-sinks"]["environment"]
     assert notifier["ORDEROPS_SMTP_HOST"] == "notifier-sinks"
