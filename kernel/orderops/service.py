@@ -38,7 +38,7 @@ from orderops.ops.security import KafkaSecurity
 from orderops.ops.settings import DEFAULT_LINGER_MS, ServiceSettings, key_partition
 from orderops.runtime.batch import Batch, BatchRunner, RecordHandler
 from orderops.runtime.deadletter import dead_letter_headers, error_class
-from orderops.runtime.engine import FetchPolicy, run_batches
+from orderops.runtime.engine import FetchPolicy, run_batches, start_failure
 from orderops.runtime.globalview import GlobalView
 from orderops.runtime.machine import MachineRecords
 from orderops.runtime.metrics import (
@@ -526,7 +526,8 @@ class Service:
         """Run the worker until SIGTERM/SIGINT (used by every service's ``__main__``). A worker
         started while the broker is away waits for it, and one whose start the broker's going away
         interrupted starts again: it does not exit (found: a fulfillment worker started as the
-        broker was killed never came up, and the partitions it was to take over stalled)."""
+        broker was killed exited, and the partitions it was to take over stalled). mode's worker
+        turns the start's error into ``SystemExit(1)``; ``start_failure`` tells what it was."""
         from aiokafka.errors import KafkaConnectionError
 
         from orderops.ops.admin import wait_for_broker
@@ -549,9 +550,12 @@ class Service:
         worker.spinner = None
         try:
             worker.execute_from_commandline()
-        except KafkaConnectionError as exc:
+        except SystemExit:
+            failure = start_failure(worker)
+            if not isinstance(failure, KafkaConnectionError):
+                raise
             log.warning("%s: the broker at %s went away while this worker started (%s): starting again in 5 s.",
-                        self.name, bootstrap, exc)
+                        self.name, bootstrap, failure)
             time.sleep(5)
             os.execv(sys.executable, sys.orig_argv)
 

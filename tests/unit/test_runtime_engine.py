@@ -53,6 +53,7 @@ def test_every_private_name_the_engine_uses_exists():
         assert callable(getattr(mode.Service, name)), name
     assert "thread_loop" in inspect.signature(mode.threads.ServiceThread.__init__).parameters
     assert "suspend_flow" in inspect.getsource(faust_consumer.Consumer.__init__)
+    assert "self._starting_fut = asyncio.ensure_future(" in inspect.getsource(mode.Worker.execute_from_commandline)
     fetcher = inspect.getsource(Fetcher)
     assert callable(Fetcher._proc_fetch_request)
     for name in ("self._records", "self._fetch_min_bytes", "self._fetch_max_wait_ms"):
@@ -202,3 +203,31 @@ async def test_a_delivery_that_fails_fails_the_drain_before_or_after_it_waited()
     room.set_result(None)
     with pytest.raises(KeyError, match="r2"):
         await asyncio.wait_for(handing, 1)
+
+
+WORKER_WHOSE_START_FAILS = """
+import mode
+from aiokafka.errors import KafkaConnectionError
+from orderops.runtime.engine import start_failure
+
+class Starting(mode.Service):
+    async def on_start(self) -> None:
+        raise KafkaConnectionError("Unable to bootstrap")
+
+worker = mode.Worker(Starting(), loglevel="critical", quiet=True)
+try:
+    worker.execute_from_commandline()
+except SystemExit as exc:
+    print(type(start_failure(worker)).__name__, exc.code)
+"""
+
+
+def test_what_made_a_workers_start_fail_is_known_after_mode_exits():
+    """mode's worker turns its start's error into SystemExit(1); ``Service.run`` starts again only
+    when that error was the broker going away, and ``start_failure`` is how it knows."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WORKER_WHOSE_START_FAILS], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.split() == ["KafkaConnectionError", "1"], done.stdout + done.stderr[-2000:]

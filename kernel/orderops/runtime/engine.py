@@ -37,7 +37,9 @@ pinned versions (``PINNED``):
   partition's position, high watermark, pause and ``timestamp`` (when the high watermark was last
   read), for the hold-back rule;
 - ``faust.stores.rocksdb.Store._db_for_partition(partition)``: a key read in its partition's
-  database only.
+  database only;
+- ``mode.Worker._starting_fut``: what a worker's start raised (``start_failure``): mode's
+  ``execute_from_commandline`` turns any error into ``SystemExit(1)``.
 """
 
 from __future__ import annotations
@@ -351,3 +353,13 @@ def read_stored(table: faust.TableT, key: bytes, partition: int) -> bytes | None
 
 def versions_in_use() -> dict[str, str]:
     return {name: version(name) for name in PINNED}
+
+
+def start_failure(worker: Any) -> BaseException | None:
+    """What made a worker's start fail, once ``execute_from_commandline`` exited (None: it did not
+    fail, or was cancelled: a stop)."""
+    starting = getattr(worker, "_starting_fut", None)
+    if starting is None or not starting.done() or starting.cancelled():
+        return None
+    failure: BaseException | None = starting.exception()
+    return failure
