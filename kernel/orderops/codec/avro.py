@@ -116,27 +116,24 @@ class Codec:
 
     def encode(self, schema_name: str, record: dict[str, Any]) -> bytes:
         schema = self.registry.get(schema_name)
-        out = io.BytesIO()
-        out.write(MAGIC)
-        out.write(schema.fingerprint)
-        try:
-            schemaless_writer(out, schema.compiled, record, strict_allow_default=True)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise EncodeError(f"record does not fit {schema_name}: {exc}") from exc
-        return out.getvalue()
+        return self._framed(MAGIC + schema.fingerprint, schema, record)
 
     def encode_confluent(self, topic: str, schema_name: str, record: dict[str, Any]) -> bytes:
         """``record`` in the Confluent framing, its schema registered under the topic's subject."""
         if self.schema_registry is None:
             raise EncodeError("the Confluent framing needs a Schema Registry: set ORDEROPS_SCHEMA_REGISTRY_URL")
         schema = self.registry.get(schema_name)
+        header = bytes([CONFLUENT_MAGIC]) + self.schema_registry.id_of(topic, schema).to_bytes(4, "big")
+        return self._framed(header, schema, record)
+
+    @staticmethod
+    def _framed(header: bytes, schema: ResolvedSchema, record: dict[str, Any]) -> bytes:
         out = io.BytesIO()
-        out.write(bytes([CONFLUENT_MAGIC]))
-        out.write(self.schema_registry.id_of(topic, schema).to_bytes(4, "big"))
+        out.write(header)
         try:
             schemaless_writer(out, schema.compiled, record, strict_allow_default=True)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise EncodeError(f"record does not fit {schema_name}: {exc}") from exc
+            raise EncodeError(f"record does not fit {schema.name}: {exc}") from exc
         return out.getvalue()
 
     def encode_framed(self, framing: str, topic: str, schema_name: str, record: dict[str, Any]) -> bytes:
