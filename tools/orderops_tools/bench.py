@@ -291,12 +291,13 @@ def processors_alone(results: Results, workdir: Path, smtp_port: int, names: tup
         state_bytes = tree_bytes(workdir / name / "state") - state_ready  # less RocksDB's files of an empty store
         rss = rss_mb(pid)
         parked = events_parked(process.web_port)
+        by_topic = {t.name: lag(group, [t])[1] for t in inputs}
         process.stop()
         done = at_start - behind  # of the measured window (capped at 30 min, it may not have drained them all)
         rate = done / took
         results.processors[name] = {
             "events": total, "measured": done, "seconds": took, "rate": rate, "cpu_per_1000": 1000 * cpu / max(done, 1),
-            "peak_rss_mb": rss, "ratio": rate / passthrough, "parked": parked,
+            "peak_rss_mb": rss, "ratio": rate / passthrough, "parked": parked, "by_topic": by_topic,
             "state_mb_per_100k_orders": max(state_bytes, 0) / 1e6 * 100000 / max(results.orders, 1),
             "rss_mb_per_100k_orders": max(rss - rss_ready, 0) * 100000 / max(results.orders, 1)}
         log(f"{name} alone: {done:,} of {total:,} input messages in {took:.1f} s = {rate:,.0f}/s "
@@ -387,11 +388,13 @@ def floors(results: Results) -> None:
             f"{live / floor:.2f}× the floor")
 
 
-def timeline_work(messages: list) -> int:
+def timeline_work(messages: list, batch_records: int = 1000) -> int:
     """The timeline's own work on ``messages``, in write order, views in a dict: decode and checks,
-    the view's apply, every timeline and escalation record encoded, the order's view record
-    encoded whenever it changes (live: once per order per batch), the view and entries as JSON, the
-    next deadline; the collector paused, as in the state machines' floor. The orders it applied."""
+    the view's apply, every timeline and escalation record encoded, the view and entries as JSON, the
+    next deadline; in parts of ``batch_records`` (``ORDEROPS_BATCH_MAX_RECORDS``, as live), each
+    order's view copied at its first record of a part, changed in place, and written and its view
+    record encoded once per part (as the batch path does); the collector paused, as in the state
+    machines' floor. The orders it applied."""
     import gc
     from pathlib import Path
 
@@ -408,28 +411,40 @@ def timeline_work(messages: list) -> int:
     views: dict[str, dict] = {}
     paused = gc.isenabled()
     gc.disable()
+    ordered = write_order(messages)
     try:
-        for message in write_order(messages):
-            try:
-                envelope, _ = read_event(codec, message.key, message.value, catalog.topic(message.topic), message.headers,
-                                         inputs)
-            except DecodeError:
-                continue
-            before = views.get(envelope.order_id)
-            now = envelope.payload["fired_at"] if message.topic == timers.name else envelope.occurred_at
-            view, out = domain.apply(before, envelope, message.topic, now, rules)
-            if out.duplicate:
-                continue
-            for topic, record in publishable(view, out, envelope):
-                codec.encode(topic.value_schema, record)
-            if changes_view(out):
-                codec.encode(catalog.SUPPORT_ORDER_VIEWS.value_schema, view_record(view, envelope, now))
-            to_json_bytes(view)
-            for _, entry in domain.entry_writes(envelope.order_id, out.entries):
-                if entry is not None:
-                    to_json_bytes(entry)
-            domain.next_deadline(view, now, rules)
-            views[envelope.order_id] = view
+        for start in range(0, len(ordered), batch_records):
+            working: dict[str, dict] = {}
+            published: dict[str, tuple] = {}
+            for message in ordered[start:start + batch_records]:
+                try:
+                    envelope, _ = read_event(codec, message.key, message.value, catalog.topic(message.topic),
+                                             message.headers, inputs)
+                except DecodeError:
+                    continue
+                order_id = envelope.order_id
+                view = working.get(order_id)
+                if view is None:
+                    before = views.get(order_id)
+                    view = None if before is None else domain.copied(before)
+                now = envelope.payload["fired_at"] if message.topic == timers.name else envelope.occurred_at
+                view, out = domain.apply(view, envelope, message.topic, now, rules, in_place=True)
+                if out.duplicate:
+                    continue
+                for topic, record in publishable(view, out, envelope):
+                    codec.encode(topic.value_schema, record)
+                if changes_view(out) or order_id in published:
+                    published[order_id] = (envelope, now)
+                for _, entry in domain.entry_writes(order_id, out.entries):
+                    if entry is not None:
+                        to_json_bytes(entry)
+                domain.next_deadline(view, now, rules)
+                working[order_id] = view
+            for order_id, view in working.items():
+                to_json_bytes(view)
+                if order_id in published:
+                    codec.encode(catalog.SUPPORT_ORDER_VIEWS.value_schema, view_record(view, *published[order_id]))
+                views[order_id] = view
     finally:
         if paused:
             gc.enable()
@@ -733,6 +748,17 @@ def report(results: Results, plot: Path) -> str:
     return "\n".join(lines)
 
 
+def _topics_read(results: Results) -> list[str]:
+    """The topics the processors read, in the catalog's order."""
+    read = {topic for figures in results.processors.values() for topic in figures.get("by_topic", {})}
+    return [t.name for t in catalog.ALL_TOPICS if t.name in read]
+
+
+def _per_event(results: Results, processor: str, topic: str) -> str:
+    messages = results.processors[processor].get("by_topic", {}).get(topic)
+    return "" if messages is None else f"{messages / results.events:.2f}"
+
+
 def ceiling(results: Results) -> list[str]:
     """The most the whole pipeline could take on this machine, from this run's own figures: how many
     messages each processor reads per upstream event, and what each costs alone. Not a measurement of
@@ -752,6 +778,10 @@ def ceiling(results: Results) -> list[str]:
         "| processor | messages read per upstream event | CPU ms per upstream event (alone) |", "|---|---|---|",
         *(f"| {name} | {read[name]:.2f} | {cpu_ms[name]:.2f} |" for name in PIPELINE),
         f"| all five | {messages:.2f} | {ms:.2f} |", "",
+        "What each reads, by topic, per upstream event:", "",
+        "| topic | " + " | ".join(PIPELINE) + " |", "|---|" + "---|" * len(PIPELINE),
+        *(f"| {topic} | " + " | ".join(_per_event(results, name, topic) for name in PIPELINE) + " |"
+          for topic in _topics_read(results)), "",
         f"- At their cost alone, with all {cores} cores theirs and none for the broker or the load: at most "
         f"**{cores * 1000 / ms:,.0f} upstream events/s** (in the pipeline a processor costs more per message than alone).",
         f"- Were every processor as fast as the passthrough ({passthrough:,.0f} messages/s, no domain logic), one per "

@@ -104,6 +104,8 @@ class StateChange:
     partition: int
     remember: bool = True  # kept by the StateCache for later batches (a value that is read again)
     sent: tuple[int, str, bytes] | None = None  # its changelog record handed over already: (number, topic, key)
+    # A working value (``Batch.working``): changed in place by the batch's records, serialized once, at the commit.
+    serialize: Callable[[Any], bytes] | None = None
 
 
 class StateCache:
@@ -160,6 +162,8 @@ class Batch:
     latest: dict[tuple[str, str], tuple[Callable[[], tuple[bytes, bytes]], Any]] = field(default_factory=dict)
     superseded: dict[str, int] = field(default_factory=dict)  # latest-only records a newer one replaced, per topic
     effects: dict[str, Effect] = field(default_factory=dict)  # key -> its work outside Kafka, after the write
+    notes: dict[Any, Any] = field(default_factory=dict)  # the record handler's own bookkeeping for this batch
+    bases: dict[tuple[str, str], Any] = field(default_factory=dict)  # working values as they were before the batch
 
     def load(self, table: StateTable, key: str, load: Callable[[Any], Any], partition: int) -> Any:
         """The key's value as the batch's earlier records left it, else as the table has it in the
@@ -185,6 +189,38 @@ class Batch:
         if at_once:
             change.sent = self._send_changelog(change)
         self.changes[(table.name, key)] = change
+
+    def working(self, table: StateTable, key: str, load: Callable[[Any], Any], copy: Callable[[Any], Any],
+                partition: int) -> Any:
+        """The key's value for the batch to change in place (None when there is none): the batch's
+        own copy, made at its first use in the batch (``copy`` of what ``load`` gives); a value read
+        from the cache or the store is never changed, so the cache may share it. A value several
+        records change is copied once and written once (``put_working``), not once per record."""
+        change = self.changes.get((table.name, key))
+        if change is not None and change.serialize is not None:
+            return change.loaded
+        value = self.load(table, key, load, partition)
+        self.bases[(table.name, key)] = value
+        return None if value is None else copy(value)
+
+    def put_working(self, table: StateTable, key: str, value: Any, serialize: Callable[[Any], bytes],
+                    partition: int) -> StateChange:
+        """``value`` (from ``working``, changed in place; or new) is the key's: ``serialize(value)``
+        as the table keeps it is made at the commit, from the value as the batch's last record left
+        it. The change: its ``loaded`` is the key's value as the batch leaves it (what a follow-up
+        reads; a follow-up that held the batch itself would keep it alive until the collector ran)."""
+        where = (table.name, key)
+        change = self.changes.get(where)
+        if change is not None and change.serialize is not None:
+            change.loaded = value
+            return change
+        change = self.changes[where] = StateChange(table, key, None, value, partition, serialize=serialize)
+        return change
+
+    def base(self, table: StateTable, key: str) -> Any:
+        """The key's value before the batch changed it in place (None: there was none), to make the
+        working value again when a record that changed it part of the way failed."""
+        return self.bases.get((table.name, key))
 
     def _send_changelog(self, change: StateChange) -> tuple[int, str, bytes]:
         table = change.table
@@ -404,6 +440,8 @@ class BatchRunner:
         offsets = await self._acknowledged(batch)
         changelog = []
         for change in batch.changes.values():
+            if change.serialize is not None:
+                change.stored = change.serialize(change.loaded)
             number, topic, key_bytes = change.sent or batch._send_changelog(change)
             changelog.append((number, change, TP(topic, change.partition), key_bytes))
         offsets.update(await self._acknowledged(batch))

@@ -120,8 +120,11 @@ class Outputs:
 
 
 def apply(view: dict[str, Any] | None, event: Envelope, topic: str, now: datetime,
-          rules: Rules) -> tuple[dict[str, Any], Outputs]:
-    view = _copied(view) if view else new_view(event.order_id)
+          rules: Rules, in_place: bool = False) -> tuple[dict[str, Any], Outputs]:
+    """The view after ``event`` at ``now``, and what it publishes. The given view is left as it
+    was (a copy is changed) unless ``in_place``: then it is changed, and the caller owns it (the
+    batch path's working copy, made once per order per batch)."""
+    view = (view if in_place else copied(view)) if view else new_view(event.order_id)
     out = Outputs()
     if event.event_id in view["seen"]:
         out.duplicate = True
@@ -194,7 +197,7 @@ def kept_entries(view: dict[str, Any]) -> range:
 SHARED_PARTS = frozenset({"entries", "truths"})
 
 
-def _copied(view: dict[str, Any]) -> dict[str, Any]:
+def copied(view: dict[str, Any]) -> dict[str, Any]:
     """A copy of a view to change, the given one left as it was (the batch path's cache holds it)."""
     return {k: v if k in SHARED_PARTS else _copied_value(v) for k, v in view.items()}
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from orderops.model import catalog
 from orderops.model.envelope import Envelope, from_json, to_json_bytes
-from orderops.runtime.batch import Batch
+from orderops.runtime.batch import Batch, StateChange
 from orderops.runtime.metrics import DUPLICATES
 from timeline import domain
 from timeline.app import (
@@ -43,7 +43,7 @@ log = logging.getLogger("orderops.timeline")
 
 class TimelineRecords:
     """The timeline's work on one record: the order's view and entries, its timeline records and
-    escalations, the newest view of the batch published once per order."""
+    escalations; the newest view of the batch written and published once per order."""
 
     def apply(self, batch: Batch, record: Any) -> None:
         try:
@@ -73,25 +73,53 @@ class TimelineRecords:
                                   record.topic, record.offset)
 
     def _judge(self, batch: Batch, envelope: Any, record: Any, now: datetime, ticked: bool) -> None:
-        """The order's view after ``envelope`` (an event, or a tick) at ``now``, and what it publishes."""
+        """The order's view after ``envelope`` (an event, or a tick) at ``now``, and what it publishes.
+
+        The view is the batch's working copy, changed in place by each of the order's records in
+        the batch, then written and published once (``Batch.working``). A record that fails part of
+        the way leaves the view as the order's records before it in the batch left it (``_undo``)."""
         order_id = envelope.order_id
-        # domain.apply works on a copy: the view it is given (kept by the batch) stays as it was.
-        before = batch.load(views, order_id, from_json, record.partition)
-        view, out = domain.apply(before, envelope, TIMERS.name if ticked else record.topic, now, RULES)
-        if out.duplicate:
-            DUPLICATES.labels(service.name).inc()
-            return
-        key = order_id.encode()
-        for topic, output in publishable(view, out, envelope):
-            batch.send(topic.name, key, service.encode(topic, output), None, record)
-        if changes_view(out):
-            batch.send_latest(VIEWS_TOPIC.name, order_id, functools.partial(_view, view, envelope, now), record)
-        batch.put(views, order_id, to_json_bytes(view), view, record.partition)
-        for entry_key, entry in domain.entry_writes(order_id, out.entries):
-            batch.put(entries, entry_key, None if entry is None else to_json_bytes(entry), entry, record.partition,
-                      remember=False)
-        service.schedule_in(batch, order_id, domain.next_deadline(view, now, RULES), record.partition)
-        batch.then(functools.partial(_written, order_id, view, out, None if ticked else record))
+        topic = TIMERS.name if ticked else record.topic
+        view = batch.working(views, order_id, from_json, domain.copied, record.partition)
+        try:
+            view, out = domain.apply(view, envelope, topic, now, RULES, in_place=True)
+            if out.duplicate:
+                DUPLICATES.labels(service.name).inc()
+                return
+            key = order_id.encode()
+            for output_topic, output in publishable(view, out, envelope):
+                batch.send(output_topic.name, key, service.encode(output_topic, output), None, record)
+            written = [(entry_key, None if entry is None else to_json_bytes(entry), entry)
+                       for entry_key, entry in domain.entry_writes(order_id, out.entries)]
+            deadline = domain.next_deadline(view, now, RULES)
+            escalated = [(view["escalations"][escalation_id]["rule"], kind) for escalation_id, kind, _ in out.escalations]
+        except Exception:
+            self._undo(batch, order_id, record.partition)
+            raise
+        applied = batch.notes.setdefault(order_id, [])
+        applied.append((envelope, topic, now))
+        written_view = batch.put_working(views, order_id, view, to_json_bytes, record.partition)
+        if changes_view(out) or (VIEWS_TOPIC.name, order_id) in batch.latest:
+            # The newest view of the batch, as after the order's last record in it: one record per batch.
+            batch.send_latest(VIEWS_TOPIC.name, order_id, functools.partial(_view, written_view, envelope, now), record)
+        for entry_key, stored, entry in written:
+            batch.put(entries, entry_key, stored, entry, record.partition, remember=False)
+        service.schedule_in(batch, order_id, deadline, record.partition)
+        batch.then(functools.partial(_counted, out, escalated, None if ticked else record))
+        if len(applied) == 1:
+            batch.then(functools.partial(_indexed, order_id, written_view))
+
+    def _undo(self, batch: Batch, order_id: str, partition: int) -> None:
+        """The working view made again from the view before the batch and the order's records the
+        batch applied before this one (deterministic: they give the same view again)."""
+        applied = batch.notes.get(order_id)
+        if not applied:
+            return  # the copy this record changed was never put: the batch's view is as it was
+        base = batch.base(views, order_id)
+        view = None if base is None else domain.copied(base)
+        for envelope, topic, now in applied:
+            view, _ = domain.apply(view, envelope, topic, now, RULES, in_place=True)
+        batch.put_working(views, order_id, view, to_json_bytes, partition)
 
     def finish(self, batch: Batch) -> None:
         pass  # each record's work is done in apply
@@ -100,13 +128,18 @@ class TimelineRecords:
         service.dead_letter_in(batch, record, error)
 
 
-def _view(view: dict, envelope: Any, now: datetime) -> tuple[bytes, bytes]:
-    return envelope.order_id.encode(), service.encode(VIEWS_TOPIC, view_record(view, envelope, now))
+def _view(written: StateChange, envelope: Any, now: datetime) -> tuple[bytes, bytes]:
+    """The order's view record, of its view as the batch's last record of it left it."""
+    view = written.loaded
+    return view["order_id"].encode(), service.encode(VIEWS_TOPIC, view_record(view, envelope, now))
 
 
-def _written(order_id: str, view: dict, out: domain.Outputs, record: Any) -> None:
-    """Once the view is written: the support index, the metrics."""
-    support_index.update(order_id, view)
+def _indexed(order_id: str, written: StateChange) -> None:
+    support_index.update(order_id, written.loaded)
+
+
+def _counted(out: domain.Outputs, escalated: list[tuple[str, str]], record: Any) -> None:
+    """Once the view is written: the metrics of one record's outputs."""
     if record is not None:
         origin = "upstream" if record.topic in UPSTREAM_TOPICS else "processor"
         LATENCY.labels(origin).observe(max(0.0, time.time() - record.timestamp / 1000))
@@ -116,8 +149,8 @@ def _written(order_id: str, view: dict, out: domain.Outputs, record: Any) -> Non
         CONTACTS.labels(str(repeat).lower()).inc()
         for tag in tags or ("untagged",):
             CONTACTS_BY_TAG.labels(str(repeat).lower(), tag_label(tag)).inc()
-    for escalation_id, kind, _ in out.escalations:
-        ESCALATIONS.labels(view["escalations"][escalation_id]["rule"], kind).inc()
+    for rule, kind in escalated:
+        ESCALATIONS.labels(rule, kind).inc()
 
 
 join = service.batches(TimelineRecords(), (*catalog.inputs_of(service.name), TIMERS))
