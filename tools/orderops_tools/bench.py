@@ -754,6 +754,16 @@ def _topics_read(results: Results) -> list[str]:
     return [t.name for t in catalog.ALL_TOPICS if t.name in read]
 
 
+def _by_topic(results: Results) -> list[str]:
+    topics = _topics_read(results)
+    if not topics:
+        return []
+    return ["What each reads, by topic, per upstream event:", "",
+            "| topic | " + " | ".join(PIPELINE) + " |", "|---|" + "---|" * len(PIPELINE),
+            *(f"| {topic} | " + " | ".join(_per_event(results, name, topic) for name in PIPELINE) + " |"
+              for topic in topics), ""]
+
+
 def _per_event(results: Results, processor: str, topic: str) -> str:
     messages = results.processors[processor].get("by_topic", {}).get(topic)
     return "" if messages is None else f"{messages / results.events:.2f}"
@@ -778,10 +788,7 @@ def ceiling(results: Results) -> list[str]:
         "| processor | messages read per upstream event | CPU ms per upstream event (alone) |", "|---|---|---|",
         *(f"| {name} | {read[name]:.2f} | {cpu_ms[name]:.2f} |" for name in PIPELINE),
         f"| all five | {messages:.2f} | {ms:.2f} |", "",
-        "What each reads, by topic, per upstream event:", "",
-        "| topic | " + " | ".join(PIPELINE) + " |", "|---|" + "---|" * len(PIPELINE),
-        *(f"| {topic} | " + " | ".join(_per_event(results, name, topic) for name in PIPELINE) + " |"
-          for topic in _topics_read(results)), "",
+        *_by_topic(results),
         f"- At their cost alone, with all {cores} cores theirs and none for the broker or the load: at most "
         f"**{cores * 1000 / ms:,.0f} upstream events/s** (in the pipeline a processor costs more per message than alone).",
         f"- Were every processor as fast as the passthrough ({passthrough:,.0f} messages/s, no domain logic), one per "
