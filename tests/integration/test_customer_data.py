@@ -38,8 +38,9 @@ EMAIL, PHONE, STREET = "planted.customer@example.net", "+44 20 7946 0958", "17 S
 # Who needs what: order-state, fulfillment and returns address the notifications they request (the
 # request names its recipient), so their state keeps the customer's contact; the notifier e-mails
 # the customer (told with each request, kept in its ledger); the timeline shows support agents whom
-# they speak to and searches orders by e-mail (its view and state). No other topic.
-CONTACT = {catalog.NOTIFICATIONS_REQUESTS.name, catalog.SUPPORT_ORDER_VIEWS.name,
+# they speak to and searches orders by e-mail (its view and state), and reads the requests in the
+# state machines' digests. No other topic.
+CONTACT = {catalog.NOTIFICATIONS_REQUESTS.name, catalog.TIMELINE_DIGESTS.name, catalog.SUPPORT_ORDER_VIEWS.name,
            *(f"{p}-" for p in catalog.PROCESSORS)}  # a processor's changelogs: its state
 ALLOWED = {EMAIL: CONTACT, PHONE: CONTACT}
 

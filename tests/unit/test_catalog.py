@@ -21,11 +21,11 @@ def test_names_follow_the_convention(topic):
 
 
 @pytest.mark.parametrize("topic", catalog.ALL_TOPICS, ids=lambda t: t.name)
-def test_every_topic_has_exactly_one_writer_except_the_notification_inbox(topic):
+def test_every_topic_has_exactly_one_writer_except_the_notification_inbox_and_the_digests(topic):
     known = set(catalog.PROCESSORS) | set(catalog.UPSTREAM_SYSTEMS)
     assert topic.writers and set(topic.writers) <= known
     assert set(topic.readers) <= known
-    if topic is catalog.NOTIFICATIONS_REQUESTS:
+    if topic in (catalog.NOTIFICATIONS_REQUESTS, catalog.TIMELINE_DIGESTS):
         assert set(topic.writers) == {catalog.ORDER_STATE, catalog.FULFILLMENT, catalog.RETURNS}
     else:
         assert len(topic.writers) == 1, f"{topic.name} has writers {topic.writers}"
@@ -57,7 +57,8 @@ def test_every_value_schema_exists_and_compacted_topics_are_keyed_by_identity():
 
 def test_data_flow_matches_the_design():
     """The brief's topic map, but for fulfillment's status: on a topic of its own, read by order-state and
-    returns instead of all of fulfillment.state-changes (docs/architecture.md, "Data flow")."""
+    returns instead of all of fulfillment.state-changes; and the state machines' records reach the
+    timeline in digests, one per cause (docs/architecture.md, "Data flow")."""
     reads = {p: {t.name for t in catalog.inputs_of(p)} for p in catalog.PROCESSORS}
     assert reads[catalog.ORDER_STATE] == {"storefront.orders", "payments.events", "fulfillment.status"}
     assert reads[catalog.FULFILLMENT] == {"storefront.orders", "warehouse.fulfillment"}
@@ -65,8 +66,12 @@ def test_data_flow_matches_the_design():
                                       "fulfillment.status", "returns.policies", "support.actions"}
     assert reads[catalog.NOTIFIER] == {"notifications.requests"}
     upstream_and_derived = {t.name for t in catalog.DATA_TOPICS} - {
-        "returns.policies", "support.timeline", "support.order-views", "support.escalations"}
+        "returns.policies", "support.timeline", "support.order-views", "support.escalations"} - catalog.DIGESTED_TOPICS
     assert reads[catalog.TIMELINE] == upstream_and_derived
+    assert {catalog.TIMELINE_DIGESTS.name, catalog.NOTIFICATIONS_DELIVERIES.name} <= reads[catalog.TIMELINE]
+    assert catalog.DIGESTED_TOPICS == {t.name for p in (catalog.ORDER_STATE, catalog.FULFILLMENT, catalog.RETURNS)
+                                       for t in catalog.outputs_of(p)} - {catalog.TIMELINE_DIGESTS.name} - {
+        t.name for t in catalog.DEAD_LETTER_TOPICS.values()} - {t.name for t in catalog.TIMER_TOPICS.values()}
 
 
 def test_unknown_topic_is_a_clear_error():

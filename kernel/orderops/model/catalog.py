@@ -124,12 +124,22 @@ RETURNS_POLICIES = Topic(
     "Immutable return-policy versions; every returns worker reads all of it as a global table.",
     order_scoped=False, compacted=True, partitions_override=1,
 )
+# The timeline reads a state machine's records of one cause as one message: the records themselves
+# (transitions, the fulfillment status, notification requests, refund commands) were a message
+# each, the timeline's reads per upstream event were four, and a message's cost on the batch path
+# is mostly per message. The public topics keep every record, for every other reader.
+TIMELINE_DIGESTS = Topic(
+    "timeline.digests", "orderops.common.DigestEvent", ORDER_KEY, (ORDER_STATE, FULFILLMENT, RETURNS), (TIMELINE,),
+    "What a state machine made of one cause, for the timeline: its records on orders.state-changes, "
+    "fulfillment.state-changes, fulfillment.status, returns.state-changes, payments.refund-requests and "
+    "notifications.requests, the same bytes, in one message.",
+)
 ORDERS_STATE_CHANGES = Topic(
-    "orders.state-changes", "orderops.orderstate.OrderStateChange", ORDER_KEY, (ORDER_STATE,), (TIMELINE,),
+    "orders.state-changes", "orderops.orderstate.OrderStateChange", ORDER_KEY, (ORDER_STATE,), (),
     "Order and payment transitions; parked and rejected events with their reasons.",
 )
 FULFILLMENT_STATE_CHANGES = Topic(
-    "fulfillment.state-changes", "orderops.fulfillment.FulfillmentStateChange", ORDER_KEY, (FULFILLMENT,), (TIMELINE,),
+    "fulfillment.state-changes", "orderops.fulfillment.FulfillmentStateChange", ORDER_KEY, (FULFILLMENT,), (),
     "Line and shipment transitions; parked and rejected events with their reasons.",
 )
 # Apart from the transitions: order-state and returns read only the status, and 55% of what they
@@ -137,27 +147,30 @@ FULFILLMENT_STATE_CHANGES = Topic(
 # each one still fetched, decoded and acknowledged.
 FULFILLMENT_STATUS = Topic(
     "fulfillment.status", "orderops.fulfillment.FulfillmentStatusEvent", ORDER_KEY, (FULFILLMENT,),
-    (ORDER_STATE, RETURNS, TIMELINE),
+    (ORDER_STATE, RETURNS),
     "The order-level fulfillment status derived from the lines, with each line's quantities and words, "
     "published when what it says changes.",
 )
 RETURNS_STATE_CHANGES = Topic(
-    "returns.state-changes", "orderops.returns.ReturnStateChange", ORDER_KEY, (RETURNS,), (TIMELINE,),
+    "returns.state-changes", "orderops.returns.ReturnStateChange", ORDER_KEY, (RETURNS,), (),
     "Return and refund transitions; authorization decisions with policy id@version and rule trace.",
 )
 PAYMENTS_REFUND_REQUESTS = Topic(
-    "payments.refund-requests", "orderops.returns.RefundCommand", ORDER_KEY, (RETURNS,), (PAYMENT_PROVIDER, TIMELINE),
+    "payments.refund-requests", "orderops.returns.RefundCommand", ORDER_KEY, (RETURNS,), (PAYMENT_PROVIDER,),
     "Refund commands for the payment provider, idempotent by refund id.",
 )
 NOTIFICATIONS_REQUESTS = Topic(
     "notifications.requests", "orderops.notifications.NotificationRequestEvent", ORDER_KEY,
-    (ORDER_STATE, FULFILLMENT, RETURNS), (NOTIFIER, TIMELINE),
+    (ORDER_STATE, FULFILLMENT, RETURNS), (NOTIFIER,),
     "The notifier's inbox: what to tell the customer, with the item-level facts it claims.",
 )
 NOTIFICATIONS_DELIVERIES = Topic(
     "notifications.deliveries", "orderops.notifications.DeliveryEvent", ORDER_KEY, (NOTIFIER,), (TIMELINE,),
     "Notifications sent, failed or suppressed, with rendered content and claims.",
 )
+# The topics whose records reach the timeline in digests (TIMELINE_DIGESTS), not one message each.
+DIGESTED_TOPICS = frozenset(t.name for t in (ORDERS_STATE_CHANGES, FULFILLMENT_STATE_CHANGES, FULFILLMENT_STATUS,
+                                             RETURNS_STATE_CHANGES, PAYMENTS_REFUND_REQUESTS, NOTIFICATIONS_REQUESTS))
 SUPPORT_TIMELINE = Topic(
     "support.timeline", "orderops.timeline.TimelineEvent", ORDER_KEY, (TIMELINE,), (),
     "One entry per thing that happened to an order, all domains, in event-time order.",
@@ -215,7 +228,8 @@ REDRIVE_TOPICS = {p: redrive_topic(p) for p in PROCESSORS}
 
 DATA_TOPICS: tuple[Topic, ...] = (
     STOREFRONT_ORDERS, STOREFRONT_RETURNS, PAYMENTS_EVENTS, WAREHOUSE_FULFILLMENT, WAREHOUSE_RETURNS,
-    SUPPORT_CONTACTS, SUPPORT_ACTIONS, RETURNS_POLICIES, ORDERS_STATE_CHANGES, FULFILLMENT_STATE_CHANGES, FULFILLMENT_STATUS,
+    SUPPORT_CONTACTS, SUPPORT_ACTIONS, RETURNS_POLICIES, TIMELINE_DIGESTS, ORDERS_STATE_CHANGES, FULFILLMENT_STATE_CHANGES,
+    FULFILLMENT_STATUS,
     RETURNS_STATE_CHANGES, PAYMENTS_REFUND_REQUESTS, NOTIFICATIONS_REQUESTS, NOTIFICATIONS_DELIVERIES,
     SUPPORT_TIMELINE, SUPPORT_ORDER_VIEWS, SUPPORT_ESCALATIONS,
 )

@@ -13,19 +13,26 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from orderops.model.envelope import cause_of
+from orderops.model.catalog import DIGESTED_TOPICS, TIMELINE_DIGESTS
+from orderops.model.envelope import Envelope, cause_of
 from orderops.model.workflow import CAUSE_HEADER, Outcome
 from orderops.runtime.metrics import DUPLICATES, tally_outcome
 
 if TYPE_CHECKING:
     from orderops.model.catalog import Topic
-    from orderops.model.envelope import Envelope
     from orderops.model.processor import MachineProcessor
     from orderops.runtime.batch import Batch
 
 # What became of a record (``MachineRecords.apply``'s answer; the live path does not ask).
 PASSED_OVER, NO_STATE, DUPLICATE, APPLIED, DEAD_LETTERED = "passed over", "no state", "duplicate", "applied", \
     "dead-lettered"
+
+
+def digest(cause: Envelope, processor: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The timeline's one message of what ``processor`` made of ``cause``: ``records``, each its
+    public topic and its value there, in the order written (catalog.TIMELINE_DIGESTS)."""
+    return Envelope(f"{cause.event_id}:{processor}:digest:0", cause.order_id, cause.occurred_at, processor,
+                    "orderops.common.Digest", {"cause_event_id": cause.event_id, "records": records}).to_record()
 
 
 class RecordContext(Protocol):
@@ -74,10 +81,17 @@ class MachineRecords:
                 return DUPLICATE
             causes = {r.cause.event_id: r.cause_topic for r in outcome.records}
             raw_key = key.encode()
+            digested = []
             for topic, output in processor.publish(outcome):
                 cause = cause_of(output["event_id"], service.name) if causes else None
                 headers = [(CAUSE_HEADER, causes[cause].encode())] if cause in causes else None
-                batch.send(topic.name, raw_key, service.encode(topic, output), headers, record)
+                value = service.encode(topic, output)
+                batch.send(topic.name, raw_key, value, headers, record)
+                if topic.name in DIGESTED_TOPICS:
+                    digested.append({"topic": topic.name, "value": value})
+            if digested:
+                batch.send(TIMELINE_DIGESTS.name, raw_key,
+                           service.encode(TIMELINE_DIGESTS, digest(envelope, service.name, digested)), None, record)
             batch.put(self.table, key, outcome.state.to_json_bytes(), outcome.state, record.partition)
             service.schedule_in(batch, key, processor.deadline(outcome.state), record.partition)
             tally_outcome(batch.tally, outcome.records)

@@ -38,7 +38,24 @@ service.enable_timers(sweep=LIVE, partition_clocks=not LIVE)
 TIMERS = catalog.TIMER_TOPICS[service.name]
 UPSTREAM_TOPICS = {t.name for t in catalog.inputs_of(service.name) if not set(t.writers) & set(catalog.PROCESSORS)}
 VIEWS_TOPIC = catalog.SUPPORT_ORDER_VIEWS
+DIGESTS = catalog.TIMELINE_DIGESTS
 log = logging.getLogger("orderops.timeline")
+
+
+class DigestPartFailed(Exception):
+    """A record of a digest could not be applied (the digest is dead-lettered; its other records were)."""
+
+
+class DigestedRecord:
+    """A record of a digest, as if fetched from its public topic: the digest's place and time, its own bytes."""
+
+    __slots__ = ("headers", "key", "offset", "partition", "timestamp", "topic", "value")
+
+    def __init__(self, topic: str, fetched: Any, value: bytes) -> None:
+        self.topic, self.value = topic, value
+        self.partition, self.offset, self.key, self.timestamp = fetched.partition, fetched.offset, fetched.key, \
+            fetched.timestamp
+        self.headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class TimelineRecords:
@@ -46,6 +63,36 @@ class TimelineRecords:
     escalations; the newest view of the batch written and published once per order."""
 
     def apply(self, batch: Batch, record: Any) -> None:
+        if record.topic == DIGESTS.name:
+            self._apply_digest(batch, record)
+        elif (error := self._apply(batch, record, record)) is not None:
+            self.dead_letter(batch, record, error)
+
+    def _apply_digest(self, batch: Batch, fetched: Any) -> None:
+        """A state machine's records of one cause, each applied as if read from its public topic, in
+        the order the catalog ranks records written together (``write_rank``), as one batch met
+        them when they were read apart. A part that fails dead-letters the digest (the others stay
+        applied; a redrive finds them in ``seen``)."""
+        try:
+            digest = service.read(fetched.topic, fetched.partition, fetched.offset, fetched.key, fetched.value,
+                                  fetched.headers)
+        except Exception as exc:
+            self.dead_letter(batch, fetched, exc)
+            return
+        parts = sorted(enumerate(digest.payload["records"]), key=lambda part: (catalog.write_rank(part[1]["topic"]), part[0]))
+        for n, part in parts:
+            if part["topic"] not in catalog.DIGESTED_TOPICS:
+                error: Exception | None = ValueError(f"{part['topic']!r} is not a topic whose records a digest carries")
+            else:
+                error = self._apply(batch, DigestedRecord(part["topic"], fetched, part["value"]), fetched)
+            if error is not None:
+                failed = DigestPartFailed(f"record {n} of digest {digest.event_id} (of {part['topic']}): "
+                                          f"{type(error).__name__}: {error}")
+                self.dead_letter(batch, fetched, failed)
+
+    def _apply(self, batch: Batch, record: Any, fetched: Any) -> Exception | None:
+        """One record (``fetched``, or a record of the digest ``fetched``): the order's view after it,
+        and what it publishes; what stopped it, if anything did."""
         try:
             envelope = service.read(record.topic, record.partition, record.offset, record.key, record.value,
                                     record.headers)
@@ -56,23 +103,23 @@ class TimelineRecords:
                 moves = not ticked and catalog.topic(record.topic).moves_event_clock
                 now = service.partition_clocks.advance(batch, record.partition,
                                                        envelope.occurred_at if moves else None) or envelope.occurred_at
-            self._judge(batch, envelope, record, now, ticked)
+            self._judge(batch, envelope, record, fetched, now, ticked)
         except Exception as exc:  # one bad record never stops the processor: it is dead-lettered
-            self.dead_letter(batch, record, exc)
-            return
+            return exc
         if not LIVE:
             for order_id, due in service.partition_clocks.due(batch, record.partition, now):
                 tick = Envelope(f"{service.name}:clock:{order_id}:{due.isoformat()}", order_id, now, service.name,
                                 "orderops.common.TimerFired", {"due_at": due, "fired_at": now})
                 try:
-                    self._judge(batch, tick, record, now, True)
+                    self._judge(batch, tick, record, fetched, now, True)
                 except Exception:  # the record that moved the clock was applied: it is not dead-lettered
                     log.exception("%s: order %s came due at %s on partition %d's event clock (%s, moved by %s "
                                   "offset %d) and could not be judged; it is judged again at its next event",
                                   service.name, order_id, due.isoformat(), record.partition, now.isoformat(),
                                   record.topic, record.offset)
+        return None
 
-    def _judge(self, batch: Batch, envelope: Any, record: Any, now: datetime, ticked: bool) -> None:
+    def _judge(self, batch: Batch, envelope: Any, record: Any, fetched: Any, now: datetime, ticked: bool) -> None:
         """The order's view after ``envelope`` (an event, or a tick) at ``now``, and what it publishes.
 
         The view is the batch's working copy, changed in place by each of the order's records in
@@ -88,7 +135,7 @@ class TimelineRecords:
                 return
             key = order_id.encode()
             for output_topic, output in publishable(view, out, envelope):
-                batch.send(output_topic.name, key, service.encode(output_topic, output), None, record)
+                batch.send(output_topic.name, key, service.encode(output_topic, output), None, fetched)
             written = [(entry_key, None if entry is None else to_json_bytes(entry), entry)
                        for entry_key, entry in domain.entry_writes(order_id, out.entries)]
             deadline = domain.next_deadline(view, now, RULES)
@@ -101,7 +148,7 @@ class TimelineRecords:
         written_view = batch.put_working(views, order_id, view, to_json_bytes, record.partition)
         if changes_view(out) or (VIEWS_TOPIC.name, order_id) in batch.latest:
             # The newest view of the batch, as after the order's last record in it: one record per batch.
-            batch.send_latest(VIEWS_TOPIC.name, order_id, functools.partial(_view, written_view, envelope, now), record)
+            batch.send_latest(VIEWS_TOPIC.name, order_id, functools.partial(_view, written_view, envelope, now), fetched)
         for entry_key, stored, entry in written:
             batch.put(entries, entry_key, stored, entry, record.partition, remember=False)
         service.schedule_in(batch, order_id, deadline, record.partition)
