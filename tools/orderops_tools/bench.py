@@ -795,7 +795,44 @@ def ceiling(results: Results) -> list[str]:
         f"core: at most **{at_passthrough:,.0f}/s**; at {TARGETS['processor_ratio']:.0%} of it (the target for each processor), "
         f"{at_passthrough * TARGETS['processor_ratio']:,.0f}/s.",
         f"- {TARGETS['shop']:,} upstream events/s would take every processor at "
-        f"**{TARGETS['shop'] / at_passthrough:.0%} of the passthrough**, the broker's work not counted.", ""]
+        f"**{TARGETS['shop'] / at_passthrough:.0%} of the passthrough**, the broker's work not counted.", "",
+        *sizing(results, cpu_ms)]
+
+
+# A machine is sized to be this busy at the peak: the rest is for rebalances, a worker taking over
+# a lost one's partitions, and bursts above the peak.
+PEAK_BUSY = 0.6
+
+
+def sizing(results: Results, cpu_ms: dict[str, float]) -> list[str]:
+    """Machines and partitions for a shop's peak (TARGETS["shop"] upstream events/s), from this run's
+    CPU per upstream event: each processor's alone, the broker's where the pipeline kept up."""
+    shop, cores = TARGETS["shop"], int(results.machine.get("cores") or 1)
+    kept_up = [row for row in results.pipeline if row["achieved"] >= 0.95 * row["offered"]]
+    broker_ms = kept_up[-1]["cpu_ms"].get("broker") if kept_up else None
+    # A worker is one Python process: one core at most. Each processor needs this many at the peak.
+    workers = {name: math.ceil(shop * ms / 1000 / PEAK_BUSY) for name, ms in cpu_ms.items()}
+    broker_cores = shop * broker_ms / 1000 / PEAK_BUSY if broker_ms is not None else None
+    total = sum(workers.values()) + (broker_cores or 0)
+    machines = math.ceil(total / cores)
+    partitions = 8 * math.ceil(max(workers.values()) / 8)
+    return [
+        f"### Sizing a shop's peak: {shop:,} upstream events/s (700 orders a second, about ten events an order)", "",
+        f"From this run's CPU per upstream event, with every core at most {PEAK_BUSY:.0%} busy at the peak (the rest "
+        "for rebalances, a worker taking over a lost one's partitions, and bursts). A worker is one Python "
+        "process and uses one core at most.", "",
+        "| component | CPU ms per upstream event | cores at the peak | workers |", "|---|---|---|---|",
+        *(f"| {name} | {cpu_ms[name]:.2f} | {shop * cpu_ms[name] / 1000 / PEAK_BUSY:,.1f} | {workers[name]} |"
+          for name in cpu_ms),
+        *([f"| broker (in the pipeline at {kept_up[-1]['offered']:,}/s, replication not counted) | {broker_ms:.2f} | "
+           f"{broker_cores:,.1f} | |"] if broker_cores is not None else []), "",
+        f"- **{machines} machines of {cores} cores** like this one"
+        + ("" if broker_cores is not None else " for the processors (the broker's share was not measured in this run)")
+        + f"; each order-scoped topic needs at least **{partitions} partitions** (a partition is read by one worker "
+        f"of a processor at a time, so the processor that needs the most workers, "
+        f"{max(workers, key=lambda n: workers[n])} with {max(workers.values())}, sets it; rounded up to a multiple of 8).",
+        "- The processors' cost here is each one's alone; in the pipeline a processor costs more per message "
+        "(\"Where the CPU went\" above), so these are the least a shop needs.", ""]
 
 
 def _soak_section(results: Results) -> list[str]:

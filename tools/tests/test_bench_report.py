@@ -66,6 +66,22 @@ def test_what_the_machine_allows_the_pipeline_is_worked_out_from_the_runs_own_fi
     assert ceiling(results) == []
 
 
+def test_a_shops_peak_is_sized_from_the_runs_cpu_per_upstream_event():
+    from orderops_tools.bench import sizing
+
+    results = Results(machine={"cores": "2"}, pipeline=[
+        {"offered": 200, "achieved": 200, "cpu_ms": {"broker": 1.2}},
+        {"offered": 600, "achieved": 330, "cpu_ms": {"broker": 0.8}}])  # did not keep up: not the broker's figure
+    text = "\n".join(sizing(results, {"order-state": 0.12, "timeline": 0.9}))
+    # 7,000/s × 0.9 ms = 6.3 cores, at most 60% busy: 10.5 → 11 workers; 0.12 ms: 1.4 → 2 workers
+    assert "| timeline | 0.90 | 10.5 | 11 |" in text and "| order-state | 0.12 | 1.4 | 2 |" in text
+    assert "| broker (in the pipeline at 200/s, replication not counted) | 1.20 | 14.0 | |" in text
+    assert "**14 machines of 2 cores**" in text  # 11 + 2 + 14.0 = 27 cores
+    assert "at least **16 partitions**" in text and "timeline with 11" in text
+    unmeasured = "\n".join(sizing(Results(machine={"cores": "2"}), {"timeline": 0.9}))
+    assert "**6 machines of 2 cores** like this one for the processors (the broker's share was not measured" in unmeasured
+
+
 def test_each_state_machine_is_set_against_its_own_floor():
     from pathlib import Path
 
