@@ -36,7 +36,7 @@ from orderops.model import catalog
 from orderops.model.envelope import to_json
 from orderops.ops.security import client_config
 from orderops.ops.settings import PRODUCER_DEFAULTS, KafkaSettings
-from orderops.replay.rebuild import DIGESTS_NOT_COMPARED, Message
+from orderops.replay.rebuild import Message
 from orderops.replay.topicreader import consumer_for, read, read_messages
 from orderops.runtime import deadletter
 from orderops.runtime.globalview import read_compacted
@@ -247,8 +247,8 @@ def _rebuild(args: argparse.Namespace) -> int:
     stored, produced = {}, [None] * shares
     if not args.dry_run:  # read before the replay: each share's process compares its own orders' with them
         stored = latest_by_key(bootstrap, f"{group}-{processor.table}-changelog", decode=bytes)
-        compared = [t for t in catalog.DATA_TOPICS if processor.name in t.writers and t is not DIGESTS_NOT_COMPARED]
-        produced = produced_by_share(written_values(bootstrap, compared), codec, processor.name, shares)
+        produced = produced_by_share(written_values(bootstrap, [t for t in catalog.DATA_TOPICS if processor.name in t.writers]),
+                                     codec, processor.name, shares)
     results = replay_in_shares(processor, messages, functools.partial(_compared, processor, stored, not args.dry_run),
                                workers, clock=args.clock, codec=codec, keep=keep,
                                progress=lambda n: print(f"  replayed {n:,} of {len(messages):,}", file=sys.stderr, flush=True),

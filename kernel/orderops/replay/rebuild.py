@@ -471,10 +471,13 @@ class ComparedOutputs:
         """A record the replay made (its bytes), compared with the processor's; with nothing to
         compare with, only counted (its head is not even read: the benchmark's floor is this)."""
         self.count += 1
-        if self.produced is None or topic == catalog.TIMELINE_DIGESTS.name:
-            return  # a digest carries records compared on their public topics (DIGESTS_NOT_COMPARED below)
+        if self.produced is None:
+            return
         head = self.codec.head(ours)
         event_id = head.event_id
+        if topic == DIGESTS_NOT_COMPARED.name:
+            self.made_ids.add(event_id)
+            return
         if head.type in ARRIVAL_ORDER_RECORDS:
             self.made_ids.add(event_id)
             self.parked_made += 1
@@ -553,7 +556,7 @@ def produced_by_share(records: Iterable[tuple[str, bytes]], codec: Codec, source
             head = codec.head(value)
         except DecodeError:
             continue
-        if head.source != source:
+        if head.source != source or topic == DIGESTS_NOT_COMPARED.name:
             continue
         share = split[share_of(head.order_id.encode(), shares)]
         first = share.get(head.event_id)
