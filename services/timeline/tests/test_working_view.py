@@ -78,3 +78,28 @@ def test_a_record_that_fails_part_of_the_way_leaves_the_view_as_the_records_befo
     after = batch.changes[(views.name, "o-1")].loaded
     assert from_json(to_json_bytes(after)) == before
     assert failing.offset >= 5 and len(batch.notes["o-1"]) == 5
+
+
+def test_a_digest_applies_each_record_as_from_its_topic_and_one_that_fails_dead_letters_it_whole(fresh_batch, monkeypatch):
+    from orderops.model.catalog import DIGESTED_TOPICS, STOREFRONT_ORDERS, TIMELINE_DIGESTS
+    from orderops.runtime.machine import digest
+
+    batch, handler = fresh_batch(), worker.TimelineRecords()
+    story = list(records())
+    placed, _ = story[0]
+    handler.apply(batch, placed)
+    derived = [(r, e) for r, e in story[1:] if r.topic in DIGESTED_TOPICS][:2]
+    assert len(derived) == 2
+    parts = [{"topic": r.topic, "value": r.value} for r, _ in derived]
+    parts.insert(1, {"topic": STOREFRONT_ORDERS.name, "value": placed.value})  # not a topic a digest carries
+    parts.append({"topic": derived[0][0].topic, "value": b"\x00not avro"})
+    value = CODEC.encode(TIMELINE_DIGESTS.value_schema, digest(derived[0][1], "fulfillment", parts))
+    dead: list[BaseException] = []
+    monkeypatch.setattr(handler, "dead_letter", lambda b, r, error: dead.append(error))
+    handler.apply(batch, SimpleNamespace(topic=TIMELINE_DIGESTS.name, partition=0, offset=99, key=b"o-1", value=value,
+                                         headers=[], timestamp=0))
+    assert [type(e).__name__ for e in dead] == ["DigestPartFailed", "DigestPartFailed"]
+    assert "record 1 of digest" in str(dead[0]) and "is not a topic whose records a digest carries" in str(dead[0])
+    assert "record 3 of digest" in str(dead[1])
+    seen = batch.changes[(views.name, "o-1")].loaded["seen"]
+    assert [e.event_id for _, e in derived] == seen[1:]  # both good records applied, after the order
