@@ -130,7 +130,7 @@ class ServiceSettings:
             rocksdb_cache_mb=int(env.get("ORDEROPS_ROCKSDB_CACHE_MB", "64")),
             rocksdb_write_buffer_mb=int(env.get("ORDEROPS_ROCKSDB_WRITE_BUFFER_MB", "64")),
             fetch_min_bytes=int(env.get("ORDEROPS_FETCH_MIN_BYTES", str(64 * 1024))),
-            fetch_max_wait_ms=int(env.get("ORDEROPS_FETCH_MAX_WAIT_MS", "50")),
+            fetch_max_wait_ms=int(env.get("ORDEROPS_FETCH_MAX_WAIT_MS", "100")),
             batch_max_records=int(env.get("ORDEROPS_BATCH_MAX_RECORDS", "1000")),
             commit_interval_seconds=float(env.get("ORDEROPS_COMMIT_INTERVAL_SECONDS", "1")),
             task_idle_limit_seconds=float(env.get("ORDEROPS_TASK_IDLE_LIMIT_SECONDS", "30")),

@@ -89,7 +89,7 @@ class FetchPolicy:
     """How long a fetch waits for records to gather, by whether the last one brought any.
 
     While records flow, a fetch waits for ``min_bytes`` or ``max_wait_ms``: each fetch names every
-    partition the worker holds (the timeline: 129), and one answered with the record or two that
+    partition the worker holds (the timeline: 80), and one answered with the record or two that
     came since the last cost more than the records did. When the last fetch came back empty the
     processor is idle, and the next one is Faust's: the first record ends it at once (no wait added
     to a quiet system's first event) and an idle processor fetches every 1.5 s."""
