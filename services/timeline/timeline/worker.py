@@ -71,8 +71,8 @@ class TimelineRecords:
     def _apply_digest(self, batch: Batch, fetched: Any) -> None:
         """A state machine's records of one cause, each applied as if read from its public topic, in
         the order the catalog ranks records written together (``write_rank``), as one batch met
-        them when they were read apart. A part that fails dead-letters the digest (the others stay
-        applied; a redrive finds them in ``seen``)."""
+        them when they were read apart. Records that fail dead-letter the digest, once (the others
+        stay applied; a redrive finds them in ``seen``)."""
         try:
             digest = service.read(fetched.topic, fetched.partition, fetched.offset, fetched.key, fetched.value,
                                   fetched.headers)
@@ -80,15 +80,16 @@ class TimelineRecords:
             self.dead_letter(batch, fetched, exc)
             return
         parts = sorted(enumerate(digest.payload["records"]), key=lambda part: (catalog.write_rank(part[1]["topic"]), part[0]))
+        failed = []
         for n, part in parts:
             if part["topic"] not in catalog.DIGESTED_TOPICS:
                 error: Exception | None = ValueError(f"{part['topic']!r} is not a topic whose records a digest carries")
             else:
                 error = self._apply(batch, DigestedRecord(part["topic"], fetched, part["value"]), fetched)
             if error is not None:
-                failed = DigestPartFailed(f"record {n} of digest {digest.event_id} (of {part['topic']}): "
-                                          f"{type(error).__name__}: {error}")
-                self.dead_letter(batch, fetched, failed)
+                failed.append(f"record {n} (of {part['topic']}): {type(error).__name__}: {error}")
+        if failed:  # dead-lettered once, whatever failed in it
+            self.dead_letter(batch, fetched, DigestPartFailed(f"digest {digest.event_id}: {'; '.join(failed)}"))
 
     def _apply(self, batch: Batch, record: Any, fetched: Any) -> Exception | None:
         """One record (``fetched``, or a record of the digest ``fetched``): the order's view after it,
