@@ -400,11 +400,10 @@ def timeline_work(messages: list, batch_records: int = 1000) -> int:
 
     import timeline
     from orderops.codec.avro import Codec, DecodeError
-    from orderops.codec.privacy import read_event
     from orderops.model.envelope import to_json_bytes
     from orderops.replay.rebuild import write_order
     from timeline import domain
-    from timeline.records import changes_view, publishable, view_record
+    from timeline.records import view_record
 
     rules = domain.Rules.load(Path(os.environ.get("ORDEROPS_TIMELINE_RULES", Path(timeline.__file__).parent / "rules.yaml")))
     codec, inputs, timers = Codec(), frozenset(t.name for t in catalog.inputs_of("timeline")), catalog.TIMER_TOPICS["timeline"]
@@ -418,28 +417,11 @@ def timeline_work(messages: list, batch_records: int = 1000) -> int:
             published: dict[str, tuple] = {}
             for message in ordered[start:start + batch_records]:
                 try:
-                    envelope, _ = read_event(codec, message.key, message.value, catalog.topic(message.topic),
-                                             message.headers, inputs)
+                    envelopes = list(_timeline_events(codec, message, inputs))
                 except DecodeError:
                     continue
-                order_id = envelope.order_id
-                view = working.get(order_id)
-                if view is None:
-                    before = views.get(order_id)
-                    view = None if before is None else domain.copied(before)
-                now = envelope.payload["fired_at"] if message.topic == timers.name else envelope.occurred_at
-                view, out = domain.apply(view, envelope, message.topic, now, rules, in_place=True)
-                if out.duplicate:
-                    continue
-                for topic, record in publishable(view, out, envelope):
-                    codec.encode(topic.value_schema, record)
-                if changes_view(out) or order_id in published:
-                    published[order_id] = (envelope, now)
-                for _, entry in domain.entry_writes(order_id, out.entries):
-                    if entry is not None:
-                        to_json_bytes(entry)
-                domain.next_deadline(view, now, rules)
-                working[order_id] = view
+                for topic_name, envelope in envelopes:
+                    _timeline_apply(topic_name, envelope, working, views, published, rules, timers, codec)
             for order_id, view in working.items():
                 to_json_bytes(view)
                 if order_id in published:
@@ -449,6 +431,48 @@ def timeline_work(messages: list, batch_records: int = 1000) -> int:
         if paused:
             gc.enable()
     return len(views)
+
+
+def _timeline_events(codec, message, inputs):
+    """A message's events as the timeline applies them: a digest's records, each as read from its
+    topic, in the catalog's rank (timeline.worker); any other message's own event."""
+    from orderops.codec.privacy import read_event
+
+    envelope, _ = read_event(codec, message.key, message.value, catalog.topic(message.topic), message.headers, inputs)
+    if message.topic != catalog.TIMELINE_DIGESTS.name:
+        yield message.topic, envelope
+        return
+    parts = sorted(enumerate(envelope.payload["records"]), key=lambda part: (catalog.write_rank(part[1]["topic"]), part[0]))
+    for _, part in parts:
+        yield part["topic"], read_event(codec, message.key, part["value"], catalog.topic(part["topic"]), (), inputs)[0]
+
+
+def _timeline_apply(topic_name: str, envelope, working: dict, views: dict, published: dict, rules, timers,
+                    codec) -> None:
+    """One event through the timeline's own work: its order's working view (copied at its first
+    event of the part), what it publishes encoded, its entries as JSON, the next deadline."""
+    from orderops.model.envelope import to_json_bytes
+    from timeline import domain
+    from timeline.records import changes_view, publishable
+
+    order_id = envelope.order_id
+    view = working.get(order_id)
+    if view is None:
+        before = views.get(order_id)
+        view = None if before is None else domain.copied(before)
+    now = envelope.payload["fired_at"] if topic_name == timers.name else envelope.occurred_at
+    view, out = domain.apply(view, envelope, topic_name, now, rules, in_place=True)
+    if out.duplicate:
+        return
+    for topic, record in publishable(view, out, envelope):
+        codec.encode(topic.value_schema, record)
+    if changes_view(out) or order_id in published:
+        published[order_id] = (envelope, now)
+    for _, entry in domain.entry_writes(order_id, out.entries):
+        if entry is not None:
+            to_json_bytes(entry)
+    domain.next_deadline(view, now, rules)
+    working[order_id] = view
 
 
 def renamed_copies(messages: list[Message], at_least: int) -> list[Message]:

@@ -138,3 +138,32 @@ def test_the_pipeline_is_set_against_its_targets_on_this_machine():
     assert "- Pipeline sustains 600 upstream events/s: **met** (best achieved 640/s)." in text
     assert "- p99 end-to-end latency under 250 ms at 200 events/s: **not met** (300 ms)." in text
     assert "- The processors' CPU per upstream event at 50 events/s ≤ 4 ms: **met** (1.4 ms)." in text
+
+
+def test_the_timeline_floor_applies_each_record_of_a_digest_as_the_timeline_does():
+    from datetime import UTC, datetime
+
+    from orderops_tools.bench import _timeline_events
+
+    from orderops.codec.avro import Codec
+    from orderops.model import catalog
+    from orderops.model.envelope import Envelope
+    from orderops.replay.rebuild import Message
+    from orderops.runtime.machine import digest
+
+    codec, at = Codec(), datetime(2026, 12, 1, tzinfo=UTC)
+    status = Envelope("e-1:fulfillment:statussnapshot:0", "o-1", at, catalog.FULFILLMENT,
+                      "orderops.fulfillment.FulfillmentStatusChanged",
+                      {"status": "unfulfilled", "backordered": False, "lines": []})
+    transition = Envelope("e-1:fulfillment:transition:0", "o-1", at, catalog.FULFILLMENT, "orderops.common.StateTransition",
+                          {"machine": "line", "entity_id": "l1", "from_state": "new", "to_state": "unfulfilled",
+                           "cause_event_id": "e-1", "cause_type": "orderops.storefront.OrderPlaced", "reason": ""})
+    parts = [(catalog.FULFILLMENT_STATUS, status), (catalog.FULFILLMENT_STATE_CHANGES, transition)]
+    cause = Envelope("e-1", "o-1", at, "storefront", "orderops.storefront.OrderPlaced", {})
+    value = codec.encode(catalog.TIMELINE_DIGESTS.value_schema, digest(cause, catalog.FULFILLMENT, [
+        {"topic": t.name, "value": codec.encode(t.value_schema, e.to_record())} for t, e in parts]))
+    inputs = frozenset(t.name for t in catalog.inputs_of(catalog.TIMELINE))
+    events = list(_timeline_events(codec, Message(catalog.TIMELINE_DIGESTS.name, 0, 0, 0, b"o-1", value), inputs))
+    # In the catalog's rank: the state changes before the status, as the timeline applies them.
+    assert [(t, e.event_id) for t, e in events] == [(catalog.FULFILLMENT_STATE_CHANGES.name, transition.event_id),
+                                                    (catalog.FULFILLMENT_STATUS.name, status.event_id)]
