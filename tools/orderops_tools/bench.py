@@ -437,13 +437,13 @@ def _timeline_events(codec, message, inputs):
     """A message's events as the timeline applies them: a digest's records, each as read from its
     topic, in the catalog's rank (timeline.worker); any other message's own event."""
     from orderops.codec.privacy import read_event
+    from orderops.runtime.machine import in_write_rank
 
     envelope, _ = read_event(codec, message.key, message.value, catalog.topic(message.topic), message.headers, inputs)
     if message.topic != catalog.TIMELINE_DIGESTS.name:
         yield message.topic, envelope
         return
-    parts = sorted(enumerate(envelope.payload["records"]), key=lambda part: (catalog.write_rank(part[1]["topic"]), part[0]))
-    for _, part in parts:
+    for _, part in in_write_rank(envelope.payload["records"]):
         yield part["topic"], read_event(codec, message.key, part["value"], catalog.topic(part["topic"]), (), inputs)[0]
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from orderops.model.catalog import DIGESTED_TOPICS, TIMELINE_DIGESTS
+from orderops.model.catalog import DIGESTED_TOPICS, TIMELINE_DIGESTS, write_rank
 from orderops.model.envelope import Envelope, cause_of
 from orderops.model.workflow import CAUSE_HEADER, Outcome
 from orderops.runtime.metrics import DUPLICATES, tally_outcome
@@ -33,6 +33,12 @@ def digest(cause: Envelope, processor: str, records: list[dict[str, Any]]) -> di
     public topic and its value there, in the order written (catalog.TIMELINE_DIGESTS)."""
     return Envelope(f"{cause.event_id}:{processor}:digest:0", cause.order_id, cause.occurred_at, processor,
                     "orderops.common.Digest", {"cause_event_id": cause.event_id, "records": records}).to_record()
+
+
+def in_write_rank(records: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """A digest's records, numbered as written, in the order the timeline applies them: the
+    catalog's rank for records written together, then as written."""
+    return sorted(enumerate(records), key=lambda part: (write_rank(part[1]["topic"]), part[0]))
 
 
 class RecordContext(Protocol):

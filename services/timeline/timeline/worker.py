@@ -11,6 +11,7 @@ from typing import Any
 from orderops.model import catalog
 from orderops.model.envelope import Envelope, from_json, to_json_bytes
 from orderops.runtime.batch import Batch, StateChange
+from orderops.runtime.machine import in_write_rank
 from orderops.runtime.metrics import DUPLICATES
 from timeline import domain
 from timeline.app import (
@@ -79,9 +80,8 @@ class TimelineRecords:
         except Exception as exc:
             self.dead_letter(batch, fetched, exc)
             return
-        parts = sorted(enumerate(digest.payload["records"]), key=lambda part: (catalog.write_rank(part[1]["topic"]), part[0]))
         failed = []
-        for n, part in parts:
+        for n, part in in_write_rank(digest.payload["records"]):
             if part["topic"] not in catalog.DIGESTED_TOPICS:
                 error: Exception | None = ValueError(f"{part['topic']!r} is not a topic whose records a digest carries")
             else:
